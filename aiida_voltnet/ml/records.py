@@ -1,0 +1,476 @@
+"""Typed, validated insertion-electrode records and the seed-format CSV reader.
+
+The CSV layout is the one of the seed paper's repository (Materials Project
+insertion electrodes, 21 columns). Only the columns needed to *describe* an
+electrode are required; everything that MP computes (voltages, capacities,
+stabilities, steps) is optional so that the same reader serves prediction
+inputs that lack a target.
+
+``adj_pairs`` is Python-repr text from an untrusted file. It is parsed with
+:mod:`ast` into a syntax tree whose nodes are checked one by one (only lists,
+the two known constructors, keywords and literal numbers/strings are
+accepted); nothing is ever evaluated.
+"""
+from __future__ import annotations
+
+import ast
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+from pymatgen.core import Composition, Element
+
+LOGGER = logging.getLogger(__name__)
+
+__all__ = [
+    'WORKING_IONS',
+    'CRYSTAL_SYSTEMS',
+    'ElectrodeDataError',
+    'VoltageStep',
+    'ElectrodeRecord',
+    'parse_formula',
+    'parse_adj_pairs',
+    'read_electrodes_csv',
+    'records_from_rows',
+    'write_electrodes_csv',
+    'records_to_json',
+    'records_from_json',
+    'file_sha256',
+]
+
+#: The ten working ions of the Materials Project insertion-electrode collection, in a fixed order.
+WORKING_IONS: tuple[str, ...] = ('Li', 'Na', 'K', 'Rb', 'Cs', 'Mg', 'Ca', 'Zn', 'Al', 'Y')
+#: The seven crystal systems, in a fixed order (vocabulary of the featurizers).
+CRYSTAL_SYSTEMS: tuple[str, ...] = (
+    'Triclinic', 'Monoclinic', 'Orthorhombic', 'Tetragonal', 'Trigonal', 'Hexagonal', 'Cubic'
+)
+
+REQUIRED_COLUMNS = ('battery_id', 'formula_charge', 'formula_discharge', 'working_ion')
+FLOAT_COLUMNS = (
+    'stability_charge', 'stability_discharge', 'capacity_grav', 'energy_grav', 'capacity_vol', 'energy_vol',
+    'average_voltage',
+)
+CSV_COLUMNS = (
+    'battery_id', 'battery_formula', 'formula_charge', 'formula_discharge', 'framework_formula', 'working_ion',
+    'num_steps', 'stability_charge', 'stability_discharge', 'adj_pairs', 'capacity_grav', 'energy_grav',
+    'capacity_vol', 'energy_vol', 'average_voltage', 'id_charge', 'id_discharge', 'charge_crystal_system',
+    'charge_space_group_number', 'discharge_crystal_system', 'discharge_space_group_number',
+)
+
+
+class ElectrodeDataError(ValueError):
+    """Invalid electrode data; the message names the source, line, battery and field."""
+
+    def __init__(self, message: str, *, field: str | None = None, battery_id: str | None = None,
+                 line: int | None = None, source: str | None = None):
+        self.field = field
+        self.battery_id = battery_id
+        self.line = line
+        self.source = source
+        where = []
+        if source:
+            where.append(str(source))
+        if line is not None:
+            where.append(f'line {line}')
+        if battery_id:
+            where.append(f'battery_id {battery_id!r}')
+        if field:
+            where.append(f'field {field!r}')
+        prefix = ', '.join(where)
+        super().__init__(f'{prefix}: {message}' if prefix else message)
+
+
+@dataclass(frozen=True)
+class VoltageStep:
+    """One adjacent pair (voltage step) of an insertion electrode, as in MP's ``InsertionVoltagePairDoc``."""
+
+    average_voltage: float
+    capacity_grav: float | None = None
+    capacity_vol: float | None = None
+    energy_grav: float | None = None
+    energy_vol: float | None = None
+    max_delta_volume: float | None = None
+    frac_charge: float | None = None
+    frac_discharge: float | None = None
+    formula_charge: str | None = None
+    formula_discharge: str | None = None
+    stability_charge: float | None = None
+    stability_discharge: float | None = None
+    id_charge: str | None = None
+    id_discharge: str | None = None
+
+
+@dataclass(frozen=True)
+class ElectrodeRecord:
+    """One insertion electrode: a charged (ion-poor) and a discharged (ion-rich) end member."""
+
+    battery_id: str
+    formula_charge: str
+    formula_discharge: str
+    working_ion: str
+    framework_formula: str = ''
+    battery_formula: str | None = None
+    num_steps: int | None = None
+    stability_charge: float | None = None
+    stability_discharge: float | None = None
+    steps: tuple[VoltageStep, ...] = ()
+    capacity_grav: float | None = None
+    energy_grav: float | None = None
+    capacity_vol: float | None = None
+    energy_vol: float | None = None
+    average_voltage: float | None = None
+    id_charge: str | None = None
+    id_discharge: str | None = None
+    charge_crystal_system: str | None = None
+    charge_space_group_number: int | None = None
+    discharge_crystal_system: str | None = None
+    discharge_space_group_number: int | None = None
+    line: int | None = field(default=None, compare=False)
+
+    @property
+    def composition_charge(self) -> Composition:
+        return parse_formula(self.formula_charge)
+
+    @property
+    def composition_discharge(self) -> Composition:
+        return parse_formula(self.formula_discharge)
+
+    @property
+    def ion_fractions(self) -> tuple[float, float]:
+        """Working-ion atoms per host-framework atom in the charged and the discharged end member."""
+        result = []
+        for composition in (self.composition_charge, self.composition_discharge):
+            host = composition.num_atoms - composition[self.working_ion]
+            result.append(composition[self.working_ion] / host)
+        return result[0], result[1]
+
+    @property
+    def end_members_reversed(self) -> bool:
+        """True where the source lists the ion-rich member as 'charged' (a quirk of 22 MP rows)."""
+        x_charge, x_discharge = self.ion_fractions
+        return x_discharge < x_charge
+
+    @property
+    def max_delta_volume(self) -> float | None:
+        """Largest volume change over the steps (the paper's second target, Fig. S5)."""
+        values = [s.max_delta_volume for s in self.steps if s.max_delta_volume is not None]
+        return max(values) if values else None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop('line')
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> 'ElectrodeRecord':
+        data = dict(data)
+        data['steps'] = tuple(VoltageStep(**s) for s in data.get('steps') or ())
+        return validate_record(cls(**data))
+
+
+def parse_formula(formula: str) -> Composition:
+    """Parse a formula with pymatgen, keeping explicit zero counts (``Li0CoO2``) and refusing dummy species."""
+    if not isinstance(formula, str) or not formula.strip():
+        raise ValueError('empty formula')
+    try:
+        composition = Composition(formula.strip())
+    except Exception as exception:  # pymatgen raises ValueError or its own errors on garbage
+        raise ValueError(f'cannot parse formula {formula!r}: {exception}') from exception
+    for species in composition:
+        if not isinstance(species, Element):
+            raise ValueError(f'formula {formula!r} contains {species}, which is not a chemical element')
+    if composition.num_atoms <= 0:
+        raise ValueError(f'formula {formula!r} has no atoms')
+    return composition
+
+
+def _framework_of(composition: Composition, ion: str) -> Composition:
+    amounts = {el: amt for el, amt in composition.get_el_amt_dict().items() if el != ion}
+    return Composition(amounts)
+
+
+# --------------------------------------------------------------------------------------------- adj_pairs parsing
+
+_STEP_FIELDS = {
+    'average_voltage': 'average_voltage', 'capacity_grav': 'capacity_grav', 'capacity_vol': 'capacity_vol',
+    'energy_grav': 'energy_grav', 'energy_vol': 'energy_vol', 'max_delta_volume': 'max_delta_volume',
+    'fracA_charge': 'frac_charge', 'fracA_discharge': 'frac_discharge', 'formula_charge': 'formula_charge',
+    'formula_discharge': 'formula_discharge', 'stability_charge': 'stability_charge',
+    'stability_discharge': 'stability_discharge', 'id_charge': 'id_charge', 'id_discharge': 'id_discharge',
+}
+
+
+def _literal(node: ast.AST, source: str) -> Any:
+    """Turn one whitelisted syntax node into a Python value without evaluating anything."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(
+            node.value, bool):
+        return node.value
+    if isinstance(node, ast.Constant) and node.value is None:
+        return None
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        value = _literal(node.operand, source)
+        if not isinstance(value, (int, float)):
+            raise ValueError('sign applied to a non-number')
+        return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Name) and node.id in ('nan', 'inf'):
+        return float(node.id)
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'MPID':
+        if len(node.args) != 1 or node.keywords:
+            raise ValueError('MPID(...) takes exactly one id')
+        text = ast.get_source_segment(source, node.args[0])
+        text = (text or '').strip().strip('\'"')
+        if not text or not all(c.isalnum() or c in '-_' for c in text):
+            raise ValueError(f'invalid material id {text!r}')
+        return text
+    raise ValueError(f'unexpected syntax {type(node).__name__} at column {getattr(node, "col_offset", "?")}')
+
+
+def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
+    """Parse the ``adj_pairs`` column: a list of ``InsertionVoltagePairDoc(...)`` reprs.
+
+    :raises ValueError: on anything but the expected grammar (the caller adds row and field).
+    """
+    text = (text or '').strip()
+    if not text:
+        return ()
+    try:
+        tree = ast.parse(text, mode='eval')
+    except SyntaxError as exception:
+        raise ValueError(f'not a list of InsertionVoltagePairDoc: {exception.msg}') from exception
+    if not isinstance(tree.body, ast.List):
+        raise ValueError('expected a list [...]')
+    steps = []
+    for index, call in enumerate(tree.body.elts):
+        if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id == 'InsertionVoltagePairDoc' and not call.args):
+            raise ValueError(f'element {index} is not InsertionVoltagePairDoc(key=value, ...)')
+        values = {}
+        for keyword in call.keywords:
+            if keyword.arg is None:
+                raise ValueError(f'element {index}: ** expansion is not allowed')
+            try:
+                value = _literal(keyword.value, text)
+            except ValueError as exception:
+                raise ValueError(f'element {index}, key {keyword.arg!r}: {exception}') from exception
+            if keyword.arg in _STEP_FIELDS:
+                values[_STEP_FIELDS[keyword.arg]] = value
+        if 'average_voltage' not in values:
+            raise ValueError(f'element {index} has no average_voltage')
+        for key, value in values.items():
+            if key.startswith(('formula', 'id_')):
+                if value is not None and not isinstance(value, str):
+                    raise ValueError(f'element {index}, key {key!r}: expected text')
+            elif value is not None and not isinstance(value, (int, float)):
+                raise ValueError(f'element {index}, key {key!r}: expected a number, got {value!r}')
+            elif value is not None:
+                values[key] = float(value)
+        steps.append(VoltageStep(**values))
+    return tuple(steps)
+
+
+# ------------------------------------------------------------------------------------------------ validation
+
+def _fail(message, record: ElectrodeRecord | None = None, field_name=None, line=None, source=None, battery_id=None):
+    raise ElectrodeDataError(message, field=field_name, battery_id=battery_id or (record.battery_id if record else None),
+                             line=line if line is not None else (record.line if record else None), source=source)
+
+
+def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:
+    """Check one record; return it with derived fields (framework formula) filled in."""
+    fail = lambda message, name: _fail(message, record, name, source=source)  # noqa: E731
+    if not record.battery_id:
+        fail('battery_id is empty', 'battery_id')
+    if record.working_ion not in WORKING_IONS:
+        fail(f'working ion {record.working_ion!r} is not one of {", ".join(WORKING_IONS)}', 'working_ion')
+    compositions = {}
+    for name in ('formula_charge', 'formula_discharge'):
+        try:
+            compositions[name] = parse_formula(getattr(record, name))
+        except ValueError as exception:
+            fail(str(exception), name)
+    ion = record.working_ion
+    frame_charge = _framework_of(compositions['formula_charge'], ion)
+    frame_discharge = _framework_of(compositions['formula_discharge'], ion)
+    if frame_charge.num_atoms <= 0 or frame_discharge.num_atoms <= 0:
+        fail(f'no host framework left once {ion} is removed', 'formula_charge')
+    x_charge = compositions['formula_charge'][ion] / frame_charge.num_atoms
+    x_discharge = compositions['formula_discharge'][ion] / frame_discharge.num_atoms
+    if math.isclose(x_charge, x_discharge, abs_tol=1e-9):
+        fail(f'charged and discharged formulas hold the same amount of {ion} per host atom', 'formula_discharge')
+    # x_discharge < x_charge happens in 22 Materials Project rows (e.g. mp-760302_Li, battery formula
+    # Li4-1...): real MP data listing the end members the other way round. They are kept and reported by
+    # read_electrodes_csv (see ElectrodeRecord.end_members_reversed).
+    if not frame_charge.almost_equals(frame_discharge, rtol=1e-3, atol=1e-6) and \
+            frame_charge.reduced_composition != frame_discharge.reduced_composition:
+        # MP reduces each end member separately: compare the frameworks per formula unit of the host.
+        if not frame_charge.reduced_composition.almost_equals(frame_discharge.reduced_composition, rtol=1e-3):
+            fail(f'charged and discharged host frameworks differ ({frame_charge.reduced_formula} vs '
+                 f'{frame_discharge.reduced_formula})', 'formula_discharge')
+    updates = {}
+    if not record.framework_formula:
+        updates['framework_formula'] = frame_discharge.reduced_formula
+    for side in ('charge', 'discharge'):
+        number = getattr(record, f'{side}_space_group_number')
+        if number is not None and not (isinstance(number, int) and 1 <= number <= 230):
+            fail(f'space group number must be an integer in 1..230, got {number!r}', f'{side}_space_group_number')
+        system = getattr(record, f'{side}_crystal_system')
+        if system is not None:
+            normalized = system.strip().capitalize()
+            if normalized not in CRYSTAL_SYSTEMS:
+                fail(f'crystal system {system!r} is not one of {", ".join(CRYSTAL_SYSTEMS)}', f'{side}_crystal_system')
+            if normalized != system:
+                updates[f'{side}_crystal_system'] = normalized
+    if record.num_steps is not None and (not isinstance(record.num_steps, int) or record.num_steps < 1):
+        fail(f'num_steps must be a positive integer, got {record.num_steps!r}', 'num_steps')
+    for name in FLOAT_COLUMNS:
+        value = getattr(record, name)
+        if value is not None and not math.isfinite(value):
+            fail(f'{name} must be a finite number, got {value!r}', name)
+    return dataclasses.replace(record, **updates) if updates else record
+
+
+def _parse_int(value: str, name: str) -> int | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f'{name} must be an integer, got {value!r}') from None
+    if not number.is_integer():
+        raise ValueError(f'{name} must be an integer, got {value!r}')
+    return int(number)
+
+
+def _parse_float(value: str, name: str) -> float | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f'{name} must be a number, got {value!r}') from None
+    if not math.isfinite(number):
+        raise ValueError(f'{name} must be finite, got {value!r}')
+    return number
+
+
+def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
+                      first_line: int = 2) -> list[ElectrodeRecord]:
+    """Convert CSV-like rows (text values) into validated records.
+
+    :param first_line: file line number of the first row (2 for a file with a header line).
+    """
+    records = []
+    seen: dict[str, int] = {}
+    for offset, row in enumerate(rows):
+        line = first_line + offset
+        battery_id = (row.get('battery_id') or '').strip()
+        for name in REQUIRED_COLUMNS:
+            if not (row.get(name) or '').strip():
+                _fail('required value is missing', field_name=name, line=line, source=source, battery_id=battery_id)
+        if battery_id in seen:
+            _fail(f'duplicate battery_id (first seen on line {seen[battery_id]})', field_name='battery_id', line=line,
+                  source=source, battery_id=battery_id)
+        seen[battery_id] = line
+        values: dict[str, Any] = {'battery_id': battery_id, 'line': line}
+        current = None
+        try:
+            for name in ('formula_charge', 'formula_discharge', 'working_ion', 'framework_formula'):
+                current = name
+                values[name] = (row.get(name) or '').strip()
+            for name in ('battery_formula', 'id_charge', 'id_discharge', 'charge_crystal_system',
+                         'discharge_crystal_system'):
+                current = name
+                values[name] = (row.get(name) or '').strip() or None
+            for name in ('num_steps', 'charge_space_group_number', 'discharge_space_group_number'):
+                current = name
+                values[name] = _parse_int(row.get(name) or '', name)
+            for name in FLOAT_COLUMNS:
+                current = name
+                values[name] = _parse_float(row.get(name) or '', name)
+            current = 'adj_pairs'
+            values['steps'] = parse_adj_pairs(row.get('adj_pairs') or '')
+        except ValueError as exception:
+            _fail(str(exception), field_name=current, line=line, source=source, battery_id=battery_id)
+        records.append(validate_record(ElectrodeRecord(**values), source=source))
+    return records
+
+
+def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None) -> list[ElectrodeRecord]:
+    """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects.
+
+    :raises ElectrodeDataError: naming the line, battery_id and field of the first bad value.
+    """
+    if isinstance(path, (str, os.PathLike)):
+        source = source or os.fspath(path)
+        with open(path, newline='', encoding='utf-8') as handle:
+            return read_electrodes_csv(handle, source=source)
+    reader = csv.DictReader(path)
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
+    records = records_from_rows(reader, source=source)
+    if not records:
+        raise ElectrodeDataError('no electrode rows', source=source)
+    reversed_ids = [r.battery_id for r in records if r.end_members_reversed]
+    if reversed_ids:
+        LOGGER.warning('%s: %d row(s) list the ion-rich end member as charged (kept as given): %s', source,
+                       len(reversed_ids), ', '.join(reversed_ids[:5]) + (' ...' if len(reversed_ids) > 5 else ''))
+    return records
+
+
+def _step_repr(step: VoltageStep) -> str:
+    inverse = {v: k for k, v in _STEP_FIELDS.items()}
+    parts = []
+    for f in dataclasses.fields(step):
+        value = getattr(step, f.name)
+        if value is None:
+            continue
+        key = inverse[f.name]
+        if key.startswith('id_'):
+            parts.append(f'{key}=MPID({value})')
+        elif isinstance(value, str):
+            parts.append(f'{key}={value!r}')
+        else:
+            parts.append(f'{key}={value!r}')
+    return 'InsertionVoltagePairDoc(' + ', '.join(parts) + ')'
+
+
+def write_electrodes_csv(records: Sequence[ElectrodeRecord], path: str | os.PathLike) -> None:
+    """Write records back in the seed's CSV layout (``adj_pairs`` in the same repr grammar)."""
+    with open(path, 'w', newline='', encoding='utf-8') as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        for record in records:
+            row = {}
+            for name in CSV_COLUMNS:
+                if name == 'adj_pairs':
+                    row[name] = '[' + ', '.join(_step_repr(s) for s in record.steps) + ']' if record.steps else ''
+                else:
+                    value = getattr(record, name)
+                    row[name] = '' if value is None else value
+            writer.writerow(row)
+
+
+def records_to_json(records: Sequence[ElectrodeRecord]) -> str:
+    return json.dumps([r.to_dict() for r in records], sort_keys=True)
+
+
+def records_from_json(text: str) -> list[ElectrodeRecord]:
+    return [ElectrodeRecord.from_dict(d) for d in json.loads(text)]
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, 'rb') as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
