@@ -1,0 +1,399 @@
+"""Regressors behind one interface, the ensemble, and :class:`VoltageModel`: a self-contained trained model.
+
+A saved model is a directory with ``config.json`` (architecture, featurizer spec, hyper-parameters, metrics,
+versions) and ``arrays.safetensors`` (network weights and every fitted featurizer array). Nothing is pickled, so
+loading a model from an untrusted archive cannot run code; the sha256 of both files is recorded and checked.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import platform
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from safetensors.numpy import load_file, save_file
+
+from .featurizers import Featurizer, featurizer_from_state, get_featurizer
+from .networks import build_network
+from .records import ElectrodeRecord
+from .training import TrainConfig, predict_network, train_network
+
+__all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'HistGradientBoosting', 'MODEL_SPECS', 'VoltageModel',
+           'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
+
+DEFAULT_FEATURIZER = 'leakfree'
+DEFAULT_MODEL = 'voltnet'
+FORMAT_VERSION = 1
+
+
+class ModelIntegrityError(ValueError):
+    """A saved model's files do not match the checksums recorded when it was saved."""
+
+
+class Regressor:
+    """fit(X, y) / predict(X) on standardized features; state = JSON config + numpy arrays."""
+
+    kind = ''
+
+    def __init__(self, **hyper):
+        self.hyper = hyper
+        self.history: dict[str, Any] = {}
+
+    def fit(self, X, y, seed: int = 0, device: str = 'auto', progress=None) -> 'Regressor':
+        raise NotImplementedError
+
+    def predict(self, X, device: str = 'auto') -> np.ndarray:
+        raise NotImplementedError
+
+    def get_state(self) -> tuple[dict, dict[str, np.ndarray]]:
+        raise NotImplementedError
+
+    @property
+    def n_parameters(self) -> int:
+        return 0
+
+
+class TorchRegressor(Regressor):
+    """A torch network trained with :func:`train_network` on a standardized target."""
+
+    kind = 'torch'
+
+    def __init__(self, architecture: str, network: dict | None = None, train: dict | None = None):
+        super().__init__(architecture=architecture, network=dict(network or {}), train=dict(train or {}))
+        self.module: torch.nn.Module | None = None
+        self.y_mean, self.y_scale = 0.0, 1.0
+
+    def _build(self, n_features: int):
+        self.module = build_network(self.hyper['architecture'], n_features, **self.hyper['network'])
+        self.n_features = n_features
+
+    def fit(self, X, y, seed=0, device='auto', progress=None):
+        y = np.asarray(y, dtype=np.float64)
+        self.y_mean, self.y_scale = float(y.mean()), float(y.std() or 1.0)
+        torch.manual_seed(seed)
+        self._build(X.shape[1])
+        config = TrainConfig(**{**self.hyper['train'], 'seed': seed, 'device': device})
+        result = train_network(self.module, X, (y - self.y_mean) / self.y_scale, config, progress=progress)
+        self.history = {'best_epoch': result.best_epoch, 'epochs_run': result.epochs_run,
+                        'best_val_mse_standardized': result.best_val_loss, 'device': result.device,
+                        'train_loss': result.train_loss, 'val_loss': result.val_loss}
+        self.module.cpu()
+        return self
+
+    def predict(self, X, device='auto'):
+        return predict_network(self.module, X, device) * self.y_scale + self.y_mean
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
+
+    def get_state(self):
+        config = {'kind': self.kind, 'hyper': self.hyper, 'n_features': self.n_features, 'y_mean': self.y_mean,
+                  'y_scale': self.y_scale}
+        arrays = {k: v.detach().cpu().numpy() for k, v in self.module.state_dict().items()}
+        return config, arrays
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        self = cls(**config['hyper'])
+        self._build(int(config['n_features']))
+        self.y_mean, self.y_scale = float(config['y_mean']), float(config['y_scale'])
+        state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
+        self.module.load_state_dict(state, strict=True)
+        self.module.eval()
+        return self
+
+
+class KernelRegressor(Regressor):
+    """RBF support-vector or kernel-ridge regression (scikit-learn), stored as support vectors and dual weights
+    and evaluated with numpy on load, so no scikit-learn object is ever serialized."""
+
+    kind = 'kernel'
+
+    def __init__(self, method: str = 'svr', C: float = 10.0, epsilon: float = 0.05, alpha: float = 0.1,
+                 gamma: float | str = 'scale'):
+        if method not in ('svr', 'krr'):
+            raise ValueError(f'kernel method must be svr or krr, not {method!r}')
+        super().__init__(method=method, C=C, epsilon=epsilon, alpha=alpha, gamma=gamma)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def fit(self, X, y, seed=0, device='auto', progress=None):
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        gamma = self.hyper['gamma']
+        if gamma == 'scale':
+            gamma = 1.0 / (X.shape[1] * X.var()) if X.var() > 0 else 1.0
+        self.y_mean = float(y.mean())
+        if self.hyper['method'] == 'svr':
+            from sklearn.svm import SVR
+
+            fitted = SVR(kernel='rbf', C=self.hyper['C'], epsilon=self.hyper['epsilon'], gamma=gamma).fit(X, y - self.y_mean)
+            self.arrays = {'support': fitted.support_vectors_, 'dual': fitted.dual_coef_.ravel(),
+                           'intercept': np.atleast_1d(fitted.intercept_).astype(np.float64)}
+        else:
+            from sklearn.kernel_ridge import KernelRidge
+
+            fitted = KernelRidge(kernel='rbf', alpha=self.hyper['alpha'], gamma=gamma).fit(X, y - self.y_mean)
+            self.arrays = {'support': X, 'dual': np.asarray(fitted.dual_coef_).ravel(), 'intercept': np.zeros(1)}
+        self.arrays['gamma'] = np.array([gamma])
+        return self
+
+    def predict(self, X, device='auto'):
+        X = np.asarray(X, dtype=np.float64)
+        support, dual = self.arrays['support'], self.arrays['dual']
+        gamma = float(self.arrays['gamma'][0])
+        out = np.empty(len(X))
+        for start in range(0, len(X), 2048):
+            chunk = X[start:start + 2048]
+            d2 = (chunk ** 2).sum(1)[:, None] + (support ** 2).sum(1)[None, :] - 2 * chunk @ support.T
+            out[start:start + 2048] = np.exp(-gamma * np.maximum(d2, 0)) @ dual
+        return out + float(self.arrays['intercept'][0]) + self.y_mean
+
+    @property
+    def n_parameters(self) -> int:
+        return int(self.arrays['dual'].size) if self.arrays else 0
+
+    def get_state(self):
+        return {'kind': self.kind, 'hyper': self.hyper, 'y_mean': self.y_mean}, dict(self.arrays)
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        self = cls(**config['hyper'])
+        self.y_mean = float(config['y_mean'])
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        return self
+
+
+REGRESSOR_KINDS = {cls.kind: cls for cls in (TorchRegressor, KernelRegressor)}
+
+#: Named model specs: the regressor and its hyper-parameters, and how many ensemble members to train.
+MODEL_SPECS: dict[str, dict[str, Any]] = {
+    # The seed's network and loop: MSE, Adam 5e-3, batch 512, up to 1000 epochs. Early stopping watches a
+    # validation split carved from the training rows (the seed had none and ran all 1000 epochs).
+    'mha_resnet': {'kind': 'torch', 'members': 1, 'description': "the seed paper's MHA-ResNet",
+                   'params': {'architecture': 'mha_resnet', 'network': {},
+                              'train': {'epochs': 1000, 'batch_size': 512, 'lr': 5e-3, 'patience': 100}}},
+    'mlp': {'kind': 'torch', 'members': 1, 'description': 'multilayer perceptron baseline (256-128, ReLU)',
+            'params': {'architecture': 'mlp', 'network': {'hidden': [256, 128]},
+                       'train': {'epochs': 600, 'batch_size': 128, 'lr': 1e-3, 'patience': 60}}},
+    'lstm': {'kind': 'torch', 'members': 1, 'description': 'LSTM baseline over the feature sequence',
+             'params': {'architecture': 'lstm', 'network': {'hidden': 64},
+                        'train': {'epochs': 300, 'batch_size': 256, 'lr': 5e-3, 'patience': 40}}},
+    'svr': {'kind': 'kernel', 'members': 1, 'description': 'RBF support-vector regression baseline',
+            'params': {'method': 'svr', 'C': 10.0, 'epsilon': 0.05}},
+    'krr': {'kind': 'kernel', 'members': 1, 'description': 'RBF kernel ridge regression baseline',
+            'params': {'method': 'krr', 'alpha': 0.1}},
+    # Ours: an ensemble of residual MLPs; members differ in seed (init, batches, validation rows), and their
+    # spread is the reported uncertainty.
+    'voltnet': {'kind': 'torch', 'members': 5, 'description': 'ensemble of 5 residual MLPs (ours, default)',
+                'params': {'architecture': 'residual_mlp', 'network': {'width': 256, 'blocks': 3, 'dropout': 0.1},
+                           'train': {'epochs': 400, 'batch_size': 128, 'lr': 1e-3, 'weight_decay': 1e-4,
+                                     'patience': 50, 'scheduler': None}}},
+}
+
+
+def build_regressor(kind: str, params: dict) -> Regressor:
+    if kind == 'torch':
+        return TorchRegressor(**params)
+    if kind == 'kernel':
+        return KernelRegressor(**params)
+    raise ValueError(f'unknown regressor kind {kind!r}')
+
+
+def _json_sha256(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class VoltageModel:
+    """A fitted featurizer plus one or more regressors (an ensemble): ``predict(records) -> (mean, std)``."""
+
+    def __init__(self, featurizer: Featurizer, members: Sequence[Regressor], model_name: str,
+                 metadata: dict[str, Any] | None = None):
+        self.featurizer = featurizer
+        self.members = list(members)
+        self.model_name = model_name
+        self.metadata = dict(metadata or {})
+
+    # -- prediction ------------------------------------------------------------------------------------------------
+    def check_records(self, records: Sequence[ElectrodeRecord]) -> None:
+        """Refuse working ions the model never saw in training (its predictions there are extrapolation)."""
+        known = set(self.metadata.get('training_ions') or [])
+        if known:
+            unseen = sorted({r.working_ion for r in records} - known)
+            if unseen:
+                raise ValueError(f'this model was trained on {", ".join(sorted(known))} and never saw working '
+                                 f'ion(s) {", ".join(unseen)}')
+
+    def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
+        predictions = np.stack([m.predict(X, device=device) for m in self.members])
+        return predictions.mean(axis=0), predictions.std(axis=0)
+
+    def predict(self, records: Sequence[ElectrodeRecord], device: str = 'auto',
+                check_ions: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Mean and ensemble standard deviation (0 for a single model) of the average voltage, in V."""
+        if check_ions:
+            self.check_records(records)
+        return self.predict_features(self.featurizer.transform(records), device=device)
+
+    @property
+    def n_parameters(self) -> int:
+        return sum(m.n_parameters for m in self.members)
+
+    @property
+    def architecture(self) -> str:
+        hyper = self.members[0].hyper
+        return hyper.get('architecture') or hyper.get('method') or self.members[0].kind
+
+    # -- persistence --------------------------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        featurizer_config, _ = self.featurizer.get_state()
+        return {
+            'format_version': FORMAT_VERSION,
+            'model_name': self.model_name,
+            'architecture': self.architecture,
+            'n_parameters': self.n_parameters,
+            'featurizer': featurizer_config,
+            'members': [m.get_state()[0] for m in self.members],
+            'metadata': self.metadata,
+        }
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        _, featurizer_arrays = self.featurizer.get_state()
+        arrays = {f'featurizer.{k}': v for k, v in featurizer_arrays.items()}
+        for index, member in enumerate(self.members):
+            arrays.update({f'member{index}.{k}': v for k, v in member.get_state()[1].items()})
+        return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays_path = directory / 'arrays.safetensors'
+        save_file(self.arrays(), str(arrays_path))
+        config = self.config()
+        config['arrays_sha256'] = _file_sha256(arrays_path)
+        config['model_version'] = self.version_hash(config)
+        (directory / 'config.json').write_text(json.dumps(config, indent=1, sort_keys=True))
+        return directory
+
+    @staticmethod
+    def version_hash(config: dict[str, Any]) -> str:
+        """Content hash of a saved model: weights + config (without timing metadata). This is the model version."""
+        stable = {k: v for k, v in config.items() if k not in ('model_version', 'metadata')}
+        stable['metadata'] = {k: v for k, v in config.get('metadata', {}).items() if k not in ('wall_time_s',)}
+        return _json_sha256(stable)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike) -> 'VoltageModel':
+        directory = Path(directory)
+        config_path, arrays_path = directory / 'config.json', directory / 'arrays.safetensors'
+        for path in (config_path, arrays_path):
+            if not path.is_file():
+                raise FileNotFoundError(f'{directory} is not a voltnet model directory: {path.name} is missing')
+        config = json.loads(config_path.read_text())
+        recorded = config.get('arrays_sha256')
+        actual = _file_sha256(arrays_path)
+        if recorded != actual:
+            raise ModelIntegrityError(f'{arrays_path}: weights file was altered (sha256 {actual[:12]}..., the model '
+                                      f'recorded {str(recorded)[:12]}...)')
+        if config.get('model_version') != cls.version_hash(config):
+            raise ModelIntegrityError(f'{config_path}: config was altered after saving (model version mismatch)')
+        return cls.from_config_arrays(config, load_file(str(arrays_path)))
+
+    @classmethod
+    def from_config_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 'VoltageModel':
+        if int(config.get('format_version', -1)) != FORMAT_VERSION:
+            raise ValueError(f'unsupported model format version {config.get("format_version")}')
+
+        def prefixed(prefix):
+            return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+        featurizer = featurizer_from_state(config['featurizer'], prefixed('featurizer.'))
+        members = []
+        for index, member_config in enumerate(config['members']):
+            regressor_cls = REGRESSOR_KINDS[member_config['kind']]
+            members.append(regressor_cls.from_state(member_config, prefixed(f'member{index}.')))
+        model = cls(featurizer, members, config['model_name'], config.get('metadata'))
+        model.saved_version = config.get('model_version')
+        return model
+
+
+def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Featurizer = DEFAULT_FEATURIZER,
+                        model: str = DEFAULT_MODEL, seed: int = 0, device: str = 'auto',
+                        members: int | None = None, train_overrides: dict | None = None,
+                        featurizer_options: dict | None = None, target: str = 'average_voltage',
+                        progress: Callable[[str], Any] | None = None, show_progress: bool = False) -> VoltageModel:
+    """Fit ``featurizer`` and ``model`` on all ``records`` (validation rows for early stopping are carved inside).
+
+    :param model: a name in :data:`MODEL_SPECS`.
+    :param members: ensemble size (default: the spec's); member ``i`` uses seed ``seed * 1000 + i``.
+    :param train_overrides: overrides of the torch training settings (epochs, lr, batch_size, patience, ...).
+    :param target: ``average_voltage`` or ``max_delta_volume`` (the paper's Fig. S5 target).
+    """
+    if model not in MODEL_SPECS:
+        raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
+    spec = MODEL_SPECS[model]
+    started = time.perf_counter()
+    if isinstance(featurizer, str):
+        with warnings.catch_warnings():
+            if featurizer == 'paper':
+                warnings.simplefilter('always')
+            featurizer = get_featurizer(featurizer, **(featurizer_options or {}))
+    y = np.array([_target(r, target) for r in records], dtype=np.float64)
+    X = featurizer.fit_transform(records)
+    n_members = members if members is not None else spec['members']
+    fitted = []
+    from tqdm.auto import tqdm
+
+    for index in range(n_members):
+        params = json.loads(json.dumps(spec['params']))
+        if spec['kind'] == 'torch' and train_overrides:
+            params['train'].update(train_overrides)
+        regressor = build_regressor(spec['kind'], params)
+        bar = None
+        callback = None
+        if show_progress and spec['kind'] == 'torch':
+            bar = tqdm(total=params['train']['epochs'], desc=f'{model} member {index + 1}/{n_members}', leave=False)
+
+            def callback(epoch, train_loss, val_loss, bar=bar):
+                bar.update(1)
+                bar.set_postfix(train=f'{train_loss:.3f}', val=f'{val_loss:.3f}' if val_loss is not None else '-')
+        regressor.fit(X, y, seed=seed * 1000 + index, device=device, progress=callback)
+        if bar is not None:
+            bar.close()
+        if progress:
+            progress(f'member {index + 1}/{n_members} trained')
+        fitted.append(regressor)
+    metadata = {
+        'seed': seed, 'target': target, 'n_training_rows': len(records),
+        'training_ions': sorted({r.working_ion for r in records}),
+        'train_history': [{k: v for k, v in m.history.items() if k not in ('train_loss', 'val_loss')}
+                           for m in fitted],
+        'versions': {'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),
+                     'aiida_voltnet': _package_version()},
+        'wall_time_s': round(time.perf_counter() - started, 3),
+    }
+    return VoltageModel(featurizer, fitted, model, metadata)
+
+
+def _target(record: ElectrodeRecord, target: str) -> float:
+    value = getattr(record, target)
+    if value is None or not math.isfinite(value):
+        raise ValueError(f'battery {record.battery_id!r} has no {target} to train on')
+    return float(value)
+
+
+def _package_version() -> str:
+    from aiida_voltnet import __version__
+
+    return __version__

@@ -1,0 +1,185 @@
+"""torch networks: the seed's MHA-ResNet (faithful), the paper's neural baselines and our residual MLP."""
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+__all__ = ['Bottleneck', 'SeedResNet', 'TransformerBlock', 'MHAResNet', 'MLP', 'LSTMRegressor', 'ResidualMLP',
+           'build_network', 'NETWORKS', 'attention_as_linear']
+
+
+class Bottleneck(nn.Module):
+    """The seed's bottleneck block: 1x1 conv, BN, ReLU; 3x1 conv, BN, ReLU; 1x1 conv, BN, ReLU; plus a 1x1-conv
+    projection shortcut when the channel count changes. Note the ReLU *after* the last BN and before the sum,
+    unlike He et al.: kept, since it is the seed's."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, downsample: bool = False):
+        super().__init__()
+        stride = 2 if downsample else 1
+        self.layer = nn.Sequential(
+            nn.Conv1d(in_channels, mid_channels, 1, stride),
+            nn.BatchNorm1d(mid_channels),
+            nn.ReLU(),
+            nn.Conv1d(mid_channels, mid_channels, 3, padding=1),
+            nn.BatchNorm1d(mid_channels),
+            nn.ReLU(),
+            nn.Conv1d(mid_channels, out_channels, 1),
+            nn.BatchNorm1d(out_channels),
+            nn.ReLU(),
+        )
+        self.res_layer = nn.Conv1d(in_channels, out_channels, 1, stride) if in_channels != out_channels else None
+
+    def forward(self, x):
+        residual = self.res_layer(x) if self.res_layer is not None else x
+        return self.layer(x) + residual
+
+
+class SeedResNet(nn.Module):
+    """The seed notebook's 1-D ResNet trunk (``features``), ending in a 512-wide global average pool."""
+
+    def __init__(self, in_channels: int = 1):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv1d(in_channels, 64, kernel_size=7, stride=2, padding=3),
+            nn.MaxPool1d(3, 2, 1),
+            Bottleneck(64, 64, 256, False),
+            Bottleneck(256, 64, 256, False),
+            Bottleneck(256, 64, 256, False),
+            Bottleneck(256, 128, 512, True),
+            Bottleneck(512, 128, 512, False),
+            Bottleneck(512, 128, 512, False),
+            Bottleneck(512, 128, 512, False),
+            nn.AdaptiveAvgPool1d(1),
+        )
+        # The seed's ResNet also defines a head that MHA-ResNet never calls. Its 513 parameters are part of the
+        # seed's model (and of Adam's state), so the faithful model keeps it.
+        self.classifer = nn.Sequential(nn.Linear(512, 1))
+
+
+class TransformerBlock(nn.Module):
+    """Post-norm transformer block: 8-head self-attention, FFN 2048, dropout 0.1 (the seed's)."""
+
+    def __init__(self, embed_dim: int = 512, num_heads: int = 8, ff_dim: int = 2048, dropout: float = 0.1):
+        super().__init__()
+        self.att = nn.MultiheadAttention(embed_dim, num_heads)
+        self.ffn = nn.Sequential(nn.Linear(embed_dim, ff_dim), nn.ReLU(), nn.Linear(ff_dim, embed_dim))
+        self.layernorm1 = nn.LayerNorm(embed_dim)
+        self.layernorm2 = nn.LayerNorm(embed_dim)
+        self.dropout1 = nn.Dropout(dropout)
+        self.dropout2 = nn.Dropout(dropout)
+
+    def attention(self, x):
+        return self.att(x, x, x, need_weights=False)[0]
+
+    def forward(self, x):
+        out1 = self.layernorm1(x + self.dropout1(self.attention(x)))
+        return self.layernorm2(out1 + self.dropout2(self.ffn(out1)))
+
+
+class MHAResNet(nn.Module):
+    """The seed's MHA-ResNet: features as a 1-channel sequence -> ResNet trunk -> 512 -> one post-norm
+    transformer block -> linear to the voltage.
+
+    ``x.unsqueeze(0)`` with a sequence-first ``nn.MultiheadAttention`` makes a sequence of length one per row:
+    softmax over a single key is 1, so the attention is exactly ``out_proj(v_proj(x))``, a linear map. The
+    faithful model keeps the full ``nn.MultiheadAttention`` (its Q and K weights exist and are trained to no
+    effect); :func:`attention_as_linear` gives the same numbers without computing Q, K and the softmax.
+    """
+
+    def __init__(self, n_features: int, embed_dim: int = 512, num_heads: int = 8, ff_dim: int = 2048,
+                 num_transformer_blocks: int = 1, dropout: float = 0.1):
+        super().__init__()
+        self.n_features = n_features
+        self.embed_dim = embed_dim
+        self.resnet = SeedResNet(1)
+        self.transformer_blocks = nn.ModuleList(
+            [TransformerBlock(embed_dim, num_heads, ff_dim, dropout) for _ in range(num_transformer_blocks)])
+        self.classifier = nn.Sequential(nn.Linear(embed_dim, 1))
+
+    def forward(self, x):
+        x = x.reshape(-1, 1, x.shape[1])
+        x = self.resnet.features(x)
+        x = x.view(-1, self.embed_dim)
+        x = x.unsqueeze(0)
+        for block in self.transformer_blocks:
+            x = block(x)
+        x = x.squeeze(0)
+        return self.classifier(x).squeeze(-1)
+
+
+def _single_token_attention(block: TransformerBlock, x):
+    """Self-attention over a length-one sequence: softmax(q k^T / sqrt(d)) = 1, so the output is W_o (W_v x + b_v)
+    + b_o exactly. Same parameters, same gradients for V and O; Q and K get none (as in the full module)."""
+    att = block.att
+    embed = att.embed_dim
+    value = nn.functional.linear(x, att.in_proj_weight[2 * embed:], att.in_proj_bias[2 * embed:])
+    return att.out_proj(value)
+
+
+def attention_as_linear(model: MHAResNet) -> MHAResNet:
+    """Switch every transformer block of ``model`` to the exact single-token form of its attention (in place)."""
+    for block in model.transformer_blocks:
+        block.attention = functools.partial(_single_token_attention, block)
+    return model
+
+
+class MLP(nn.Module):
+    """Plain multilayer perceptron (the paper's MLP/DNN baselines)."""
+
+    def __init__(self, n_features: int, hidden: tuple[int, ...] = (256, 128), dropout: float = 0.0):
+        super().__init__()
+        layers, width = [], n_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), nn.ReLU()] + ([nn.Dropout(dropout)] if dropout else [])
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).squeeze(-1)
+
+
+class LSTMRegressor(nn.Module):
+    """LSTM baseline: the feature vector read as a sequence of scalars, last hidden state to the voltage."""
+
+    def __init__(self, n_features: int, hidden: int = 64, layers: int = 1):
+        super().__init__()
+        self.lstm = nn.LSTM(1, hidden, num_layers=layers, batch_first=True)
+        self.head = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        output, _ = self.lstm(x.unsqueeze(-1))
+        return self.head(output[:, -1]).squeeze(-1)
+
+
+class ResidualMLP(nn.Module):
+    """Our leak-free network: pre-norm residual MLP blocks (LayerNorm, SiLU, dropout)."""
+
+    def __init__(self, n_features: int, width: int = 384, blocks: int = 3, dropout: float = 0.1):
+        super().__init__()
+        self.inp = nn.Linear(n_features, width)
+        self.blocks = nn.ModuleList(nn.Sequential(
+            nn.LayerNorm(width), nn.Linear(width, width * 2), nn.SiLU(), nn.Dropout(dropout),
+            nn.Linear(width * 2, width)) for _ in range(blocks))
+        self.out = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+
+    def forward(self, x):
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(h)
+        return self.out(h).squeeze(-1)
+
+
+NETWORKS = {'mha_resnet': MHAResNet, 'mlp': MLP, 'lstm': LSTMRegressor, 'residual_mlp': ResidualMLP}
+
+
+def build_network(architecture: str, n_features: int, **hyper) -> nn.Module:
+    try:
+        cls = NETWORKS[architecture]
+    except KeyError:
+        raise ValueError(f'unknown network {architecture!r}; choose one of {", ".join(NETWORKS)}') from None
+    if 'hidden' in hyper:
+        hyper['hidden'] = tuple(hyper['hidden']) if isinstance(hyper['hidden'], (list, tuple)) else hyper['hidden']
+    return cls(n_features, **hyper)

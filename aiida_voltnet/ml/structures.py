@@ -1,0 +1,104 @@
+"""Electrode records from a pair of pymatgen structures (e.g. relaxed DFT cells of the charged and discharged
+end members), so that the featurizers see the same fields as for Materials Project rows."""
+from __future__ import annotations
+
+from pymatgen.core import Composition, Structure
+from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, validate_record
+
+__all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_PAIRS', 'shipped_pair']
+
+
+def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
+    """Space-group number and crystal system (capitalized, as in MP) of ``structure``."""
+    analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
+    return analyzer.get_space_group_number(), analyzer.get_crystal_system().capitalize()
+
+
+def host_framework(composition: Composition, working_ion: str) -> Composition:
+    return Composition({el: amt for el, amt in composition.get_el_amt_dict().items() if el != working_ion})
+
+
+def _formula(composition: Composition, working_ion: str) -> str:
+    """Formula with the working ion first and an explicit zero count, as MP writes charged members (Li0CoO2)."""
+    amounts = composition.get_el_amt_dict()
+    ion_amount = amounts.pop(working_ion, 0.0)
+    rest = Composition(amounts).formula.replace(' ', '')
+    count = f'{ion_amount:g}'
+    return f'{working_ion}{count}{rest}'
+
+
+def record_from_structures(charged: Structure, discharged: Structure, working_ion: str,
+                           battery_id: str | None = None, symprec: float = 0.1) -> ElectrodeRecord:
+    """Build an :class:`ElectrodeRecord` from the charged (ion-poor) and discharged (ion-rich) structures.
+
+    The two formulas are written per the same amount of host framework, so the ion content change is right.
+
+    :raises ElectrodeDataError: if the working ion is unknown, the host frameworks differ, or the discharged
+        structure does not hold more of the working ion than the charged one.
+    """
+    label = battery_id or 'structure pair'
+    if working_ion not in WORKING_IONS:
+        raise ElectrodeDataError(f'working ion {working_ion!r} is not one of {", ".join(WORKING_IONS)}',
+                                 battery_id=label, field='working_ion')
+    host_charged = host_framework(charged.composition, working_ion)
+    host_discharged = host_framework(discharged.composition, working_ion)
+    if host_charged.num_atoms == 0 or host_discharged.num_atoms == 0:
+        raise ElectrodeDataError(f'a structure holds nothing but {working_ion}', battery_id=label, field='structures')
+    if host_charged.reduced_composition != host_discharged.reduced_composition:
+        raise ElectrodeDataError(
+            f'host frameworks differ: charged {host_charged.reduced_formula}, discharged '
+            f'{host_discharged.reduced_formula} (both must be the same framework with different {working_ion} content)',
+            battery_id=label, field='structures')
+    # Scale both to one formula unit of the reduced host framework.
+    reduced, units = host_charged.get_reduced_composition_and_factor()
+    charged_comp = charged.composition / units
+    _, units_discharged = host_discharged.get_reduced_composition_and_factor()
+    discharged_comp = discharged.composition / units_discharged
+    if discharged_comp[working_ion] <= charged_comp[working_ion] + 1e-9:
+        raise ElectrodeDataError(
+            f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
+            f'host formula unit than the charged one ({charged.composition.reduced_formula})',
+            battery_id=label, field='structures')
+    sg_charge, system_charge = symmetry_of(charged, symprec)
+    sg_discharge, system_discharge = symmetry_of(discharged, symprec)
+    record = ElectrodeRecord(
+        battery_id=label,
+        formula_charge=_formula(charged_comp, working_ion),
+        formula_discharge=_formula(discharged_comp, working_ion),
+        working_ion=working_ion,
+        framework_formula=reduced.reduced_formula,
+        charge_space_group_number=sg_charge,
+        charge_crystal_system=system_charge,
+        discharge_space_group_number=sg_discharge,
+        discharge_crystal_system=system_discharge,
+        num_steps=1,
+    )
+    return validate_record(record)
+
+
+#: Example pairs built from structures that ship with pymatgen (``pymatgen/util/structures``): the discharged
+#: cell as shipped, the charged one with every working ion removed (an unrelaxed delithiated host).
+SHIPPED_PAIRS = {
+    'LiFePO4': ('LiFePO4', 'Li'),
+    'NaFePO4': ('NaFePO4', 'Na'),
+    'Li3V2(PO4)3': ('Li3V2(PO4)3', 'Li'),
+}
+
+
+def shipped_pair(name: str) -> tuple[Structure, Structure, str]:
+    """(charged, discharged, working_ion) for one of :data:`SHIPPED_PAIRS`, from pymatgen's own files."""
+    import os
+
+    import pymatgen.util
+
+    try:
+        filename, ion = SHIPPED_PAIRS[name]
+    except KeyError:
+        raise ValueError(f'unknown shipped pair {name!r}; choose one of {", ".join(SHIPPED_PAIRS)}') from None
+    path = os.path.join(os.path.dirname(pymatgen.util.__file__), 'structures', f'{filename}.json')
+    discharged = Structure.from_file(path)
+    charged = discharged.copy()
+    charged.remove_species([species for species in charged.composition if species.symbol == ion])
+    return charged, discharged, ion
