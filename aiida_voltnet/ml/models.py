@@ -25,7 +25,7 @@ from .networks import build_network
 from .records import ElectrodeRecord
 from .training import TrainConfig, predict_network, train_network
 
-__all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'HistGradientBoosting', 'MODEL_SPECS', 'VoltageModel',
+__all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -171,7 +171,122 @@ class KernelRegressor(Regressor):
         return self
 
 
-REGRESSOR_KINDS = {cls.kind: cls for cls in (TorchRegressor, KernelRegressor)}
+class GradientBoostedTrees(Regressor):
+    """Histogram gradient-boosted trees (scikit-learn), each member fitted on a random subsample of the rows.
+
+    The fitted trees are exported as flat node arrays (feature, threshold, children, leaf value) and evaluated
+    with numpy, so the saved state is plain arrays and loading needs no scikit-learn object at all.
+    """
+
+    kind = 'trees'
+    _NODE_FIELDS = ('value', 'feature_idx', 'num_threshold', 'missing_go_to_left', 'left', 'right', 'is_leaf')
+
+    def __init__(self, loss: str = 'absolute_error', max_iter: int = 250, learning_rate: float = 0.2,
+                 max_leaf_nodes: int = 31, min_samples_leaf: int = 20, l2_regularization: float = 0.0,
+                 subsample: float = 0.8):
+        super().__init__(loss=loss, max_iter=max_iter, learning_rate=learning_rate, max_leaf_nodes=max_leaf_nodes,
+                         min_samples_leaf=min_samples_leaf, l2_regularization=l2_regularization,
+                         subsample=subsample)
+        self.arrays: dict[str, np.ndarray] = {}
+
+    def fit(self, X, y, seed=0, device='auto', progress=None):
+        from sklearn.ensemble import HistGradientBoostingRegressor
+
+        X = np.asarray(X, dtype=np.float64)
+        y = np.asarray(y, dtype=np.float64)
+        rng = np.random.default_rng(seed)
+        hyper = dict(self.hyper)
+        fraction = hyper.pop('subsample')
+        rows = np.sort(rng.choice(len(X), size=max(2, int(round(fraction * len(X)))), replace=False)) \
+            if fraction < 1 else np.arange(len(X))
+        fitted = HistGradientBoostingRegressor(early_stopping=False, random_state=seed % (2 ** 31), **hyper).fit(
+            X[rows], y[rows])
+        trees = [predictors[0].nodes for predictors in fitted._predictors]
+        offsets = np.cumsum([0] + [len(t) for t in trees[:-1]])
+        nodes = np.concatenate(trees)
+        arrays = {name: np.ascontiguousarray(nodes[name]) for name in self._NODE_FIELDS}
+        shift = np.repeat(offsets, [len(t) for t in trees])
+        arrays['left'] = arrays['left'].astype(np.int64) + shift
+        arrays['right'] = arrays['right'].astype(np.int64) + shift
+        arrays['missing_go_to_left'] = arrays['missing_go_to_left'].astype(np.uint8)
+        arrays['is_leaf'] = arrays['is_leaf'].astype(np.uint8)
+        arrays['roots'] = offsets.astype(np.int64)
+        arrays['baseline'] = np.asarray(fitted._baseline_prediction, dtype=np.float64).ravel()[:1]
+        self.arrays = arrays
+        self.history = {'n_trees': len(trees), 'n_rows': int(len(rows))}
+        self._compiled = None
+        if progress is not None:
+            progress(len(trees), float('nan'), None)
+        return self
+
+    def _compiled_trees(self):
+        """Rebuild scikit-learn's compiled tree predictors from the stored arrays (fast path)."""
+        if getattr(self, '_compiled', None) is None:
+            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE, X_BITSET_INNER_DTYPE
+            from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
+
+            a = self.arrays
+            bounds = list(a['roots']) + [len(a['value'])]
+            empty = np.zeros((0, 8), dtype=X_BITSET_INNER_DTYPE)
+            trees = []
+            for start, stop in zip(bounds[:-1], bounds[1:]):
+                nodes = np.zeros(stop - start, dtype=PREDICTOR_RECORD_DTYPE)
+                for name in self._NODE_FIELDS:
+                    nodes[name] = a[name][start:stop]
+                nodes['left'] = a['left'][start:stop] - start
+                nodes['right'] = a['right'][start:stop] - start
+                trees.append(TreePredictor(nodes, empty, empty))
+            self._compiled = (trees, empty, np.zeros(0, dtype=np.uint32))
+        return self._compiled
+
+    def predict(self, X, device='auto'):
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        try:
+            trees, bitsets, index_map = self._compiled_trees()
+        except ImportError:  # scikit-learn moved its private predictor: fall back to the numpy evaluator
+            return self._predict_numpy(X)
+        threads = torch.get_num_threads()
+        total = np.zeros(len(X))
+        for tree in trees:
+            total += tree.predict(X, bitsets, index_map, threads)
+        return total + float(self.arrays['baseline'][0])
+
+    def _predict_numpy(self, X):
+        a = self.arrays
+        roots = a['roots']
+        out = np.empty(len(X))
+        for start in range(0, len(X), 512):
+            chunk = X[start:start + 512]
+            node = np.broadcast_to(roots, (len(chunk), len(roots))).copy()
+            rows = np.arange(len(chunk))[:, None]
+            while True:
+                leaf = a['is_leaf'][node].astype(bool)
+                if leaf.all():
+                    break
+                value = chunk[rows, a['feature_idx'][node]]
+                go_left = np.where(np.isnan(value), a['missing_go_to_left'][node].astype(bool),
+                                   value <= a['num_threshold'][node])
+                node = np.where(leaf, node, np.where(go_left, a['left'][node], a['right'][node]))
+            out[start:start + 512] = a['value'][node].sum(axis=1)
+        return out + float(a['baseline'][0])
+
+    @property
+    def n_parameters(self) -> int:
+        """Leaf values plus split thresholds."""
+        return int(self.arrays['value'].size) if self.arrays else 0
+
+    def get_state(self):
+        return {'kind': self.kind, 'hyper': self.hyper}, dict(self.arrays)
+
+    @classmethod
+    def from_state(cls, config, arrays):
+        self = cls(**config['hyper'])
+        self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._compiled = None
+        return self
+
+
+REGRESSOR_KINDS = {cls.kind: cls for cls in (TorchRegressor, KernelRegressor, GradientBoostedTrees)}
 
 #: Named model specs: the regressor and its hyper-parameters, and how many ensemble members to train.
 MODEL_SPECS: dict[str, dict[str, Any]] = {
@@ -192,7 +307,10 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
             'params': {'method': 'krr', 'alpha': 0.1}},
     # Ours: an ensemble of residual MLPs; members differ in seed (init, batches, validation rows), and their
     # spread is the reported uncertainty.
-    'voltnet': {'kind': 'torch', 'members': 5, 'description': 'ensemble of 5 residual MLPs (ours, default)',
+    'voltnet': {'kind': 'trees', 'members': 5,
+                'description': 'ensemble of 5 gradient-boosted tree models on subsamples (ours, default)',
+                'params': {'loss': 'absolute_error', 'max_iter': 250, 'learning_rate': 0.2, 'subsample': 0.8}},
+    'voltnet_mlp': {'kind': 'torch', 'members': 5, 'description': 'ensemble of 5 residual MLPs (GPU-friendly)',
                 'params': {'architecture': 'residual_mlp', 'network': {'width': 256, 'blocks': 3, 'dropout': 0.1},
                            'train': {'epochs': 400, 'batch_size': 128, 'lr': 1e-3, 'weight_decay': 1e-4,
                                      'patience': 50, 'scheduler': None}}},
@@ -204,6 +322,8 @@ def build_regressor(kind: str, params: dict) -> Regressor:
         return TorchRegressor(**params)
     if kind == 'kernel':
         return KernelRegressor(**params)
+    if kind == 'trees':
+        return GradientBoostedTrees(**params)
     raise ValueError(f'unknown regressor kind {kind!r}')
 
 
@@ -355,7 +475,10 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     fitted = []
     from tqdm.auto import tqdm
 
-    for index in range(n_members):
+    members_iter = range(n_members)
+    if show_progress and spec['kind'] != 'torch':
+        members_iter = tqdm(members_iter, desc=f'{model} ensemble members', unit='member')
+    for index in members_iter:
         params = json.loads(json.dumps(spec['params']))
         if spec['kind'] == 'torch' and train_overrides:
             params['train'].update(train_overrides)

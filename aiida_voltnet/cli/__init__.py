@@ -1,0 +1,130 @@
+"""The ``voltnet`` command line (click).
+
+``train`` and ``predict`` need no AiiDA profile: they are the core, on files. ``quickstart``, ``provenance`` and
+``predictions`` work on an AiiDA profile (the embedded SQLite one by default).
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+EXIT_BAD_INPUT = 2
+EXIT_BAD_MODEL = 3
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT):
+    click.echo(f'Error: {message}', err=True)
+    sys.exit(code)
+
+
+@click.group(context_settings={'help_option_names': ['-h', '--help']})
+@click.version_option(package_name='aiida-voltnet')
+@click.option('-v', '--verbose', is_flag=True, help='Show info-level log messages.')
+def cli(verbose):
+    """aiida-voltnet: average voltages of insertion electrodes, with provenance."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s: %(message)s')
+
+
+@cli.command()
+@click.option('--data', 'data', required=True, type=click.Path(exists=True, dir_okay=False),
+              help='Training CSV in the seed format (needs average_voltage).')
+@click.option('--out', 'out', required=True, type=click.Path(file_okay=False),
+              help='Directory to write the model to (config.json + arrays.safetensors).')
+@click.option('--featurizer', default='leakfree', show_default=True,
+              type=click.Choice(['leakfree', 'paper']),
+              help='Feature set. "paper" reproduces the seed, including its target leak (warns).')
+@click.option('--model', 'model_name', default='voltnet', show_default=True,
+              type=click.Choice(['voltnet', 'voltnet_mlp', 'mha_resnet', 'mlp', 'lstm', 'svr', 'krr']),
+              help='Model to train (voltnet: our leak-free ensemble).')
+@click.option('--seed', default=0, show_default=True, type=int, help='Random seed.')
+@click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
+@click.option('--epochs', default=None, type=int, help='Override the number of epochs of torch models.')
+@click.option('--members', default=None, type=int, help='Override the ensemble size.')
+def train(data, out, featurizer, model_name, seed, device, epochs, members):
+    """Train on all rows of a CSV and write a model directory."""
+    from aiida_voltnet.ml.models import train_voltage_model
+    from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
+
+    try:
+        records = read_electrodes_csv(data)
+    except ElectrodeDataError as exception:
+        _fail(str(exception))
+    if featurizer == 'paper':
+        click.secho('WARNING: the paper featurizer feeds capacity_grav and energy_grav, whose ratio is the target '
+                    'average_voltage: its scores measure the leak.', fg='yellow', err=True)
+    overrides = {'epochs': epochs} if epochs else None
+    click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            model = train_voltage_model(records, featurizer=featurizer, model=model_name, seed=seed, device=device,
+                                        members=members, train_overrides=overrides, show_progress=True)
+    except ValueError as exception:
+        _fail(str(exception))
+    model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': file_sha256(data)}
+    directory = model.save(out)
+    config = json.loads((directory / 'config.json').read_text())
+    click.echo(f'Wrote {directory} (model version {config["model_version"][:16]}, '
+               f'{model.n_parameters} parameters, {model.metadata["wall_time_s"]:.1f} s)')
+
+
+def _read_model(path):
+    from aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel
+
+    try:
+        return VoltageModel.load(path)
+    except (FileNotFoundError, ModelIntegrityError, ValueError, KeyError) as exception:
+        _fail(f'cannot load model {path}: {exception}', EXIT_BAD_MODEL)
+
+
+@cli.command()
+@click.option('--model', 'model_dir', required=True, type=click.Path(exists=True, file_okay=False),
+              help='Model directory written by "voltnet train".')
+@click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
+              help='CSV of electrodes to predict (average_voltage may be absent).')
+@click.option('--out', 'out', type=click.Path(dir_okay=False),
+              help='Output CSV: battery_id,predicted_voltage,uncertainty (with --data).')
+@click.option('--charged', help='Formula of the charged (ion-poor) member, e.g. FePO4.')
+@click.option('--discharged', help='Formula of the discharged (ion-rich) member, e.g. LiFePO4.')
+@click.option('--ion', help='Working ion, e.g. Li.')
+@click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
+def predict(model_dir, data, out, charged, discharged, ion, device):
+    """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
+    from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record
+
+    single = any(v is not None for v in (charged, discharged, ion))
+    if single == bool(data):
+        _fail('give either --data CSV --out OUT.csv, or --charged F --discharged F --ion ION')
+    model = _read_model(model_dir)
+    try:
+        if single:
+            if None in (charged, discharged, ion):
+                _fail('--charged, --discharged and --ion go together')
+            records = [validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
+                                                       formula_discharge=discharged, working_ion=ion))]
+        else:
+            if not out:
+                _fail('--data needs --out OUT.csv')
+            records = read_electrodes_csv(data)
+        mean, std = model.predict(records, device=device)
+    except (ElectrodeDataError, ValueError) as exception:
+        _fail(str(exception))
+    if single:
+        click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
+                   f'(model {model.saved_version[:16]})')
+        return
+    with open(out, 'w', newline='') as handle:
+        writer = csv.writer(handle)
+        writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
+        for record, m, s in zip(records, mean, std):
+            writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
+    click.echo(f'Wrote {len(records)} predictions to {out}')
+
+
+from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)

@@ -1,0 +1,140 @@
+"""``voltnet`` commands that work on an AiiDA profile: quickstart, provenance, predictions."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import click
+
+from . import EXIT_BAD_INPUT, _fail, cli
+
+QUICKSTART_PROFILE = 'voltnet-quickstart'
+SHARED_CSV = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+
+def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
+    """Create (once) or reuse an SQLite-backed profile without a broker, and load it.
+
+    ``core.sqlite_dos`` keeps the database and the file repository in one folder; with no broker the profile
+    needs no running service (processes are run in this interpreter, not submitted to a daemon).
+    """
+    from aiida import load_profile
+    from aiida.common.exceptions import ProfileConfigurationError
+    from aiida.manage.configuration import create_profile, get_config
+
+    config = get_config(create=True)
+    try:
+        profile = config.get_profile(name)
+        echo(f'Reusing AiiDA profile {name!r} ({profile.storage_backend}, no broker)')
+    except ProfileConfigurationError:
+        folder = Path(config.dirpath) / 'repository' / f'sqlite_dos_{name}'
+        profile = create_profile(config, storage_backend='core.sqlite_dos', storage_config={'filepath': str(folder)},
+                                 broker_backend=None, name=name, email='voltnet@localhost')
+        config.set_option('runner.poll.interval', 1, scope=name)
+        config.store()
+        echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services)')
+    return load_profile(name, allow_switch=True)
+
+
+def _load_profile(profile):
+    from aiida import load_profile
+
+    try:
+        return load_profile(profile, allow_switch=True)
+    except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here
+        _fail(f'cannot load AiiDA profile {profile or "(default)"}: {exception}')
+
+
+@cli.command()
+@click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
+              help='Training CSV (default: the shared MP insertion-electrode CSV).')
+@click.option('--profile', default=QUICKSTART_PROFILE, show_default=True,
+              help='AiiDA profile to create or reuse (SQLite-backed, no services).')
+@click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),
+              help='Training protocol.')
+def quickstart(data, profile, protocol):
+    """End-to-end demo: import the CSV, train with provenance, predict real structure pairs, show provenance."""
+    import time
+
+    data = data or os.environ.get('VOLTNET_DATA') or str(SHARED_CSV.resolve())
+    if not Path(data).is_file():
+        _fail(f'training CSV {data} not found; pass --data')
+    started = time.perf_counter()
+    ensure_embedded_profile(profile)
+    from aiida_voltnet.workflows.quickstart import run_quickstart
+
+    result = run_quickstart(data, protocol=protocol, echo=click.echo)
+    click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
+    return result
+
+
+@cli.command()
+@click.argument('identifier')
+@click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
+@click.option('--json', 'as_json', is_flag=True, help='Print the answer as JSON.')
+def provenance(identifier, profile, as_json):
+    """Where a prediction came from: model version, training process and data, and its inputs.
+
+    IDENTIFIER is the pk or uuid of a prediction (ArrayData or Float) or of a predict process.
+    """
+    _load_profile(profile)
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.orm import load_node
+
+    from aiida_voltnet.provenance import prediction_provenance
+
+    try:
+        node = load_node(identifier)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        _fail(f'no unique node {identifier!r}: {exception}')
+    try:
+        answer = prediction_provenance(node)
+    except ValueError as exception:
+        _fail(str(exception))
+    if as_json:
+        click.echo(json.dumps(answer, indent=2, default=str))
+        return
+    _print_tree(answer)
+
+
+def _print_tree(data, indent=0):
+    for key, value in data.items():
+        if isinstance(value, dict):
+            click.echo(' ' * indent + f'{key}:')
+            _print_tree(value, indent + 2)
+        elif isinstance(value, list) and len(value) > 8:
+            click.echo(' ' * indent + f'{key}: {value[:8]} ... ({len(value)} in all)')
+        else:
+            click.echo(' ' * indent + f'{key}: {value}')
+
+
+@cli.command()
+@click.option('--model', 'model_id', required=True, help='pk or uuid of a voltage model node.')
+@click.option('--ion', default=None, help='Only this working ion.')
+@click.option('--min-voltage', type=float, default=None, help='Only predictions at or above this voltage (V).')
+@click.option('--max-voltage', type=float, default=None, help='Only predictions at or below this voltage (V).')
+@click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
+def predictions(model_id, ion, min_voltage, max_voltage, profile):
+    """List what a model predicted (battery, ion, voltage, uncertainty, prediction node)."""
+    _load_profile(profile)
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.orm import load_node
+
+    from aiida_voltnet.provenance import list_predictions
+
+    try:
+        model = load_node(model_id)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        _fail(f'no unique node {model_id!r}: {exception}')
+    try:
+        rows = list_predictions(model, ion=ion, min_voltage=min_voltage, max_voltage=max_voltage)
+    except (TypeError, ValueError) as exception:
+        _fail(str(exception), EXIT_BAD_INPUT)
+    click.echo(f'{"battery_id":<28} {"ion":<4} {"voltage":>8} {"+/-":>6}  node')
+    for row in rows:
+        click.echo(f'{row["battery_id"]:<28} {row["working_ion"]:<4} {row["voltage"]:8.3f} '
+                   f'{row["uncertainty"]:6.3f}  {row["node"]}')
+    click.echo(f'{len(rows)} prediction(s)', err=True)
+    sys.stdout.flush()
