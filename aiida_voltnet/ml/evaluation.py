@@ -1,0 +1,84 @@
+"""Honest evaluation protocols: several seeds, grouped splits by default, featurizers fitted on training rows only,
+and nothing selected on the test rows (early stopping uses a validation split carved from the training rows)."""
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .metrics import regression_metrics
+from .models import train_voltage_model
+from .records import ElectrodeRecord
+from .splits import kfold_splits, make_split
+
+__all__ = ['EvaluationResult', 'evaluate', 'PROTOCOLS']
+
+#: protocol name -> how test rows are chosen
+PROTOCOLS = {
+    'random': 'random 90/10 split, one per seed (the paper\'s protocol)',
+    'grouped': '5-fold cross-validation grouped by host framework (seed shuffles the group assignment)',
+}
+
+
+@dataclass
+class EvaluationResult:
+    featurizer: str
+    model: str
+    protocol: str
+    seeds: list[int]
+    runs: list[dict] = field(default_factory=list)  # one per (seed, fold): metrics of its test rows
+    predictions: list[dict] = field(default_factory=list)  # battery_id, y, mean, std, ion, seed, fold
+    wall_time_s: float = 0.0
+
+    def summary(self) -> dict:
+        """Mean and standard deviation over seeds of MAE/RMSE/R2 (pooled over folds within a seed)."""
+        per_seed = {}
+        for seed in self.seeds:
+            rows = [p for p in self.predictions if p['seed'] == seed]
+            per_seed[seed] = regression_metrics([p['y'] for p in rows], [p['mean'] for p in rows])
+        out = {'featurizer': self.featurizer, 'model': self.model, 'protocol': self.protocol, 'seeds': self.seeds,
+               'n_test_rows_per_seed': int(np.mean([m['n'] for m in per_seed.values()]))}
+        for key in ('mae', 'rmse', 'r2'):
+            values = np.array([m[key] for m in per_seed.values()])
+            out[key] = float(values.mean())
+            out[f'{key}_std'] = float(values.std())
+        out['wall_time_s'] = self.wall_time_s
+        return out
+
+
+def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', model: str = 'voltnet',
+             protocol: str = 'grouped', seeds: Sequence[int] = (0, 1, 2, 3, 4), folds: int = 5,
+             device: str = 'auto', train_overrides: dict | None = None, members: int | None = None,
+             target: str = 'average_voltage', log: Callable[[str], None] | None = None) -> EvaluationResult:
+    """Train and test ``model`` under ``protocol`` for each seed; return every test prediction."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f'unknown protocol {protocol!r}; choose one of {", ".join(PROTOCOLS)}')
+    started = time.perf_counter()
+    result = EvaluationResult(featurizer, model, protocol, list(seeds))
+    for seed in seeds:
+        if protocol == 'random':
+            splits = [make_split(records, 'random', seed=seed, test_fraction=0.1)]
+        else:
+            splits = list(kfold_splits(records, k=folds, grouped=True, seed=seed))
+        for fold, (train_idx, test_idx) in enumerate(splits):
+            train = [records[i] for i in train_idx]
+            test = [records[i] for i in test_idx]
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                fitted = train_voltage_model(train, featurizer=featurizer, model=model, seed=seed, device=device,
+                                             train_overrides=train_overrides, members=members, target=target)
+            mean, std = fitted.predict(test, device=device, check_ions=False)
+            y = np.array([getattr(r, target) for r in test])
+            metrics = regression_metrics(y, mean, [r.working_ion for r in test])
+            result.runs.append({'seed': seed, 'fold': fold, **metrics})
+            result.predictions.extend(
+                {'battery_id': r.battery_id, 'working_ion': r.working_ion, 'y': float(t), 'mean': float(m),
+                 'std': float(s), 'seed': seed, 'fold': fold} for r, t, m, s in zip(test, y, mean, std))
+            if log:
+                log(f'{featurizer}/{model}/{protocol} seed {seed} fold {fold}: MAE {metrics["mae"]:.3f} V '
+                    f'on {metrics["n"]} rows')
+    result.wall_time_s = round(time.perf_counter() - started, 1)
+    return result

@@ -1,0 +1,94 @@
+"""Featurizers: fixed vocabularies, state as arrays, the leak is refused or announced, structures work."""
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from aiida_voltnet.ml.featurizers import (LeakageError, LeakFreeFeaturizer, PaperFeaturizer, TargetLeakWarning,
+                                          featurizer_from_state, get_featurizer)
+from aiida_voltnet.ml.records import read_electrodes_csv
+from aiida_voltnet.ml.structures import record_from_structures, shipped_pair
+
+SHARED_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+
+@pytest.fixture(scope='module')
+def records():
+    return read_electrodes_csv(SHARED_CSV)[:300]
+
+
+def test_paper_featurizer_warns_and_matches_the_seed(records):
+    with pytest.warns(TargetLeakWarning):
+        featurizer = get_featurizer('paper')
+    raw = featurizer.raw(records)
+    assert raw.shape[1] == 118 * 2 + 10 * 2 + 10 + 10 + 7 * 2 + 2
+    # integer element counts via the least common multiple: Li0-0.75TiO2 -> Li3Ti4O8
+    ti = [r for r in records if r.battery_id == 'mp-2657_Li'][0]
+    row = featurizer.raw([ti])[0]
+    assert row[118 + 2] == 3 and row[118 + 21] == 4 and row[118 + 7] == 8  # Li, Ti, O of the discharged member
+    assert np.allclose(row[-2:], [ti.capacity_grav, ti.energy_grav])
+    X = featurizer.fit_transform(records)
+    assert X.min() >= -1e-6 and X.max() <= 1 + 1e-6  # min-max scaled on these (training) rows
+    assert featurizer.n_features == X.shape[1] < raw.shape[1]  # PCA(0.99)
+
+
+def test_leak_free_refuses_leaking_columns():
+    for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs'):
+        with pytest.raises(LeakageError, match=column):
+            LeakFreeFeaturizer(extra_columns=[column])
+    LeakFreeFeaturizer(extra_columns=['capacity_grav'])  # a capacity alone is a function of the formulas
+
+
+def test_leak_free_has_no_target_information(records):
+    """Changing every target-derived field of a record leaves its features unchanged."""
+    import dataclasses
+
+    featurizer = LeakFreeFeaturizer().fit(records)
+    scrambled = [dataclasses.replace(r, average_voltage=0.0, energy_grav=1.0, energy_vol=1.0, steps=(),
+                                     capacity_grav=None, capacity_vol=None, stability_charge=None,
+                                     stability_discharge=None, num_steps=None) for r in records]
+    assert np.array_equal(featurizer.transform(records), featurizer.transform(scrambled))
+
+
+@pytest.mark.parametrize('name', ['leakfree', 'paper'])
+def test_state_round_trip_is_exact(records, name):
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        featurizer = get_featurizer(name).fit(records)
+    config, arrays = featurizer.get_state()
+    import json
+
+    config = json.loads(json.dumps(config))  # JSON-able
+    assert all(isinstance(a, np.ndarray) for a in arrays.values())
+    restored = featurizer_from_state(config, arrays)
+    assert np.array_equal(restored.transform(records), featurizer.transform(records))
+
+
+def test_vocabulary_does_not_depend_on_rows(records):
+    featurizer = LeakFreeFeaturizer().fit(records)
+    only_li = [r for r in records if r.working_ion == 'Li'][:5]
+    assert featurizer.transform(only_li).shape[1] == featurizer.transform(records[:5]).shape[1]
+
+
+def test_structure_pair_features_match_formula_features():
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    record = record_from_structures(charged, discharged, ion)
+    assert record.framework_formula == 'FePO4' and record.charge_space_group_number == 62
+    featurizer = LeakFreeFeaturizer().fit([record])
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    by_formula = validate_record(ElectrodeRecord(battery_id='f', formula_charge='FePO4', formula_discharge='LiFePO4',
+                                                 working_ion='Li', charge_space_group_number=62,
+                                                 discharge_space_group_number=62, charge_crystal_system='Orthorhombic',
+                                                 discharge_crystal_system='Orthorhombic', num_steps=1))
+    assert np.allclose(featurizer.raw([record]), featurizer.raw([by_formula]))
+
+
+def test_structure_pair_with_different_frameworks_is_refused():
+    from aiida_voltnet.ml.records import ElectrodeDataError
+
+    charged, _, _ = shipped_pair('Li3V2(PO4)3')
+    _, discharged, _ = shipped_pair('LiFePO4')
+    with pytest.raises(ElectrodeDataError, match='host frameworks differ'):
+        record_from_structures(charged, discharged, 'Li')

@@ -1,0 +1,105 @@
+"""Models: the faithful MHA-ResNet, baselines, the ensemble, checkpoints without pickle, determinism."""
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from aiida_voltnet.ml.models import MODEL_SPECS, ModelIntegrityError, VoltageModel, train_voltage_model
+from aiida_voltnet.ml.networks import MHAResNet, attention_as_linear
+from aiida_voltnet.ml.records import read_electrodes_csv
+from aiida_voltnet.ml.training import resolve_device
+
+SHARED_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+
+@pytest.fixture(scope='module')
+def records():
+    return read_electrodes_csv(SHARED_CSV)[:240]
+
+
+def test_mha_resnet_layers_and_parameter_count():
+    model = MHAResNet(8)
+    # Hand count of the seed notebook's network (conv stem, 3 bottlenecks 64->256, 1 strided 256->512, 3 at 512,
+    # one post-norm transformer block 512/8 heads/FFN 2048, the unused ResNet head, the linear head).
+    def bottleneck(i, m, o, proj):
+        n = (i * m + m) + 2 * m + (m * m * 3 + m) + 2 * m + (m * o + o) + 2 * o
+        return n + ((i * o + o) if proj else 0)
+    trunk = (1 * 64 * 7 + 64) + bottleneck(64, 64, 256, True) + 2 * bottleneck(256, 64, 256, False) \
+        + bottleneck(256, 128, 512, True) + 3 * bottleneck(512, 128, 512, False)
+    attention = 3 * 512 * 512 + 3 * 512 + 512 * 512 + 512
+    transformer = attention + (512 * 2048 + 2048) + (2048 * 512 + 512) + 2 * 2 * 512
+    expected = trunk + transformer + 513 + 513
+    assert sum(p.numel() for p in model.parameters()) == expected == 4125826
+    x = torch.randn(5, 8)
+    shapes = []
+    h = x.reshape(-1, 1, 8)
+    for layer in model.resnet.features:
+        h = layer(h)
+        shapes.append(tuple(h.shape))
+    assert shapes[0] == (5, 64, 4) and shapes[1] == (5, 64, 2) and shapes[4] == (5, 256, 2)
+    assert shapes[5] == (5, 512, 1) and shapes[-1] == (5, 512, 1)
+    assert model(x).shape == (5,)
+
+
+def test_single_token_attention_is_exact():
+    torch.manual_seed(0)
+    model = MHAResNet(12).eval()
+    x = torch.randn(33, 12)
+    before = model(x)
+    assert torch.equal(before, attention_as_linear(model)(x))
+
+
+@pytest.mark.parametrize('name', ['mlp', 'lstm', 'mha_resnet', 'svr', 'krr', 'voltnet', 'voltnet_mlp'])
+def test_every_model_trains_saves_and_reloads_identically(records, tmp_path, name):
+    featurizer = 'paper' if name == 'mha_resnet' else 'leakfree'
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = train_voltage_model(records, featurizer=featurizer, model=name, seed=1, device='cpu',
+                                    members=2 if MODEL_SPECS[name]['members'] > 1 else None,
+                                    train_overrides={'epochs': 3})
+    mean, std = model.predict(records[:20], device='cpu')
+    assert mean.shape == std.shape == (20,) and np.isfinite(mean).all()
+    assert (std > 0).any() == (len(model.members) > 1)
+    model.save(tmp_path / name)
+    assert not list((tmp_path / name).glob('*.pt')) and not list((tmp_path / name).glob('*.pkl'))
+    again = VoltageModel.load(tmp_path / name)
+    mean2, std2 = again.predict(records[:20], device='cpu')
+    assert np.array_equal(mean, mean2) and np.array_equal(std, std2)
+    config = json.loads((tmp_path / name / 'config.json').read_text())
+    assert config['n_parameters'] == model.n_parameters > 0 and len(config['model_version']) == 64
+
+
+def test_training_is_deterministic_on_cpu(records):
+    kwargs = dict(featurizer='leakfree', model='mlp', seed=3, device='cpu', train_overrides={'epochs': 4})
+    a = train_voltage_model(records, **kwargs).predict(records[:30], device='cpu')[0]
+    b = train_voltage_model(records, **kwargs).predict(records[:30], device='cpu')[0]
+    assert np.array_equal(a, b)
+
+
+def test_altered_weights_are_refused(records, tmp_path):
+    model = train_voltage_model(records, model='krr', device='cpu')
+    model.save(tmp_path / 'm')
+    path = tmp_path / 'm' / 'arrays.safetensors'
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelIntegrityError, match='weights file was altered'):
+        VoltageModel.load(tmp_path / 'm')
+
+
+def test_unseen_working_ion_is_refused(records):
+    li_only = [r for r in records if r.working_ion == 'Li']
+    model = train_voltage_model(li_only, model='krr', device='cpu')
+    other = [r for r in records if r.working_ion != 'Li'][:3]
+    with pytest.raises(ValueError, match='never saw working ion'):
+        model.predict(other)
+
+
+def test_device_auto_is_cuda_only_when_present():
+    assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match='no CUDA device'):
+            resolve_device('cuda')

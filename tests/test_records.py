@@ -1,0 +1,82 @@
+"""Electrode records: the seed CSV loads, bad rows are named, adj_pairs is parsed and never evaluated."""
+import io
+from pathlib import Path
+
+import pytest
+
+from aiida_voltnet.ml.records import (ElectrodeDataError, parse_adj_pairs, read_electrodes_csv, records_from_json,
+                                      records_to_json, write_electrodes_csv)
+
+SHARED_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+HEADER = SHARED_CSV.read_text().splitlines()[0]
+ROW = ('mp-2657_Li,Li0-0.75TiO2,Li0TiO2,Li0.75TiO2,TiO2,Li,1,0.037,0.127,"[InsertionVoltagePairDoc(max_delta_volume=0.11, '
+       'average_voltage=1.03, capacity_grav=236.3, fracA_charge=0.0, fracA_discharge=0.2, formula_charge=\'TiO2\', '
+       'formula_discharge=\'Li3Ti4O8\', id_charge=MPID(mp-2657), id_discharge=MPID(mp-558256))]",236.28,242.58,934.5,'
+       '959.4,1.0266,mp-2657,mp-558256,Tetragonal,136,Monoclinic,3')
+
+
+def load(text):
+    return read_electrodes_csv(io.StringIO(HEADER + '\n' + text + '\n'), source='test.csv')
+
+
+def test_shared_csv_loads_every_row():
+    records = read_electrodes_csv(SHARED_CSV)
+    assert len(records) == 3827
+    assert {r.working_ion for r in records} == {'Li', 'Na', 'K', 'Rb', 'Cs', 'Mg', 'Ca', 'Zn', 'Al', 'Y'}
+    assert sum(len(r.steps) for r in records) == 4433
+    assert len({r.framework_formula for r in records}) == 1569
+    # the leak the paper's features carry: energy / capacity is the target
+    assert all(abs(r.energy_grav / r.capacity_grav - r.average_voltage) < 1e-6 for r in records)
+
+
+def test_row_parses_into_typed_fields():
+    (record,) = load(ROW)
+    assert record.composition_charge['Li'] == 0  # zero count kept as zero
+    assert record.charge_space_group_number == 136 and record.discharge_crystal_system == 'Monoclinic'
+    step = record.steps[0]
+    assert step.id_charge == 'mp-2657' and step.frac_discharge == 0.2 and record.max_delta_volume == 0.11
+
+
+@pytest.mark.parametrize('old, new, field', [
+    ('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.75Xx2O2', 'formula_discharge'),  # unknown element
+    (',Tetragonal,136,', ',Tetragonal,0,', 'charge_space_group_number'),
+    (',Tetragonal,136,', ',Tetragonal,231,', 'charge_space_group_number'),
+    (',Tetragonal,136,', ',Tetragonl,136,', 'charge_crystal_system'),
+    ('TiO2,Li,1,', 'TiO2,Fr,1,', 'working_ion'),
+    ('1.0266', 'abc', 'average_voltage'),
+    ('max_delta_volume=0.11', "max_delta_volume=__import__('os')", 'adj_pairs'),
+    ('[InsertionVoltagePairDoc', '[print', 'adj_pairs'),
+    ('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.75VO2', 'formula_discharge'),  # frameworks differ
+])
+def test_malformed_row_names_line_battery_and_field(old, new, field):
+    assert old in ROW
+    with pytest.raises(ElectrodeDataError) as info:
+        load(ROW.replace(old, new))
+    assert info.value.field == field
+    assert info.value.line == 2 and info.value.battery_id == 'mp-2657_Li'
+    assert 'test.csv, line 2' in str(info.value) and field in str(info.value)
+
+
+def test_adj_pairs_is_never_evaluated(tmp_path):
+    marker = tmp_path / 'pwned'
+    payload = f"[InsertionVoltagePairDoc(average_voltage=open({str(marker)!r}, 'w'))]"
+    with pytest.raises(ValueError):
+        parse_adj_pairs(payload)
+    assert not marker.exists()
+
+
+def test_missing_required_column():
+    with pytest.raises(ElectrodeDataError, match='missing required column'):
+        read_electrodes_csv(io.StringIO('battery_id,formula_charge\nx,FePO4\n'))
+
+
+def test_duplicate_battery_id():
+    with pytest.raises(ElectrodeDataError, match='duplicate battery_id'):
+        load(ROW + '\n' + ROW)
+
+
+def test_round_trips(tmp_path):
+    records = read_electrodes_csv(SHARED_CSV)[:40]
+    assert records_from_json(records_to_json(records)) == records
+    write_electrodes_csv(records, tmp_path / 'out.csv')
+    assert read_electrodes_csv(tmp_path / 'out.csv') == records
