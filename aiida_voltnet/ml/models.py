@@ -21,7 +21,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
-from .networks import build_network
+from .networks import build_network, fast_mha_resnet
 from .records import ElectrodeRecord
 from .training import TrainConfig, predict_network, train_network
 
@@ -72,6 +72,8 @@ class TorchRegressor(Regressor):
 
     def _build(self, n_features: int):
         self.module = build_network(self.hyper['architecture'], n_features, **self.hyper['network'])
+        if self.hyper['architecture'] == 'mha_resnet':
+            fast_mha_resnet(self.module)  # same parameters and outputs, several times faster to train on CPU
         self.n_features = n_features
 
     def fit(self, X, y, seed=0, device='auto', progress=None):

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 __all__ = ['Bottleneck', 'SeedResNet', 'TransformerBlock', 'MHAResNet', 'MLP', 'LSTMRegressor', 'ResidualMLP',
-           'build_network', 'NETWORKS', 'attention_as_linear']
+           'build_network', 'NETWORKS', 'attention_as_linear',
+           'convolutions_as_matmul', 'fast_mha_resnet']
 
 
 class Bottleneck(nn.Module):
@@ -123,6 +124,40 @@ def attention_as_linear(model: MHAResNet) -> MHAResNet:
     for block in model.transformer_blocks:
         block.attention = functools.partial(_single_token_attention, block)
     return model
+
+
+def _conv1d_as_matmul(conv: nn.Conv1d, x):
+    """The same convolution as one matrix product over unfolded windows.
+
+    oneDNN's Conv1d kernels are slow on CPU for the seed's tiny sequence lengths (8 PCA features shrink to
+    lengths 4, 2 and 1), above all in the backward pass; a GEMM over the (batch x length) rows computes the
+    same sums with the same weights and is several times faster there.
+    """
+    (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+    if padding:
+        x = nn.functional.pad(x, (padding, padding))
+    batch, channels, _ = x.shape
+    if k == 1:
+        windows = x[:, :, ::stride].transpose(1, 2)  # (batch, length_out, channels)
+    else:
+        windows = x.unfold(2, k, stride).permute(0, 2, 1, 3).reshape(batch, -1, channels * k)
+    out = nn.functional.linear(windows, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    return out.transpose(1, 2)
+
+
+def convolutions_as_matmul(model: nn.Module) -> nn.Module:
+    """Route every Conv1d of ``model`` through :func:`_conv1d_as_matmul` (in place; same parameters)."""
+    for module in model.modules():
+        if isinstance(module, nn.Conv1d) and module.groups == 1 and module.dilation == (1,) \
+                and module.padding_mode == 'zeros':
+            module.forward = functools.partial(_conv1d_as_matmul, module)
+    return model
+
+
+def fast_mha_resnet(model: MHAResNet) -> MHAResNet:
+    """Same network, same parameters, same outputs (up to float summation order): single-token attention as
+    a linear map and convolutions as matrix products. Used by our training loop; the faithful module is kept."""
+    return convolutions_as_matmul(attention_as_linear(model))
 
 
 class MLP(nn.Module):

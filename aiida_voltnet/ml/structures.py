@@ -99,6 +99,7 @@ def shipped_pair(name: str) -> tuple[Structure, Structure, str]:
         raise ValueError(f'unknown shipped pair {name!r}; choose one of {", ".join(SHIPPED_PAIRS)}') from None
     path = os.path.join(os.path.dirname(pymatgen.util.__file__), 'structures', f'{filename}.json')
     discharged = Structure.from_file(path)
+    discharged.remove_oxidation_states()  # some shipped files carry oxidation states that StructureData refuses
     charged = discharged.copy()
     charged.remove_species([species for species in charged.composition if species.symbol == ion])
     return charged, discharged, ion

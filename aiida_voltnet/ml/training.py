@@ -100,7 +100,8 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
     X_train, y_train = X_all[train_idx], y_all[train_idx]
     X_val, y_val = X_all[val_idx], y_all[val_idx]
     network.to(device)
-    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    # fused Adam: the same update, one kernel for all parameters instead of ~10 small ops per tensor per step
+    optimizer = torch.optim.Adam(network.parameters(), lr=config.lr, weight_decay=config.weight_decay, fused=True)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == 'cosine' else None)
     loss_fn = nn.MSELoss()

@@ -1,0 +1,1 @@
+"""Calculation functions: thin provenance-recording wrappers over ``aiida_voltnet.ml``."""

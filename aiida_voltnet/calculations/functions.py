@@ -1,0 +1,440 @@
+"""Calculation functions of aiida-voltnet: each converts nodes to core objects, calls ``aiida_voltnet.ml``, and
+wraps the result back into nodes.
+
+Bad input must not leave anything behind. Every function therefore has an input validator (attached to its
+process spec by :func:`_validated_by`) that does the checks that can fail (parse the CSV, load and hash-check the
+model, build the record of a structure pair, compare working ions) *before* the engine creates any node; a
+failing call raises ``ValueError`` naming the problem and stores neither a process node nor its inputs. Parsed
+CSVs and loaded models are cached for the body, keyed by content hash or stored-node UUID, so that the checks
+are not paid twice.
+"""
+import collections
+import hashlib
+import io
+import os
+
+import numpy as np
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_voltnet.data.dataset import ElectrodeDataset
+from aiida_voltnet.data.model import VoltageModelData, json_safe
+from aiida_voltnet.ml.featurizers import get_featurizer
+from aiida_voltnet.ml.metrics import regression_metrics
+from aiida_voltnet.ml.models import MODEL_SPECS, train_voltage_model
+from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
+from aiida_voltnet.ml.records import WORKING_IONS, read_electrodes_csv
+from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
+from aiida_voltnet.ml.structures import record_from_structures
+
+__all__ = (
+    'assemble_dataset_from_csv', 'assemble_dataset_from_mp', 'assemble_dataset_from_structures', 'split_dataset',
+    'featurize', 'train_model', 'evaluate_model', 'predict_voltages', 'predict_structure_pair', 'dft_voltage',
+    'TRAIN_SETTINGS_KEYS', 'MP_QUERY_KEYS',
+)
+
+#: Keys accepted in the ``settings`` Dict of :func:`train_model` (passed to ``train_voltage_model``).
+TRAIN_SETTINGS_KEYS = ('members', 'train_overrides', 'device', 'featurizer_options', 'target')
+#: Keys accepted in the ``query`` Dict of :func:`assemble_dataset_from_mp` (the API key never goes in a node).
+MP_QUERY_KEYS = ('working_ion', 'elements', 'battery_ids', 'max_entries')
+
+
+# -- caches and loaders shared by validators and bodies ------------------------------------------------------------
+class _Cache:
+    """A tiny LRU cache; entries are keyed by content hashes or stored (immutable) node UUIDs only."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.items = collections.OrderedDict()
+
+    def get(self, key, make):
+        if key is None:
+            return make()
+        if key in self.items:
+            self.items.move_to_end(key)
+            return self.items[key]
+        value = self.items[key] = make()
+        while len(self.items) > self.size:
+            self.items.popitem(last=False)
+        return value
+
+
+_CSV_CACHE = _Cache(2)
+_MODEL_CACHE = _Cache(4)
+_RECORDS_CACHE = _Cache(4)
+_PAIR_CACHE = _Cache(64)
+
+
+def csv_records(csv: orm.SinglefileData):
+    """``(records, sha256)`` of the CSV file held by ``csv``. :raises ElectrodeDataError: for a bad row."""
+    content = csv.base.repository.get_object_content(csv.filename, mode='rb')
+    sha256 = hashlib.sha256(content).hexdigest()
+
+    def parse():
+        text = content.decode('utf-8-sig')
+        return read_electrodes_csv(io.StringIO(text, newline=''), source=csv.filename)
+
+    return _CSV_CACHE.get(sha256, parse), sha256
+
+
+def load_model(model: VoltageModelData):
+    """The core model of ``model`` (hash-checked; cached for stored nodes, which cannot change)."""
+    key = f'{model.uuid}:{model.arrays_sha256}' if model.is_stored else None
+    return _MODEL_CACHE.get(key, model.load_model)
+
+
+def dataset_records(dataset: ElectrodeDataset):
+    key = dataset.uuid if dataset.is_stored else None
+    return _RECORDS_CACHE.get(key, dataset.records)
+
+
+def _structure_key(node):
+    return node.uuid if node.is_stored else None
+
+
+def pair_record(charged: orm.StructureData, discharged: orm.StructureData, working_ion: str, battery_id=None):
+    """The electrode record of a (charged, discharged) pair of ``StructureData``."""
+    keys = (_structure_key(charged), _structure_key(discharged))
+    key = None if None in keys else (*keys, working_ion, battery_id)
+    return _PAIR_CACHE.get(key, lambda: record_from_structures(charged.get_pymatgen_structure(),
+                                                               discharged.get_pymatgen_structure(), working_ion,
+                                                               battery_id=battery_id))
+
+
+def _value(node):
+    return node.value if isinstance(node, orm.BaseType) else node
+
+
+def _validated_by(validator):
+    """Attach ``validator(inputs) -> error message | None`` to the process spec of a process function.
+
+    plumpy validates inputs before aiida-core creates the process node, so a failing validator stores nothing.
+    Exceptions from the checks become the message (their text names row, battery and field).
+    """
+    def validate(inputs, _ctx=None):
+        try:
+            return validator(inputs)
+        except Exception as exception:  # noqa: BLE001 - the message is what the user needs
+            return f'{type(exception).__name__}: {exception}'
+
+    def attach(function):
+        function.process_class.spec().inputs.validator = validate
+        return function
+
+    return attach
+
+
+def _check_model_and_ions(model, ions):
+    core = load_model(model)
+    known = set(core.metadata.get('training_ions') or [])
+    unseen = sorted(set(ions) - known) if known else []
+    if unseen:
+        return (f'model {model.model_name} (version {model.model_version[:12]}) was trained on '
+                f'{", ".join(sorted(known))} and never saw working ion(s) {", ".join(unseen)}')
+    return None
+
+
+# -- assembling datasets -------------------------------------------------------------------------------------------
+def _validate_csv(inputs):
+    csv_records(inputs['csv'])
+
+
+@_validated_by(_validate_csv)
+@calcfunction
+def assemble_dataset_from_csv(csv: orm.SinglefileData):
+    """Read insertion-electrode records from a CSV file in the seed format.
+
+    :param csv: the CSV file (seed format: battery_id, formula_charge, formula_discharge, working_ion, ...).
+    :returns: an ``ElectrodeDataset`` whose ``source_sha256`` is the sha256 of the file.
+    """
+    records, sha256 = csv_records(csv)
+    return ElectrodeDataset(records, source='csv', source_sha256=sha256)
+
+
+def _mp_arguments(query: dict) -> dict:
+    unknown = sorted(set(query) - set(MP_QUERY_KEYS))
+    if unknown:
+        raise ValueError(f'unknown MP query key(s) {", ".join(unknown)}; allowed: {", ".join(MP_QUERY_KEYS)}')
+    return dict(query)
+
+
+def _validate_mp(inputs):
+    arguments = _mp_arguments(inputs['query'].get_dict())
+    ion = arguments.get('working_ion')
+    if ion is not None and ion not in WORKING_IONS:
+        return f'working_ion must be one of {", ".join(WORKING_IONS)}, got {ion!r}'
+    if not os.environ.get('MP_API_KEY'):
+        return 'no Materials Project API key: set the MP_API_KEY environment variable (it is never stored in a node)'
+    return None
+
+
+@_validated_by(_validate_mp)
+@calcfunction
+def assemble_dataset_from_mp(query: orm.Dict):
+    """Fetch insertion electrodes live from the Materials Project (needs ``MP_API_KEY`` in the environment).
+
+    :param query: the query: any of ``working_ion``, ``elements``, ``battery_ids``, ``max_entries``.
+    :returns: an ``ElectrodeDataset`` with ``mp_database_version`` and the material ids in ``mp_provenance.json``.
+    """
+    records, provenance = fetch_mp_electrodes(**_mp_arguments(query.get_dict()))
+    return ElectrodeDataset(records, source='materials_project', mp_provenance=provenance)
+
+
+def _pairs(inputs) -> dict:
+    """``{name: (charged, discharged, working_ion)}`` from the nested ``pairs`` namespace."""
+    pairs = {}
+    for name, pair in inputs.items():
+        if name == 'metadata':
+            continue
+        if not isinstance(pair, dict) or set(pair) != {'charged', 'discharged', 'working_ion'}:
+            raise ValueError(f'pair {name!r} must be a namespace with exactly charged, discharged (StructureData) '
+                             'and working_ion (Str)')
+        charged, discharged, ion = pair['charged'], pair['discharged'], pair['working_ion']
+        if not isinstance(charged, orm.StructureData) or not isinstance(discharged, orm.StructureData):
+            raise ValueError(f'pair {name!r}: charged and discharged must be StructureData')
+        pairs[name] = (charged, discharged, _value(ion))
+    if not pairs:
+        raise ValueError('give at least one structure pair')
+    return pairs
+
+
+def _validate_structures(inputs):
+    for name, (charged, discharged, ion) in _pairs(inputs).items():
+        pair_record(charged, discharged, ion, battery_id=name)
+
+
+@_validated_by(_validate_structures)
+@calcfunction
+def assemble_dataset_from_structures(**pairs):
+    """Build electrode records from pairs of structures, e.g. relaxed charged and discharged DFT cells.
+
+    :param pairs: one namespace per electrode, ``{name: {'charged': StructureData, 'discharged': StructureData,
+        'working_ion': Str}}``; ``name`` becomes the record's battery_id.
+    """
+    records = [pair_record(charged, discharged, ion, battery_id=name)
+               for name, (charged, discharged, ion) in _pairs(pairs).items()]
+    return ElectrodeDataset(records, source='structures')
+
+
+# -- splitting and featurizing -------------------------------------------------------------------------------------
+def _split(inputs):
+    records = dataset_records(inputs['dataset'])
+    kind = _value(inputs['kind'])
+    if kind == 'ion':
+        raise ValueError('the leave-one-ion-out split is not exposed here; use grouped or random')
+    fraction = _value(inputs['test_fraction'])
+    if not 0 < fraction < 1:
+        raise ValueError(f'test_fraction must be in (0, 1), got {fraction}')
+    if kind not in SPLIT_KINDS:
+        raise ValueError(f'unknown split kind {kind!r}; choose grouped or random')
+    train, test = make_split(records, kind=kind, seed=_value(inputs['seed']), test_fraction=fraction)
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f'the split of {len(records)} records left an empty train or test set')
+    return records, train, test
+
+
+def _validate_split(inputs):
+    _split(inputs)
+
+
+@_validated_by(_validate_split)
+@calcfunction
+def split_dataset(dataset: ElectrodeDataset, kind: orm.Str = 'grouped', seed: orm.Int = 0,
+                  test_fraction: orm.Float = 0.1):
+    """Split a dataset into training and held-out test records.
+
+    :param dataset: the records to split.
+    :param kind: ``grouped`` (by host framework; no framework straddles the split) or ``random`` (the paper's).
+    :param seed: seed of the split.
+    :param test_fraction: fraction of records (of frameworks, for grouped) held out.
+    """
+    records, train, test = _split({'dataset': dataset, 'kind': kind, 'seed': seed, 'test_fraction': test_fraction})
+    return {'train': ElectrodeDataset([records[i] for i in train], derived_from=dataset),
+            'test': ElectrodeDataset([records[i] for i in test], derived_from=dataset)}
+
+
+def _validate_featurize(inputs):
+    get_featurizer(_value(inputs['featurizer']), _quiet=True)
+    dataset_records(inputs['dataset'])
+
+
+@_validated_by(_validate_featurize)
+@calcfunction
+def featurize(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree'):
+    """The raw (unfitted) feature matrix of a dataset, for the provenance of features.
+
+    The fitted transforms (PCA, scaling) are part of a trained model; this records the per-record vectors they
+    start from.
+
+    :param dataset: the records.
+    :param featurizer: ``leakfree`` (default) or ``paper`` (leaks the target through capacity and energy).
+    :returns: ``ArrayData`` with ``features`` (n x d) and ``battery_ids``.
+    """
+    core = get_featurizer(featurizer.value, _quiet=True)
+    records = dataset_records(dataset)
+    features = np.asarray(core.raw(records), dtype=np.float64)
+    array = orm.ArrayData()
+    array.set_array('features', features)
+    array.set_array('battery_ids', np.array([r.battery_id for r in records], dtype=str))
+    array.base.attributes.set('featurizer_name', core.name)
+    array.base.attributes.set('featurizer_version', core.version)
+    return array
+
+
+# -- training and evaluation ---------------------------------------------------------------------------------------
+def _train_arguments(featurizer, model, settings) -> dict:
+    settings = dict(settings or {})
+    unknown = sorted(set(settings) - set(TRAIN_SETTINGS_KEYS))
+    if unknown:
+        raise ValueError(f'unknown training setting(s) {", ".join(unknown)}; allowed: {", ".join(TRAIN_SETTINGS_KEYS)}')
+    if model not in MODEL_SPECS:
+        raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
+    get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
+    return {'featurizer': featurizer, 'model': model, **settings}
+
+
+def _validate_train(inputs):
+    settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
+    _train_arguments(_value(inputs['featurizer']), _value(inputs['model']), settings)
+    records = dataset_records(inputs['dataset'])
+    target = settings.get('target', 'average_voltage')
+    missing = [r.battery_id for r in records if getattr(r, target) is None]
+    if missing:
+        return f'{len(missing)} record(s) have no {target} to train on, e.g. {", ".join(missing[:3])}'
+    return None
+
+
+@_validated_by(_validate_train)
+@calcfunction
+def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', model: orm.Str = 'voltnet',
+                seed: orm.Int = 0, settings: orm.Dict = lambda: orm.Dict()):
+    """Fit a featurizer and a model on all records of ``dataset``; uses the worker's GPU when there is one.
+
+    :param dataset: the training records.
+    :param featurizer: ``leakfree`` (default) or ``paper``.
+    :param model: a model spec name: ``voltnet`` (default), ``mha_resnet``, ``mlp``, ``lstm``, ``svr``, ``krr``.
+    :param seed: training seed.
+    :param settings: optional ``members``, ``train_overrides`` (epochs, lr, ...), ``device``,
+        ``featurizer_options``, ``target``.
+    :returns: a ``VoltageModelData`` whose ``metrics`` attribute holds the fit on the training records.
+    """
+    arguments = _train_arguments(featurizer.value, model.value, settings.get_dict())
+    arguments.setdefault('device', 'auto')
+    records = dataset_records(dataset)
+    core = train_voltage_model(records, seed=seed.value, **arguments)
+    mean, _ = core.predict(records)
+    target = arguments.get('target', 'average_voltage')
+    # The device each member trained on, as the core reports it (torch members; tree and kernel models say none).
+    devices = sorted({h['device'] for h in core.metadata.get('train_history', []) if h.get('device')})
+    metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
+               'device': devices[0] if len(devices) == 1 else (devices or 'cpu')}
+    return VoltageModelData(core, metrics=metrics)
+
+
+def _validate_model_dataset(inputs):
+    records = dataset_records(inputs['dataset'])
+    return _check_model_and_ions(inputs['model'], {r.working_ion for r in records})
+
+
+def _validate_evaluate(inputs):
+    message = _validate_model_dataset(inputs)
+    if message:
+        return message
+    target = inputs['model'].base.attributes.get('target', 'average_voltage')
+    missing = [r.battery_id for r in dataset_records(inputs['dataset']) if getattr(r, target) is None]
+    if missing:
+        return f'{len(missing)} record(s) have no {target} to compare with, e.g. {", ".join(missing[:3])}'
+    return None
+
+
+@_validated_by(_validate_evaluate)
+@calcfunction
+def evaluate_model(model: VoltageModelData, dataset: ElectrodeDataset):
+    """Regression metrics (MAE, RMSE, R², overall and per working ion) of ``model`` on held-out ``dataset``.
+
+    :param model: the trained model.
+    :param dataset: records with known target values (never seen in training).
+    """
+    core = load_model(model)
+    records = dataset_records(dataset)
+    target = model.base.attributes.get('target', 'average_voltage')
+    mean, std = core.predict(records)
+    metrics = regression_metrics([getattr(r, target) for r in records], mean, ions=[r.working_ion for r in records])
+    metrics['mean_std'] = float(np.mean(std))
+    metrics['model_version'] = model.model_version
+    return orm.Dict(json_safe(metrics))
+
+
+# -- prediction ----------------------------------------------------------------------------------------------------
+@_validated_by(_validate_model_dataset)
+@calcfunction
+def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
+    """Predict the average voltage of every record of ``dataset``: one process and one ``ArrayData`` per batch.
+
+    :param model: the trained model.
+    :param dataset: the electrodes to predict (targets, if present, are ignored).
+    :returns: ``ArrayData`` with ``mean`` and ``std`` (V), ``index`` (row of each prediction in the dataset),
+        ``battery_ids`` and ``working_ions``; attributes ``model_version`` and ``n_predictions``.
+    """
+    core = load_model(model)
+    records = dataset_records(dataset)
+    mean, std = core.predict(records)
+    array = orm.ArrayData()
+    array.set_array('mean', np.asarray(mean, dtype=np.float64))
+    array.set_array('std', np.asarray(std, dtype=np.float64))
+    array.set_array('index', np.arange(len(records), dtype=np.int64))
+    array.set_array('battery_ids', np.array([r.battery_id for r in records], dtype=str))
+    array.set_array('working_ions', np.array([r.working_ion for r in records], dtype=str))
+    array.base.attributes.set('model_version', model.model_version)
+    array.base.attributes.set('n_predictions', len(records))
+    return array
+
+
+def _validate_pair(inputs):
+    ion = _value(inputs['working_ion'])
+    record = pair_record(inputs['charged'], inputs['discharged'], ion)
+    return _check_model_and_ions(inputs['model'], {record.working_ion})
+
+
+@_validated_by(_validate_pair)
+@calcfunction
+def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, discharged: orm.StructureData,
+                           working_ion: orm.Str):
+    """Predict the average voltage of one electrode given as charged and discharged structures.
+
+    :param model: the trained model.
+    :param charged: the ion-poor end member.
+    :param discharged: the ion-rich end member (same host framework, more working ion).
+    :param working_ion: the working ion, e.g. ``Li``.
+    :returns: ``voltage`` and ``uncertainty`` (ensemble standard deviation), both ``Float`` in V.
+    """
+    record = pair_record(charged, discharged, working_ion.value)
+    mean, std = load_model(model).predict([record])
+    return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0]))}
+
+
+# -- DFT ---------------------------------------------------------------------------------------------------------------
+def _validate_dft(inputs):
+    delta, charge = _value(inputs['delta_ions']), _value(inputs['ion_charge'])
+    if not delta > 0:
+        return f'delta_ions must be positive (ions inserted per formula unit), got {delta}'
+    if not charge > 0:
+        return f'ion_charge must be a positive integer, got {charge}'
+    return None
+
+
+@_validated_by(_validate_dft)
+@calcfunction
+def dft_voltage(e_charged: orm.Float, e_discharged: orm.Float, e_ion_metal: orm.Float, delta_ions: orm.Float,
+                ion_charge: orm.Int = 1):
+    """Average insertion voltage from DFT total energies: V = -[E(dis) - E(ch) - Δx·E(ion)] / (Δx·z).
+
+    :param e_charged: total energy of the charged (ion-poor) cell, eV.
+    :param e_discharged: total energy of the discharged cell with the same host, eV.
+    :param e_ion_metal: energy per atom of the working-ion metal, eV.
+    :param delta_ions: working ions inserted between the two cells (Δx).
+    :param ion_charge: charge z of the working ion (1 for Li, 2 for Mg, ...).
+    """
+    delta = delta_ions.value
+    voltage = -(e_discharged.value - e_charged.value - delta * e_ion_metal.value) / (delta * ion_charge.value)
+    return orm.Float(voltage)

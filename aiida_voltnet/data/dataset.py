@@ -1,0 +1,118 @@
+"""``ElectrodeDataset``: a set of insertion-electrode records stored as ``records.json`` in the node repository.
+
+Only what one queries goes into attributes (size, working ions, where the records came from); the records
+themselves and the full Materials Project provenance (every material id) live in repository files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Sequence
+
+from aiida.orm import Data
+
+from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, records_from_json, records_to_json
+
+__all__ = ('ElectrodeDataset',)
+
+SOURCES = ('csv', 'materials_project', 'structures')
+
+
+class ElectrodeDataset(Data):
+    """Insertion-electrode records (``aiida_voltnet.ml.records.ElectrodeRecord``) with their origin.
+
+    Attributes: ``n_records``, ``working_ions`` (sorted), ``source`` (``csv``, ``materials_project``,
+    ``structures``; a split subset keeps its parent's), ``records_sha256``; ``source_sha256`` when built from a CSV
+    file; ``mp_database_version`` and ``mp_n_material_ids`` when fetched from the Materials Project (the ids
+    themselves and the query are in the repository file ``mp_provenance.json``, see :meth:`mp_provenance`).
+    """
+
+    RECORDS_FILENAME = 'records.json'
+    MP_PROVENANCE_FILENAME = 'mp_provenance.json'
+
+    def __init__(self, records: Sequence[ElectrodeRecord] | None = None, *, source: str = 'csv',
+                 source_sha256: str | None = None, mp_provenance: dict[str, Any] | None = None,
+                 derived_from: 'ElectrodeDataset | None' = None, **kwargs):
+        """
+        :param records: the electrode records (validated core records).
+        :param source: where they came from, one of ``csv``, ``materials_project``, ``structures``.
+        :param source_sha256: sha256 of the CSV file the records were read from.
+        :param mp_provenance: the provenance dict of ``fetch_mp_electrodes`` (database version, material ids, ...).
+        :param derived_from: a dataset these records are a subset of (a split): its source fields are copied, so
+            every subset still answers where its records came from.
+        """
+        super().__init__(**kwargs)
+        if derived_from is not None:
+            source, source_sha256 = derived_from.source, derived_from.source_sha256
+            mp_provenance = derived_from.mp_provenance()
+        if records is not None:
+            self._set_records(records, source=source, source_sha256=source_sha256, mp_provenance=mp_provenance)
+
+    def _set_records(self, records, *, source, source_sha256=None, mp_provenance=None) -> None:
+        records = list(records)
+        if not records:
+            raise ElectrodeDataError('an electrode dataset needs at least one record')
+        if not all(isinstance(r, ElectrodeRecord) for r in records):
+            raise TypeError('records must be aiida_voltnet.ml.records.ElectrodeRecord instances')
+        if source not in SOURCES:
+            raise ValueError(f'source must be one of {", ".join(SOURCES)}, not {source!r}')
+        ids = [r.battery_id for r in records]
+        if len(set(ids)) != len(ids):
+            duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ElectrodeDataError(f'duplicate battery_id(s) {", ".join(duplicated)}', field='battery_id')
+        text = records_to_json(records)
+        self.base.repository.put_object_from_bytes(text.encode(), self.RECORDS_FILENAME)
+        self.base.attributes.set('n_records', len(records))
+        self.base.attributes.set('working_ions', sorted({r.working_ion for r in records}))
+        self.base.attributes.set('source', source)
+        self.base.attributes.set('records_sha256', hashlib.sha256(text.encode()).hexdigest())
+        if source_sha256 is not None:
+            self.base.attributes.set('source_sha256', source_sha256)
+        if mp_provenance is not None:
+            text = json.dumps(mp_provenance, sort_keys=True, indent=1, default=str)
+            self.base.repository.put_object_from_bytes(text.encode(), self.MP_PROVENANCE_FILENAME)
+            self.base.attributes.set('mp_database_version', str(mp_provenance.get('database_version')))
+            self.base.attributes.set('mp_n_material_ids', len(mp_provenance.get('material_ids') or []))
+
+    # -- queryable properties ---------------------------------------------------------------------------------------
+    @property
+    def n_records(self) -> int:
+        return self.base.attributes.get('n_records')
+
+    @property
+    def working_ions(self) -> list[str]:
+        return list(self.base.attributes.get('working_ions'))
+
+    @property
+    def source(self) -> str:
+        return self.base.attributes.get('source')
+
+    @property
+    def source_sha256(self) -> str | None:
+        return self.base.attributes.get('source_sha256', None)
+
+    @property
+    def mp_database_version(self) -> str | None:
+        return self.base.attributes.get('mp_database_version', None)
+
+    # -- content ----------------------------------------------------------------------------------------------------
+    def records(self) -> list[ElectrodeRecord]:
+        """The core records (re-validated on the way out)."""
+        content = self.base.repository.get_object_content(self.RECORDS_FILENAME, mode='rb')
+        recorded = self.base.attributes.get('records_sha256', None)
+        if recorded is not None and hashlib.sha256(content).hexdigest() != recorded:
+            raise ElectrodeDataError(f'ElectrodeDataset<{self.pk}>: {self.RECORDS_FILENAME} does not match the '
+                                     'sha256 recorded when the node was created')
+        return records_from_json(content.decode())
+
+    def battery_ids(self) -> list[str]:
+        return [r.battery_id for r in self.records()]
+
+    def mp_provenance(self) -> dict[str, Any] | None:
+        """The full Materials Project provenance (query, database version, material and battery ids), or None."""
+        if self.MP_PROVENANCE_FILENAME not in self.base.repository.list_object_names():
+            return None
+        return json.loads(self.base.repository.get_object_content(self.MP_PROVENANCE_FILENAME))
+
+    def __len__(self) -> int:
+        return int(self.n_records or 0)

@@ -1,0 +1,137 @@
+"""``VoltageModelData``: a trained, self-contained voltage model (``config.json`` + ``arrays.safetensors``).
+
+No pickle: the weights and every fitted featurizer array are a safetensors file, the rest a JSON config. The
+sha256 of the weights and the content hash of the model (its version) are attributes, checked again on load.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import pathlib
+import tempfile
+from typing import Any
+
+from aiida.orm import Data
+
+from aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel
+
+__all__ = ('VoltageModelData', 'ModelIntegrityError')
+
+FILENAMES = ('config.json', 'arrays.safetensors')
+
+
+def json_safe(value: Any) -> Any:
+    """A copy storable as AiiDA attributes: NaN/inf become None, numpy scalars become Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if hasattr(value, 'item') and not isinstance(value, (str, bytes)):
+        try:
+            value = value.item()
+        except (TypeError, ValueError):
+            return str(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+class VoltageModelData(Data):
+    """A trained :class:`aiida_voltnet.ml.models.VoltageModel`.
+
+    Attributes: ``architecture``, ``model_name``, ``featurizer_name``, ``featurizer_version``, ``n_parameters``,
+    ``n_members``, ``metrics`` (dict given at creation, e.g. the training-set fit), ``seed``, ``training_ions``,
+    ``target``, ``model_version`` (content hash of config + weights) and ``arrays_sha256``.
+    """
+
+    def __init__(self, model: VoltageModel | None = None, *, metrics: dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if model is not None:
+            self._set_model(model, metrics or {})
+
+    def _set_model(self, model: VoltageModel, metrics: dict) -> None:
+        if not isinstance(model, VoltageModel):
+            raise TypeError(f'expected an aiida_voltnet.ml.models.VoltageModel, got {type(model).__name__}')
+        with tempfile.TemporaryDirectory() as directory:
+            model.save(directory)
+            config = json.loads((pathlib.Path(directory) / 'config.json').read_text())
+            for name in FILENAMES:
+                self.base.repository.put_object_from_file(str(pathlib.Path(directory) / name), name)
+        metadata = config.get('metadata', {})
+        featurizer = config.get('featurizer', {})
+        attributes = {
+            'architecture': config['architecture'],
+            'model_name': config['model_name'],
+            'featurizer_name': featurizer.get('name'),
+            'featurizer_version': featurizer.get('version'),
+            'featurizer_leaks_target': bool(featurizer.get('leaks_target', False)),
+            'n_parameters': int(config['n_parameters']),
+            'n_members': len(config.get('members', [])),
+            'metrics': json_safe(metrics),
+            'seed': metadata.get('seed'),
+            'target': metadata.get('target', 'average_voltage'),
+            'training_ions': list(metadata.get('training_ions') or []),
+            'n_training_rows': metadata.get('n_training_rows'),
+            'versions': json_safe(metadata.get('versions', {})),
+            'model_version': config['model_version'],
+            'arrays_sha256': config['arrays_sha256'],
+        }
+        for key, value in attributes.items():
+            self.base.attributes.set(key, value)
+
+    # -- queryable properties ---------------------------------------------------------------------------------------
+    @property
+    def model_version(self) -> str:
+        return self.base.attributes.get('model_version')
+
+    @property
+    def arrays_sha256(self) -> str:
+        return self.base.attributes.get('arrays_sha256')
+
+    @property
+    def architecture(self) -> str:
+        return self.base.attributes.get('architecture')
+
+    @property
+    def model_name(self) -> str:
+        return self.base.attributes.get('model_name')
+
+    @property
+    def training_ions(self) -> list[str]:
+        return list(self.base.attributes.get('training_ions', []))
+
+    @property
+    def metrics(self) -> dict:
+        return dict(self.base.attributes.get('metrics', {}))
+
+    def config(self) -> dict:
+        return json.loads(self.base.repository.get_object_content('config.json'))
+
+    # -- the model --------------------------------------------------------------------------------------------------
+    def load_model(self) -> VoltageModel:
+        """Rebuild the core model from the repository files, checking them against the recorded hashes.
+
+        :raises ModelIntegrityError: if the weights or the config differ from what was recorded at creation.
+        """
+        label = f'VoltageModelData<{self.pk if self.is_stored else "unstored"}>'
+        with tempfile.TemporaryDirectory() as directory:
+            directory = pathlib.Path(directory)
+            names = self.base.repository.list_object_names()
+            for name in FILENAMES:
+                if name not in names:
+                    raise ModelIntegrityError(f'{label}: the repository has no {name}')
+                (directory / name).write_bytes(self.base.repository.get_object_content(name, mode='rb'))
+            actual = hashlib.sha256((directory / 'arrays.safetensors').read_bytes()).hexdigest()
+            if actual != self.arrays_sha256:
+                raise ModelIntegrityError(
+                    f'{label}: weights file arrays.safetensors was altered (sha256 {actual[:12]}..., the node '
+                    f'recorded {str(self.arrays_sha256)[:12]}...); refusing to load it')
+            config = json.loads((directory / 'config.json').read_text())
+            if config.get('model_version') != self.model_version:
+                raise ModelIntegrityError(f'{label}: config.json does not belong to model version '
+                                          f'{self.model_version[:12]}...')
+            try:
+                return VoltageModel.load(directory)
+            except ModelIntegrityError as exception:
+                raise ModelIntegrityError(f'{label}: {exception}') from exception

@@ -1,0 +1,239 @@
+"""Questions to the provenance graph that users should never have to hand-write as traversals.
+
+* :func:`prediction_provenance` - given a prediction (the ``ArrayData`` of a batch, a ``Float`` voltage or
+  uncertainty, the predict process, or a ``PredictWorkChain``): which model version made it, which process trained
+  that model on which dataset, where the dataset came from (file sha256, or MP database version and material
+  ids, or structures), and which records or structures were predicted.
+* :func:`list_predictions` - every prediction a model has made, optionally filtered by ion and voltage.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from aiida import orm
+from aiida.common.links import LinkType
+
+from aiida_voltnet.data.dataset import ElectrodeDataset
+from aiida_voltnet.data.model import VoltageModelData
+
+__all__ = ('prediction_provenance', 'dataset_origin', 'list_predictions', 'PREDICTION_PROCESS_TYPES')
+
+_PREFIX = 'aiida.calculations:voltnet.'
+PREDICT_BATCH = _PREFIX + 'predict_voltages'
+PREDICT_PAIR = _PREFIX + 'predict_structure_pair'
+PREDICTION_PROCESS_TYPES = (PREDICT_BATCH, PREDICT_PAIR)
+
+
+def _ref(node: orm.Node | None) -> dict[str, Any] | None:
+    if node is None:
+        return None
+    ref = {'pk': node.pk, 'uuid': node.uuid, 'type': node.__class__.__name__}
+    if isinstance(node, orm.ProcessNode):
+        ref['process_type'] = node.process_type
+    return ref
+
+
+def _inputs(process: orm.ProcessNode) -> dict[str, orm.Node]:
+    """Input nodes of a process by link label (nested namespaces keep their ``a__b`` labels)."""
+    return {link.link_label: link.node
+            for link in process.base.links.get_incoming(link_type=LinkType.INPUT_CALC).all()}
+
+
+def _creator(node: orm.Data) -> orm.CalculationNode | None:
+    """The calculation that created ``node`` (via the CREATE link), or None for a node made by hand."""
+    links = node.base.links.get_incoming(link_type=LinkType.CREATE).all()
+    return links[0].node if links else None
+
+
+def _structure(node: orm.StructureData) -> dict[str, Any]:
+    return {**_ref(node), 'formula': node.get_formula(mode='hill_compact')}
+
+
+def dataset_origin(dataset: ElectrodeDataset) -> dict[str, Any]:
+    """Where a dataset's records came from, following split steps back to the assembling process.
+
+    :returns: ``{'kind': 'csv'|'materials_project'|'structures'|'unknown', 'dataset': root dataset ref,
+        'process': assembling process ref, ...}`` with ``file`` + ``sha256`` for a CSV, ``query`` +
+        ``database_version`` + ``material_ids`` for the Materials Project, ``structures`` for pairs.
+    """
+    splits = []
+    current = dataset
+    while True:
+        creator = _creator(current)
+        if creator is not None and creator.process_type == _PREFIX + 'split_dataset':
+            splits.append(_ref(creator))
+            current = _inputs(creator)['dataset']
+            continue
+        break
+    origin: dict[str, Any] = {'kind': current.source, 'dataset': _ref(current), 'process': _ref(creator),
+                              'splits': splits}
+    if creator is None:
+        origin['kind'] = 'unknown' if current.source is None else current.source
+    inputs = _inputs(creator) if creator is not None else {}
+    if current.source == 'csv':
+        csv = inputs.get('csv')
+        origin['file'] = {**_ref(csv), 'filename': csv.filename} if csv is not None else None
+        origin['sha256'] = current.source_sha256
+    elif current.source == 'materials_project':
+        provenance = current.mp_provenance() or {}
+        origin['query'] = inputs['query'].get_dict() if 'query' in inputs else provenance.get('query')
+        origin['database_version'] = current.mp_database_version
+        origin['material_ids'] = list(provenance.get('material_ids') or [])
+    elif current.source == 'structures':
+        pairs: dict[str, dict] = {}
+        for label, node in inputs.items():
+            name, _, role = label.rpartition('__')
+            value = _structure(node) if isinstance(node, orm.StructureData) else getattr(node, 'value', None)
+            pairs.setdefault(name, {})[role] = value
+        origin['structures'] = pairs
+    return origin
+
+
+def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dict[str, Any]:
+    summary = {**_ref(dataset), 'n_records': dataset.n_records, 'working_ions': dataset.working_ions,
+               'source': dataset.source, 'source_sha256': dataset.source_sha256,
+               'mp_database_version': dataset.mp_database_version, 'origin': dataset_origin(dataset)}
+    if battery_ids:
+        summary['battery_ids'] = dataset.battery_ids()
+    return summary
+
+
+def _model_summary(model: VoltageModelData) -> dict[str, Any]:
+    training = _creator(model)
+    summary: dict[str, Any] = {
+        'model': {**_ref(model), 'model_version': model.model_version, 'arrays_sha256': model.arrays_sha256,
+                  'model_name': model.model_name, 'architecture': model.architecture,
+                  'featurizer': model.base.attributes.get('featurizer_name'),
+                  'training_ions': model.training_ions},
+        'model_version': model.model_version,
+        'training_process': _ref(training),
+        'training_workflow': _ref(training.caller) if training is not None else None,
+        'training_dataset': None,
+    }
+    if training is not None:
+        inputs = _inputs(training)
+        summary['training_settings'] = {key: getattr(inputs[key], 'value', None)
+                                        for key in ('featurizer', 'model', 'seed') if key in inputs}
+        if 'dataset' in inputs:
+            summary['training_dataset'] = _dataset_summary(inputs['dataset'], battery_ids=False)
+    return summary
+
+
+def _predict_process(node: orm.Node) -> orm.CalcFunctionNode:
+    if isinstance(node, orm.CalcFunctionNode):
+        process = node
+    elif isinstance(node, orm.Data):
+        process = _creator(node)
+        if process is None:
+            raise ValueError(f'{node.__class__.__name__}<{node.pk}> was not created by a process, so it is not a '
+                             'prediction')
+    else:
+        raise ValueError(f'{type(node).__name__}<{node.pk}> is neither a prediction nor a predict process')
+    if process.process_type not in PREDICTION_PROCESS_TYPES:
+        raise ValueError(f'{node.__class__.__name__}<{node.pk}> comes from {process.process_type}, not from a '
+                         'voltnet prediction')
+    return process
+
+
+def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
+    """Everything the graph knows about how a prediction was made (see the module docstring).
+
+    :param node: the ``ArrayData`` of ``predict_voltages``, a ``Float`` output of ``predict_structure_pair``, one of
+        those processes, a ``PredictWorkChain`` node, or a pk/uuid of any of these.
+    :returns: a JSON-serialisable dict with keys ``prediction``, ``process``, ``model_version``, ``model``,
+        ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
+        ``origin``) and ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
+        and the working ion). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
+    """
+    if not isinstance(node, orm.Node):
+        node = orm.load_node(node)
+    if isinstance(node, orm.WorkflowNode):
+        processes = [child for child in node.called_descendants
+                     if isinstance(child, orm.CalcFunctionNode) and child.process_type in PREDICTION_PROCESS_TYPES]
+        return {'workflow': _ref(node),
+                'predictions': [prediction_provenance(p) for p in sorted(processes, key=lambda p: p.ctime)]}
+    process = _predict_process(node)
+    inputs = _inputs(process)
+    outputs = {link.link_label: link.node
+               for link in process.base.links.get_outgoing(link_type=LinkType.CREATE).all()}
+    result: dict[str, Any] = {
+        'prediction': _ref(node) if isinstance(node, orm.Data) else None,
+        'outputs': {label: _ref(out) for label, out in sorted(outputs.items())},
+        'process': _ref(process),
+        **_model_summary(inputs['model']),
+    }
+    if process.process_type == PREDICT_BATCH:
+        result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
+    else:
+        result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
+                            'working_ion': inputs['working_ion'].value}
+    return result
+
+
+def list_predictions(model: VoltageModelData | int | str, ion: str | None = None, min_voltage: float | None = None,
+                     max_voltage: float | None = None) -> list[dict[str, Any]]:
+    """Every prediction made by ``model`` (by finished processes), one row per predicted electrode.
+
+    :param ion: keep only this working ion.
+    :param min_voltage: keep only predicted voltages >= this (V).
+    :param max_voltage: keep only predicted voltages <= this (V).
+    :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'node', 'node_uuid',
+        'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index. For a batch,
+        ``battery_id`` is the record's and ``index`` its row in the predicted dataset; for a structure pair,
+        ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
+        ``ArrayData<pk>[index]`` or ``Float<pk>``.
+    :raises TypeError: if ``model`` is not a ``VoltageModelData``.
+    """
+    if not isinstance(model, orm.Node):
+        model = orm.load_node(model)
+    if not isinstance(model, VoltageModelData):
+        raise TypeError(f'{type(model).__name__}<{model.pk}> is not a voltage model (VoltageModelData)')
+    query = orm.QueryBuilder()
+    query.append(VoltageModelData, filters={'id': model.pk}, tag='model')
+    query.append(orm.CalcFunctionNode, with_incoming='model', tag='process', project=['id', 'ctime'],
+                 filters={'process_type': {'in': list(PREDICTION_PROCESS_TYPES)}, 'attributes.exit_status': 0})
+    query.append(orm.Data, with_incoming='process', edge_project=['label'], project=['*'], tag='output',
+                 edge_tag='link', edge_filters={'type': LinkType.CREATE.value})
+    by_process: dict[int, dict] = {}
+    for row in query.iterdict():
+        process_pk, ctime = row['process']['id'], row['process']['ctime']
+        entry = by_process.setdefault(process_pk, {'ctime': ctime, 'outputs': {}})
+        entry['outputs'][row['link']['label']] = row['output']['*']
+    rows = []
+    for process_pk, entry in sorted(by_process.items(), key=lambda item: item[1]['ctime']):
+        outputs = entry['outputs']
+        if 'result' in outputs and isinstance(outputs['result'], orm.ArrayData):
+            array = outputs['result']
+            mean, std = array.get_array('mean'), array.get_array('std')
+            ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
+            keep = np.ones(len(mean), dtype=bool)
+            if ion is not None:
+                keep &= ions == ion
+            if min_voltage is not None:
+                keep &= mean >= min_voltage
+            if max_voltage is not None:
+                keep &= mean <= max_voltage
+            rows.extend({'battery_id': str(ids[i]), 'label': str(ids[i]), 'working_ion': str(ions[i]),
+                         'voltage': float(mean[i]), 'uncertainty': float(std[i]),
+                         'node': f'ArrayData<{array.pk}>[{int(index[i])}]', 'node_uuid': array.uuid,
+                         'node_pk': array.pk, 'index': int(index[i]), 'process_pk': process_pk}
+                        for i in np.flatnonzero(keep))
+        elif 'voltage' in outputs:
+            process = orm.load_node(process_pk)
+            inputs = _inputs(process)
+            voltage = outputs['voltage']
+            row_ion = inputs['working_ion'].value
+            if ion is not None and row_ion != ion:
+                continue
+            if min_voltage is not None and voltage.value < min_voltage:
+                continue
+            if max_voltage is not None and voltage.value > max_voltage:
+                continue
+            label = f'{inputs["charged"].get_formula(mode="hill_compact")} -> ' \
+                    f'{inputs["discharged"].get_formula(mode="hill_compact")}'
+            rows.append({'battery_id': label, 'label': label, 'working_ion': row_ion, 'voltage': voltage.value,
+                         'uncertainty': outputs['uncertainty'].value if 'uncertainty' in outputs else None,
+                         'node': f'Float<{voltage.pk}>', 'node_uuid': voltage.uuid, 'node_pk': voltage.pk,
+                         'index': None, 'process_pk': process_pk})
+    return rows

@@ -1,0 +1,1 @@
+"""Work chains of aiida-voltnet: training (assemble, split, train, evaluate) and prediction."""

@@ -1,0 +1,87 @@
+"""``PredictWorkChain``: predicted average voltages, with uncertainty, for a dataset (one batch process, one
+``ArrayData``) and/or for named structure pairs (one ``Float`` voltage and uncertainty per pair, each linked to
+its two ``StructureData``)."""
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import WorkChain, if_
+
+from aiida_voltnet.calculations import functions
+from aiida_voltnet.calculations.functions import predict_structure_pair, predict_voltages
+
+__all__ = ('PredictWorkChain',)
+
+
+class PredictWorkChain(WorkChain):
+    """Predict average voltages with a trained model, for a dataset and/or a namespace of structure pairs."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(predict_voltages.process_class, include=('model', 'dataset'))
+        spec.inputs['dataset'].required = False
+        spec.inputs['dataset'].help = 'Electrodes to predict in one batch (a screen of 10^4-10^5 is one process).'
+        spec.inputs['model'].help = 'The trained model (a VoltageModelData, e.g. the `model` output of voltnet.train).'
+        spec.input_namespace('structures', dynamic=True, required=False, valid_type=(orm.StructureData, orm.Str),
+                             help='Structure pairs, `{name: {charged: StructureData, discharged: StructureData, '
+                                  'working_ion: Str}}`; each gives outputs voltages.<name> and uncertainties.<name>.')
+        spec.inputs.validator = cls.validate_inputs
+        spec.outline(
+            if_(cls.has_dataset)(cls.predict_dataset),
+            if_(cls.has_structures)(cls.predict_structures),
+        )
+        spec.output('predictions', valid_type=orm.ArrayData, required=False,
+                    help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions.')
+        spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
+                              help='For `structures`: predicted average voltage (V) per pair name.')
+        spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
+                              help='For `structures`: ensemble standard deviation (V) per pair name.')
+        spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
+
+    @classmethod
+    def validate_inputs(cls, inputs, _ctx=None):
+        """Everything that can be refused is refused here, before any node is stored."""
+        if 'dataset' not in inputs and not inputs.get('structures'):
+            return 'give a `dataset`, `structures`, or both'
+        model = inputs['model']
+        try:
+            if 'dataset' in inputs:
+                message = functions._validate_model_dataset({'model': model, 'dataset': inputs['dataset']})
+                if message:
+                    return message
+            for name, (charged, discharged, ion) in functions._pairs(inputs.get('structures', {})).items() \
+                    if inputs.get('structures') else ():
+                record = functions.pair_record(charged, discharged, ion)
+                message = functions._check_model_and_ions(model, {record.working_ion})
+                if message:
+                    return f'pair {name!r}: {message}'
+        except Exception as exception:  # noqa: BLE001 - the message names the pair and the problem
+            return f'{type(exception).__name__}: {exception}'
+        return None
+
+    def has_dataset(self):
+        return 'dataset' in self.inputs
+
+    def has_structures(self):
+        return bool(self.inputs.get('structures'))
+
+    def predict_dataset(self):
+        try:
+            predictions = predict_voltages(model=self.inputs.model, dataset=self.inputs.dataset,
+                                           metadata={'call_link_label': 'predict_dataset'})
+        except ValueError as exception:
+            return self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
+        self.out('predictions', predictions)
+        return None
+
+    def predict_structures(self):
+        for name, pair in self.inputs.structures.items():
+            try:
+                result = predict_structure_pair(model=self.inputs.model, charged=pair['charged'],
+                                                discharged=pair['discharged'], working_ion=pair['working_ion'],
+                                                metadata={'call_link_label': f'predict_{name}'})
+            except ValueError as exception:
+                return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
+            self.out(f'voltages.{name}', result['voltage'])
+            self.out(f'uncertainties.{name}', result['uncertainty'])
+        return None

@@ -1,0 +1,77 @@
+"""Protocols: named sets of default inputs in YAML files beside this module, in the style of
+aiida-quantumespresso's ``ProtocolMixin`` (which is not a dependency of this package)."""
+from __future__ import annotations
+
+import copy
+import pathlib
+from typing import Any
+
+import yaml
+
+__all__ = ('ProtocolMixin', 'recursive_merge', 'check_overrides')
+
+
+def recursive_merge(left: dict, right: dict) -> dict:
+    """A copy of ``left`` updated recursively with ``right`` (values of ``right`` win; nested dicts are merged)."""
+    merged = copy.deepcopy(left)
+    for key, value in right.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = recursive_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def check_overrides(overrides: dict, namespace, path: str = '') -> None:
+    """Refuse override keys that are not ports of ``namespace`` (a typo must not be silently ignored).
+
+    Values of ports that take a ``Dict`` (e.g. ``settings``) are free-form and not descended into.
+    """
+    from plumpy.ports import PortNamespace
+
+    for key, value in overrides.items():
+        if key not in namespace and not namespace.dynamic:
+            raise ValueError(f'override {path}{key!r} is not an input of {namespace.name or "the work chain"}; '
+                             f'known: {", ".join(sorted(namespace))}')
+        port = namespace.get(key)
+        if isinstance(port, PortNamespace) and isinstance(value, dict):
+            check_overrides(value, port, f'{path}{key}.')
+
+
+class ProtocolMixin:
+    """Loads ``protocols/<_protocol_file>``: ``default_inputs``, ``default_protocol`` and ``protocols``."""
+
+    _protocol_file: str = ''
+
+    @classmethod
+    def get_protocol_filepath(cls) -> pathlib.Path:
+        return pathlib.Path(__file__).parent / cls._protocol_file
+
+    @classmethod
+    def _load_protocol_file(cls) -> dict[str, Any]:
+        with cls.get_protocol_filepath().open() as handle:
+            return yaml.safe_load(handle)
+
+    @classmethod
+    def get_default_protocol(cls) -> str:
+        return cls._load_protocol_file()['default_protocol']
+
+    @classmethod
+    def get_available_protocols(cls) -> dict[str, dict]:
+        """``{name: {'description': ...}}`` of every protocol."""
+        return {name: {'description': value.get('description', '')}
+                for name, value in cls._load_protocol_file()['protocols'].items()}
+
+    @classmethod
+    def get_protocol_inputs(cls, protocol: str | None = None, overrides: dict | None = None) -> dict[str, Any]:
+        """The inputs of ``protocol`` (default inputs updated by the protocol, then by ``overrides``)."""
+        data = cls._load_protocol_file()
+        protocol = protocol or data['default_protocol']
+        if protocol not in data['protocols']:
+            raise ValueError(f'unknown protocol {protocol!r}; choose one of {", ".join(data["protocols"])}')
+        changes = {k: v for k, v in data['protocols'][protocol].items() if k != 'description'}
+        inputs = recursive_merge(data['default_inputs'], changes)
+        if overrides:
+            check_overrides(overrides, cls.spec().inputs)
+            inputs = recursive_merge(inputs, overrides)
+        return inputs

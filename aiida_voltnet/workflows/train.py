@@ -1,0 +1,159 @@
+"""``TrainWorkChain``: assemble a dataset (from a CSV file or a given dataset), split it, train a model on the
+training part and evaluate it on the held-out part."""
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import WorkChain, if_
+
+from aiida_voltnet.calculations import functions
+from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, evaluate_model, split_dataset, train_model
+from aiida_voltnet.data.dataset import ElectrodeDataset
+from aiida_voltnet.data.model import VoltageModelData
+
+from .protocols import ProtocolMixin
+
+__all__ = ('TrainWorkChain',)
+
+
+def _value(node):
+    return node.value if isinstance(node, orm.BaseType) else node
+
+
+class TrainWorkChain(ProtocolMixin, WorkChain):
+    """Train a voltage model with full provenance: source -> dataset -> split -> model -> held-out metrics."""
+
+    _protocol_file = 'train.yaml'
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('csv', valid_type=orm.SinglefileData, required=False,
+                   help='Electrode CSV in the seed format; assembled into an ElectrodeDataset. Give this or `dataset`.')
+        spec.input('dataset', valid_type=ElectrodeDataset, required=False,
+                   help='An existing ElectrodeDataset (e.g. from the Materials Project). Give this or `csv`.')
+        spec.expose_inputs(split_dataset.process_class, namespace='split', exclude=('dataset',),
+                           namespace_options={'help': 'How to hold out the test records (see `split_dataset`).'})
+        spec.expose_inputs(train_model.process_class, namespace='train', exclude=('dataset',),
+                           namespace_options={'help': 'Featurizer, model and settings (see `train_model`).'})
+        # Calculation functions have dynamic namespaces; these exposed ones take only the function's own ports. The
+        # functions' validators (copied by expose_inputs) need the dataset, so they run when the functions are
+        # called; ``validate_inputs`` below checks what can be checked up front.
+        for namespace in ('split', 'train'):
+            spec.inputs[namespace].dynamic = False
+            spec.inputs[namespace].validator = None
+        spec.inputs.validator = cls.validate_inputs
+        spec.outline(
+            if_(cls.should_assemble)(cls.assemble),
+            cls.split,
+            cls.train,
+            cls.evaluate,
+            cls.results,
+        )
+        spec.output('model', valid_type=VoltageModelData, help='The trained model (fitted featurizer + weights).')
+        spec.output('metrics', valid_type=orm.Dict, help='Metrics of the model on the held-out test records.')
+        spec.output('dataset', valid_type=ElectrodeDataset, help='All records (assembled from `csv` or as given).')
+        spec.output('train_dataset', valid_type=ElectrodeDataset, help='The records the model was trained on.')
+        spec.output('test_dataset', valid_type=ElectrodeDataset, help='The held-out records it was evaluated on.')
+        spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
+
+    @classmethod
+    def validate_inputs(cls, inputs, _ctx=None):
+        """Exactly one of csv/dataset; a CSV is parsed here so that a bad row is refused before anything runs."""
+        if ('csv' in inputs) == ('dataset' in inputs):
+            return 'give exactly one of `csv` and `dataset`'
+        try:
+            if 'csv' in inputs:
+                functions.csv_records(inputs['csv'])
+            train = inputs.get('train', {})
+            settings = train['settings'].get_dict() if 'settings' in train else {}
+            functions._train_arguments(_value(train.get('featurizer', 'leakfree')),
+                                       _value(train.get('model', 'voltnet')), settings)
+            kind = _value(inputs.get('split', {}).get('kind', 'grouped'))
+            if kind not in ('grouped', 'random'):
+                return f'unknown split kind {kind!r}; choose grouped or random'
+        except Exception as exception:  # noqa: BLE001 - the message names row and field
+            return f'{type(exception).__name__}: {exception}'
+        return None
+
+    @classmethod
+    def get_builder_from_protocol(cls, csv_or_dataset, protocol: str | None = 'fast', overrides: dict | None = None,
+                                  **_):
+        """A fully populated builder for ``protocol`` (``fast``, ``default`` or ``paper``; None: the file's default,
+        which is ``fast``).
+
+        :param csv_or_dataset: a ``SinglefileData`` CSV, an ``ElectrodeDataset``, or a path to a CSV file.
+        :param overrides: nested dict of inputs overriding the protocol's (unknown keys raise).
+        """
+        import os
+
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        if isinstance(csv_or_dataset, (str, os.PathLike)):
+            csv_or_dataset = orm.SinglefileData(os.path.abspath(csv_or_dataset))
+        builder = cls.get_builder()
+        if isinstance(csv_or_dataset, ElectrodeDataset):
+            builder.dataset = csv_or_dataset
+        elif isinstance(csv_or_dataset, orm.SinglefileData):
+            builder.csv = csv_or_dataset
+        else:
+            raise TypeError(f'expected a SinglefileData CSV or an ElectrodeDataset, got {type(csv_or_dataset)}')
+        for namespace in ('split', 'train'):
+            for key, value in inputs.get(namespace, {}).items():
+                builder[namespace][key] = value
+        if 'metadata' in inputs:
+            builder.metadata = inputs['metadata']
+        return builder
+
+    # -- outline -------------------------------------------------------------------------------------------------------
+    def should_assemble(self):
+        return 'csv' in self.inputs
+
+    def _call(self, function, label, **inputs):
+        """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored)."""
+        try:
+            return function(**inputs, metadata={'call_link_label': label}), None
+        except ValueError as exception:
+            self.report(f'{label} refused its inputs: {exception}')
+            return None, self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
+
+    def assemble(self):
+        self.ctx.dataset, error = self._call(assemble_dataset_from_csv, 'assemble', csv=self.inputs.csv)
+        return error
+
+    def split(self):
+        dataset = self.ctx.dataset if 'dataset' in self.ctx else self.inputs.dataset
+        self.ctx.dataset = dataset
+        inputs = self.exposed_inputs(split_dataset.process_class, namespace='split')
+        inputs.pop('metadata', None)
+        result, error = self._call(split_dataset, 'split', dataset=dataset, **inputs)
+        if error:
+            return error
+        self.ctx.train_dataset, self.ctx.test_dataset = result['train'], result['test']
+        self.report(f'split {dataset.n_records} records into {self.ctx.train_dataset.n_records} training and '
+                    f'{self.ctx.test_dataset.n_records} test records')
+        return None
+
+    def train(self):
+        inputs = self.exposed_inputs(train_model.process_class, namespace='train')
+        inputs.pop('metadata', None)
+        self.ctx.model, error = self._call(train_model, 'train', dataset=self.ctx.train_dataset, **inputs)
+        if error:
+            return error
+        self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
+                    f'{self.ctx.model.model_version[:12]}')
+        return None
+
+    def evaluate(self):
+        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', model=self.ctx.model,
+                                             dataset=self.ctx.test_dataset)
+        if error:
+            return error
+        metrics = self.ctx.metrics.get_dict()
+        self.report(f'held-out MAE {metrics["mae"]:.3f} V, R2 {metrics["r2"]:.3f} on {metrics["n"]} records')
+        return None
+
+    def results(self):
+        self.out('model', self.ctx.model)
+        self.out('metrics', self.ctx.metrics)
+        self.out('dataset', self.ctx.dataset)
+        self.out('train_dataset', self.ctx.train_dataset)
+        self.out('test_dataset', self.ctx.test_dataset)

@@ -1,0 +1,102 @@
+"""The data plugins: ElectrodeDataset and VoltageModelData round trips, integrity checks, no pickle."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.plugins import DataFactory
+
+from aiida_voltnet.data import ElectrodeDataset, VoltageModelData
+from aiida_voltnet.ml.models import ModelIntegrityError, train_voltage_model
+from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
+
+from voltnet_test_helpers import CSV_150
+
+
+@pytest.fixture(scope='module')
+def records():
+    return read_electrodes_csv(CSV_150)
+
+
+@pytest.fixture(scope='module')
+def core_model(records):
+    return train_voltage_model(records[:80], model='krr', seed=3)
+
+
+def test_entry_points():
+    assert DataFactory('voltnet.dataset') is ElectrodeDataset
+    assert DataFactory('voltnet.model') is VoltageModelData
+
+
+def test_dataset_round_trip(records):
+    node = ElectrodeDataset(records, source='csv', source_sha256=file_sha256(CSV_150)).store()
+    loaded = orm.load_node(node.pk)
+    assert isinstance(loaded, ElectrodeDataset)
+    assert loaded.records() == records
+    assert [r.to_dict() for r in loaded.records()] == [r.to_dict() for r in records]
+    assert loaded.n_records == len(records) == len(loaded)
+    assert loaded.working_ions == sorted({r.working_ion for r in records})
+    assert loaded.source == 'csv'
+    assert loaded.source_sha256 == file_sha256(CSV_150)
+    assert loaded.mp_provenance() is None
+    assert loaded.base.repository.list_object_names() == ['records.json']
+
+
+def test_dataset_from_mp_provenance(records):
+    provenance = {'database_version': '2025.09.25', 'material_ids': ['mp-1', 'mp-2', 'mp-3'],
+                  'battery_ids': [r.battery_id for r in records[:3]], 'query': {'working_ion': 'Li'}}
+    node = ElectrodeDataset(records[:3], source='materials_project', mp_provenance=provenance).store()
+    assert node.mp_database_version == '2025.09.25'
+    assert node.base.attributes.get('mp_n_material_ids') == 3
+    assert orm.load_node(node.pk).mp_provenance() == provenance
+
+
+def test_dataset_refuses_bad_content(records):
+    with pytest.raises(ElectrodeDataError, match='at least one record'):
+        ElectrodeDataset([])
+    with pytest.raises(ElectrodeDataError, match='duplicate battery_id'):
+        ElectrodeDataset([records[0], records[0]])
+    with pytest.raises(ValueError, match='source must be one of'):
+        ElectrodeDataset(records[:1], source='web')
+
+
+def test_model_round_trip_bit_identical(records, core_model):
+    node = VoltageModelData(core_model, metrics={'mae': 0.5, 'bad': float('nan')}).store()
+    loaded = orm.load_node(node.pk)
+    assert isinstance(loaded, VoltageModelData)
+    before_mean, before_std = core_model.predict(records)
+    after_mean, after_std = loaded.load_model().predict(records)
+    assert np.array_equal(before_mean, after_mean) and np.array_equal(before_std, after_std)
+    attributes = loaded.base.attributes.all
+    assert attributes['architecture'] == core_model.architecture
+    assert attributes['model_name'] == 'krr'
+    assert attributes['featurizer_name'] == core_model.featurizer.name
+    assert attributes['featurizer_version'] == core_model.featurizer.version
+    assert attributes['n_parameters'] == core_model.n_parameters
+    assert attributes['seed'] == 3
+    assert attributes['training_ions'] == core_model.metadata['training_ions']
+    assert attributes['metrics'] == {'mae': 0.5, 'bad': None}  # NaN cannot be an attribute
+    assert len(attributes['model_version']) == 64 and len(attributes['arrays_sha256']) == 64
+    assert loaded.config()['model_version'] == loaded.model_version
+    # No pickle anywhere: a JSON config and a safetensors file.
+    assert sorted(loaded.base.repository.list_object_names()) == ['arrays.safetensors', 'config.json']
+
+
+def test_altered_weights_raise(core_model):
+    node = VoltageModelData(core_model)
+    content = bytearray(node.base.repository.get_object_content('arrays.safetensors', mode='rb'))
+    content[-1] ^= 0xFF
+    node.base.repository.put_object_from_bytes(bytes(content), 'arrays.safetensors')
+    with pytest.raises(ModelIntegrityError, match='weights file arrays.safetensors was altered'):
+        node.load_model()
+
+
+def test_altered_config_raises(core_model):
+    import json
+
+    node = VoltageModelData(core_model)
+    config = json.loads(node.base.repository.get_object_content('config.json'))
+    config['members'][0]['y_mean'] += 1.0
+    node.base.repository.put_object_from_bytes(json.dumps(config).encode(), 'config.json')
+    with pytest.raises(ModelIntegrityError, match='config'):
+        node.load_model()

@@ -1,0 +1,189 @@
+"""The calculation functions: provenance links, batch and single predictions, DFT voltage, and refusal of bad
+input without storing anything."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.plugins import CalculationFactory
+
+from aiida_voltnet.calculations import functions as F
+from aiida_voltnet.data import ElectrodeDataset, VoltageModelData
+from aiida_voltnet.ml.records import read_electrodes_csv
+
+from voltnet_test_helpers import CSV_150, FAST_MLP, count_nodes, write_csv_with
+
+NAMES = ('assemble_dataset_from_csv', 'assemble_dataset_from_mp', 'assemble_dataset_from_structures',
+         'split_dataset', 'featurize', 'train_model', 'evaluate_model', 'predict_voltages', 'predict_structure_pair',
+         'dft_voltage')
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_entry_points(name):
+    assert CalculationFactory(f'voltnet.{name}') is getattr(F, name)
+
+
+def test_provenance_chain(trained):
+    """prediction -> predict process -> model -> train process -> dataset -> split -> dataset -> SinglefileData."""
+    predictions, process = F.predict_voltages.run_get_node(trained.model, trained.test)
+    assert process.is_finished_ok
+    assert predictions.creator.uuid == process.uuid
+    assert process.process_type == 'aiida.calculations:voltnet.predict_voltages'
+    assert process.inputs.model.uuid == trained.model.uuid
+    training = trained.model.creator
+    assert training.process_type == 'aiida.calculations:voltnet.train_model'
+    assert training.inputs.dataset.uuid == trained.train.uuid
+    split = trained.train.creator
+    assert split.process_type == 'aiida.calculations:voltnet.split_dataset'
+    assert split.inputs.dataset.uuid == trained.dataset.uuid
+    assemble = trained.dataset.creator
+    assert assemble.inputs.csv.uuid == trained.csv.uuid
+    assert trained.dataset.source_sha256 == trained.train.source_sha256 == trained.test.source_sha256
+    assert trained.dataset.n_records == 150
+    assert trained.train.n_records + trained.test.n_records == 150
+
+
+def test_batch_predict_is_one_process_one_array(trained):
+    n_calcs, n_arrays, n_all = count_nodes(orm.CalcFunctionNode), count_nodes(orm.ArrayData), count_nodes()
+    result, process = F.predict_voltages.run_get_node(trained.model, trained.dataset)
+    assert count_nodes(orm.CalcFunctionNode) == n_calcs + 1
+    assert count_nodes(orm.ArrayData) == n_arrays + 1
+    assert count_nodes() == n_all + 2
+    outputs = process.base.links.get_outgoing().all()
+    assert [link.link_label for link in outputs] == ['result']
+    array = outputs[0].node
+    assert set(array.get_arraynames()) == {'mean', 'std', 'index', 'battery_ids', 'working_ions'}
+    records = trained.dataset.records()
+    assert array.get_array('index').tolist() == list(range(150))
+    assert array.get_array('battery_ids').tolist() == [r.battery_id for r in records]
+    assert array.get_array('working_ions').tolist() == [r.working_ion for r in records]
+    mean, std = trained.model.load_model().predict(records)
+    assert np.array_equal(array.get_array('mean'), mean) and np.array_equal(array.get_array('std'), std)
+    assert array.base.attributes.get('model_version') == trained.model.model_version
+
+
+def test_structure_pair_float_linked_to_structures(trained, shipped_nodes):
+    charged, discharged, ion = shipped_nodes['LiFePO4']
+    result, process = F.predict_structure_pair.run_get_node(trained.model, charged, discharged, ion)
+    voltage, uncertainty = result['voltage'], result['uncertainty']
+    assert isinstance(voltage, orm.Float) and isinstance(uncertainty, orm.Float)
+    assert np.isfinite(voltage.value) and uncertainty.value >= 0
+    assert voltage.creator.uuid == process.uuid
+    assert process.inputs.charged.uuid == charged.uuid and process.inputs.discharged.uuid == discharged.uuid
+    # Same number as the batch path through a dataset assembled from the same structures.
+    dataset = F.assemble_dataset_from_structures(LiFePO4={'charged': charged, 'discharged': discharged,
+                                                          'working_ion': orm.Str(ion)})
+    assert dataset.source == 'structures' and dataset.battery_ids() == ['LiFePO4']
+    array = F.predict_voltages(trained.model, dataset)
+    # aiida-core stores Float (attribute) values with 14 significant digits; ArrayData keeps all bits.
+    assert array.get_array('mean')[0] == pytest.approx(voltage.value, rel=1e-13)
+
+
+@pytest.mark.parametrize('energies, expected', [
+    # Li: E(dis) - E(ch) = -5.0 eV for one Li, E(Li metal) = -1.9 eV/atom -> V = 3.1 V
+    ((-100.0, -105.0, -1.9, 1.0, 1), 3.1),
+    # Mg (z = 2), two ions per cell: -[-120 + 100 + 2 * 1.5] / (2 * 2) = 4.25 V
+    ((-100.0, -120.0, -1.5, 2.0, 2), 4.25),
+])
+def test_dft_voltage(energies, expected):
+    result, process = F.dft_voltage.run_get_node(*energies)
+    assert result.value == pytest.approx(expected, abs=1e-12)
+    assert process.is_finished_ok
+
+
+def test_featurize(trained):
+    array = F.featurize(trained.test, 'leakfree')
+    features = array.get_array('features')
+    assert features.shape[0] == trained.test.n_records and np.isfinite(features).all()
+    assert array.get_array('battery_ids').tolist() == trained.test.battery_ids()
+    assert array.base.attributes.get('featurizer_name') == 'leakfree'
+
+
+def test_grouped_split_keeps_frameworks_apart(trained):
+    split = F.split_dataset(trained.dataset, kind='grouped', seed=1, test_fraction=0.2)
+    train = {r.framework_formula for r in split['train'].records()}
+    test = {r.framework_formula for r in split['test'].records()}
+    assert train and test and not train & test
+
+
+def test_evaluate_model(trained):
+    metrics = F.evaluate_model(trained.model, trained.test).get_dict()
+    assert metrics['n'] == trained.test.n_records
+    assert metrics['mae'] >= 0 and 'per_ion' in metrics
+    assert metrics['model_version'] == trained.model.model_version
+
+
+def test_assemble_from_mp(monkeypatch):
+    records = read_electrodes_csv(CSV_150)[:4]
+    provenance = {'database_version': '2025.09.25', 'material_ids': ['mp-1', 'mp-2'], 'query': {'working_ion': 'Li'},
+                  'battery_ids': [r.battery_id for r in records]}
+    seen = {}
+
+    def fake_fetch(**arguments):
+        seen.update(arguments)
+        return records, provenance
+
+    monkeypatch.setattr(F, 'fetch_mp_electrodes', fake_fetch)
+    monkeypatch.delenv('MP_API_KEY', raising=False)
+    before = count_nodes()
+    with pytest.raises(ValueError, match='MP_API_KEY'):
+        F.assemble_dataset_from_mp({'max_entries': 4})
+    assert count_nodes() == before
+    monkeypatch.setenv('MP_API_KEY', 'x' * 32)
+    with pytest.raises(ValueError, match='unknown MP query key'):
+        F.assemble_dataset_from_mp({'api_key': 'secret'})
+    dataset = F.assemble_dataset_from_mp({'max_entries': 4})
+    assert seen == {'max_entries': 4}
+    assert dataset.source == 'materials_project' and dataset.mp_database_version == '2025.09.25'
+    assert dataset.base.attributes.get('mp_n_material_ids') == 2
+    assert 'x' * 32 not in str(dataset.creator.inputs.query.get_dict())
+
+
+# -- bad input: a clear error and no new node ------------------------------------------------------------------------
+def _refused(call, match):
+    before = count_nodes()
+    with pytest.raises(ValueError, match=match):
+        call()
+    assert count_nodes() == before, 'a refused call must not store anything'
+
+
+def test_bad_csv_unknown_element(tmp_path):
+    path = write_csv_with(tmp_path / 'bad.csv', 2, formula_discharge='Li2Xx3O4')
+    _refused(lambda: F.assemble_dataset_from_csv(orm.SinglefileData(path)), r"line 4.*formula_discharge.*Xx")
+
+
+def test_bad_csv_space_group_zero(tmp_path):
+    path = write_csv_with(tmp_path / 'bad.csv', 1, charge_space_group_number='0')
+    _refused(lambda: F.assemble_dataset_from_csv(orm.SinglefileData(path)), 'charge_space_group_number')
+
+
+def test_altered_weights_refused(trained):
+    node = VoltageModelData(trained.model.load_model())
+    content = bytearray(node.base.repository.get_object_content('arrays.safetensors', mode='rb'))
+    content[-3] ^= 0x01
+    node.base.repository.put_object_from_bytes(bytes(content), 'arrays.safetensors')
+    _refused(lambda: F.predict_voltages(node, trained.test), 'altered')
+
+
+def test_differing_frameworks_refused(trained, shipped_nodes):
+    charged = shipped_nodes['LiFePO4'][0]
+    discharged = shipped_nodes['Li3V2(PO4)3'][1]
+    _refused(lambda: F.predict_structure_pair(trained.model, charged, discharged, 'Li'), 'host frameworks differ')
+    _refused(lambda: F.assemble_dataset_from_structures(
+        x={'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li')}), 'host frameworks differ')
+
+
+def test_unseen_working_ion_refused(trained, shipped_nodes):
+    li_only = ElectrodeDataset([r for r in trained.train.records() if r.working_ion == 'Li'])
+    model = F.train_model(li_only, **FAST_MLP)
+    assert model.training_ions == ['Li']
+    charged, discharged, ion = shipped_nodes['NaFePO4']
+    _refused(lambda: F.predict_structure_pair(model, charged, discharged, ion), 'never saw working ion.*Na')
+    _refused(lambda: F.predict_voltages(model, trained.test), 'never saw working ion')
+
+
+def test_bad_settings_refused(trained):
+    _refused(lambda: F.train_model(trained.train, model='mlp', settings={'epochs': 3}), 'unknown training setting')
+    _refused(lambda: F.train_model(trained.train, model='gpt'), 'unknown model')
+    _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
+    _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')

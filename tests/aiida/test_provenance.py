@@ -1,0 +1,96 @@
+"""The provenance helpers: from any prediction node back to model version, training run, data source, inputs."""
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+
+from aiida_voltnet.calculations import functions as F
+from aiida_voltnet.ml.records import file_sha256
+from aiida_voltnet.provenance import dataset_origin, list_predictions, prediction_provenance
+from voltnet_test_helpers import CSV_150
+
+
+@pytest.fixture(scope='module')
+def predictions(trained):
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+
+    array = F.predict_voltages(trained.model, trained.test)
+    pairs = shipped_structure_pairs(['LiFePO4', 'NaFePO4'])
+    singles = {pair['name']: F.predict_structure_pair(trained.model, pair['charged'], pair['discharged'],
+                                                      pair['working_ion'])
+               for pair in pairs.values()}
+    return array, singles, pairs
+
+
+def test_batch_prediction_answer(trained, predictions):
+    array, _, _ = predictions
+    for start in (array, array.creator, array.pk, array.uuid):
+        answer = prediction_provenance(start)
+        assert answer['model_version'] == trained.model.model_version
+        assert answer['model']['uuid'] == trained.model.uuid
+        assert answer['training_process']['uuid'] == trained.model.creator.uuid
+        assert answer['training_settings'] == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 0}
+        training = answer['training_dataset']
+        assert training['uuid'] == trained.train.uuid and training['source'] == 'csv'
+        assert training['source_sha256'] == file_sha256(CSV_150)
+        origin = training['origin']
+        assert origin['kind'] == 'csv' and origin['sha256'] == file_sha256(CSV_150)
+        assert origin['file']['uuid'] == trained.csv.uuid and origin['dataset']['uuid'] == trained.dataset.uuid
+        assert [s['process_type'] for s in origin['splits']] == ['aiida.calculations:voltnet.split_dataset']
+        assert answer['inputs']['dataset']['uuid'] == trained.test.uuid
+        assert answer['inputs']['dataset']['battery_ids'] == trained.test.battery_ids()
+
+
+def test_pair_prediction_answer(trained, predictions):
+    _, singles, pairs = predictions
+    result = singles['LiFePO4']
+    for start in (result['voltage'], result['uncertainty'], result['voltage'].creator):
+        answer = prediction_provenance(start)
+        assert answer['model_version'] == trained.model.model_version
+        assert answer['inputs']['charged']['uuid'] == pairs['LiFePO4']['charged'].uuid
+        assert answer['inputs']['discharged']['uuid'] == pairs['LiFePO4']['discharged'].uuid
+        assert answer['inputs']['discharged']['formula'] == 'FeLiO4P'
+        assert answer['inputs']['working_ion'] == 'Li'
+        assert set(answer['outputs']) == {'voltage', 'uncertainty'}
+
+
+def test_not_a_prediction(trained):
+    with pytest.raises(ValueError, match='not from a voltnet prediction'):
+        prediction_provenance(trained.train)
+    with pytest.raises(ValueError, match='not created by a process'):
+        prediction_provenance(orm.Float(1.0).store())
+    with pytest.raises(ValueError, match='comes from aiida.calculations:voltnet.train_model'):
+        prediction_provenance(trained.model.creator)
+
+
+def test_structures_dataset_origin(trained):
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+
+    pairs = shipped_structure_pairs(['LiFePO4'])
+    dataset = F.assemble_dataset_from_structures(**{k: {r: v for r, v in p.items() if r != 'name'}
+                                                    for k, p in pairs.items()})
+    origin = dataset_origin(dataset)
+    assert origin['kind'] == 'structures'
+    assert origin['structures']['LiFePO4']['charged']['uuid'] == pairs['LiFePO4']['charged'].uuid
+    assert origin['structures']['LiFePO4']['working_ion'] == 'Li'
+
+
+def test_list_predictions(trained, predictions):
+    array, singles, _ = predictions
+    rows = list_predictions(trained.model)
+    batch = [row for row in rows if row['node_uuid'] == array.uuid]
+    assert len(batch) == trained.test.n_records
+    assert [row['label'] for row in batch] == trained.test.battery_ids()
+    pair_rows = [row for row in rows if row['index'] is None]
+    assert {row['node_uuid'] for row in pair_rows} >= {s['voltage'].uuid for s in singles.values()}
+    na = list_predictions(trained.model.pk, ion='Na')
+    assert na and all(row['working_ion'] == 'Na' for row in na)
+    assert any(row['node_uuid'] == singles['NaFePO4']['voltage'].uuid for row in na)
+    threshold = sorted(row['voltage'] for row in rows)[len(rows) // 2]
+    high = list_predictions(trained.model, min_voltage=threshold)
+    assert high and all(row['voltage'] >= threshold for row in high) and len(high) < len(rows)
+    low = list_predictions(trained.model, max_voltage=threshold)
+    assert all(row['voltage'] <= threshold for row in low) and len(low) + len(high) >= len(rows)
+    assert batch[0]['node'] == f'ArrayData<{array.pk}>[0]' and batch[0]['battery_id'] == batch[0]['label']
+    with pytest.raises(TypeError, match='not a voltage model'):
+        list_predictions(trained.train)

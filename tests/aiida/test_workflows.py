@@ -1,0 +1,143 @@
+"""TrainWorkChain (protocols, assemble -> split -> train -> evaluate), PredictWorkChain and the quickstart."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.plugins import WorkflowFactory
+from voltnet_test_helpers import CSV_150, count_nodes, write_csv_with
+
+from aiida_voltnet.calculations import functions as F
+from aiida_voltnet.provenance import prediction_provenance
+from aiida_voltnet.workflows.predict import PredictWorkChain
+from aiida_voltnet.workflows.train import TrainWorkChain
+
+FAST_MLP = {'train': {'model': 'mlp', 'settings': {'train_overrides': {'epochs': 3}}}}
+
+
+def test_entry_points():
+    assert WorkflowFactory('voltnet.train') is TrainWorkChain
+    assert WorkflowFactory('voltnet.predict') is PredictWorkChain
+
+
+def test_every_port_has_help():
+    for process in (TrainWorkChain, PredictWorkChain):
+        def walk(namespace, path=''):
+            for name, port in namespace.items():
+                if path.startswith('metadata') or name == 'metadata':
+                    continue
+                assert port.help, f'{process.__name__} port {path}{name} has no help'
+                if hasattr(port, 'items'):
+                    walk(port, f'{path}{name}.')
+        walk(process.spec().inputs)
+        walk(process.spec().outputs)
+
+
+def test_protocols():
+    assert set(TrainWorkChain.get_available_protocols()) == {'fast', 'default', 'paper'}
+    assert TrainWorkChain.get_default_protocol() == 'fast'
+    paper = TrainWorkChain.get_builder_from_protocol(orm.SinglefileData(CSV_150), protocol='paper')
+    assert paper.train.featurizer.value == 'paper' and paper.train.model.value == 'mha_resnet'
+    assert paper.split.kind.value == 'random'
+    fast = TrainWorkChain.get_builder_from_protocol(CSV_150)
+    assert fast.train.model.value == 'voltnet' and fast.train.settings.get_dict() == {'members': 2}
+    default = TrainWorkChain.get_builder_from_protocol(CSV_150, protocol='default')
+    assert default.train.model.value == 'voltnet' and default.split.kind.value == 'grouped'
+    fast = TrainWorkChain.get_builder_from_protocol(CSV_150, protocol='fast', overrides={'split': {'seed': 7}})
+    assert fast.split.seed.value == 7 and fast.train.featurizer.value == 'leakfree'
+    with pytest.raises(ValueError, match='unknown protocol'):
+        TrainWorkChain.get_builder_from_protocol(CSV_150, protocol='slow')
+    with pytest.raises(ValueError, match='not an input'):
+        TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'epochs': 3}})
+
+
+def test_train_workchain_fast(csv_node):
+    builder = TrainWorkChain.get_builder_from_protocol(csv_node, protocol='fast')
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    model, metrics = results['model'], results['metrics'].get_dict()
+    assert model.model_name == 'voltnet' and model.base.attributes.get('featurizer_name') == 'leakfree'
+    assert model.base.attributes.get('n_members') == 2
+    assert metrics['n'] == results['test_dataset'].n_records > 0
+    assert metrics['model_version'] == model.model_version
+    labels = {link.link_label for link in node.base.links.get_outgoing().all()}
+    assert {'assemble', 'split', 'train', 'evaluate', 'model', 'metrics'} <= labels
+    train_process = model.creator
+    assert train_process.caller.uuid == node.uuid
+    assert train_process.inputs.dataset.uuid == results['train_dataset'].uuid
+    assert results['dataset'].creator.inputs.csv.uuid == csv_node.uuid
+    # Grouped split by default: no host framework on both sides.
+    train = {r.framework_formula for r in results['train_dataset'].records()}
+    test = {r.framework_formula for r in results['test_dataset'].records()}
+    assert not train & test
+
+
+def test_train_workchain_from_dataset(trained):
+    results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                                 split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.3)},
+                                 train={'model': orm.Str('krr')})
+    assert node.is_finished_ok
+    assert results['dataset'].uuid == trained.dataset.uuid
+    assert results['test_dataset'].n_records == 45
+
+
+def test_train_workchain_refuses_bad_csv(tmp_path):
+    csv = orm.SinglefileData(write_csv_with(tmp_path / 'bad.csv', 0, charge_space_group_number='0'))
+    before = count_nodes()
+    with pytest.raises(ValueError, match='charge_space_group_number'):
+        run_get_node(TrainWorkChain.get_builder_from_protocol(csv, protocol='fast'))
+    with pytest.raises(ValueError, match='exactly one'):
+        run_get_node(TrainWorkChain, split={}, train={})
+    assert count_nodes() == before
+
+
+def test_predict_workchain(trained, shipped_nodes):
+    structures = {name.replace('(', '_').replace(')', '_'): {'charged': charged, 'discharged': discharged,
+                                                             'working_ion': orm.Str(ion)}
+                  for name, (charged, discharged, ion) in shipped_nodes.items()}
+    results, node = run_get_node(PredictWorkChain, model=trained.model, dataset=trained.test, structures=structures)
+    assert node.is_finished_ok, node.exit_message
+    assert set(results['voltages']) == set(structures) == set(results['uncertainties'])
+    mean = results['predictions'].get_array('mean')
+    assert mean.shape == (trained.test.n_records,)
+    expected, _ = trained.model.load_model().predict(trained.test.records())
+    assert np.array_equal(mean, expected)
+    voltage = results['voltages']['LiFePO4']
+    creator = voltage.creator
+    assert creator.inputs.charged.uuid == structures['LiFePO4']['charged'].uuid
+    assert creator.inputs.discharged.uuid == structures['LiFePO4']['discharged'].uuid
+    # Only predict processes were called: the batch one and one per pair.
+    called = [child.process_type.rsplit('.', 1)[-1] for child in node.called]
+    assert sorted(called) == ['predict_structure_pair'] * 3 + ['predict_voltages']
+    answer = prediction_provenance(node)
+    assert len(answer['predictions']) == 4
+    assert {p['model_version'] for p in answer['predictions']} == {trained.model.model_version}
+
+
+def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
+    from aiida_voltnet.data import ElectrodeDataset
+
+    li_only = ElectrodeDataset([r for r in trained.train.records() if r.working_ion == 'Li'])
+    model = F.train_model(li_only, model='krr')
+    charged, discharged, ion = shipped_nodes['NaFePO4']
+    before = count_nodes()
+    with pytest.raises(ValueError, match=r"pair 'NaFePO4'.*never saw working ion\(s\) Na"):
+        run_get_node(PredictWorkChain, model=model, structures={
+            'NaFePO4': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
+    with pytest.raises(ValueError, match='give a `dataset`'):
+        run_get_node(PredictWorkChain, model=model)
+    assert count_nodes() == before
+
+
+def test_quickstart():
+    from aiida_voltnet.workflows.quickstart import run_quickstart
+
+    lines = []
+    summary = run_quickstart(CSV_150, protocol='fast', echo=lines.append, overrides=FAST_MLP)
+    assert set(summary['predictions']) == {'LiFePO4', 'NaFePO4', 'Li3V2(PO4)3'}
+    for name, prediction in summary['predictions'].items():
+        assert np.isfinite(prediction['voltage'])
+        assert prediction['provenance']['model_version'] == summary['model']['model_version']
+        assert prediction['provenance']['training_dataset']['origin']['kind'] == 'csv'
+    assert any('LiFePO4' in line for line in lines)
