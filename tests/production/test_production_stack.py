@@ -1,0 +1,63 @@
+"""The production stack: ``core.psql_dos`` storage + ``core.rabbitmq`` broker + a daemon with two workers.
+
+One module-scoped profile and daemon serve all tests (setup about 10 s); each test submits real processes with
+``aiida.engine.submit`` (in a subprocess with its own ``AIIDA_PATH``, see ``conftest.py``) and waits for them.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+pytestmark = pytest.mark.production
+
+
+def test_profile_uses_postgres_and_rabbitmq(running_daemon, psql_database):
+    """The profile is psql_dos + RabbitMQ, every service is reachable, the database is C.UTF-8, 2 workers run."""
+    profile = running_daemon
+    show = profile.verdi('profile', 'show', profile.name).stdout
+    assert 'core.psql_dos' in show and 'core.rabbitmq' in show
+    status = profile.verdi('-p', profile.name, 'status', check=False)
+    text = status.stdout + status.stderr
+    assert status.returncode == 0, text
+    assert re.search(r'storage:\s+Storage for .* @ postgresql', text), text
+    assert re.search(r'broker:\s+RabbitMQ v[\d.]+ @ amqp://', text), text
+    assert re.search(r'daemon:\s+Daemon is running', text), text
+    daemon = profile.verdi('-p', profile.name, 'daemon', 'status').stdout
+    assert 'Active workers [2]' in daemon, daemon
+    timeout = profile.verdi('-p', profile.name, 'config', 'get', 'daemon.timeout').stdout.strip()
+    assert timeout == '20'
+
+    assert psql_database['locale'] == ('C.UTF-8', 'C.UTF-8')
+
+
+def test_submitted_calcfunctions_finish(running_daemon):
+    """Four ``voltnet.dft_voltage`` calcfunctions submitted to the daemon finish with exit 0 and the right value."""
+    payload = running_daemon.scenario('dft_voltage')
+    assert len(payload['processes']) == 4
+    for process in payload['processes']:
+        assert process['process_type'] == 'aiida.calculations:voltnet.dft_voltage'
+        assert (process['state'], process['exit_status']) == ('finished', 0), process
+        assert process['result'] == pytest.approx(process['expected'], rel=1e-9)
+
+
+def test_train_then_predict_workchains(running_daemon):
+    """``voltnet.train`` (40-row CSV, 3-epoch MLP) then ``voltnet.predict`` on its test set, both via the daemon."""
+    payload = running_daemon.scenario('train_predict')
+    assert payload['train']['process_type'] == 'aiida.workflows:voltnet.train'
+    assert (payload['train']['state'], payload['train']['exit_status']) == ('finished', 0), payload
+    assert {'model', 'metrics', 'test_dataset'} <= set(payload['train_outputs'])
+    assert (payload['predict']['state'], payload['predict']['exit_status']) == ('finished', 0), payload
+    assert {'mean', 'std'} <= set(payload['prediction_arrays'])
+    assert payload['n_predictions'] == payload['n_test'] == 10
+
+
+def test_processes_survive_a_killed_worker(running_daemon):
+    """SIGKILL one of the two workers while four trainings run: circus respawns it, RabbitMQ requeues its tasks,
+    and all four still finish with exit 0."""
+    payload = running_daemon.scenario('kill_worker')
+    assert payload['active_at_kill'] >= 1, payload
+    assert payload['victim'] not in payload['workers_after'], payload
+    assert len(payload['workers_after']) == 2, payload
+    for process in payload['processes']:
+        assert (process['state'], process['exit_status']) == ('finished', 0), process
