@@ -42,6 +42,20 @@ def shipped_structure_pairs(names=None) -> dict[str, dict[str, Any]]:
     return pairs
 
 
+def _provenance_line(answer: dict) -> str:
+    """One line of provenance: inputs -> predict process -> model version <- training <- data source."""
+    inputs = answer.get('inputs', {})
+    structures = ', '.join(f'{k} StructureData<{v["pk"]}>' for k, v in inputs.items() if isinstance(v, dict))
+    dataset = answer.get('training_dataset', {})
+    source = dataset.get('origin', {})
+    where = (f'CSV {source.get("file", {}).get("filename")} sha256 {str(source.get("sha256"))[:12]}'
+             if source.get('kind') == 'csv' else f'{source.get("kind")}')
+    return (f'{"":>14}from {structures} by {answer["process"]["process_type"].split(":")[-1]}<{answer["process"]["pk"]}>'
+            f' with model version {answer["model_version"][:12]} trained by '
+            f'{answer["training_process"]["process_type"].split(":")[-1]}<{answer["training_process"]["pk"]}> on '
+            f'{dataset.get("n_records")} records from {where}')
+
+
 def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Callable[[str], Any] = print,
                    overrides: dict | None = None) -> dict[str, Any]:
     """Train on ``csv_path`` with ``protocol`` and predict the shipped pairs; needs a loaded profile.
@@ -83,6 +97,8 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
                                          'provenance': prediction_provenance(voltage)}
             echo(f'{pair["name"]:>12s}: {voltage.value:.2f} ± {uncertainty.value:.2f} V vs '
                  f'{pair["working_ion"].value}/{pair["working_ion"].value}+  (Float<{voltage.pk}>)')
+            echo(_provenance_line(predictions[pair['name']]['provenance']))
+        echo('Full answer for any prediction: voltnet provenance <pk>  (add --profile if it is not the default)')
     return {'train_workchain': train_node.pk, 'model': {'pk': model.pk, 'uuid': model.uuid,
                                                         'model_version': model.model_version},
             'metrics': metrics, 'predict_workchain': predict_node.pk if predict_node else None,

@@ -1,0 +1,34 @@
+"""setup.json (AiiDA plugin-registry metadata) agrees with pyproject.toml, and every entry point loads."""
+import json
+import tomllib
+from importlib.metadata import entry_points
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+SETUP = json.loads((ROOT / 'setup.json').read_text())
+
+
+def test_setup_json_agrees_with_pyproject():
+    import aiida_voltnet
+
+    assert SETUP['name'] == PYPROJECT['name'] and SETUP['version'] == aiida_voltnet.__version__
+    assert SETUP['install_requires'] == PYPROJECT['dependencies']
+    assert SETUP['extras_require'] == PYPROJECT['optional-dependencies']
+    assert SETUP['classifiers'] == PYPROJECT['classifiers'] and 'Framework :: AiiDA' in SETUP['classifiers']
+    expected = {group: sorted(f'{k} = {v}' for k, v in items.items())
+                for group, items in PYPROJECT['entry-points'].items()}
+    expected['console_scripts'] = sorted(f'{k} = {v}' for k, v in PYPROJECT['scripts'].items())
+    assert {g: sorted(v) for g, v in SETUP['entry_points'].items()} == expected
+
+
+@pytest.mark.parametrize('group', sorted(PYPROJECT['entry-points']))
+def test_entry_points_are_installed_and_load(group):
+    declared = PYPROJECT['entry-points'][group]
+    installed = {ep.name: ep for ep in entry_points(group=group)}
+    for name, target in declared.items():
+        assert name.startswith('voltnet.'), name
+        assert name in installed and installed[name].value == target
+        assert installed[name].load() is not None
