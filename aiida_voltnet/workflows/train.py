@@ -1,9 +1,15 @@
 """``TrainWorkChain``: assemble a dataset (from a CSV file or a given dataset), split it, train a model on the
-training part and evaluate it on the held-out part."""
+training part and evaluate it on the held-out part.
+
+Training runs in the work chain's own interpreter (the ``train_model`` calculation function) unless ``train_code``
+names an installed ``voltnet-train`` code: then it runs as a ``VoltnetTrainCalculation`` on that code's computer,
+through its scheduler, wrapped in ``VoltnetTrainBaseWorkChain`` (restarts on CUDA OOM, NaN loss, walltime), with
+``train_options`` as the job's ``metadata.options``. Both paths give the same kind of ``model`` output.
+"""
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import WorkChain, if_
+from aiida.engine import ToContext, WorkChain, if_
 
 from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, evaluate_model, split_dataset, train_model
@@ -41,11 +47,22 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         for namespace in ('split', 'train'):
             spec.inputs[namespace].dynamic = False
             spec.inputs[namespace].validator = None
+        spec.input('train_code', valid_type=orm.AbstractCode, required=False,
+                   help='An installed `voltnet-train` code (plugin voltnet.train): train through its computer\'s '
+                        'scheduler with VoltnetTrainBaseWorkChain instead of the train_model calculation function.')
+        spec.input('train_options', valid_type=dict, non_db=True, required=False,
+                   help='`metadata.options` of the training job when `train_code` is given (resources, '
+                        'max_wallclock_seconds, custom_scheduler_commands such as "#SBATCH --gres=gpu:1", ...).')
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
             if_(cls.should_assemble)(cls.assemble),
             cls.split,
-            cls.train,
+            if_(cls.should_train_with_code)(
+                cls.train_with_code,
+                cls.inspect_train_with_code,
+            ).else_(
+                cls.train,
+            ),
             cls.evaluate,
             cls.results,
         )
@@ -55,12 +72,16 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         spec.output('train_dataset', valid_type=ElectrodeDataset, help='The records the model was trained on.')
         spec.output('test_dataset', valid_type=ElectrodeDataset, help='The held-out records it was evaluated on.')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
+        spec.exit_code(310, 'ERROR_TRAINING_JOB_FAILED',
+                       message='The training job through `train_code` failed: {message}')
 
     @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
         """Exactly one of csv/dataset; a CSV is parsed here so that a bad row is refused before anything runs."""
         if ('csv' in inputs) == ('dataset' in inputs):
             return 'give exactly one of `csv` and `dataset`'
+        if 'train_options' in inputs and 'train_code' not in inputs:
+            return '`train_options` are the options of the training job: give `train_code` too'
         try:
             if 'csv' in inputs:
                 functions.csv_records(inputs['csv'])
@@ -140,6 +161,34 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             return error
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]}')
+        return None
+
+    def should_train_with_code(self):
+        return 'train_code' in self.inputs
+
+    def train_with_code(self):
+        from .train_restart import VoltnetTrainBaseWorkChain
+
+        train = self.exposed_inputs(train_model.process_class, namespace='train')
+        train.pop('metadata', None)
+        options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False}
+        options.update(self.inputs.get('train_options', {}) or {})
+        inputs = {'train': {**train, 'code': self.inputs.train_code, 'dataset': self.ctx.train_dataset,
+                            'metadata': {'options': options}},
+                  'metadata': {'call_link_label': 'train'}}
+        running = self.submit(VoltnetTrainBaseWorkChain, **inputs)
+        self.report(f'training through {self.inputs.train_code.full_label}: {running.process_label}<{running.pk}>')
+        return ToContext(train_job=running)
+
+    def inspect_train_with_code(self):
+        node = self.ctx.train_job
+        if not node.is_finished_ok:
+            message = f'{node.process_label}<{node.pk}> exit status {node.exit_status}: {node.exit_message}'
+            self.report(message)
+            return self.exit_codes.ERROR_TRAINING_JOB_FAILED.format(message=message)
+        self.ctx.model = node.outputs.model
+        self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
+                    f'{self.ctx.model.model_version[:12]} through {self.inputs.train_code.full_label}')
         return None
 
     def evaluate(self):

@@ -1,0 +1,93 @@
+"""Parser of ``VoltnetTrainCalculation``: ``model/`` -> ``VoltageModelData``, ``metrics.json`` -> ``Dict``.
+
+The status the ``voltnet-train`` script reports (``status.json``, or the ``VOLTNET_STATUS`` marker in ``train.log``)
+is mapped to the calculation's exit codes; a walltime kill reported by the scheduler (120) is kept unless a
+complete model was retrieved anyway.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+import tempfile
+
+from aiida import orm
+from aiida.engine import ExitCode
+from aiida.parsers import Parser
+
+from aiida_voltnet.data.model import VoltageModelData, json_safe
+
+__all__ = ('VoltnetTrainParser',)
+
+MARKER = 'VOLTNET_STATUS'
+
+
+def read_status(names, read) -> dict | None:
+    """The script's final status: ``status.json``, else the last ``VOLTNET_STATUS`` line of ``train.log``."""
+    if 'status.json' in names:
+        try:
+            return json.loads(read('status.json'))
+        except ValueError:
+            pass
+    if 'train.log' in names:
+        for line in reversed(read('train.log').splitlines()):
+            if MARKER in line:
+                rest = line.split(MARKER, 1)[1].strip()
+                status, _, extra = rest.partition(' ')
+                try:
+                    details = json.loads(extra) if extra else {}
+                except ValueError:
+                    details = {'message': extra}
+                return {'status': status, **details}
+    return None
+
+
+class VoltnetTrainParser(Parser):
+    """Create the ``model`` and ``metrics`` outputs of a ``VoltnetTrainCalculation``."""
+
+    def parse(self, **kwargs):
+        retrieved = self.retrieved
+        names = set(retrieved.base.repository.list_object_names())
+        model_names = (set(retrieved.base.repository.list_object_names('model'))
+                       if 'model' in names else set())
+
+        def read(name):
+            return retrieved.base.repository.get_object_content(name)
+
+        status = read_status(names, read)
+        scheduler_exit = self.node.exit_status  # set by the scheduler output parser, e.g. 120 (walltime)
+        kind = (status or {}).get('status')
+        if kind == 'LOSS_DIVERGED':
+            return self.exit_codes.ERROR_LOSS_DIVERGED.format(epoch=status.get('epoch', '?'))
+        if kind == 'CUDA_OUT_OF_MEMORY':
+            return self.exit_codes.ERROR_CUDA_OUT_OF_MEMORY.format(batch_size=status.get('batch_size'),
+                                                                   message=status.get('message', ''))
+        if kind == 'EXCEPTION':
+            return self.exit_codes.ERROR_TRAINING_FAILED.format(exception=status.get('message', ''))
+        if kind == 'BAD_INPUT':
+            return self.exit_codes.ERROR_BAD_INPUT_FILES.format(message=status.get('message', ''))
+
+        missing = [f'model/{n}' for n in ('config.json', 'arrays.safetensors') if n not in model_names]
+        if 'metrics.json' not in names:
+            missing.append('metrics.json')
+        if missing:
+            if scheduler_exit == self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
+                return self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
+            if kind is None and scheduler_exit:
+                return None  # keep the scheduler's exit code (e.g. 110 out of memory)
+            return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(missing=', '.join(missing))
+
+        from aiida_voltnet.ml.models import VoltageModel
+
+        metrics = json.loads(read('metrics.json'))
+        try:
+            with tempfile.TemporaryDirectory() as directory:
+                for name in ('config.json', 'arrays.safetensors'):
+                    content = retrieved.base.repository.get_object_content(f'model/{name}', mode='rb')
+                    (pathlib.Path(directory) / name).write_bytes(content)
+                core = VoltageModel.load(directory)
+        except Exception as exception:  # noqa: BLE001 - reported as the exit message
+            return self.exit_codes.ERROR_INVALID_MODEL.format(exception=f'{type(exception).__name__}: {exception}')
+        model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu')}
+        self.out('model', VoltageModelData(core, metrics=model_metrics))
+        self.out('metrics', orm.Dict(json_safe(metrics)))
+        return ExitCode(0)  # explicit: a complete model overrides a walltime kill reported by the scheduler

@@ -1,0 +1,137 @@
+"""``VoltnetTrainBaseWorkChain``: run ``VoltnetTrainCalculation`` and recover from the usual GPU-job failures.
+
+Handlers (``BaseRestartWorkChain`` process handlers, highest priority first):
+
+- 420 CUDA out of memory: halve ``settings.train_overrides.batch_size`` (from the model spec's when unset);
+- 410 loss became NaN/inf: halve ``settings.train_overrides.lr``;
+- 120 out of walltime: resume from the retrieved ``model/`` checkpoint when there is one, else run again with
+  the same inputs.
+"""
+from __future__ import annotations
+
+import copy
+
+from aiida import orm
+from aiida.common import AttributeDict
+from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
+
+from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
+from aiida_voltnet.ml.models import MODEL_SPECS
+
+from .protocols import ProtocolMixin, recursive_merge
+
+__all__ = ('VoltnetTrainBaseWorkChain',)
+
+
+class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
+    """Train a voltage model through the scheduler, restarting on OOM, NaN loss and walltime."""
+
+    _process_class = VoltnetTrainCalculation
+    _protocol_file = 'train_job.yaml'
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.expose_inputs(VoltnetTrainCalculation, namespace='train',
+                           namespace_options={'help': 'Inputs of the VoltnetTrainCalculation.'})
+        spec.outline(
+            cls.setup,
+            while_(cls.should_run_process)(
+                cls.run_process,
+                cls.inspect_process,
+            ),
+            cls.results,
+        )
+        spec.expose_outputs(VoltnetTrainCalculation)
+        spec.exit_code(310, 'ERROR_CANNOT_REDUCE_FURTHER',
+                       message='Cannot recover: {message}')
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, dataset, protocol: str | None = None, overrides: dict | None = None,
+                                  options: dict | None = None, **_):
+        """A populated builder: the protocol's inputs, then ``overrides``, then ``options`` (``metadata.options``).
+
+        :param code: the ``InstalledCode`` of ``voltnet-train`` on the (GPU) computer.
+        :param dataset: the ``ElectrodeDataset`` to train on.
+        :param protocol: ``gpu`` (default), ``gpu_long`` or ``cpu``.
+        """
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        if options:
+            inputs = recursive_merge(inputs, {'train': {'metadata': {'options': options}}})
+        builder = cls.get_builder()
+        train = inputs.get('train', {})
+        builder.train.code = code
+        builder.train.dataset = dataset
+        for key in ('featurizer', 'model', 'seed', 'settings'):
+            if key in train:
+                builder.train[key] = train[key]
+        options = train.get('metadata', {}).get('options', {})
+        if not options.get('custom_scheduler_commands'):
+            options.pop('custom_scheduler_commands', None)
+        builder.train.metadata.options = options
+        if 'max_iterations' in inputs:
+            builder.max_iterations = inputs['max_iterations']
+        return builder
+
+    def setup(self):
+        super().setup()
+        self.ctx.inputs = AttributeDict(self.exposed_inputs(VoltnetTrainCalculation, 'train'))
+
+    # -- helpers ----------------------------------------------------------------------------------------------------
+    def _settings(self) -> dict:
+        settings = self.ctx.inputs.get('settings')
+        return copy.deepcopy(settings.get_dict()) if settings is not None else {}
+
+    def _spec_train_value(self, key):
+        spec = MODEL_SPECS.get(self.ctx.inputs.model.value if 'model' in self.ctx.inputs else 'voltnet', {})
+        return spec.get('params', {}).get('train', {}).get(key)
+
+    def _set_override(self, settings: dict, key, value) -> None:
+        settings.setdefault('train_overrides', {})[key] = value
+        self.ctx.inputs.settings = orm.Dict(settings)
+
+    # -- handlers ---------------------------------------------------------------------------------------------------
+    @process_handler(priority=600, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_CUDA_OUT_OF_MEMORY])
+    def handle_out_of_memory(self, node):
+        """CUDA out of memory: halve the batch size and run again."""
+        settings = self._settings()
+        current = settings.get('train_overrides', {}).get('batch_size') or self._spec_train_value('batch_size')
+        if current is None or current < 2:
+            message = f'CUDA out of memory with batch_size {current}; cannot halve it further'
+            self.report(message)
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_CANNOT_REDUCE_FURTHER.format(message=message))
+        new = current // 2
+        self._set_override(settings, 'batch_size', new)
+        self.ctx.inputs.pop('restart_folder', None)
+        self.report(f'{node.process_label}<{node.pk}> ran out of CUDA memory: batch_size {current} -> {new}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=500, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_LOSS_DIVERGED])
+    def handle_loss_diverged(self, node):
+        """NaN/inf loss: halve the learning rate and run again."""
+        settings = self._settings()
+        current = settings.get('train_overrides', {}).get('lr') or self._spec_train_value('lr')
+        if current is None:
+            message = f'model {self.ctx.inputs.model.value} has no learning rate to reduce'
+            return ProcessHandlerReport(True, self.exit_codes.ERROR_CANNOT_REDUCE_FURTHER.format(message=message))
+        new = current / 2
+        self._set_override(settings, 'lr', new)
+        self.ctx.inputs.pop('restart_folder', None)
+        self.report(f'{node.process_label}<{node.pk}> diverged (NaN loss): lr {current:g} -> {new:g}')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=400, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    def handle_out_of_walltime(self, node):
+        """Out of walltime: resume from the retrieved ``model/`` checkpoint if any, else run the same inputs again."""
+        retrieved = node.outputs.retrieved if 'retrieved' in node.outputs else None
+        names = set()
+        if retrieved is not None and 'model' in retrieved.base.repository.list_object_names():
+            names = set(retrieved.base.repository.list_object_names('model'))
+        if {'config.json', 'arrays.safetensors'} <= names:
+            self.ctx.inputs.restart_folder = retrieved
+            self.report(f'{node.process_label}<{node.pk}> ran out of walltime: resuming from its model checkpoint')
+        else:
+            self.ctx.inputs.pop('restart_folder', None)
+            self.report(f'{node.process_label}<{node.pk}> ran out of walltime before any checkpoint: '
+                        'running again with the same inputs')
+        return ProcessHandlerReport(True)

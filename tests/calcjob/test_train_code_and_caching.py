@@ -1,0 +1,62 @@
+"""``TrainWorkChain`` training through a code (``train_code``) instead of the calculation function, and caching
+of the ``train_model`` calculation function."""
+from __future__ import annotations
+
+import numpy as np
+from aiida import orm
+from aiida.engine import run_get_node
+from aiida.manage.caching import enable_caching
+
+from aiida_voltnet.calculations.functions import train_model
+from aiida_voltnet.data.model import VoltageModelData
+from aiida_voltnet.workflows.train import TrainWorkChain
+from aiida_voltnet.workflows.train_restart import VoltnetTrainBaseWorkChain
+
+FAST_MLP = {'model': 'mlp', 'settings': {'train_overrides': {'epochs': 3}}}
+
+
+def test_train_workchain_through_a_code(train_code, csv_60):
+    builder = TrainWorkChain.get_builder()
+    builder.csv = orm.SinglefileData(csv_60)
+    builder.split.kind = orm.Str('random')
+    builder.split.test_fraction = orm.Float(0.2)
+    builder.train.model = orm.Str('mlp')
+    builder.train.settings = orm.Dict(FAST_MLP['settings'])
+    builder.train_code = train_code
+    builder.train_options = {'max_wallclock_seconds': 600}
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    assert isinstance(results['model'], VoltageModelData) and results['model'].model_name == 'mlp'
+    assert results['metrics']['n'] == results['test_dataset'].n_records
+    called = {child.process_class for child in node.called if hasattr(child, 'process_class')}
+    assert VoltnetTrainBaseWorkChain in called
+    # the job trained what the calculation function would have: same seed, same rows, same predictions
+    reference = train_model(results['train_dataset'], **FAST_MLP)
+    records = results['test_dataset'].records()
+    np.testing.assert_allclose(results['model'].load_model().predict(records)[0],
+                               reference.load_model().predict(records)[0], rtol=0, atol=1e-6)
+
+
+def test_train_options_need_a_code(csv_60):
+    import pytest
+
+    with pytest.raises(ValueError, match='train_options'):
+        run_get_node(TrainWorkChain, csv=orm.SinglefileData(csv_60), train_options={'max_wallclock_seconds': 60})
+
+
+def test_train_model_is_reused_from_the_cache(dataset_60):
+    inputs = {'dataset': dataset_60, 'model': 'krr', 'seed': 0}
+    _, first = train_model.run_get_node(**inputs)
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        result, second = train_model.run_get_node(**inputs)
+    assert first.is_finished_ok and second.is_finished_ok
+    assert second.base.caching.is_created_from_cache
+    assert second.base.caching.get_cache_source() == first.uuid
+    assert result.model_version == first.outputs.result.model_version
+    # another seed is another calculation
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        _, third = train_model.run_get_node(**{**inputs, 'seed': 1})
+    assert not third.base.caching.is_created_from_cache
+    # without caching enabled nothing is reused
+    _, fourth = train_model.run_get_node(**inputs)
+    assert not fourth.base.caching.is_created_from_cache

@@ -1,0 +1,82 @@
+"""The ``voltnet-train`` script in-process (no AiiDA): exit codes, status markers, resuming from a checkpoint."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from aiida_voltnet.cli import train_entry
+from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
+
+
+@pytest.fixture
+def workdir(tmp_path, csv_60):
+    with csv_60.open(newline='') as handle:
+        records = read_electrodes_csv(handle, source=csv_60.name)[:30]
+    (tmp_path / 'records.json').write_text(records_to_json(records))
+
+    def write_config(**config):
+        config = {'featurizer': 'leakfree', 'model': 'krr', 'seed': 0, 'settings': {}, **config}
+        (tmp_path / 'config.json').write_text(json.dumps(config))
+        return tmp_path
+
+    return write_config
+
+
+def _main(path):
+    return train_entry.main(['--config', str(path / 'config.json'), '--records', str(path / 'records.json'),
+                             '--output', str(path)])
+
+
+def test_ok_writes_model_metrics_status(workdir):
+    path = workdir()
+    assert _main(path) == 0
+    assert {p.name for p in (path / 'model').iterdir()} == {'config.json', 'arrays.safetensors'}
+    assert json.loads((path / 'status.json').read_text())['status'] == 'OK'
+    assert json.loads((path / 'metrics.json').read_text())['train']['n'] == 30
+
+
+def test_cuda_out_of_memory_is_exit_5(workdir, monkeypatch):
+    import torch
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+
+    monkeypatch.setattr('aiida_voltnet.ml.models.train_voltage_model', oom)
+    path = workdir(model='mlp', settings={'train_overrides': {'batch_size': 256}})
+    assert _main(path) == train_entry.EXIT_OOM
+    status = json.loads((path / 'status.json').read_text())
+    assert status['status'] == 'CUDA_OUT_OF_MEMORY' and status['batch_size'] == 256
+    assert 'VOLTNET_STATUS CUDA_OUT_OF_MEMORY' in (path / 'train.log').read_text()
+
+
+def test_other_exception_is_exit_1_and_bad_input_exit_2(workdir, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError('boom')
+
+    monkeypatch.setattr('aiida_voltnet.ml.models.train_voltage_model', boom)
+    path = workdir()
+    assert _main(path) == train_entry.EXIT_EXCEPTION
+    assert json.loads((path / 'status.json').read_text())['message'] == 'RuntimeError: boom'
+    path = workdir(settings={'epochs': 3})
+    assert _main(path) == train_entry.EXIT_BAD_INPUT
+
+
+def test_resume_reuses_a_matching_checkpoint(workdir, monkeypatch):
+    path = workdir()
+    assert _main(path) == 0
+    checkpoint = path / 'restart'
+    (path / 'model').rename(checkpoint)
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError('a complete checkpoint must be reused')
+
+    monkeypatch.setattr('aiida_voltnet.ml.models.train_voltage_model', must_not_train)
+    path = workdir(resume=str(checkpoint))
+    assert _main(path) == 0
+    assert json.loads((path / 'metrics.json').read_text())['resumed'] is True
+    assert (path / 'model' / 'arrays.safetensors').read_bytes() == (checkpoint / 'arrays.safetensors').read_bytes()
+    monkeypatch.undo()
+    path = workdir(resume=str(checkpoint), seed=1)  # another seed: the checkpoint is not this training's
+    assert _main(path) == 0
+    assert json.loads((path / 'metrics.json').read_text())['resumed'] is False

@@ -1,0 +1,114 @@
+"""``VoltnetTrainCalculation.prepare_for_submission`` and the Slurm submit script of the GPU protocol
+(``process.presubmit`` on a ``core.slurm`` computer: nothing is uploaded or submitted, no Slurm is needed)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+
+import pytest
+from aiida import orm
+
+from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
+from aiida_voltnet.workflows.train_restart import VoltnetTrainBaseWorkChain
+
+from conftest import FIXTURES
+
+EXPECTED_SCRIPT = FIXTURES / 'slurm_gpu_submit_script.sh'
+
+
+def mask(script: str) -> str:
+    """Mask what changes between runs: the job name's pk, uuids and absolute temporary paths."""
+    script = re.sub(r'aiida-\d+', 'aiida-<PK>', script)
+    script = re.sub(r'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}', '<UUID>', script)
+    script = re.sub(r'/tmp/\S+', '<TMP>', script)
+    return script
+
+
+def gpu_inputs(code, dataset):
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(code, dataset, protocol='gpu',
+                                                                  options={'queue_name': 'gpu'})
+    return builder._inputs(prune=True)['train']
+
+
+def test_prepare_for_submission_writes_config_and_stages_records(slurm_code, dataset_60, generate_calc_job):
+    inputs = {'code': slurm_code, 'dataset': dataset_60, 'model': orm.Str('mlp'), 'seed': orm.Int(3),
+              'settings': orm.Dict({'train_overrides': {'epochs': 3, 'batch_size': 32}}),
+              'metadata': {'options': {'resources': {'num_machines': 1}}}}
+    folder, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
+    config = json.loads((folder / 'config.json').read_text())
+    assert config == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 3, 'resume': None,
+                      'settings': {'train_overrides': {'epochs': 3, 'batch_size': 32}}}
+    # the records are copied from the dataset's repository at upload: no duplicate, no pickle
+    assert calcinfo.local_copy_list == [(dataset_60.uuid, 'records.json', 'records.json')]
+    assert not (folder / 'records.json').exists()
+    assert 'train.log' in calcinfo.retrieve_list and 'metrics.json' in calcinfo.retrieve_list
+    assert ('model/arrays.safetensors', '.', 2) in calcinfo.retrieve_list
+    assert calcinfo.codes_info[0].cmdline_params[:2] == ['--config', 'config.json']
+
+
+def test_restart_folder_is_resumed_from(slurm_code, dataset_60, generate_calc_job):
+    restart = orm.FolderData()
+    restart.base.repository.put_object_from_bytes(b'{}', 'model/config.json')
+    restart.base.repository.put_object_from_bytes(b'', 'model/arrays.safetensors')
+    restart.store()
+    inputs = {'code': slurm_code, 'dataset': dataset_60, 'restart_folder': restart,
+              'metadata': {'options': {'resources': {'num_machines': 1}}}}
+    folder, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
+    assert json.loads((folder / 'config.json').read_text())['resume'] == 'restart'
+    assert (restart.uuid, 'model', 'restart') in calcinfo.local_copy_list
+
+
+@pytest.mark.parametrize('settings, match', [
+    ({'epochs': 3}, 'unknown training setting'),
+    ({'train_overrides': {'batch_size': 0}}, 'batch_size must be a positive integer'),
+])
+def test_bad_settings_are_refused_before_anything_runs(slurm_code, dataset_60, settings, match):
+    from aiida.engine import run
+
+    with pytest.raises(ValueError, match=match):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, settings=orm.Dict(settings))
+
+
+def test_unknown_model_is_refused(slurm_code, dataset_60):
+    from aiida.engine import run
+
+    with pytest.raises(ValueError, match='unknown model'):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, model=orm.Str('transformer'))
+
+
+def test_slurm_submit_script_requests_a_gpu(slurm_code, dataset_60, generate_calc_job):
+    folder, _, _ = generate_calc_job(VoltnetTrainCalculation, gpu_inputs(slurm_code, dataset_60))
+    script = (folder / '_aiidasubmit.sh').read_text()
+    lines = script.splitlines()
+    gres = lines.index('#SBATCH --gres=gpu:1')
+    first_export = next(i for i, line in enumerate(lines) if line.startswith('export '))
+    last_sbatch = max(i for i, line in enumerate(lines) if line.startswith('#SBATCH'))
+    assert gres <= last_sbatch < first_export, 'the GPU request must be in the #SBATCH header, before the exports'
+    assert '#SBATCH --partition=gpu' in lines and '#SBATCH --time=01:00:00' in lines
+    run_line = next(line for line in lines if 'voltnet-train' in line)
+    assert "'/opt/voltnet/venv/bin/voltnet-train'" in run_line and '--config' in run_line
+    if os.environ.get('VOLTNET_REGENERATE_FIXTURES'):
+        EXPECTED_SCRIPT.write_text(mask(script))
+    assert mask(script) == EXPECTED_SCRIPT.read_text(), (
+        'the submit script changed; if intended, rerun with VOLTNET_REGENERATE_FIXTURES=1 and review the diff')
+
+
+def test_cpu_protocol_has_no_gpu_request(slurm_code, dataset_60, generate_calc_job):
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, protocol='cpu')
+    folder, _, _ = generate_calc_job(VoltnetTrainCalculation, builder._inputs(prune=True)['train'])
+    script = (folder / '_aiidasubmit.sh').read_text()
+    assert '--gres' not in script and 'voltnet-train' in script
+
+
+def test_protocols_and_overrides(slurm_code, dataset_60):
+    assert set(VoltnetTrainBaseWorkChain.get_available_protocols()) == {'gpu', 'gpu_long', 'cpu'}
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(
+        slurm_code, dataset_60, protocol='gpu_long',
+        overrides={'train': {'settings': {'train_overrides': {'batch_size': 64}}}, 'max_iterations': 3})
+    assert builder.train.metadata.options.max_wallclock_seconds == 43200
+    assert builder.train.metadata.options.custom_scheduler_commands == '#SBATCH --gres=gpu:1'
+    assert builder.train.settings.get_dict() == {'train_overrides': {'batch_size': 64}}
+    assert builder.max_iterations.value == 3
+    with pytest.raises(ValueError, match='not an input'):
+        VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, overrides={'epochs': 3})
