@@ -1,0 +1,79 @@
+"""Query the provenance graph: the latest voltnet model, what it predicted, and where one prediction came from.
+
+Works on the profile that ``voltnet quickstart`` creates (``voltnet-quickstart``, SQLite, no services) or any
+profile given with ``--profile``; run ``voltnet quickstart`` first if it has no model yet. With
+``--predict-test-set`` it first predicts the model's held-out test records in one batch (``voltnet.predict_voltages``,
+one ``ArrayData``), so that batch rows show up next to the structure-pair predictions of the quickstart.
+
+    python examples/aiida_provenance.py [--profile voltnet-quickstart] [--predict-test-set] [--rows 10]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('--profile', default='voltnet-quickstart', help='AiiDA profile (default: voltnet-quickstart)')
+    parser.add_argument('--predict-test-set', action='store_true',
+                        help="first predict the model's held-out test dataset as one batch (stores new nodes)")
+    parser.add_argument('--rows', type=int, default=10, help='prediction rows to print (default 10)')
+    args = parser.parse_args(argv)
+
+    from aiida import load_profile, orm
+
+    load_profile(args.profile, allow_switch=True)
+
+    from aiida_voltnet.data.model import VoltageModelData
+    from aiida_voltnet.provenance import list_predictions, prediction_provenance
+
+    # The latest voltnet model: attributes are queryable (model_name, model_version, training_ions, metrics, ...).
+    query = orm.QueryBuilder()
+    query.append(VoltageModelData, filters={'attributes.model_name': 'voltnet'}, project=['*'], tag='model')
+    query.order_by({'model': {'ctime': 'desc'}})
+    query.limit(1)
+    found = query.all(flat=True)
+    if not found:
+        print(f'profile {args.profile!r} holds no voltnet model; run `voltnet quickstart` first', file=sys.stderr)
+        return 1
+    model = found[0]
+    print(f'latest voltnet model: VoltageModelData<{model.pk}> version {model.model_version[:12]}, '
+          f'{model.base.attributes.get("n_members")} members, trained on ions {", ".join(model.training_ions)}')
+
+    if args.predict_test_set:
+        from aiida.common.links import LinkType
+
+        from aiida_voltnet.calculations.functions import predict_voltages
+
+        training = model.base.links.get_incoming(link_type=LinkType.CREATE).one().node  # the train_model calcfunction
+        test = training.caller.outputs.test_dataset  # the TrainWorkChain's held-out records
+        array = predict_voltages(model, test)
+        print(f'predicted ElectrodeDataset<{test.pk}> ({test.n_records} held-out records) -> ArrayData<{array.pk}>')
+
+    rows = list_predictions(model)
+    print(f'\n{len(rows)} prediction(s) by this model (list_predictions); the first {min(args.rows, len(rows))}:')
+    print(f'{"battery_id":<30} {"ion":<4} {"voltage":>8} {"+/-":>6}  node')
+    for row in rows[:args.rows]:
+        print(f'{row["battery_id"]:<30} {row["working_ion"]:<4} {row["voltage"]:8.3f} {row["uncertainty"]:6.3f}  '
+              f'{row["node"]}')
+    if not rows:
+        return 0
+
+    # Same query through list_predictions' filters: Li electrodes predicted at 3.5 V or more.
+    high = list_predictions(model, ion='Li', min_voltage=3.5)
+    print(f'\n{len(high)} of them are Li electrodes at >= 3.5 V (list_predictions(model, ion="Li", min_voltage=3.5))')
+
+    row = rows[0]
+    answer = prediction_provenance(row['node_uuid'])
+    if answer['inputs'].get('dataset'):  # a batch: keep the printout short
+        ids = answer['inputs']['dataset']['battery_ids']
+        answer['inputs']['dataset']['battery_ids'] = ids[:5] + [f'... ({len(ids)} in all)']
+    print(f'\nprediction_provenance({row["node"]}):')
+    print(json.dumps(answer, indent=2, default=str))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
