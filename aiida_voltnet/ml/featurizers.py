@@ -155,6 +155,25 @@ def _ionization_energies() -> np.ndarray:
     return table
 
 
+@functools.lru_cache(maxsize=1)
+def _redox_tables():
+    """Per-element arrays for :func:`formal_redox_state`, computed once from pymatgen data."""
+    table = element_property_table()
+    is_tm = table[:, _PROPERTY_NAMES.index('is_transition_metal')] > 0.5
+    highest = table[:, _PROPERTY_NAMES.index('max_oxidation_state')]
+    lowest = table[:, _PROPERTY_NAMES.index('min_oxidation_state')]
+    anion_charge = -np.abs(lowest)  # an anion takes its most negative common state (O -2, F -1, N -3, ...)
+    z_of = {symbol: Element(symbol).Z - 1 for symbol in ('O', 'F') + _HALIDES + _SOFT_ANIONS}
+    oxide_anions = np.zeros(N_ELEMENTS, dtype=bool)
+    oxide_anions[[z_of[s] for s in ('O',) + _HALIDES]] = True
+    other_anions = np.zeros(N_ELEMENTS, dtype=bool)
+    other_anions[[z_of[s] for s in _HALIDES + _SOFT_ANIONS]] = True
+    energies = _ionization_energies()
+    level_means = np.nanmean(energies, axis=0)
+    energies = np.where(np.isnan(energies), level_means[None, :], energies)
+    return is_tm, highest, anion_charge, oxide_anions, other_anions, z_of['O'], z_of['F'], energies
+
+
 def formal_redox_state(amounts: np.ndarray) -> tuple[float, float]:
     """Mean formal oxidation state of the transition metals by charge balance, and the mean ionization energy
     (eV) that takes each transition metal one step further up from that state.
@@ -164,35 +183,18 @@ def formal_redox_state(amounts: np.ndarray) -> tuple[float, float]:
     set. Non-transition-metal cations take their highest common oxidation state; the transition metals share
     the rest. A descriptor, not chemistry: mixed valence and peroxides are averaged away.
     """
-    table = element_property_table()
-    is_tm = table[:, _PROPERTY_NAMES.index('is_transition_metal')] > 0.5
-    present = np.nonzero(amounts > 0)[0]
-    symbols = {_element(z + 1).symbol: z for z in present}
-    oxide_like = 'O' in symbols or 'F' in symbols
-    anion_set = ('O',) + _HALIDES if oxide_like else _HALIDES + _SOFT_ANIONS
-    charge = 0.0
-    n_tm = 0.0
-    for symbol, index in symbols.items():
-        if is_tm[index]:
-            n_tm += amounts[index]
-            continue
-        element = _element(index + 1)
-        states = _safe_attribute(element, 'common_oxidation_states') or _safe_attribute(
-            element, 'oxidation_states') or (0,)
-        state = min(states) if symbol in anion_set else max(states)
-        if symbol in anion_set and state > 0:
-            state = -state
-        charge += state * amounts[index]
+    is_tm, highest, anion_charge, oxide_anions, other_anions, o_index, f_index, energies = _redox_tables()
+    present = amounts > 0
+    anions = oxide_anions if (present[o_index] or present[f_index]) else other_anions
+    tm = present & is_tm
+    n_tm = amounts[tm].sum()
     if n_tm <= 0:
         return 0.0, 0.0
+    cations = present & ~is_tm & ~anions
+    charge = amounts[present & anions] @ anion_charge[present & anions] + amounts[cations] @ highest[cations]
     oxidation = -charge / n_tm
-    energies = _ionization_energies()
     level = int(np.clip(np.floor(oxidation + 1e-6), 0, energies.shape[1] - 1))
-    tm_index = [i for i in present if is_tm[i]]
-    weights = amounts[tm_index] / n_tm
-    next_energy = energies[tm_index, level]
-    next_energy = np.where(np.isnan(next_energy), np.nanmean(energies[:, level]), next_energy)
-    return float(oxidation), float(weights @ next_energy)
+    return float(oxidation), float(amounts[tm] @ energies[tm, level] / n_tm)
 
 
 class Featurizer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -134,15 +135,17 @@ class ElectrodeRecord:
     discharge_space_group_number: int | None = None
     line: int | None = field(default=None, compare=False)
 
-    @property
+    # Parsed once per record: featurizers read these several times, and pymatgen's parser dominates their cost.
+    # (cached_property writes to the instance __dict__, which a frozen dataclass allows; equality ignores it.)
+    @functools.cached_property
     def composition_charge(self) -> Composition:
         return parse_formula(self.formula_charge)
 
-    @property
+    @functools.cached_property
     def composition_discharge(self) -> Composition:
         return parse_formula(self.formula_discharge)
 
-    @property
+    @functools.cached_property
     def ion_fractions(self) -> tuple[float, float]:
         """Working-ion atoms per host-framework atom in the charged and the discharged end member."""
         result = []
@@ -291,8 +294,8 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         fail(f'working ion {record.working_ion!r} is not one of {", ".join(WORKING_IONS)}', 'working_ion')
     compositions = {}
     for name in ('formula_charge', 'formula_discharge'):
-        try:
-            compositions[name] = parse_formula(getattr(record, name))
+        try:  # through the cached properties, so that featurizers later reuse the parsed compositions
+            compositions[name] = getattr(record, name.replace('formula', 'composition'))
         except ValueError as exception:
             fail(str(exception), name)
     ion = record.working_ion
