@@ -56,6 +56,8 @@ def main():
     parser.add_argument('--device', default='auto')
     parser.add_argument('--quick', action='store_true', help='2 seeds and few epochs (smoke run)')
     parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
+    parser.add_argument('--calibrate', action='store_true',
+                        help='also calibrate ensemble spreads (2x the cost; MAE/RMSE/R2 do not depend on it)')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     records = read_electrodes_csv(args.data)
@@ -69,7 +71,7 @@ def main():
         overrides = {'epochs': epochs[model]} if model in epochs else None
         started = time.perf_counter()
         result = evaluate(records, featurizer=featurizer, model=model, protocol=protocol, seeds=seeds,
-                          device=args.device, train_overrides=overrides,
+                          device=args.device, train_overrides=overrides, calibrate=args.calibrate,
                           log=lambda m: print('  ' + m, flush=True))
         summary = result.summary()
         summary['train_overrides'] = overrides

@@ -52,8 +52,13 @@ class EvaluationResult:
 def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', model: str = 'voltnet',
              protocol: str = 'grouped', seeds: Sequence[int] = (0, 1, 2, 3, 4), folds: int = 5,
              device: str = 'auto', train_overrides: dict | None = None, members: int | None = None,
-             target: str = 'average_voltage', log: Callable[[str], None] | None = None) -> EvaluationResult:
-    """Train and test ``model`` under ``protocol`` for each seed; return every test prediction."""
+             target: str = 'average_voltage', log: Callable[[str], None] | None = None,
+             calibrate: bool = True) -> EvaluationResult:
+    """Train and test ``model`` under ``protocol`` for each seed; return every test prediction.
+
+    :param calibrate: calibrate ensemble spreads (doubles the training cost; the means, hence MAE/RMSE/R2, do not
+        depend on it).
+    """
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; choose one of {", ".join(PROTOCOLS)}')
     started = time.perf_counter()
@@ -69,7 +74,8 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
             with warnings.catch_warnings():
                 warnings.simplefilter('ignore')
                 fitted = train_voltage_model(train, featurizer=featurizer, model=model, seed=seed, device=device,
-                                             train_overrides=train_overrides, members=members, target=target)
+                                             train_overrides=train_overrides, members=members, target=target,
+                                             calibrate=calibrate)
             mean, std = fitted.predict(test, device=device, check_ions=False)
             y = np.array([getattr(r, target) for r in test])
             metrics = regression_metrics(y, mean, [r.working_ion for r in test])
