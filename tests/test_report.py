@@ -1,0 +1,34 @@
+"""``voltnet report --quick --no-provenance`` on a small subsample: every table heading and every figure is there."""
+import json
+
+from click.testing import CliRunner
+
+from aiida_voltnet.cli import cli
+from aiida_voltnet.report import DEFAULT_CSV, FIGURES, HEADINGS
+
+
+def test_quick_report_has_every_table_and_figure(tmp_path):
+    out = tmp_path / 'report'
+    result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--no-provenance', '--rows', '300',
+                                      '--epochs', '2', '--folds', '2', '--data', str(DEFAULT_CSV)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    markdown = (out / 'report.md').read_text()
+    for heading in HEADINGS:
+        assert heading in markdown.splitlines(), heading
+    for name in FIGURES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
+        assert f'({name})' in markdown or f'`{name}`' in markdown, f'{name} not referenced in report.md'
+    report = json.loads((out / 'report.json').read_text())
+    for key in ('table_s1', 'table_s2', 'table_s3', 'table_s4', 'fig_s5', 'leak', 'calibration', 'learning_curve',
+                'provenance', 'versions', 'git_commit', 'data', 'timings_s', 'settings'):
+        assert report[key] not in (None, {}, []), key
+    assert report['data']['n_rows_used'] == 300 and len(report['data']['sha256']) == 64
+    assert report['leak']['max_abs_voltage_minus_energy_over_capacity'] < 1e-6
+    assert report['provenance']['enabled'] is False
+    models = {'mha_resnet', 'mlp', 'svr', 'krr', 'lstm', 'voltnet'}
+    assert set(report['table_s2']) == models
+    for row in report['table_s2'].values():
+        assert set(row) == {'paper', 'paper_minus_leak', 'leakfree_random', 'leakfree_grouped'}
+    assert set(report['table_s3']) == {'200', '150', '100', '50', 'none'}
+    assert 0 <= report['calibration']['coverage_1sigma'] <= report['calibration']['coverage_2sigma'] <= 1
+    assert 'QUICK' in markdown
