@@ -72,8 +72,11 @@ def main():
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--device', default='auto')
     parser.add_argument('--rows', type=int, default=None, help='use only the first N rows')
+    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s)')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     records = read_electrodes_csv(args.data)[:args.rows]
     with warnings.catch_warnings():
