@@ -492,6 +492,16 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     return report
 
 
+def _voltnet_on_subset(records, kept, test, seed, settings):
+    """Train leak-free voltnet on ``records[kept]`` and predict ``test``: (mean, std)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = train_voltage_model([records[i] for i in kept], featurizer=cached_featurizer('leakfree'),
+                                    model='voltnet', seed=seed, device=settings.device,
+                                    members=settings.voltnet_members, calibrate=False)
+        return model.predict(test, device=settings.device, check_ions=False)
+
+
 def _capped(records, settings, log) -> dict:
     """Leak-free voltnet, grouped k-fold, training rows capped per 1 V interval (test folds unchanged)."""
     out = {}
@@ -503,12 +513,7 @@ def _capped(records, settings, log) -> dict:
                 kept = cap_per_voltage_interval(records, train_idx, cap, width=1.0, seed=seed)
                 n_train.append(len(kept))
                 test = [records[i] for i in test_idx]
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore')
-                    model = train_voltage_model([records[i] for i in kept], featurizer=cached_featurizer('leakfree'),
-                                                model='voltnet', seed=seed, device=settings.device,
-                                                members=settings.voltnet_members, calibrate=False)
-                    mean, std = model.predict(test, device=settings.device, check_ions=False)
+                mean, std = _voltnet_on_subset(records, kept, test, seed, settings)
                 predictions.extend({'battery_id': r.battery_id, 'working_ion': r.working_ion,
                                     'y': r.average_voltage, 'mean': float(m), 'std': float(s), 'seed': seed,
                                     'fold': fold} for r, m, s in zip(test, mean, std))
@@ -532,12 +537,7 @@ def _learning_curve(records, settings) -> list[dict]:
                 kept = np.sort(rng.choice(train_idx, size=min(size, len(train_idx)), replace=False))
                 n_train.append(len(kept))
                 test = [records[i] for i in test_idx]
-                with warnings.catch_warnings():
-                    warnings.simplefilter('ignore')
-                    model = train_voltage_model([records[i] for i in kept], featurizer=cached_featurizer('leakfree'),
-                                                model='voltnet', seed=seed, device=settings.device,
-                                                members=settings.voltnet_members, calibrate=False)
-                    mean, _ = model.predict(test, device=settings.device, check_ions=False)
+                mean, _ = _voltnet_on_subset(records, kept, test, seed, settings)
                 predictions.extend({'y': r.average_voltage, 'mean': float(m), 'seed': seed}
                                    for r, m in zip(test, mean))
         summary = _summary_over_seeds(predictions, settings.seeds)

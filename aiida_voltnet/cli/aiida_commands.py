@@ -47,6 +47,18 @@ def _load_profile(profile):
         _fail(f'cannot load AiiDA profile {profile or "(default)"}: {exception}')
 
 
+def _load_node(identifier, profile):
+    """Load ``profile`` and the node with pk or uuid ``identifier``, or exit with a message."""
+    _load_profile(profile)
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
+    from aiida.orm import load_node
+
+    try:
+        return load_node(identifier)
+    except (NotExistent, MultipleObjectsError, ValueError) as exception:
+        _fail(f'no unique node {identifier!r}: {exception}')
+
+
 @cli.command()
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
               help='Training CSV (default: the shared MP insertion-electrode CSV).')
@@ -79,16 +91,9 @@ def provenance(identifier, profile, as_json):
 
     IDENTIFIER is the pk or uuid of a prediction (ArrayData or Float) or of a predict process.
     """
-    _load_profile(profile)
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-    from aiida.orm import load_node
-
+    node = _load_node(identifier, profile)
     from aiida_voltnet.provenance import prediction_provenance
 
-    try:
-        node = load_node(identifier)
-    except (NotExistent, MultipleObjectsError, ValueError) as exception:
-        _fail(f'no unique node {identifier!r}: {exception}')
     try:
         answer = prediction_provenance(node)
     except ValueError as exception:
@@ -118,16 +123,9 @@ def _print_tree(data, indent=0):
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
 def predictions(model_id, ion, min_voltage, max_voltage, profile):
     """List what a model predicted (battery, ion, voltage, uncertainty, prediction node)."""
-    _load_profile(profile)
-    from aiida.common.exceptions import MultipleObjectsError, NotExistent
-    from aiida.orm import load_node
-
+    model = _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 
-    try:
-        model = load_node(model_id)
-    except (NotExistent, MultipleObjectsError, ValueError) as exception:
-        _fail(f'no unique node {model_id!r}: {exception}')
     try:
         rows = list_predictions(model, ion=ion, min_voltage=min_voltage, max_voltage=max_voltage)
     except (TypeError, ValueError) as exception:
