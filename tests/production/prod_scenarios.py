@@ -136,12 +136,40 @@ def scenario_kill_worker() -> None:
           'seconds_after_kill': time.monotonic() - killed_at, 'seconds': waited})
 
 
+def scenario_scale() -> None:
+    """5 trainings, then 50 predict work chains on 2 workers, with ``verdi daemon restart`` while they run."""
+    import subprocess
+
+    from aiida import engine
+
+    PredictWorkChain = import_or_missing('aiida_voltnet.workflows.predict', 'PredictWorkChain')
+    trains = [_submit_train(seed=seed) for seed in range(5)]
+    waited_train = await_nodes(trains, timeout=240)
+    payload = {'trains': [describe(node) for node in trains], 'train_seconds': waited_train}
+    if not trains[0].is_finished_ok:
+        emit(payload)
+        return
+    model, test = trains[0].outputs.model, trains[0].outputs.test_dataset
+    predicts = [engine.submit(PredictWorkChain, model=model, dataset=test) for _ in range(50)]
+    finished_before_restart = sum(node.is_terminated for node in predicts)
+    restart = subprocess.run(['verdi', '-p', PROFILE, 'daemon', 'restart'], capture_output=True, text=True,
+                             timeout=180, check=False)
+    payload.update(finished_before_restart=finished_before_restart, restart_rc=restart.returncode,
+                   restart_output=(restart.stdout + restart.stderr)[-500:])
+    payload['predict_seconds'] = await_nodes(predicts, timeout=480)
+    payload['predicts'] = [describe(node) for node in predicts]
+    emit(payload)
+
+
 SCENARIOS = {'dft_voltage': scenario_dft_voltage, 'train_predict': scenario_train_predict,
-             'kill_worker': scenario_kill_worker}
+             'kill_worker': scenario_kill_worker, 'scale': scenario_scale}
+PROFILE = None
 
 
 def main() -> None:
+    global PROFILE
     name, profile = sys.argv[1], sys.argv[2]
+    PROFILE = profile
     from aiida import load_profile
 
     load_profile(profile, allow_switch=True)

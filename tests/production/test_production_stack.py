@@ -61,3 +61,16 @@ def test_processes_survive_a_killed_worker(running_daemon):
     assert len(payload['workers_after']) == 2, payload
     for process in payload['processes']:
         assert (process['state'], process['exit_status']) == ('finished', 0), process
+
+
+def test_fifty_predictions_and_five_trainings_survive_a_daemon_restart(running_daemon):
+    """Daemon at scale: 5 trainings, then 50 predict work chains on 2 workers, with ``verdi daemon restart`` while
+    they are queued or running; nothing is lost, every process finishes with exit 0."""
+    payload = running_daemon.scenario('scale', timeout=900)
+    assert len(payload['trains']) == 5
+    for process in payload['trains']:
+        assert (process['state'], process['exit_status']) == ('finished', 0), process
+    assert payload['restart_rc'] == 0, payload['restart_output']
+    assert len(payload['predicts']) == 50
+    for process in payload['predicts']:
+        assert (process['state'], process['exit_status']) == ('finished', 0), process
