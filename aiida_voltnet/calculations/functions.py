@@ -84,8 +84,10 @@ def load_model(model: VoltageModelData):
 
 
 def dataset_records(dataset: ElectrodeDataset):
-    key = dataset.uuid if dataset.is_stored else None
-    return _RECORDS_CACHE.get(key, dataset.records)
+    # Keyed by content hash too, so that an unstored dataset checked by the validator is not parsed again by the
+    # body (records() re-verifies the hash, so a repository file changed behind the attribute still fails).
+    key = (dataset.uuid, dataset.base.attributes.get('records_sha256', None))
+    return _RECORDS_CACHE.get(key if key[1] else None, dataset.records)
 
 
 def _structure_key(node):
