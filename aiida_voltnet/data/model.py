@@ -5,7 +5,6 @@ sha256 of the weights and the content hash of the model (its version) are attrib
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import pathlib
@@ -15,6 +14,7 @@ from typing import Any
 from aiida.orm import Data
 
 from aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel
+from aiida_voltnet.ml.records import file_sha256
 
 __all__ = ('VoltageModelData', 'ModelIntegrityError')
 
@@ -122,7 +122,7 @@ class VoltageModelData(Data):
                 if name not in names:
                     raise ModelIntegrityError(f'{label}: the repository has no {name}')
                 (directory / name).write_bytes(self.base.repository.get_object_content(name, mode='rb'))
-            actual = hashlib.sha256((directory / 'arrays.safetensors').read_bytes()).hexdigest()
+            actual = file_sha256(directory / 'arrays.safetensors')
             if actual != self.arrays_sha256:
                 raise ModelIntegrityError(
                     f'{label}: weights file arrays.safetensors was altered (sha256 {actual[:12]}..., the node '

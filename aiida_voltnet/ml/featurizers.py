@@ -438,11 +438,7 @@ FEATURIZERS: dict[str, type[Featurizer]] = {cls.name: cls for cls in (PaperFeatu
 
 def get_featurizer(name: str, **options) -> Featurizer:
     """A fresh (unfitted) featurizer by name; the ``paper`` one warns that it leaks the target."""
-    try:
-        cls = FEATURIZERS[name]
-    except KeyError:
-        raise ValueError(f'unknown featurizer {name!r}; choose one of {", ".join(FEATURIZERS)}') from None
-    return cls(**options)
+    return get_featurizer_class(name)(**options)
 
 
 def featurizer_from_state(config: dict[str, Any], arrays: dict[str, np.ndarray]) -> Featurizer:

@@ -22,7 +22,7 @@ from safetensors.numpy import load_file, save_file
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
 from .networks import build_network, fast_mha_resnet
-from .records import ElectrodeRecord
+from .records import ElectrodeRecord, file_sha256
 from .training import TrainConfig, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
@@ -336,10 +336,6 @@ def _json_sha256(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class VoltageModel:
     """A fitted featurizer plus one or more regressors (an ensemble): ``predict(records) -> (mean, std)``."""
 
@@ -408,7 +404,7 @@ class VoltageModel:
         arrays_path = directory / 'arrays.safetensors'
         save_file(self.arrays(), str(arrays_path))
         config = self.config()
-        config['arrays_sha256'] = _file_sha256(arrays_path)
+        config['arrays_sha256'] = file_sha256(arrays_path)
         config['model_version'] = self.version_hash(config)
         (directory / 'config.json').write_text(json.dumps(config, indent=1, sort_keys=True))
         return directory
@@ -429,7 +425,7 @@ class VoltageModel:
                 raise FileNotFoundError(f'{directory} is not a voltnet model directory: {path.name} is missing')
         config = json.loads(config_path.read_text())
         recorded = config.get('arrays_sha256')
-        actual = _file_sha256(arrays_path)
+        actual = file_sha256(arrays_path)
         if recorded != actual:
             raise ModelIntegrityError(f'{arrays_path}: weights file was altered (sha256 {actual[:12]}..., the model '
                                       f'recorded {str(recorded)[:12]}...)')

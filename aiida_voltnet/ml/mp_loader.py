@@ -30,7 +30,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep, validate_record
+from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
+                      validate_record)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -58,16 +59,9 @@ ELECTRODE_FIELDS: tuple[str, ...] = (
 SUMMARY_FIELDS: tuple[str, ...] = ('material_id', 'symmetry')
 
 #: ``InsertionVoltagePairDoc`` key -> :class:`VoltageStep` attribute (same mapping as the CSV ``adj_pairs``).
-PAIR_FIELDS: dict[str, str] = {
-    'average_voltage': 'average_voltage', 'capacity_grav': 'capacity_grav', 'capacity_vol': 'capacity_vol',
-    'energy_grav': 'energy_grav', 'energy_vol': 'energy_vol', 'max_delta_volume': 'max_delta_volume',
-    'fracA_charge': 'frac_charge', 'fracA_discharge': 'frac_discharge', 'formula_charge': 'formula_charge',
-    'formula_discharge': 'formula_discharge', 'stability_charge': 'stability_charge',
-    'stability_discharge': 'stability_discharge', 'id_charge': 'id_charge', 'id_discharge': 'id_discharge',
-}
+PAIR_FIELDS: dict[str, str] = STEP_FIELDS
 _PAIR_TEXT = frozenset({'formula_charge', 'formula_discharge', 'id_charge', 'id_discharge'})
-_RECORD_FLOATS = ('stability_charge', 'stability_discharge', 'capacity_grav', 'energy_grav', 'capacity_vol',
-                  'energy_vol', 'average_voltage')
+_RECORD_FLOATS = FLOAT_COLUMNS
 
 #: Largest page the MP API serves.
 MAX_CHUNK_SIZE = 1000

@@ -201,7 +201,8 @@ def _framework_of(composition: Composition, ion: str) -> Composition:
 
 # --------------------------------------------------------------------------------------------- adj_pairs parsing
 
-_STEP_FIELDS = {
+#: ``InsertionVoltagePairDoc`` key -> :class:`VoltageStep` attribute (CSV ``adj_pairs`` and the MP API alike).
+STEP_FIELDS = {
     'average_voltage': 'average_voltage', 'capacity_grav': 'capacity_grav', 'capacity_vol': 'capacity_vol',
     'energy_grav': 'energy_grav', 'energy_vol': 'energy_vol', 'max_delta_volume': 'max_delta_volume',
     'fracA_charge': 'frac_charge', 'fracA_discharge': 'frac_discharge', 'formula_charge': 'formula_charge',
@@ -262,8 +263,8 @@ def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
                 value = _literal(keyword.value, text)
             except ValueError as exception:
                 raise ValueError(f'element {index}, key {keyword.arg!r}: {exception}') from exception
-            if keyword.arg in _STEP_FIELDS:
-                values[_STEP_FIELDS[keyword.arg]] = value
+            if keyword.arg in STEP_FIELDS:
+                values[STEP_FIELDS[keyword.arg]] = value
         if 'average_voltage' not in values:
             raise ValueError(f'element {index} has no average_voltage')
         for key, value in values.items():
@@ -431,7 +432,7 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
 
 
 def _step_repr(step: VoltageStep) -> str:
-    inverse = {v: k for k, v in _STEP_FIELDS.items()}
+    inverse = {v: k for k, v in STEP_FIELDS.items()}
     parts = []
     for f in dataclasses.fields(step):
         value = getattr(step, f.name)
