@@ -456,7 +456,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
                         members: int | None = None, train_overrides: dict | None = None,
                         featurizer_options: dict | None = None, target: str = 'average_voltage',
                         progress: Callable[[str], Any] | None = None, show_progress: bool = False,
-                        calibrate: bool = True) -> VoltageModel:
+                        calibrate: bool = True, checkpoint=None) -> VoltageModel:
     """Fit ``featurizer`` and ``model`` on all ``records`` (validation rows for early stopping are carved inside).
 
     :param model: a name in :data:`MODEL_SPECS`.
@@ -465,6 +465,8 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     :param target: ``average_voltage`` or ``max_delta_volume`` (the paper's Fig. S5 target).
     :param calibrate: for ensembles, scale the spread so that it is a calibrated 1-sigma uncertainty (fits the
         members a second time on 90 % of the training frameworks; see :func:`_calibrate_spread`).
+    :param checkpoint: a :class:`~aiida_voltnet.ml.training.TrainingCheckpoint`: saves every finished member (and
+        the torch loop state) and restores the members it already holds, so that a resumed training skips them.
     """
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
@@ -479,7 +481,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     X = featurizer.fit_transform(records)
     n_members = members if members is not None else spec['members']
     fit = dict(spec=spec, n_members=n_members, seed=seed, device=device, train_overrides=train_overrides,
-               show_progress=show_progress, progress=progress, label=model)
+               show_progress=show_progress, progress=progress, label=model, checkpoint=checkpoint)
     calibration = None
     if calibrate and n_members > 1:
         calibration = _calibrate_spread(records, X, y, fit, seed)
@@ -498,8 +500,10 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     return VoltageModel(featurizer, fitted, model, metadata)
 
 
-def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_progress, progress, label):
-    """Fit ``n_members`` regressors of ``spec``; member ``i`` uses seed ``seed * 1000 + i``."""
+def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_progress, progress, label,
+                 checkpoint=None, phase='final'):
+    """Fit ``n_members`` regressors of ``spec``; member ``i`` uses seed ``seed * 1000 + i``. With a
+    ``checkpoint``, each member goes through ``checkpoint.fit_member`` (restored if saved, else fitted and saved)."""
     from tqdm.auto import tqdm
 
     fitted = []
@@ -518,7 +522,14 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
             def callback(epoch, train_loss, val_loss, bar=bar):
                 bar.update(1)
                 bar.set_postfix(train=f'{train_loss:.3f}', val=f'{val_loss:.3f}' if val_loss is not None else '-')
-        regressor.fit(X, y, seed=seed * 1000 + index, device=device, progress=callback)
+
+        def fit(regressor=regressor, callback=callback, index=index):
+            return regressor.fit(X, y, seed=seed * 1000 + index, device=device, progress=callback)
+
+        if checkpoint is None:
+            fit()
+        else:
+            regressor = checkpoint.fit_member(phase, index, fit, last=phase == 'final' and index == n_members - 1)
         if bar is not None:
             bar.close()
         if progress:
@@ -537,7 +548,8 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict:
     from .splits import make_split
 
     inner, held = make_split(records, 'grouped', seed=seed + 7919, test_fraction=0.1)
-    members = _fit_members(X[inner], y[inner], **{**fit, 'show_progress': False, 'progress': None})
+    members = _fit_members(X[inner], y[inner], **{**fit, 'show_progress': False, 'progress': None},
+                           phase='calibration')
     predictions = np.stack([m.predict(X[held], device=fit['device']) for m in members])
     spread = np.maximum(predictions.std(axis=0), 1e-6)
     ratio = np.abs(predictions.mean(axis=0) - y[held]) / spread
