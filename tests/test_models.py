@@ -103,3 +103,45 @@ def test_device_auto_is_cuda_only_when_present():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match='no CUDA device'):
             resolve_device('cuda')
+
+
+def test_tree_evaluators_match_scikit_learn_exactly_on_real_data(records):
+    """The binned compiled evaluator (the one predictions use), the float64 compiled one and the numpy one give
+    bit for bit what scikit-learn's own per-tree predictors give on the raw rows, tree by tree in order (the
+    evaluation before the binned one); sklearn's ``predict`` itself differs only in where the baseline is added."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from aiida_voltnet.ml.featurizers import get_featurizer
+    from aiida_voltnet.ml.models import GradientBoostedTrees, _SplitBinning
+
+    all_records = read_electrodes_csv(SHARED_CSV)
+    train, test = all_records[:1500], all_records[1500:]
+    featurizer = get_featurizer('leakfree').fit(train)
+    X, y = featurizer.transform(train), np.array([r.average_voltage for r in train])
+    X_test = np.asarray(featurizer.transform(test), dtype=np.float64)
+    X_nan = X_test.copy()
+    X_nan[np.random.default_rng(0).random(X_nan.shape) < 0.05] = np.nan
+    hyper = dict(loss='absolute_error', max_iter=60, learning_rate=0.2, max_features=0.5)
+    members, sklearn_models = [], []
+    for seed in (11, 12):
+        members.append(GradientBoostedTrees(**hyper, subsample=1.0).fit(X, y, seed=seed))
+        sklearn_models.append(HistGradientBoostingRegressor(early_stopping=False, random_state=seed, **hyper).fit(
+            np.asarray(X, dtype=np.float64), y))
+    for member, fitted in zip(members, sklearn_models):
+        for rows in (X_test, X_nan):
+            reference = np.zeros(len(rows))
+            for predictors in fitted._predictors:
+                reference += predictors[0].predict(rows, np.zeros((0, 8), np.uint32), np.zeros(0, np.uint32), 1)
+            reference += float(np.ravel(fitted._baseline_prediction)[0])
+            assert np.array_equal(member.predict(rows), reference)
+            assert np.array_equal(member._predict_numpy(rows), reference)
+            float_rows = _SplitBinning([member.arrays])
+            float_rows.binned = False
+            assert np.array_equal(member.predict(rows, binning=float_rows), reference)
+            np.testing.assert_allclose(member.predict(rows), fitted.predict(rows), rtol=0, atol=1e-12)
+        assert member._own_binning().binned
+    # An ensemble bins its rows once for all members: the same numbers as member by member.
+    model = VoltageModel(featurizer, members, 'voltnet')
+    mean, std = model.predict_features(X_nan)
+    each = np.stack([m.predict(X_nan) for m in members])
+    assert np.array_equal(mean, each.mean(axis=0)) and np.array_equal(std, each.std(axis=0))

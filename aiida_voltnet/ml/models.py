@@ -217,44 +217,79 @@ class GradientBoostedTrees(Regressor):
         arrays['baseline'] = np.asarray(fitted._baseline_prediction, dtype=np.float64).ravel()[:1]
         self.arrays = arrays
         self.history = {'n_trees': len(trees), 'n_rows': int(len(rows))}
-        self._compiled = None
+        self._compiled = self._binning = None
         if progress is not None:
             progress(len(trees), float('nan'), None)
         return self
 
-    def _compiled_trees(self):
-        """Rebuild scikit-learn's compiled tree predictors from the stored arrays (fast path)."""
-        if getattr(self, '_compiled', None) is None:
-            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE, X_BITSET_INNER_DTYPE
+    #: Rows per call of the compiled predictors: the block of binned rows stays in cache across all trees.
+    _BLOCK_ROWS = 8192
+
+    def _compiled_trees(self, binning: '_SplitBinning | None' = None):
+        """scikit-learn's compiled tree predictors rebuilt from the stored arrays, for ``binning`` (default: one
+        over this member's own splits). The stored arrays are not changed; in memory each split node reads the
+        column of its feature in ``binning.rows(X)`` and, when the rows are binned, compares the code with the
+        rank of its threshold (see :class:`_SplitBinning`)."""
+        binning = binning or self._own_binning()
+        compiled = getattr(self, '_compiled', None)
+        if compiled is None or compiled[0] is not binning:
+            from sklearn.ensemble._hist_gradient_boosting.common import PREDICTOR_RECORD_DTYPE
             from sklearn.ensemble._hist_gradient_boosting.predictor import TreePredictor
 
             a = self.arrays
+            column, rank = binning.locate(a['feature_idx'], a['num_threshold'], a['is_leaf'] == 0)
             bounds = list(a['roots']) + [len(a['value'])]
-            empty = np.zeros((0, 8), dtype=X_BITSET_INNER_DTYPE)
             trees = []
             for start, stop in zip(bounds[:-1], bounds[1:]):
                 nodes = np.zeros(stop - start, dtype=PREDICTOR_RECORD_DTYPE)
                 for name in self._NODE_FIELDS:
                     nodes[name] = a[name][start:stop]
+                nodes['feature_idx'] = column[start:stop]
+                nodes['bin_threshold'] = rank[start:stop]
                 nodes['left'] = a['left'][start:stop] - start
                 nodes['right'] = a['right'][start:stop] - start
-                trees.append(TreePredictor(nodes, empty, empty))
-            self._compiled = (trees, empty, np.zeros(0, dtype=np.uint32))
-        return self._compiled
+                trees.append(TreePredictor(nodes, binning.no_bitsets, binning.no_bitsets))
+            compiled = self._compiled = (binning, trees)
+        return compiled[1]
 
-    def predict(self, X, device='auto'):
+    def _own_binning(self) -> '_SplitBinning':
+        if getattr(self, '_binning', None) is None:
+            self._binning = _SplitBinning([self.arrays])
+        return self._binning
+
+    def predict(self, X, device='auto', binning: '_SplitBinning | None' = None, rows: np.ndarray | None = None):
+        """Sum of the trees' leaf values plus the baseline.
+
+        :param binning: a :class:`_SplitBinning` covering this member's splits (shared by an ensemble so that
+            ``rows = binning.rows(X)`` is computed once for all members); default: this member's own.
+        """
         X = np.ascontiguousarray(X, dtype=np.float64)
         try:
-            trees, bitsets, index_map = self._compiled_trees()
+            trees = self._compiled_trees(binning)
         except ImportError:  # scikit-learn moved its private predictor: fall back to the numpy evaluator
             return self._predict_numpy(X)
+        binning = binning or self._own_binning()
+        if rows is None:
+            rows = binning.rows(X)
         threads = torch.get_num_threads()
         total = np.zeros(len(X))
-        for tree in trees:
-            total += tree.predict(X, bitsets, index_map, threads)
+        for start in range(0, len(X), self._BLOCK_ROWS):
+            block = rows[start:start + self._BLOCK_ROWS]
+            partial = total[start:start + self._BLOCK_ROWS]  # a view: += writes into total
+            for tree in trees:  # tree by tree, in order, from 0: the order in which the values were always summed
+                partial += binning.evaluate(tree, block, threads)
         return total + float(self.arrays['baseline'][0])
 
+    @staticmethod
+    def predict_members(members: Sequence['GradientBoostedTrees'], X, binning: '_SplitBinning | None' = None):
+        """``[m.predict(X) for m in members]`` with the rows binned once for all (identical results)."""
+        X = np.ascontiguousarray(X, dtype=np.float64)
+        binning = binning or _SplitBinning([m.arrays for m in members])
+        rows = binning.rows(X)
+        return [m.predict(X, binning=binning, rows=rows) for m in members]
+
     def _predict_numpy(self, X):
+        """Pure numpy evaluation (all trees at once, level by level); sums the leaves in the same order."""
         a = self.arrays
         roots = a['roots']
         out = np.empty(len(X))
@@ -270,7 +305,7 @@ class GradientBoostedTrees(Regressor):
                 go_left = np.where(np.isnan(value), a['missing_go_to_left'][node].astype(bool),
                                    value <= a['num_threshold'][node])
                 node = np.where(leaf, node, np.where(go_left, a['left'][node], a['right'][node]))
-            out[start:start + 512] = a['value'][node].sum(axis=1)
+            out[start:start + 512] = np.cumsum(a['value'][node], axis=1)[:, -1]  # sequential, tree 0 first
         return out + float(a['baseline'][0])
 
     @property
@@ -285,8 +320,71 @@ class GradientBoostedTrees(Regressor):
     def from_state(cls, config, arrays):
         self = cls(**config['hyper'])
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
-        self._compiled = None
+        self._compiled = self._binning = None
         return self
+
+
+class _SplitBinning:
+    """The split features and thresholds of one or more tree models, and the exact uint8 binning of rows.
+
+    Per used feature, the sorted distinct split thresholds ``u_0 < ... < u_{m-1}``; the code of a value ``v`` is
+    ``#{u_i < v}`` (``searchsorted(u, v, 'left')``), so ``code <= i`` exactly when ``v <= u_i``: a split on
+    ``u_i`` goes left for the same rows as on the raw value. NaN gets code 255, and the node's
+    ``missing_go_to_left`` decides, as for raw data. Trees grown by scikit-learn's histogram booster split on at
+    most 254 bin edges per feature (``max_bins`` 255), shared by members fitted on the same rows; where some
+    feature has more distinct thresholds, rows stay float64 (only the used columns, compared with the thresholds
+    themselves).
+    """
+
+    MISSING = 255
+
+    def __init__(self, arrays_list: Sequence[dict[str, np.ndarray]]):
+        features = [a['feature_idx'][a['is_leaf'] == 0] for a in arrays_list]
+        thresholds = [a['num_threshold'][a['is_leaf'] == 0] for a in arrays_list]
+        features, thresholds = np.concatenate(features).astype(np.int64), np.concatenate(thresholds)
+        self.features = np.unique(features)
+        self.thresholds = [np.unique(thresholds[features == f]) for f in self.features]
+        self.binned = all(len(t) < self.MISSING and not np.isnan(t).any() for t in self.thresholds)
+        self.no_bitsets = np.zeros((0, 8), dtype=np.uint32)  # no categorical splits (X_BITSET_INNER_DTYPE)
+        self.no_index_map = np.zeros(0, dtype=np.uint32)
+
+    def locate(self, feature_idx, num_threshold, internal):
+        """Column in :meth:`rows` and threshold rank of every node (0 for leaves)."""
+        column = np.zeros(len(feature_idx), dtype=np.int64)
+        rank = np.zeros(len(feature_idx), dtype=np.uint8)
+        if not internal.any():
+            return column, rank
+        position = np.searchsorted(self.features, feature_idx[internal])
+        if np.any(self.features[np.minimum(position, len(self.features) - 1)] != feature_idx[internal]):
+            raise ValueError('the binning does not cover the features of these trees')
+        column[internal] = position
+        if self.binned:
+            nodes = np.flatnonzero(internal)
+            for j in np.unique(position):
+                at = nodes[position == j]
+                found = np.searchsorted(self.thresholds[j], num_threshold[at], side='left')
+                if not np.array_equal(self.thresholds[j][np.minimum(found, len(self.thresholds[j]) - 1)],
+                                      num_threshold[at]):
+                    raise ValueError('the binning does not cover the thresholds of these trees')
+                rank[at] = found
+        return column, rank
+
+    def rows(self, X: np.ndarray) -> np.ndarray:
+        """uint8 codes of the used columns of float64 ``X`` (or those columns as float64 when not binned)."""
+        if not self.binned:
+            return np.ascontiguousarray(X[:, self.features])
+        codes = np.empty((len(X), len(self.features)), dtype=np.uint8)
+        for j, (feature, values) in enumerate(zip(self.features, self.thresholds)):
+            codes[:, j] = np.searchsorted(values, X[:, feature], side='left')
+        missing = np.isnan(X[:, self.features])
+        if missing.any():
+            codes[missing] = self.MISSING
+        return codes
+
+    def evaluate(self, tree, block: np.ndarray, threads: int) -> np.ndarray:
+        if self.binned:
+            return tree.predict_binned(block, self.MISSING, threads)
+        return tree.predict(block, self.no_bitsets, self.no_index_map, threads)
 
 
 REGRESSOR_KINDS = {cls.kind: cls for cls in (TorchRegressor, KernelRegressor, GradientBoostedTrees)}
@@ -357,7 +455,15 @@ class VoltageModel:
                                  f'ion(s) {", ".join(unseen)}')
 
     def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
-        predictions = np.stack([m.predict(X, device=device) for m in self.members])
+        if len(self.members) > 1 and all(type(m) is GradientBoostedTrees for m in self.members):
+            # The same numbers as member by member; the rows are binned once for the whole ensemble.
+            binning = getattr(self, '_trees_binning', None)
+            if binning is None or binning[0] != [id(m) for m in self.members]:
+                binning = self._trees_binning = ([id(m) for m in self.members],
+                                                 _SplitBinning([m.arrays for m in self.members]))
+            predictions = np.stack(GradientBoostedTrees.predict_members(self.members, X, binning=binning[1]))
+        else:
+            predictions = np.stack([m.predict(X, device=device) for m in self.members])
         scale = (self.metadata.get('uncertainty_calibration') or {}).get('scale', 1.0)
         return predictions.mean(axis=0), predictions.std(axis=0) * scale
 
