@@ -129,3 +129,4 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
 
 from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)
 from . import report_command  # noqa: E402,F401  (registers report)
+from . import dft_commands  # noqa: E402,F401  (registers dft-setup, verify)

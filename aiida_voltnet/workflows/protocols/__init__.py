@@ -11,14 +11,26 @@ import yaml
 __all__ = ('ProtocolMixin', 'recursive_merge', 'check_overrides')
 
 
+def _copy(value):
+    """A deep copy of plain values; AiiDA nodes are kept as they are (``deepcopy`` of a node makes a new, unstored
+    clone, and an override such as ``{'model': model}`` must pass that very node)."""
+    from aiida.orm import Node
+
+    if isinstance(value, Node):
+        return value
+    if isinstance(value, dict):
+        return {key: _copy(item) for key, item in value.items()}
+    return copy.deepcopy(value)
+
+
 def recursive_merge(left: dict, right: dict) -> dict:
     """A copy of ``left`` updated recursively with ``right`` (values of ``right`` win; nested dicts are merged)."""
-    merged = copy.deepcopy(left)
+    merged = _copy(left)
     for key, value in right.items():
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = recursive_merge(merged[key], value)
         else:
-            merged[key] = copy.deepcopy(value)
+            merged[key] = _copy(value)
     return merged
 
 

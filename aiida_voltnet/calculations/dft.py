@@ -1,0 +1,159 @@
+"""Calculation functions of the DFT verification (``voltnet.verify`` and ``voltnet.screen``): energies per host
+formula unit from pw.x outputs, the ML - DFT difference, the selection of candidates from a batch prediction, the
+ML-vs-DFT summary of a screen, and the training set grown by the verified electrodes (one active-learning round).
+
+The voltage itself is ``voltnet.dft_voltage`` in :mod:`aiida_voltnet.calculations.functions`.
+"""
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import calcfunction
+
+from aiida_voltnet.dft import ion_charge
+
+def _host_units_and_ions(structure: orm.StructureData, ion: str) -> tuple[float, float]:
+    """(formula units of the reduced host framework in the cell, working ions per host formula unit)."""
+    from aiida_voltnet.ml.structures import host_framework
+
+    composition = structure.get_pymatgen_structure().composition
+    _, units = host_framework(composition, ion).get_reduced_composition_and_factor()
+    return units, composition[ion] / units
+
+
+@calcfunction
+def electrode_energies(charged: orm.StructureData, discharged: orm.StructureData, working_ion: orm.Str,
+                       charged_parameters: orm.Dict, discharged_parameters: orm.Dict):
+    """Total energies of the two electrode cells per formula unit of their common host framework, the number of
+    working ions inserted per formula unit (Δx) and the ion's charge z: the inputs of ``voltnet.dft_voltage``.
+
+    :param charged_parameters: ``output_parameters`` of the charged cell's pw.x calculation (``energy`` in eV).
+    :param discharged_parameters: the same for the discharged cell.
+    """
+    ion = working_ion.value
+    units_charged, ions_charged = _host_units_and_ions(charged, ion)
+    units_discharged, ions_discharged = _host_units_and_ions(discharged, ion)
+    return {
+        'e_charged': orm.Float(charged_parameters['energy'] / units_charged),
+        'e_discharged': orm.Float(discharged_parameters['energy'] / units_discharged),
+        'delta_ions': orm.Float(ions_discharged - ions_charged),
+        'ion_charge': orm.Int(ion_charge(ion)),
+    }
+
+
+@calcfunction
+def energy_per_atom(structure: orm.StructureData, parameters: orm.Dict):
+    """Total energy per atom (eV) of an elemental cell, from its pw.x ``output_parameters``."""
+    return orm.Float(parameters['energy'] / len(structure.sites))
+
+
+@calcfunction
+def compare_voltages(ml_voltage: orm.Float, dft_voltage: orm.Float):
+    """``difference`` = ML prediction - DFT voltage (V): links the prediction to its verification in the graph."""
+    return {'difference': orm.Float(ml_voltage.value - dft_voltage.value)}
+
+
+
+
+# -- screening -----------------------------------------------------------------------------------------------------
+SELECTION_MODES = ('window', 'uncertainty')
+SELECTION_KEYS = ('mode', 'top_k', 'voltage_min', 'voltage_max')
+
+
+def check_selection(selection: dict) -> str | None:
+    """Error message for a bad ``selection`` of :func:`select_candidates`, or None."""
+    unknown = sorted(set(selection) - set(SELECTION_KEYS))
+    if unknown:
+        return f'unknown selection key(s) {", ".join(unknown)}; known: {", ".join(SELECTION_KEYS)}'
+    mode = selection.get('mode', 'window')
+    if mode not in SELECTION_MODES:
+        return f'selection mode must be one of {", ".join(SELECTION_MODES)}, not {mode!r}'
+    top_k = selection.get('top_k', 1)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        return f'selection top_k must be a positive integer, got {top_k!r}'
+    low, high = selection.get('voltage_min', float('-inf')), selection.get('voltage_max', float('inf'))
+    if not low < high:
+        return f'selection voltage_min ({low}) must be below voltage_max ({high})'
+    return None
+
+
+@calcfunction
+def select_candidates(predictions: orm.ArrayData, selection: orm.Dict):
+    """The battery ids to verify with DFT, from a batch prediction (``voltnet.predict_voltages`` output).
+
+    ``selection``: ``mode`` ``window`` (default) keeps the predictions with ``voltage_min <= mean <= voltage_max``
+    and takes the ``top_k`` highest voltages; ``uncertainty`` takes the ``top_k`` largest ensemble standard
+    deviations inside the window (the most informative ones for an active-learning round). Ties keep input order.
+    """
+    import numpy as np
+
+    rules = selection.get_dict()
+    message = check_selection(rules)
+    if message:
+        raise ValueError(message)
+    mean, std = predictions.get_array('mean'), predictions.get_array('std')
+    ids = predictions.get_array('battery_ids')
+    inside = np.flatnonzero((mean >= rules.get('voltage_min', -np.inf)) & (mean <= rules.get('voltage_max', np.inf)))
+    key = std if rules.get('mode', 'window') == 'uncertainty' else mean
+    order = inside[np.argsort(-key[inside], kind='stable')]
+    return orm.List([str(ids[i]) for i in order[:rules.get('top_k', 1)]])
+
+
+@calcfunction
+def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: orm.Dict, **verified):
+    """The ML-vs-DFT table of a screen: one row per candidate predicted (``predictions``), with the DFT voltage of
+    the verified ones (``verified``: ``{battery_id: Float}``) and why the others failed (``outcomes``:
+    ``{battery_id: message}`` from the work chain).
+
+    :returns: ``Dict`` with ``rows`` (battery_id, working_ion, ml_voltage, ml_uncertainty, selected, dft_voltage,
+        difference, status), ``n_candidates``, ``n_selected``, ``n_verified``, ``n_failed`` and ``mae_verified``.
+    """
+    mean, std = predictions.get_array('mean'), predictions.get_array('std')
+    ids, ions = predictions.get_array('battery_ids'), predictions.get_array('working_ions')
+    chosen, messages = set(selected.get_list()), outcomes.get_dict()
+    rows, errors = [], []
+    for i, battery_id in enumerate(map(str, ids)):
+        row = {'battery_id': battery_id, 'working_ion': str(ions[i]), 'ml_voltage': float(mean[i]),
+               'ml_uncertainty': float(std[i]), 'selected': battery_id in chosen, 'dft_voltage': None,
+               'difference': None, 'status': 'not selected'}
+        if battery_id in verified:
+            row['dft_voltage'] = verified[battery_id].value
+            row['difference'] = row['ml_voltage'] - row['dft_voltage']
+            row['status'] = 'verified'
+            errors.append(abs(row['difference']))
+        elif battery_id in chosen:
+            row['status'] = messages.get(battery_id, 'failed')
+        rows.append(row)
+    rejected = {name: message for name, message in messages.items() if name not in set(map(str, ids))}
+    return orm.Dict({
+        'rows': rows,
+        'rejected': rejected,
+        'n_candidates': len(rows) + len(rejected),
+        'n_selected': len(chosen),
+        'n_verified': len(errors),
+        'n_failed': len(chosen) - len(errors),
+        'mae_verified': sum(errors) / len(errors) if errors else None,
+    })
+
+
+@calcfunction
+def add_verified_records(dataset, **verified):
+    """The training set of one active-learning round: ``dataset``'s records plus one record per verified electrode,
+    whose target is its DFT voltage (battery_id ``dft:<name>``).
+
+    :param dataset: an ``ElectrodeDataset`` (e.g. the records the model was trained on).
+    :param verified: ``{name: {'charged': StructureData, 'discharged': StructureData, 'working_ion': Str,
+        'dft_voltage': Float}}``.
+    """
+    import dataclasses
+
+    from aiida_voltnet.calculations.functions import dataset_records, pair_record
+    from aiida_voltnet.data.dataset import ElectrodeDataset
+
+    records = list(dataset_records(dataset))
+    added = []
+    for name, pair in verified.items():
+        record = pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value, battery_id=f'dft:{name}')
+        added.append(dataclasses.replace(record, average_voltage=pair['dft_voltage'].value))
+    grown = ElectrodeDataset(records + added, derived_from=dataset)
+    grown.base.attributes.set('dft_verified_ids', [r.battery_id for r in added])
+    return grown

@@ -1,0 +1,97 @@
+"""``voltnet dft-setup``: what DFT verification needs in an AiiDA profile (a pseudopotential family from Debian's
+files, a localhost computer and a pw.x code), and ``voltnet verify``: the DFT voltage of one pair beside its ML
+prediction."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import _fail, cli
+from .aiida_commands import QUICKSTART_PROFILE, _load_node, _load_profile, ensure_embedded_profile
+
+
+def setup_dft(computer_label: str = 'localhost', workdir: str | None = None, pw_executable: str = '/usr/bin/pw.x',
+              echo=click.echo):
+    """Install the Debian PBEsol family, and a ``core.direct`` localhost computer and a pw.x code when missing, in
+    the loaded profile. :returns: ``(family, code)``."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+    from aiida.manage.configuration import get_config
+
+    from aiida_voltnet.dft import install_debian_pbesol_family, pw_code
+
+    if not Path(pw_executable).is_file():
+        raise FileNotFoundError(f'{pw_executable} not found: install Quantum ESPRESSO (bash scripts/dft.sh installs '
+                                "Debian's quantum-espresso) or pass --pw")
+    family = install_debian_pbesol_family()
+    echo(f'pseudopotential family {family.label}: {", ".join(sorted(family.elements))} '
+         f'(cutoff stringencies {", ".join(family.get_cutoff_stringencies())})')
+    try:
+        computer = orm.load_computer(computer_label)
+    except NotExistent:
+        workdir = workdir or str(Path(get_config().dirpath) / 'voltnet-work')
+        computer = orm.Computer(label=computer_label, hostname='localhost', transport_type='core.local',
+                                scheduler_type='core.direct', workdir=workdir).store()
+        computer.set_minimum_job_poll_interval(0.0)
+        computer.configure()
+        echo(f'computer {computer.label}: core.direct scheduler, work directory {workdir}')
+    code = pw_code(computer, executable=pw_executable)
+    echo(f'code {code.full_label}: {pw_executable}')
+    return family, code
+
+
+@cli.command('dft-setup')
+@click.option('--profile', default=None, help='AiiDA profile (default: the default profile; with --embedded the '
+                                              f'SQLite profile {QUICKSTART_PROFILE!r}).')
+@click.option('--embedded', is_flag=True, help='Create or reuse the SQLite-backed profile of the quickstart.')
+@click.option('--computer', 'computer_label', default='localhost', show_default=True,
+              help='Computer for pw.x (created with the direct scheduler when missing).')
+@click.option('--pw', 'pw_executable', default='/usr/bin/pw.x', show_default=True, help='pw.x executable.')
+def dft_setup(profile, embedded, computer_label, pw_executable):
+    """Install the PBEsol pseudopotential family from Debian's quantum-espresso-data, and a pw.x code."""
+    if embedded:
+        ensure_embedded_profile(profile or QUICKSTART_PROFILE)
+    else:
+        _load_profile(profile)
+    try:
+        setup_dft(computer_label, pw_executable=pw_executable)
+    except FileNotFoundError as exception:
+        _fail(str(exception))
+
+
+@cli.command()
+@click.option('--model', 'model_id', default=None, help='pk or uuid of a voltage model to compare with.')
+@click.option('--pair', default='LiCoO2', show_default=True, type=click.Choice(['LiCoO2', 'LiNiO2']),
+              help='Built-in layered-oxide pair (R-3m, Li removed for the charged cell).')
+@click.option('--protocol', default='balanced', show_default=True, type=click.Choice(['ci', 'balanced', 'precise']),
+              help='DFT settings (see docs/dft.md).')
+@click.option('--code', 'code_label', default=None, help='pw.x code label (default: the one voltnet dft-setup made).')
+@click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
+def verify(model_id, pair, protocol, code_label, profile):
+    """DFT-verify a built-in pair with Quantum ESPRESSO (runs here, in this interpreter) beside the ML prediction."""
+    import time
+
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_voltnet.dft import layered_oxide_pair
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    model = _load_node(model_id, profile) if model_id else _load_profile(profile)
+    try:
+        code = orm.load_code(code_label or 'pw-debian@localhost')
+    except Exception as exception:  # noqa: BLE001 - NotExistent and friends
+        _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
+    charged, discharged = layered_oxide_pair(pair[2:4])
+    overrides = {'model': model} if model_id else {}
+    builder = VerifyWorkChain.get_builder_from_protocol(code, charged, discharged, 'Li', protocol=protocol,
+                                                        overrides=overrides)
+    started = time.perf_counter()
+    results, node = run_get_node(builder)
+    if not node.is_finished_ok:
+        _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
+    line = f'{pair}: DFT {results["dft_voltage"].value:.3f} V'
+    if 'ml_voltage' in results:
+        line += f', ML {results["ml_voltage"].value:.3f} V, ML - DFT {results["difference"].value:+.3f} V'
+    click.echo(f'{line}  (VerifyWorkChain<{node.pk}>, {time.perf_counter() - started:.0f} s)')

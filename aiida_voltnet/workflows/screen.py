@@ -1,0 +1,239 @@
+"""``ScreenWorkChain`` (``voltnet.screen``): many candidate electrodes -> one batch ML prediction with uncertainty
+-> a selection -> DFT verification of the selected (``voltnet.verify``) -> an ML-vs-DFT summary node, and
+optionally one active-learning round: the verified electrodes join the training records and the model is
+retrained, all in the provenance graph.
+
+A candidate that cannot be featurized (host frameworks differ, a working ion the model never saw) is left out of
+the prediction and listed in the summary's ``rejected``; a selected candidate whose verification fails (no
+pseudopotential for an element, a failed pw.x) is listed with its exit status: the screen goes on with the others.
+The working-ion metal is computed once per ion and shared by all verifications of that ion.
+"""
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, if_
+
+from aiida_voltnet.calculations import functions
+from aiida_voltnet.calculations.dft import (add_verified_records, check_selection, energy_per_atom,
+                                            select_candidates, summarize_screen)
+from aiida_voltnet.calculations.functions import assemble_dataset_from_structures, predict_voltages, train_model
+from aiida_voltnet.data.dataset import ElectrodeDataset
+from aiida_voltnet.data.model import VoltageModelData
+from aiida_voltnet.dft import ion_metal_structure
+
+from .verify import VerifyWorkChain, load_pseudo_family, pw_builder
+
+__all__ = ('ScreenWorkChain',)
+
+
+class ScreenWorkChain(WorkChain):
+    """Screen candidate electrodes with a model, verify the most promising with DFT, optionally retrain."""
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('model', valid_type=VoltageModelData, help='The trained model that screens the candidates.')
+        spec.input_namespace('candidates', dynamic=True, valid_type=(orm.StructureData, orm.Str),
+                             help='Candidate electrodes, `{name: {charged: StructureData, discharged: StructureData, '
+                                  'working_ion: Str}}`; `name` becomes the battery_id.')
+        spec.input('selection', valid_type=orm.Dict, serializer=orm.to_aiida_type,
+                   default=lambda: orm.Dict({'mode': 'window', 'top_k': 1}),
+                   help='Which predictions to verify: mode `window` (top_k highest voltages within voltage_min..'
+                        'voltage_max) or `uncertainty` (top_k largest ensemble spreads within the window).')
+        spec.expose_inputs(VerifyWorkChain, namespace='verify',
+                           exclude=('charged', 'discharged', 'working_ion', 'model', 'ml_voltage', 'ion_metal',
+                                    'ion_energy'),
+                           namespace_options={'help': 'DFT settings of every verification (see voltnet.verify; '
+                                                      'VerifyWorkChain.get_protocol_inputs gives them per protocol).'})
+        spec.expose_inputs(train_model.process_class, namespace='retrain',
+                           namespace_options={'required': False, 'populate_defaults': False,
+                                              'help': 'Give `retrain.dataset` (e.g. the records the model was '
+                                                      'trained on) to run one active-learning round: the verified '
+                                                      'electrodes join it and a model is trained on the union with '
+                                                      'these featurizer/model/seed/settings.'})
+        spec.inputs['retrain'].dynamic = False
+        spec.inputs['retrain'].validator = None
+        spec.inputs.validator = cls.validate_inputs
+        spec.outline(
+            cls.setup,
+            cls.predict,
+            cls.select,
+            if_(cls.has_selection)(
+                cls.run_references,
+                cls.inspect_references,
+                cls.run_verifications,
+                cls.inspect_verifications,
+            ),
+            cls.summarize,
+            if_(cls.should_retrain)(cls.retrain),
+            cls.finalize,
+        )
+        spec.output('predictions', valid_type=orm.ArrayData, help='Batch prediction of every valid candidate.')
+        spec.output('selected', valid_type=orm.List, help='battery_ids chosen for DFT verification.')
+        spec.output('summary', valid_type=orm.Dict, help='ML vs DFT table of the screen (see summarize_screen).')
+        spec.output_namespace('dft_voltages', valid_type=orm.Float, dynamic=True,
+                              help='DFT voltage (V) per verified candidate.')
+        spec.output('augmented_dataset', valid_type=ElectrodeDataset, required=False,
+                    help='retrain.dataset plus the verified electrodes (DFT voltage as target).')
+        spec.output('retrained_model', valid_type=VoltageModelData, required=False,
+                    help='The model trained on augmented_dataset.')
+        spec.exit_code(301, 'ERROR_NO_VALID_CANDIDATES', message='no candidate could be predicted: {message}')
+        spec.exit_code(302, 'ERROR_ALL_VERIFICATIONS_FAILED',
+                       message='every selected candidate failed its verification; see the summary output')
+        spec.exit_code(303, 'ERROR_RETRAIN_FAILED', message='retraining on the verified electrodes failed: {message}')
+
+    @classmethod
+    def validate_inputs(cls, inputs, _ctx=None):
+        candidates = inputs.get('candidates') or {}
+        if not candidates:
+            return 'give at least one candidate in `candidates`'
+        for name, pair in candidates.items():
+            if not isinstance(pair, dict) or set(pair) != {'charged', 'discharged', 'working_ion'}:
+                return f'candidate {name!r} must be a namespace with exactly charged, discharged and working_ion'
+        message = check_selection(inputs['selection'].get_dict())
+        if message:
+            return message
+        retrain = inputs.get('retrain') or {}
+        if retrain and 'dataset' not in retrain:
+            return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
+        return None
+
+    # -- outline -------------------------------------------------------------------------------------------------------
+    def setup(self):
+        """Leave out, with the reason, every candidate the model cannot predict; the rest go on."""
+        self.ctx.outcomes = {}
+        self.ctx.valid = {}
+        self.ctx.dft_voltages = {}
+        for name, pair in self.inputs.candidates.items():
+            try:
+                record = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
+                                               battery_id=name)
+                message = functions._check_model_and_ions(self.inputs.model, {record.working_ion})
+            except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names pair and field
+                message = f'{type(exception).__name__}: {exception}'
+            if message:
+                self.ctx.outcomes[name] = f'rejected: {message}'
+                self.report(f'candidate {name!r} left out: {message}')
+            else:
+                self.ctx.valid[name] = pair
+        if not self.ctx.valid:
+            return self.exit_codes.ERROR_NO_VALID_CANDIDATES.format(message='; '.join(self.ctx.outcomes.values()))
+        return None
+
+    def predict(self):
+        dataset = assemble_dataset_from_structures(**self.ctx.valid, metadata={'call_link_label': 'assemble'})
+        self.ctx.predictions = predict_voltages(model=self.inputs.model, dataset=dataset,
+                                                metadata={'call_link_label': 'predict'})
+        self.out('predictions', self.ctx.predictions)
+        self.report(f'predicted {len(self.ctx.valid)} candidate(s) in one batch')
+
+    def select(self):
+        self.ctx.selected = select_candidates(self.ctx.predictions, self.inputs.selection,
+                                              metadata={'call_link_label': 'select'})
+        self.out('selected', self.ctx.selected)
+        self.report(f'selected for DFT: {", ".join(self.ctx.selected.get_list()) or "none"}')
+
+    def has_selection(self):
+        return bool(self.ctx.selected.get_list())
+
+    def _verify_inputs(self):
+        inputs = self.exposed_inputs(VerifyWorkChain, namespace='verify')
+        inputs.pop('metadata', None)
+        return inputs
+
+    def run_references(self):
+        """One metal calculation per working ion among the selected (skipped where the family lacks the element)."""
+        inputs = self._verify_inputs()
+        settings = inputs['settings'].get_dict()
+        family = load_pseudo_family(inputs['pseudo_family'].value)
+        running = {}
+        ions = sorted({self.ctx.valid[name]['working_ion'].value for name in self.ctx.selected.get_list()})
+        self.ctx.ion_metals = {}
+        for ion in ions:
+            if ion not in family.elements:
+                continue  # each verification of this ion then ends with ERROR_MISSING_PSEUDO, naming the element
+            metal = ion_metal_structure(ion)
+            relax = 'positions_cell' if settings['relax_type'] == 'positions_cell' else 'none'
+            builder = pw_builder(inputs['code'], metal, settings, dict(inputs.get('options') or {}),
+                                 inputs['pseudo_family'].value, relax=relax)
+            builder.metadata.call_link_label = f'dft_metal_{ion}'
+            node = self.submit(builder)
+            self.ctx.ion_metals[ion] = metal
+            self.report(f'{ion} metal reference: {node.process_label}<{node.pk}>')
+            running[f'metal_{ion}'] = node
+        return ToContext(**running)
+
+    def inspect_references(self):
+        self.ctx.ion_energies = {}
+        for ion, metal in self.ctx.ion_metals.items():
+            node = self.ctx[f'metal_{ion}']
+            if node.is_finished_ok:
+                self.ctx.ion_energies[ion] = energy_per_atom(metal, node.outputs.output_parameters,
+                                                             metadata={'call_link_label': f'metal_energy_{ion}'})
+            else:
+                self.ctx.outcomes[f'metal:{ion}'] = (f'{ion} metal reference {node.process_label}<{node.pk}> failed '
+                                                     f'with exit status {node.exit_status}')
+
+    def run_verifications(self):
+        inputs = self._verify_inputs()
+        running = {}
+        for name in self.ctx.selected.get_list():
+            pair = self.ctx.valid[name]
+            ion = pair['working_ion'].value
+            if f'metal:{ion}' in self.ctx.outcomes:
+                self.ctx.outcomes[name] = f'not verified: {self.ctx.outcomes[f"metal:{ion}"]}'
+                continue
+            extra = {'ion_energy': self.ctx.ion_energies[ion]} if ion in self.ctx.ion_energies else {}
+            node = self.submit(VerifyWorkChain, **inputs, **pair, **extra, model=self.inputs.model,
+                               metadata={'call_link_label': f'verify_{name}'})
+            self.report(f'verifying {name!r}: VerifyWorkChain<{node.pk}>')
+            running[f'verify_{name}'] = node
+        self.ctx.verifying = sorted(running)
+        return ToContext(**running)
+
+    def inspect_verifications(self):
+        for key in self.ctx.verifying:
+            node, name = self.ctx[key], key[len('verify_'):]
+            if node.is_finished_ok:
+                self.ctx.dft_voltages[name] = node.outputs.dft_voltage
+                self.out(f'dft_voltages.{name}', node.outputs.dft_voltage)
+            else:
+                self.ctx.outcomes[name] = (f'failed: VerifyWorkChain<{node.pk}> exit status {node.exit_status}: '
+                                           f'{node.exit_message}')
+                self.report(f'verification of {name!r} failed ({node.exit_status}); going on with the others')
+
+    def summarize(self):
+        verified = dict(self.ctx.dft_voltages)
+        self.ctx.summary = summarize_screen(self.ctx.predictions, self.ctx.selected, orm.Dict(self.ctx.outcomes),
+                                            **verified, metadata={'call_link_label': 'summarize'})
+        self.out('summary', self.ctx.summary)
+        summary = self.ctx.summary.get_dict()
+        mae = summary['mae_verified']
+        self.report(f'{summary["n_verified"]} of {summary["n_selected"]} selected verified'
+                    + (f', ML-DFT MAE {mae:.3f} V' if mae is not None else ''))
+
+    def should_retrain(self):
+        return 'dataset' in (self.inputs.get('retrain') or {}) and bool(self.ctx.dft_voltages)
+
+    def retrain(self):
+        verified = {name: {**self.ctx.valid[name], 'dft_voltage': voltage}
+                    for name, voltage in self.ctx.dft_voltages.items()}
+        retrain = self.exposed_inputs(train_model.process_class, namespace='retrain')
+        retrain.pop('metadata', None)
+        try:
+            grown = add_verified_records(retrain.pop('dataset'), **verified,
+                                         metadata={'call_link_label': 'add_verified'})
+            model = train_model(dataset=grown, **retrain, metadata={'call_link_label': 'retrain'})
+        except ValueError as exception:
+            return self.exit_codes.ERROR_RETRAIN_FAILED.format(message=str(exception))
+        self.out('augmented_dataset', grown)
+        self.out('retrained_model', model)
+        self.report(f'retrained {model.model_name} on {grown.n_records} records ({len(verified)} from DFT): '
+                    f'model<{model.pk}> version {model.model_version[:12]}')
+        return None
+
+    def finalize(self):
+        summary = self.ctx.summary.get_dict()
+        if summary['n_selected'] and not summary['n_verified']:
+            return self.exit_codes.ERROR_ALL_VERIFICATIONS_FAILED
+        return None

@@ -1,0 +1,270 @@
+"""``VerifyWorkChain`` (``voltnet.verify``): the DFT average voltage of one electrode, from Quantum ESPRESSO total
+energies of its charged cell, its discharged cell and the working-ion metal, linked to the machine-learning
+prediction for the same pair.
+
+Each total energy is a ``PwBaseWorkChain`` (or a ``PwRelaxWorkChain`` when ``settings.relax_type`` asks for it) of
+aiida-quantumespresso, all three with the same cutoffs, k-point density and smearing so that their energies can be
+subtracted. The voltage is computed by the ``voltnet.dft_voltage`` calculation function from energies per formula
+unit of the host framework, V = -[E(discharged) - E(charged) - Δx·E(metal)] / (Δx·z), so the graph reads: structures
+-> pw.x calculations -> energies -> DFT voltage, and beside it model -> ML voltage -> difference.
+"""
+from __future__ import annotations
+
+from aiida import orm
+from aiida.engine import ToContext, WorkChain, if_
+
+from aiida_voltnet.calculations import functions
+from aiida_voltnet.calculations.dft import compare_voltages, electrode_energies, energy_per_atom
+from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_pair
+from aiida_voltnet.data.model import VoltageModelData
+from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure
+
+from .protocols import ProtocolMixin
+
+__all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family')
+
+#: Keys of the ``settings`` Dict (see ``protocols/verify.yaml`` for their meaning and defaults).
+SETTINGS_KEYS = ('cutoff_stringency', 'kpoints_distance', 'spin_polarized', 'relax_type', 'smearing', 'degauss',
+                 'conv_thr_per_atom')
+RELAX_TYPES = ('none', 'positions', 'positions_cell')
+
+
+# -- building the pw.x work chains -----------------------------------------------------------------------------------
+def load_pseudo_family(label: str):
+    """The aiida-pseudo family ``label``. :raises ValueError: naming the command that installs it."""
+    from aiida_pseudo.groups.family import PseudoPotentialFamily
+
+    families = orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': label}).all(flat=True)
+    if len(families) != 1:
+        raise ValueError(f'pseudopotential family {label!r} is not installed in this profile (found {len(families)}); '
+                         f'`voltnet dft-setup` installs {DEBIAN_PBESOL_FAMILY!r} from Debian\'s quantum-espresso-data')
+    return families[0]
+
+
+def _is_magnetic(structure: orm.StructureData) -> bool:
+    from pymatgen.core import Element
+
+    return any(Element(symbol).is_transition_metal or Element(symbol).is_rare_earth
+               for symbol in structure.get_symbols_set())
+
+
+def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: dict, options: dict,
+               pseudo_family: str, relax: str = 'none'):
+    """A ``PwBaseWorkChain`` (``relax == 'none'``) or ``PwRelaxWorkChain`` builder for ``structure`` with the
+    verification ``settings``: aiida-quantumespresso's ``fast`` protocol, then our cutoffs (the family's recommended
+    ones at ``cutoff_stringency``), k-point distance, smearing and convergence threshold on top."""
+    from aiida_quantumespresso.common.types import RelaxType, SpinType
+    from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
+    from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
+
+    family = load_pseudo_family(pseudo_family)
+    ecutwfc, ecutrho = family.get_recommended_cutoffs(structure=structure, stringency=settings['cutoff_stringency'],
+                                                      unit='Ry')
+    base = {
+        'pseudo_family': pseudo_family,
+        'kpoints_distance': settings['kpoints_distance'],
+        'meta_parameters': {'conv_thr_per_atom': settings['conv_thr_per_atom']},
+        'pw': {'parameters': {'SYSTEM': {'ecutwfc': ecutwfc, 'ecutrho': ecutrho, 'smearing': settings['smearing'],
+                                         'degauss': settings['degauss']}}},
+    }
+    spin = SpinType.COLLINEAR if settings['spin_polarized'] and _is_magnetic(structure) else SpinType.NONE
+    if relax == 'none':
+        return PwBaseWorkChain.get_builder_from_protocol(code, structure, protocol='fast', overrides=base,
+                                                         spin_type=spin, options=options)
+    relax_type = {'positions': RelaxType.POSITIONS, 'positions_cell': RelaxType.POSITIONS_CELL}[relax]
+    return PwRelaxWorkChain.get_builder_from_protocol(
+        code, structure, protocol='fast', overrides={'base_relax': base, 'base_init_relax': base},
+        relax_type=relax_type, spin_type=spin, options=options)
+
+
+def _validate_settings(settings, _ctx=None):
+    values = settings.get_dict()
+    unknown = sorted(set(values) - set(SETTINGS_KEYS))
+    if unknown:
+        return f'unknown key(s) {", ".join(unknown)} in settings; known: {", ".join(SETTINGS_KEYS)}'
+    missing = sorted(set(SETTINGS_KEYS) - set(values))
+    if missing:
+        return f'settings lack {", ".join(missing)} (get_builder_from_protocol fills every key)'
+    if values['relax_type'] not in RELAX_TYPES:
+        return f'settings.relax_type must be one of {", ".join(RELAX_TYPES)}, not {values["relax_type"]!r}'
+    if not values['kpoints_distance'] > 0:
+        return f'settings.kpoints_distance must be positive, got {values["kpoints_distance"]}'
+    return None
+
+
+class VerifyWorkChain(ProtocolMixin, WorkChain):
+    """DFT (Quantum ESPRESSO) average voltage of a charged/discharged pair, compared with the ML prediction."""
+
+    _protocol_file = 'verify.yaml'
+
+    @classmethod
+    def define(cls, spec):
+        super().define(spec)
+        spec.input('charged', valid_type=orm.StructureData, help='The ion-poor end member (e.g. CoO2).')
+        spec.input('discharged', valid_type=orm.StructureData,
+                   help='The ion-rich end member with the same host framework (e.g. LiCoO2).')
+        spec.input('working_ion', valid_type=orm.Str, serializer=orm.to_aiida_type, help='The working ion, e.g. Li.')
+        spec.input('code', valid_type=orm.AbstractCode, help='A pw.x code (plugin quantumespresso.pw).')
+        spec.input('pseudo_family', valid_type=orm.Str, serializer=orm.to_aiida_type,
+                   default=lambda: orm.Str(DEBIAN_PBESOL_FAMILY),
+                   help='Label of an aiida-pseudo family with recommended cutoffs (`voltnet dft-setup` installs '
+                        f'{DEBIAN_PBESOL_FAMILY}).')
+        spec.input('settings', valid_type=orm.Dict, serializer=orm.to_aiida_type, validator=_validate_settings,
+                   help=f'DFT settings shared by the three calculations: {", ".join(SETTINGS_KEYS)} (see the '
+                        'protocols in protocols/verify.yaml).')
+        spec.input('options', valid_type=dict, non_db=True, required=False,
+                   help='`metadata.options` of every pw.x job (resources, max_wallclock_seconds, withmpi, ...).')
+        spec.input('model', valid_type=VoltageModelData, required=False,
+                   help='A trained model: its prediction for the pair (voltnet.predict_structure_pair) is compared.')
+        spec.input('ml_voltage', valid_type=orm.Float, required=False,
+                   help='An existing ML prediction (V) for this pair, compared instead of predicting with `model`.')
+        spec.input('ion_metal', valid_type=orm.StructureData, required=False,
+                   help='The working-ion metal reference cell (default: ASE\'s reference structure of the element).')
+        spec.input('ion_energy', valid_type=orm.Float, required=False,
+                   help='Energy per atom (eV) of the working-ion metal computed with the same settings; when given, '
+                        'the metal calculation is skipped (voltnet.screen shares one per ion).')
+        spec.inputs.validator = cls.validate_inputs
+        spec.outline(
+            cls.setup,
+            if_(cls.should_predict)(cls.predict),
+            cls.run_dft,
+            cls.inspect_dft,
+            cls.compute_voltage,
+            if_(cls.has_prediction)(cls.compare),
+        )
+        spec.output('dft_voltage', valid_type=orm.Float, help='DFT average voltage (V vs the ion metal).')
+        spec.output('ml_voltage', valid_type=orm.Float, required=False, help='The ML prediction (V) it is compared to.')
+        spec.output('ml_uncertainty', valid_type=orm.Float, required=False,
+                    help='Ensemble standard deviation (V) of the ML prediction, when predicted here.')
+        spec.output('difference', valid_type=orm.Float, required=False, help='ML - DFT voltage (V).')
+        spec.output_namespace('energies', valid_type=orm.Float, dynamic=True,
+                              help='e_charged and e_discharged (eV per host formula unit), e_ion_metal (eV/atom).')
+        spec.output('delta_ions', valid_type=orm.Float, help='Working ions inserted per host formula unit (Δx).')
+        spec.exit_code(201, 'ERROR_HOST_MISMATCH',
+                       message='charged and discharged structures are not one electrode: {message}')
+        spec.exit_code(202, 'ERROR_MISSING_PSEUDO',
+                       message='pseudopotential family {family} has no pseudopotential for {elements} ({where})')
+        spec.exit_code(203, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='{message}')
+        spec.exit_code(204, 'ERROR_PREDICTION_REFUSED', message='the ML prediction was refused: {message}')
+        spec.exit_code(401, 'ERROR_DFT_FAILED',
+                       message='the DFT calculation of the {which} cell failed: {process}<{pk}> exit status '
+                               '{status}: {message}')
+
+    @classmethod
+    def validate_inputs(cls, inputs, _ctx=None):
+        if 'model' in inputs and 'ml_voltage' in inputs:
+            return 'give `model` (to predict here) or `ml_voltage` (an existing prediction), not both'
+        if 'ion_metal' in inputs and 'ion_energy' in inputs:
+            return 'give `ion_metal` (to compute its energy) or `ion_energy`, not both'
+        return None
+
+    @classmethod
+    def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str, protocol: str | None = None,
+                                  overrides: dict | None = None, **_):
+        """A builder with the ``settings``, ``options`` and ``pseudo_family`` of ``protocol`` (``ci``, ``balanced``,
+        ``precise``; None: ``balanced``), updated by ``overrides`` (e.g. ``{'settings': {'relax_type':
+        'positions'}, 'model': model}``)."""
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        builder = cls.get_builder()
+        builder.code, builder.charged, builder.discharged = code, charged, discharged
+        builder.working_ion = orm.Str(working_ion)
+        builder.settings = orm.Dict(inputs.pop('settings'))
+        builder.pseudo_family = orm.Str(inputs.pop('pseudo_family'))
+        for key, value in inputs.items():
+            builder[key] = value
+        return builder
+
+    # -- outline -------------------------------------------------------------------------------------------------------
+    def setup(self):
+        """Refuse, with an exit code, what no DFT run can fix: a pair that is not one electrode, missing pseudos."""
+        ion = self.inputs.working_ion.value
+        try:
+            functions.pair_record(self.inputs.charged, self.inputs.discharged, ion)
+        except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names the problem
+            return self.exit_codes.ERROR_HOST_MISMATCH.format(message=str(exception))
+        try:
+            family = load_pseudo_family(self.inputs.pseudo_family.value)
+        except ValueError as exception:
+            return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message=str(exception))
+        self.ctx.cells = {'charged': self.inputs.charged, 'discharged': self.inputs.discharged}
+        if 'ion_energy' not in self.inputs:
+            self.ctx.cells['ion_metal'] = self.inputs.get('ion_metal') or ion_metal_structure(ion)
+        for which, structure in self.ctx.cells.items():
+            missing = sorted(set(structure.get_symbols_set()) - set(family.elements))
+            if missing:
+                return self.exit_codes.ERROR_MISSING_PSEUDO.format(
+                    family=family.label, elements=', '.join(missing),
+                    where=f'{which} cell {structure.get_formula()}; the family has {", ".join(sorted(family.elements))}')
+        return None
+
+    def should_predict(self):
+        return 'model' in self.inputs
+
+    def predict(self):
+        try:
+            result = predict_structure_pair(model=self.inputs.model, charged=self.inputs.charged,
+                                            discharged=self.inputs.discharged, working_ion=self.inputs.working_ion,
+                                            metadata={'call_link_label': 'predict'})
+        except ValueError as exception:
+            return self.exit_codes.ERROR_PREDICTION_REFUSED.format(message=str(exception))
+        self.ctx.ml_voltage = result['voltage']
+        self.out('ml_uncertainty', result['uncertainty'])
+        self.report(f'ML prediction {result["voltage"].value:.3f} +/- {result["uncertainty"].value:.3f} V')
+        return None
+
+    def run_dft(self):
+        settings = self.inputs.settings.get_dict()
+        options = dict(self.inputs.get('options') or {})
+        relax = settings['relax_type']
+        running = {}
+        for which, structure in self.ctx.cells.items():
+            # A one-atom metal cell has no positions to relax; relax its cell only with positions_cell.
+            cell_relax = relax if which != 'ion_metal' or relax == 'positions_cell' else 'none'
+            builder = pw_builder(self.inputs.code, structure, settings, options, self.inputs.pseudo_family.value,
+                                 relax=cell_relax)
+            builder.metadata.call_link_label = f'dft_{which}'
+            node = self.submit(builder)
+            self.report(f'{which} cell {structure.get_formula()}: {node.process_label}<{node.pk}>')
+            running[f'dft_{which}'] = node
+        return ToContext(**running)
+
+    def inspect_dft(self):
+        for which in self.ctx.cells:
+            node = self.ctx[f'dft_{which}']
+            if not node.is_finished_ok:
+                return self.exit_codes.ERROR_DFT_FAILED.format(
+                    which=which, process=node.process_label, pk=node.pk, status=node.exit_status,
+                    message=node.exit_message or 'no message')
+        return None
+
+    def compute_voltage(self):
+        outputs = {which: self.ctx[f'dft_{which}'].outputs.output_parameters for which in self.ctx.cells}
+        energies = electrode_energies(self.inputs.charged, self.inputs.discharged, self.inputs.working_ion,
+                                      outputs['charged'], outputs['discharged'],
+                                      metadata={'call_link_label': 'electrode_energies'})
+        if 'ion_energy' in self.inputs:
+            e_metal = self.inputs.ion_energy
+        else:
+            e_metal = energy_per_atom(self.ctx.cells['ion_metal'], outputs['ion_metal'],
+                                      metadata={'call_link_label': 'ion_metal_energy'})
+        voltage = dft_voltage(e_charged=energies['e_charged'], e_discharged=energies['e_discharged'],
+                              e_ion_metal=e_metal, delta_ions=energies['delta_ions'],
+                              ion_charge=energies['ion_charge'], metadata={'call_link_label': 'dft_voltage'})
+        self.ctx.dft_voltage = voltage
+        self.out('dft_voltage', voltage)
+        self.out('delta_ions', energies['delta_ions'])
+        self.out('energies.e_charged', energies['e_charged'])
+        self.out('energies.e_discharged', energies['e_discharged'])
+        self.out('energies.e_ion_metal', e_metal)
+        self.report(f'DFT voltage {voltage.value:.3f} V')
+
+    def has_prediction(self):
+        return 'ml_voltage' in self.ctx or 'ml_voltage' in self.inputs
+
+    def compare(self):
+        ml_voltage = self.ctx.ml_voltage if 'ml_voltage' in self.ctx else self.inputs.ml_voltage
+        difference = compare_voltages(ml_voltage, self.ctx.dft_voltage, metadata={'call_link_label': 'compare'})
+        self.out('ml_voltage', ml_voltage)
+        self.out('difference', difference['difference'])
+        self.report(f'ML {ml_voltage.value:.3f} V - DFT {self.ctx.dft_voltage.value:.3f} V = '
+                    f'{difference["difference"].value:+.3f} V')

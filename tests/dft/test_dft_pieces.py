@@ -1,0 +1,142 @@
+"""The pieces of the DFT verification that need no pw.x: the pseudopotential family from Debian's files, the
+electrode energies, selection and summary calculation functions, the protocols and the pw.x builders."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from aiida import orm
+
+from aiida_voltnet.calculations.dft import (add_verified_records, check_selection, electrode_energies,
+                                            select_candidates, summarize_screen)
+from aiida_voltnet.calculations.functions import dft_voltage
+from aiida_voltnet.dft import ion_charge, ion_metal_structure, layered_oxide_pair
+
+
+def _predictions(mean, std):
+    array = orm.ArrayData()
+    array.set_array('mean', np.asarray(mean, float))
+    array.set_array('std', np.asarray(std, float))
+    array.set_array('battery_ids', np.array([f'c{i}' for i in range(len(mean))]))
+    array.set_array('working_ions', np.array(['Li'] * len(mean)))
+    return array
+
+
+def test_ion_charges_and_metals():
+    assert [ion_charge(i) for i in ('Li', 'Na', 'Mg', 'Zn', 'Al', 'Y')] == [1, 1, 2, 2, 3, 3]
+    assert ion_metal_structure('Li').get_formula() == 'Li'
+    assert ion_metal_structure('Mg').get_formula() == 'Mg2'  # hcp
+
+
+def test_layered_oxide_pair_is_one_electrode():
+    from aiida_voltnet.calculations.functions import pair_record
+
+    charged, discharged = layered_oxide_pair('Co')
+    assert charged.get_formula() == 'CoO2' and discharged.get_formula() == 'CoLiO2'
+    record = pair_record(charged, discharged, 'Li')
+    assert record.framework_formula == 'CoO2' and record.discharge_space_group_number == 166
+    with pytest.raises(ValueError, match='no layered oxide for'):
+        layered_oxide_pair('Mn')
+
+
+def test_electrode_energies_per_host_formula_unit(aiida_profile):
+    """A doubled charged cell (two formula units) must give the same voltage as a single one."""
+    charged, discharged = layered_oxide_pair('Co')
+    doubled = orm.StructureData(pymatgen=charged.get_pymatgen_structure() * (1, 1, 2))
+    e_co2, e_lico2, e_li = -5043.6, -5249.7, -202.7
+    single = electrode_energies(charged, discharged, orm.Str('Li'), orm.Dict({'energy': e_co2}),
+                                orm.Dict({'energy': e_lico2}))
+    double = electrode_energies(doubled, discharged, orm.Str('Li'), orm.Dict({'energy': 2 * e_co2}),
+                                orm.Dict({'energy': e_lico2}))
+    for energies in (single, double):
+        assert energies['delta_ions'].value == pytest.approx(1.0)
+        assert energies['ion_charge'].value == 1
+        assert energies['e_charged'].value == pytest.approx(e_co2)
+        voltage = dft_voltage(energies['e_charged'], energies['e_discharged'], orm.Float(e_li),
+                              energies['delta_ions'], energies['ion_charge'])
+        assert voltage.value == pytest.approx(-(e_lico2 - e_co2 - e_li))
+
+
+def test_select_candidates_window_and_uncertainty(aiida_profile):
+    predictions = _predictions([3.9, 2.0, 4.4, 5.5, 4.0], [0.1, 0.9, 0.3, 0.2, 0.5])
+    window = select_candidates(predictions, orm.Dict({'mode': 'window', 'top_k': 2, 'voltage_min': 3.5,
+                                                      'voltage_max': 5.0}))
+    assert window.get_list() == ['c2', 'c4']  # highest voltages inside 3.5..5.0 (5.5 is outside)
+    spread = select_candidates(predictions, orm.Dict({'mode': 'uncertainty', 'top_k': 2, 'voltage_max': 5.0}))
+    assert spread.get_list() == ['c1', 'c4']
+    assert select_candidates(predictions, orm.Dict({'voltage_min': 6.0})).get_list() == []
+
+
+@pytest.mark.parametrize('selection, message', [
+    ({'mode': 'best'}, 'selection mode must be one of window, uncertainty'),
+    ({'top_k': 0}, 'top_k must be a positive integer'),
+    ({'voltage_min': 4, 'voltage_max': 3}, 'must be below voltage_max'),
+    ({'topk': 3}, "unknown selection key(s) topk"),
+])
+def test_check_selection_names_the_problem(selection, message):
+    assert message in check_selection(selection)
+
+
+def test_summarize_screen_rows(aiida_profile):
+    predictions = _predictions([3.9, 2.0, 4.4], [0.1, 0.9, 0.3])
+    summary = summarize_screen(predictions, orm.List(['c0', 'c2']),
+                               orm.Dict({'c2': 'failed: exit 202', 'bad': 'rejected: host frameworks differ'}),
+                               c0=orm.Float(3.5)).get_dict()
+    assert summary['n_candidates'] == 4 and summary['n_selected'] == 2
+    assert summary['n_verified'] == 1 and summary['n_failed'] == 1
+    assert summary['mae_verified'] == pytest.approx(0.4)
+    status = {row['battery_id']: row['status'] for row in summary['rows']}
+    assert status == {'c0': 'verified', 'c1': 'not selected', 'c2': 'failed: exit 202'}
+    assert summary['rejected'] == {'bad': 'rejected: host frameworks differ'}
+
+
+def test_add_verified_records_targets_the_dft_voltage(aiida_profile):
+    from aiida_voltnet.calculations.functions import assemble_dataset_from_structures
+
+    charged, discharged = layered_oxide_pair('Ni')
+    base = assemble_dataset_from_structures(x={'charged': charged, 'discharged': discharged,
+                                               'working_ion': orm.Str('Li')})
+    base_records = base.records()
+    grown = add_verified_records(base, lno={'charged': charged, 'discharged': discharged,
+                                            'working_ion': orm.Str('Li'), 'dft_voltage': orm.Float(3.7)})
+    records = {r.battery_id: r for r in grown.records()}
+    assert set(records) == {'x', 'dft:lno'} and records['dft:lno'].average_voltage == 3.7
+    assert records['x'] == base_records[0]
+    assert grown.base.attributes.get('dft_verified_ids') == ['dft:lno']
+
+
+def test_debian_family_and_builders(pseudo_family, pw):
+    from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, install_debian_pbesol_family
+    from aiida_voltnet.workflows.verify import VerifyWorkChain, pw_builder
+
+    assert pseudo_family.label == DEBIAN_PBESOL_FAMILY
+    assert set(pseudo_family.elements) == {'Li', 'Co', 'Fe', 'Ni', 'O'}
+    assert pseudo_family.get_recommended_cutoffs(elements=('Co', 'O'), stringency='ci', unit='Ry') == (30.0, 240.0)
+    assert install_debian_pbesol_family().pk == pseudo_family.pk  # idempotent
+
+    charged, discharged = layered_oxide_pair('Co')
+    settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
+    builder = pw_builder(pw, charged, settings, {'withmpi': False}, DEBIAN_PBESOL_FAMILY)
+    system = builder.pw.parameters.get_dict()['SYSTEM']
+    assert (system['ecutwfc'], system['ecutrho'], system['smearing']) == (30.0, 240.0, 'mv')
+    assert builder.kpoints_distance.value == 0.5 and 'nspin' not in system
+    spin = pw_builder(pw, charged, {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
+    assert spin.pw.parameters.get_dict()['SYSTEM']['nspin'] == 2
+    metal = pw_builder(pw, ion_metal_structure('Li'), {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
+    assert 'nspin' not in metal.pw.parameters.get_dict()['SYSTEM']  # no transition metal: no spin
+    relax = pw_builder(pw, charged, {**settings, 'relax_type': 'positions_cell'}, {}, DEBIAN_PBESOL_FAMILY,
+                       relax='positions_cell')
+    assert relax.base_relax.pw.parameters.get_dict()['CONTROL']['calculation'] == 'vc-relax'
+
+    precise = VerifyWorkChain.get_protocol_inputs('precise')['settings']
+    assert precise['cutoff_stringency'] == 'precise' and precise['relax_type'] == 'positions_cell'
+    with pytest.raises(ValueError, match='unknown protocol'):
+        VerifyWorkChain.get_protocol_inputs('tiny')
+
+
+def test_verify_settings_validator(pw):
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    charged, discharged = layered_oxide_pair('Co')
+    with pytest.raises(ValueError, match='relax_type must be one of'):
+        VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                  overrides={'settings': {'relax_type': 'everything'}})

@@ -1,0 +1,90 @@
+"""``voltnet.screen`` with real pw.x: four candidates -> one batch prediction -> selection -> DFT of the selected
+(LiCoO2 and LiNiO2 verify; LiFePO4 has no P pseudopotential and fails; a pair whose frameworks differ is left out
+before the prediction) -> summary -> one active-learning round (the two verified electrodes join the training
+records and the model is retrained)."""
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from aiida.common.links import LinkType
+from aiida.engine import run_get_node
+
+from aiida_voltnet.dft import layered_oxide_pair
+from aiida_voltnet.workflows.screen import ScreenWorkChain
+from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+pytestmark = pytest.mark.dft
+
+
+def _pair(charged, discharged):
+    return {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li')}
+
+
+def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, small_model):
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+
+    model, training = small_model
+    coo2, licoo2 = layered_oxide_pair('Co')
+    nio2, linio2 = layered_oxide_pair('Ni')
+    lfp = shipped_structure_pairs()['LiFePO4']
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    builder = ScreenWorkChain.get_builder()
+    builder.model = model
+    builder.candidates = {'LiCoO2': _pair(coo2, licoo2), 'LiNiO2': _pair(nio2, linio2),
+                          'LiFePO4': _pair(lfp['charged'], lfp['discharged']), 'mixed': _pair(coo2, linio2)}
+    builder.selection = orm.Dict({'mode': 'window', 'top_k': 3, 'voltage_min': -1.0, 'voltage_max': 8.0})
+    builder.verify = {'code': pw, 'settings': orm.Dict(verify['settings']), 'options': verify['options'],
+                      'pseudo_family': orm.Str(verify['pseudo_family'])}
+    builder.retrain = {'dataset': training, 'model': orm.Str('mlp'),
+                       'settings': orm.Dict({'train_overrides': {'epochs': 3}})}
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+
+    summary = results['summary'].get_dict()
+    assert summary['n_candidates'] == 4 and summary['n_selected'] == 3
+    assert summary['n_verified'] == 2 and summary['n_failed'] == 1
+    assert 'host frameworks differ' in summary['rejected']['mixed']
+    rows = {row['battery_id']: row for row in summary['rows']}
+    assert rows['LiFePO4']['status'].startswith('failed: VerifyWorkChain<')
+    assert f'exit status {VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status}' in rows['LiFePO4']['status']
+    for name in ('LiCoO2', 'LiNiO2'):
+        assert rows[name]['status'] == 'verified'
+        assert rows[name]['dft_voltage'] == results['dft_voltages'][name].value
+        assert 2.5 < rows[name]['dft_voltage'] < 5.0
+        assert rows[name]['difference'] == pytest.approx(rows[name]['ml_voltage'] - rows[name]['dft_voltage'])
+    assert summary['mae_verified'] == pytest.approx(
+        (abs(rows['LiCoO2']['difference']) + abs(rows['LiNiO2']['difference'])) / 2)
+
+    # The batch prediction is one process over the three valid candidates; the Li metal ran once for both.
+    assert results['predictions'].creator.process_type == 'aiida.calculations:voltnet.predict_voltages'
+    assert results['predictions'].base.attributes.get('n_predictions') == 3
+    called = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()
+    assert sorted(link.link_label for link in called if link.link_label.startswith('dft_metal_')) == ['dft_metal_Li']
+    verifications = [link.node for link in called if link.link_label.startswith('verify_')]
+    assert len(verifications) == 3
+    shared = {v.inputs.ion_energy.uuid for v in verifications}
+    assert len(shared) == 1
+    labels = {link.link_label for v in verifications for link in v.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
+    assert labels == {'dft_charged', 'dft_discharged'}  # no verification computed the metal again
+
+    # Active learning: the training records plus the two DFT-verified electrodes, and a model trained on them.
+    grown = results['augmented_dataset']
+    assert grown.n_records == training.n_records + 2
+    assert sorted(grown.base.attributes.get('dft_verified_ids')) == ['dft:LiCoO2', 'dft:LiNiO2']
+    verified_targets = {r.battery_id: r.average_voltage for r in grown.records() if r.battery_id.startswith('dft:')}
+    assert verified_targets == {f'dft:{n}': results['dft_voltages'][n].value for n in ('LiCoO2', 'LiNiO2')}
+    retrained = results['retrained_model']
+    assert retrained.creator.inputs.dataset.uuid == grown.uuid
+    assert retrained.model_version != model.model_version
+    assert grown.creator.inputs.dataset.uuid == training.uuid
+
+
+def test_screen_fails_cleanly_when_no_candidate_can_be_predicted(pw, small_model):
+    model, _ = small_model
+    coo2, _ = layered_oxide_pair('Co')
+    _, linio2 = layered_oxide_pair('Ni')
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    _, node = run_get_node(ScreenWorkChain, model=model, candidates={'mixed': _pair(coo2, linio2)},
+                           verify={'code': pw, 'settings': orm.Dict(verify['settings'])})
+    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_NO_VALID_CANDIDATES.status
+    assert 'host frameworks differ' in node.exit_message

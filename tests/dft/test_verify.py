@@ -1,0 +1,87 @@
+"""``voltnet.verify`` with real pw.x (Debian's Quantum ESPRESSO 6.7) on LiCoO2/CoO2 with the ``ci`` protocol
+(tiny settings, about 20 s here), and its refusals: frameworks that differ, an element without a pseudopotential,
+a pw.x run that fails."""
+from __future__ import annotations
+
+import pytest
+from aiida import orm
+from aiida.engine import run_get_node
+from conftest import count
+
+from aiida_voltnet.dft import layered_oxide_pair
+from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+pytestmark = pytest.mark.dft
+
+
+def _pw_jobs():
+    return orm.QueryBuilder().append(orm.CalcJobNode, filters={'process_type': 'aiida.calculations:quantumespresso.pw'}).count()
+
+
+def test_verify_licoo2_links_dft_to_the_prediction(pw, small_model):
+    model, _ = small_model
+    charged, discharged = layered_oxide_pair('Co')
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                        overrides={'model': model})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    dft, ml = results['dft_voltage'].value, results['ml_voltage'].value
+    # PBEsol without U at 30 Ry, unrelaxed cells: ~3.5 V (converged settings give 3.4-3.6 V; MP's GGA+U 4.1 V).
+    assert 3.0 < dft < 4.0
+    assert results['difference'].value == pytest.approx(ml - dft)
+    assert results['delta_ions'].value == pytest.approx(1.0)
+    assert set(results['energies']) == {'e_charged', 'e_discharged', 'e_ion_metal'}
+
+    # Provenance: the DFT voltage comes from the three pw.x calculations run on the input structures...
+    voltage = results['dft_voltage']
+    assert voltage.creator.process_type == 'aiida.calculations:voltnet.dft_voltage'
+    ancestors = orm.QueryBuilder().append(orm.Float, filters={'id': voltage.pk}, tag='v').append(
+        orm.CalcJobNode, with_descendants='v', project='id', filters={
+            'process_type': 'aiida.calculations:quantumespresso.pw'}).all(flat=True)
+    assert len(set(ancestors)) == 3
+    structures = orm.QueryBuilder().append(orm.Float, filters={'id': voltage.pk}, tag='v').append(
+        orm.StructureData, with_descendants='v', project='uuid').all(flat=True)
+    assert {charged.uuid, discharged.uuid} <= set(structures)
+    # ... and the ML number it is compared with was made by the model from the same two structures.
+    predict = results['ml_voltage'].creator
+    assert predict.process_type == 'aiida.calculations:voltnet.predict_structure_pair'
+    assert predict.inputs.model.uuid == model.uuid
+    assert {predict.inputs.charged.uuid, predict.inputs.discharged.uuid} == {charged.uuid, discharged.uuid}
+    compare = results['difference'].creator
+    assert (compare.inputs.ml_voltage.uuid, compare.inputs.dft_voltage.uuid) == (results['ml_voltage'].uuid, voltage.uuid)
+
+
+def test_verify_refuses_frameworks_that_differ(pw):
+    charged, _ = layered_oxide_pair('Co')
+    _, discharged = layered_oxide_pair('Ni')
+    before = _pw_jobs()
+    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci'))
+    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_HOST_MISMATCH.status
+    assert 'host frameworks differ: charged CoO2, discharged NiO2' in node.exit_message
+    assert _pw_jobs() == before  # no DFT was started
+
+
+def test_verify_names_the_element_without_pseudopotential(pw):
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+
+    pair = shipped_structure_pairs()['LiFePO4']
+    before = _pw_jobs()
+    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, pair['charged'], pair['discharged'], 'Li',
+                                                                     protocol='ci'))
+    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status
+    assert 'has no pseudopotential for P (charged cell' in node.exit_message
+    assert _pw_jobs() == before
+
+
+def test_verify_reports_a_failed_pw_run(pw):
+    """Two Li atoms on the same site: pw.x stops with 'atoms 1 and 2 overlap'; the exit code names the cell."""
+    charged, discharged = layered_oxide_pair('Co')
+    metal = orm.StructureData(cell=[[3.0, 0, 0], [0, 3.0, 0], [0, 0, 3.0]])
+    metal.append_atom(position=(0.0, 0.0, 0.0), symbols='Li')
+    metal.append_atom(position=(0.0, 0.0, 0.0001), symbols='Li')
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                        overrides={'ion_metal': metal})
+    _, node = run_get_node(builder)
+    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_DFT_FAILED.status
+    assert 'DFT calculation of the ion_metal cell failed: PwBaseWorkChain<' in node.exit_message
+    assert 'dft_voltage' not in node.outputs
