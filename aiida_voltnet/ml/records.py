@@ -167,6 +167,15 @@ class ElectrodeRecord:
         return max(values) if values else None
 
     def to_dict(self) -> dict[str, Any]:
+        """All fields but ``line``, steps as dicts: ``dataclasses.asdict`` without ``line``, without its deep
+        copies where every value is an immutable str/int/float/None (always, for validated records)."""
+        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
+        steps = data['steps']
+        if type(steps) is tuple and all(type(step) is VoltageStep for step in steps) \
+                and all(type(value) in _IMMUTABLE_TYPES for name, value in data.items() if name != 'steps'):
+            data['steps'] = tuple({name: getattr(step, name) for name in _STEP_FIELDS} for step in steps)
+            if all(type(value) in _IMMUTABLE_TYPES for step in data['steps'] for value in step.values()):
+                return data
         data = dataclasses.asdict(self)
         data.pop('line')
         return data
@@ -176,6 +185,11 @@ class ElectrodeRecord:
         data = dict(data)
         data['steps'] = tuple(VoltageStep(**s) for s in data.get('steps') or ())
         return validate_record(cls(**data))
+
+
+_RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ElectrodeRecord) if f.name != 'line')
+_STEP_FIELDS = tuple(f.name for f in dataclasses.fields(VoltageStep))
+_IMMUTABLE_TYPES = (str, int, float, type(None))
 
 
 def parse_formula(formula: str) -> Composition:
@@ -197,6 +211,26 @@ def parse_formula(formula: str) -> Composition:
 def _framework_of(composition: Composition, ion: str) -> Composition:
     amounts = {el: amt for el, amt in composition.get_el_amt_dict().items() if el != ion}
     return Composition(amounts)
+
+
+def _framework_amounts(composition: Composition, ion: str) -> tuple[dict[str, float], float]:
+    """``(amounts, num_atoms)`` of ``_framework_of(composition, ion)`` without building the Composition: the same
+    numbers (pymatgen keeps amounts >= ``Composition.amount_tolerance`` and sums their absolute values in order)."""
+    tolerance = Composition.amount_tolerance
+    amounts = {el: amt for el, amt in composition.get_el_amt_dict().items() if el != ion and abs(amt) >= tolerance}
+    atoms = 0
+    for amount in amounts.values():
+        atoms += abs(amount)
+    return amounts, atoms
+
+
+def _almost_equal_amounts(a: dict[str, float], b: dict[str, float], rtol: float, atol: float) -> bool:
+    """``Composition(a).almost_equals(Composition(b), rtol, atol)`` on amount dicts."""
+    for el in set(a) | set(b):
+        x, y = a.get(el, 0), b.get(el, 0)
+        if abs(y - x) > atol + rtol * (abs(x) + abs(y)) / 2:
+            return False
+    return True
 
 
 # --------------------------------------------------------------------------------------------- adj_pairs parsing
@@ -300,26 +334,29 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         except ValueError as exception:
             fail(str(exception), name)
     ion = record.working_ion
-    frame_charge = _framework_of(compositions['formula_charge'], ion)
-    frame_discharge = _framework_of(compositions['formula_discharge'], ion)
-    if frame_charge.num_atoms <= 0 or frame_discharge.num_atoms <= 0:
+    # The frameworks as amount dicts (the same numbers as _framework_of's Compositions, which are only built
+    # where pymatgen's reduction is needed: frameworks that differ per formula unit, and a missing framework_formula).
+    amounts_charge, atoms_charge = _framework_amounts(compositions['formula_charge'], ion)
+    amounts_discharge, atoms_discharge = _framework_amounts(compositions['formula_discharge'], ion)
+    if atoms_charge <= 0 or atoms_discharge <= 0:
         fail(f'no host framework left once {ion} is removed', 'formula_charge')
-    x_charge = compositions['formula_charge'][ion] / frame_charge.num_atoms
-    x_discharge = compositions['formula_discharge'][ion] / frame_discharge.num_atoms
+    x_charge = compositions['formula_charge'][ion] / atoms_charge
+    x_discharge = compositions['formula_discharge'][ion] / atoms_discharge
     if math.isclose(x_charge, x_discharge, abs_tol=1e-9):
         fail(f'charged and discharged formulas hold the same amount of {ion} per host atom', 'formula_discharge')
     # x_discharge < x_charge happens in 22 Materials Project rows (e.g. mp-760302_Li, battery formula
     # Li4-1...): real MP data listing the end members the other way round. They are kept and reported by
     # read_electrodes_csv (see ElectrodeRecord.end_members_reversed).
-    if not frame_charge.almost_equals(frame_discharge, rtol=1e-3, atol=1e-6) and \
-            frame_charge.reduced_composition != frame_discharge.reduced_composition:
-        # MP reduces each end member separately: compare the frameworks per formula unit of the host.
-        if not frame_charge.reduced_composition.almost_equals(frame_discharge.reduced_composition, rtol=1e-3):
-            fail(f'charged and discharged host frameworks differ ({frame_charge.reduced_formula} vs '
-                 f'{frame_discharge.reduced_formula})', 'formula_discharge')
+    if not _almost_equal_amounts(amounts_charge, amounts_discharge, rtol=1e-3, atol=1e-6):
+        frame_charge, frame_discharge = Composition(amounts_charge), Composition(amounts_discharge)
+        if frame_charge.reduced_composition != frame_discharge.reduced_composition:
+            # MP reduces each end member separately: compare the frameworks per formula unit of the host.
+            if not frame_charge.reduced_composition.almost_equals(frame_discharge.reduced_composition, rtol=1e-3):
+                fail(f'charged and discharged host frameworks differ ({frame_charge.reduced_formula} vs '
+                     f'{frame_discharge.reduced_formula})', 'formula_discharge')
     updates = {}
     if not record.framework_formula:
-        updates['framework_formula'] = frame_discharge.reduced_formula
+        updates['framework_formula'] = Composition(amounts_discharge).reduced_formula
     for side in ('charge', 'discharge'):
         number = getattr(record, f'{side}_space_group_number')
         if number is not None and not (isinstance(number, int) and 1 <= number <= 230):
