@@ -161,8 +161,42 @@ def scenario_scale() -> None:
     emit(payload)
 
 
+def scenario_screen() -> None:
+    """Submit ``voltnet.screen`` (LiCoO2 and LiNiO2 with the ``ci`` DFT protocol, real pw.x jobs through the
+    daemon's direct scheduler on localhost) with a tiny model; report the summary."""
+    from aiida import engine, orm
+
+    from aiida_voltnet.cli.dft_commands import setup_dft
+    from aiida_voltnet.dft import layered_oxide_pair
+    from aiida_voltnet.workflows.screen import ScreenWorkChain
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    _, code = setup_dft(echo=lambda *_: None)
+    train = _submit_train()
+    await_nodes([train], timeout=120)
+    if not train.is_finished_ok:
+        emit({'train': describe(train)})
+        return
+    candidates = {}
+    for metal in ('Co', 'Ni'):
+        charged, discharged = layered_oxide_pair(metal)
+        candidates[f'Li{metal}O2'] = {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li')}
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    screen = engine.submit(ScreenWorkChain, model=train.outputs.model, candidates=candidates,
+                           selection=orm.Dict({'top_k': 2}),
+                           verify={'code': code, 'settings': orm.Dict(verify['settings']),
+                                   'options': verify['options']})
+    waited = await_nodes([screen], timeout=400)
+    payload = {'screen': describe(screen), 'seconds': waited}
+    if screen.is_finished_ok:
+        payload['summary'] = screen.outputs.summary.get_dict()
+        payload['pw_jobs'] = [describe(node) for node in screen.called_descendants
+                              if node.process_type == 'aiida.calculations:quantumespresso.pw']
+    emit(payload)
+
+
 SCENARIOS = {'dft_voltage': scenario_dft_voltage, 'train_predict': scenario_train_predict,
-             'kill_worker': scenario_kill_worker, 'scale': scenario_scale}
+             'kill_worker': scenario_kill_worker, 'scale': scenario_scale, 'screen': scenario_screen}
 PROFILE = None
 
 
