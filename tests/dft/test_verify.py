@@ -26,7 +26,7 @@ def test_verify_licoo2_links_dft_to_the_prediction(pw, small_model):
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     dft, ml = results['dft_voltage'].value, results['ml_voltage'].value
-    # PBEsol without U at 30 Ry, unrelaxed cells: ~3.5 V (converged settings give 3.4-3.6 V; MP's GGA+U 4.1 V).
+    # PBEsol without U at 30 Ry, unrelaxed cells: ~3.5 V (converged PBEsol gives 3.4-3.6 V, shared/notes/qe_offline.md).
     assert 3.0 < dft < 4.0
     assert results['difference'].value == pytest.approx(ml - dft)
     assert results['delta_ions'].value == pytest.approx(1.0)

@@ -1,0 +1,36 @@
+"""``voltnet dft-setup`` and ``voltnet verify`` on the test profile, with real pw.x (``ci`` protocol)."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from aiida_voltnet.cli import cli
+
+pytestmark = pytest.mark.dft
+
+
+def test_dft_setup_then_verify(aiida_profile, aiida_localhost, quantum_espresso, small_model):
+    runner = CliRunner()
+    setup = runner.invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--pw', quantum_espresso])
+    assert setup.exit_code == 0, setup.output
+    assert 'pseudopotential family voltnet/debian/PBEsol: Co, Fe, Li, Ni, O' in setup.output
+    assert 'code pw-debian@localhost' in setup.output
+    again = runner.invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--pw', quantum_espresso])
+    assert again.exit_code == 0 and again.output == setup.output  # idempotent: the same family and code
+
+    model, _ = small_model
+    result = runner.invoke(cli, ['verify', '--model', str(model.pk), '--profile', aiida_profile.name,
+                                 '--pair', 'LiNiO2', '--protocol', 'ci'])
+    assert result.exit_code == 0, result.output
+    match = re.search(r'LiNiO2: DFT (\d\.\d+) V, ML (\d\.\d+) V, ML - DFT ([+-]\d\.\d+) V', result.output)
+    assert match, result.output
+    dft, ml, difference = map(float, match.groups())
+    assert difference == pytest.approx(ml - dft, abs=2e-3)
+
+
+def test_dft_setup_names_a_missing_pw(aiida_profile):
+    result = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--pw', '/nonexistent/pw.x'])
+    assert result.exit_code == 2
+    assert '/nonexistent/pw.x not found: install Quantum ESPRESSO' in result.output
