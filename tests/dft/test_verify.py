@@ -85,3 +85,24 @@ def test_verify_reports_a_failed_pw_run(pw):
     assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_DFT_FAILED.status
     assert 'DFT calculation of the ion_metal cell failed: PwBaseWorkChain<' in node.exit_message
     assert 'dft_voltage' not in node.outputs
+
+
+def test_verify_with_relaxation(pw):
+    """relax_type positions: both electrode cells go through PwRelaxWorkChain (pw.x `relax`), the metal through a
+    plain SCF; the voltage comes from the relaxed energies (about 2 min here under load)."""
+    from aiida.common.links import LinkType
+
+    charged, discharged = layered_oxide_pair('Co')
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                        overrides={'settings': {'relax_type': 'positions'}})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, node.exit_message
+    called = {link.link_label: link.node for link in node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
+    assert {label: sub.process_label for label, sub in called.items()} == {
+        'dft_charged': 'PwRelaxWorkChain', 'dft_discharged': 'PwRelaxWorkChain', 'dft_ion_metal': 'PwBaseWorkChain'}
+    for label in ('dft_charged', 'dft_discharged'):
+        relax = called[label]
+        assert relax.is_finished_ok and 'output_structure' in relax.outputs
+        calculations = [c for c in relax.called_descendants if c.process_label == 'PwCalculation']
+        assert calculations and all(c.inputs.parameters['CONTROL']['calculation'] == 'relax' for c in calculations)
+    assert 3.0 < results['dft_voltage'].value < 4.0
