@@ -197,6 +197,108 @@ def formal_redox_state(amounts: np.ndarray) -> tuple[float, float]:
     return float(oxidation), float(amounts[tm] @ energies[tm, level] / n_tm)
 
 
+def _row_dots(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``[a[i] @ b_i for i]`` with ``b_i`` the (n, p) matrix ``b`` (2-D, shared) or ``b[i]`` (3-D), as (rows, p).
+
+    numpy's matmul of a ``(rows, 1, n)`` stack calls BLAS gemv (dot where p is 1) once per row, with the strides
+    of the 1-D product ``a[i] @ b_i`` (the same call, so the same bits), where ``a @ b`` on 2-D arrays would call
+    gemm and sum in another order. A shared vector ``v`` of a 1-D ``a[i] @ v`` is passed as ``v[:, None]``
+    (a view: its stride must be the one the 1-D product sees)."""
+    return np.matmul(a[:, None, :], b)[:, 0]
+
+
+def _masked_reduce(values: np.ndarray, mask: np.ndarray, other: np.ndarray | None = None) -> np.ndarray:
+    """Per row ``values[i][mask[i]].sum()`` (``other is None``) or ``values[i][mask[i]] @ other[i][mask[i]]``,
+    on compressed rows of the same length as the 1-D versions (rows grouped by their number of selected
+    entries), so the same summation and the same BLAS call as for one row."""
+    counts = mask.sum(axis=1)
+    out = np.zeros(len(values))
+    for k in np.unique(counts):
+        if k == 0:
+            continue  # an empty sum or dot is 0.0
+        rows = np.flatnonzero(counts == k)
+        selected = mask[rows]
+        a = values[rows][selected].reshape(-1, k)
+        if other is None:
+            out[rows] = a.sum(axis=1)
+        else:
+            b = other[rows][selected].reshape(-1, k)
+            out[rows] = np.matmul(a[:, None, :], b[:, :, None])[:, 0, 0]
+    return out
+
+
+def formal_redox_states(amounts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`formal_redox_state` of every row of ``amounts`` (rows, 118), vectorized with the same arithmetic."""
+    is_tm, highest, anion_charge, oxide_anions, other_anions, o_index, f_index, energies = _redox_tables()
+    n = len(amounts)
+    present = amounts > 0
+    oxide = present[:, o_index] | present[:, f_index]
+    anions = np.where(oxide[:, None], oxide_anions[None, :], other_anions[None, :])
+    tm = present & is_tm
+    n_tm = _masked_reduce(amounts, tm)
+    oxidation, energy = np.zeros(n), np.zeros(n)
+    rows = np.flatnonzero(n_tm > 0)
+    if len(rows):
+        amounts, present, anions, tm, n_tm = amounts[rows], present[rows], anions[rows], tm[rows], n_tm[rows]
+        cations = present & ~is_tm & ~anions
+        charge = _masked_reduce(amounts, present & anions, np.broadcast_to(anion_charge, amounts.shape)) + \
+            _masked_reduce(amounts, cations, np.broadcast_to(highest, amounts.shape))
+        oxidation[rows] = -charge / n_tm
+        level = np.clip(np.floor(oxidation[rows] + 1e-6), 0, energies.shape[1] - 1).astype(np.int64)
+        energy[rows] = _masked_reduce(amounts, tm, energies.T[level]) / n_tm
+    return oxidation, energy
+
+
+def _stats_rows(weights: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """:meth:`LeakFreeFeaturizer._stats` of every row of ``weights`` (the same gemv calls per row)."""
+    n, n_props = len(weights), table.shape[1]
+    out = np.zeros((n, 4 * n_props))
+    total = weights.sum(axis=1)
+    rows = np.flatnonzero(total > 0)
+    if not len(rows):
+        return out
+    weights = weights[rows]
+    w = weights / total[rows, None]
+    present = weights > 0
+    mean = _row_dots(w, table)
+    # w @ (table - mean) ** 2 per row, by gemv over all 118 elements as in _stats. Only the rows of present
+    # elements are filled in: an element with weight 0 adds exactly 0 to the products whatever its (finite)
+    # deviation, so the buffer's other rows may hold anything finite (zeros, or the last block's values).
+    std = np.empty_like(mean)
+    block = 256
+    deviations = np.zeros((min(block, len(rows)), weights.shape[1], n_props))
+    for start in range(0, len(rows), block):
+        part = slice(start, start + block)
+        buffer = deviations[:len(w[part])]
+        row, element = np.nonzero(present[part])
+        buffer[row, element] = (table[element] - mean[part][row]) ** 2
+        std[part] = np.sqrt(np.maximum(_row_dots(w[part], buffer), 0.0))
+    counts = present.sum(axis=1)
+    low, high = np.empty_like(mean), np.empty_like(mean)
+    for k in np.unique(counts):
+        group = np.flatnonzero(counts == k)
+        selected = table[np.nonzero(present[group])[1].reshape(-1, k)]  # (rows, k, n_props)
+        low[group], high[group] = selected.min(axis=1), selected.max(axis=1)
+    out[rows] = np.concatenate([mean, std, low, high], axis=1)
+    return out
+
+
+@functools.lru_cache(maxsize=1)
+def _leakfree_tables() -> dict[str, Any]:
+    """Per-element and per-ion lookups of the leak-free featurizer (pymatgen data, computed once)."""
+    table = element_property_table()
+    ions = [Element(ion) for ion in WORKING_IONS]
+    return {
+        'table': table,
+        'mass': table[:, _PROPERTY_NAMES.index('atomic_mass')],  # a strided view, as _row reads it
+        'tm_mask': table[:, _PROPERTY_NAMES.index('is_transition_metal')] > 0.5,
+        'ion_index': {ion: i for i, ion in enumerate(WORKING_IONS)},
+        'ion_z': np.array([el.Z - 1 for el in ions], dtype=np.int64),
+        'ion_charge': np.array([max(el.common_oxidation_states) for el in ions], dtype=np.int64),
+        'system_code': {system: i for i, system in enumerate(CRYSTAL_SYSTEMS)},
+    }
+
+
 class Featurizer:
     """Base class: ``fit`` on training records, ``transform`` any records, state as arrays + JSON config."""
 
@@ -417,8 +519,122 @@ class LeakFreeFeaturizer(Featurizer):
             extras,
         ])
 
+    #: Records per vectorized block (bounds the (rows, 118, n_properties) temporaries to a few MB).
+    BLOCK_ROWS = 1024
+
     def raw(self, records):
-        return np.asarray([self._row(r) for r in records], dtype=np.float64)
+        """The raw feature rows: :meth:`_row` of every record, computed a block of records at a time.
+
+        The vectorized block computes every number exactly as :meth:`_row` does: the same elementwise IEEE
+        operations, ``math.log``, and the same BLAS calls per row (numpy's matmul of ``(rows, 1, n)`` stacks
+        calls dot/gemv once per row, as ``_row``'s 1-D products do, never gemm), sums over the same contiguous
+        lengths. A block with anything :meth:`_row` would refuse or treat specially (an ion outside the ten,
+        no host atoms, non-integer space groups, a bad extra column, ...) is computed by :meth:`_row` itself,
+        which raises the same error for the same record.
+        """
+        records = list(records)
+        if not records:
+            return np.asarray([], dtype=np.float64)
+        blocks = []
+        for start in range(0, len(records), self.BLOCK_ROWS):
+            block = records[start:start + self.BLOCK_ROWS]
+            fast = self._raw_block(block)
+            blocks.append(fast if fast is not None else np.asarray([self._row(r) for r in block], dtype=np.float64))
+        return np.concatenate(blocks)
+
+    def _raw_block(self, records) -> np.ndarray | None:
+        """:meth:`_row` of every record, vectorized; ``None`` where a record needs :meth:`_row` itself."""
+        tables = _leakfree_tables()
+        table = tables['table']
+        n = len(records)
+        extra_columns = self.options.get('extra_columns', ())
+        try:
+            ions = [tables['ion_index'].get(r.working_ion) for r in records]
+            if None in ions:
+                return None
+            # The amounts of the charged (first n rows) and the discharged members: get_el_amt_dict() as _amounts
+            # reads it, for compositions of elements (one amount per symbol).
+            compositions = [r.composition_charge for r in records] + [r.composition_discharge for r in records]
+            counts = [len(c) for c in compositions]
+            pairs = [pair for c in compositions for pair in c.items()]
+            if not all(type(element) is Element for element, _ in pairs):
+                return None
+            cols = [element.Z - 1 for element, _ in pairs]
+            values = [amount for _, amount in pairs]
+            systems, numbers, missing_numbers = [], [], []
+            for side in ('charge', 'discharge'):
+                system_values = [getattr(r, f'{side}_crystal_system') for r in records]
+                number_values = [getattr(r, f'{side}_space_group_number') for r in records]
+                if not all(number is None or type(number) is int for number in number_values):
+                    return None
+                systems.append([tables['system_code'].get(v, len(CRYSTAL_SYSTEMS)) for v in system_values])
+                numbers.append([0.0 if v is None else v / N_SPACE_GROUPS for v in number_values])
+                missing_numbers.append([float(v is None) for v in number_values])
+            same_group = np.array([float(r.charge_space_group_number is not None
+                                         and r.charge_space_group_number == r.discharge_space_group_number)
+                                   for r in records])
+            reversed_members = np.array([float(r.end_members_reversed) for r in records])
+            extras = np.zeros((n, len(extra_columns)))
+            for j, column in enumerate(extra_columns):
+                column_values = [getattr(r, column) for r in records]
+                if any(value is None for value in column_values):
+                    return None
+                extras[:, j] = [float(value) for value in column_values]
+        except Exception:  # noqa: BLE001 - _row raises the error the user needs, for the same record
+            return None
+        ions = np.asarray(ions, dtype=np.int64)
+        symmetry_codes = np.asarray(systems, dtype=np.int64).T
+        numbers, missing_numbers = np.asarray(numbers).T, np.asarray(missing_numbers).T
+        rows = np.repeat(np.arange(2 * n), counts)
+        amounts = np.zeros((2 * n, N_ELEMENTS))
+        amounts[rows, np.asarray(cols, dtype=np.int64)] += np.asarray(values, dtype=float)
+        if not (np.isfinite(amounts).all() and (amounts >= 0).all()):
+            return None
+        charge, discharge = amounts[:n], amounts[n:]
+        everything = np.arange(n)
+        ion_z = tables['ion_z'][ions]  # Z - 1 of each record's working ion
+        host = discharge.copy()
+        host[everything, ion_z] = 0.0
+        host_atoms = host.sum(axis=1)
+        if not (host_atoms > 0).all():
+            return None
+        charge_ion, discharge_ion = charge[everything, ion_z], discharge[everything, ion_z]
+        x_charge = charge_ion / np.maximum(charge.sum(axis=1) - charge_ion, 1e-12)
+        x_discharge = discharge_ion / host_atoms
+        ion_charge = tables['ion_charge'][ions]
+        delta = x_discharge - x_charge
+        electrons_per_host_atom = delta * ion_charge
+        tm = np.where(tables['tm_mask'], host, 0.0)
+        tm_fraction = tm.sum(axis=1) / host_atoms
+        electrons_per_tm = np.zeros(n)
+        has_tm = tm_fraction > 0
+        electrons_per_tm[has_tm] = electrons_per_host_atom[has_tm] / tm_fraction[has_tm]
+        mass = tables['mass']
+        host_mass = _row_dots(host, mass[:, None])[:, 0]
+        mass_discharged = host_mass + discharge_ion * mass[ion_z]
+        capacity = delta * host_atoms * ion_charge * FARADAY_MAH_PER_MOL / mass_discharged
+        log_host_atoms = np.array([math.log(value) for value in host_atoms.tolist()])
+        oxidation_charge, energy_charge = formal_redox_states(charge)
+        oxidation_discharge, energy_discharge = formal_redox_states(discharge)
+        symmetry_one_hot = np.zeros((n, 2, len(CRYSTAL_SYSTEMS) + 1))
+        symmetry_one_hot[everything[:, None], [0, 1], symmetry_codes] = 1.0
+        ion_one_hot = np.zeros((n, len(WORKING_IONS)))
+        ion_one_hot[everything, ions] = 1.0
+        return np.concatenate([
+            ion_one_hot,
+            table[ion_z],
+            np.stack([x_charge, x_discharge, delta, electrons_per_host_atom, electrons_per_tm, tm_fraction,
+                      capacity, log_host_atoms, reversed_members], axis=1),
+            np.stack([oxidation_charge, energy_charge, oxidation_discharge, energy_discharge,
+                      oxidation_charge - oxidation_discharge], axis=1),
+            host / host_atoms[:, None],
+            _stats_rows(host, table),
+            _stats_rows(tm, table),
+            symmetry_one_hot[:, 0], numbers[:, :1], missing_numbers[:, :1],
+            symmetry_one_hot[:, 1], numbers[:, 1:], missing_numbers[:, 1:],
+            same_group[:, None],
+            extras,
+        ], axis=1)
 
     def _fit_raw(self, raw):
         mean = raw.mean(axis=0)
