@@ -19,7 +19,7 @@ from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure
 
-from .protocols import ProtocolMixin
+from .protocols import ProtocolMixin, recursive_merge
 
 __all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family')
 
@@ -52,11 +52,16 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
                pseudo_family: str, relax: str = 'none'):
     """A ``PwBaseWorkChain`` (``relax == 'none'``) or ``PwRelaxWorkChain`` builder for ``structure`` with the
     verification ``settings``: aiida-quantumespresso's ``fast`` protocol, then our cutoffs (the family's recommended
-    ones at ``cutoff_stringency``), k-point distance, smearing and convergence threshold on top."""
+    ones at ``cutoff_stringency``), k-point distance, smearing and convergence threshold on top. ``options`` update
+    the job options of our default protocol (serial pw.x, one process)."""
     from aiida_quantumespresso.common.types import RelaxType, SpinType
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
     from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
 
+    # The protocol's job options, updated by the given ones; `withmpi` follows the code when the code says.
+    options = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
+    if getattr(code, 'with_mpi', None) is not None:
+        options['withmpi'] = bool(code.with_mpi)
     family = load_pseudo_family(pseudo_family)
     ecutwfc, ecutrho = family.get_recommended_cutoffs(structure=structure, stringency=settings['cutoff_stringency'],
                                                       unit='Ry')

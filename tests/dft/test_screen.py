@@ -88,3 +88,22 @@ def test_screen_fails_cleanly_when_no_candidate_can_be_predicted(pw, small_model
                            verify={'code': pw, 'settings': orm.Dict(verify['settings'])})
     assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_NO_VALID_CANDIDATES.status
     assert 'host frameworks differ' in node.exit_message
+
+
+def test_screen_reports_when_every_verification_fails(pw, small_model):
+    """Only LiFePO4 (no P pseudopotential) is selected: exit 302, and the summary still says why."""
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+
+    model, _ = small_model
+    lfp = shipped_structure_pairs()['LiFePO4']
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    results, node = run_get_node(ScreenWorkChain, model=model,
+                                 candidates={'LiFePO4': _pair(lfp['charged'], lfp['discharged'])},
+                                 verify={'code': pw, 'settings': orm.Dict(verify['settings'])})
+    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_ALL_VERIFICATIONS_FAILED.status
+    summary = results['summary'].get_dict()
+    assert (summary['n_selected'], summary['n_verified'], summary['n_failed']) == (1, 0, 1)
+    assert summary['rows'][0]['status'].startswith('failed: VerifyWorkChain<')
+    assert f'exit status {VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status}' in summary['rows'][0]['status']
+    metal = [c for c in node.called if c.process_label == 'PwBaseWorkChain']
+    assert len(metal) == 1 and metal[0].is_finished_ok  # the job options default to the protocol's (serial pw.x)
