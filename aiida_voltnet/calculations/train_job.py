@@ -7,6 +7,13 @@ with ``default_calc_job_plugin='voltnet.train'``. Nothing is pickled: the datase
 the repository (``local_copy_list``, not duplicated in the calculation's repository) and the settings go in as
 ``config.json``.
 
+Checkpoints: ``voltnet-train`` writes ``checkpoint/`` while it trains (every finished ensemble member; the torch
+loop state every ``checkpointing.every_epochs`` epochs / ``every_seconds`` seconds) and stops with a checkpoint
+before the walltime (``--max-seconds``, derived from ``metadata.options.max_wallclock_seconds``) or on SIGTERM. The
+folder is in the ``retrieve_list``, so it comes back also when the job is killed; the parser then exposes it as the
+``checkpoint`` output (exit 400, or the scheduler's 120), and a job given it as ``restart_folder`` continues the
+training from it (``--resume``) instead of starting again.
+
 GPUs are requested through ``metadata.options.custom_scheduler_commands`` (e.g. ``#SBATCH --gres=gpu:1``), which
 the Slurm plugin writes into the ``#SBATCH`` header; ``resources`` has no GPU field (aiida-core issue #5612). See the
 ``voltnet.train_base`` protocols (``workflows/protocols/train_job.yaml``).
@@ -27,6 +34,36 @@ __all__ = ('VoltnetTrainCalculation',)
 
 def _value(node):
     return node.value if isinstance(node, orm.BaseType) else node
+
+
+#: Keys of the ``checkpointing`` input: how many (``int``) or how long (seconds).
+CHECKPOINTING_KEYS = {'every_epochs': int, 'every_seconds': float, 'max_seconds': float,
+                      'stop_margin_seconds': float, 'stop_after_epochs': int, 'stop_after_members': int}
+
+
+def validate_checkpointing(checkpointing, _ctx=None):
+    """Known keys, non-negative numbers of the right kind."""
+    if checkpointing is None:
+        return None
+    values = checkpointing.get_dict()
+    unknown = sorted(set(values) - set(CHECKPOINTING_KEYS))
+    if unknown:
+        return f'checkpointing: unknown key(s) {", ".join(unknown)}; known: {", ".join(CHECKPOINTING_KEYS)}'
+    for key, value in values.items():
+        kinds = (int,) if CHECKPOINTING_KEYS[key] is int else (int, float)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, kinds) or value < 0):
+            return f'checkpointing.{key} must be a non-negative {CHECKPOINTING_KEYS[key].__name__}, got {value!r}'
+    return None
+
+
+def validate_restart_folder(folder, _ctx=None):
+    """A ``FolderData`` must hold a checkpoint (``state.json``, or ``checkpoint/``) or a complete ``model/``."""
+    if isinstance(folder, orm.FolderData):
+        names = set(folder.base.repository.list_object_names())
+        if not names & {'state.json', VoltnetTrainCalculation._CHECKPOINT_DIR, VoltnetTrainCalculation._MODEL_DIR}:
+            return ('restart_folder holds neither a checkpoint (state.json or checkpoint/) nor a model/: '
+                    f'{", ".join(sorted(names)) or "it is empty"}')
+    return None
 
 
 def validate_inputs(inputs, _ctx=None):
@@ -51,7 +88,7 @@ class VoltnetTrainCalculation(CalcJob):
     """Train a voltage model (featurizer + regressor ensemble) on an ``ElectrodeDataset`` on a (GPU) computer."""
 
     #: Bump when the files written by ``prepare_for_submission`` or the meaning of the outputs change.
-    CACHE_VERSION = 1
+    CACHE_VERSION = 2
 
     _CONFIG = 'config.json'
     _RECORDS = 'records.json'
@@ -60,6 +97,7 @@ class VoltnetTrainCalculation(CalcJob):
     _METRICS = 'metrics.json'
     _MODEL_DIR = 'model'
     _RESTART_DIR = 'restart'
+    _CHECKPOINT_DIR = 'checkpoint'
     _MODEL_FILES = ('config.json', 'arrays.safetensors')
 
     @classmethod
@@ -76,8 +114,17 @@ class VoltnetTrainCalculation(CalcJob):
                    help='Optional `members`, `train_overrides` (epochs, lr, batch_size, ...), `device` (default '
                         'auto: CUDA when the job sees one), `featurizer_options`, `target`.')
         spec.input('restart_folder', valid_type=(orm.RemoteData, orm.FolderData), required=False,
-                   help='Folder of an earlier run (its remote working directory or its retrieved files) whose '
-                        '`model/` checkpoint is resumed from when it is complete and matches these inputs.')
+                   validator=validate_restart_folder,
+                   help='What to resume from: the `checkpoint` output of an interrupted run (or its retrieved '
+                        'folder, or its remote working directory, whose `checkpoint/` is copied). voltnet-train '
+                        'uses it when it checks out and belongs to this same training, else trains from scratch. '
+                        'A folder with a complete `model/` of the same training is reused as it is.')
+        spec.input('checkpointing', valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
+                   validator=validate_checkpointing,
+                   help='Optional: `every_epochs` (torch loop state every N epochs; default off), `every_seconds` '
+                        '(default 300), `max_seconds` (stop with a checkpoint after this long; default '
+                        'max_wallclock_seconds minus `stop_margin_seconds`, default 5 % within [60, 600] s), and '
+                        'the test hooks `stop_after_epochs` / `stop_after_members` (per run).')
         spec.inputs.validator = validate_inputs
         options = spec.inputs['metadata']['options']
         options['parser_name'].default = 'voltnet.train'
@@ -88,6 +135,9 @@ class VoltnetTrainCalculation(CalcJob):
 
         spec.output('model', valid_type=VoltageModelData, help='The trained model (fitted featurizer + weights).')
         spec.output('metrics', valid_type=orm.Dict, help='Fit on the training records, the device, wall time.')
+        spec.output('checkpoint', valid_type=orm.FolderData, required=False,
+                    help='The last checkpoint of a run stopped or killed before training ended (state.json + '
+                         'safetensors files); pass it as `restart_folder` to continue.')
 
         spec.exit_code(300, 'ERROR_MISSING_OUTPUT_FILES', invalidates_cache=True,
                        message='The model files or metrics were not retrieved: {missing}.')
@@ -97,41 +147,77 @@ class VoltnetTrainCalculation(CalcJob):
                        message='voltnet-train refused its input files: {message}')
         spec.exit_code(310, 'ERROR_TRAINING_FAILED', invalidates_cache=True,
                        message='The trainer raised: {exception}')
+        spec.exit_code(400, 'ERROR_OUT_OF_WALLTIME', invalidates_cache=True,
+                       message='voltnet-train stopped before the walltime ({reason}) after checkpointing {where}.')
         spec.exit_code(410, 'ERROR_LOSS_DIVERGED', invalidates_cache=True,
                        message='The training loss became NaN/inf at epoch {epoch}.')
         spec.exit_code(420, 'ERROR_CUDA_OUT_OF_MEMORY', invalidates_cache=True,
                        message='CUDA ran out of memory (batch_size {batch_size}): {message}')
 
+    def _checkpoint_arguments(self) -> list[str]:
+        """``voltnet-train`` options of the ``checkpointing`` input; ``--max-seconds`` from the walltime."""
+        values = self.inputs.checkpointing.get_dict() if 'checkpointing' in self.inputs else {}
+        values = {k: v for k, v in values.items() if v is not None}
+        if 'max_seconds' not in values:
+            walltime = self.inputs.metadata.options.get('max_wallclock_seconds')
+            if walltime:
+                margin = values.get('stop_margin_seconds', max(60.0, min(0.05 * walltime, 600.0)))
+                values['max_seconds'] = max(walltime - margin, 0.5 * walltime)
+        flags = {'every_epochs': '--checkpoint-every-epochs', 'every_seconds': '--checkpoint-every-seconds',
+                 'max_seconds': '--max-seconds', 'stop_after_epochs': '--stop-after-epochs',
+                 'stop_after_members': '--stop-after-members'}
+        arguments = ['--checkpoint-dir', self._CHECKPOINT_DIR]
+        for key, flag in flags.items():
+            if key in values:
+                value = values[key]
+                arguments += [flag, str(int(value)) if CHECKPOINTING_KEYS[key] is int else f'{float(value):.10g}']
+        return arguments
+
+    def _stage_restart(self, calcinfo) -> str | None:
+        """Copy the checkpoint (or complete model) of ``restart_folder`` to ``restart/``; its path, or None."""
+        if 'restart_folder' not in self.inputs:
+            return None
+        restart = self.inputs.restart_folder
+        if isinstance(restart, orm.RemoteData):  # a missing remote checkpoint/ is skipped with a warning by aiida
+            calcinfo.remote_copy_list.append((restart.computer.uuid,
+                                              f'{restart.get_remote_path()}/{self._CHECKPOINT_DIR}',
+                                              self._RESTART_DIR))
+            return self._RESTART_DIR
+        names = restart.base.repository.list_object_names()
+        if 'state.json' in names:  # the `checkpoint` output of an interrupted run
+            source = '.'
+        elif self._CHECKPOINT_DIR in names:  # the retrieved folder of an interrupted run
+            source = self._CHECKPOINT_DIR
+        else:  # a retrieved folder with a complete model/ (validated by validate_restart_folder)
+            source = self._MODEL_DIR
+        calcinfo.local_copy_list.append((restart.uuid, source, self._RESTART_DIR))
+        return self._RESTART_DIR
+
     def prepare_for_submission(self, folder):
-        """Write ``config.json``; copy ``records.json`` from the dataset's repository; run ``voltnet-train``."""
+        """Write ``config.json``; copy ``records.json`` from the dataset's repository (and the checkpoint to resume
+        from); run ``voltnet-train``."""
         settings = self.inputs.settings.get_dict() if 'settings' in self.inputs else {}
         config = {'featurizer': self.inputs.featurizer.value, 'model': self.inputs.model.value,
-                  'seed': self.inputs.seed.value, 'settings': settings, 'resume': None}
+                  'seed': self.inputs.seed.value, 'settings': settings}
         calcinfo = datastructures.CalcInfo()
         calcinfo.local_copy_list = [(self.inputs.dataset.uuid, ElectrodeDataset.RECORDS_FILENAME, self._RECORDS)]
         calcinfo.remote_copy_list = []
-        if 'restart_folder' in self.inputs:
-            restart = self.inputs.restart_folder
-            config['resume'] = self._RESTART_DIR
-            if isinstance(restart, orm.RemoteData):
-                calcinfo.remote_copy_list.append((restart.computer.uuid,
-                                                  f'{restart.get_remote_path()}/{self._MODEL_DIR}', self._RESTART_DIR))
-            else:
-                names = restart.base.repository.list_object_names()
-                if self._MODEL_DIR in names:
-                    calcinfo.local_copy_list.append((restart.uuid, self._MODEL_DIR, self._RESTART_DIR))
+        resume = self._stage_restart(calcinfo)
         with folder.open(self._CONFIG, 'w') as handle:
             json.dump(config, handle, indent=1, sort_keys=True)
 
         codeinfo = datastructures.CodeInfo()
         codeinfo.code_uuid = self.inputs.code.uuid
         codeinfo.cmdline_params = ['--config', self._CONFIG, '--records', self._RECORDS, '--output', '.',
-                                   '--log', self._LOG]
+                                   '--log', self._LOG, *self._checkpoint_arguments(),
+                                   *(['--resume', resume] if resume else [])]
         codeinfo.stdout_name = 'voltnet-train.out'
         codeinfo.stderr_name = 'voltnet-train.err'
         codeinfo.withmpi = False
         calcinfo.codes_info = [codeinfo]
-        # (remote, local folder, depth 2): keep the files under model/ in the retrieved folder
+        # (remote, local folder, depth 2): keep the files under model/ in the retrieved folder. checkpoint/ (only
+        # there when training did not finish) is retrieved whole, also from a job killed by the scheduler.
         calcinfo.retrieve_list = [self._LOG, self._STATUS, self._METRICS, codeinfo.stderr_name,
-                                  *((f'{self._MODEL_DIR}/{name}', '.', 2) for name in self._MODEL_FILES)]
+                                  *((f'{self._MODEL_DIR}/{name}', '.', 2) for name in self._MODEL_FILES),
+                                  self._CHECKPOINT_DIR]
         return calcinfo

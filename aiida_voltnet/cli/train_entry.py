@@ -5,9 +5,10 @@ electrode records of an ``ElectrodeDataset``, JSON, no pickle), trains with ``tr
 ``auto`` unless told otherwise, and writes into the output directory:
 
 - ``model/`` (``config.json`` + ``arrays.safetensors``, the format of ``VoltageModel.save``), written as soon as
-  training ends; it doubles as the checkpoint a restart resumes from;
-- ``metrics.json`` (fit on the training records, device);
-- ``status.json`` (``{"status": ..., "message": ..., "epoch": ...}``) and ``train.log``.
+  training ends;
+- ``metrics.json`` (fit on the training records, device, whether and from where the run resumed);
+- ``status.json`` (``{"status": ..., "message": ..., "epoch": ...}``) and ``train.log``;
+- ``checkpoint/`` while training (removed once the model and metrics are written): see "Checkpoints" below.
 
 Failures have distinct exit codes *and* a ``VOLTNET_STATUS <status>`` marker line in ``train.log`` (the parser
 reads ``status.json`` and falls back to the marker):
@@ -17,33 +18,54 @@ exit   status                  cause
 =====  ======================  ==================================================
 0      ``OK``
 2      ``BAD_INPUT``           config.json / records.json missing or invalid
+3      ``TIME_LIMIT``          stopped early after writing a checkpoint: ``--max-seconds``, SIGTERM/SIGUSR1,
+                               or a ``--stop-after-*`` test hook
 4      ``LOSS_DIVERGED``       ``TrainingDiverged``: the loss became NaN/inf
 5      ``CUDA_OUT_OF_MEMORY``  ``torch.cuda.OutOfMemoryError``
 1      ``EXCEPTION``           any other exception of the trainer
 =====  ======================  ==================================================
 
-Resuming: when ``config.json`` names a ``resume`` directory holding a complete model trained with the same
-featurizer, model, seed and target (e.g. a job killed at the walltime after training but before it finished writing
-its outputs), that model is reused instead of retrained. The core trainer has no epoch-level checkpoint hook, so a
-job killed *during* training starts its training again.
+Checkpoints (``--checkpoint-dir``, default ``checkpoint/``; :class:`~aiida_voltnet.ml.training.TrainingCheckpoint`):
+every finished ensemble member is saved (the ``voltnet`` tree ensemble: after each member), and the torch member in
+training every ``--checkpoint-every-epochs`` epochs / ``--checkpoint-every-seconds`` seconds (default 300 s) and
+before any early stop: weights, Adam and scheduler state, best-so-far weights, early-stopping counters and RNG
+states. Files are safetensors + JSON (no pickle), each written to a temporary name and renamed, ``state.json`` last,
+so a kill at any moment leaves the previous checkpoint valid. ``--max-seconds`` (the CalcJob derives it from the
+walltime) stops the run with a checkpoint when the next epoch or member would end after that many seconds;
+SIGTERM or SIGUSR1 (Slurm's warning before the walltime kill) stops it at the end of the current epoch or member.
+
+Resuming (``--resume DIR``): a checkpoint is used when its ``state.json`` and the sha256 of every file check out
+and it was written by the same training (featurizer, model, seed, settings except ``device``, and the sha256 of
+``records.json``); finished members are then restored instead of retrained and the interrupted member continues
+after its saved epoch, which gives the same model as an uninterrupted run (bit for bit on CPU). A ``DIR`` holding a
+complete model of the same training (``config.json`` + ``arrays.safetensors``) is reused as it is. Anything else is
+reported in the log and ``metrics.json`` (``resume_rejected``) and the training starts from scratch.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
 import json
 import logging
 import pathlib
 import shutil
+import signal
 import sys
 import time
 import traceback
 
-EXIT_OK, EXIT_EXCEPTION, EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_OOM = 0, 1, 2, 4, 5
-STATUS_EXIT = {'OK': EXIT_OK, 'EXCEPTION': EXIT_EXCEPTION, 'BAD_INPUT': EXIT_BAD_INPUT,
+EXIT_OK, EXIT_EXCEPTION, EXIT_BAD_INPUT, EXIT_TIME_LIMIT, EXIT_DIVERGED, EXIT_OOM = 0, 1, 2, 3, 4, 5
+STATUS_EXIT = {'OK': EXIT_OK, 'EXCEPTION': EXIT_EXCEPTION, 'BAD_INPUT': EXIT_BAD_INPUT, 'TIME_LIMIT': EXIT_TIME_LIMIT,
                'LOSS_DIVERGED': EXIT_DIVERGED, 'CUDA_OUT_OF_MEMORY': EXIT_OOM}
 MARKER = 'VOLTNET_STATUS'
 #: Keys of config.json's ``settings`` handed to ``train_voltage_model``.
 SETTINGS_KEYS = ('members', 'train_overrides', 'device', 'featurizer_options', 'target')
+#: Settings that do not change the trained model's identity (a checkpoint written on a GPU may resume on a CPU).
+NOT_IDENTITY = ('device',)
+CHECKPOINT_DIR = 'checkpoint'
+#: Keyword arguments of ``TrainingCheckpoint`` set from the command line (see ``main``).
+CHECKPOINT_OPTIONS = ('every_epochs', 'every_seconds', 'max_seconds', 'stop_after_epochs', 'stop_after_members')
 
 LOGGER = logging.getLogger('voltnet-train')
 
@@ -94,7 +116,38 @@ def _resumable(resume: pathlib.Path | None, config: dict):
     return model
 
 
-def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.Path) -> int:
+def _sha256(path: pathlib.Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@contextlib.contextmanager
+def _stop_on_signals(checkpoint):
+    """SIGTERM / SIGUSR1 ask ``checkpoint`` to stop after the current epoch or member; a second one kills."""
+    def handler(signum, _frame):
+        name = signal.Signals(signum).name
+        if checkpoint.stop_requested:
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+        checkpoint.request_stop(f'received {name}')
+
+    previous = {}
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (ValueError, OSError):  # not the main thread
+            pass
+    try:
+        yield
+    finally:
+        for signum, old in previous.items():
+            signal.signal(signum, old)
+
+
+def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.Path,
+        resume: pathlib.Path | None = None, checkpoint_dir: str | pathlib.Path = CHECKPOINT_DIR,
+        checkpoint_options: dict | None = None, started: float | None = None) -> int:
+    """Train as ``config_path`` says; write the outputs and checkpoints into ``output``; return the exit code."""
+    started = time.monotonic() if started is None else started
     output.mkdir(parents=True, exist_ok=True)
     try:
         config = json.loads(config_path.read_text())
@@ -105,8 +158,13 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         from aiida_voltnet.ml.records import records_from_json
 
         records = records_from_json(records_path.read_text())
+        records_sha256 = _sha256(records_path)
         config = {'featurizer': config.get('featurizer', 'leakfree'), 'model': config.get('model', 'voltnet'),
                   'seed': int(config.get('seed', 0)), 'settings': settings, 'resume': config.get('resume')}
+        options = dict(checkpoint_options or {})
+        unknown = sorted(set(options) - set(CHECKPOINT_OPTIONS))
+        if unknown:
+            raise ValueError(f'unknown checkpoint option(s) {", ".join(unknown)}')
     except Exception as exception:  # noqa: BLE001
         LOGGER.error('bad input: %s', exception)
         return _finish(output, 'BAD_INPUT', f'{type(exception).__name__}: {exception}')
@@ -116,7 +174,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
 
     from aiida_voltnet.ml.metrics import regression_metrics
     from aiida_voltnet.ml.models import train_voltage_model
-    from aiida_voltnet.ml.training import TrainingDiverged
+    from aiida_voltnet.ml.training import CheckpointError, TrainingCheckpoint, TrainingDiverged, TrainingInterrupted
 
     arguments = {**settings}
     arguments.setdefault('device', 'auto')
@@ -124,19 +182,39 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     LOGGER.info('training %s (featurizer %s, seed %d) on %d records, device %s, torch %s, cuda available: %s',
                 config['model'], config['featurizer'], config['seed'], len(records), arguments['device'],
                 torch.__version__, torch.cuda.is_available())
-    started = time.perf_counter()
-    resume = pathlib.Path(config['resume']) if config.get('resume') else None
-    model = _resumable(resume, config)
-    resumed = model is not None
+    training = {'featurizer': config['featurizer'], 'model': config['model'], 'seed': config['seed'],
+                'settings': {k: v for k, v in settings.items() if k not in NOT_IDENTITY},
+                'records_sha256': records_sha256}
+    checkpoint = TrainingCheckpoint(output / checkpoint_dir, training, started=started, **options)
+    resume = resume or (pathlib.Path(config['resume']) if config.get('resume') else None)
+    model, resumed_from, rejected = None, None, None
+    if resume is not None and (resume / 'state.json').is_file():
+        try:
+            resumed_from = checkpoint.resume(resume)
+        except CheckpointError as exception:
+            rejected = str(exception)
+            LOGGER.warning('not resuming: %s; training from scratch', exception)
+    elif resume is not None:
+        model = _resumable(resume, config)
+        if model is None:
+            rejected = f'{resume} holds no usable checkpoint or complete model of this training'
+    reused_model = model is not None
+    resumed = reused_model or resumed_from is not None
     try:
-        if resumed:
-            LOGGER.info('resuming: reusing the complete model checkpoint in %s', resume)
+        if reused_model:
+            LOGGER.info('resuming: reusing the complete model in %s', resume)
         else:
             def progress(message):
                 LOGGER.info('%s', message)
 
-            model = train_voltage_model(records, featurizer=config['featurizer'], model=config['model'],
-                                        seed=config['seed'], progress=progress, **arguments)
+            with _stop_on_signals(checkpoint):
+                model = train_voltage_model(records, featurizer=config['featurizer'], model=config['model'],
+                                            seed=config['seed'], progress=progress, checkpoint=checkpoint,
+                                            **arguments)
+    except TrainingInterrupted as exception:
+        LOGGER.warning('%s', exception)
+        return _finish(output, 'TIME_LIMIT', str(exception), reason=exception.reason, **exception.where,
+                       checkpoint=str(checkpoint_dir), serial=checkpoint.serial)
     except TrainingDiverged as exception:
         LOGGER.error('training diverged: %s', exception)
         return _finish(output, 'LOSS_DIVERGED', str(exception), epoch=exception.epoch)
@@ -149,18 +227,23 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')
 
     model_dir = output / 'model'
-    if resumed and resume.resolve() != model_dir.resolve():
+    if not reused_model:
+        model.save(model_dir)
+    elif resume.resolve() != model_dir.resolve():
         model_dir.mkdir(exist_ok=True)
         for name in ('config.json', 'arrays.safetensors'):
             shutil.copyfile(resume / name, model_dir / name)
-    elif not resumed:
-        model.save(model_dir)  # written first: it is also the checkpoint of a restart
-    LOGGER.info('model written to %s (%.1f s)', model_dir, time.perf_counter() - started)
+    LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
     mean, _ = model.predict(records)
     devices = sorted({h['device'] for h in model.metadata.get('train_history', []) if h.get('device')})
     metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
                'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
-               'resumed': resumed, 'wall_time_s': round(time.perf_counter() - started, 3)}
+               'resumed': resumed, 'wall_time_s': round(time.monotonic() - started, 3),
+               'checkpoints_written': checkpoint.saves}
+    if resumed_from is not None:
+        metrics['resumed_from'] = resumed_from
+    if rejected is not None:
+        metrics['resume_rejected'] = rejected
 
     def safe(value):
         if isinstance(value, dict):
@@ -174,15 +257,30 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         return value
 
     (output / 'metrics.json').write_text(json.dumps(safe(metrics), indent=1, sort_keys=True))
+    if checkpoint.directory.is_dir():
+        shutil.rmtree(checkpoint.directory)  # the model is complete: nothing to resume, nothing to retrieve
     return _finish(output, 'OK', f'trained {config["model"]} on {len(records)} records')
 
 
 def main(argv=None) -> int:
+    started = time.monotonic()
     parser = argparse.ArgumentParser(prog='voltnet-train', description=__doc__.split('\n\n')[0])
     parser.add_argument('--config', default='config.json', help='training configuration (JSON)')
     parser.add_argument('--records', default='records.json', help='electrode records (JSON of an ElectrodeDataset)')
     parser.add_argument('--output', default='.', help='directory for model/, metrics.json, status.json')
     parser.add_argument('--log', default='train.log', help='log file (relative to --output)')
+    parser.add_argument('--resume', default=None, help='checkpoint (or complete model) directory to resume from')
+    parser.add_argument('--checkpoint-dir', default=CHECKPOINT_DIR, help='where checkpoints go (relative to --output)')
+    parser.add_argument('--checkpoint-every-epochs', type=int, default=0, metavar='N',
+                        help='checkpoint a torch network every N epochs (0: off)')
+    parser.add_argument('--checkpoint-every-seconds', type=float, default=300.0, metavar='S',
+                        help='checkpoint a torch network after S seconds since the last checkpoint (0: off)')
+    parser.add_argument('--max-seconds', type=float, default=None, metavar='S',
+                        help='stop with a checkpoint (exit 3) before S seconds have passed since the start')
+    parser.add_argument('--stop-after-epochs', type=int, default=None, metavar='N',
+                        help='test hook: stop with a checkpoint (exit 3) after N epochs trained in this run')
+    parser.add_argument('--stop-after-members', type=int, default=None, metavar='N',
+                        help='test hook: stop with a checkpoint (exit 3) after N ensemble members trained in this run')
     args = parser.parse_args(argv)
     output = pathlib.Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -193,7 +291,12 @@ def main(argv=None) -> int:
         default_threads()
     except Exception:  # noqa: BLE001
         pass
-    return run(pathlib.Path(args.config), pathlib.Path(args.records), output)
+    options = {'every_epochs': args.checkpoint_every_epochs or None,
+               'every_seconds': args.checkpoint_every_seconds or None, 'max_seconds': args.max_seconds,
+               'stop_after_epochs': args.stop_after_epochs, 'stop_after_members': args.stop_after_members}
+    return run(pathlib.Path(args.config), pathlib.Path(args.records), output,
+               resume=pathlib.Path(args.resume) if args.resume else None, checkpoint_dir=args.checkpoint_dir,
+               checkpoint_options=options, started=started)
 
 
 if __name__ == '__main__':

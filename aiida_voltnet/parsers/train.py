@@ -3,11 +3,17 @@
 The status the ``voltnet-train`` script reports (``status.json``, or the ``VOLTNET_STATUS`` marker in ``train.log``)
 is mapped to the calculation's exit codes; a walltime kill reported by the scheduler (120) is kept unless a
 complete model was retrieved anyway.
+
+When training did not finish, because the script stopped itself before the walltime (status ``TIME_LIMIT``: exit
+code 400) or the job was killed (120 from the scheduler, or no final status at all), the retrieved ``checkpoint/``
+is checked (``state.json``, the sha256 of every file it names) and exposed as the ``checkpoint`` output, which
+``VoltnetTrainBaseWorkChain`` passes as ``restart_folder`` to the next run.
 """
 from __future__ import annotations
 
 import json
 import pathlib
+import shutil
 import tempfile
 
 from aiida import orm
@@ -19,6 +25,7 @@ from aiida_voltnet.data.model import VoltageModelData, json_safe
 __all__ = ('VoltnetTrainParser',)
 
 MARKER = 'VOLTNET_STATUS'
+CHECKPOINT_DIR = 'checkpoint'
 
 
 def read_status(names, read) -> dict | None:
@@ -65,11 +72,19 @@ class VoltnetTrainParser(Parser):
             return self.exit_codes.ERROR_TRAINING_FAILED.format(exception=status.get('message', ''))
         if kind == 'BAD_INPUT':
             return self.exit_codes.ERROR_BAD_INPUT_FILES.format(message=status.get('message', ''))
+        if kind == 'TIME_LIMIT':
+            self._expose_checkpoint(names)
+            where = f'member {status.get("member", "?")}'
+            if status.get('epoch') is not None:
+                where += f' epoch {status["epoch"]}'
+            return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(reason=status.get('reason', '?'), where=where)
 
         missing = [f'model/{n}' for n in ('config.json', 'arrays.safetensors') if n not in model_names]
         if 'metrics.json' not in names:
             missing.append('metrics.json')
         if missing:
+            if kind is None:  # killed before it could report: its last checkpoint is what is left
+                self._expose_checkpoint(names)
             if scheduler_exit == self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME.status:
                 return self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
             if kind is None and scheduler_exit:
@@ -91,3 +106,26 @@ class VoltnetTrainParser(Parser):
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))
         return ExitCode(0)  # explicit: a complete model overrides a walltime kill reported by the scheduler
+
+    def _expose_checkpoint(self, names) -> bool:
+        """Output ``checkpoint`` (``state.json`` + the files it names) when the retrieved one checks out."""
+        if CHECKPOINT_DIR not in names:
+            return False
+        from aiida_voltnet.ml.training import CHECKPOINT_STATE, CheckpointError, TrainingCheckpoint
+
+        repository = self.retrieved.base.repository
+        with tempfile.TemporaryDirectory() as directory:
+            directory = pathlib.Path(directory)
+            try:
+                state = json.loads(repository.get_object_content(f'{CHECKPOINT_DIR}/{CHECKPOINT_STATE}'))
+                for name in [CHECKPOINT_STATE, *TrainingCheckpoint.files(state)]:
+                    with repository.open(f'{CHECKPOINT_DIR}/{name}', 'rb') as source, \
+                            (directory / name).open('wb') as target:
+                        shutil.copyfileobj(source, target)
+                TrainingCheckpoint.read_state(directory)
+            except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError, OSError) as exception:
+                self.logger.warning(f'the retrieved checkpoint is unusable, not exposed: {exception}')
+                return False
+            folder = orm.FolderData(tree=directory)
+        self.out('checkpoint', folder)
+        return True

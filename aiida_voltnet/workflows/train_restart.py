@@ -4,8 +4,10 @@ Handlers (``BaseRestartWorkChain`` process handlers, highest priority first):
 
 - 420 CUDA out of memory: halve ``settings.train_overrides.batch_size`` (from the model spec's when unset);
 - 410 loss became NaN/inf: halve ``settings.train_overrides.lr``;
-- 120 out of walltime: resume from the retrieved ``model/`` checkpoint when there is one, else run again with
-  the same inputs.
+- 120 (killed at the walltime by the scheduler) and 400 (``voltnet-train`` stopped itself before the walltime):
+  resume from the calculation's ``checkpoint`` output when there is one (``restart_folder``: finished ensemble
+  members are kept, the interrupted torch member continues after its last saved epoch); else reuse a complete
+  retrieved ``model/``; else run again from scratch with the same inputs.
 """
 from __future__ import annotations
 
@@ -120,18 +122,25 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         self.report(f'{node.process_label}<{node.pk}> diverged (NaN loss): lr {current:g} -> {new:g}')
         return ProcessHandlerReport(True)
 
-    @process_handler(priority=400, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME])
+    @process_handler(priority=400, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME,
+                                               VoltnetTrainCalculation.exit_codes.ERROR_OUT_OF_WALLTIME])
     def handle_out_of_walltime(self, node):
-        """Out of walltime: resume from the retrieved ``model/`` checkpoint if any, else run the same inputs again."""
+        """Out of walltime: resume from the ``checkpoint`` output (or a complete retrieved ``model/``) if any, else
+        run the same inputs again."""
         retrieved = node.outputs.retrieved if 'retrieved' in node.outputs else None
         names = set()
         if retrieved is not None and 'model' in retrieved.base.repository.list_object_names():
             names = set(retrieved.base.repository.list_object_names('model'))
-        if {'config.json', 'arrays.safetensors'} <= names:
+        if 'checkpoint' in node.outputs:
+            checkpoint = node.outputs.checkpoint
+            self.ctx.inputs.restart_folder = checkpoint
+            self.report(f'{node.process_label}<{node.pk}> ran out of walltime: resuming from its checkpoint '
+                        f'{checkpoint.__class__.__name__}<{checkpoint.pk}>')
+        elif {'config.json', 'arrays.safetensors'} <= names:
             self.ctx.inputs.restart_folder = retrieved
-            self.report(f'{node.process_label}<{node.pk}> ran out of walltime: resuming from its model checkpoint')
-        else:
-            self.ctx.inputs.pop('restart_folder', None)
+            self.report(f'{node.process_label}<{node.pk}> ran out of walltime: reusing its complete model')
+        else:  # killed before its first checkpoint: the same inputs, i.e. the same restart_folder if it had one
+            start = 'its restart_folder' if 'restart_folder' in self.ctx.inputs else 'scratch'
             self.report(f'{node.process_label}<{node.pk}> ran out of walltime before any checkpoint: '
-                        'running again with the same inputs')
+                        f'running again with the same inputs (from {start})')
         return ProcessHandlerReport(True)

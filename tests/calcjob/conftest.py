@@ -113,7 +113,8 @@ def fake_child():
     from aiida.common.links import LinkType
     from aiida.engine import ProcessState
 
-    def factory(exit_status: int, computer, retrieved_files: dict[str, bytes] | None = None):
+    def factory(exit_status: int, computer, retrieved_files: dict[str, bytes] | None = None,
+                outputs: dict | None = None):
         node = orm.CalcJobNode(computer=computer, process_type='aiida.calculations:voltnet.train')
         node.set_option('resources', {'num_machines': 1})
         node.set_process_state(ProcessState.FINISHED)
@@ -125,6 +126,34 @@ def fake_child():
                 retrieved.base.repository.put_object_from_bytes(content, name)
             retrieved.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label='retrieved')
             retrieved.store()
+        for label, output in (outputs or {}).items():
+            output.base.links.add_incoming(node, link_type=LinkType.CREATE, link_label=label)
+            output.store()
         return node
 
     return factory
+
+
+def records_30(csv_path):
+    from aiida_voltnet.ml.records import read_electrodes_csv
+
+    with csv_path.open(newline='') as handle:
+        return read_electrodes_csv(handle, source=csv_path.name)[:30]
+
+
+@pytest.fixture(scope='session')
+def interrupted_checkpoint(csv_60, tmp_path_factory) -> pathlib.Path:
+    """The checkpoint directory of a 2-member ``voltnet`` training on 30 rows stopped after its first member."""
+    from aiida_voltnet.ml.models import train_voltage_model
+    from aiida_voltnet.ml.training import TrainingCheckpoint, TrainingInterrupted
+
+    directory = tmp_path_factory.mktemp('interrupted') / 'checkpoint'
+    checkpoint = TrainingCheckpoint(directory, {'test': 'interrupted'}, stop_after_members=1)
+    with pytest.raises(TrainingInterrupted):
+        train_voltage_model(records_30(csv_60), model='voltnet', members=2, device='cpu', checkpoint=checkpoint)
+    return directory
+
+
+def checkpoint_files(directory: pathlib.Path, prefix: str = 'checkpoint/') -> dict[str, bytes]:
+    """The files of a checkpoint directory as ``{prefix + name: content}``."""
+    return {f'{prefix}{path.name}': path.read_bytes() for path in sorted(directory.iterdir())}

@@ -37,26 +37,94 @@ def test_prepare_for_submission_writes_config_and_stages_records(slurm_code, dat
               'metadata': {'options': {'resources': {'num_machines': 1}}}}
     folder, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
     config = json.loads((folder / 'config.json').read_text())
-    assert config == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 3, 'resume': None,
+    assert config == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 3,
                       'settings': {'train_overrides': {'epochs': 3, 'batch_size': 32}}}
     # the records are copied from the dataset's repository at upload: no duplicate, no pickle
     assert calcinfo.local_copy_list == [(dataset_60.uuid, 'records.json', 'records.json')]
     assert not (folder / 'records.json').exists()
     assert 'train.log' in calcinfo.retrieve_list and 'metrics.json' in calcinfo.retrieve_list
     assert ('model/arrays.safetensors', '.', 2) in calcinfo.retrieve_list
-    assert calcinfo.codes_info[0].cmdline_params[:2] == ['--config', 'config.json']
+    # the checkpoint folder comes back also from a job killed before it finished
+    assert 'checkpoint' in calcinfo.retrieve_list
+    params = calcinfo.codes_info[0].cmdline_params
+    assert params[:2] == ['--config', 'config.json']
+    assert params[params.index('--checkpoint-dir') + 1] == 'checkpoint'
+    assert '--resume' not in params and '--max-seconds' not in params  # no walltime given, no restart
 
 
-def test_restart_folder_is_resumed_from(slurm_code, dataset_60, generate_calc_job):
-    restart = orm.FolderData()
-    restart.base.repository.put_object_from_bytes(b'{}', 'model/config.json')
-    restart.base.repository.put_object_from_bytes(b'', 'model/arrays.safetensors')
-    restart.store()
+def _folder(files: dict) -> orm.FolderData:
+    folder = orm.FolderData()
+    for name, content in files.items():
+        folder.base.repository.put_object_from_bytes(content, name)
+    return folder.store()
+
+
+@pytest.mark.parametrize('files, source', [
+    ({'state.json': b'{}', 'member-final-0.safetensors': b''}, '.'),  # the `checkpoint` output
+    ({'train.log': b'', 'checkpoint/state.json': b'{}'}, 'checkpoint'),  # a retrieved folder
+    ({'model/config.json': b'{}', 'model/arrays.safetensors': b''}, 'model'),  # a complete model
+])
+def test_restart_folder_is_resumed_from(slurm_code, dataset_60, generate_calc_job, files, source):
+    restart = _folder(files)
     inputs = {'code': slurm_code, 'dataset': dataset_60, 'restart_folder': restart,
               'metadata': {'options': {'resources': {'num_machines': 1}}}}
     folder, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
-    assert json.loads((folder / 'config.json').read_text())['resume'] == 'restart'
-    assert (restart.uuid, 'model', 'restart') in calcinfo.local_copy_list
+    assert 'resume' not in json.loads((folder / 'config.json').read_text())
+    assert (restart.uuid, source, 'restart') in calcinfo.local_copy_list
+    params = calcinfo.codes_info[0].cmdline_params
+    assert params[params.index('--resume') + 1] == 'restart'
+
+
+def test_remote_restart_folder_copies_its_checkpoint(slurm_code, dataset_60, generate_calc_job):
+    remote = orm.RemoteData(computer=slurm_code.computer, remote_path='/scratch/aiida/ab/cd/ef').store()
+    inputs = {'code': slurm_code, 'dataset': dataset_60, 'restart_folder': remote,
+              'metadata': {'options': {'resources': {'num_machines': 1}}}}
+    _, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
+    assert calcinfo.remote_copy_list == [(slurm_code.computer.uuid, '/scratch/aiida/ab/cd/ef/checkpoint', 'restart')]
+    assert '--resume' in calcinfo.codes_info[0].cmdline_params
+
+
+def test_a_restart_folder_without_checkpoint_or_model_is_refused(slurm_code, dataset_60):
+    from aiida.engine import run
+
+    with pytest.raises(ValueError, match='neither a checkpoint'):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, restart_folder=_folder({'x.txt': b''}))
+
+
+def test_checkpointing_options_and_the_walltime_stop(slurm_code, dataset_60, generate_calc_job):
+    def params(checkpointing=None, walltime=None):
+        options = {'resources': {'num_machines': 1}}
+        if walltime:
+            options['max_wallclock_seconds'] = walltime
+        inputs = {'code': slurm_code, 'dataset': dataset_60, 'metadata': {'options': options}}
+        if checkpointing is not None:
+            inputs['checkpointing'] = orm.Dict(checkpointing)
+        _, calcinfo, _ = generate_calc_job(VoltnetTrainCalculation, inputs)
+        line = calcinfo.codes_info[0].cmdline_params
+        return {flag: line[i + 1] for i, flag in enumerate(line) if flag.startswith('--')}
+
+    # the script stops itself (with a checkpoint) a margin before the scheduler's kill: 5 % within [60, 600] s
+    assert params(walltime=3600)['--max-seconds'] == '3420'
+    assert params(walltime=43200)['--max-seconds'] == '42600'
+    assert params(walltime=600)['--max-seconds'] == '540'
+    assert params({'stop_margin_seconds': 900}, walltime=3600)['--max-seconds'] == '2700'
+    got = params({'every_epochs': 5, 'every_seconds': 120, 'max_seconds': 99.5, 'stop_after_epochs': 3,
+                  'stop_after_members': 2}, walltime=3600)
+    assert got['--checkpoint-every-epochs'] == '5' and got['--checkpoint-every-seconds'] == '120'
+    assert got['--max-seconds'] == '99.5'
+    assert got['--stop-after-epochs'] == '3' and got['--stop-after-members'] == '2'
+
+
+@pytest.mark.parametrize('checkpointing, match', [
+    ({'every_epoch': 3}, 'unknown key'),
+    ({'every_epochs': 2.5}, 'every_epochs must be a non-negative int'),
+    ({'max_seconds': -1}, 'max_seconds must be a non-negative float'),
+])
+def test_bad_checkpointing_is_refused(slurm_code, dataset_60, checkpointing, match):
+    from aiida.engine import run
+
+    with pytest.raises(ValueError, match=match):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, checkpointing=orm.Dict(checkpointing))
 
 
 @pytest.mark.parametrize('settings, match', [

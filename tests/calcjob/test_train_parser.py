@@ -11,6 +11,8 @@ from aiida.plugins import ParserFactory
 
 from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
 
+from conftest import checkpoint_files
+
 EXIT = VoltnetTrainCalculation.exit_codes
 
 
@@ -67,3 +69,36 @@ def test_corrupt_model_is_refused(aiida_localhost):
              'model/arrays.safetensors': b'not safetensors'}
     _, calcfunction = _parse(aiida_localhost, files)
     assert calcfunction.exit_status == EXIT.ERROR_INVALID_MODEL.status
+
+
+def test_time_limit_exposes_the_checkpoint(aiida_localhost, interrupted_checkpoint):
+    """The script stopped itself before the walltime: exit 400 and the checkpoint as an output."""
+    from aiida_voltnet.ml.training import TrainingCheckpoint
+
+    files = {'status.json': _status('TIME_LIMIT', reason='time limit', member='calibration.0', epoch=None),
+             'train.log': 'x', **checkpoint_files(interrupted_checkpoint)}
+    files['checkpoint/state.json.tmp-99'] = b'{"half-written'  # a leftover of a killed write is not copied
+    results, calcfunction = _parse(aiida_localhost, files)
+    assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status == 400
+    assert 'time limit' in calcfunction.exit_message and 'member calibration.0' in calcfunction.exit_message
+    checkpoint = results['checkpoint']
+    state = json.loads(checkpoint.base.repository.get_object_content('state.json'))
+    assert sorted(checkpoint.base.repository.list_object_names()) == sorted(
+        ['state.json', *TrainingCheckpoint.files(state)])
+
+
+def test_scheduler_walltime_kill_exposes_the_checkpoint(aiida_localhost, interrupted_checkpoint):
+    """Killed by the scheduler (120) with no status of its own: 120 is kept, the checkpoint is an output."""
+    results, calcfunction = _parse(aiida_localhost, {'train.log': 'epoch 3\n', **checkpoint_files(interrupted_checkpoint)},
+                                   scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
+    assert calcfunction.exit_status == 120
+    assert 'state.json' in results['checkpoint'].base.repository.list_object_names()
+
+
+def test_altered_checkpoint_is_not_exposed(aiida_localhost, interrupted_checkpoint):
+    files = checkpoint_files(interrupted_checkpoint)
+    member = next(name for name in files if name.endswith('.safetensors'))
+    files[member] = files[member][:-10]  # truncated
+    results, calcfunction = _parse(aiida_localhost, {'train.log': 'x', **files},
+                                   scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
+    assert calcfunction.exit_status == 120 and 'checkpoint' not in results

@@ -81,6 +81,33 @@ def test_walltime_resumes_from_a_retrieved_checkpoint(workchain, fake_child, slu
     assert process.ctx.inputs.restart_folder.uuid == node.outputs.retrieved.uuid
 
 
+@pytest.mark.parametrize('exit_code', [EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME, EXIT.ERROR_OUT_OF_WALLTIME])
+def test_walltime_resumes_from_the_checkpoint_output(workchain, fake_child, slurm_code, exit_code):
+    """Killed by the scheduler (120) or stopped by voltnet-train before the walltime (400): the parser's checkpoint
+    output becomes the next run's restart_folder (it wins over a model/ in the retrieved folder)."""
+    process = workchain({'train_overrides': {'epochs': 3}})
+    checkpoint = orm.FolderData()
+    checkpoint.base.repository.put_object_from_bytes(b'{}', 'state.json')
+    files = {'train.log': b'...', 'model/config.json': b'{}', 'model/arrays.safetensors': b'x'}
+    node = _plant(process, fake_child(exit_code.status, slurm_code.computer, files, {'checkpoint': checkpoint}))
+    before = process.ctx.inputs.settings.get_dict()
+    report = process.inspect_process()
+    assert report is None or report.status == 0
+    assert process.ctx.inputs.restart_folder.uuid == node.outputs.checkpoint.uuid
+    assert process.ctx.inputs.settings.get_dict() == before  # the same training continues
+
+
+def test_walltime_without_new_checkpoint_keeps_the_previous_restart_folder(workchain, fake_child, slurm_code):
+    """A resumed run killed before it wrote anything: run again from the same checkpoint, not from scratch."""
+    process = workchain()
+    previous = orm.FolderData()
+    previous.base.repository.put_object_from_bytes(b'{}', 'state.json')
+    process.ctx.inputs.restart_folder = previous.store()
+    node = _plant(process, fake_child(EXIT.ERROR_OUT_OF_WALLTIME.status, slurm_code.computer, {'train.log': b''}))
+    process.handle_out_of_walltime(node)
+    assert process.ctx.inputs.restart_folder.uuid == previous.uuid
+
+
 def test_walltime_without_checkpoint_restarts_with_the_same_inputs(workchain, fake_child, slurm_code):
     process = workchain({'train_overrides': {'epochs': 3}})
     before = dict(process.ctx.inputs)
