@@ -145,3 +145,38 @@ def test_tree_evaluators_match_scikit_learn_exactly_on_real_data(records):
     mean, std = model.predict_features(X_nan)
     each = np.stack([m.predict(X_nan) for m in members])
     assert np.array_equal(mean, each.mean(axis=0)) and np.array_equal(std, each.std(axis=0))
+
+
+def test_dataset_built_from_validated_records_is_not_parsed_twice(aiida_profile, monkeypatch):
+    """(Here rather than in tests/aiida: it guards the batch-prediction path.) An ``ElectrodeDataset`` built in this
+    process from records that ``validate_record`` returned hands those records back once ``records.json`` is
+    verified unchanged; a node loaded from the profile, or built from unvalidated records, parses and validates
+    the file as before, and a changed file is refused either way."""
+    import dataclasses
+
+    from aiida import orm
+
+    from aiida_voltnet.data import dataset as dataset_module
+    from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, is_validated
+
+    records = read_electrodes_csv(SHARED_CSV)[:60]
+    assert all(is_validated(r) for r in records)
+    assert not is_validated(dataclasses.replace(records[0], battery_id='copy'))  # a changed copy is not marked
+    parsed = []
+    original = dataset_module.records_from_json
+    monkeypatch.setattr(dataset_module, 'records_from_json', lambda text: parsed.append(1) or original(text))
+    ElectrodeDataset_ = dataset_module.ElectrodeDataset
+    node = ElectrodeDataset_(records)
+    assert node.records() == records and not parsed
+    node.store()
+    assert node.records() == records and not parsed
+    loaded = orm.load_node(node.pk)
+    assert loaded.records() == records and parsed == [1]
+    unvalidated = ElectrodeRecord(battery_id='same', formula_charge='LiCoO2', formula_discharge='Li2Co2O4',
+                                  working_ion='Li')
+    with pytest.raises(ElectrodeDataError, match='same amount of Li per host atom'):
+        ElectrodeDataset_([unvalidated]).records()
+    tampered = ElectrodeDataset_(records)
+    tampered.base.repository.put_object_from_bytes(b'[]', 'records.json')
+    with pytest.raises(ElectrodeDataError, match='does not match the sha256'):
+        tampered.records()

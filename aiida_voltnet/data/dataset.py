@@ -11,7 +11,8 @@ from typing import Any, Sequence
 
 from aiida.orm import Data
 
-from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, records_from_json, records_to_json
+from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, is_validated, records_from_json,
+                                      records_to_json)
 
 __all__ = ('ElectrodeDataset',)
 
@@ -60,12 +61,16 @@ class ElectrodeDataset(Data):
         if len(set(ids)) != len(ids):
             duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ElectrodeDataError(f'duplicate battery_id(s) {", ".join(duplicated)}', field='battery_id')
-        text = records_to_json(records)
-        self.base.repository.put_object_from_bytes(text.encode(), self.RECORDS_FILENAME)
+        content = records_to_json(records).encode()
+        sha256 = hashlib.sha256(content).hexdigest()
+        self.base.repository.put_object_from_bytes(content, self.RECORDS_FILENAME)
         self.base.attributes.set('n_records', len(records))
         self.base.attributes.set('working_ions', sorted({r.working_ion for r in records}))
         self.base.attributes.set('source', source)
-        self.base.attributes.set('records_sha256', hashlib.sha256(text.encode()).hexdigest())
+        self.base.attributes.set('records_sha256', sha256)
+        # Records that validate_record returned are what records() would parse back from this file: keep them
+        # (in this Python object only), so that a dataset built and used in one process is not parsed twice.
+        self._checked_records = (sha256, tuple(records)) if all(is_validated(r) for r in records) else None
         if source_sha256 is not None:
             self.base.attributes.set('source_sha256', source_sha256)
         if mp_provenance is not None:
@@ -97,12 +102,19 @@ class ElectrodeDataset(Data):
 
     # -- content ----------------------------------------------------------------------------------------------------
     def records(self) -> list[ElectrodeRecord]:
-        """The core records (re-validated on the way out)."""
+        """The core records, validated: parsed and checked from ``records.json`` (whose sha256 must match the
+        recorded one), or, for a dataset built in this process from records that ``validate_record`` returned,
+        those same records once the file is verified to be the one written from them (the records equal what
+        parsing the file gives; only their ``line``, which the file does not hold, is kept)."""
         content = self.base.repository.get_object_content(self.RECORDS_FILENAME, mode='rb')
         recorded = self.base.attributes.get('records_sha256', None)
-        if recorded is not None and hashlib.sha256(content).hexdigest() != recorded:
+        actual = hashlib.sha256(content).hexdigest()
+        if recorded is not None and actual != recorded:
             raise ElectrodeDataError(f'ElectrodeDataset<{self.pk}>: {self.RECORDS_FILENAME} does not match the '
                                      'sha256 recorded when the node was created')
+        checked = getattr(self, '_checked_records', None)
+        if checked is not None and checked[0] == actual == recorded:
+            return list(checked[1])
         return records_from_json(content.decode())
 
     def battery_ids(self) -> list[str]:

@@ -44,6 +44,7 @@ __all__ = [
     'records_to_json',
     'records_from_json',
     'file_sha256',
+    'is_validated',
 ]
 
 #: The ten working ions of the Materials Project insertion-electrode collection, in a fixed order.
@@ -169,13 +170,17 @@ class ElectrodeRecord:
     def to_dict(self) -> dict[str, Any]:
         """All fields but ``line``, steps as dicts: ``dataclasses.asdict`` without ``line``, without its deep
         copies where every value is an immutable str/int/float/None (always, for validated records)."""
-        data = {name: getattr(self, name) for name in _RECORD_FIELDS}
-        steps = data['steps']
-        if type(steps) is tuple and all(type(step) is VoltageStep for step in steps) \
-                and all(type(value) in _IMMUTABLE_TYPES for name, value in data.items() if name != 'steps'):
-            data['steps'] = tuple({name: getattr(step, name) for name in _STEP_FIELDS} for step in steps)
-            if all(type(value) in _IMMUTABLE_TYPES for step in data['steps'] for value in step.values()):
-                return data
+        try:
+            fields = self.__dict__
+            data = {name: fields[name] for name in _RECORD_FIELDS}
+            steps = data['steps']
+            if type(steps) is tuple and all(type(step) is VoltageStep for step in steps) and \
+                    _IMMUTABLE_TYPES.issuperset(map(type, (data[name] for name in _SCALAR_FIELDS))):
+                data['steps'] = tuple({name: step.__dict__[name] for name in _STEP_FIELDS} for step in steps)
+                if all(_IMMUTABLE_TYPES.issuperset(map(type, step.values())) for step in data['steps']):
+                    return data
+        except (AttributeError, KeyError):
+            pass
         data = dataclasses.asdict(self)
         data.pop('line')
         return data
@@ -189,7 +194,8 @@ class ElectrodeRecord:
 
 _RECORD_FIELDS = tuple(f.name for f in dataclasses.fields(ElectrodeRecord) if f.name != 'line')
 _STEP_FIELDS = tuple(f.name for f in dataclasses.fields(VoltageStep))
-_IMMUTABLE_TYPES = (str, int, float, type(None))
+_SCALAR_FIELDS = tuple(name for name in _RECORD_FIELDS if name != 'steps')
+_IMMUTABLE_TYPES = frozenset((str, int, float, type(None)))
 
 
 def parse_formula(formula: str) -> Composition:
@@ -374,7 +380,25 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         value = getattr(record, name)
         if value is not None and not math.isfinite(value):
             fail(f'{name} must be a finite number, got {value!r}', name)
-    return dataclasses.replace(record, **updates) if updates else record
+    if updates:
+        checked = dataclasses.replace(record, **updates)
+        for name in ('composition_charge', 'composition_discharge'):  # same formulas: keep the parsed ones
+            if name in record.__dict__:
+                checked.__dict__[name] = record.__dict__[name]
+    else:
+        checked = record
+    checked.__dict__[_VALIDATED] = True  # immutable record (frozen), so it stays valid; see is_validated
+    return checked
+
+
+#: Key in a record's ``__dict__`` set by :func:`validate_record` (not a field: equality, hashing, ``to_dict``,
+#: ``dataclasses.replace`` and the JSON ignore it; a changed copy made by ``replace`` is not marked).
+_VALIDATED = '_voltnet_validated'
+
+
+def is_validated(record: ElectrodeRecord) -> bool:
+    """Whether ``record`` is one that :func:`validate_record` returned (so it needs no second check)."""
+    return getattr(record, '__dict__', {}).get(_VALIDATED) is True
 
 
 def _parse_int(value: str, name: str) -> int | None:
