@@ -117,7 +117,7 @@ def test_debian_family_and_builders(pseudo_family, pw):
     settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
     builder = pw_builder(pw, charged, settings, {'withmpi': False}, DEBIAN_PBESOL_FAMILY)
     system = builder.pw.parameters.get_dict()['SYSTEM']
-    assert (system['ecutwfc'], system['ecutrho'], system['smearing']) == (30.0, 240.0, 'mv')
+    assert (system['ecutwfc'], system['ecutrho'], system['smearing']) == (30.0, 240.0, 'cold')
     assert builder.kpoints_distance.value == 0.5 and 'nspin' not in system
     spin = pw_builder(pw, charged, {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
     assert spin.pw.parameters.get_dict()['SYSTEM']['nspin'] == 2
