@@ -134,6 +134,9 @@ def test_tree_evaluators_match_scikit_learn_exactly_on_real_data(records):
                 reference += predictors[0].predict(rows, np.zeros((0, 8), np.uint32), np.zeros(0, np.uint32), 1)
             reference += float(np.ravel(fitted._baseline_prediction)[0])
             assert np.array_equal(member.predict(rows), reference)
+            member._BLOCK_ROWS = 500  # several blocks of rows
+            assert np.array_equal(member.predict(rows), reference)
+            del member._BLOCK_ROWS
             assert np.array_equal(member._predict_numpy(rows), reference)
             float_rows = _SplitBinning([member.arrays])
             float_rows.binned = False

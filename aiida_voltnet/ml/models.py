@@ -223,7 +223,7 @@ class GradientBoostedTrees(Regressor):
         return self
 
     #: Rows per call of the compiled predictors: the block of binned rows stays in cache across all trees.
-    _BLOCK_ROWS = 8192
+    _BLOCK_ROWS = 16384
 
     def _compiled_trees(self, binning: '_SplitBinning | None' = None):
         """scikit-learn's compiled tree predictors rebuilt from the stored arrays, for ``binning`` (default: one
