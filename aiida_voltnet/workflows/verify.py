@@ -24,8 +24,8 @@ from .protocols import ProtocolMixin, recursive_merge
 __all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family')
 
 #: Keys of the ``settings`` Dict (see ``protocols/verify.yaml`` for their meaning and defaults).
-SETTINGS_KEYS = ('cutoff_stringency', 'kpoints_distance', 'spin_polarized', 'relax_type', 'smearing', 'degauss',
-                 'conv_thr_per_atom')
+SETTINGS_KEYS = ('cutoff_stringency', 'kpoints_distance', 'spin_polarized', 'magnetic_moment', 'relax_type',
+                 'smearing', 'degauss', 'conv_thr_per_atom')
 RELAX_TYPES = ('none', 'positions', 'positions_cell')
 
 
@@ -41,11 +41,14 @@ def load_pseudo_family(label: str):
     return families[0]
 
 
-def _is_magnetic(structure: orm.StructureData) -> bool:
+def _is_magnetic_symbol(symbol: str) -> bool:
     from pymatgen.core import Element
 
-    return any(Element(symbol).is_transition_metal or Element(symbol).is_rare_earth
-               for symbol in structure.get_symbols_set())
+    return Element(symbol).is_transition_metal or Element(symbol).is_rare_earth
+
+
+def _is_magnetic(structure: orm.StructureData) -> bool:
+    return any(_is_magnetic_symbol(symbol) for symbol in structure.get_symbols_set())
 
 
 def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: dict, options: dict,
@@ -72,14 +75,20 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
         'pw': {'parameters': {'SYSTEM': {'ecutwfc': ecutwfc, 'ecutrho': ecutrho, 'smearing': settings['smearing'],
                                          'degauss': settings['degauss']}}},
     }
-    spin = SpinType.COLLINEAR if settings['spin_polarized'] and _is_magnetic(structure) else SpinType.NONE
+    spin = {'spin_type': SpinType.NONE}
+    if settings['spin_polarized'] and _is_magnetic(structure):
+        # Start every transition metal at `magnetic_moment` (low spin), not at aiida-quantumespresso's 5 muB for Co
+        # and Ni: from 5 muB the SCF of CoO2 oscillated for 50+ steps and LiCoO2 stayed in a magnetic state here.
+        spin = {'spin_type': SpinType.COLLINEAR, 'initial_magnetic_moments': {
+            kind.name: settings['magnetic_moment'] if _is_magnetic_symbol(kind.symbol) else 0.0
+            for kind in structure.kinds}}
     if relax == 'none':
         return PwBaseWorkChain.get_builder_from_protocol(code, structure, protocol='fast', overrides=base,
-                                                         spin_type=spin, options=options)
+                                                         options=options, **spin)
     relax_type = {'positions': RelaxType.POSITIONS, 'positions_cell': RelaxType.POSITIONS_CELL}[relax]
     return PwRelaxWorkChain.get_builder_from_protocol(
         code, structure, protocol='fast', overrides={'base_relax': base, 'base_init_relax': base},
-        relax_type=relax_type, spin_type=spin, options=options)
+        relax_type=relax_type, options=options, **spin)
 
 
 def _validate_settings(settings, _ctx=None):

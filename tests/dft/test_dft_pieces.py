@@ -120,7 +120,10 @@ def test_debian_family_and_builders(pseudo_family, pw):
     assert (system['ecutwfc'], system['ecutrho'], system['smearing']) == (30.0, 240.0, 'cold')
     assert builder.kpoints_distance.value == 0.5 and 'nspin' not in system
     spin = pw_builder(pw, charged, {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
-    assert spin.pw.parameters.get_dict()['SYSTEM']['nspin'] == 2
+    spin_system = spin.pw.parameters.get_dict()['SYSTEM']
+    assert spin_system['nspin'] == 2
+    # 1 muB per Co at the start (settings.magnetic_moment), scaled by the Co pseudo's 17 valence electrons; O none.
+    assert spin_system['starting_magnetization'] == pytest.approx({'Co': 1.0 / 17, 'O': 0.0})
     metal = pw_builder(pw, ion_metal_structure('Li'), {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
     assert 'nspin' not in metal.pw.parameters.get_dict()['SYSTEM']  # no transition metal: no spin
     relax = pw_builder(pw, charged, {**settings, 'relax_type': 'positions_cell'}, {}, DEBIAN_PBESOL_FAMILY,
