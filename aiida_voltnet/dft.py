@@ -107,7 +107,7 @@ LAYERED_OXIDES = {'Co': (2.816, 14.054, 0.2604), 'Ni': (2.878, 14.190, 0.2587)}
 
 
 def layered_oxide_pair(metal: str = 'Co') -> tuple[orm.StructureData, orm.StructureData]:
-    """(charged MO2, discharged LiMO2) primitive cells (4 and 3 atoms) of the R-3m layered oxide of ``metal`` (Co
+    """(charged MO2, discharged LiMO2) primitive cells (3 and 4 atoms) of the R-3m layered oxide of ``metal`` (Co
     or Ni): the experimental LiMO2 cell and the same host with Li removed (unrelaxed)."""
     from pymatgen.core import Lattice, Structure
 

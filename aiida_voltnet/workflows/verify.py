@@ -17,7 +17,7 @@ from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.dft import compare_voltages, electrode_energies, energy_per_atom
 from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_pair
 from aiida_voltnet.data.model import VoltageModelData
-from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure
+from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure, missing_pseudos
 
 from .protocols import ProtocolMixin, recursive_merge
 
@@ -204,7 +204,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         if 'ion_energy' not in self.inputs:
             self.ctx.cells['ion_metal'] = self.inputs.get('ion_metal') or ion_metal_structure(ion)
         for which, structure in self.ctx.cells.items():
-            missing = sorted(set(structure.get_symbols_set()) - set(family.elements))
+            missing = missing_pseudos(family, structure)
             if missing:
                 return self.exit_codes.ERROR_MISSING_PSEUDO.format(
                     family=family.label, elements=', '.join(missing),
