@@ -4,7 +4,7 @@ import json
 from click.testing import CliRunner
 
 from aiida_voltnet.cli import cli
-from aiida_voltnet.report import DEFAULT_CSV, FIGURES, HEADINGS
+from aiida_voltnet.report import CAPS, DEFAULT_CSV, FIGURES, HEADINGS, S3_PAPER_HEADING
 
 
 def test_quick_report_has_every_table_and_figure(tmp_path):
@@ -13,13 +13,13 @@ def test_quick_report_has_every_table_and_figure(tmp_path):
                                       '--epochs', '2', '--folds', '2', '--data', str(DEFAULT_CSV)])
     assert result.exit_code == 0, result.output + repr(result.exception)
     markdown = (out / 'report.md').read_text()
-    for heading in HEADINGS:
+    for heading in HEADINGS + [S3_PAPER_HEADING]:
         assert heading in markdown.splitlines(), heading
     for name in FIGURES:
         assert (out / name).is_file() and (out / name).stat().st_size > 1000, name
         assert f'({name})' in markdown or f'`{name}`' in markdown, f'{name} not referenced in report.md'
     report = json.loads((out / 'report.json').read_text())
-    for key in ('table_s1', 'table_s2', 'table_s3', 'table_s4', 'fig_s5', 'leak', 'calibration', 'learning_curve',
+    for key in ('table_s1', 'table_s2', 'table_s3', 'table_s3_paper', 'table_s4', 'fig_s5', 'leak', 'calibration', 'learning_curve',
                 'provenance', 'versions', 'git_commit', 'data', 'timings_s', 'settings'):
         assert report[key] not in (None, {}, []), key
     assert report['data']['n_rows_used'] == 300 and len(report['data']['sha256']) == 64
@@ -30,5 +30,16 @@ def test_quick_report_has_every_table_and_figure(tmp_path):
     for row in report['table_s2'].values():
         assert set(row) == {'paper', 'paper_minus_leak', 'leakfree_random', 'leakfree_grouped'}
     assert set(report['table_s3']) == {'200', '150', '100', '50', 'none'}
+    # Table S3 as the paper ran it (MHA-ResNet, leaking features, random 90/10), beside the leak-free caps
+    assert set(report['table_s3_paper']) == {'200', '150', '100', '50', 'none'}
+    for cap in CAPS:
+        row = report['table_s3_paper'][str(cap)]
+        assert row['n_seeds'] >= 1 and row['n_test_rows_per_seed'] > 0 and 0 < row['mean_training_rows'], cap
+        assert row['mae'] == row['mae'] and row['mae'] > 0, cap  # not NaN
+    assert report['table_s3_paper']['none'] == report['table_s2']['mha_resnet']['paper']
+    section = markdown.split(S3_PAPER_HEADING, 1)[1].split('### ', 1)[0]
+    table_rows = [line for line in section.splitlines() if line.startswith('| ') and '---' not in line]
+    assert len(table_rows) == 1 + 1 + len(CAPS), section  # header, all rows, one per cap
+    assert 'paper-protocol caps not run' not in markdown
     assert 0 <= report['calibration']['coverage_1sigma'] <= report['calibration']['coverage_2sigma'] <= 1
     assert 'QUICK' in markdown

@@ -15,8 +15,8 @@ from . import cli
 @click.option('--no-provenance', 'no_provenance', is_flag=True,
               help='Do not run the main numbers through AiiDA calcfunctions (no profile needed).')
 @click.option('--seeds', default=None,
-              help='Comma-separated seeds (default: 0 in quick mode, 0,1,2 in full mode; the caps, the volume '
-                   'target and the learning curve use the first one).')
+              help='Comma-separated seeds (default: 0 in quick mode, 0,1,2,3,4 in full mode; the caps of both '
+                   'protocols, the volume target and the learning curve use the first one).')
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
               help='CSV in the seed format (default: the shared MP insertion-electrode CSV).')
 @click.option('--profile', default=None,
