@@ -25,7 +25,7 @@ else
     say 'apt-get update'
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     say 'apt-get install -y quantum-espresso quantum-espresso-data'
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends quantum-espresso quantum-espresso-data
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq quantum-espresso quantum-espresso-data
     have_all || { echo "[dft] ERROR: after the install, pw.x or a UPF file of ${NEEDED[*]} is still missing" >&2; exit 1; }
 fi
 # pw.x is an OpenMPI program; OpenMPI refuses root unless told (the pw.x code of `voltnet dft-setup` sets the same).
