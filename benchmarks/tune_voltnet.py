@@ -1,0 +1,124 @@
+"""Hyper-parameter selection for the default ``voltnet`` ensemble on validation rows only (never the test rows).
+
+For each seed, the benchmark's random 90/10 split (the same one ``benchmarks/accuracy.py`` uses) is made and its
+test rows are set aside untouched. The 90 % training part is split again 90/10 at random (seed + 100); the
+leak-free featurizer and each candidate ensemble are fitted on the inner part and scored (MAE, V) on the inner
+validation part. Prints the table candidates x seeds and the mean; the candidate with the lowest mean
+validation MAE is the one to choose.
+
+    OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py                 # seeds 0 1 2, all candidates
+    OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --seeds 0 --candidates base lr0.1x500
+
+Only after choosing, ``--test NAME`` runs ``benchmarks/accuracy.py`` (test rows) once for that candidate, with
+the candidate patched into ``MODEL_SPECS['voltnet']`` in this process only (the default is not changed);
+the remaining arguments go to ``accuracy.py``:
+
+    OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --test leaf10_lr0.1x500 --rows voltnet:leakfree:random
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from aiida_voltnet.ml.featurizers import get_featurizer
+from aiida_voltnet.ml.models import MODEL_SPECS, GradientBoostedTrees
+from aiida_voltnet.ml.records import read_electrodes_csv
+from aiida_voltnet.ml.splits import make_split
+
+DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+BASE = dict(MODEL_SPECS['voltnet']['params'])
+BASE_MEMBERS = MODEL_SPECS['voltnet']['members']
+#: name -> (parameter changes from the current voltnet spec, ensemble members)
+CANDIDATES = {
+    'base': ({}, BASE_MEMBERS),
+    'lr0.1x500': ({'learning_rate': 0.1, 'max_iter': 500}, BASE_MEMBERS),
+    'feat0.3': ({'max_features': 0.3}, BASE_MEMBERS),
+    'leaf10': ({'min_samples_leaf': 10}, BASE_MEMBERS),
+    'leaves63': ({'max_leaf_nodes': 63}, BASE_MEMBERS),
+    'l2_1': ({'l2_regularization': 1.0}, BASE_MEMBERS),
+    'members10': ({}, 10),
+    # round 2, written after round 1 (the lines above) had run: the round-1 changes that helped on validation
+    # (min_samples_leaf 10, max_features 0.3, learning rate 0.1 x 500 trees, 63 leaves), combined, and a step further
+    'leaf5': ({'min_samples_leaf': 5}, BASE_MEMBERS),
+    'leaf10_feat0.3': ({'min_samples_leaf': 10, 'max_features': 0.3}, BASE_MEMBERS),
+    'leaf10_lr0.1x500': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500}, BASE_MEMBERS),
+    'leaf10_feat0.3_lr0.1x500': ({'min_samples_leaf': 10, 'max_features': 0.3, 'learning_rate': 0.1,
+                                  'max_iter': 500}, BASE_MEMBERS),
+    'leaf10_feat0.3_leaves63': ({'min_samples_leaf': 10, 'max_features': 0.3, 'max_leaf_nodes': 63}, BASE_MEMBERS),
+}
+
+
+def main():
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument('--test', default=None, metavar='NAME')
+    test, rest = first.parse_known_args()
+    if test.test:  # every other argument is accuracy.py's
+        return run_test(test.test, rest)
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--data', default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
+    parser.add_argument('--candidates', nargs='*', default=list(CANDIDATES))
+    parser.add_argument('--json', default=None, help='write {candidate: {seed: mae}} here')
+    parser.add_argument('--test', default=None, metavar='NAME',
+                        help='run benchmarks/accuracy.py for this candidate (after choosing it); the other '
+                             'arguments are passed to accuracy.py')
+    args = parser.parse_args()
+    records = read_electrodes_csv(args.data)
+    table: dict[str, dict[int, float]] = {name: {} for name in args.candidates}
+    for seed in args.seeds:
+        train_idx, _test_idx = make_split(records, 'random', seed=seed, test_fraction=0.1)  # test rows: unused
+        train = [records[i] for i in train_idx]
+        inner_idx, val_idx = make_split(train, 'random', seed=seed + 100, test_fraction=0.1)
+        inner, val = [train[i] for i in inner_idx], [train[i] for i in val_idx]
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            featurizer = get_featurizer('leakfree')
+            X, X_val = featurizer.fit_transform(inner), featurizer.transform(val)
+        y = np.array([r.average_voltage for r in inner])
+        y_val = np.array([r.average_voltage for r in val])
+        for name in args.candidates:
+            changes, n_members = CANDIDATES[name]
+            started = time.perf_counter()
+            # as train_voltage_model: member i uses seed seed * 1000 + i; the ensemble mean is the prediction
+            members = [GradientBoostedTrees(**{**BASE, **changes}).fit(X, y, seed=seed * 1000 + i)
+                       for i in range(n_members)]
+            mean = np.mean(GradientBoostedTrees.predict_members(members, X_val), axis=0)
+            table[name][seed] = float(np.mean(np.abs(mean - y_val)))
+            print(f'seed {seed} {name:<10} validation MAE {table[name][seed]:.4f} V on {len(val)} rows '
+                  f'({time.perf_counter() - started:.0f} s)', flush=True)
+    print()
+    print(f'base voltnet params {BASE}, {BASE_MEMBERS} members; validation MAE (V), inner 90/10 of each seed\'s '
+          f'training rows')
+    print(f'{"candidate":<25} {"changes":<72}' + ''.join(f' {"seed " + str(s):>8}' for s in args.seeds) + f' {"mean":>8}')
+    for name in args.candidates:
+        changes, n_members = CANDIDATES[name]
+        label = ', '.join([f'{k}={v}' for k, v in changes.items()]
+                          + ([f'members={n_members}'] if n_members != BASE_MEMBERS else []))
+        values = [table[name][s] for s in args.seeds]
+        print(f'{name:<25} {label or "(current default)":<72}' + ''.join(f' {v:8.4f}' for v in values)
+              + f' {np.mean(values):8.4f}')
+    if args.json:
+        Path(args.json).write_text(json.dumps(table, indent=1))
+
+
+def run_test(name: str, accuracy_args: list[str]):
+    import runpy
+    import sys
+
+    changes, n_members = CANDIDATES[name]
+    MODEL_SPECS['voltnet']['params'].update(changes)
+    MODEL_SPECS['voltnet']['members'] = n_members
+    print(f'voltnet patched in this process only: {name} -> params {MODEL_SPECS["voltnet"]["params"]}, '
+          f'{n_members} members', flush=True)
+    sys.argv = [str(Path(__file__).parent / 'accuracy.py')] + accuracy_args
+    runpy.run_path(sys.argv[0], run_name='__main__')
+
+
+if __name__ == '__main__':
+    main()
