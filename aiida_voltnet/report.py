@@ -240,6 +240,18 @@ def _fmt(summary: dict | None, key: str, digits: int = 3) -> str:
     return f'{value:.{digits}f} ± {std:.{digits}f}' if std is not None else f'{value:.{digits}f}'
 
 
+def _s3_rows(table: dict, all_label: str) -> list[str]:
+    """Markdown rows of a Table S3 (``{'none': summary, '<cap>': summary, ...}``) beside the SI's numbers."""
+    none = table['none']
+    rows = [f'| {all_label} | — | {_fmt(none, "mae")} | {_fmt(none, "rmse")} | {_fmt(none, "r2")} | '
+            f'{" / ".join(map(_pub, PUBLISHED_S3[None]))} |']
+    for cap in CAPS:
+        row = table[str(cap)]
+        rows.append(f'| {cap} | {row["mean_training_rows"]:.0f} | {_fmt(row, "mae")} | {_fmt(row, "rmse")} | '
+                    f'{_fmt(row, "r2")} | {" / ".join(map(_pub, PUBLISHED_S3[cap]))} |')
+    return rows
+
+
 def _pub(value) -> str:
     return '—' if value is None else f'{value:g}'
 
@@ -880,13 +892,7 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               S3_PAPER_HEADING, '',
               '| max training rows per interval | training rows (mean) | MAE | RMSE | R² | SI MAE / RMSE / R² |',
               '|---|---|---|---|---|---|']
-    none_p = report['table_s3_paper']['none']
-    lines.append(f'| — (all; = Table S2 paper row, seeds {seeds}) | — | {_fmt(none_p, "mae")} | '
-                 f'{_fmt(none_p, "rmse")} | {_fmt(none_p, "r2")} | {" / ".join(map(_pub, PUBLISHED_S3[None]))} |')
-    for cap in CAPS:
-        row = report['table_s3_paper'][str(cap)]
-        lines.append(f'| {cap} | {row["mean_training_rows"]:.0f} | {_fmt(row, "mae")} | {_fmt(row, "rmse")} | '
-                     f'{_fmt(row, "r2")} | {" / ".join(map(_pub, PUBLISHED_S3[cap]))} |')
+    lines += _s3_rows(report['table_s3_paper'], f'— (all; = Table S2 paper row, seeds {seeds})')
     epochs_p = s.train_overrides('mha_resnet', 'paper')['epochs']
     lines += ['', f'MHA-ResNet trained at most {epochs_p} epochs here (the paper: 1000). '
               '![Fig. S3, paper protocol](fig_s3_residuals_paper.png)', '',
@@ -896,13 +902,7 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               'unchanged. The SI\'s numbers are MHA-ResNet under the leaking paper protocol.', '',
               '| max training rows per interval | training rows (mean) | MAE | RMSE | R² | SI MAE / RMSE / R² |',
               '|---|---|---|---|---|---|']
-    none = report['table_s3']['none']
-    lines.append(f'| — (all) | — | {_fmt(none, "mae")} | {_fmt(none, "rmse")} | {_fmt(none, "r2")} | '
-                 f'{" / ".join(map(_pub, PUBLISHED_S3[None]))} |')
-    for cap in CAPS:
-        row = report['table_s3'][str(cap)]
-        lines.append(f'| {cap} | {row["mean_training_rows"]:.0f} | {_fmt(row, "mae")} | {_fmt(row, "rmse")} | '
-                     f'{_fmt(row, "r2")} | {" / ".join(map(_pub, PUBLISHED_S3[cap]))} |')
+    lines += _s3_rows(report['table_s3'], '— (all)')
     lines += ['', f'![Fig. S3](fig_s3_residuals.png) (residuals of seed {s.seeds[0]})', '']
 
     # S4
