@@ -240,6 +240,25 @@ def _fmt(summary: dict | None, key: str, digits: int = 3) -> str:
     return f'{value:.{digits}f} ± {std:.{digits}f}' if std is not None else f'{value:.{digits}f}'
 
 
+def _s3_residual_figure(s3: dict, seed: int, color: str, title: str | None, path) -> None:
+    """Fig. S3: one residual histogram per training cap, for the predictions of ``seed``."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)
+    for ax, cap, letter in zip(axes.ravel(), CAPS, 'abcd'):
+        residuals = np.array([p['mean'] - p['y'] for p in s3[cap]['predictions'] if p['seed'] == seed])
+        ax.hist(residuals, bins=40, color=color, alpha=0.8)
+        ax.axvline(0, color='k', lw=0.8)
+        ax.set_title(f'({letter}) {cap} per 1 V interval: MAE {np.mean(np.abs(residuals)):.2f} V', fontsize=9)
+    for ax in axes[1]:
+        ax.set_xlabel('residual, predicted − DFT (V)')
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _s3_rows(table: dict, all_label: str) -> list[str]:
     """Markdown rows of a Table S3 (``{'none': summary, '<cap>': summary, ...}``) beside the SI's numbers."""
     none = table['none']
@@ -733,33 +752,11 @@ def _figures(out, all_records, grouped, s3, volume, curve, calibration, s3_paper
     fig.savefig(out / 'learning_curve.png', dpi=110)
     plt.close(fig)
 
-    # Fig. S3: residuals per cap
-    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)
-    for ax, cap, letter in zip(axes.ravel(), CAPS, 'abcd'):
-        residuals = np.array([p['mean'] - p['y'] for p in s3[cap]['predictions'] if p['seed'] == seed0])
-        ax.hist(residuals, bins=40, color='C0', alpha=0.8)
-        ax.axvline(0, color='k', lw=0.8)
-        ax.set_title(f'({letter}) {cap} per 1 V interval: MAE {np.mean(np.abs(residuals)):.2f} V', fontsize=9)
-    for ax in axes[1]:
-        ax.set_xlabel('residual, predicted − DFT (V)')
-    fig.tight_layout()
-    fig.savefig(out / 'fig_s3_residuals.png', dpi=110)
-    plt.close(fig)
-
-    # Fig. S3 as the paper ran it: MHA-ResNet, paper features, random 90/10
+    # Fig. S3: residuals per cap, ours and as the paper ran it (MHA-ResNet, paper features, random 90/10)
+    _s3_residual_figure(s3, seed0, 'C0', None, out / 'fig_s3_residuals.png')
     paper_seed = min(p['seed'] for p in s3_paper[CAPS[0]]['predictions'])
-    fig, axes = plt.subplots(2, 2, figsize=(8, 6), sharex=True)
-    for ax, cap, letter in zip(axes.ravel(), CAPS, 'abcd'):
-        residuals = np.array([p['mean'] - p['y'] for p in s3_paper[cap]['predictions'] if p['seed'] == paper_seed])
-        ax.hist(residuals, bins=40, color='C3', alpha=0.8)
-        ax.axvline(0, color='k', lw=0.8)
-        ax.set_title(f'({letter}) {cap} per 1 V interval: MAE {np.mean(np.abs(residuals)):.2f} V', fontsize=9)
-    for ax in axes[1]:
-        ax.set_xlabel('residual, predicted − DFT (V)')
-    fig.suptitle('paper protocol (MHA-ResNet, leaking features, random 90/10)', fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out / 'fig_s3_residuals_paper.png', dpi=110)
-    plt.close(fig)
+    _s3_residual_figure(s3_paper, paper_seed, 'C3', 'paper protocol (MHA-ResNet, leaking features, random 90/10)',
+                        out / 'fig_s3_residuals_paper.png')
 
     # Fig. S4: residuals per ion
     ions = [ion for ion in ION_NAMES if any(p['working_ion'] == ion for p in preds)]
