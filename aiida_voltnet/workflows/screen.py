@@ -84,12 +84,10 @@ class ScreenWorkChain(WorkChain):
 
     @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
-        candidates = inputs.get('candidates') or {}
-        if not candidates:
-            return 'give at least one candidate in `candidates`'
-        for name, pair in candidates.items():
-            if not isinstance(pair, dict) or set(pair) != {'charged', 'discharged', 'working_ion'}:
-                return f'candidate {name!r} must be a namespace with exactly charged, discharged and working_ion'
+        try:  # the same namespace check as the structure-pair calculation functions
+            functions._pairs(inputs.get('candidates') or {})
+        except ValueError as exception:
+            return f'candidates: {exception}'
         message = check_selection(inputs['selection'].get_dict())
         if message:
             return message

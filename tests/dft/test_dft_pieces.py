@@ -143,3 +143,14 @@ def test_verify_settings_validator(pw):
     with pytest.raises(ValueError, match='relax_type must be one of'):
         VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
                                                   overrides={'settings': {'relax_type': 'everything'}})
+
+
+def test_screen_validator_names_the_malformed_candidate(aiida_profile):
+    from aiida_voltnet.workflows.screen import ScreenWorkChain
+
+    charged, _ = layered_oxide_pair('Co')
+    selection = orm.Dict({'top_k': 1})
+    message = ScreenWorkChain.validate_inputs({'candidates': {'x': {'charged': charged}}, 'selection': selection})
+    assert message.startswith("candidates: pair 'x' must be a namespace with exactly charged, discharged")
+    assert ScreenWorkChain.validate_inputs({'candidates': {}, 'selection': selection}) == \
+        'candidates: give at least one structure pair'
