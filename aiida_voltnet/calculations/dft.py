@@ -111,7 +111,8 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
     ids, ions = predictions.get_array('battery_ids'), predictions.get_array('working_ions')
     chosen, messages = set(selected.get_list()), outcomes.get_dict()
     rows, errors = [], []
-    for i, battery_id in enumerate(map(str, ids)):
+    predicted = [str(battery_id) for battery_id in ids]
+    for i, battery_id in enumerate(predicted):
         row = {'battery_id': battery_id, 'working_ion': str(ions[i]), 'ml_voltage': float(mean[i]),
                'ml_uncertainty': float(std[i]), 'selected': battery_id in chosen, 'dft_voltage': None,
                'difference': None, 'status': 'not selected'}
@@ -123,7 +124,8 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
         elif battery_id in chosen:
             row['status'] = messages.get(battery_id, 'failed')
         rows.append(row)
-    rejected = {name: message for name, message in messages.items() if name not in set(map(str, ids))}
+    known = set(predicted)
+    rejected = {name: message for name, message in messages.items() if name not in known}
     return orm.Dict({
         'rows': rows,
         'rejected': rejected,
