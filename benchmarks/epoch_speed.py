@@ -7,13 +7,23 @@ slicing device tensors; the exact single-token form of the attention (softmax ov
 convolutions computed as matrix products over unfolded windows. The forward math is the same function: the
 script prints the largest output difference on identical weights (float summation order only, ~1e-6).
 
-    python benchmarks/epoch_speed.py [--epochs 5] [--device auto] [--rows N]
+Also measured in the same run:
+
+* the float32 floor: the multiply-adds of one epoch of our loop (forward + backward, counted by
+  ``torch.utils.flop_counter``) divided by the device's own float32 matrix-product rate (a 512 x 512 x 2048
+  product, best of several). No float32 loop with these multiply-adds can be faster, so seed-style time / floor
+  bounds the speed-up any exact rewrite can reach on this device;
+* ours with ``precision='bf16'`` (``torch.autocast`` bfloat16 products, the training option of
+  ``TrainConfig``): the same network and loss, but *not* identical arithmetic, reported apart.
+
+    python benchmarks/epoch_speed.py [--epochs 5] [--device auto] [--rows N] [--no-bf16]
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import logging
+import math
 import subprocess
 import time
 import warnings
@@ -52,6 +62,52 @@ def our_epoch(model, X, y, optimizer, criterion, generator, batch_size=512):
         optimizer.step()
 
 
+def our_bf16_epoch(model, X, y, optimizer, criterion, generator, batch_size=512):
+    model.train()
+    order = torch.randperm(len(X), generator=generator).to(X.device)
+    for start in range(0, len(X), batch_size):
+        batch = order[start:start + batch_size]
+        optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(X.device.type, dtype=torch.bfloat16):
+            output = model(X[batch])
+        loss = criterion(output.float(), y[batch])
+        loss.backward()
+        optimizer.step()
+
+
+def epoch_flops(model, X, y, criterion, batch_size=512) -> float:
+    """Floating-point operations (2 per multiply-add) of one training epoch: forward + backward of every batch."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    total = 0.0
+    sizes = [min(batch_size, len(X) - start) for start in range(0, len(X), batch_size)]
+    for size in set(sizes):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            criterion(model(X[:size]), y[:size]).backward()
+        total += counter.get_total_flops() * sizes.count(size)
+    model.zero_grad(set_to_none=True)
+    return total
+
+
+def matmul_rate(device, dtype=torch.float32, repeats=10) -> float:
+    """The device's float32 matrix-product rate (FLOP/s), best of ``repeats`` 512 x 512 x 2048 products."""
+    a = torch.randn(512, 512, device=device, dtype=dtype)
+    b = torch.randn(512, 2048, device=device, dtype=dtype)
+    best = math.inf
+    for _ in range(repeats + 2):
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(5):
+            a @ b
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - start) / 5)
+    return 2 * 512 * 512 * 2048 / best
+
+
 def timed(fn, epochs, device):
     times = []
     for _ in range(epochs):
@@ -73,6 +129,7 @@ def main():
     parser.add_argument('--device', default='auto')
     parser.add_argument('--rows', type=int, default=None, help='use only the first N rows')
     parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s)')
+    parser.add_argument('--no-bf16', action='store_true', help='skip the bfloat16-autocast row')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
@@ -105,13 +162,24 @@ def main():
     generator = torch.Generator().manual_seed(0)
     run_seed = lambda: seed_style_epoch(seed_model, loader, opt_seed, criterion)  # noqa: E731
     run_ours = lambda: our_epoch(ours, Xt, yt, opt_ours, criterion, generator)  # noqa: E731
-    timed(run_seed, args.warmup, device), timed(run_ours, args.warmup, device)
+    runs = {'seed-style': run_seed, 'ours': run_ours}
+    if not args.no_bf16:
+        bf16 = copy.deepcopy(ours)  # a copy of the same initial network, so the fp32 rows are unaffected
+        fast_mha_resnet(bf16)  # deepcopy keeps the partials bound to the original modules: re-route to the copy
+        opt_bf16 = torch.optim.Adam(bf16.parameters(), lr=5e-3, fused=True)
+        generator_bf16 = torch.Generator().manual_seed(0)
+        runs['ours, bf16'] = lambda: our_bf16_epoch(bf16, Xt, yt, opt_bf16, criterion, generator_bf16)  # noqa: E731
+    flops = epoch_flops(fast_mha_resnet(copy.deepcopy(base)).to(device), Xt, yt, criterion)
+    rate = matmul_rate(device)
+    for run in runs.values():
+        timed(run, args.warmup, device)
     # Interleave to share the machine's noise fairly.
-    t_seed, t_ours = [], []
+    times = {label: [] for label in runs}
     for _ in range(args.epochs):
-        t_seed.extend(timed(run_seed, 1, device))
-        t_ours.extend(timed(run_ours, 1, device))
-    t_seed, t_ours = np.array(t_seed), np.array(t_ours)
+        for label, run in runs.items():
+            times[label].extend(timed(run, 1, device))
+    times = {label: np.array(t) for label, t in times.items()}
+    t_seed, t_ours = times['seed-style'], times['ours']
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
@@ -121,10 +189,18 @@ def main():
     print(f'MHA-ResNet epoch time, {len(X)} rows x {X.shape[1]} PCA features, batch 512, device {name}, '
           f'torch {torch.__version__}, commit {commit}')
     print(f'max |output difference| seed-style vs ours on identical weights: {diff:.2e}')
-    print(f'{"loop":<12} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18}')
-    for label, t in (('seed-style', t_seed), ('ours', t_ours)):
-        print(f'{label:<12} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f}')
-    print(f'speed-up (median seed-style / median ours): {np.median(t_seed) / np.median(t_ours):.2f}x')
+    floor = flops / rate
+    print(f'{"loop":<12} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18} {"vs seed-style":>14}')
+    for label, t in times.items():
+        print(f'{label:<12} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f} '
+              f'{np.median(t_seed) / np.median(t):13.2f}x')
+    print(f'{"fp32 floor":<12} {floor:15.3f} {"":>8} {"":>8} {floor * 1000 / 60:18.1f} '
+          f'{np.median(t_seed) / floor:13.2f}x   ({flops / 1e9:.1f} GFLOP per epoch at the measured '
+          f'{rate / 1e9:.0f} GFLOP/s float32 matrix-product rate)')
+    print(f'speed-up (median seed-style / median ours): {np.median(t_seed) / np.median(t_ours):.2f}x; '
+          f'ours runs at {flops / np.median(t_ours) / rate:.0%} of the matrix-product rate')
+    if 'ours, bf16' in times:
+        print(f'bf16 autocast (not identical arithmetic): {np.median(t_seed) / np.median(times["ours, bf16"]):.2f}x')
 
 
 if __name__ == '__main__':

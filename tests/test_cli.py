@@ -61,3 +61,16 @@ def test_bad_inputs_exit_nonzero_with_a_message(trained):
     bad = run('predict', '--model', str(broken), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
               check=False)
     assert bad.returncode == 3 and 'altered' in bad.stderr
+
+
+def test_train_precision_reaches_the_stored_training_settings(tmp_path):
+    import json
+
+    train_csv = tmp_path / 'train.csv'
+    train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')
+    run('train', '--data', str(train_csv), '--out', str(tmp_path / 'bf16'), '--model', 'mlp', '--epochs', '2',
+        '--precision', 'bf16')
+    config = json.loads((tmp_path / 'bf16' / 'config.json').read_text())
+    assert '"precision": "bf16"' in json.dumps(config)
+    bad = run('train', '--data', str(train_csv), '--out', str(tmp_path / 'x'), '--precision', 'fp16', check=False)
+    assert bad.returncode == 2 and "'fp16' is not one of" in bad.stderr

@@ -183,3 +183,23 @@ def test_dataset_built_from_validated_records_is_not_parsed_twice(aiida_profile,
     tampered.base.repository.put_object_from_bytes(b'[]', 'records.json')
     with pytest.raises(ElectrodeDataError, match='does not match the sha256'):
         tampered.records()
+
+
+def test_bf16_precision_trains_and_changes_the_arithmetic(records, tmp_path):
+    kwargs = dict(featurizer='paper', model='mha_resnet', seed=2, device='cpu')
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        exact = train_voltage_model(records, train_overrides={'epochs': 2}, **kwargs)
+        bf16 = train_voltage_model(records, train_overrides={'epochs': 2, 'precision': 'bf16'}, **kwargs)
+    mean_exact, mean_bf16 = exact.predict(records[:20], device='cpu')[0], bf16.predict(records[:20], device='cpu')[0]
+    assert np.isfinite(mean_bf16).all()
+    assert not np.array_equal(mean_exact, mean_bf16)  # the option reaches the loop: bfloat16 products differ
+    bf16.save(tmp_path / 'bf16')
+    assert np.array_equal(VoltageModel.load(tmp_path / 'bf16').predict(records[:20], device='cpu')[0], mean_bf16)
+
+
+def test_unknown_training_precision_is_refused():
+    from aiida_voltnet.ml.training import TrainConfig
+
+    with pytest.raises(ValueError, match="precision 'fp16' is not one of fp32, bf16"):
+        TrainConfig(precision='fp16')

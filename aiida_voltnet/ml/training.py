@@ -12,8 +12,10 @@ continues where it stopped and ends with the same model as an uninterrupted run 
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
+import functools
 import hashlib
 import json
 import logging
@@ -61,6 +63,9 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+PRECISIONS = ('fp32', 'bf16')
+
+
 @dataclass
 class TrainConfig:
     epochs: int = 300
@@ -73,6 +78,14 @@ class TrainConfig:
     device: str = 'auto'
     scheduler: str | None = None  # None or 'cosine'
     min_epochs: int = 0
+    #: 'fp32' (default: exact float32 arithmetic) or 'bf16': the forward pass under ``torch.autocast`` with
+    #: bfloat16 matrix products (CUDA, or CPUs with AVX512-BF16/AMX); same network and loss, lower-precision
+    #: products, so results differ from fp32 ones beyond summation order. Predictions are always float32.
+    precision: str = 'fp32'
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f'training precision {self.precision!r} is not one of {", ".join(PRECISIONS)}')
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -121,6 +134,8 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == 'cosine' else None)
     loss_fn = nn.MSELoss()
+    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if config.precision == 'bf16'
+                else contextlib.nullcontext)
     n = len(X_train)
     best_state, best_val, best_epoch, stale = None, math.inf, 0, 0
     result = TrainResult(best_epoch=0, epochs_run=0, best_val_loss=None, device=str(device))
@@ -139,7 +154,9 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
             if len(batch) < 2 and n >= 2:  # BatchNorm cannot train on a single row
                 continue
             optimizer.zero_grad(set_to_none=True)
-            loss = loss_fn(network(X_train[batch]), y_train[batch])
+            with autocast():
+                output = network(X_train[batch])
+            loss = loss_fn(output.float(), y_train[batch])
             loss.backward()
             optimizer.step()
             total += loss.detach() * len(batch)
@@ -262,7 +279,8 @@ def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
 
 def _config_key(config: TrainConfig) -> dict:
     """What must be equal between the run that saved a loop state and the run that continues it."""
-    return {k: v for k, v in config.to_dict().items() if k != 'device'}
+    # precision 'fp32' is left out so that checkpoints written before the option existed still resume
+    return {k: v for k, v in config.to_dict().items() if k != 'device' and (k, v) != ('precision', 'fp32')}
 
 
 def _loop_state(epoch, config, network, optimizer, scheduler, generator, device, best_state, best_val, best_epoch,
