@@ -2,7 +2,8 @@
 
 Writes ``report.md`` (tables beside the paper's published numbers), PNG figures (matplotlib, Agg) and
 ``report.json`` (every number, the settings, seeds, versions, git commit, data sha256, wall time and, in provenance
-mode, the AiiDA processes behind the leak-free voltnet numbers).
+mode, the AiiDA process behind every number: ``report_analysis`` calcfunctions, and for the main leak-free voltnet
+rows ``train_model``/``predict_voltages``/``evaluate_model`` per fold).
 
 Protocols:
 
@@ -23,7 +24,7 @@ import platform
 import subprocess
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -298,37 +299,145 @@ def versions() -> dict:
     return out
 
 
-# -- provenance mode: the leak-free voltnet rows through AiiDA calcfunctions -------------------------------------------
-def _provenance_functions():
-    """Calcfunctions of the report itself (k-fold and subsampling, which the package's split_dataset lacks).
-    Their inputs are ElectrodeDataset and Int nodes (no annotations: they are defined inside this function)."""
-    from aiida.engine import calcfunction
-
-    from .data.dataset import ElectrodeDataset
-
-    @calcfunction
-    def report_subsample_dataset(dataset, rows, seed):
-        """The same random subsample of records as ``voltnet report --rows``."""
-        return ElectrodeDataset(subsample(dataset.records(), rows.value, seed.value), derived_from=dataset)
-
-    @calcfunction
-    def report_kfold_dataset(dataset, folds, fold, seed):
-        """Fold ``fold`` of ``kfold_splits(grouped=True)``: exactly the split that ``evaluate`` uses."""
-        records = dataset.records()
-        train, test = list(kfold_splits(records, k=folds.value, grouped=True, seed=seed.value))[fold.value]
-        return {'train': ElectrodeDataset([records[i] for i in train], derived_from=dataset),
-                'test': ElectrodeDataset([records[i] for i in test], derived_from=dataset)}
-
-    @calcfunction
-    def report_drop_unseen_ions(test, train):
-        """The test records whose working ion occurs in ``train`` (``predict_voltages`` refuses unseen ions)."""
-        known = set(train.working_ions)
-        return ElectrodeDataset([r for r in test.records() if r.working_ion in known], derived_from=test)
-
-    return report_subsample_dataset, report_kfold_dataset, report_drop_unseen_ions
+# -- analyses: one computation of the report, in-process or as the calcfunction voltnet.report_analysis --------------
+#: The report's analyses (``report_analysis`` runs one of them on a dataset node).
+ANALYSES = ('evaluate', 'caps', 'caps_paper', 'learning_curve')
+#: The settings an analysis depends on (the rest, such as the row subsample, is already in its dataset).
+ANALYSIS_SETTINGS = ('seeds', 'folds', 'torch_epochs', 'leakfree_epochs', 'device', 'voltnet_members',
+                     'voltnet_max_iter', 'learning_fractions', 'threads')
+#: Columns of a stored prediction list (besides ``record``, the index into the dataset's records).
+_PREDICTION_FIELDS = ('y', 'mean', 'std', 'seed', 'fold')
 
 
-def evaluate_with_provenance(csv_path: str, settings: ReportSettings, protocol: str,
+def analysis_parameters(settings: ReportSettings, arguments: dict) -> dict:
+    """The ``parameters`` of one analysis: the settings it depends on and its own arguments (JSON)."""
+    return {'settings': {key: getattr(settings, key) for key in ANALYSIS_SETTINGS}, 'arguments': dict(arguments)}
+
+
+def run_analysis(records: Sequence[ElectrodeRecord], name: str, parameters: dict,
+                 log: Callable[[str], None] = print) -> dict:
+    """Run analysis ``name`` of :data:`ANALYSES` on ``records``: a JSON-able dict whose ``predictions`` lists hold
+    the test predictions (``evaluate``: one list; ``caps``/``caps_paper``: one per cap under ``parts``)."""
+    if name not in ANALYSES:
+        raise ValueError(f'unknown report analysis {name!r}; choose one of {", ".join(ANALYSES)}')
+    unknown = set(parameters.get('settings', {})) - set(ANALYSIS_SETTINGS)
+    if unknown:
+        raise ValueError(f'report analysis {name!r}: unknown setting(s) {", ".join(sorted(unknown))}')
+    settings = ReportSettings(**parameters.get('settings', {}))
+    arguments = dict(parameters.get('arguments', {}))
+    with _threads(settings.threads), _voltnet_spec(settings.voltnet_max_iter):
+        if name == 'evaluate':
+            return _evaluate_analysis(records, settings, **arguments)
+        if arguments:
+            raise ValueError(f'report analysis {name!r} takes no arguments, got {", ".join(sorted(arguments))}')
+        if name == 'caps':
+            return {'parts': {str(cap): part for cap, part in _capped(records, settings, log).items()}}
+        if name == 'caps_paper':
+            return {'parts': {str(cap): part for cap, part in _capped_paper(records, settings, log).items()}}
+        return {'curve': _learning_curve(records, settings)}
+
+
+def _evaluate_analysis(records, settings, model: str, featurizer: str = 'leakfree', protocol: str = 'grouped',
+                       target: str = 'average_voltage', drop_leak: bool = False, calibrate: bool = False) -> dict:
+    """``evaluate`` of ``model`` on ``featurizer`` under ``protocol`` (records without a finite target dropped)."""
+    if target != 'average_voltage':
+        records = [r for r in records if getattr(r, target) is not None and math.isfinite(getattr(r, target))]
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        result = evaluate(records, featurizer=cached_featurizer(featurizer, drop_leak=drop_leak), model=model,
+                          protocol=protocol, seeds=settings.seeds, folds=settings.folds, device=settings.device,
+                          train_overrides=settings.train_overrides(model, featurizer),
+                          members=settings.members(model), target=target, calibrate=calibrate)
+    return {'model': model, 'featurizer': featurizer + ('-minus-capacity-energy' if drop_leak else ''),
+            'protocol': protocol, 'target': target, 'seeds': list(settings.seeds), 'n_records': len(records),
+            'summary': _summary_over_seeds(result.predictions, settings.seeds), 'runs': result.runs,
+            'wall_time_s': result.wall_time_s, 'predictions': result.predictions}
+
+
+def _finite_or_none(value):
+    """JSON for an AiiDA Dict: NaN/inf (R² of a single row, say) become None, which the tables print as —."""
+    if isinstance(value, dict):
+        return {str(k): _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def predictions_to_arrays(result: dict, records: Sequence[ElectrodeRecord]) -> tuple[dict, dict[str, np.ndarray]]:
+    """Split an analysis result into its JSON part and arrays: every ``predictions`` list becomes the arrays
+    ``p<k>_record`` (index into ``records``, by battery_id), ``p<k>_y``, ``_mean``, ``_std``, ``_seed``, ``_fold``,
+    and the JSON keeps ``{'arrays': 'p<k>', 'n': rows}`` in its place."""
+    index = {r.battery_id: i for i, r in enumerate(records)}
+    arrays: dict[str, np.ndarray] = {}
+
+    def walk(value):
+        if isinstance(value, dict):
+            out = {}
+            for key, item in value.items():
+                if key == 'predictions' and isinstance(item, list):
+                    prefix = f'p{len(arrays) // (len(_PREDICTION_FIELDS) + 1)}'
+                    arrays[f'{prefix}_record'] = np.array([index[p['battery_id']] for p in item], dtype=np.int64)
+                    for name in _PREDICTION_FIELDS:
+                        dtype = np.int64 if name in ('seed', 'fold') else np.float64
+                        arrays[f'{prefix}_{name}'] = np.array([p.get(name, math.nan) for p in item], dtype=dtype)
+                    out[key] = {'arrays': prefix, 'n': len(item)}
+                else:
+                    out[key] = walk(item)
+            return out
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return _finite_or_none(walk(result)), arrays
+
+
+def predictions_from_arrays(summary: dict, arrays: Callable[[str], np.ndarray],
+                            records: Sequence[ElectrodeRecord]) -> dict:
+    """The inverse of :func:`predictions_to_arrays` (``arrays(name)`` returns a stored array)."""
+    def walk(value):
+        if isinstance(value, dict):
+            if set(value) == {'arrays', 'n'} and isinstance(value['arrays'], str):
+                prefix = value['arrays']
+                columns = {name: arrays(f'{prefix}_{name}') for name in ('record',) + _PREDICTION_FIELDS}
+                out = []
+                for row in range(value['n']):
+                    record = records[int(columns['record'][row])]
+                    out.append({'battery_id': record.battery_id, 'working_ion': record.working_ion,
+                                'y': float(columns['y'][row]), 'mean': float(columns['mean'][row]),
+                                'std': float(columns['std'][row]), 'seed': int(columns['seed'][row]),
+                                'fold': int(columns['fold'][row])})
+                return out
+            return {key: walk(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(summary)
+
+
+def _provenance_dataset(data: Path, settings: ReportSettings):
+    """The report's dataset node: the CSV as SinglefileData -> ``assemble_dataset_from_csv`` (-> the row
+    subsample). Returns the dataset and an entry for report.json."""
+    from aiida import orm
+
+    from .calculations.functions import assemble_dataset_from_csv
+    from .calculations.report import report_subsample_dataset
+
+    csv_node = orm.SinglefileData(str(data)).store()
+    dataset, assemble_node = assemble_dataset_from_csv.run_get_node(csv_node)
+    entry = {'csv': [csv_node.pk, csv_node.uuid], 'assemble_dataset_from_csv': [assemble_node.pk, assemble_node.uuid]}
+    if settings.rows is not None:
+        dataset, node = report_subsample_dataset.run_get_node(dataset, orm.Int(settings.rows), orm.Int(0))
+        entry['report_subsample_dataset'] = [node.pk, node.uuid]
+    entry['dataset'] = [dataset.pk, dataset.uuid]
+    return dataset, entry
+
+
+def evaluate_with_provenance(dataset, settings: ReportSettings, protocol: str,
                              log: Callable[[str], None]) -> tuple[EvaluationResult, list[dict]]:
     """Leak-free voltnet under ``protocol`` (random 90/10 or grouped k-fold), every step an AiiDA process.
 
@@ -337,16 +446,11 @@ def evaluate_with_provenance(csv_path: str, settings: ReportSettings, protocol: 
     """
     from aiida import orm
 
-    from .calculations.functions import (assemble_dataset_from_csv, dataset_records, evaluate_model,
-                                         predict_voltages, split_dataset, train_model)
+    from .calculations.functions import dataset_records, evaluate_model, predict_voltages, split_dataset, train_model
+    from .calculations.report import report_drop_unseen_ions, report_kfold_dataset
 
-    subsample_fn, kfold_fn, drop_unseen_fn = _provenance_functions()
     started = time.perf_counter()
-    csv_node = orm.SinglefileData(str(Path(csv_path).resolve())).store()
-    dataset, assemble_node = assemble_dataset_from_csv.run_get_node(csv_node)
     entries = []
-    if settings.rows is not None:
-        dataset, node = subsample_fn.run_get_node(dataset, orm.Int(settings.rows), orm.Int(0))
     result = EvaluationResult('leakfree', 'voltnet', protocol, list(settings.seeds))
     train_settings = {'members': settings.voltnet_members, 'device': settings.device}
     for seed in settings.seeds:
@@ -354,12 +458,12 @@ def evaluate_with_provenance(csv_path: str, settings: ReportSettings, protocol: 
             splits, node = split_dataset.run_get_node(dataset, orm.Str('random'), orm.Int(seed), orm.Float(0.1))
             fold_splits = [(splits, node)]
         else:
-            fold_splits = [kfold_fn.run_get_node(dataset, orm.Int(settings.folds), orm.Int(f), orm.Int(seed))
+            fold_splits = [report_kfold_dataset.run_get_node(dataset, orm.Int(settings.folds), orm.Int(f), orm.Int(seed))
                            for f in range(settings.folds)]
         for fold, (splits, split_node) in enumerate(fold_splits):
             test_node, dropped = splits['test'], 0
             if set(test_node.working_ions) - set(splits['train'].working_ions):
-                test_node = drop_unseen_fn(splits['test'], splits['train'])
+                test_node = report_drop_unseen_ions(splits['test'], splits['train'])
                 dropped = splits['test'].n_records - test_node.n_records
                 log(f'  seed {seed} fold {fold}: {dropped} test row(s) of ion(s) absent from training dropped')
             with warnings.catch_warnings():
@@ -379,7 +483,6 @@ def evaluate_with_provenance(csv_path: str, settings: ReportSettings, protocol: 
                                            'seed': seed, 'fold': fold})
             result.runs.append({'seed': seed, 'fold': fold, **{k: metrics[k] for k in ('mae', 'rmse', 'r2', 'n')}})
             entries.append({'protocol': protocol, 'seed': seed, 'fold': fold,
-                            'assemble_dataset_from_csv': [assemble_node.pk, assemble_node.uuid],
                             'split': [split_node.pk, split_node.uuid, split_node.process_label],
                             'train_model': [train_node.pk, train_node.uuid],
                             'model': [model.pk, model.uuid, model.model_version],
@@ -433,7 +536,13 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
         if not ok:
             settings.provenance = False
             log(f'provenance off: {message}')
-    report['provenance'] = {'enabled': settings.provenance, 'note': provenance_note, 'processes': []}
+    report['provenance'] = {'enabled': settings.provenance, 'note': provenance_note, 'processes': [],
+                            'analyses': []}
+    dataset = None
+    if settings.provenance:
+        dataset, report['provenance']['dataset'] = _provenance_dataset(data, settings)
+        if [r.battery_id for r in dataset.records()] != [r.battery_id for r in records]:
+            raise RuntimeError('the dataset node does not hold the records of the in-process report')
 
     def timed(name):
         class _T:
@@ -445,29 +554,49 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                 log(f'[{name}] {report["timings_s"][name]:.0f} s')
         return _T()
 
-    def run(model, featurizer='leakfree', protocol='grouped', target='average_voltage', recs=None, drop_leak=False,
-            seeds=None, calibrate=False):
-        seeds = list(seeds or settings.seeds)
-        feat = cached_featurizer(featurizer, drop_leak=drop_leak)
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            result = evaluate(recs if recs is not None else records, featurizer=feat, model=model,
-                              protocol=protocol, seeds=seeds, folds=settings.folds, device=settings.device,
-                              train_overrides=settings.train_overrides(model, featurizer), members=settings.members(model),
-                              target=target, calibrate=calibrate)
-        result.featurizer = featurizer + ('-minus-capacity-energy' if drop_leak else '')
-        summary = _summary_over_seeds(result.predictions, seeds)
-        log(f'  {model:<10} {result.featurizer:<32} {protocol:<8} MAE {summary["mae"]:.3f} ± '
-            f'{summary["mae_std"]:.3f} V ({result.wall_time_s:.0f} s)')
-        return result, summary
+    def analysis(name, section, analysis_settings=settings, **arguments):
+        """Run one analysis: in-process, or (provenance mode) as ``report_analysis`` on the dataset node. Either
+        way the result goes through its stored form (JSON + prediction arrays), so both modes read the same."""
+        parameters = analysis_parameters(analysis_settings, arguments)
+        if dataset is None:
+            summary, arrays = predictions_to_arrays(run_analysis(records, name, parameters, log), records)
+            return predictions_from_arrays(summary, arrays.__getitem__, records)
+        from aiida import orm
+
+        from .calculations.report import report_analysis
+
+        _, node = report_analysis.run_get_node(dataset, orm.Str(name), orm.Dict(parameters))
+        if not node.is_finished_ok:
+            raise RuntimeError(f'report_analysis {name} for {section} failed: process pk {node.pk}')
+        metrics = node.outputs.metrics
+        stored = node.outputs.predictions if 'predictions' in node.outputs else None
+        result = predictions_from_arrays(metrics.get_dict(), getattr(stored, 'get_array', None), records)
+        entry = {'section': section, 'analysis': name, 'arguments': arguments, 'pk': node.pk, 'uuid': node.uuid,
+                 'metrics_pk': metrics.pk}
+        if 'summary' in result:
+            entry['mae'] = result['summary']['mae']
+        report['provenance']['analyses'].append(entry)
+        return result
+
+    def run(model, featurizer='leakfree', protocol='grouped', section='Table S2', target='average_voltage',
+            drop_leak=False, seeds=None, calibrate=False):
+        analysis_settings = replace(settings, seeds=list(seeds)) if seeds else settings
+        result = analysis('evaluate', section, analysis_settings, model=model, featurizer=featurizer,
+                          protocol=protocol, target=target, drop_leak=drop_leak, calibrate=calibrate)
+        summary = result['summary']
+        log(f'  {model:<10} {result["featurizer"]:<32} {protocol:<8} MAE {summary["mae"]:.3f} ± '
+            f'{summary["mae_std"]:.3f} V ({result["wall_time_s"]:.0f} s)')
+        evaluation = EvaluationResult(result['featurizer'], model, protocol, result['seeds'], runs=result['runs'],
+                                      predictions=result['predictions'], wall_time_s=result['wall_time_s'])
+        return evaluation, summary
 
     with _threads(settings.threads), _voltnet_spec(settings.voltnet_max_iter):
-        # Main leak-free voltnet rows (through AiiDA in provenance mode).
+        # Main leak-free voltnet rows (fold by fold through train_model/predict_voltages in provenance mode).
         with timed('voltnet leak-free (main rows)'):
             main = {}
             for protocol in ('random', 'grouped'):
                 if settings.provenance:
-                    result, entries = evaluate_with_provenance(str(data), settings, protocol, log)
+                    result, entries = evaluate_with_provenance(dataset, settings, protocol, log)
                     report['provenance']['processes'].extend(entries)
                     main[protocol] = (result, _summary_over_seeds(result.predictions, settings.seeds))
                 else:
@@ -477,7 +606,7 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
             for model, _ in S2_MODELS:
                 row = {}
                 row['paper'] = run(model, 'paper', 'random')[1]
-                row['paper_minus_leak'] = run(model, 'paper', 'random', drop_leak=True)[1]
+                row['paper_minus_leak'] = run(model, 'paper', 'random', section='The leak', drop_leak=True)[1]
                 if model == 'voltnet':
                     row['leakfree_random'], row['leakfree_grouped'] = main['random'][1], main['grouped'][1]
                 else:
@@ -488,27 +617,27 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
         grouped_result = main['grouped'][0]
 
         with timed('Table S3 caps'):
-            s3 = _capped(records, settings.aux(), log)
+            s3 = {int(cap): part for cap, part in
+                  analysis('caps', 'Table S3 (leak-free)', settings.aux())['parts'].items()}
         report['table_s3'] = {str(k): v['summary'] for k, v in s3.items()}
         report['table_s3']['none'] = main['grouped'][1]
 
         with timed('Table S3 caps, paper protocol'):
-            s3_paper = _capped_paper(records, settings.aux(), log)
+            s3_paper = {int(cap): part for cap, part in
+                        analysis('caps_paper', 'Table S3 (paper protocol)', settings.aux())['parts'].items()}
         report['table_s3_paper'] = {str(k): v['summary'] for k, v in s3_paper.items()}
         report['table_s3_paper']['none'] = s2['mha_resnet']['paper']
 
         with timed('Fig. S5 volume'):
-            volume_records = [r for r in records if r.max_delta_volume is not None
-                              and math.isfinite(r.max_delta_volume)]
-            volume_result, volume_summary = run('voltnet', 'leakfree', 'grouped', target='max_delta_volume',
-                                                recs=volume_records, seeds=settings.aux().seeds)
-        vol = np.array([r.max_delta_volume for r in volume_records])
+            volume_result, volume_summary = run('voltnet', 'leakfree', 'grouped', section='Fig. S5',
+                                                target='max_delta_volume', seeds=settings.aux().seeds)
+        vol = np.array([p['y'] for p in volume_result.predictions if p['seed'] == settings.aux().seeds[0]])
         errors = np.array([abs(p['mean'] - p['y']) for p in volume_result.predictions])
-        report['fig_s5'] = {'summary': volume_summary, 'n_records': len(volume_records), 'max': float(vol.max()),
+        report['fig_s5'] = {'summary': volume_summary, 'n_records': len(vol), 'max': float(vol.max()),
                             'n_above_1': int((vol > 1).sum()), 'median_abs_error': float(np.median(errors))}
 
         with timed('learning curve'):
-            curve = _learning_curve(records, settings.aux())
+            curve = analysis('learning_curve', 'Learning curve', settings.aux())['curve']
         report['learning_curve'] = curve
 
     # Table S4: per ion, from the grouped out-of-fold predictions
@@ -970,22 +1099,35 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
     prov = report['provenance']
     lines += [HEADINGS[8], '']
     if prov['enabled']:
-        lines += [f'{prov["note"]}. The **leak-free voltnet** rows (Table S2 leak-free random and grouped, Table '
-                  'S4, Table S1, parity, calibration) were computed through AiiDA calcfunctions '
-                  '(`assemble_dataset_from_csv`, `split_dataset` / the report\'s `report_kfold_dataset` (same '
-                  'folds as `evaluate`), `train_model`, `predict_voltages`, `evaluate_model`); the other rows '
-                  '(baselines, paper protocol, caps, volume, learning curve) ran in-process, without provenance. '
-                  'Inspect any of them with `verdi process show PK` or `voltnet provenance PK`.', '',
+        dataset_entry = prov.get('dataset', {})
+        lines += [f'{prov["note"]}. Every number of this report comes out of an AiiDA process on one dataset node '
+                  f'(pk {dataset_entry.get("dataset", ["?"])[0]}, made by `assemble_dataset_from_csv` pk '
+                  f'{dataset_entry.get("assemble_dataset_from_csv", ["?"])[0]} from the CSV file, SinglefileData pk '
+                  f'{dataset_entry.get("csv", ["?"])[0]}'
+                  + (f', then `report_subsample_dataset` pk {dataset_entry["report_subsample_dataset"][0]}'
+                     if 'report_subsample_dataset' in dataset_entry else '') + '). '
+                  'The **main leak-free voltnet** rows (Table S2 leak-free random and grouped, Table S4, Table S1, '
+                  'parity, calibration) go fold by fold through `split_dataset` / `report_kfold_dataset` (the same '
+                  'folds as `evaluate`), `train_model`, `predict_voltages` and `evaluate_model`; every other row is '
+                  'one `report_analysis` calcfunction (inputs: the dataset, the analysis name and a Dict of every '
+                  'setting; outputs: a `metrics` Dict with the numbers printed here and a `predictions` ArrayData '
+                  'of the test predictions behind them). Inspect any of them with `verdi process show PK` or '
+                  '`voltnet provenance PK`.', '',
+                  '| section | analysis | arguments | process pk (uuid) | metrics Dict pk | MAE |',
+                  '|---|---|---|---|---|---|']
+        for e in prov.get('analyses', []):
+            arguments = ', '.join(f'{k}={v}' for k, v in e['arguments'].items()
+                                  if v not in (False, None) and (k, v) != ('target', 'average_voltage'))
+            mae = f'{e["mae"]:.3f}' if e.get('mae') is not None else '(per cap / fraction)'
+            lines.append(f'| {e["section"]} | {e["analysis"]} | {arguments or "—"} | {e["pk"]} ({e["uuid"]}) | '
+                         f'{e["metrics_pk"]} | {mae} |')
+        lines += ['', 'The main leak-free voltnet rows, per seed and fold:', '',
                   '| protocol | seed | fold | split pk | train_model pk | model pk (version) | predict_voltages pk | '
                   'evaluate_model pk (uuid) | MAE |', '|---|---|---|---|---|---|---|---|---|']
         for e in prov['processes']:
             lines.append(f'| {e["protocol"]} | {e["seed"]} | {e["fold"]} | {e["split"][0]} | {e["train_model"][0]} | '
                          f'{e["model"][0]} ({e["model"][2][:12]}) | {e["predict_voltages"][0]} | '
                          f'{e["evaluate_model"][0]} ({e["evaluate_model"][1]}) | {e["mae"]:.3f} |')
-        if prov['processes']:
-            first = prov['processes'][0]
-            lines += ['', f'Dataset: `assemble_dataset_from_csv` pk {first["assemble_dataset_from_csv"][0]} '
-                      f'(uuid {first["assemble_dataset_from_csv"][1]}).']
     else:
         lines.append(f'Provenance mode was not used: {prov["note"]}. No number here is backed by AiiDA processes.')
     lines.append('')
@@ -1011,8 +1153,8 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               '- wall time per section (s): ' + ', '.join(f'{k}: {v:.0f}' for k, v in report['timings_s'].items()),
               '']
     lines += [HEADINGS[10], '',
-              '- Only the leak-free voltnet rows go through AiiDA in provenance mode; the baselines, the paper '
-              'protocol, the capped rows, the volume target and the learning curve run in-process.',
+              '- In provenance mode the main leak-free voltnet rows store their models (`train_model`); the other '
+              'analyses (`report_analysis`) store their metrics and test predictions, not the models they trained.',
               '- Only the main leak-free voltnet rows calibrate the ensemble spread (it doubles the training cost); '
               'the other voltnet rows report means only (MAE/RMSE/R² do not depend on the calibration).',
               '- The DNN row of Table S2 and "MLP model2" are models of other papers; not reproduced.',

@@ -1,0 +1,66 @@
+"""``voltnet report`` in provenance mode: every table row comes from a stored AiiDA process whose outputs hold the
+numbers printed, on one dataset node made from the CSV file."""
+import json
+import traceback
+
+from aiida import orm
+from click.testing import CliRunner
+
+from aiida_voltnet.cli import cli
+from aiida_voltnet.report import DEFAULT_CSV, HEADINGS
+
+
+def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_profile, tmp_path):
+    out = tmp_path / 'report'
+    result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--rows', '200', '--epochs', '2',
+                                      '--folds', '2', '--data', str(DEFAULT_CSV), '--profile', aiida_profile.name])
+    assert result.exit_code == 0, result.output + ''.join(traceback.format_exception(*result.exc_info))
+    report = json.loads((out / 'report.json').read_text())
+    prov = report['provenance']
+    assert prov['enabled'] is True
+    dataset = orm.load_node(prov['dataset']['dataset'][1])
+    assert dataset.n_records == report['data']['n_rows_used'] == 200
+    # the dataset's ancestry reaches the CSV file
+    csv = orm.load_node(prov['dataset']['csv'][1])
+    assert isinstance(csv, orm.SinglefileData) and dataset.creator.inputs.dataset.creator.inputs.csv.uuid == csv.uuid
+
+    analyses = prov['analyses']
+    sections = {(e['section'], e['analysis']) for e in analyses}
+    # every Table S2 cell that is not a main voltnet row: 6 models x paper (with and without the leak columns),
+    # 5 baselines x leak-free (random, grouped); then caps of both protocols, the volume target, the learning curve
+    assert len([e for e in analyses if e['analysis'] == 'evaluate']) == 6 * 2 + 5 * 2 + 1
+    assert {('Table S3 (leak-free)', 'caps'), ('Table S3 (paper protocol)', 'caps_paper'), ('Fig. S5', 'evaluate'),
+            ('Learning curve', 'learning_curve'), ('The leak', 'evaluate')} <= sections
+    for entry in analyses:
+        node = orm.load_node(entry['uuid'])
+        assert node.is_finished_ok, entry
+        assert node.inputs.dataset.uuid == dataset.uuid
+        assert node.inputs.analysis.value == entry['analysis']
+        stored = node.outputs.metrics.get_dict()
+        if entry['analysis'] == 'evaluate':
+            assert stored['summary']['mae'] == entry['mae']
+            n_rows = node.outputs.predictions.get_array('p0_mean').shape[0]
+            assert n_rows == stored['predictions']['n'] > 0
+
+    # the printed numbers are the stored ones: Table S2 paper-protocol MLP and the paper-protocol caps
+    def stored_result(section, **arguments):
+        [entry] = [e for e in analyses if e['section'] == section
+                   and all(e['arguments'].get(k) == v for k, v in arguments.items())]
+        return orm.load_node(entry['uuid']).outputs.metrics.get_dict()
+
+    mlp = stored_result('Table S2', model='mlp', featurizer='paper', protocol='random')
+    assert report['table_s2']['mlp']['paper'] == mlp['summary']
+    caps = stored_result('Table S3 (paper protocol)')
+    assert report['table_s3_paper']['100'] == caps['parts']['100']['summary']
+
+    # the main voltnet rows, fold by fold
+    assert {e['protocol'] for e in prov['processes']} == {'random', 'grouped'}
+    for entry in prov['processes']:
+        assert orm.load_node(entry['evaluate_model'][1]).is_finished_ok
+        assert orm.load_node(entry['model'][1]).model_version == entry['model'][2]
+
+    markdown = (out / 'report.md').read_text()
+    assert HEADINGS[8] in markdown.splitlines()
+    provenance_section = markdown.split(HEADINGS[8], 1)[1].split('\n## ', 1)[0]
+    for entry in analyses:
+        assert f'{entry["pk"]} ({entry["uuid"]})' in provenance_section
