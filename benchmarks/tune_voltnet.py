@@ -54,6 +54,25 @@ CANDIDATES = {
 }
 
 
+def validation_splits(records, seeds):
+    """(seed, inner training rows, validation rows) per seed: the benchmark's random 90/10 split of that seed with
+    its test rows dropped, and its training part split again 90/10 (seed + 100). The test rows are never returned."""
+    for seed in seeds:
+        train_idx, _test_idx = make_split(records, 'random', seed=seed, test_fraction=0.1)  # test rows: unused
+        train = [records[i] for i in train_idx]
+        inner_idx, val_idx = make_split(train, 'random', seed=seed + 100, test_fraction=0.1)
+        yield seed, [train[i] for i in inner_idx], [train[i] for i in val_idx]
+
+
+def leakfree_arrays(inner, val):
+    """Leak-free features fitted on ``inner``: X, y of ``inner`` and X, y of ``val``."""
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        featurizer = get_featurizer('leakfree')
+        X, X_val = featurizer.fit_transform(inner), featurizer.transform(val)
+    return X, np.array([r.average_voltage for r in inner]), X_val, np.array([r.average_voltage for r in val])
+
+
 def main():
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument('--test', default=None, metavar='NAME')
@@ -71,17 +90,8 @@ def main():
     args = parser.parse_args()
     records = read_electrodes_csv(args.data)
     table: dict[str, dict[int, float]] = {name: {} for name in args.candidates}
-    for seed in args.seeds:
-        train_idx, _test_idx = make_split(records, 'random', seed=seed, test_fraction=0.1)  # test rows: unused
-        train = [records[i] for i in train_idx]
-        inner_idx, val_idx = make_split(train, 'random', seed=seed + 100, test_fraction=0.1)
-        inner, val = [train[i] for i in inner_idx], [train[i] for i in val_idx]
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
-            featurizer = get_featurizer('leakfree')
-            X, X_val = featurizer.fit_transform(inner), featurizer.transform(val)
-        y = np.array([r.average_voltage for r in inner])
-        y_val = np.array([r.average_voltage for r in val])
+    for seed, inner, val in validation_splits(records, args.seeds):
+        X, y, X_val, y_val = leakfree_arrays(inner, val)
         for name in args.candidates:
             changes, n_members = CANDIDATES[name]
             started = time.perf_counter()
