@@ -203,3 +203,30 @@ def test_unknown_training_precision_is_refused():
 
     with pytest.raises(ValueError, match="precision 'fp16' is not one of fp32, bf16"):
         TrainConfig(precision='fp16')
+
+
+@pytest.mark.parametrize('n_features', [7, 40])
+def test_fast_mha_resnet_computes_the_faithful_function(n_features):
+    """Single-token attention as a linear map and convolutions as products (short inputs) or native (long ones,
+    above MATMUL_CONV_MAX_LENGTH): the same outputs and gradients as the faithful module, to float rounding."""
+    import copy
+
+    from aiida_voltnet.ml.networks import MATMUL_CONV_MAX_LENGTH, fast_mha_resnet
+
+    assert (n_features <= MATMUL_CONV_MAX_LENGTH) != (n_features == 40)
+    torch.manual_seed(1)
+    faithful = MHAResNet(n_features)
+    fast = fast_mha_resnet(copy.deepcopy(faithful))
+    x = torch.randn(64, n_features)
+    for model in (faithful, fast):
+        model.train()
+        torch.manual_seed(2)  # the same dropout masks
+        model(x).square().mean().backward()
+    faithful.eval(), fast.eval()
+    with torch.no_grad():
+        assert torch.allclose(faithful(x), fast(x), atol=1e-5, rtol=1e-5)
+    for (name, p), q in zip(faithful.named_parameters(), fast.parameters()):
+        if p.grad is None:
+            assert q.grad is None or not q.grad.any(), name
+            continue
+        assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name

@@ -126,13 +126,22 @@ def attention_as_linear(model: MHAResNet) -> MHAResNet:
     return model
 
 
-def _conv1d_as_matmul(conv: nn.Conv1d, x):
-    """The same convolution as one matrix product over unfolded windows.
+#: Longest input sequence that :func:`_conv1d_as_matmul` computes as a matrix product; longer ones go to the native
+#: convolution. Measured on CPU (torch 2.13, oneDNN 3.12, one thread, MHA-ResNet epochs): the seed's 7 PCA
+#: features (lengths 7, 4, 2, 1) are a little faster as products, the 325 leak-free features (lengths 325 down
+#: to 41) 1.6x slower, the unfolded windows' copies and their backward dominating there.
+MATMUL_CONV_MAX_LENGTH = 16
 
-    oneDNN's Conv1d kernels are slow on CPU for the seed's tiny sequence lengths (8 PCA features shrink to
-    lengths 4, 2 and 1), above all in the backward pass; a GEMM over the (batch x length) rows computes the
-    same sums with the same weights and is several times faster there.
+
+def _conv1d_as_matmul(conv: nn.Conv1d, x):
+    """The same convolution as one matrix product over unfolded windows, for short sequences.
+
+    oneDNN's Conv1d kernels have a high fixed cost for the seed's tiny sequence lengths (7 PCA features shrink to
+    lengths 4, 2 and 1); a GEMM over the (batch x length) rows computes the same sums with the same weights.
+    Inputs longer than :data:`MATMUL_CONV_MAX_LENGTH` use the native convolution.
     """
+    if x.shape[-1] > MATMUL_CONV_MAX_LENGTH:
+        return nn.Conv1d.forward(conv, x)
     (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
     if padding:
         x = nn.functional.pad(x, (padding, padding))
