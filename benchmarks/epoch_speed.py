@@ -34,9 +34,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from aiida_voltnet.ml.featurizers import PaperFeaturizer
 from aiida_voltnet.ml.networks import MHAResNet, fast_mha_resnet
-from aiida_voltnet.ml.records import read_electrodes_csv
 from aiida_voltnet.ml.training import resolve_device
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
@@ -134,6 +132,9 @@ def main():
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
+    from aiida_voltnet.ml.featurizers import PaperFeaturizer
+    from aiida_voltnet.ml.records import read_electrodes_csv
+
     device = resolve_device(args.device)
     records = read_electrodes_csv(args.data)[:args.rows]
     with warnings.catch_warnings():

@@ -1,0 +1,219 @@
+"""Training figures on a GPU (issue #5, item 6), prepared to run on a lent GPU machine in one short call.
+
+Step 1, here (pymatgen featurizes the shared CSV; the arrays go to an ignored folder, nothing is committed):
+
+    python benchmarks/gpu_training.py --export .gpu/features.npz
+
+Step 2, on the GPU machine, whose image has torch, numpy and scikit-learn but no pymatgen or AiiDA (the device
+tool: ``carry: [".gpu"]``, ``timeout_s`` 600):
+
+    PYTHONPATH=. PYTHONUNBUFFERED=1 python3 benchmarks/gpu_training.py --features .gpu/features.npz --out $OUT/gpu.json
+
+It prints one table (and writes it as JSON with ``--out``), with the card's name:
+
+1. MHA-ResNet on the paper features, batch 512, Adam 5e-3: seconds per epoch of the seed-style loop
+   (``DataLoader``), of ours in fp32 (TF32 off for both, so both do exact float32 arithmetic) and of ours with bf16
+   autocast; ratios to the seed-style loop; 1000-epoch projections;
+2. a real training of the paper's 1000 epochs with the package's ``train_network`` (ours, fp32, early stopping
+   off): total wall time;
+3. MHA-ResNet on the leak-free features (325-long sequences): seconds per epoch, seed-style loop and ours;
+4. one ``voltnet_mlp`` member (our GPU-friendly leak-free network) with its own budget: per epoch and in total;
+5. the default model (``voltnet``: 5 gradient-boosted tree members; scikit-learn on the machine's CPU cores, it
+   has no GPU path): fit time.
+
+``--quick`` (a few rows and epochs) is the smoke run the test suite makes on CPU.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from epoch_speed import our_bf16_epoch, our_epoch, seed_style_epoch, timed
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from aiida_voltnet.ml.networks import MHAResNet, build_network, fast_mha_resnet
+from aiida_voltnet.ml.training import TrainConfig, resolve_device, train_network
+
+DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
+                              cwd=Path(__file__).parent).stdout.strip() or 'unknown'
+    except OSError:
+        return 'unknown'
+
+
+def export(path: Path, csv: str) -> None:
+    """Featurize the CSV here (pymatgen) and save what the GPU machine needs: features, targets, model specs."""
+    import warnings
+
+    from aiida_voltnet.ml.featurizers import LeakFreeFeaturizer, PaperFeaturizer
+    from aiida_voltnet.ml.models import MODEL_SPECS
+    from aiida_voltnet.ml.records import file_sha256, read_electrodes_csv
+
+    records = read_electrodes_csv(csv)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        paper = PaperFeaturizer(seed=0).fit_transform(records)
+        leakfree = LeakFreeFeaturizer().fit_transform(records)
+    meta = {'csv_sha256': file_sha256(csv), 'rows': len(records), 'commit': git_commit(),
+            'specs': {name: MODEL_SPECS[name] for name in ('mha_resnet', 'voltnet_mlp', 'voltnet')}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, paper=paper.astype(np.float32), leakfree=leakfree.astype(np.float32),
+                        y=np.array([r.average_voltage for r in records], dtype=np.float32),
+                        meta=np.array(json.dumps(meta)))
+    print(f'wrote {path}: {len(records)} rows, paper {paper.shape[1]} and leak-free {leakfree.shape[1]} features')
+
+
+def epoch_times(X, y, device, epochs, bf16=True) -> dict:
+    """Seconds per epoch (median of ``epochs``, interleaved after one warm-up) of the three MHA-ResNet loops."""
+    torch.manual_seed(0)
+    base = MHAResNet(X.shape[1])
+    seed_model = copy.deepcopy(base).to(device)
+    ours = fast_mha_resnet(copy.deepcopy(base)).to(device)
+    Xt, yt = torch.as_tensor(X, device=device), torch.as_tensor(y, device=device)
+    criterion = nn.MSELoss()
+    loader = DataLoader(TensorDataset(Xt, yt), batch_size=512, shuffle=True)
+    opt_seed = torch.optim.Adam(seed_model.parameters(), lr=5e-3)
+    opt_ours = torch.optim.Adam(ours.parameters(), lr=5e-3, fused=True)
+    generator = torch.Generator().manual_seed(0)
+    runs = {'seed-style': lambda: seed_style_epoch(seed_model, loader, opt_seed, criterion),
+            'ours fp32': lambda: our_epoch(ours, Xt, yt, opt_ours, criterion, generator)}
+    if bf16:
+        half = fast_mha_resnet(copy.deepcopy(base)).to(device)
+        opt_half = torch.optim.Adam(half.parameters(), lr=5e-3, fused=True)
+        generator_half = torch.Generator().manual_seed(0)
+        runs['ours bf16'] = lambda: our_bf16_epoch(half, Xt, yt, opt_half, criterion, generator_half)
+    for run in runs.values():
+        timed(run, 1, device)
+    times = {label: [] for label in runs}
+    for _ in range(epochs):
+        for label, run in runs.items():
+            times[label].extend(timed(run, 1, device))
+    return {label: float(np.median(t)) for label, t in times.items()}
+
+
+def full_training(X, y, device, epochs) -> dict:
+    """The package's training loop (ours, fp32) for ``epochs`` epochs, early stopping off: total wall time."""
+    torch.manual_seed(0)
+    network = fast_mha_resnet(MHAResNet(X.shape[1]))
+    y_std = (y - y.mean()) / y.std()
+    config = TrainConfig(epochs=epochs, batch_size=512, lr=5e-3, patience=None, seed=0, device=str(device))
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    result = train_network(network, X, y_std, config)
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    return {'epochs': result.epochs_run, 'wall_s': wall, 's_per_epoch': wall / max(result.epochs_run, 1),
+            'best_epoch': result.best_epoch}
+
+
+def mlp_member(X, y, device, spec, epochs=None) -> dict:
+    params = spec['params']
+    train = dict(params['train'], seed=0, device=str(device))
+    if epochs is not None:
+        train['epochs'] = epochs
+    network = build_network(params['architecture'], X.shape[1], **params['network'])
+    y_std = (y - y.mean()) / y.std()
+    started = time.perf_counter()
+    result = train_network(network, X, y_std, TrainConfig(**train))
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - started
+    return {'epochs': result.epochs_run, 'budget': train['epochs'], 'wall_s': wall,
+            's_per_epoch': wall / max(result.epochs_run, 1)}
+
+
+def trees(X, y, spec, max_iter=None) -> dict:
+    """The default model's members as ``GradientBoostedTrees.fit`` calls scikit-learn (row subsample 1.0)."""
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    hyper = dict(spec['params'])
+    if hyper.pop('subsample', 1.0) != 1.0:
+        raise ValueError('the exported voltnet spec subsamples rows; this timing assumes it does not')
+    if max_iter is not None:
+        hyper['max_iter'] = max_iter
+    started = time.perf_counter()
+    for member in range(spec['members']):
+        HistGradientBoostingRegressor(early_stopping=False, random_state=member, **hyper).fit(X, y)
+    return {'members': spec['members'], 'wall_s': time.perf_counter() - started, 'max_iter': hyper['max_iter']}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--export', type=Path, default=None, metavar='NPZ', help='featurize the CSV into NPZ (here)')
+    parser.add_argument('--data', default=str(DEFAULT_CSV), help='CSV for --export')
+    parser.add_argument('--features', type=Path, default=None, metavar='NPZ', help='exported features (GPU machine)')
+    parser.add_argument('--device', default='auto')
+    parser.add_argument('--epochs', type=int, default=10, help='timed epochs per loop (median)')
+    parser.add_argument('--full-epochs', type=int, default=1000, help="epochs of the real training (paper's 1000)")
+    parser.add_argument('--quick', action='store_true', help='200 rows, 1-2 epochs: a smoke run')
+    parser.add_argument('--out', type=Path, default=None, help='write the figures as JSON here')
+    args = parser.parse_args()
+    if args.export:
+        return export(args.export, args.data)
+    if not args.features:
+        parser.error('give --export NPZ (here) or --features NPZ (on the GPU machine)')
+    data = np.load(args.features)
+    meta = json.loads(str(data['meta']))
+    rows = 200 if args.quick else None
+    X_paper, X_free, y = data['paper'][:rows], data['leakfree'][:rows], data['y'][:rows]
+    epochs, full_epochs = (1, 2) if args.quick else (args.epochs, args.full_epochs)
+    device = resolve_device(args.device)
+    # exact float32 for every fp32 row: TF32 would round the products of both loops to 10-bit mantissas
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
+    print(f'device {name}, torch {torch.__version__}, commit {git_commit()} (features exported at {meta["commit"]}), '
+          f'{len(y)} rows', flush=True)
+    out = {'device': name, 'torch': torch.__version__, 'python': platform.python_version(), 'commit': git_commit(),
+           'features_commit': meta['commit'], 'csv_sha256': meta['csv_sha256'], 'rows': int(len(y))}
+    out['mha_paper_epoch_s'] = epoch_times(X_paper, y, device, epochs)
+    print('MHA-ResNet, paper features, s/epoch:', json.dumps(out['mha_paper_epoch_s']), flush=True)
+    out['mha_paper_full'] = full_training(X_paper, y, device, full_epochs)
+    print('MHA-ResNet, paper features, full training:', json.dumps(out['mha_paper_full']), flush=True)
+    out['mha_leakfree_epoch_s'] = epoch_times(X_free, y, device, max(1, epochs // 3), bf16=False)
+    print('MHA-ResNet, leak-free features, s/epoch:', json.dumps(out['mha_leakfree_epoch_s']), flush=True)
+    out['voltnet_mlp_member'] = mlp_member(X_free, y, device, meta['specs']['voltnet_mlp'],
+                                           epochs=2 if args.quick else None)
+    print('voltnet_mlp member:', json.dumps(out['voltnet_mlp_member']), flush=True)
+    out['voltnet_trees'] = trees(X_free, y, meta['specs']['voltnet'], max_iter=5 if args.quick else None)
+    print('voltnet (default, trees on CPU):', json.dumps(out['voltnet_trees']), flush=True)
+
+    seed, ours = out['mha_paper_epoch_s']['seed-style'], out['mha_paper_epoch_s']['ours fp32']
+    print(f'\n| what ({name}) | s/epoch | 1000 epochs (min) | vs seed-style |')
+    print('|---|---|---|---|')
+    for label, value in out['mha_paper_epoch_s'].items():
+        print(f'| MHA-ResNet, paper features, {label} | {value:.4f} | {value * 1000 / 60:.1f} | {seed / value:.2f}x |')
+    full = out['mha_paper_full']
+    print(f'| MHA-ResNet, paper features, ours fp32, real {full["epochs"]}-epoch training | {full["s_per_epoch"]:.4f} '
+          f'| {full["wall_s"] / 60:.1f} (measured) | {seed / full["s_per_epoch"]:.2f}x |')
+    free = out['mha_leakfree_epoch_s']
+    for label, value in free.items():
+        print(f'| MHA-ResNet, leak-free features, {label} | {value:.4f} | {value * 1000 / 60:.1f} | '
+              f'{free["seed-style"] / value:.2f}x |')
+    mlp = out['voltnet_mlp_member']
+    print(f'| voltnet_mlp member, {mlp["epochs"]} of {mlp["budget"]} epochs | {mlp["s_per_epoch"]:.4f} | '
+          f'{mlp["wall_s"] / 60:.2f} (measured, this budget) | — |')
+    tree = out['voltnet_trees']
+    print(f'| voltnet (default), {tree["members"]} x {tree["max_iter"]} trees, CPU | — | {tree["wall_s"] / 60:.2f} '
+          f'(measured) | — |')
+    print(f'\nspeed-up of our loop over the seed-style loop on {name}: {seed / ours:.2f}x (fp32, same math)')
+    if args.out:
+        args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == '__main__':
+    main()
