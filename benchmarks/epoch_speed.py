@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import math
 import subprocess
@@ -49,24 +50,16 @@ def seed_style_epoch(model, loader, optimizer, criterion):
         optimizer.step()
 
 
-def our_epoch(model, X, y, optimizer, criterion, generator, batch_size=512):
+def our_epoch(model, X, y, optimizer, criterion, generator, batch_size=512, bf16=False):
+    """One epoch of our loop: one permutation, slices of the device tensors; ``bf16``: the forward pass under
+    bfloat16 autocast (``TrainConfig.precision='bf16'``), the loss in float32."""
     model.train()
+    autocast = functools.partial(torch.autocast, X.device.type, dtype=torch.bfloat16, enabled=bf16)
     order = torch.randperm(len(X), generator=generator).to(X.device)
     for start in range(0, len(X), batch_size):
         batch = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        loss = criterion(model(X[batch]), y[batch])
-        loss.backward()
-        optimizer.step()
-
-
-def our_bf16_epoch(model, X, y, optimizer, criterion, generator, batch_size=512):
-    model.train()
-    order = torch.randperm(len(X), generator=generator).to(X.device)
-    for start in range(0, len(X), batch_size):
-        batch = order[start:start + batch_size]
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(X.device.type, dtype=torch.bfloat16):
+        with autocast():
             output = model(X[batch])
         loss = criterion(output.float(), y[batch])
         loss.backward()
@@ -169,7 +162,7 @@ def main():
         fast_mha_resnet(bf16)  # deepcopy keeps the partials bound to the original modules: re-route to the copy
         opt_bf16 = torch.optim.Adam(bf16.parameters(), lr=5e-3, fused=True)
         generator_bf16 = torch.Generator().manual_seed(0)
-        runs['ours, bf16'] = lambda: our_bf16_epoch(bf16, Xt, yt, opt_bf16, criterion, generator_bf16)  # noqa: E731
+        runs['ours, bf16'] = lambda: our_epoch(bf16, Xt, yt, opt_bf16, criterion, generator_bf16, bf16=True)  # noqa: E731
     flops = epoch_flops(fast_mha_resnet(copy.deepcopy(base)).to(device), Xt, yt, criterion)
     rate = matmul_rate(device)
     for run in runs.values():

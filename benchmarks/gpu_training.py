@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from epoch_speed import our_bf16_epoch, our_epoch, seed_style_epoch, timed
+from epoch_speed import our_epoch, seed_style_epoch, timed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -93,7 +93,7 @@ def epoch_times(X, y, device, epochs, bf16=True) -> dict:
         half = fast_mha_resnet(copy.deepcopy(base)).to(device)
         opt_half = torch.optim.Adam(half.parameters(), lr=5e-3, fused=True)
         generator_half = torch.Generator().manual_seed(0)
-        runs['ours bf16'] = lambda: our_bf16_epoch(half, Xt, yt, opt_half, criterion, generator_half)
+        runs['ours bf16'] = lambda: our_epoch(half, Xt, yt, opt_half, criterion, generator_half, bf16=True)
     for run in runs.values():
         timed(run, 1, device)
     times = {label: [] for label in runs}
