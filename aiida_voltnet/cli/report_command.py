@@ -23,7 +23,9 @@ from . import cli
               help='AiiDA profile for provenance mode (default: the default profile, else voltnet-quickstart).')
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
 @click.option('--rows', default=None, type=int, hidden=True, help='Random subsample of N rows (tests).')
-@click.option('--epochs', default=None, type=int, hidden=True, help='Epochs of every torch model (tests).')
+@click.option('--epochs', default=None, type=int,
+              help='Epochs of every torch model, on both feature sets (default: CPU budgets that fit the full '
+                   'report in 60 min; the paper trains MHA-ResNet 1000 epochs: --epochs 1000 on a GPU).')
 @click.option('--folds', default=None, type=int, hidden=True, help='Cross-validation folds.')
 @click.option('--threads', default=1, show_default=True, type=int, hidden=True,
               help='CPU threads for torch and OpenMP (1 avoids oversubscription on a shared CPU).')
