@@ -239,7 +239,9 @@ def _fmt(summary: dict | None, key: str, digits: int = 3) -> str:
     value, std = summary.get(key), summary.get(f'{key}_std')
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return '—'
-    return f'{value:.{digits}f} ± {std:.{digits}f}' if std is not None else f'{value:.{digits}f}'
+    if std is None or summary.get('n_seeds') == 1:  # a spread over one seed is no spread: print none
+        return f'{value:.{digits}f}'
+    return f'{value:.{digits}f} ± {std:.{digits}f}'
 
 
 def _s3_residual_figure(s3: dict, seed: int, color: str, title: str | None, path) -> None:
