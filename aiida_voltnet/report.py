@@ -2,8 +2,8 @@
 
 Writes ``report.md`` (tables beside the paper's published numbers), PNG figures (matplotlib, Agg) and
 ``report.json`` (every number, the settings, seeds, versions, git commit, data sha256, wall time and, in provenance
-mode, the AiiDA process behind every number: ``report_analysis`` calcfunctions, and for the main leak-free voltnet
-rows ``train_model``/``predict_voltages``/``evaluate_model`` per fold).
+mode, the AiiDA process behind every number: ``report_analysis`` calcfunctions called by one ``ReportWorkChain``,
+and for the main leak-free voltnet rows ``train_model``/``predict_voltages``/``evaluate_model`` per fold).
 
 Protocols:
 
@@ -17,7 +17,6 @@ Everything is mean +/- standard deviation over seeds (metrics pooled over the fo
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import platform
@@ -498,6 +497,44 @@ def evaluate_with_provenance(dataset, settings: ReportSettings, protocol: str,
     return result, entries
 
 
+#: Report section of each plan label's prefix (for the per-section wall times).
+_PLAN_SECTIONS = {'s2': 'Table S2', 'leak': 'The leak', 'caps': 'Table S3 caps',
+                  'caps_paper': 'Table S3 caps, paper protocol', 'fig_s5': 'Fig. S5 volume',
+                  'learning_curve': 'learning curve'}
+
+
+def analysis_plan(settings: ReportSettings) -> dict:
+    """Every analysis of the report but the main leak-free voltnet rows: label -> (analysis, section, settings,
+    arguments). The labels are the output names of ``ReportWorkChain``."""
+    plan = {}
+    for model, _ in S2_MODELS:
+        plan[f's2_{model}_paper'] = ('evaluate', 'Table S2', settings,
+                                     {'model': model, 'featurizer': 'paper', 'protocol': 'random'})
+        plan[f'leak_{model}'] = ('evaluate', 'The leak', settings,
+                                 {'model': model, 'featurizer': 'paper', 'protocol': 'random', 'drop_leak': True})
+        if model != 'voltnet':  # its leak-free rows are the main rows
+            for protocol in ('random', 'grouped'):
+                plan[f's2_{model}_leakfree_{protocol}'] = (
+                    'evaluate', 'Table S2', settings, {'model': model, 'featurizer': 'leakfree', 'protocol': protocol})
+    aux = settings.aux()
+    plan['caps'] = ('caps', 'Table S3 (leak-free)', aux, {})
+    plan['caps_paper'] = ('caps_paper', 'Table S3 (paper protocol)', aux, {})
+    plan['fig_s5'] = ('evaluate', 'Fig. S5', aux, {'model': 'voltnet', 'featurizer': 'leakfree', 'protocol': 'grouped',
+                                                   'target': 'max_delta_volume'})
+    plan['learning_curve'] = ('learning_curve', 'Learning curve', aux, {})
+    return plan
+
+
+def _section_seconds(results: dict) -> dict:
+    """Wall time per report section, summed over its analyses (``_seconds`` of each result)."""
+    out: dict[str, float] = {}
+    for label, result in results.items():
+        prefix = label if label in _PLAN_SECTIONS else label.split('_', 1)[0]
+        section = _PLAN_SECTIONS[prefix]
+        out[section] = round(out.get(section, 0.0) + result.pop('_seconds', 0.0), 1)
+    return out
+
+
 def load_profile_for_report(profile: str | None) -> tuple[bool, str]:
     """Load ``profile`` (or the default one, else ``voltnet-quickstart``); ``(loaded, message)``."""
     from aiida import load_profile
@@ -557,41 +594,52 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                 log(f'[{name}] {report["timings_s"][name]:.0f} s')
         return _T()
 
-    def analysis(name, section, analysis_settings=settings, **arguments):
-        """Run one analysis: in-process, or (provenance mode) as ``report_analysis`` on the dataset node. Either
-        way the result goes through its stored form (JSON + prediction arrays), so both modes read the same."""
-        parameters = analysis_parameters(analysis_settings, arguments)
+    def run_plan(plan: dict) -> dict:
+        """Run every analysis of ``plan`` (label -> (analysis, section, settings, arguments)): in-process, or
+        (provenance mode) as one ``ReportWorkChain`` on the dataset node. Either way each result goes through its
+        stored form (JSON + prediction arrays), so both modes read the same numbers."""
+        entries = {label: {'analysis': name, 'section': section,
+                           'parameters': analysis_parameters(analysis_settings, arguments)}
+                   for label, (name, section, analysis_settings, arguments) in plan.items()}
+        results = {}
         if dataset is None:
-            summary, arrays = predictions_to_arrays(run_analysis(records, name, parameters, log), records)
-            return predictions_from_arrays(summary, arrays.__getitem__, records)
+            for label, entry in entries.items():
+                begun = time.perf_counter()
+                stored, arrays = predictions_to_arrays(
+                    run_analysis(records, entry['analysis'], entry['parameters'], log), records)
+                results[label] = predictions_from_arrays(stored, arrays.__getitem__, records)
+                results[label]['_seconds'] = time.perf_counter() - begun
+            return results
         from aiida import orm
+        from aiida.engine import run_get_node
 
-        from .calculations.report import report_analysis
+        from .workflows.report import ReportWorkChain
 
-        _, node = report_analysis.run_get_node(dataset, orm.Str(name), orm.Dict(parameters))
+        _, node = run_get_node(ReportWorkChain, dataset=dataset, analyses=orm.Dict(entries))
         if not node.is_finished_ok:
-            raise RuntimeError(f'report_analysis {name} for {section} failed: process pk {node.pk}')
-        metrics = node.outputs.metrics
-        stored = node.outputs.predictions if 'predictions' in node.outputs else None
-        result = predictions_from_arrays(metrics.get_dict(), getattr(stored, 'get_array', None), records)
-        entry = {'section': section, 'analysis': name, 'arguments': arguments, 'pk': node.pk, 'uuid': node.uuid,
-                 'metrics_pk': metrics.pk}
-        if 'summary' in result:
-            entry['mae'] = result['summary']['mae']
-        report['provenance']['analyses'].append(entry)
-        return result
+            raise RuntimeError(f'ReportWorkChain pk {node.pk} failed: exit status {node.exit_status} '
+                               f'{node.exit_message or ""}')
+        report['provenance']['workchain'] = [node.pk, node.uuid]
+        for label, entry in entries.items():
+            metrics = node.outputs.metrics[label]
+            stored = node.outputs.predictions[label] if label in node.outputs.predictions else None
+            results[label] = predictions_from_arrays(metrics.get_dict(), getattr(stored, 'get_array', None), records)
+            creator = metrics.creator
+            results[label]['_seconds'] = (creator.mtime - creator.ctime).total_seconds()
+            arguments = plan[label][3]
+            report['provenance']['analyses'].append(
+                {'label': label, 'section': entry['section'], 'analysis': entry['analysis'], 'arguments': arguments,
+                 'pk': creator.pk, 'uuid': creator.uuid, 'metrics_pk': metrics.pk,
+                 'mae': results[label]['summary']['mae'] if 'summary' in results[label] else None})
+        return results
 
-    def run(model, featurizer='leakfree', protocol='grouped', section='Table S2', target='average_voltage',
-            drop_leak=False, seeds=None, calibrate=False):
-        analysis_settings = replace(settings, seeds=list(seeds)) if seeds else settings
-        result = analysis('evaluate', section, analysis_settings, model=model, featurizer=featurizer,
-                          protocol=protocol, target=target, drop_leak=drop_leak, calibrate=calibrate)
+    def evaluation(result) -> tuple[EvaluationResult, dict]:
         summary = result['summary']
-        log(f'  {model:<10} {result["featurizer"]:<32} {protocol:<8} MAE {summary["mae"]:.3f} ± '
+        log(f'  {result["model"]:<10} {result["featurizer"]:<32} {result["protocol"]:<8} MAE {summary["mae"]:.3f} ± '
             f'{summary["mae_std"]:.3f} V ({result["wall_time_s"]:.0f} s)')
-        evaluation = EvaluationResult(result['featurizer'], model, protocol, result['seeds'], runs=result['runs'],
-                                      predictions=result['predictions'], wall_time_s=result['wall_time_s'])
-        return evaluation, summary
+        return EvaluationResult(result['featurizer'], result['model'], result['protocol'], result['seeds'],
+                                runs=result['runs'], predictions=result['predictions'],
+                                wall_time_s=result['wall_time_s']), summary
 
     with _threads(settings.threads), _voltnet_spec(settings.voltnet_max_iter):
         # Main leak-free voltnet rows (fold by fold through train_model/predict_voltages in provenance mode).
@@ -603,44 +651,40 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                     report['provenance']['processes'].extend(entries)
                     main[protocol] = (result, _summary_over_seeds(result.predictions, settings.seeds))
                 else:
-                    main[protocol] = run('voltnet', 'leakfree', protocol, calibrate=True)
+                    main[protocol] = evaluation(run_analysis(records, 'evaluate', analysis_parameters(
+                        settings, {'model': 'voltnet', 'featurizer': 'leakfree', 'protocol': protocol,
+                                   'calibrate': True}), log))
+        started_plan = time.perf_counter()
+        results = run_plan(analysis_plan(settings))
+        log(f'[analyses] {time.perf_counter() - started_plan:.0f} s')
+        for section, seconds in _section_seconds(results).items():
+            report['timings_s'][section] = seconds
         s2 = {}
-        with timed('Table S2 and the leak'):
-            for model, _ in S2_MODELS:
-                row = {}
-                row['paper'] = run(model, 'paper', 'random')[1]
-                row['paper_minus_leak'] = run(model, 'paper', 'random', section='The leak', drop_leak=True)[1]
-                if model == 'voltnet':
-                    row['leakfree_random'], row['leakfree_grouped'] = main['random'][1], main['grouped'][1]
-                else:
-                    row['leakfree_random'] = run(model, 'leakfree', 'random')[1]
-                    row['leakfree_grouped'] = run(model, 'leakfree', 'grouped')[1]
-                s2[model] = row
+        for model, _ in S2_MODELS:
+            row = {'paper': evaluation(results[f's2_{model}_paper'])[1],
+                   'paper_minus_leak': evaluation(results[f'leak_{model}'])[1]}
+            if model == 'voltnet':
+                row['leakfree_random'], row['leakfree_grouped'] = main['random'][1], main['grouped'][1]
+            else:
+                row['leakfree_random'] = evaluation(results[f's2_{model}_leakfree_random'])[1]
+                row['leakfree_grouped'] = evaluation(results[f's2_{model}_leakfree_grouped'])[1]
+            s2[model] = row
         report['table_s2'] = s2
         grouped_result = main['grouped'][0]
 
-        with timed('Table S3 caps'):
-            s3 = {int(cap): part for cap, part in
-                  analysis('caps', 'Table S3 (leak-free)', settings.aux())['parts'].items()}
+        s3 = {int(cap): part for cap, part in results['caps']['parts'].items()}
         report['table_s3'] = {str(k): v['summary'] for k, v in s3.items()}
         report['table_s3']['none'] = main['grouped'][1]
-
-        with timed('Table S3 caps, paper protocol'):
-            s3_paper = {int(cap): part for cap, part in
-                        analysis('caps_paper', 'Table S3 (paper protocol)', settings.aux())['parts'].items()}
+        s3_paper = {int(cap): part for cap, part in results['caps_paper']['parts'].items()}
         report['table_s3_paper'] = {str(k): v['summary'] for k, v in s3_paper.items()}
         report['table_s3_paper']['none'] = s2['mha_resnet']['paper']
 
-        with timed('Fig. S5 volume'):
-            volume_result, volume_summary = run('voltnet', 'leakfree', 'grouped', section='Fig. S5',
-                                                target='max_delta_volume', seeds=settings.aux().seeds)
+        volume_result, volume_summary = evaluation(results['fig_s5'])
         vol = np.array([p['y'] for p in volume_result.predictions if p['seed'] == settings.aux().seeds[0]])
         errors = np.array([abs(p['mean'] - p['y']) for p in volume_result.predictions])
         report['fig_s5'] = {'summary': volume_summary, 'n_records': len(vol), 'max': float(vol.max()),
                             'n_above_1': int((vol > 1).sum()), 'median_abs_error': float(np.median(errors))}
-
-        with timed('learning curve'):
-            curve = analysis('learning_curve', 'Learning curve', settings.aux())['curve']
+        curve = results['learning_curve']['curve']
         report['learning_curve'] = curve
 
     # Table S4: per ion, from the grouped out-of-fold predictions
@@ -1114,15 +1158,18 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
                   'folds as `evaluate`), `train_model`, `predict_voltages` and `evaluate_model`; every other row is '
                   'one `report_analysis` calcfunction (inputs: the dataset, the analysis name and a Dict of every '
                   'setting; outputs: a `metrics` Dict with the numbers printed here and a `predictions` ArrayData '
-                  'of the test predictions behind them). Inspect any of them with `verdi process show PK` or '
-                  '`voltnet provenance PK`.', '',
-                  '| section | analysis | arguments | process pk (uuid) | metrics Dict pk | MAE |',
-                  '|---|---|---|---|---|---|']
+                  'of the test predictions behind them), all called by one `ReportWorkChain`'
+                  + (f' (pk {prov["workchain"][0]}, uuid {prov["workchain"][1]}; its outputs `metrics.<label>` and '
+                     '`predictions.<label>`)' if prov.get('workchain') else '')
+                  + '. Inspect any of them with `verdi process show PK` or `voltnet provenance PK`.', '',
+                  '| section | label | analysis | arguments | process pk (uuid) | metrics Dict pk | MAE |',
+                  '|---|---|---|---|---|---|---|']
         for e in prov.get('analyses', []):
             arguments = ', '.join(f'{k}={v}' for k, v in e['arguments'].items()
                                   if v not in (False, None) and (k, v) != ('target', 'average_voltage'))
             mae = f'{e["mae"]:.3f}' if e.get('mae') is not None else '(per cap / fraction)'
-            lines.append(f'| {e["section"]} | {e["analysis"]} | {arguments or "—"} | {e["pk"]} ({e["uuid"]}) | '
+            lines.append(f'| {e["section"]} | {e.get("label", "")} | {e["analysis"]} | {arguments or "—"} | '
+                         f'{e["pk"]} ({e["uuid"]}) | '
                          f'{e["metrics_pk"]} | {mae} |')
         lines += ['', 'The main leak-free voltnet rows, per seed and fold:', '',
                   '| protocol | seed | fold | split pk | train_model pk | model pk (version) | predict_voltages pk | '

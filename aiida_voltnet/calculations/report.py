@@ -2,7 +2,7 @@
 
 * ``report_analysis``: one computation of the report (an evaluation protocol for one model and featurizer, the
   training caps per voltage interval of either protocol, or the learning curve) on the records of a dataset node,
-  with every setting in a ``Dict``. Its ``metrics`` Dict holds the numbers the report prints; its ``predictions``
+  with every setting in a ``Dict`` (``ReportWorkChain``, ``voltnet.report``, calls one per report row). Its ``metrics`` Dict holds the numbers the report prints; its ``predictions``
   ArrayData the test predictions behind them (an index into the dataset's records, target, mean, spread, seed,
   fold), so a table cell leads to its process, that process to its dataset and the dataset to the CSV file.
 * ``report_subsample_dataset``, ``report_kfold_dataset``, ``report_drop_unseen_ions``: the dataset steps of the

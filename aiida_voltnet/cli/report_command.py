@@ -13,7 +13,7 @@ from . import cli
               help='Directory for report.md, report.json and the PNG figures.')
 @click.option('--quick', is_flag=True, help='Smoke settings (1 seed, 3 folds, few epochs, 1500 rows): < 5 min.')
 @click.option('--no-provenance', 'no_provenance', is_flag=True,
-              help='Do not run the main numbers through AiiDA calcfunctions (no profile needed).')
+              help='Compute in-process, without storing AiiDA processes (no profile needed; same numbers).')
 @click.option('--seeds', default=None,
               help='Comma-separated seeds (default: 0 in quick mode, 0,1,2,3,4 in full mode; the caps of both '
                    'protocols, the volume target and the learning curve use the first one).')

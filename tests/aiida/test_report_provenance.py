@@ -24,7 +24,12 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
     csv = orm.load_node(prov['dataset']['csv'][1])
     assert isinstance(csv, orm.SinglefileData) and dataset.creator.inputs.dataset.creator.inputs.csv.uuid == csv.uuid
 
+    # one work chain runs every analysis but the main voltnet rows
+    workchain = orm.load_node(prov['workchain'][1])
+    assert workchain.process_label == 'ReportWorkChain' and workchain.is_finished_ok
+    assert workchain.inputs.dataset.uuid == dataset.uuid
     analyses = prov['analyses']
+    assert {e['label'] for e in analyses} == set(workchain.outputs.metrics)
     sections = {(e['section'], e['analysis']) for e in analyses}
     # every Table S2 cell that is not a main voltnet row: 6 models x paper (with and without the leak columns),
     # 5 baselines x leak-free (random, grouped); then caps of both protocols, the volume target, the learning curve
@@ -34,6 +39,8 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
     for entry in analyses:
         node = orm.load_node(entry['uuid'])
         assert node.is_finished_ok, entry
+        assert node.caller.uuid == workchain.uuid
+        assert workchain.outputs.metrics[entry['label']].uuid == node.outputs.metrics.uuid
         assert node.inputs.dataset.uuid == dataset.uuid
         assert node.inputs.analysis.value == entry['analysis']
         stored = node.outputs.metrics.get_dict()
