@@ -1161,7 +1161,8 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
                   'of the test predictions behind them), all called by one `ReportWorkChain`'
                   + (f' (pk {prov["workchain"][0]}, uuid {prov["workchain"][1]}; its outputs `metrics.<label>` and '
                      '`predictions.<label>`)' if prov.get('workchain') else '')
-                  + '. Inspect any of them with `verdi process show PK` or `voltnet provenance PK`.', '',
+                  + '. Inspect any of them with `verdi process show PK`; `voltnet provenance PK` answers for the '
+                  '`predict_voltages` processes of the main rows.', '',
                   '| section | label | analysis | arguments | process pk (uuid) | metrics Dict pk | MAE |',
                   '|---|---|---|---|---|---|---|']
         for e in prov.get('analyses', []):
