@@ -497,12 +497,6 @@ def evaluate_with_provenance(dataset, settings: ReportSettings, protocol: str,
     return result, entries
 
 
-#: Report section of each plan label's prefix (for the per-section wall times).
-_PLAN_SECTIONS = {'s2': 'Table S2', 'leak': 'The leak', 'caps': 'Table S3 caps',
-                  'caps_paper': 'Table S3 caps, paper protocol', 'fig_s5': 'Fig. S5 volume',
-                  'learning_curve': 'learning curve'}
-
-
 def analysis_plan(settings: ReportSettings) -> dict:
     """Every analysis of the report but the main leak-free voltnet rows: label -> (analysis, section, settings,
     arguments). The labels are the output names of ``ReportWorkChain``."""
@@ -523,16 +517,6 @@ def analysis_plan(settings: ReportSettings) -> dict:
                                                    'target': 'max_delta_volume'})
     plan['learning_curve'] = ('learning_curve', 'Learning curve', aux, {})
     return plan
-
-
-def _section_seconds(results: dict) -> dict:
-    """Wall time per report section, summed over its analyses (``_seconds`` of each result)."""
-    out: dict[str, float] = {}
-    for label, result in results.items():
-        prefix = label if label in _PLAN_SECTIONS else label.split('_', 1)[0]
-        section = _PLAN_SECTIONS[prefix]
-        out[section] = round(out.get(section, 0.0) + result.pop('_seconds', 0.0), 1)
-    return out
 
 
 def load_profile_for_report(profile: str | None) -> tuple[bool, str]:
@@ -581,7 +565,9 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     dataset = None
     if settings.provenance:
         dataset, report['provenance']['dataset'] = _provenance_dataset(data, settings)
-        if [r.battery_id for r in dataset.records()] != [r.battery_id for r in records]:
+        from .calculations.functions import dataset_records
+
+        if [r.battery_id for r in dataset_records(dataset)] != [r.battery_id for r in records]:
             raise RuntimeError('the dataset node does not hold the records of the in-process report')
 
     def timed(name):
@@ -594,22 +580,23 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                 log(f'[{name}] {report["timings_s"][name]:.0f} s')
         return _T()
 
-    def run_plan(plan: dict) -> dict:
+    def run_plan(plan: dict) -> tuple[dict, dict]:
         """Run every analysis of ``plan`` (label -> (analysis, section, settings, arguments)): in-process, or
         (provenance mode) as one ``ReportWorkChain`` on the dataset node. Either way each result goes through its
-        stored form (JSON + prediction arrays), so both modes read the same numbers."""
+        stored form (JSON + prediction arrays), so both modes read the same numbers. Returns the results and the
+        wall time of each, by label."""
         entries = {label: {'analysis': name, 'section': section,
                            'parameters': analysis_parameters(analysis_settings, arguments)}
                    for label, (name, section, analysis_settings, arguments) in plan.items()}
-        results = {}
+        results, seconds = {}, {}
         if dataset is None:
             for label, entry in entries.items():
                 begun = time.perf_counter()
                 stored, arrays = predictions_to_arrays(
                     run_analysis(records, entry['analysis'], entry['parameters'], log), records)
                 results[label] = predictions_from_arrays(stored, arrays.__getitem__, records)
-                results[label]['_seconds'] = time.perf_counter() - begun
-            return results
+                seconds[label] = time.perf_counter() - begun
+            return results, seconds
         from aiida import orm
         from aiida.engine import run_get_node
 
@@ -625,13 +612,13 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
             stored = node.outputs.predictions[label] if label in node.outputs.predictions else None
             results[label] = predictions_from_arrays(metrics.get_dict(), getattr(stored, 'get_array', None), records)
             creator = metrics.creator
-            results[label]['_seconds'] = (creator.mtime - creator.ctime).total_seconds()
+            seconds[label] = (creator.mtime - creator.ctime).total_seconds()
             arguments = plan[label][3]
             report['provenance']['analyses'].append(
                 {'label': label, 'section': entry['section'], 'analysis': entry['analysis'], 'arguments': arguments,
                  'pk': creator.pk, 'uuid': creator.uuid, 'metrics_pk': metrics.pk,
                  'mae': results[label]['summary']['mae'] if 'summary' in results[label] else None})
-        return results
+        return results, seconds
 
     def evaluation(result) -> tuple[EvaluationResult, dict]:
         summary = result['summary']
@@ -655,10 +642,11 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                         settings, {'model': 'voltnet', 'featurizer': 'leakfree', 'protocol': protocol,
                                    'calibrate': True}), log))
         started_plan = time.perf_counter()
-        results = run_plan(analysis_plan(settings))
+        plan = analysis_plan(settings)
+        results, seconds = run_plan(plan)
         log(f'[analyses] {time.perf_counter() - started_plan:.0f} s')
-        for section, seconds in _section_seconds(results).items():
-            report['timings_s'][section] = seconds
+        for label, (_, section, _, _) in plan.items():  # wall time per report section, over its analyses
+            report['timings_s'][section] = round(report['timings_s'].get(section, 0.0) + seconds[label], 1)
         s2 = {}
         for model, _ in S2_MODELS:
             row = {'paper': evaluation(results[f's2_{model}_paper'])[1],

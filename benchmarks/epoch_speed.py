@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import functools
 import logging
 import math
 import subprocess
@@ -36,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from aiida_voltnet.ml.networks import MHAResNet, fast_mha_resnet
-from aiida_voltnet.ml.training import resolve_device
+from aiida_voltnet.ml.training import forward_precision, resolve_device
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 
@@ -54,12 +53,11 @@ def our_epoch(model, X, y, optimizer, criterion, generator, batch_size=512, bf16
     """One epoch of our loop: one permutation, slices of the device tensors; ``bf16``: the forward pass under
     bfloat16 autocast (``TrainConfig.precision='bf16'``), the loss in float32."""
     model.train()
-    autocast = functools.partial(torch.autocast, X.device.type, dtype=torch.bfloat16, enabled=bf16)
     order = torch.randperm(len(X), generator=generator).to(X.device)
     for start in range(0, len(X), batch_size):
         batch = order[start:start + batch_size]
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with forward_precision(X.device.type, 'bf16' if bf16 else 'fp32'):
             output = model(X[batch])
         loss = criterion(output.float(), y[batch])
         loss.backward()

@@ -12,10 +12,8 @@ continues where it stopped and ends with the same model as an uninterrupted run 
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import copy
-import functools
 import hashlib
 import json
 import logging
@@ -101,6 +99,12 @@ class TrainResult:
     device: str = 'cpu'
 
 
+def forward_precision(device_type: str, precision: str):
+    """The context of a forward pass at ``precision`` (:data:`PRECISIONS`): bfloat16 autocast for 'bf16'; for
+    'fp32' a disabled autocast, which leaves the float32 arithmetic exactly as without it."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == 'bf16')
+
+
 def _validation_split(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * fraction)) if fraction > 0 else 0
@@ -134,8 +138,6 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
                  if config.scheduler == 'cosine' else None)
     loss_fn = nn.MSELoss()
-    autocast = (functools.partial(torch.autocast, device.type, dtype=torch.bfloat16) if config.precision == 'bf16'
-                else contextlib.nullcontext)
     n = len(X_train)
     best_state, best_val, best_epoch, stale = None, math.inf, 0, 0
     result = TrainResult(best_epoch=0, epochs_run=0, best_val_loss=None, device=str(device))
@@ -154,7 +156,7 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
             if len(batch) < 2 and n >= 2:  # BatchNorm cannot train on a single row
                 continue
             optimizer.zero_grad(set_to_none=True)
-            with autocast():
+            with forward_precision(device.type, config.precision):
                 output = network(X_train[batch])
             loss = loss_fn(output.float(), y_train[batch])
             loss.backward()
