@@ -13,6 +13,9 @@ Also measured in the same run:
   ``torch.utils.flop_counter``) divided by the device's own float32 matrix-product rate (a 512 x 512 x 2048
   product, best of several). No float32 loop with these multiply-adds can be faster, so seed-style time / floor
   bounds the speed-up any exact rewrite can reach on this device;
+* on CPU, the time our loop spends in matrix products alone (``torch.profiler``, one extra epoch; self time of
+  ``aten::mm``/``addmm``/``bmm``): where that alone exceeds seed-style time / 3, no change outside the products
+  can reach a 3x speed-up on this device;
 * ours with ``precision='bf16'`` (``torch.autocast`` bfloat16 products, the training option of
   ``TrainConfig``): the same network and loss, but *not* identical arithmetic, reported apart.
 
@@ -97,6 +100,21 @@ def matmul_rate(device, dtype=torch.float32, repeats=10) -> float:
     return 2 * 512 * 512 * 2048 / best
 
 
+MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm')
+
+
+def matmul_seconds(fn) -> tuple[float, float]:
+    """(seconds in matrix products, total self seconds) of one call of ``fn`` under ``torch.profiler`` (CPU self
+    time, so for a CPU run only)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = prof.key_averages()
+    return (sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6,
+            sum(e.self_cpu_time_total for e in events) / 1e6)
+
+
 def timed(fn, epochs, device):
     times = []
     for _ in range(epochs):
@@ -171,6 +189,7 @@ def main():
         for label, run in runs.items():
             times[label].extend(timed(run, 1, device))
     times = {label: np.array(t) for label, t in times.items()}
+    in_matmul, profiled = matmul_seconds(run_ours) if device.type == 'cpu' else (None, None)
     t_seed, t_ours = times['seed-style'], times['ours']
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
     try:
@@ -191,6 +210,12 @@ def main():
           f'{rate / 1e9:.0f} GFLOP/s float32 matrix-product rate)')
     print(f'speed-up (median seed-style / median ours): {np.median(t_seed) / np.median(t_ours):.2f}x; '
           f'ours runs at {flops / np.median(t_ours) / rate:.0%} of the matrix-product rate')
+    budget = np.median(t_seed) / 3
+    if in_matmul is not None:
+        print(f'ours in matrix products alone: {in_matmul:.3f} s of a profiled epoch '
+              f'({in_matmul / profiled:.0%} of its {profiled:.3f} s self time); a 3x speed-up needs the whole epoch in {budget:.3f} s: '
+              + ('out of reach without fewer or faster products' if in_matmul >= budget else
+                 f'{budget - in_matmul:.3f} s left for everything else'))
     if 'ours, bf16' in times:
         print(f'bf16 autocast (not identical arithmetic): {np.median(t_seed) / np.median(times["ours, bf16"]):.2f}x')
 
