@@ -10,6 +10,9 @@ Blocks, each appended to the leak-free features of the same rows:
   (mean, max, min), and the main redox element's states and d count;
 * ``anion_cation``: composition statistics (mean/std/min/max of 9 element properties) over the host's anions and
   over its non-transition-metal cations, their fractions, and the working ion's properties minus the anions' mean;
+* ``symmetry``: per end member, pymatgen's space-group data beyond the number and crystal system the featurizer
+  already has: log of the group order and of the point-group order, an inversion centre, the lattice centring
+  (P, A, B, C, I, F, R); and the change of both orders on insertion;
 * ``siblings``: target encoding, the median/mean voltage and count of the *other* training electrodes with the
   same host framework (same ion, and any ion); leave-one-out on the training rows.
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import functools
 import logging
 import math
 import time
@@ -27,6 +31,7 @@ from fractions import Fraction
 
 import numpy as np
 from pymatgen.core import Composition, Element
+from pymatgen.symmetry.groups import SpaceGroup
 from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml import featurizers
@@ -135,6 +140,25 @@ def oxi_block(record):
                      ie_min if np.isfinite(ie_min) else np.nan, a, b, TABLE[z, NAMES.index('group')] - a])
 
 
+CENTRINGS = 'PABCIFR'
+
+
+@functools.lru_cache(maxsize=None)
+def space_group_row(number):
+    group = SpaceGroup.from_int_number(number)
+    rotations = {tuple(op.rotation_matrix.ravel().round(6)) for op in group.symmetry_ops}
+    inversion = any(np.allclose(op.rotation_matrix, -np.eye(3)) for op in group.symmetry_ops)
+    return [math.log(group.order), math.log(len(rotations)), float(inversion)] + \
+        [float(group.symbol[0] == c) for c in CENTRINGS]
+
+
+def symmetry_block(record):
+    numbers = (record.charge_space_group_number, record.discharge_space_group_number)
+    rows = [space_group_row(n) if n else [np.nan] * (3 + len(CENTRINGS)) for n in numbers]
+    change = [rows[0][i] - rows[1][i] for i in (0, 1)] if all(numbers) else [np.nan, np.nan]
+    return np.array(rows[0] + rows[1] + change)
+
+
 def sibling_block(train, rows, leave_one_out):
     """Median/mean/count of the training voltages of the same framework (same ion; any ion), per row."""
     same_ion, any_ion = collections.defaultdict(list), collections.defaultdict(list)
@@ -159,7 +183,7 @@ def blocks(names, inner, val):
             extra_inner.append(sibling_block(inner, inner, True))
             extra_val.append(sibling_block(inner, val, False))
         else:
-            function = {'oxi': oxi_block, 'anion_cation': anion_cation_block}[name]
+            function = {'oxi': oxi_block, 'anion_cation': anion_cation_block, 'symmetry': symmetry_block}[name]
             extra_inner.append(np.array([function(r) for r in inner]))
             extra_val.append(np.array([function(r) for r in val]))
     return extra_inner, extra_val
@@ -171,6 +195,7 @@ CANDIDATES_FEATURES = {
     'default trees + oxi': ({}, ['oxi']),
     'default trees + anion_cation': ({}, ['anion_cation']),
     'default trees + siblings': ({}, ['siblings']),
+    'default trees + symmetry': ({}, ['symmetry']),
     'leaf10_lr0.1x500': (CANDIDATES['leaf10_lr0.1x500'][0], []),
     'leaf10_lr0.1x500 + oxi': (CANDIDATES['leaf10_lr0.1x500'][0], ['oxi']),
 }
