@@ -72,7 +72,9 @@ class TransformerBlock(nn.Module):
         self.dropout2 = nn.Dropout(dropout)
 
     def attention(self, x):
-        return self.att(x, x, x, need_weights=False)[0]
+        # As the seed calls it: ``att_output, _ = self.att(x, x, x)``, so need_weights keeps its default (True) and
+        # the head-averaged attention weights are computed and dropped.
+        return self.att(x, x, x)[0]
 
     def forward(self, x):
         out1 = self.layernorm1(x + self.dropout1(self.attention(x)))
