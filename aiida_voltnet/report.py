@@ -142,8 +142,6 @@ class ReportSettings:
 
     def aux(self) -> 'ReportSettings':
         """These settings with the seeds of the secondary analyses."""
-        from dataclasses import replace
-
         return replace(self, seeds=list(self.aux_seeds or self.seeds))
 
     def train_overrides(self, model: str, featurizer: str = 'leakfree') -> dict | None:

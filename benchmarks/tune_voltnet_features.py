@@ -51,23 +51,13 @@ def host_amounts(record):
     return host
 
 
-def stats(weights, table):
-    total = weights.sum()
-    if total <= 0:
-        return np.zeros(4 * table.shape[1])
-    w = weights / total
-    mean = w @ table
-    present = weights > 0
-    return np.concatenate([mean, np.sqrt(np.maximum(w @ (table - mean) ** 2, 0.0)),
-                           table[present].min(axis=0), table[present].max(axis=0)])
-
-
 def anion_cation_block(record):
     host = host_amounts(record)
     present = host > 0
     anions = OXIDE_ANIONS if (present[O_INDEX] or present[F_INDEX]) else OTHER_ANIONS
     anion, cation = np.where(anions, host, 0.0), np.where(~anions & ~IS_TM, host, 0.0)
     table = TABLE[:, SUBSET]
+    stats = featurizers.LeakFreeFeaturizer._stats  # the featurizer's own mean / std / min / max
     a, c = stats(anion, table), stats(cation, table)
     ion = TABLE[Element(record.working_ion).Z - 1, SUBSET]
     return np.concatenate([a, c, [anion.sum() / host.sum(), cation.sum() / host.sum()], ion - a[:len(SUBSET)]])
@@ -228,7 +218,7 @@ def main():
             prediction = np.mean(GradientBoostedTrees.predict_members(members, B), axis=0)
             table[name][seed] = float(np.mean(np.abs(prediction - y_val)))
             print(f'seed {seed} {name:<30} {A.shape[1]} columns, validation MAE {table[name][seed]:.4f} V', flush=True)
-    print(f'\nvalidation MAE (V), inner 90/10 of each seed\'s training rows, 5 tree members')
+    print('\nvalidation MAE (V), inner 90/10 of each seed\'s training rows, 5 tree members')
     print(f'{"candidate":<32}' + ''.join(f' {"seed " + str(s):>8}' for s in args.seeds) + f' {"mean":>8}')
     for name in args.candidates:
         values = [table[name][s] for s in args.seeds]
