@@ -119,7 +119,8 @@ class ReportSettings:
     aux_seeds: list[int] | None = None
     device: str = 'auto'
     voltnet_members: int = 5
-    voltnet_max_iter: int = 250
+    #: boosting iterations of each voltnet member: the default spec's own unless set (quick mode: fewer)
+    voltnet_max_iter: int = field(default_factory=lambda: MODEL_SPECS['voltnet']['params']['max_iter'])
     learning_fractions: list[float] = field(default_factory=lambda: [0.1, 0.25, 0.5, 1.0])
     threads: int = 1
     provenance: bool = False
@@ -1171,6 +1172,7 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
 
     # Settings
     vers = report['versions']
+    default_members, default_iter = MODEL_SPECS['voltnet']['members'], MODEL_SPECS['voltnet']['params']['max_iter']
     lines += [HEADINGS[9], '',
               f'- mode: {"quick" if s.quick else "full"}; seeds {seeds}; folds {s.folds}; rows '
               f'{report["data"]["n_rows_used"]} ({"random subsample, seed 0" if s.rows else "all"})',
@@ -1180,7 +1182,8 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               + ' (the paper runs MHA-ResNet 1000 epochs: these budgets are CPU budgets; the paper budget is a GPU '
               'run)',
               f'- voltnet: {s.voltnet_members} members, {s.voltnet_max_iter} boosting iterations each'
-              + (' (the default spec has 5 × 250)' if (s.voltnet_members, s.voltnet_max_iter) != (5, 250) else ''),
+              + (f' (the default spec has {default_members} × {default_iter})'
+                 if (s.voltnet_members, s.voltnet_max_iter) != (default_members, default_iter) else ''),
               f'- seeds of the caps (Table S3), the volume target (Fig. S5) and the learning curve: '
               f'{", ".join(map(str, s.aux_seeds or s.seeds))}',
               f'- learning-curve fractions {s.learning_fractions}; CPU threads {s.threads}; device {s.device}',
