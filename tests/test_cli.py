@@ -74,3 +74,12 @@ def test_train_precision_reaches_the_stored_training_settings(tmp_path):
     assert '"precision": "bf16"' in json.dumps(config)
     bad = run('train', '--data', str(train_csv), '--out', str(tmp_path / 'x'), '--precision', 'fp16', check=False)
     assert bad.returncode == 2 and "'fp16' is not one of" in bad.stderr
+
+
+def test_train_offers_every_model_spec():
+    """`voltnet train --model` lists its choices without importing torch; they must be the specs that exist."""
+    from aiida_voltnet.cli import train
+    from aiida_voltnet.ml.models import MODEL_SPECS
+
+    option = next(p for p in train.params if p.name == 'model_name')
+    assert sorted(option.type.choices) == sorted(MODEL_SPECS)

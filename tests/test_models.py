@@ -52,7 +52,7 @@ def test_single_token_attention_is_exact():
     assert torch.equal(before, attention_as_linear(model)(x))
 
 
-@pytest.mark.parametrize('name', ['mlp', 'lstm', 'mha_resnet', 'svr', 'krr', 'voltnet', 'voltnet_mlp'])
+@pytest.mark.parametrize('name', list(MODEL_SPECS))
 def test_every_model_trains_saves_and_reloads_identically(records, tmp_path, name):
     featurizer = 'paper' if name == 'mha_resnet' else 'leakfree'
     with warnings.catch_warnings():

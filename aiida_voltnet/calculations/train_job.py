@@ -88,7 +88,7 @@ class VoltnetTrainCalculation(CalcJob):
     """Train a voltage model (featurizer + regressor ensemble) on an ``ElectrodeDataset`` on a (GPU) computer."""
 
     #: Bump when the files written by ``prepare_for_submission`` or the meaning of the outputs change.
-    CACHE_VERSION = 3
+    CACHE_VERSION = 2
 
     _CONFIG = 'config.json'
     _RECORDS = 'records.json'
