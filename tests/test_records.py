@@ -80,3 +80,34 @@ def test_round_trips(tmp_path):
     assert records_from_json(records_to_json(records)) == records
     write_electrodes_csv(records, tmp_path / 'out.csv')
     assert read_electrodes_csv(tmp_path / 'out.csv') == records
+
+
+@pytest.mark.parametrize('adj_pairs, message', [
+    ('[InsertionVoltagePairDoc(average_voltage=' + '-' * 5000 + '1)]', 'nested too deeply'),
+    ('[InsertionVoltagePairDoc(average_voltage=--1)]', 'more than one sign'),
+    ('[InsertionVoltagePairDoc(average_voltage=1, capacity_grav=' + '9' * 400 + ')]', 'number out of range'),
+])
+def test_hostile_adj_pairs_are_refused_with_the_row_named(adj_pairs, message):
+    row = ROW.split(',"[')[0] + ',"' + adj_pairs + '"' + ROW.split(')]"')[1]
+    with pytest.raises(ElectrodeDataError, match=message) as info:
+        load(row)
+    assert (info.value.line, info.value.battery_id, info.value.field) == (2, 'mp-2657_Li', 'adj_pairs')
+
+
+def test_a_field_beyond_the_csv_limit_names_its_line(tmp_path):
+    path = tmp_path / 'huge.csv'
+    path.write_text(HEADER + '\n' + ROW + '\n' + ROW.replace('mp-2657_Li', 'x' * 200_000) + '\n')
+    with pytest.raises(ElectrodeDataError, match='not readable as CSV: field larger than field limit') as info:
+        read_electrodes_csv(path)
+    assert info.value.line == 3
+
+
+def test_encodings_a_bom_is_read_and_non_utf8_is_named(tmp_path):
+    bom = tmp_path / 'excel.csv'
+    bom.write_bytes(b'\xef\xbb\xbf' + (HEADER + '\n' + ROW + '\n').encode())
+    assert [r.battery_id for r in read_electrodes_csv(bom)] == ['mp-2657_Li']
+    latin = tmp_path / 'latin1.csv'
+    latin.write_bytes((HEADER + '\n' + ROW.replace('Tetragonal', 'T\u00e9tragonal') + '\n').encode('latin-1'))
+    with pytest.raises(ElectrodeDataError, match='not UTF-8 text: byte 0xe9') as info:
+        read_electrodes_csv(latin)
+    assert info.value.line == 2 and info.value.source == str(latin)

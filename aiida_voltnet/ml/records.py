@@ -259,6 +259,8 @@ def _literal(node: ast.AST, source: str) -> Any:
     if isinstance(node, ast.Constant) and node.value is None:
         return None
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        if isinstance(node.operand, ast.UnaryOp):  # one sign per number: no recursion on '---...1'
+            raise ValueError('more than one sign on a number')
         value = _literal(node.operand, source)
         if not isinstance(value, (int, float)):
             raise ValueError('sign applied to a non-number')
@@ -288,6 +290,8 @@ def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
         tree = ast.parse(text, mode='eval')
     except SyntaxError as exception:
         raise ValueError(f'not a list of InsertionVoltagePairDoc: {exception.msg}') from exception
+    except (RecursionError, MemoryError):  # the parser gives up on absurd nesting such as '-' * 5000
+        raise ValueError('not a list of InsertionVoltagePairDoc: nested too deeply') from None
     if not isinstance(tree.body, ast.List):
         raise ValueError('expected a list [...]')
     steps = []
@@ -314,7 +318,10 @@ def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
             elif value is not None and not isinstance(value, (int, float)):
                 raise ValueError(f'element {index}, key {key!r}: expected a number, got {value!r}')
             elif value is not None:
-                values[key] = float(value)
+                try:
+                    values[key] = float(value)
+                except OverflowError:
+                    raise ValueError(f'element {index}, key {key!r}: number out of range') from None
         steps.append(VoltageStep(**values))
     return tuple(steps)
 
@@ -476,13 +483,24 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
     """
     if isinstance(path, (str, os.PathLike)):
         source = source or os.fspath(path)
-        with open(path, newline='', encoding='utf-8') as handle:
-            return read_electrodes_csv(handle, source=source)
+        with open(path, 'rb') as handle:
+            data = handle.read()
+        try:
+            text = data.decode('utf-8-sig')  # a leading byte-order mark (Excel's "CSV UTF-8") is not a column name
+        except UnicodeDecodeError as exception:
+            line = data.count(b'\n', 0, exception.start) + 1
+            raise ElectrodeDataError(f'not UTF-8 text: byte {data[exception.start]:#04x} at offset {exception.start} '
+                                     '(save the file as UTF-8)', source=source, line=line) from None
+        return read_electrodes_csv(io.StringIO(text, newline=''), source=source)
     reader = csv.DictReader(path)
-    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-    if missing:
-        raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
-    records = records_from_rows(reader, source=source)
+    try:
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
+        records = records_from_rows(reader, source=source)
+    except csv.Error as exception:  # e.g. a field over csv.field_size_limit(); line_num: the lines read before it
+        raise ElectrodeDataError(f'not readable as CSV: {exception}', source=source,
+                                 line=reader.line_num + 1) from None
     if not records:
         raise ElectrodeDataError('no electrode rows', source=source)
     reversed_ids = [r.battery_id for r in records if r.end_members_reversed]
