@@ -542,11 +542,11 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     matplotlib.use('Agg')
     started = time.perf_counter()
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     data = Path(data or DEFAULT_CSV).resolve()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
-        all_records = read_electrodes_csv(data)
+        all_records = read_electrodes_csv(data)  # before out is created: bad data leaves nothing behind
+    out.mkdir(parents=True, exist_ok=True)
     records = subsample(all_records, settings.rows)
     log(f'{len(records)} of {len(all_records)} records from {data}')
     report = {'settings': asdict(settings), 'data': {'path': str(data), 'sha256': file_sha256(data),

@@ -83,3 +83,54 @@ def test_train_offers_every_model_spec():
 
     option = next(p for p in train.params if p.name == 'model_name')
     assert sorted(option.type.choices) == sorted(MODEL_SPECS)
+
+
+def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
+    """Each refusal exits 2 with a message naming the argument, and leaves no file or directory behind."""
+    model, data = str(trained / 'model'), str(trained / 'train.csv')
+    not_a_dir = tmp_path / 'plain.txt'
+    not_a_dir.write_text('x')
+    cases = [
+        (('train', '--data', data, '--out', str(tmp_path / 'm'), '--members', '0'), "'--members': 0 is not in the range"),
+        (('train', '--data', data, '--out', str(not_a_dir / 'm')), 'is a file, not a directory'),
+        (('train', '--data', data, '--out', str(tmp_path / 'm'), '--device', 'foo'), "unknown device 'foo'"),
+        (('predict', '--model', model, '--data', data, '--out', str(tmp_path / 'nodir' / 'p.csv')),
+         'does not exist'),
+        (('predict', '--model', model, '--charged', 'LiFePO4', '--discharged', 'FePO4', '--ion', 'Li'),
+         'must hold more Li per host atom than --charged LiFePO4'),
+        (('report', '--out', str(tmp_path / 'r'), '--seeds', 'a,b', '--no-provenance'), '--seeds must be'),
+    ]
+    for args, message in cases:
+        result = run(*args, check=False)
+        assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['plain.txt']
+
+
+def test_model_config_that_is_not_an_object_is_a_bad_model(trained, tmp_path):
+    broken = tmp_path / 'broken'
+    broken.mkdir()
+    (broken / 'arrays.safetensors').write_bytes((trained / 'model' / 'arrays.safetensors').read_bytes())
+    (broken / 'config.json').write_text('[1, 2]')
+    bad = run('predict', '--model', str(broken), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
+              check=False)
+    assert bad.returncode == 3 and 'expected a JSON object' in bad.stderr
+
+
+def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained, tmp_path):
+    """quickstart checks the CSV before it creates a profile; provenance without any profile says what to do."""
+    import os
+
+    rows = list(csv.DictReader(open(trained / 'train.csv')))[:3]
+    rows[0]['working_ion'] = 'Xx'
+    bad_csv = tmp_path / 'bad.csv'
+    with open(bad_csv, 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida')}
+    bad = subprocess.run([VOLTNET, 'quickstart', '--data', str(bad_csv)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert bad.returncode == 2 and "line 2" in bad.stderr and "field 'working_ion'" in bad.stderr, bad.stderr
+    assert not (tmp_path / 'aiida' / '.aiida' / 'repository').exists()
+    lost = subprocess.run([VOLTNET, 'provenance', '1'], capture_output=True, text=True, env=env, timeout=600)
+    assert lost.returncode == 2 and 'no default AiiDA profile: pass --profile NAME' in lost.stderr, lost.stderr

@@ -101,8 +101,10 @@ def test_unseen_working_ion_is_refused(records):
 def test_device_auto_is_cuda_only_when_present():
     assert resolve_device('auto').type == ('cuda' if torch.cuda.is_available() else 'cpu')
     if not torch.cuda.is_available():
-        with pytest.raises(RuntimeError, match='no CUDA device'):
+        with pytest.raises(ValueError, match='no CUDA device'):
             resolve_device('cuda')
+    with pytest.raises(ValueError, match="unknown device 'foo'"):
+        resolve_device('foo')
 
 
 def test_tree_evaluators_match_scikit_learn_exactly_on_real_data(records):
@@ -230,3 +232,27 @@ def test_fast_mha_resnet_computes_the_faithful_function(n_features):
             assert q.grad is None or not q.grad.any(), name
             continue
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
+
+
+def test_save_writes_whole_models_or_nothing(records, tmp_path, monkeypatch):
+    model = train_voltage_model(records, model='voltnet', members=2, seed=3, calibrate=False)
+    with pytest.raises(ValueError, match='members must be a positive integer'):
+        train_voltage_model(records, model='voltnet', members=0)
+    model.save(tmp_path / 'm')
+    first = {p.name: p.read_bytes() for p in (tmp_path / 'm').iterdir()}
+    assert sorted(first) == ['arrays.safetensors', 'config.json']
+    model.save(tmp_path / 'm')  # saving again replaces the files as they were, leaving no temporary file
+    assert {p.name: p.read_bytes() for p in (tmp_path / 'm').iterdir()} == first
+
+    def broken_config(self):
+        raise RuntimeError('disk full')
+    monkeypatch.setattr(VoltageModel, 'config', broken_config)
+    with pytest.raises(RuntimeError, match='disk full'):
+        model.save(tmp_path / 'never')
+    assert not (tmp_path / 'never').exists()
+    monkeypatch.undo()
+    monkeypatch.setattr('os.replace', lambda *args: (_ for _ in ()).throw(OSError('rename failed')))
+    with pytest.raises(OSError, match='rename failed'):
+        model.save(tmp_path / 'half')
+    assert list((tmp_path / 'half').iterdir()) == []  # the staged files are removed
+    assert VoltageModel.load(tmp_path / 'm').saved_version == json.loads(first['config.json'])['model_version']

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -46,8 +47,9 @@ def cli(verbose):
                    'member, about 1 % more accurate and 2x slower).')
 @click.option('--seed', default=0, show_default=True, type=int, help='Random seed.')
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
-@click.option('--epochs', default=None, type=int, help='Override the number of epochs of torch models.')
-@click.option('--members', default=None, type=int, help='Override the ensemble size.')
+@click.option('--epochs', default=None, type=click.IntRange(min=1),
+              help='Override the number of epochs of torch models.')
+@click.option('--members', default=None, type=click.IntRange(min=1), help='Override the ensemble size.')
 @click.option('--precision', default='fp32', show_default=True, type=click.Choice(['fp32', 'bf16']),
               help='Arithmetic of torch models\' training: fp32, or bf16 (bfloat16 autocast products: about 2x '
                    'faster on CPUs with AVX512-BF16 and on GPUs, not bit-equal to fp32). Ignored by tree and '
@@ -57,6 +59,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     from aiida_voltnet.ml.models import train_voltage_model
     from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
 
+    _check_output_path(out, directory=True)
+    _check_device(device)
     try:
         records = read_electrodes_csv(data)
     except ElectrodeDataError as exception:
@@ -64,21 +68,48 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     if featurizer == 'paper':
         click.secho('WARNING: the paper featurizer feeds capacity_grav and energy_grav, whose ratio is the target '
                     'average_voltage: its scores measure the leak.', fg='yellow', err=True)
-    overrides = {**({'epochs': epochs} if epochs else {}), **({'precision': precision} if precision != 'fp32' else {})}
+    overrides = {**({'epochs': epochs} if epochs is not None else {}), **({'precision': precision} if precision != 'fp32' else {})}
     overrides = overrides or None
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter('ignore')
+        with warnings.catch_warnings(record=True) as caught:  # the leak was said above; library noise is dropped
+            warnings.simplefilter('always')
             model = train_voltage_model(records, featurizer=featurizer, model=model_name, seed=seed, device=device,
                                         members=members, train_overrides=overrides, show_progress=True)
     except ValueError as exception:
         _fail(str(exception))
+    for warning in caught:
+        if str(warning.message).startswith('the uncertainty calibration'):
+            click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
     model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': file_sha256(data)}
     directory = model.save(out)
     config = json.loads((directory / 'config.json').read_text())
     click.echo(f'Wrote {directory} (model version {config["model_version"][:16]}, '
                f'{model.n_parameters} parameters, {model.metadata["wall_time_s"]:.1f} s)')
+
+
+def _check_output_path(path, directory: bool):
+    """Fail before any work when ``path`` cannot be written: a file where a directory is wanted (or the reverse),
+    or a parent that is not a directory."""
+    target = Path(path)
+    if target.exists() and target.is_dir() != directory:
+        _fail(f'--out {path}: exists and is {"a file" if directory else "a directory"}')
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        _fail(f'--out {path}: {parent} is a file, not a directory')
+    if not directory and not target.parent.is_dir():
+        _fail(f'--out {path}: directory {target.parent} does not exist')
+
+
+def _check_device(device):
+    from aiida_voltnet.ml.training import resolve_device
+
+    try:
+        resolve_device(device)
+    except ValueError as exception:
+        _fail(f'--device: {exception}')
 
 
 def _read_model(path):
@@ -108,6 +139,11 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
     single = any(v is not None for v in (charged, discharged, ion))
     if single == bool(data):
         _fail('give either --data CSV --out OUT.csv, or --charged F --discharged F --ion ION')
+    if single and out:
+        _fail('--out goes with --data (a single pair is printed)')
+    if out:
+        _check_output_path(out, directory=False)
+    _check_device(device)
     model = _read_model(model_dir)
     try:
         if single:
@@ -115,6 +151,9 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
                 _fail('--charged, --discharged and --ion go together')
             records = [validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
                                                        formula_discharge=discharged, working_ion=ion))]
+            if records[0].end_members_reversed:
+                _fail(f'--discharged {discharged} must hold more {ion} per host atom than --charged {charged} '
+                      '(the charged member is the ion-poor one): swap them')
         else:
             if not out:
                 _fail('--data needs --out OUT.csv')
@@ -126,11 +165,13 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
                    f'(model {model.saved_version[:16]})')
         return
-    with open(out, 'w', newline='') as handle:
+    partial = Path(out).with_name(f'.{Path(out).name}.partial')
+    with open(partial, 'w', newline='') as handle:
         writer = csv.writer(handle)
         writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
         for record, m, s in zip(records, mean, std):
             writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
+    os.replace(partial, out)  # all rows or none: never a half-written OUT.csv
     click.echo(f'Wrote {len(records)} predictions to {out}')
 
 

@@ -5,7 +5,7 @@ import time
 
 import click
 
-from . import cli
+from . import _check_device, _check_output_path, _fail, cli
 
 
 @cli.command()
@@ -31,9 +31,15 @@ from . import cli
               help='CPU threads for torch and OpenMP (1 avoids oversubscription on a shared CPU).')
 def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs, folds, threads):
     """Reproduce the paper's Tables S1-S4 and Figs. S3-S5 with and without its target leak."""
+    from aiida_voltnet.ml.records import ElectrodeDataError
     from aiida_voltnet.report import ReportSettings, build_report
 
-    seed_list = [int(s) for s in seeds.split(',')] if seeds else None
+    try:
+        seed_list = [int(s) for s in seeds.split(',')] if seeds else None
+    except ValueError:
+        _fail(f'--seeds must be comma-separated integers such as 0,1,2, got {seeds!r}')
+    _check_output_path(out, directory=True)
+    _check_device(device)
     settings = ReportSettings.make(quick, seeds=seed_list, rows=rows, threads=threads,
                                    provenance=not no_provenance, profile=profile, device=device)
     if epochs is not None:
@@ -42,7 +48,10 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     if folds is not None:
         settings.folds = folds
     started = time.perf_counter()
-    result = build_report(out, settings, data=data, log=lambda m: click.echo(m, err=True))
+    try:
+        result = build_report(out, settings, data=data, log=lambda m: click.echo(m, err=True))
+    except ElectrodeDataError as exception:
+        _fail(str(exception))
     s2 = result['table_s2']
     click.echo(f'Wrote {out}/report.md in {time.perf_counter() - started:.0f} s')
     for model, row in s2.items():

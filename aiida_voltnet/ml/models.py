@@ -18,7 +18,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
+from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
 from .networks import build_network, fast_mha_resnet
@@ -514,14 +515,29 @@ class VoltageModel:
         return {k: np.ascontiguousarray(v) for k, v in arrays.items()}
 
     def save(self, directory: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``arrays.safetensors`` into ``directory`` (created if needed).
+
+        Both files are built in memory first and written under temporary names, then renamed into place, so a
+        failure leaves no half-written model (an existing model in ``directory`` is replaced as a whole).
+        """
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        arrays_path = directory / 'arrays.safetensors'
-        save_file(self.arrays(), str(arrays_path))
+        weights = save_safetensors(self.arrays())
         config = self.config()
-        config['arrays_sha256'] = file_sha256(arrays_path)
+        config['arrays_sha256'] = hashlib.sha256(weights).hexdigest()
         config['model_version'] = self.version_hash(config)
-        (directory / 'config.json').write_text(json.dumps(config, indent=1, sort_keys=True))
+        text = json.dumps(config, indent=1, sort_keys=True)
+        directory.mkdir(parents=True, exist_ok=True)
+        staged = []
+        try:
+            for name, content in (('arrays.safetensors', weights), ('config.json', text.encode())):
+                partial = directory / f'.{name}.partial'
+                partial.write_bytes(content)
+                staged.append((partial, directory / name))
+            for partial, final in staged:
+                os.replace(partial, final)
+        finally:
+            for partial, _ in staged:
+                partial.unlink(missing_ok=True)
         return directory
 
     @staticmethod
@@ -538,7 +554,12 @@ class VoltageModel:
         for path in (config_path, arrays_path):
             if not path.is_file():
                 raise FileNotFoundError(f'{directory} is not a voltnet model directory: {path.name} is missing')
-        config = json.loads(config_path.read_text())
+        try:
+            config = json.loads(config_path.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as exception:
+            raise ModelIntegrityError(f'{config_path}: not valid JSON ({exception})') from None
+        if not isinstance(config, dict):
+            raise ModelIntegrityError(f'{config_path}: expected a JSON object, got {type(config).__name__}')
         recorded = config.get('arrays_sha256')
         actual = file_sha256(arrays_path)
         if recorded != actual:
@@ -586,6 +607,8 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     spec = MODEL_SPECS[model]
+    if members is not None and (not isinstance(members, int) or isinstance(members, bool) or members < 1):
+        raise ValueError(f'members must be a positive integer, got {members!r}')
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():
@@ -653,6 +676,10 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
     return fitted
 
 
+#: Held-out rows below which the calibration scale of the ensemble spread is reported as unreliable (a warning).
+MIN_CALIBRATION_ROWS = 30
+
+
 def _calibrate_spread(records, X, y, fit, seed) -> dict:
     """Scale for the ensemble spread so that +/-1 sigma covers 68 % of errors on *new host frameworks*.
 
@@ -669,6 +696,10 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict:
     spread = np.maximum(predictions.std(axis=0), 1e-6)
     ratio = np.abs(predictions.mean(axis=0) - y[held]) / spread
     scale = float(np.quantile(ratio, 0.6827))
+    if len(held) < MIN_CALIBRATION_ROWS:
+        warnings.warn(f'the uncertainty calibration saw only {len(held)} held-out rows (scale {scale:.3g}); with '
+                      f'fewer than {MIN_CALIBRATION_ROWS} its scale is a rough guess: train on more electrodes for a '
+                      'calibrated uncertainty', UserWarning, stacklevel=3)
     return {'scale': scale, 'n_rows': int(len(held)), 'method': 'grouped 10% of training frameworks, 68.27% '
             'quantile of |error|/spread', 'coverage_1sigma_after': float(np.mean(ratio <= scale)),
             'coverage_2sigma_after': float(np.mean(ratio <= 2 * scale))}

@@ -45,12 +45,20 @@ class TrainingDiverged(RuntimeError):
 
 
 def resolve_device(device: str | None = 'auto') -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to :class:`torch.device`."""
+    """``auto`` -> CUDA when present, else CPU; anything else is passed to :class:`torch.device`.
+
+    :raises ValueError: for a device torch does not know, or CUDA where torch sees none.
+    """
     if device in (None, 'auto'):
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f'unknown device {device!r}: use auto, cpu, cuda or cuda:N') from None
     if resolved.type == 'cuda' and not torch.cuda.is_available():
-        raise RuntimeError('device cuda was asked for but torch sees no CUDA device')
+        raise ValueError(f'device {device!r} was asked for but torch sees no CUDA device (use auto or cpu)')
+    if resolved.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {device!r} is not supported: use auto, cpu, cuda or cuda:N')
     return resolved
 
 
