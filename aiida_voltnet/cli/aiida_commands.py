@@ -33,14 +33,22 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
         profile = create_profile(config, storage_backend='core.sqlite_dos', storage_config={'filepath': str(folder)},
                                  broker_backend=None, name=name, email='voltnet@localhost')
         config.set_option('runner.poll.interval', 1, scope=name)
+        default = config.default_profile_name is None  # the first profile: let load_profile() and verdi find it
+        if default:
+            config.set_default_profile(name)
         config.store()
-        echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services)')
+        echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services'
+             + (', now the default profile)' if default else ')'))
     return load_profile(name, allow_switch=True)
 
 
 def _load_profile(profile):
     from aiida import load_profile
+    from aiida.manage.configuration import get_config
 
+    if profile is None and get_config(create=True).default_profile_name is None:
+        _fail('no default AiiDA profile: pass --profile NAME (voltnet quickstart creates voltnet-quickstart), '
+              'or make one the default with "verdi profile set-default NAME"')
     try:
         return load_profile(profile, allow_switch=True)
     except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here
@@ -73,11 +81,23 @@ def quickstart(data, profile, protocol):
     data = data or os.environ.get('VOLTNET_DATA') or str(SHARED_CSV.resolve())
     if not Path(data).is_file():
         _fail(f'training CSV {data} not found; pass --data')
+    from aiida_voltnet.ml import records
+
     started = time.perf_counter()
+    records.LOGGER.disabled = True  # its warnings come once, from the training run below
+    try:  # before the profile: a bad file stops here, with its line, battery_id and field, and stores nothing
+        records.read_electrodes_csv(data)
+    except records.ElectrodeDataError as exception:
+        _fail(str(exception))
+    finally:
+        records.LOGGER.disabled = False
     ensure_embedded_profile(profile)
     from aiida_voltnet.workflows.quickstart import run_quickstart
 
-    result = run_quickstart(data, protocol=protocol, echo=click.echo)
+    try:
+        result = run_quickstart(data, protocol=protocol, echo=click.echo)
+    except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
+        _fail(str(exception), 1)
     click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
     return result
 
