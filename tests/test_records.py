@@ -43,6 +43,7 @@ def test_row_parses_into_typed_fields():
     (',Tetragonal,136,', ',Tetragonal,231,', 'charge_space_group_number'),
     (',Tetragonal,136,', ',Tetragonl,136,', 'charge_crystal_system'),
     ('TiO2,Li,1,', 'TiO2,Fr,1,', 'working_ion'),
+    ('TiO2,Li,1,', 'TiO2,Na,1,', 'working_ion'),  # an ion in neither formula
     ('1.0266', 'abc', 'average_voltage'),
     ('max_delta_volume=0.11', "max_delta_volume=__import__('os')", 'adj_pairs'),
     ('[InsertionVoltagePairDoc', '[print', 'adj_pairs'),

@@ -461,8 +461,10 @@ class VoltageModel:
         if known:
             unseen = sorted({r.working_ion for r in records} - known)
             if unseen:
+                first = next(r for r in records if r.working_ion in unseen)
+                where = f'line {first.line}, ' if first.line is not None else ''
                 raise ValueError(f'this model was trained on {", ".join(sorted(known))} and never saw working '
-                                 f'ion(s) {", ".join(unseen)}')
+                                 f'ion(s) {", ".join(unseen)} (first: {where}battery_id {first.battery_id!r})')
 
     def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
         if len(self.members) > 1 and all(type(m) is GradientBoostedTrees for m in self.members):
@@ -708,7 +710,8 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict:
 def _target(record: ElectrodeRecord, target: str) -> float:
     value = getattr(record, target)
     if value is None or not math.isfinite(value):
-        raise ValueError(f'battery {record.battery_id!r} has no {target} to train on')
+        where = f'line {record.line}, ' if record.line is not None else ''
+        raise ValueError(f'{where}battery_id {record.battery_id!r}, field {target!r}: no value to train on')
     return float(value)
 
 

@@ -355,6 +355,9 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         fail(f'no host framework left once {ion} is removed', 'formula_charge')
     x_charge = compositions['formula_charge'][ion] / atoms_charge
     x_discharge = compositions['formula_discharge'][ion] / atoms_discharge
+    if x_charge == 0 and x_discharge == 0:
+        fail(f'working ion {ion} is in neither formula ({record.formula_charge}, {record.formula_discharge})',
+             'working_ion')
     if math.isclose(x_charge, x_discharge, abs_tol=1e-9):
         fail(f'charged and discharged formulas hold the same amount of {ion} per host atom', 'formula_discharge')
     # x_discharge < x_charge happens in 22 Materials Project rows (e.g. mp-760302_Li, battery formula
