@@ -82,6 +82,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         if str(warning.message).startswith('the uncertainty calibration'):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
     model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': file_sha256(data)}
+    if (Path(out) / 'config.json').is_file():
+        click.echo(f'Replacing the model in {out}', err=True)
     directory = model.save(out)
     config = json.loads((directory / 'config.json').read_text())
     click.echo(f'Wrote {directory} (model version {config["model_version"][:16]}, '
