@@ -168,12 +168,15 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
                    f'(model {model.saved_version[:16]})')
         return
     partial = Path(out).with_name(f'.{Path(out).name}.partial')
-    with open(partial, 'w', newline='') as handle:
-        writer = csv.writer(handle)
-        writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
-        for record, m, s in zip(records, mean, std):
-            writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
-    os.replace(partial, out)  # all rows or none: never a half-written OUT.csv
+    try:
+        with open(partial, 'w', newline='') as handle:
+            writer = csv.writer(handle)
+            writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
+            for record, m, s in zip(records, mean, std):
+                writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
+        os.replace(partial, out)  # all rows or none: never a half-written OUT.csv
+    finally:
+        partial.unlink(missing_ok=True)
     click.echo(f'Wrote {len(records)} predictions to {out}')
 
 

@@ -533,8 +533,8 @@ class VoltageModel:
         try:
             for name, content in (('arrays.safetensors', weights), ('config.json', text.encode())):
                 partial = directory / f'.{name}.partial'
-                partial.write_bytes(content)
                 staged.append((partial, directory / name))
+                partial.write_bytes(content)
             for partial, final in staged:
                 os.replace(partial, final)
         finally:
