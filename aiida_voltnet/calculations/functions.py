@@ -21,11 +21,12 @@ from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
 from aiida_voltnet.ml.featurizers import get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
-from aiida_voltnet.ml.models import MODEL_SPECS, train_voltage_model
+from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
 from aiida_voltnet.ml.records import WORKING_IONS, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
 from aiida_voltnet.ml.structures import record_from_structures
+from aiida_voltnet.ml.training import resolve_device
 
 __all__ = (
     'assemble_dataset_from_csv', 'assemble_dataset_from_mp', 'assemble_dataset_from_structures', 'split_dataset',
@@ -292,12 +293,15 @@ def _train_arguments(featurizer, model, settings) -> dict:
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
+    check_training_options(**{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
+                              if k in settings})
     return {'featurizer': featurizer, 'model': model, **settings}
 
 
 def _validate_train(inputs):
     settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
     _train_arguments(_value(inputs['featurizer']), _value(inputs['model']), settings)
+    resolve_device(settings.get('device', 'auto'))  # train_model trains here: CUDA must be present if asked for
     records = dataset_records(inputs['dataset'])
     target = settings.get('target', 'average_voltage')
     missing = [r.battery_id for r in records if getattr(r, target) is None]

@@ -72,13 +72,10 @@ def validate_inputs(inputs, _ctx=None):
 
     try:
         settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
+        # members, train_overrides (keys and values), device name, target: whether CUDA is there is the remote
+        # computer's business (the script checks it there)
         functions._train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')),
                                    settings)
-        overrides = settings.get('train_overrides', {})
-        if not isinstance(overrides, dict):
-            return 'settings.train_overrides must be a dict (epochs, lr, batch_size, ...)'
-        if 'batch_size' in overrides and (not isinstance(overrides['batch_size'], int) or overrides['batch_size'] < 1):
-            return f'settings.train_overrides.batch_size must be a positive integer, got {overrides["batch_size"]!r}'
     except Exception as exception:  # noqa: BLE001 - the message names the problem
         return f'{type(exception).__name__}: {exception}'
     return None

@@ -26,7 +26,7 @@ from .networks import build_network, fast_mha_resnet
 from .records import ElectrodeRecord, file_sha256
 from .training import TrainConfig, predict_network, train_network
 
-__all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
+__all__ = ['check_training_options', 'TARGETS', 'Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -589,6 +589,32 @@ class VoltageModel:
         return model
 
 
+TARGETS = ('average_voltage', 'max_delta_volume')
+
+
+def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage') -> None:
+    """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
+    integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
+    knows (``auto``, ``cpu``, ``cuda[:N]``; whether CUDA is present is checked where the training runs),
+    ``target`` one of :data:`TARGETS`.
+
+    :raises ValueError: naming the option.
+    """
+    if members is not None and (not isinstance(members, int) or isinstance(members, bool) or members < 1):
+        raise ValueError(f'members must be a positive integer, got {members!r}')
+    if train_overrides:
+        TrainConfig.check_overrides(train_overrides)
+    if device not in (None, 'auto'):
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            kind = None
+        if kind not in ('cpu', 'cuda'):
+            raise ValueError(f'unknown device {device!r}: use auto, cpu, cuda or cuda:N')
+    if target not in TARGETS:
+        raise ValueError(f'unknown target {target!r}; choose one of {", ".join(TARGETS)}')
+
+
 def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Featurizer = DEFAULT_FEATURIZER,
                         model: str = DEFAULT_MODEL, seed: int = 0, device: str = 'auto',
                         members: int | None = None, train_overrides: dict | None = None,
@@ -609,8 +635,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     spec = MODEL_SPECS[model]
-    if members is not None and (not isinstance(members, int) or isinstance(members, bool) or members < 1):
-        raise ValueError(f'members must be a positive integer, got {members!r}')
+    check_training_options(members=members, train_overrides=train_overrides, device=device, target=target)
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():

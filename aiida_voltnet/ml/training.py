@@ -22,6 +22,7 @@ import os
 import random
 import shutil
 import time
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -92,6 +93,44 @@ class TrainConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f'training precision {self.precision!r} is not one of {", ".join(PRECISIONS)}')
+
+        def integer(name, minimum, optional=False):
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ValueError(f'training setting {name} must be an integer >= {minimum}'
+                                 + (' or None' if optional else '') + f', got {value!r}')
+
+        def number(name, low, high=math.inf, low_open=False):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or value < low or (low_open and value == low) or value >= high:
+                raise ValueError(f'training setting {name} must be a number in {"(" if low_open else "["}{low}, '
+                                 f'{high}), got {value!r}')
+
+        integer('epochs', 1), integer('batch_size', 1), integer('min_epochs', 0), integer('seed', -(2 ** 63))
+        integer('patience', 1, optional=True)
+        number('lr', 0, low_open=True), number('weight_decay', 0), number('val_fraction', 0, 1)
+        if self.scheduler not in (None, 'cosine'):
+            raise ValueError(f"training setting scheduler must be None or 'cosine', got {self.scheduler!r}")
+        if not isinstance(self.device, str):
+            raise ValueError(f'training setting device must be text (auto, cpu, cuda[:N]), got {self.device!r}')
+
+    @classmethod
+    def check_overrides(cls, overrides) -> None:
+        """Refuse overrides that :class:`TrainConfig` would not accept: unknown keys, values of the wrong kind.
+
+        :raises ValueError: naming the key.
+        """
+        if not isinstance(overrides, dict):
+            raise ValueError(f'train_overrides must be a dict (epochs, lr, batch_size, ...), got {overrides!r}')
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise ValueError(f'unknown training setting(s) {", ".join(unknown)} in train_overrides; known: '
+                             f'{", ".join(known)}')
+        cls(**overrides)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)

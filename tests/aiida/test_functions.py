@@ -185,5 +185,12 @@ def test_unseen_working_ion_refused(trained, shipped_nodes):
 def test_bad_settings_refused(trained):
     _refused(lambda: F.train_model(trained.train, model='mlp', settings={'epochs': 3}), 'unknown training setting')
     _refused(lambda: F.train_model(trained.train, model='gpt'), 'unknown model')
+    for settings, match in [({'members': 0}, 'members must be a positive integer'),
+                            ({'members': 2.5}, 'members must be a positive integer'),
+                            ({'train_overrides': {'epochz': 1}}, 'unknown training setting.*epochz'),
+                            ({'train_overrides': {'epochs': -1}}, 'epochs must be an integer >= 1'),
+                            ({'device': 'tpu'}, "unknown device 'tpu'"),
+                            ({'target': 'energy_grav'}, "unknown target 'energy_grav'")]:
+        _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
     _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')

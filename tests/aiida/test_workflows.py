@@ -92,6 +92,17 @@ def test_train_workchain_refuses_bad_csv(tmp_path):
     assert count_nodes() == before
 
 
+def test_train_workchain_refuses_bad_settings_before_storing(trained):
+    before = count_nodes()
+    for overrides, match in [({'split': {'test_fraction': 1.5}}, 'test_fraction must be a number between 0 and 1'),
+                             ({'train': {'model': 'mlp', 'settings': {'train_overrides': {'epochz': 1}}}},
+                              'unknown training setting.*epochz'),
+                             ({'train': {'settings': {'members': 0}}}, 'members must be a positive integer')]:
+        with pytest.raises(ValueError, match=match):
+            run_get_node(TrainWorkChain.get_builder_from_protocol(trained.dataset, overrides=overrides))
+    assert count_nodes() == before
+
+
 def test_predict_workchain(trained, shipped_nodes):
     structures = {name.replace('(', '_').replace(')', '_'): {'charged': charged, 'discharged': discharged,
                                                              'working_ion': orm.Str(ion)}

@@ -129,7 +129,10 @@ def test_bad_checkpointing_is_refused(slurm_code, dataset_60, checkpointing, mat
 
 @pytest.mark.parametrize('settings, match', [
     ({'epochs': 3}, 'unknown training setting'),
-    ({'train_overrides': {'batch_size': 0}}, 'batch_size must be a positive integer'),
+    ({'train_overrides': {'batch_size': 0}}, 'batch_size must be an integer >= 1'),
+    ({'train_overrides': {'epochz': 3}}, 'unknown training setting.*epochz'),
+    ({'members': 0}, 'members must be a positive integer'),
+    ({'device': 'tpu'}, "unknown device 'tpu'"),
 ])
 def test_bad_settings_are_refused_before_anything_runs(slurm_code, dataset_60, settings, match):
     from aiida.engine import run
