@@ -37,12 +37,35 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+def _attributes_of(config: dict) -> dict:
+    """The queryable attributes that describe a saved model, all read from its ``config.json``."""
+    metadata = config.get('metadata', {})
+    featurizer = config.get('featurizer', {})
+    return {
+        'architecture': config['architecture'],
+        'model_name': config['model_name'],
+        'featurizer_name': featurizer.get('name'),
+        'featurizer_version': featurizer.get('version'),
+        'featurizer_leaks_target': bool(featurizer.get('leaks_target', False)),
+        'n_parameters': int(config['n_parameters']),
+        'n_members': len(config.get('members', [])),
+        'seed': metadata.get('seed'),
+        'target': metadata.get('target', 'average_voltage'),
+        'training_ions': list(metadata.get('training_ions') or []),
+        'n_training_rows': metadata.get('n_training_rows'),
+        'versions': json_safe(metadata.get('versions', {})),
+        'model_version': config['model_version'],
+        'arrays_sha256': config['arrays_sha256'],
+    }
+
+
 class VoltageModelData(Data):
     """A trained :class:`aiida_voltnet.ml.models.VoltageModel`.
 
     Attributes: ``architecture``, ``model_name``, ``featurizer_name``, ``featurizer_version``, ``n_parameters``,
     ``n_members``, ``metrics`` (dict given at creation, e.g. the training-set fit), ``seed``, ``training_ions``,
-    ``target``, ``model_version`` (content hash of config + weights) and ``arrays_sha256``.
+    ``target``, ``model_version`` (content hash of config + weights) and ``arrays_sha256``. All but ``metrics`` are
+    read from ``config.json`` and checked against it again by :meth:`load_model`.
     """
 
     def __init__(self, model: VoltageModel | None = None, *, metrics: dict | None = None, **kwargs):
@@ -58,25 +81,8 @@ class VoltageModelData(Data):
             config = json.loads((pathlib.Path(directory) / 'config.json').read_text())
             for name in FILENAMES:
                 self.base.repository.put_object_from_file(str(pathlib.Path(directory) / name), name)
-        metadata = config.get('metadata', {})
-        featurizer = config.get('featurizer', {})
-        attributes = {
-            'architecture': config['architecture'],
-            'model_name': config['model_name'],
-            'featurizer_name': featurizer.get('name'),
-            'featurizer_version': featurizer.get('version'),
-            'featurizer_leaks_target': bool(featurizer.get('leaks_target', False)),
-            'n_parameters': int(config['n_parameters']),
-            'n_members': len(config.get('members', [])),
-            'metrics': json_safe(metrics),
-            'seed': metadata.get('seed'),
-            'target': metadata.get('target', 'average_voltage'),
-            'training_ions': list(metadata.get('training_ions') or []),
-            'n_training_rows': metadata.get('n_training_rows'),
-            'versions': json_safe(metadata.get('versions', {})),
-            'model_version': config['model_version'],
-            'arrays_sha256': config['arrays_sha256'],
-        }
+        attributes = _attributes_of(config)
+        attributes['metrics'] = json_safe(metrics)
         for key, value in attributes.items():
             self.base.attributes.set(key, value)
 
@@ -131,6 +137,14 @@ class VoltageModelData(Data):
             if config.get('model_version') != self.model_version:
                 raise ModelIntegrityError(f'{label}: config.json does not belong to model version '
                                           f'{self.model_version[:12]}...')
+            # The attributes are what queries select on: they must say what the files say (a clone whose
+            # attributes were edited before storing would otherwise be found, and trusted, as another model).
+            stored = self.base.attributes.all
+            altered = sorted(key for key, value in _attributes_of(config).items()
+                             if key in stored and stored[key] != value)
+            if altered:
+                raise ModelIntegrityError(f'{label}: attribute(s) {", ".join(altered)} differ from the model\'s '
+                                          'config.json; refusing to load it')
             try:
                 return VoltageModel.load(directory)
             except ModelIntegrityError as exception:

@@ -100,3 +100,18 @@ def test_altered_config_raises(core_model):
     node.base.repository.put_object_from_bytes(json.dumps(config).encode(), 'config.json')
     with pytest.raises(ModelIntegrityError, match='config'):
         node.load_model()
+
+
+@pytest.mark.parametrize('attribute, value', [('model_name', 'mha_resnet'), ('training_ions', ['Li']),
+                                              ('featurizer_leaks_target', True), ('target', 'max_delta_volume')])
+def test_altered_queryable_attributes_raise(core_model, attribute, value):
+    """The attributes queries select on must say what config.json says, stored or not."""
+    node = VoltageModelData(core_model)
+    node.load_model()
+    clone = node.clone()
+    clone.base.attributes.set(attribute, value)
+    with pytest.raises(ModelIntegrityError, match=f'attribute\\(s\\) {attribute} differ'):
+        clone.load_model()
+    clone.store()
+    with pytest.raises(ModelIntegrityError, match=f'attribute\\(s\\) {attribute} differ'):
+        clone.load_model()
