@@ -50,24 +50,43 @@ def _structure(node: orm.StructureData) -> dict[str, Any]:
     return {**_ref(node), 'formula': node.get_formula(mode='hill_compact')}
 
 
+#: Calcfunctions whose output dataset is a subset of their input dataset (label of that input).
+_SUBSET_STEPS = {'split_dataset': 'dataset', 'report_subsample_dataset': 'dataset', 'report_kfold_dataset': 'dataset',
+                 'report_drop_unseen_ions': 'test'}
+
+
 def dataset_origin(dataset: ElectrodeDataset) -> dict[str, Any]:
-    """Where a dataset's records came from, following split steps back to the assembling process.
+    """Where a dataset's records came from, following subset steps (splits, the report's subsamples and folds) and
+    active-learning steps (``add_verified_records``) back to the assembling process.
 
     :returns: ``{'kind': 'csv'|'materials_project'|'structures'|'unknown', 'dataset': root dataset ref,
-        'process': assembling process ref, ...}`` with ``file`` + ``sha256`` for a CSV, ``query`` +
-        ``database_version`` + ``material_ids`` for the Materials Project, ``structures`` for pairs.
+        'process': assembling process ref, 'splits': [subset step refs], 'added': [...], ...}`` with ``file`` +
+        ``sha256`` for a CSV, ``query`` + ``database_version`` + ``material_ids`` for the Materials Project,
+        ``structures`` for pairs; ``added`` lists each ``add_verified_records`` step on the way with the battery
+        ids of the DFT-verified records it added (their targets are DFT voltages, not the root's).
     """
-    splits = []
+    if not isinstance(dataset, ElectrodeDataset):
+        raise TypeError(f'dataset_origin takes an ElectrodeDataset, got {type(dataset).__name__}')
+    splits, added = [], []
     current = dataset
     while True:
         creator = _creator(current)
-        if creator is not None and creator.process_type == _PREFIX + 'split_dataset':
+        step = creator.process_type[len(_PREFIX):] if creator is not None and creator.process_type and \
+            creator.process_type.startswith(_PREFIX) else None
+        if step in _SUBSET_STEPS:
             splits.append(_ref(creator))
+            current = _inputs(creator)[_SUBSET_STEPS[step]]
+            continue
+        if step == 'add_verified_records':
+            added.append({'process': _ref(creator),
+                          'dft_verified_ids': list(current.base.attributes.get('dft_verified_ids', []))})
             current = _inputs(creator)['dataset']
             continue
         break
     origin: dict[str, Any] = {'kind': current.source, 'dataset': _ref(current), 'process': _ref(creator),
                               'splits': splits}
+    if added:
+        origin['added'] = added
     if creator is None:
         origin['kind'] = 'unknown' if current.source is None else current.source
     inputs = _inputs(creator) if creator is not None else {}
@@ -115,6 +134,8 @@ def _model_summary(model: VoltageModelData) -> dict[str, Any]:
         inputs = _inputs(training)
         summary['training_settings'] = {key: getattr(inputs[key], 'value', None)
                                         for key in ('featurizer', 'model', 'seed') if key in inputs}
+        if 'settings' in inputs:
+            summary['training_settings']['settings'] = inputs['settings'].get_dict()
         if 'dataset' in inputs:
             summary['training_dataset'] = _dataset_summary(inputs['dataset'], battery_ids=False)
     return summary
@@ -151,6 +172,9 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     if isinstance(node, orm.WorkflowNode):
         processes = [child for child in node.called_descendants
                      if isinstance(child, orm.CalcFunctionNode) and child.process_type in PREDICTION_PROCESS_TYPES]
+        if not processes:
+            raise ValueError(f'{node.__class__.__name__}<{node.pk}> ({node.process_type}) called no voltnet '
+                             'prediction process')
         return {'workflow': _ref(node),
                 'predictions': [prediction_provenance(p) for p in sorted(processes, key=lambda p: p.ctime)]}
     process = _predict_process(node)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_voltnet.calculations.functions import _validated_by
 from aiida_voltnet.dft import ion_charge
 
 def _host_units_and_ions(structure: orm.StructureData, ion: str) -> tuple[float, float]:
@@ -137,6 +138,36 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
     })
 
 
+def _verified_records(dataset, verified: dict) -> list:
+    """The records of ``add_verified_records``: ``dataset``'s plus one per verified pair (target: its DFT voltage)."""
+    import dataclasses
+
+    from aiida_voltnet.calculations.functions import dataset_records, pair_record
+
+    records = list(dataset_records(dataset))
+    seen = {r.battery_id for r in records}
+    for name, pair in verified.items():
+        missing = sorted({'charged', 'discharged', 'working_ion', 'dft_voltage'} - set(pair))
+        if missing:
+            raise ValueError(f'verified pair {name!r}: missing {", ".join(missing)}')
+        record = pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value, battery_id=f'dft:{name}')
+        if record.battery_id in seen:
+            raise ValueError(f'verified pair {name!r}: the dataset already holds a record {record.battery_id!r}')
+        records.append(dataclasses.replace(record, average_voltage=pair['dft_voltage'].value))
+    return records
+
+
+def _validate_verified(inputs):
+    from aiida_voltnet.ml.records import validate_record
+
+    records = _verified_records(inputs['dataset'],
+                                {k: v for k, v in inputs.items() if k not in ('dataset', 'metadata')})
+    for record in records[inputs['dataset'].n_records:]:
+        validate_record(record)
+    return None
+
+
+@_validated_by(_validate_verified)
 @calcfunction
 def add_verified_records(dataset, **verified):
     """The training set of one active-learning round: ``dataset``'s records plus one record per verified electrode,
@@ -146,16 +177,12 @@ def add_verified_records(dataset, **verified):
     :param verified: ``{name: {'charged': StructureData, 'discharged': StructureData, 'working_ion': Str,
         'dft_voltage': Float}}``.
     """
-    import dataclasses
-
-    from aiida_voltnet.calculations.functions import dataset_records, pair_record
     from aiida_voltnet.data.dataset import ElectrodeDataset
 
-    records = list(dataset_records(dataset))
-    added = []
-    for name, pair in verified.items():
-        record = pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value, battery_id=f'dft:{name}')
-        added.append(dataclasses.replace(record, average_voltage=pair['dft_voltage'].value))
-    grown = ElectrodeDataset(records + added, derived_from=dataset)
+    records = _verified_records(dataset, verified)
+    added = records[dataset.n_records:]
+    # The source fields are the parent's (its CSV or MP query); dataset_origin follows this process back to them
+    # and lists the DFT-verified records it added.
+    grown = ElectrodeDataset(records, derived_from=dataset)
     grown.base.attributes.set('dft_verified_ids', [r.battery_id for r in added])
     return grown

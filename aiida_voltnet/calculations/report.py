@@ -14,7 +14,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from ..data.dataset import ElectrodeDataset
-from .functions import dataset_records
+from .functions import _validated_by, dataset_records
 
 __all__ = ['report_analysis', 'report_subsample_dataset', 'report_kfold_dataset', 'report_drop_unseen_ions']
 
@@ -41,6 +41,24 @@ def report_analysis(dataset: ElectrodeDataset, analysis: orm.Str, parameters: or
     return outputs
 
 
+def _validate_subsample(inputs):
+    rows = inputs['rows'].value
+    if rows < 1:
+        return f'rows must be a positive integer, got {rows}'
+    return None
+
+
+def _validate_kfold(inputs):
+    folds, fold = inputs['folds'].value, inputs['fold'].value
+    n_records = inputs['dataset'].n_records
+    if not 2 <= folds <= n_records:
+        return f'folds must be between 2 and the {n_records} records of the dataset, got {folds}'
+    if not 0 <= fold < folds:
+        return f'fold must be in 0..{folds - 1}, got {fold}'
+    return None
+
+
+@_validated_by(_validate_subsample)
 @calcfunction
 def report_subsample_dataset(dataset: ElectrodeDataset, rows: orm.Int, seed: orm.Int) -> ElectrodeDataset:
     """The same random subsample of records as ``voltnet report --rows`` (the SI Table S1 rows always kept)."""
@@ -49,6 +67,7 @@ def report_subsample_dataset(dataset: ElectrodeDataset, rows: orm.Int, seed: orm
     return ElectrodeDataset(subsample(dataset_records(dataset), rows.value, seed.value), derived_from=dataset)
 
 
+@_validated_by(_validate_kfold)
 @calcfunction
 def report_kfold_dataset(dataset: ElectrodeDataset, folds: orm.Int, fold: orm.Int, seed: orm.Int) -> dict:
     """Fold ``fold`` of ``kfold_splits(grouped=True)``: exactly the split that ``evaluate`` uses."""
@@ -60,6 +79,15 @@ def report_kfold_dataset(dataset: ElectrodeDataset, folds: orm.Int, fold: orm.In
             'test': ElectrodeDataset([records[i] for i in test], derived_from=dataset)}
 
 
+def _validate_drop_unseen(inputs):
+    known = set(inputs['train'].working_ions)
+    if not known & set(inputs['test'].working_ions):
+        return (f'no test record has a working ion of the training records ({", ".join(sorted(known))}): '
+                'nothing would be left to predict')
+    return None
+
+
+@_validated_by(_validate_drop_unseen)
 @calcfunction
 def report_drop_unseen_ions(test: ElectrodeDataset, train: ElectrodeDataset) -> ElectrodeDataset:
     """The test records whose working ion occurs in ``train`` (``predict_voltages`` refuses unseen ions)."""

@@ -51,7 +51,7 @@ class PredictWorkChain(WorkChain):
                     return message
             for name, (charged, discharged, ion) in functions._pairs(inputs.get('structures', {})).items() \
                     if inputs.get('structures') else ():
-                record = functions.pair_record(charged, discharged, ion)
+                record = functions.pair_record(charged, discharged, ion, battery_id=name)
                 message = functions._check_model_and_ions(model, {record.working_ion})
                 if message:
                     return f'pair {name!r}: {message}'

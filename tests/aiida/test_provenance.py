@@ -29,7 +29,8 @@ def test_batch_prediction_answer(trained, predictions):
         assert answer['model_version'] == trained.model.model_version
         assert answer['model']['uuid'] == trained.model.uuid
         assert answer['training_process']['uuid'] == trained.model.creator.uuid
-        assert answer['training_settings'] == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 0}
+        assert answer['training_settings'] == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 0,
+                                               'settings': {'train_overrides': {'epochs': 3}}}
         training = answer['training_dataset']
         assert training['uuid'] == trained.train.uuid and training['source'] == 'csv'
         assert training['source_sha256'] == file_sha256(CSV_150)
@@ -61,6 +62,13 @@ def test_not_a_prediction(trained):
         prediction_provenance(orm.Float(1.0).store())
     with pytest.raises(ValueError, match='comes from aiida.calculations:voltnet.train_model'):
         prediction_provenance(trained.model.creator)
+    from aiida.engine import run_get_node
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    _, workchain = run_get_node(TrainWorkChain.get_builder_from_protocol(
+        trained.dataset, overrides={'train': {'model': 'krr'}}))
+    with pytest.raises(ValueError, match='called no voltnet prediction process'):
+        prediction_provenance(workchain)
 
 
 def test_structures_dataset_origin(trained):
@@ -94,3 +102,36 @@ def test_list_predictions(trained, predictions):
     assert batch[0]['node'] == f'ArrayData<{array.pk}>[0]' and batch[0]['battery_id'] == batch[0]['label']
     with pytest.raises(TypeError, match='not a voltage model'):
         list_predictions(trained.train)
+
+
+def test_origin_follows_report_folds_and_verified_records_back_to_the_csv(trained):
+    """Datasets made by the report's steps and by add_verified_records still lead to the CSV, and the DFT-verified
+    records are named as such (their targets are DFT voltages, not the CSV's)."""
+    from aiida_voltnet.calculations.dft import add_verified_records
+    from aiida_voltnet.calculations.report import report_kfold_dataset
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+    from voltnet_test_helpers import count_nodes
+
+    fold = report_kfold_dataset(trained.dataset, orm.Int(3), orm.Int(1), orm.Int(0))
+    origin = dataset_origin(fold['train'])
+    assert origin['file']['uuid'] == trained.csv.uuid and origin['sha256'] == file_sha256(CSV_150)
+    assert [s['process_type'] for s in origin['splits']] == ['aiida.calculations:voltnet.report_kfold_dataset']
+    pair = shipped_structure_pairs(['LiFePO4'])['LiFePO4']
+    verified = {'charged': pair['charged'], 'discharged': pair['discharged'], 'working_ion': pair['working_ion'],
+                'dft_voltage': orm.Float(3.5)}
+    grown = add_verified_records(trained.train, lfp=verified)
+    origin = dataset_origin(grown)
+    assert origin['kind'] == 'csv' and origin['file']['uuid'] == trained.csv.uuid
+    assert origin['added'][0]['dft_verified_ids'] == ['dft:lfp']
+    with pytest.raises(TypeError, match='takes an ElectrodeDataset'):
+        dataset_origin(trained.model)
+    before = count_nodes()
+    for call, match in [
+            (lambda: report_kfold_dataset(trained.dataset, orm.Int(3), orm.Int(7), orm.Int(0)), 'fold must be in 0..2'),
+            (lambda: report_kfold_dataset(trained.dataset, orm.Int(1), orm.Int(0), orm.Int(0)), 'folds must be'),
+            (lambda: add_verified_records(trained.train, lfp={**verified, 'working_ion': orm.Str('Na')}),
+             'Na'),
+            (lambda: add_verified_records(grown, lfp=verified), "already holds a record 'dft:lfp'")]:
+        with pytest.raises(ValueError, match=match):
+            call()
+    assert count_nodes() == before
