@@ -220,16 +220,20 @@ def assemble_dataset_from_structures(**pairs):
 
 
 # -- splitting and featurizing -------------------------------------------------------------------------------------
-def _split(inputs):
-    records = dataset_records(inputs['dataset'])
-    kind = _value(inputs['kind'])
+def check_split_options(kind, test_fraction) -> None:
+    """The split kinds and fractions ``split_dataset`` takes (``TrainWorkChain`` checks its inputs with it too)."""
     if kind == 'ion':
         raise ValueError('the leave-one-ion-out split is not exposed here; use grouped or random')
-    fraction = _value(inputs['test_fraction'])
-    if not 0 < fraction < 1:
-        raise ValueError(f'test_fraction must be in (0, 1), got {fraction}')
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
+        raise ValueError(f'test_fraction must be a number between 0 and 1 (exclusive), got {test_fraction!r}')
     if kind not in SPLIT_KINDS:
         raise ValueError(f'unknown split kind {kind!r}; choose grouped or random')
+
+
+def _split(inputs):
+    records = dataset_records(inputs['dataset'])
+    kind, fraction = _value(inputs['kind']), _value(inputs['test_fraction'])
+    check_split_options(kind, fraction)
     train, test = make_split(records, kind=kind, seed=_value(inputs['seed']), test_fraction=fraction)
     if len(train) == 0 or len(test) == 0:
         raise ValueError(f'the split of {len(records)} records left an empty train or test set')

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import io
 import logging
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -68,7 +68,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     if featurizer == 'paper':
         click.secho('WARNING: the paper featurizer feeds capacity_grav and energy_grav, whose ratio is the target '
                     'average_voltage: its scores measure the leak.', fg='yellow', err=True)
-    overrides = {**({'epochs': epochs} if epochs is not None else {}), **({'precision': precision} if precision != 'fp32' else {})}
+    overrides = {**({'epochs': epochs} if epochs is not None else {}),
+                 **({'precision': precision} if precision != 'fp32' else {})}
     overrides = overrides or None
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
     try:
@@ -136,7 +137,8 @@ def _read_model(path):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 def predict(model_dir, data, out, charged, discharged, ion, device):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
-    from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record
+    from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
+                                          write_files_atomically)
 
     single = any(v is not None for v in (charged, discharged, ion))
     if single == bool(data):
@@ -167,16 +169,12 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
                    f'(model {model.saved_version[:16]})')
         return
-    partial = Path(out).with_name(f'.{Path(out).name}.partial')
-    try:
-        with open(partial, 'w', newline='') as handle:
-            writer = csv.writer(handle)
-            writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
-            for record, m, s in zip(records, mean, std):
-                writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
-        os.replace(partial, out)  # all rows or none: never a half-written OUT.csv
-    finally:
-        partial.unlink(missing_ok=True)
+    table = io.StringIO(newline='')
+    writer = csv.writer(table)
+    writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
+    for record, m, s in zip(records, mean, std):
+        writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
+    write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
     click.echo(f'Wrote {len(records)} predictions to {out}')
 
 

@@ -23,11 +23,12 @@ from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
 from .networks import build_network, fast_mha_resnet
-from .records import ElectrodeRecord, file_sha256
-from .training import TrainConfig, predict_network, train_network
+from .records import ElectrodeDataError, ElectrodeRecord, file_sha256, write_files_atomically
+from .training import TrainConfig, parse_device, predict_network, train_network
 
-__all__ = ['check_training_options', 'TARGETS', 'Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
-           'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
+__all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
+           'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'check_training_options', 'TARGETS',
+           'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
 DEFAULT_MODEL = 'voltnet'
@@ -462,9 +463,9 @@ class VoltageModel:
             unseen = sorted({r.working_ion for r in records} - known)
             if unseen:
                 first = next(r for r in records if r.working_ion in unseen)
-                where = f'line {first.line}, ' if first.line is not None else ''
-                raise ValueError(f'this model was trained on {", ".join(sorted(known))} and never saw working '
-                                 f'ion(s) {", ".join(unseen)} (first: {where}battery_id {first.battery_id!r})')
+                raise ElectrodeDataError(f'this model was trained on {", ".join(sorted(known))} and never saw '
+                                         f'working ion(s) {", ".join(unseen)} (this is the first such record)',
+                                         field='working_ion', battery_id=first.battery_id, line=first.line)
 
     def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
         if len(self.members) > 1 and all(type(m) is GradientBoostedTrees for m in self.members):
@@ -527,19 +528,9 @@ class VoltageModel:
         config = self.config()
         config['arrays_sha256'] = hashlib.sha256(weights).hexdigest()
         config['model_version'] = self.version_hash(config)
-        text = json.dumps(config, indent=1, sort_keys=True)
         directory.mkdir(parents=True, exist_ok=True)
-        staged = []
-        try:
-            for name, content in (('arrays.safetensors', weights), ('config.json', text.encode())):
-                partial = directory / f'.{name}.partial'
-                staged.append((partial, directory / name))
-                partial.write_bytes(content)
-            for partial, final in staged:
-                os.replace(partial, final)
-        finally:
-            for partial, _ in staged:
-                partial.unlink(missing_ok=True)
+        write_files_atomically(directory, {'arrays.safetensors': weights,
+                                           'config.json': json.dumps(config, indent=1, sort_keys=True).encode()})
         return directory
 
     @staticmethod
@@ -605,12 +596,7 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
     if train_overrides:
         TrainConfig.check_overrides(train_overrides)
     if device not in (None, 'auto'):
-        try:
-            kind = torch.device(device).type
-        except (RuntimeError, TypeError):
-            kind = None
-        if kind not in ('cpu', 'cuda'):
-            raise ValueError(f'unknown device {device!r}: use auto, cpu, cuda or cuda:N')
+        parse_device(device)
     if target not in TARGETS:
         raise ValueError(f'unknown target {target!r}; choose one of {", ".join(TARGETS)}')
 
@@ -735,8 +721,7 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict:
 def _target(record: ElectrodeRecord, target: str) -> float:
     value = getattr(record, target)
     if value is None or not math.isfinite(value):
-        where = f'line {record.line}, ' if record.line is not None else ''
-        raise ValueError(f'{where}battery_id {record.battery_id!r}, field {target!r}: no value to train on')
+        raise ElectrodeDataError('no value to train on', field=target, battery_id=record.battery_id, line=record.line)
     return float(value)
 
 

@@ -24,6 +24,7 @@ import logging
 import math
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from pymatgen.core import Composition, Element
@@ -552,6 +553,23 @@ def records_to_json(records: Sequence[ElectrodeRecord]) -> str:
 
 def records_from_json(text: str) -> list[ElectrodeRecord]:
     return [ElectrodeRecord.from_dict(d) for d in json.loads(text)]
+
+
+def write_files_atomically(directory: str | os.PathLike, contents: dict[str, bytes]) -> None:
+    """Write ``{file name: bytes}`` into ``directory`` whole or not at all: every file goes to a temporary name
+    first and is renamed into place only once all of them are written; what is left of a failed attempt is removed."""
+    directory = Path(directory)
+    staged = []
+    try:
+        for name, content in contents.items():
+            partial = directory / f'.{name}.partial'
+            staged.append((partial, directory / name))
+            partial.write_bytes(content)
+        for partial, final in staged:
+            os.replace(partial, final)
+    finally:
+        for partial, _ in staged:
+            partial.unlink(missing_ok=True)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

@@ -43,8 +43,9 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
         raise ElectrodeDataError(f'working ion {working_ion!r} is not one of {", ".join(WORKING_IONS)}',
                                  battery_id=label, field='working_ion')
     if charged.composition[working_ion] == 0 and discharged.composition[working_ion] == 0:
-        raise ElectrodeDataError(f'working ion {working_ion} is in neither structure ({charged.composition.reduced_formula}, '
-                                 f'{discharged.composition.reduced_formula})', battery_id=label, field='working_ion')
+        raise ElectrodeDataError(f'working ion {working_ion} is in neither structure '
+                                 f'({charged.composition.reduced_formula}, {discharged.composition.reduced_formula})',
+                                 battery_id=label, field='working_ion')
     host_charged = host_framework(charged.composition, working_ion)
     host_discharged = host_framework(discharged.composition, working_ion)
     if host_charged.num_atoms == 0 or host_discharged.num_atoms == 0:

@@ -22,8 +22,7 @@ import os
 import random
 import shutil
 import time
-import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ['resolve_device', 'seed_everything', 'TrainConfig', 'TrainResult', 'train_network', 'predict_network',
-           'TrainingDiverged', 'TrainingInterrupted', 'TrainingCheckpoint', 'CheckpointError']
+__all__ = ['parse_device', 'resolve_device', 'seed_everything', 'TrainConfig', 'TrainResult', 'train_network',
+           'predict_network', 'TrainingDiverged', 'TrainingInterrupted', 'TrainingCheckpoint', 'CheckpointError']
 
 LOGGER = logging.getLogger(__name__)
 
@@ -45,21 +44,30 @@ class TrainingDiverged(RuntimeError):
         super().__init__(f'loss became NaN/inf at epoch {epoch}')
 
 
+def parse_device(device: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N`` as a :class:`torch.device`, without asking whether it is present.
+
+    :raises ValueError: for a name torch does not know, or a device kind we do not train on.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f'unknown device {device!r}: use auto, cpu, cuda or cuda:N') from None
+    if parsed.type not in ('cpu', 'cuda'):
+        raise ValueError(f'device {device!r} is not supported: use auto, cpu, cuda or cuda:N')
+    return parsed
+
+
 def resolve_device(device: str | None = 'auto') -> torch.device:
-    """``auto`` -> CUDA when present, else CPU; anything else is passed to :class:`torch.device`.
+    """``auto`` -> CUDA when present, else CPU; anything else through :func:`parse_device`.
 
     :raises ValueError: for a device torch does not know, or CUDA where torch sees none.
     """
     if device in (None, 'auto'):
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise ValueError(f'unknown device {device!r}: use auto, cpu, cuda or cuda:N') from None
+    resolved = parse_device(device)
     if resolved.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {device!r} was asked for but torch sees no CUDA device (use auto or cpu)')
-    if resolved.type not in ('cpu', 'cuda'):
-        raise ValueError(f'device {device!r} is not supported: use auto, cpu, cuda or cuda:N')
     return resolved
 
 
@@ -125,7 +133,7 @@ class TrainConfig:
         """
         if not isinstance(overrides, dict):
             raise ValueError(f'train_overrides must be a dict (epochs, lr, batch_size, ...), got {overrides!r}')
-        known = [f.name for f in dataclasses.fields(cls)]
+        known = [f.name for f in fields(cls)]
         unknown = sorted(set(overrides) - set(known))
         if unknown:
             raise ValueError(f'unknown training setting(s) {", ".join(unknown)} in train_overrides; known: '

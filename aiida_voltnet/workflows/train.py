@@ -89,12 +89,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             settings = train['settings'].get_dict() if 'settings' in train else {}
             functions._train_arguments(_value(train.get('featurizer', 'leakfree')),
                                        _value(train.get('model', 'voltnet')), settings)
-            kind = _value(inputs.get('split', {}).get('kind', 'grouped'))
-            if kind not in ('grouped', 'random'):
-                return f'unknown split kind {kind!r}; choose grouped or random'
-            fraction = _value(inputs.get('split', {}).get('test_fraction', 0.1))
-            if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
-                return f'split.test_fraction must be a number between 0 and 1 (exclusive), got {fraction!r}'
+            split = inputs.get('split', {})
+            functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
         except Exception as exception:  # noqa: BLE001 - the message names row and field
             return f'{type(exception).__name__}: {exception}'
         return None
