@@ -87,6 +87,8 @@ def test_round_trips(tmp_path):
     ('[InsertionVoltagePairDoc(average_voltage=' + '-' * 5000 + '1)]', 'nested too deeply'),
     ('[InsertionVoltagePairDoc(average_voltage=--1)]', 'more than one sign'),
     ('[InsertionVoltagePairDoc(average_voltage=1, capacity_grav=' + '9' * 400 + ')]', 'number out of range'),
+    ('[InsertionVoltagePairDoc(average_voltage=1, max_delta_volume=inf)]', "'max_delta_volume': must be a finite"),
+    ('[InsertionVoltagePairDoc(average_voltage=nan)]', "'average_voltage': must be a finite number, got nan"),
 ])
 def test_hostile_adj_pairs_are_refused_with_the_row_named(adj_pairs, message):
     row = ROW.split(',"[')[0] + ',"' + adj_pairs + '"' + ROW.split(')]"')[1]

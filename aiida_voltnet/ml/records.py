@@ -323,6 +323,8 @@ def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
                     values[key] = float(value)
                 except OverflowError:
                     raise ValueError(f'element {index}, key {key!r}: number out of range') from None
+                if not math.isfinite(values[key]):  # as the row's own number columns: a step of inf volts is no datum
+                    raise ValueError(f'element {index}, key {key!r}: must be a finite number, got {values[key]!r}')
         steps.append(VoltageStep(**values))
     return tuple(steps)
 
