@@ -59,6 +59,11 @@ CANDIDATES = {
     # seeds 0-4 (1,725 validation rows) to halve the noise of the comparison
     'leaf10_lr0.1x500_m10': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500}, 10),
     'leaf10_lr0.05x1000': ({'min_samples_leaf': 10, 'learning_rate': 0.05, 'max_iter': 1000}, BASE_MEMBERS),
+    # round 4 (a later session): the loss, never varied in rounds 1-3 (absolute error fits leaf medians to the
+    # gradient's sign, squared error fits means and may use the same trees better), at both learning rates
+    'squared': ({'loss': 'squared_error'}, BASE_MEMBERS),
+    'squared_leaf10_lr0.1x500': ({'loss': 'squared_error', 'min_samples_leaf': 10, 'learning_rate': 0.1,
+                                  'max_iter': 500}, BASE_MEMBERS),
 }
 
 

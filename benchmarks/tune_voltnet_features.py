@@ -13,6 +13,8 @@ Blocks, each appended to the leak-free features of the same rows:
 * ``symmetry``: per end member, pymatgen's space-group data beyond the number and crystal system the featurizer
   already has: log of the group order and of the point-group order, an inversion centre, the lattice centring
   (P, A, B, C, I, F, R); and the change of both orders on insertion;
+* ``volume`` (a later session): what relaxed structures would add, from the CSV: the discharged member's density
+  (``capacity_vol / capacity_grav``), its volume per atom and per host atom, and the steps' largest volume change;
 * ``siblings``: target encoding, the median/mean voltage and count of the *other* training electrodes with the
   same host framework (same ion, and any ion); leave-one-out on the training rows.
 
@@ -165,6 +167,23 @@ def sibling_block(train, rows, leave_one_out):
     return np.array(out, dtype=float)
 
 
+#: Å^3 per (g/mol / (g/cm^3)): 1e24 / Avogadro's number
+CM3_PER_MOL_TO_A3 = 1e24 / 6.02214076e23
+
+
+def volume_block(record):
+    """What relaxed structures would add: the discharged member's density (capacity_vol / capacity_grav, g/cm^3,
+    which is how MP computes capacity_vol) and volume per atom and per host atom (Å^3), and the steps' largest
+    volume change. None of them is a function of the voltage (energy_vol is not used)."""
+    discharged = record.composition_discharge
+    density = record.capacity_vol / record.capacity_grav
+    volume = discharged.weight / density * CM3_PER_MOL_TO_A3  # per formula unit
+    host_atoms = discharged.num_atoms - discharged[record.working_ion]
+    change = record.max_delta_volume
+    return np.array([density, volume / discharged.num_atoms, volume / host_atoms,
+                     np.nan if change is None else change])
+
+
 def blocks(names, inner, val):
     """The extra columns of ``names`` for the inner and the validation rows."""
     extra_inner, extra_val = [], []
@@ -173,7 +192,8 @@ def blocks(names, inner, val):
             extra_inner.append(sibling_block(inner, inner, True))
             extra_val.append(sibling_block(inner, val, False))
         else:
-            function = {'oxi': oxi_block, 'anion_cation': anion_cation_block, 'symmetry': symmetry_block}[name]
+            function = {'oxi': oxi_block, 'anion_cation': anion_cation_block, 'symmetry': symmetry_block,
+                        'volume': volume_block}[name]
             extra_inner.append(np.array([function(r) for r in inner]))
             extra_val.append(np.array([function(r) for r in val]))
     return extra_inner, extra_val
@@ -188,6 +208,8 @@ CANDIDATES_FEATURES = {
     'default trees + symmetry': ({}, ['symmetry']),
     'leaf10_lr0.1x500': (CANDIDATES['leaf10_lr0.1x500'][0], []),
     'leaf10_lr0.1x500 + oxi': (CANDIDATES['leaf10_lr0.1x500'][0], ['oxi']),
+    'default trees + volume': ({}, ['volume']),
+    'leaf10_lr0.1x500 + volume': (CANDIDATES['leaf10_lr0.1x500'][0], ['volume']),
 }
 
 
