@@ -47,6 +47,16 @@ def test_predict_single_pair(trained):
     result = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFePO4',
                  '--ion', 'Li')
     assert 'LiFePO4 / FePO4 (Li):' in result.stdout and ' V ' in result.stdout
+    assert 'Warning' not in result.stderr  # Fe, P and O are in the training hosts
+
+
+def test_a_host_element_no_training_host_had_is_called_extrapolation(trained):
+    # the 200 training rows have no Sr in any host (see test_featurizers for the element set itself)
+    result = run('predict', '--model', str(trained / 'model'), '--charged', 'SrFeO3', '--discharged', 'LiSrFeO3',
+                 '--ion', 'Li')
+    assert 'LiSrFeO3 / SrFeO3 (Li):' in result.stdout
+    assert ("Warning: 1 of 1 record(s) have host elements that no training electrode contained (Sr: 1; the first "
+            "is battery_id 'SrFeO3->LiSrFeO3')") in result.stderr and 'extrapolation' in result.stderr
 
 
 def test_bad_inputs_exit_nonzero_with_a_message(trained):

@@ -132,3 +132,17 @@ def test_vectorized_leak_free_rows_raise_what_the_per_record_rows_raise():
     without = ElectrodeRecord(battery_id='nocap', formula_charge='CoO2', formula_discharge='LiCoO2', working_ion='Li')
     with pytest.raises(ValueError, match="battery 'nocap': extra column 'capacity_vol' is missing"):
         missing.raw(good + [without])
+
+
+def test_training_host_elements_are_read_from_the_fitted_state(records):
+    hosts = set()
+    for r in records:
+        hosts |= {e.symbol for e in r.composition_discharge.elements} - {r.working_ion}
+    fitted = get_featurizer('leakfree').fit(records)
+    assert fitted.training_host_elements() == hosts and 'Sr' not in hosts
+    restored = featurizer_from_state(*fitted.get_state())
+    assert restored.training_host_elements() == hosts  # from the saved arrays alone
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        assert get_featurizer('paper').fit(records).training_host_elements() is None  # PCA: cannot tell
+

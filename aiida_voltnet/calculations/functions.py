@@ -384,12 +384,17 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     :param model: the trained model.
     :param dataset: the electrodes to predict (targets, if present, are ignored).
     :returns: ``ArrayData`` with ``mean`` and ``std`` (V), ``index`` (row of each prediction in the dataset),
-        ``battery_ids`` and ``working_ions``; attributes ``model_version`` and ``n_predictions``.
+        ``battery_ids``, ``working_ions`` and ``unseen_elements`` (True where the record's host has an element no
+        training host had: an extrapolation); attributes ``model_version``, ``n_predictions`` and
+        ``n_unseen_elements``.
     """
     core = load_model(model)
     records = dataset_records(dataset)
     mean, std = core.predict(records)
+    unseen = np.array([bool(elements) for elements in core.unseen_host_elements(records)], dtype=bool)
     array = orm.ArrayData()
+    array.set_array('unseen_elements', unseen)
+    array.base.attributes.set('n_unseen_elements', int(unseen.sum()))
     array.set_array('mean', np.asarray(mean, dtype=np.float64))
     array.set_array('std', np.asarray(std, dtype=np.float64))
     array.set_array('index', np.arange(len(records), dtype=np.int64))

@@ -165,6 +165,9 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))
+    warning = model.extrapolation_warning(records)
+    if warning:
+        click.echo(f'Warning: {warning}', err=True)
     if single:
         click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
                    f'(model {model.saved_version[:16]})')

@@ -341,6 +341,10 @@ class Featurizer:
     def n_features(self) -> int:
         raise NotImplementedError
 
+    def training_host_elements(self) -> frozenset[str] | None:
+        """The elements that some training record's host contained; ``None`` where the fitted state cannot tell."""
+        return None
+
     # -- state ---------------------------------------------------------------------------------------------------
     def get_config(self) -> dict[str, Any]:
         return {'name': self.name, 'version': self.version, 'options': dict(self.options),
@@ -649,6 +653,15 @@ class LeakFreeFeaturizer(Featurizer):
     @property
     def n_features(self) -> int:
         return int(self.arrays['mean'].shape[0]) if 'mean' in self.arrays else 0
+
+    def training_host_elements(self) -> frozenset[str] | None:
+        """Read from the fitted state: an element's host-fraction column has a mean above zero exactly when some
+        training host contained it (fractions are never negative)."""
+        if 'mean' not in self.arrays:
+            return None
+        start = len(WORKING_IONS) + element_property_table().shape[1] + 9 + 5  # the blocks before the fractions
+        fractions = self.arrays['mean'][start:start + N_ELEMENTS]
+        return frozenset(_element(int(z)).symbol for z in np.flatnonzero(fractions > 0) + 1)
 
 
 FEATURIZERS: dict[str, type[Featurizer]] = {cls.name: cls for cls in (PaperFeaturizer, LeakFreeFeaturizer)}

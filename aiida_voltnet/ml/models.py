@@ -6,6 +6,7 @@ loading a model from an untrusted archive cannot run code; the sha256 of both fi
 """
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import math
@@ -466,6 +467,32 @@ class VoltageModel:
                 raise ElectrodeDataError(f'this model was trained on {", ".join(sorted(known))} and never saw '
                                          f'working ion(s) {", ".join(unseen)} (this is the first such record)',
                                          field='working_ion', battery_id=first.battery_id, line=first.line)
+
+    def unseen_host_elements(self, records: Sequence[ElectrodeRecord]) -> list[list[str]]:
+        """Per record, the elements of its host (the discharged member without the working ion) that no training
+        host contained; empty lists where the featurizer cannot tell (the ``paper`` one)."""
+        known = self.featurizer.training_host_elements()
+        if known is None:
+            return [[] for _ in records]
+        return [sorted({e.symbol for e in r.composition_discharge.elements} - known - {r.working_ion})
+                for r in records]
+
+    def extrapolation_warning(self, records: Sequence[ElectrodeRecord]) -> str | None:
+        """A sentence for the records whose host has elements no training host had, or ``None``.
+
+        Their fraction columns were zero in every training row, so the model never learned what those elements do
+        to a voltage: the prediction rests on the elements' tabulated properties in the composition statistics.
+        """
+        unseen = self.unseen_host_elements(records)
+        flagged = [i for i, elements in enumerate(unseen) if elements]
+        if not flagged:
+            return None
+        counts = collections.Counter(e for i in flagged for e in unseen[i])
+        first = records[flagged[0]]
+        where = f'battery_id {first.battery_id!r}' + (f', line {first.line}' if first.line else '')
+        return (f'{len(flagged)} of {len(records)} record(s) have host elements that no training electrode '
+                f'contained ({", ".join(f"{e}: {n}" for e, n in sorted(counts.items()))}; the first is {where}): '
+                'their predictions are extrapolation, check them with DFT before trusting them')
 
     def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
         if len(self.members) > 1 and all(type(m) is GradientBoostedTrees for m in self.members):

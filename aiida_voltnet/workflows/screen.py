@@ -124,6 +124,10 @@ class ScreenWorkChain(WorkChain):
                                                 metadata={'call_link_label': 'predict'})
         self.out('predictions', self.ctx.predictions)
         self.report(f'predicted {len(self.ctx.valid)} candidate(s) in one batch')
+        flagged = self.ctx.predictions.get_array('unseen_elements')
+        if flagged.any():
+            names = self.ctx.predictions.get_array('battery_ids')[flagged]
+            self.report(f'extrapolation: the hosts of {", ".join(names)} have elements no training host had')
 
     def select(self):
         self.ctx.selected = select_candidates(self.ctx.predictions, self.inputs.selection,

@@ -107,3 +107,28 @@ def test_screen_reports_when_every_verification_fails(pw, small_model):
     assert f'exit status {VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status}' in summary['rows'][0]['status']
     metal = [c for c in node.called if c.process_label == 'PwBaseWorkChain']
     assert len(metal) == 1 and metal[0].is_finished_ok  # the job options default to the protocol's (serial pw.x)
+
+
+def test_screen_reports_candidates_whose_host_elements_no_training_host_had(pw, small_model):
+    """SrFeO3/LiSrFeO3 (no Sr in the 150 training rows) is predicted, flagged as extrapolation in the prediction
+    array and the report; the window selects nothing, so no pw.x job starts."""
+    from aiida.cmdline.utils.common import get_workchain_report
+    from pymatgen.core import Lattice, Structure
+
+    model, _ = small_model
+    lattice = Lattice.cubic(3.9)
+    sites = [('Sr', (0, 0, 0)), ('Fe', (0.5, 0.5, 0.5)), ('O', (0.5, 0.5, 0)), ('O', (0.5, 0, 0.5)), ('O', (0, 0.5, 0.5))]
+    charged = Structure(lattice, [s for s, _ in sites], [p for _, p in sites])
+    discharged = Structure(lattice, [s for s, _ in sites] + ['Li'], [p for _, p in sites] + [(0.5, 0, 0)])
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    results, node = run_get_node(
+        ScreenWorkChain, model=model,
+        candidates={'SrFeO3': _pair(orm.StructureData(pymatgen=charged), orm.StructureData(pymatgen=discharged))},
+        selection=orm.Dict({'mode': 'window', 'top_k': 1, 'voltage_min': 50.0, 'voltage_max': 60.0}),
+        verify={'code': pw, 'settings': orm.Dict(verify['settings'])})
+    assert node.is_finished_ok, node.exit_message
+    assert results['predictions'].get_array('unseen_elements').tolist() == [True]
+    assert results['predictions'].base.attributes.get('n_unseen_elements') == 1
+    assert results['selected'].get_list() == []
+    assert 'extrapolation: the hosts of SrFeO3 have elements no training host had' in get_workchain_report(node, 'REPORT')
+    assert not [c for c in node.called_descendants if c.process_label == 'PwCalculation']
