@@ -1,0 +1,68 @@
+"""Is the "unseen host elements" warning of ``voltnet predict`` worth heeding? Test MAE of the default model on the
+held-out records it flags against the ones it does not, under the evaluation default (5 folds grouped by host
+framework).
+
+For each seed and fold: ``train_voltage_model`` with defaults on the training folds (the ensemble means do not
+depend on the uncertainty calibration, so it is skipped), predictions for the held-out fold, and
+``VoltageModel.unseen_host_elements`` of each held-out record. Prints, per seed and pooled, how many held-out
+records are flagged and the MAE of both groups, with their ratio, the seeds and the git commit.
+
+    OMP_NUM_THREADS=2 python benchmarks/extrapolation.py [--seeds 0 1 2] [--folds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import collections
+import time
+import warnings
+
+import numpy as np
+from accuracy import DEFAULT_CSV, git_commit
+
+from aiida_voltnet.ml.models import train_voltage_model
+from aiida_voltnet.ml.records import read_electrodes_csv
+from aiida_voltnet.ml.splits import kfold_splits
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--data', default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
+    parser.add_argument('--folds', type=int, default=5)
+    args = parser.parse_args()
+    records = read_electrodes_csv(args.data)
+    started = time.perf_counter()
+    errors: dict[int, dict[bool, list[float]]] = {}
+    elements = collections.Counter()
+    for seed in args.seeds:
+        errors[seed] = {True: [], False: []}
+        for fold, (train_idx, test_idx) in enumerate(kfold_splits(records, k=args.folds, grouped=True, seed=seed)):
+            train, test = [records[i] for i in train_idx], [records[i] for i in test_idx]
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore')
+                model = train_voltage_model(train, seed=seed, calibrate=False)
+            mean, _ = model.predict(test, check_ions=False)
+            unseen = model.unseen_host_elements(test)
+            for record, predicted, new in zip(test, mean, unseen):
+                errors[seed][bool(new)].append(abs(predicted - record.average_voltage))
+                elements.update(new)
+            print(f'seed {seed} fold {fold}: {sum(map(bool, unseen))} of {len(test)} held-out records flagged',
+                  flush=True)
+    print(f'\ndefault voltnet, leak-free features, {args.folds} folds grouped by framework; commit {git_commit()}; '
+          f'{time.perf_counter() - started:.0f} s')
+    print(f'{"seed":<8} {"flagged":>8} {"MAE flagged (V)":>16} {"not flagged":>8} {"MAE not flagged (V)":>20} '
+          f'{"ratio":>6}')
+    pooled = {True: [], False: []}
+    for seed in args.seeds:
+        for flag in (True, False):
+            pooled[flag] += errors[seed][flag]
+    for label, table in [*((str(s), errors[s]) for s in args.seeds), ('pooled', pooled)]:
+        flagged, rest = np.mean(table[True]) if table[True] else float('nan'), np.mean(table[False])
+        print(f'{label:<8} {len(table[True]):>8} {flagged:>16.3f} {len(table[False]):>11} {rest:>20.3f} '
+              f'{flagged / rest:>6.2f}')
+    print('flagged elements (record count over all seeds): '
+          + ', '.join(f'{e} {n}' for e, n in elements.most_common(12)))
+
+
+if __name__ == '__main__':
+    main()
