@@ -31,7 +31,7 @@ class PredictWorkChain(WorkChain):
             if_(cls.has_structures)(cls.predict_structures),
         )
         spec.output('predictions', valid_type=orm.ArrayData, required=False,
-                    help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions.')
+                    help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions, unseen_elements.')
         spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
@@ -72,6 +72,10 @@ class PredictWorkChain(WorkChain):
         except ValueError as exception:
             return self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
         self.out('predictions', predictions)
+        flagged = predictions.base.attributes.get('n_unseen_elements', 0)
+        if flagged:
+            self.report(f'extrapolation: {flagged} of {predictions.base.attributes.get("n_predictions")} record(s) '
+                        'have host elements no training host had (array unseen_elements)')
         return None
 
     def predict_structures(self):
@@ -84,4 +88,13 @@ class PredictWorkChain(WorkChain):
                 return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])
+        names = list(self.inputs.structures)
+        records = [functions.pair_record(self.inputs.structures[name]['charged'],
+                                         self.inputs.structures[name]['discharged'],
+                                         self.inputs.structures[name]['working_ion'].value, battery_id=name)
+                   for name in names]
+        unseen = functions.load_model(self.inputs.model).unseen_host_elements(records)
+        flagged = [f'{name} ({", ".join(elements)})' for name, elements in zip(names, unseen) if elements]
+        if flagged:
+            self.report(f'extrapolation: host elements no training host had in {"; ".join(flagged)}')
         return None

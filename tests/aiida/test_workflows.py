@@ -126,6 +126,22 @@ def test_predict_workchain(trained, shipped_nodes):
     assert {p['model_version'] for p in answer['predictions']} == {trained.model.model_version}
 
 
+def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
+    from aiida.cmdline.utils.common import get_workchain_report
+    from pymatgen.core import Lattice, Structure
+
+    charged = Structure.from_spacegroup('Pm-3m', Lattice.cubic(3.9), ['Sr', 'Fe', 'O'], [[0, 0, 0], [.5, .5, .5],
+                                                                                        [.5, .5, 0]])
+    discharged = charged.copy()
+    discharged.append('Li', [0.5, 0, 0])
+    pair = {'charged': orm.StructureData(pymatgen=charged), 'discharged': orm.StructureData(pymatgen=discharged),
+            'working_ion': orm.Str('Li')}
+    results, node = run_get_node(PredictWorkChain, model=trained.model, structures={'SrFeO3': pair})
+    assert node.is_finished_ok, node.exit_message
+    assert 'extrapolation: host elements no training host had in SrFeO3 (Sr)' in get_workchain_report(node, 'REPORT')
+    assert 'voltages' in results and 'SrFeO3' in results['voltages']
+
+
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
     from aiida_voltnet.data import ElectrodeDataset
 

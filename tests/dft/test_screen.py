@@ -116,10 +116,10 @@ def test_screen_reports_candidates_whose_host_elements_no_training_host_had(pw, 
     from pymatgen.core import Lattice, Structure
 
     model, _ = small_model
-    lattice = Lattice.cubic(3.9)
-    sites = [('Sr', (0, 0, 0)), ('Fe', (0.5, 0.5, 0.5)), ('O', (0.5, 0.5, 0)), ('O', (0.5, 0, 0.5)), ('O', (0, 0.5, 0.5))]
-    charged = Structure(lattice, [s for s, _ in sites], [p for _, p in sites])
-    discharged = Structure(lattice, [s for s, _ in sites] + ['Li'], [p for _, p in sites] + [(0.5, 0, 0)])
+    charged = Structure.from_spacegroup('Pm-3m', Lattice.cubic(3.9), ['Sr', 'Fe', 'O'], [[0, 0, 0], [.5, .5, .5],
+                                                                                        [.5, .5, 0]])
+    discharged = charged.copy()
+    discharged.append('Li', [0.5, 0, 0])
     verify = VerifyWorkChain.get_protocol_inputs('ci')
     results, node = run_get_node(
         ScreenWorkChain, model=model,
