@@ -32,6 +32,7 @@ import warnings
 from fractions import Fraction
 
 import numpy as np
+import scipy.constants
 from pymatgen.core import Composition, Element
 from pymatgen.symmetry.groups import SpaceGroup
 from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, leakfree_arrays, validation_splits
@@ -168,7 +169,7 @@ def sibling_block(train, rows, leave_one_out):
 
 
 #: Å^3 per (g/mol / (g/cm^3)): 1e24 / Avogadro's number
-CM3_PER_MOL_TO_A3 = 1e24 / 6.02214076e23
+CM3_PER_MOL_TO_A3 = 1e24 / scipy.constants.Avogadro
 
 
 def volume_block(record):

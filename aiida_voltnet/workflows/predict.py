@@ -79,6 +79,7 @@ class PredictWorkChain(WorkChain):
         return None
 
     def predict_structures(self):
+        records = {}
         for name, pair in self.inputs.structures.items():
             try:
                 result = predict_structure_pair(model=self.inputs.model, charged=pair['charged'],
@@ -88,13 +89,10 @@ class PredictWorkChain(WorkChain):
                 return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])
-        names = list(self.inputs.structures)
-        records = [functions.pair_record(self.inputs.structures[name]['charged'],
-                                         self.inputs.structures[name]['discharged'],
-                                         self.inputs.structures[name]['working_ion'].value, battery_id=name)
-                   for name in names]
-        unseen = functions.load_model(self.inputs.model).unseen_host_elements(records)
-        flagged = [f'{name} ({", ".join(elements)})' for name, elements in zip(names, unseen) if elements]
+            records[name] = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
+                                                  battery_id=name)  # cached: validate_inputs built it
+        unseen = functions.load_model(self.inputs.model).unseen_host_elements(list(records.values()))
+        flagged = [f'{name} ({", ".join(elements)})' for name, elements in zip(records, unseen) if elements]
         if flagged:
             self.report(f'extrapolation: host elements no training host had in {"; ".join(flagged)}')
         return None
