@@ -3,16 +3,19 @@
 Seed-style loop (re-implemented from the seed's train.py): ``TensorDataset`` + ``DataLoader(batch_size=512,
 shuffle=True)``, Adam(lr=5e-3), MSE, full ``nn.MultiheadAttention``.
 Ours: the same network, parameters and optimizer (Adam 5e-3, fused into one kernel); one ``randperm`` per epoch
-slicing device tensors; the exact single-token form of the attention (softmax over one key is 1) and the
-convolutions computed as matrix products over unfolded windows. The forward math is the same function: the
-script prints the largest output difference on identical weights (float summation order only, ~1e-6).
+slicing device tensors; the exact single-token form of the attention (softmax over one key is 1), the
+convolutions computed as matrix products over unfolded windows, and on CPU every float32 product (forward and
+backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
+``aiida_voltnet.ml.networks.cpu_linear``). The forward math is the same function: the script prints the largest
+output difference on identical weights (float summation order only, ~1e-6). "ours, aten::mm" is the same loop
+with torch's own products, to show what each part gives.
 
 Also measured in the same run:
 
 * the float32 floor: the multiply-adds of one epoch of our loop (forward + backward, counted by
-  ``torch.utils.flop_counter``) divided by the device's own float32 matrix-product rate (a 512 x 512 x 2048
-  product, best of several). No float32 loop with these multiply-adds can be faster, so seed-style time / floor
-  bounds the speed-up any exact rewrite can reach on this device;
+  ``torch.utils.flop_counter``) divided by the device's float32 matrix-product rate (a 512 x 512 x 2048
+  product, best of several, the faster of ``aten::mm`` and oneDNN). No float32 loop with these multiply-adds can
+  be faster, so seed-style time / floor bounds the speed-up any exact rewrite can reach on this device;
 * on CPU, the time our loop spends in matrix products alone (``torch.profiler``, one extra epoch; self time of
   ``aten::mm``/``addmm``/``bmm``): where that alone exceeds seed-style time / 3, no change outside the products
   can reach a 3x speed-up on this device;
@@ -37,7 +40,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from aiida_voltnet.ml.networks import MHAResNet, fast_mha_resnet
+from aiida_voltnet.ml.networks import MHAResNet, cpu_linear, fast_mha_resnet
 from aiida_voltnet.ml.training import forward_precision, resolve_device
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
@@ -83,24 +86,25 @@ def epoch_flops(model, X, y, criterion, batch_size=512) -> float:
     return total
 
 
-def matmul_rate(device, dtype=torch.float32, repeats=10) -> float:
-    """The device's float32 matrix-product rate (FLOP/s), best of ``repeats`` 512 x 512 x 2048 products."""
+def matmul_rate(device, product=torch.matmul, dtype=torch.float32, repeats=10) -> float:
+    """The device's float32 matrix-product rate (FLOP/s), best of ``repeats`` 512 x 512 x 2048 products
+    ``product(a, b.T)`` (``torch.matmul``: ``aten::mm``; :func:`cpu_linear`: oneDNN on CPU)."""
     a = torch.randn(512, 512, device=device, dtype=dtype)
-    b = torch.randn(512, 2048, device=device, dtype=dtype)
+    b = torch.randn(2048, 512, device=device, dtype=dtype)
     best = math.inf
     for _ in range(repeats + 2):
         if device.type == 'cuda':
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(5):
-            a @ b
+            product(a, b.T) if product is torch.matmul else product(a, b)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - start) / 5)
     return 2 * 512 * 512 * 2048 / best
 
 
-MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm')
+MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'mkldnn::_linear_pointwise')
 
 
 def matmul_seconds(fn) -> tuple[float, float]:
@@ -154,6 +158,7 @@ def main():
     base = MHAResNet(X.shape[1])
     seed_model = copy.deepcopy(base).to(device)
     ours = fast_mha_resnet(copy.deepcopy(base)).to(device)
+    ours_mm = fast_mha_resnet(copy.deepcopy(base), onednn=False).to(device)
 
     # Same forward math: identical outputs on identical weights (eval mode, so dropout is off).
     Xt = torch.as_tensor(X, device=device)
@@ -168,19 +173,24 @@ def main():
                         batch_size=512, shuffle=True)
     opt_seed = torch.optim.Adam(seed_model.parameters(), lr=5e-3)
     opt_ours = torch.optim.Adam(ours.parameters(), lr=5e-3, fused=True)
+    opt_mm = torch.optim.Adam(ours_mm.parameters(), lr=5e-3, fused=True)
     yt = torch.as_tensor(y, device=device)
     generator = torch.Generator().manual_seed(0)
+    generator_mm = torch.Generator().manual_seed(0)
     run_seed = lambda: seed_style_epoch(seed_model, loader, opt_seed, criterion)  # noqa: E731
     run_ours = lambda: our_epoch(ours, Xt, yt, opt_ours, criterion, generator)  # noqa: E731
-    runs = {'seed-style': run_seed, 'ours': run_ours}
+    runs = {'seed-style': run_seed, 'ours': run_ours,
+            'ours, aten::mm': lambda: our_epoch(ours_mm, Xt, yt, opt_mm, criterion, generator_mm)}
     if not args.no_bf16:
         bf16 = copy.deepcopy(ours)  # a copy of the same initial network, so the fp32 rows are unaffected
         fast_mha_resnet(bf16)  # deepcopy keeps the partials bound to the original modules: re-route to the copy
         opt_bf16 = torch.optim.Adam(bf16.parameters(), lr=5e-3, fused=True)
         generator_bf16 = torch.Generator().manual_seed(0)
         runs['ours, bf16'] = lambda: our_epoch(bf16, Xt, yt, opt_bf16, criterion, generator_bf16, bf16=True)  # noqa: E731
-    flops = epoch_flops(fast_mha_resnet(copy.deepcopy(base)).to(device), Xt, yt, criterion)
-    rate = matmul_rate(device)
+    # counted on the aten::mm form: the flop counter does not know oneDNN's kernel, and the multiply-adds are the same
+    flops = epoch_flops(fast_mha_resnet(copy.deepcopy(base), onednn=False).to(device), Xt, yt, criterion)
+    rate_mm, rate_onednn = matmul_rate(device), matmul_rate(device, cpu_linear)
+    rate = max(rate_mm, rate_onednn)
     for run in runs.values():
         timed(run, args.warmup, device)
     # Interleave to share the machine's noise fairly.
@@ -201,11 +211,13 @@ def main():
           f'torch {torch.__version__}, commit {commit}')
     print(f'max |output difference| seed-style vs ours on identical weights: {diff:.2e}')
     floor = flops / rate
-    print(f'{"loop":<12} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18} {"vs seed-style":>14}')
+    print(f'float32 512 x 512 x 2048 products: aten::mm {rate_mm / 1e9:.0f} GFLOP/s, '
+          f'cpu_linear {rate_onednn / 1e9:.0f} GFLOP/s')
+    print(f'{"loop":<15} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18} {"vs seed-style":>14}')
     for label, t in times.items():
-        print(f'{label:<12} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f} '
+        print(f'{label:<15} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f} '
               f'{np.median(t_seed) / np.median(t):13.2f}x')
-    print(f'{"fp32 floor":<12} {floor:15.3f} {"":>8} {"":>8} {floor * 1000 / 60:18.1f} '
+    print(f'{"fp32 floor":<15} {floor:15.3f} {"":>8} {"":>8} {floor * 1000 / 60:18.1f} '
           f'{np.median(t_seed) / floor:13.2f}x   ({flops / 1e9:.1f} GFLOP per epoch at the measured '
           f'{rate / 1e9:.0f} GFLOP/s float32 matrix-product rate)')
     print(f'speed-up (median seed-style / median ours): {np.median(t_seed) / np.median(t_ours):.2f}x; '

