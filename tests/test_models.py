@@ -239,6 +239,27 @@ def test_fast_mha_resnet_computes_the_faithful_function(n_features, mode):
         assert torch.allclose(p.grad, q.grad, atol=1e-4, rtol=1e-3), name
 
 
+@pytest.mark.parametrize('kernel, stride, padding, length', [
+    (3, 1, 1, 1), (1, 2, 0, 1), (5, 1, 2, 1), (7, 2, 3, 1), (5, 3, 2, 1), (3, 1, 1, 2), (3, 1, 0, 3), (7, 2, 3, 7)])
+def test_convolution_as_products_matches_conv1d(kernel, stride, padding, length):
+    """Every form of _conv1d_as_matmul (unfolded windows; a length-one input's single tap) with either product
+    gives nn.Conv1d's output and input gradient, the layouts of the seed's trunk among them (7, 2, 3 on length 7;
+    3, 1, 1 on lengths 2 and 1; 1, 2, 0 on length 1)."""
+    from aiida_voltnet.ml.networks import _conv1d_as_matmul
+
+    torch.manual_seed(4)
+    conv = torch.nn.Conv1d(8, 5, kernel, stride, padding)
+    x = torch.randn(6, 8, length, requires_grad=True)
+    reference = conv(x)
+    grad = torch.randn_like(reference)
+    expected = torch.autograd.grad(reference, (x, conv.weight), grad)
+    for linear in (torch.nn.functional.linear, cpu_linear):
+        out = _conv1d_as_matmul(conv, x, linear=linear)
+        assert out.shape == reference.shape and torch.allclose(out, reference, atol=1e-6)
+        for ours, theirs in zip(torch.autograd.grad(out, (x, conv.weight), grad), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+
+
 @pytest.mark.skipif(not onednn_linear_available(), reason='this torch build has no oneDNN linear kernel')
 @pytest.mark.parametrize('shape, bias', [((64, 30), True), ((4, 16, 30), False)])
 def test_cpu_linear_is_linear_through_onednn(shape, bias):
