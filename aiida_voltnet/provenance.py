@@ -202,8 +202,10 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
     :param ion: keep only this working ion.
     :param min_voltage: keep only predicted voltages >= this (V).
     :param max_voltage: keep only predicted voltages <= this (V).
-    :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'node', 'node_uuid',
-        'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index. For a batch,
+    :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'extrapolation', 'node',
+        'node_uuid', 'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index.
+        ``extrapolation`` is True where the host has an element no training host had, None for predictions stored
+        before that flag existed. For a batch,
         ``battery_id`` is the record's and ``index`` its row in the predicted dataset; for a structure pair,
         ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
         ``ArrayData<pk>[index]`` or ``Float<pk>``.
@@ -231,6 +233,7 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
             array = outputs['result']
             mean, std = array.get_array('mean'), array.get_array('std')
             ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
+            unseen = array.get_array('unseen_elements') if 'unseen_elements' in array.get_arraynames() else None
             keep = np.ones(len(mean), dtype=bool)
             if ion is not None:
                 keep &= ions == ion
@@ -240,6 +243,7 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
                 keep &= mean <= max_voltage
             rows.extend({'battery_id': str(ids[i]), 'label': str(ids[i]), 'working_ion': str(ions[i]),
                          'voltage': float(mean[i]), 'uncertainty': float(std[i]),
+                         'extrapolation': None if unseen is None else bool(unseen[i]),
                          'node': f'ArrayData<{array.pk}>[{int(index[i])}]', 'node_uuid': array.uuid,
                          'node_pk': array.pk, 'index': int(index[i]), 'process_pk': process_pk}
                         for i in np.flatnonzero(keep))
@@ -258,6 +262,8 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
                     f'{inputs["discharged"].get_formula(mode="hill_compact")}'
             rows.append({'battery_id': label, 'label': label, 'working_ion': row_ion, 'voltage': voltage.value,
                          'uncertainty': outputs['uncertainty'].value if 'uncertainty' in outputs else None,
+                         'extrapolation': (bool(outputs['unseen_elements'].get_list())
+                                           if 'unseen_elements' in outputs else None),
                          'node': f'Float<{voltage.pk}>', 'node_uuid': voltage.uuid, 'node_pk': voltage.pk,
                          'index': None, 'process_pk': process_pk})
     return rows

@@ -421,11 +421,15 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
     :param charged: the ion-poor end member.
     :param discharged: the ion-rich end member (same host framework, more working ion).
     :param working_ion: the working ion, e.g. ``Li``.
-    :returns: ``voltage`` and ``uncertainty`` (ensemble standard deviation), both ``Float`` in V.
+    :returns: ``voltage`` and ``uncertainty`` (ensemble standard deviation), both ``Float`` in V, and
+        ``unseen_elements``, a ``List`` of the host's elements that no training host had (empty when none; a
+        non-empty list marks the prediction as an extrapolation).
     """
     record = pair_record(charged, discharged, working_ion.value)
-    mean, std = load_model(model).predict([record])
-    return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0]))}
+    core = load_model(model)
+    mean, std = core.predict([record])
+    return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
+            'unseen_elements': orm.List(core.unseen_host_elements([record])[0])}
 
 
 # -- DFT ---------------------------------------------------------------------------------------------------------------

@@ -142,7 +142,10 @@ def _print_tree(data, indent=0):
 @click.option('--max-voltage', type=float, default=None, help='Only predictions at or below this voltage (V).')
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
 def predictions(model_id, ion, min_voltage, max_voltage, profile):
-    """List what a model predicted (battery, ion, voltage, uncertainty, prediction node)."""
+    """List what a model predicted (battery, ion, voltage, uncertainty, extrapolation, prediction node).
+
+    The extrapolation column says `yes` where the host has an element that no training host had, `-` for
+    predictions stored before that flag existed."""
     model = _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 
@@ -150,9 +153,10 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
         rows = list_predictions(model, ion=ion, min_voltage=min_voltage, max_voltage=max_voltage)
     except (TypeError, ValueError) as exception:
         _fail(str(exception), EXIT_BAD_INPUT)
-    click.echo(f'{"battery_id":<28} {"ion":<4} {"voltage":>8} {"+/-":>6}  node')
+    click.echo(f'{"battery_id":<28} {"ion":<4} {"voltage":>8} {"+/-":>6} {"extrapolation":<13}  node')
+    flags = {True: 'yes', False: 'no', None: '-'}
     for row in rows:
         click.echo(f'{row["battery_id"]:<28} {row["working_ion"]:<4} {row["voltage"]:8.3f} '
-                   f'{row["uncertainty"]:6.3f}  {row["node"]}')
+                   f'{row["uncertainty"]:6.3f} {flags[row["extrapolation"]]:<13}  {row["node"]}')
     click.echo(f'{len(rows)} prediction(s)', err=True)
     sys.stdout.flush()

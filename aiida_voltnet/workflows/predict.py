@@ -36,6 +36,9 @@ class PredictWorkChain(WorkChain):
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: ensemble standard deviation (V) per pair name.')
+        spec.output_namespace('unseen_elements', valid_type=orm.List, dynamic=True,
+                              help='For `structures`: per pair name, the host elements no training host had '
+                                   '(empty: none; otherwise the prediction extrapolates).')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
 
     @classmethod
@@ -79,7 +82,7 @@ class PredictWorkChain(WorkChain):
         return None
 
     def predict_structures(self):
-        records = {}
+        flagged = []
         for name, pair in self.inputs.structures.items():
             try:
                 result = predict_structure_pair(model=self.inputs.model, charged=pair['charged'],
@@ -89,10 +92,9 @@ class PredictWorkChain(WorkChain):
                 return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])
-            records[name] = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
-                                                  battery_id=name)  # cached: validate_inputs built it
-        unseen = functions.load_model(self.inputs.model).unseen_host_elements(list(records.values()))
-        flagged = [f'{name} ({", ".join(elements)})' for name, elements in zip(records, unseen) if elements]
+            self.out(f'unseen_elements.{name}', result['unseen_elements'])
+            if result['unseen_elements'].get_list():
+                flagged.append(f'{name} ({", ".join(result["unseen_elements"].get_list())})')
         if flagged:
             self.report(f'extrapolation: host elements no training host had in {"; ".join(flagged)}')
         return None

@@ -150,6 +150,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.output('ml_voltage', valid_type=orm.Float, required=False, help='The ML prediction (V) it is compared to.')
         spec.output('ml_uncertainty', valid_type=orm.Float, required=False,
                     help='Ensemble standard deviation (V) of the ML prediction, when predicted here.')
+        spec.output('ml_unseen_elements', valid_type=orm.List, required=False,
+                    help='When predicted here: the host elements no training host had (empty: none; otherwise the '
+                         'ML prediction extrapolates).')
         spec.output('difference', valid_type=orm.Float, required=False, help='ML - DFT voltage (V).')
         spec.output_namespace('energies', valid_type=orm.Float, dynamic=True,
                               help='e_charged and e_discharged (eV per host formula unit), e_ion_metal (eV/atom).')
@@ -223,7 +226,10 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             return self.exit_codes.ERROR_PREDICTION_REFUSED.format(message=str(exception))
         self.ctx.ml_voltage = result['voltage']
         self.out('ml_uncertainty', result['uncertainty'])
-        self.report(f'ML prediction {result["voltage"].value:.3f} +/- {result["uncertainty"].value:.3f} V')
+        self.out('ml_unseen_elements', result['unseen_elements'])
+        unseen = result['unseen_elements'].get_list()
+        self.report(f'ML prediction {result["voltage"].value:.3f} +/- {result["uncertainty"].value:.3f} V'
+                    + (f'; extrapolation: the host has {", ".join(unseen)}, which no training host had' if unseen else ''))
         return None
 
     def run_dft(self):

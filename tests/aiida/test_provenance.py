@@ -52,7 +52,7 @@ def test_pair_prediction_answer(trained, predictions):
         assert answer['inputs']['discharged']['uuid'] == pairs['LiFePO4']['discharged'].uuid
         assert answer['inputs']['discharged']['formula'] == 'FeLiO4P'
         assert answer['inputs']['working_ion'] == 'Li'
-        assert set(answer['outputs']) == {'voltage', 'uncertainty'}
+        assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements'}
 
 
 def test_not_a_prediction(trained):
@@ -100,6 +100,10 @@ def test_list_predictions(trained, predictions):
     low = list_predictions(trained.model, max_voltage=threshold)
     assert all(row['voltage'] <= threshold for row in low) and len(low) + len(high) >= len(rows)
     assert batch[0]['node'] == f'ArrayData<{array.pk}>[0]' and batch[0]['battery_id'] == batch[0]['label']
+    assert [row['extrapolation'] for row in batch] == array.get_array('unseen_elements').tolist()
+    shipped = {s['voltage'].uuid for s in singles.values()}
+    # the shipped pairs' host elements were all trained on
+    assert {row['extrapolation'] for row in pair_rows if row['node_uuid'] in shipped} == {False}
     with pytest.raises(TypeError, match='not a voltage model'):
         list_predictions(trained.train)
 

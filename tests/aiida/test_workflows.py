@@ -9,7 +9,7 @@ from aiida.plugins import WorkflowFactory
 from voltnet_test_helpers import CSV_150, count_nodes, write_csv_with
 
 from aiida_voltnet.calculations import functions as F
-from aiida_voltnet.provenance import prediction_provenance
+from aiida_voltnet.provenance import list_predictions, prediction_provenance
 from aiida_voltnet.workflows.predict import PredictWorkChain
 from aiida_voltnet.workflows.train import TrainWorkChain
 
@@ -140,6 +140,10 @@ def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
     assert node.is_finished_ok, node.exit_message
     assert 'extrapolation: host elements no training host had in SrFeO3 (Sr)' in get_workchain_report(node, 'REPORT')
     assert 'voltages' in results and 'SrFeO3' in results['voltages']
+    flag = results['unseen_elements']['SrFeO3']
+    assert flag.get_list() == ['Sr'] and flag.creator.uuid == results['voltages']['SrFeO3'].creator.uuid
+    rows = [row for row in list_predictions(trained.model) if row['node_uuid'] == results['voltages']['SrFeO3'].uuid]
+    assert [row['extrapolation'] for row in rows] == [True]
 
 
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):

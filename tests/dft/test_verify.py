@@ -3,6 +3,8 @@
 a pw.x run that fails."""
 from __future__ import annotations
 
+import csv
+
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
@@ -18,13 +20,40 @@ def _pw_jobs():
     return orm.QueryBuilder().append(orm.CalcJobNode, filters={'process_type': 'aiida.calculations:quantumespresso.pw'}).count()
 
 
-def test_verify_licoo2_links_dft_to_the_prediction(pw, small_model):
-    model, _ = small_model
+@pytest.fixture(scope='module')
+def model_without_co(aiida_profile, tmp_path_factory):
+    """A 3-epoch MLP on the fixture rows whose framework has no Co, so that LiCoO2 is an extrapolation for it."""
+    from conftest import CSV_150
+    from pymatgen.core import Composition
+
+    from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, train_model
+
+    with CSV_150.open(newline='') as handle:
+        rows = list(csv.DictReader(handle))
+    kept = [row for row in rows if 'Co' not in {str(e) for e in Composition(row['framework_formula']).elements}]
+    assert 0 < len(kept) < len(rows)
+    path = tmp_path_factory.mktemp('csv') / 'no_co.csv'
+    with path.open('w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(kept)
+    dataset = assemble_dataset_from_csv(orm.SinglefileData(path))
+    return train_model(dataset, model='mlp', settings={'train_overrides': {'epochs': 3}})
+
+
+def test_verify_licoo2_links_dft_to_the_prediction(pw, model_without_co):
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    model = model_without_co
     charged, discharged = layered_oxide_pair('Co')
     builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
                                                         overrides={'model': model})
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
+    # The model never saw a Co host: the prediction is made, stored as an extrapolation and reported as one.
+    assert results['ml_unseen_elements'].get_list() == ['Co']
+    assert results['ml_unseen_elements'].creator.uuid == results['ml_voltage'].creator.uuid
+    assert 'extrapolation: the host has Co, which no training host had' in get_workchain_report(node, 'REPORT')
     dft, ml = results['dft_voltage'].value, results['ml_voltage'].value
     # PBEsol without U at 30 Ry, unrelaxed cells: ~3.5 V (converged PBEsol gives 3.4-3.6 V, shared/notes/qe_offline.md).
     assert 3.0 < dft < 4.0
