@@ -230,9 +230,9 @@ def _conv1d_as_matmul(conv: nn.Conv1d, x, linear=nn.functional.linear):
     if x.shape[-1] > MATMUL_CONV_MAX_LENGTH:
         return nn.Conv1d.forward(conv, x)
     (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
-    if x.shape[-1] == 1 and k > padding and k + stride > 2 * padding + 1 and k <= 2 * padding + 1:
-        # A length-one input: one output position, whose window meets the input at tap ``padding`` only and
-        # zeros elsewhere; the product over that tap alone is the same sum without the zero terms.
+    if x.shape[-1] == 1 and padding < k and (1 + 2 * padding - k) // stride + 1 == 1:
+        # A length-one input with one output position: its window meets the input at tap ``padding`` only and
+        # zero padding elsewhere, so the product over that tap alone is the same sum without the zero terms.
         return linear(x.transpose(1, 2), conv.weight[:, :, padding], conv.bias).transpose(1, 2)
     if padding:
         x = nn.functional.pad(x, (padding, padding))
