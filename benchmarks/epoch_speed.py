@@ -86,9 +86,13 @@ def epoch_flops(model, X, y, criterion, batch_size=512) -> float:
     return total
 
 
-def matmul_rate(device, product=torch.matmul, dtype=torch.float32, repeats=10) -> float:
+def _mm_nt(a, b):
+    return a @ b.T
+
+
+def matmul_rate(device, product=_mm_nt, dtype=torch.float32, repeats=10) -> float:
     """The device's float32 matrix-product rate (FLOP/s), best of ``repeats`` 512 x 512 x 2048 products
-    ``product(a, b.T)`` (``torch.matmul``: ``aten::mm``; :func:`cpu_linear`: oneDNN on CPU)."""
+    ``product(a, b) = a @ b.T`` (default: ``aten::mm``; :func:`cpu_linear`: oneDNN on CPU)."""
     a = torch.randn(512, 512, device=device, dtype=dtype)
     b = torch.randn(2048, 512, device=device, dtype=dtype)
     best = math.inf
@@ -97,7 +101,7 @@ def matmul_rate(device, product=torch.matmul, dtype=torch.float32, repeats=10) -
             torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(5):
-            product(a, b.T) if product is torch.matmul else product(a, b)
+            product(a, b)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         best = min(best, (time.perf_counter() - start) / 5)
