@@ -8,7 +8,7 @@ import csv
 import pytest
 from aiida import orm
 from aiida.engine import run_get_node
-from conftest import count
+from conftest import CSV_150, count
 
 from aiida_voltnet.dft import layered_oxide_pair
 from aiida_voltnet.workflows.verify import VerifyWorkChain
@@ -23,7 +23,6 @@ def _pw_jobs():
 @pytest.fixture(scope='module')
 def model_without_co(aiida_profile, tmp_path_factory):
     """A 3-epoch MLP on the fixture rows whose framework has no Co, so that LiCoO2 is an extrapolation for it."""
-    from conftest import CSV_150
     from pymatgen.core import Composition
 
     from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, train_model
