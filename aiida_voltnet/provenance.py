@@ -164,8 +164,9 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
         those processes, a ``PredictWorkChain`` node, or a pk/uuid of any of these.
     :returns: a JSON-serialisable dict with keys ``prediction``, ``process``, ``model_version``, ``model``,
         ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
-        ``origin``) and ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
-        and the working ion). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
+        ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
+        and the working ion) and ``extrapolation`` (``n_unseen_elements`` of a batch, or a pair's
+        ``unseen_elements``: the host elements no training host had; None for predictions stored before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
     """
     if not isinstance(node, orm.Node):
         node = orm.load_node(node)
@@ -189,9 +190,12 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     }
     if process.process_type == PREDICT_BATCH:
         result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
+        result['extrapolation'] = {'n_unseen_elements': outputs['result'].base.attributes.get('n_unseen_elements')}
     else:
         result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
                             'working_ion': inputs['working_ion'].value}
+        flag = outputs.get('unseen_elements')
+        result['extrapolation'] = {'unseen_elements': flag.get_list() if flag is not None else None}
     return result
 
 

@@ -40,6 +40,7 @@ def test_batch_prediction_answer(trained, predictions):
         assert [s['process_type'] for s in origin['splits']] == ['aiida.calculations:voltnet.split_dataset']
         assert answer['inputs']['dataset']['uuid'] == trained.test.uuid
         assert answer['inputs']['dataset']['battery_ids'] == trained.test.battery_ids()
+        assert answer['extrapolation'] == {'n_unseen_elements': int(array.get_array('unseen_elements').sum())}
 
 
 def test_pair_prediction_answer(trained, predictions):
@@ -53,6 +54,7 @@ def test_pair_prediction_answer(trained, predictions):
         assert answer['inputs']['discharged']['formula'] == 'FeLiO4P'
         assert answer['inputs']['working_ion'] == 'Li'
         assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements'}
+        assert answer['extrapolation'] == {'unseen_elements': []}
 
 
 def test_not_a_prediction(trained):

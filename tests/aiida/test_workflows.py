@@ -144,6 +144,7 @@ def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
     assert flag.get_list() == ['Sr'] and flag.creator.uuid == results['voltages']['SrFeO3'].creator.uuid
     rows = [row for row in list_predictions(trained.model) if row['node_uuid'] == results['voltages']['SrFeO3'].uuid]
     assert [row['extrapolation'] for row in rows] == [True]
+    assert prediction_provenance(results['voltages']['SrFeO3'])['extrapolation'] == {'unseen_elements': ['Sr']}
 
 
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
