@@ -166,7 +166,8 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
         ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
         ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
         and the working ion) and ``extrapolation`` (``n_unseen_elements`` of a batch, or a pair's
-        ``unseen_elements``: the host elements no training host had; None for predictions stored before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
+        ``unseen_elements``: the host elements no training host had; None for predictions stored before the
+        flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
     """
     if not isinstance(node, orm.Node):
         node = orm.load_node(node)

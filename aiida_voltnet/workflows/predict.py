@@ -93,8 +93,9 @@ class PredictWorkChain(WorkChain):
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])
             self.out(f'unseen_elements.{name}', result['unseen_elements'])
-            if result['unseen_elements'].get_list():
-                flagged.append(f'{name} ({", ".join(result["unseen_elements"].get_list())})')
+            unseen = result['unseen_elements'].get_list()
+            if unseen:
+                flagged.append(f'{name} ({", ".join(unseen)})')
         if flagged:
             self.report(f'extrapolation: host elements no training host had in {"; ".join(flagged)}')
         return None
