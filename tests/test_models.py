@@ -240,12 +240,13 @@ def test_fast_mha_resnet_computes_the_faithful_function(n_features, mode):
 
 
 @pytest.mark.parametrize('kernel, stride, padding, length', [
-    (3, 1, 1, 1), (1, 2, 0, 1), (5, 1, 2, 1), (7, 2, 3, 1), (5, 3, 2, 1), (3, 1, 1, 2), (3, 1, 0, 3), (7, 2, 3, 7)])
+    (3, 1, 1, 1), (1, 2, 0, 1), (5, 1, 2, 1), (7, 2, 3, 1), (5, 3, 2, 1), (3, 1, 1, 2), (3, 1, 0, 3), (7, 2, 3, 7), (1, 2, 0, 2), (1, 1, 0, 4), (3, 1, 1, 4)])
 def test_convolution_as_products_matches_conv1d(kernel, stride, padding, length):
-    """Every form of _conv1d_as_matmul (unfolded windows; a length-one input's single tap) with either product
-    gives nn.Conv1d's output and input gradient, the layouts of the seed's trunk among them (7, 2, 3 on length 7;
+    """Every form of _conv1d_as_matmul (unfolded windows; a length-one input's single tap) and of the channels-last
+    _conv_channels_last (also the length-two block matrix) with either product gives nn.Conv1d's output and input
+    gradient, the layouts of the seed's trunk among them (7, 2, 3 on length 7;
     3, 1, 1 on lengths 2 and 1; 1, 2, 0 on length 1)."""
-    from aiida_voltnet.ml.networks import _conv1d_as_matmul
+    from aiida_voltnet.ml.networks import _conv1d_as_matmul, _conv_channels_last
 
     torch.manual_seed(4)
     conv = torch.nn.Conv1d(8, 5, kernel, stride, padding)
@@ -258,6 +259,43 @@ def test_convolution_as_products_matches_conv1d(kernel, stride, padding, length)
         assert out.shape == reference.shape and torch.allclose(out, reference, atol=1e-6)
         for ours, theirs in zip(torch.autograd.grad(out, (x, conv.weight), grad), expected):
             assert torch.allclose(ours, theirs, atol=1e-5)
+        # the channels-last form (batch, length, channels) of the fast trunk: the same sums, transposed
+        out = _conv_channels_last(conv, x.transpose(1, 2), linear=linear).transpose(1, 2)
+        assert out.shape == reference.shape and torch.allclose(out, reference, atol=1e-6)
+        for ours, theirs in zip(torch.autograd.grad(out, (x, conv.weight), grad), expected):
+            assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize('n_features', [7, 3, 12])
+def test_fast_mha_resnet_is_exact_in_float64(n_features):
+    """In float64 (where only summation order can differ, at ~1e-15) the fast form's channels-last trunk gives the
+    faithful module's outputs, every parameter gradient and the batch norms' running statistics in train mode
+    (batch statistics, the case float32 cannot check tightly), dropout off. Any changed sum, a wrong tap or
+    padding, or batch norm over the wrong axis fails at far above 1e-10."""
+    import copy
+
+    from aiida_voltnet.ml.networks import fast_mha_resnet
+
+    torch.manual_seed(3)
+    faithful = MHAResNet(n_features).double()
+    fast = fast_mha_resnet(copy.deepcopy(faithful))
+    x = torch.randn(96, n_features, dtype=torch.float64)
+    outputs = []
+    for model in (faithful, fast):
+        model.train()
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
+        outputs.append(model(x))
+        outputs[-1].square().sum().backward()
+    assert torch.allclose(outputs[0], outputs[1], rtol=1e-10, atol=1e-12)
+    for (name, p), q in zip(faithful.named_parameters(), fast.parameters()):
+        if p.grad is None or p.grad.abs().max() < 1e-9:  # Q, K, the unused head; biases followed by a batch norm
+            assert q.grad is None or q.grad.abs().max() < 1e-9, name
+            continue
+        assert torch.allclose(p.grad, q.grad, rtol=1e-9, atol=1e-12 * p.grad.abs().max()), name
+    for (name, a), b in zip(faithful.named_buffers(), fast.buffers()):
+        assert torch.allclose(a.double(), b.double(), rtol=1e-10, atol=1e-12), name
 
 
 @pytest.mark.skipif(not onednn_linear_available(), reason='this torch build has no oneDNN linear kernel')

@@ -255,13 +255,91 @@ def convolutions_as_matmul(model: nn.Module, linear=nn.functional.linear) -> nn.
     return model
 
 
+def _conv_channels_last(conv: nn.Conv1d, x, linear=nn.functional.linear):
+    """``conv`` applied to a channels-last ``(batch, length, channels)`` tensor, as matrix products over its rows;
+    returns ``(batch, length_out, out_channels)``, the same sums as ``conv`` on ``x.transpose(1, 2)``.
+
+    1x1 convolutions are one product over the ``batch * length`` rows; a length-one input meets the kernel at tap
+    ``padding`` only, and a length-two input under a 3-wide, padding-1 kernel is one product over the
+    concatenated positions with the block matrix ``[[W1, W2], [W0, W1]]``: both drop the zero-padding terms, not
+    a real one. Anything else: unfolded windows (a copy), as :func:`_conv1d_as_matmul`.
+    """
+    (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
+    batch, length, channels = x.shape
+    weight = conv.weight
+    length_out = (length + 2 * padding - k) // stride + 1
+    if k == 1 and padding == 0:
+        return linear(x[:, ::stride] if stride > 1 else x, weight[:, :, 0], conv.bias)
+    if length == 1 and length_out == 1 and padding < k:
+        return linear(x, weight[:, :, padding], conv.bias)
+    if length == 2 and k == 3 and padding == 1 and stride == 1:
+        # out_0 = W1 x_0 + W2 x_1 and out_1 = W0 x_0 + W1 x_1 (x_-1 and x_2 are the zero padding)
+        block = torch.cat([torch.cat([weight[:, :, 1], weight[:, :, 2]], 1),
+                           torch.cat([weight[:, :, 0], weight[:, :, 1]], 1)], 0)
+        bias = None if conv.bias is None else conv.bias.repeat(2)
+        return linear(x.reshape(batch, 2 * channels), block, bias).reshape(batch, 2, -1)
+    windows = nn.functional.pad(x, (0, 0, padding, padding)).unfold(1, k, stride)  # (batch, length_out, C, k)
+    return linear(windows.reshape(batch, length_out, channels * k), weight.reshape(weight.shape[0], -1), conv.bias)
+
+
+def _batch_norm_relu_channels_last(norm: nn.BatchNorm1d, x):
+    """``relu(norm(x))`` for a channels-last ``(batch, length, channels)`` tensor: BatchNorm1d over its
+    ``batch * length`` rows (the same statistics as over the batch and length of ``(batch, channels, length)``),
+    the ReLU in place on the normalized copy."""
+    batch, length, channels = x.shape
+    return norm(x.reshape(batch * length, channels)).relu_().reshape(batch, length, channels)
+
+
+def _bottleneck_channels_last(block: Bottleneck, x, linear):
+    conv1, norm1, _, conv2, norm2, _, conv3, norm3, _ = block.layer
+    h = _batch_norm_relu_channels_last(norm1, _conv_channels_last(conv1, x, linear))
+    h = _batch_norm_relu_channels_last(norm2, _conv_channels_last(conv2, h, linear))
+    h = _batch_norm_relu_channels_last(norm3, _conv_channels_last(conv3, h, linear))
+    return h + (_conv_channels_last(block.res_layer, x, linear) if block.res_layer is not None else x)
+
+
+def _trunk_channels_last(features: nn.Sequential, x, linear):
+    """The seed's trunk on ``(batch, n_features)`` rows, activations kept channels-last ``(batch, length,
+    channels)`` so that every product, batch norm and ReLU runs over contiguous rows (the seed's
+    ``(batch, channels, length)`` layout with lengths 4, 2 and 1 makes them strided)."""
+    h = x.unsqueeze(-1)
+    for layer in features:
+        if isinstance(layer, Bottleneck):
+            h = _bottleneck_channels_last(layer, h, linear)
+        elif isinstance(layer, nn.Conv1d):
+            h = _conv_channels_last(layer, h, linear)
+        elif isinstance(layer, nn.MaxPool1d):
+            h = layer(h.transpose(1, 2)).transpose(1, 2).contiguous()
+        elif isinstance(layer, nn.AdaptiveAvgPool1d) and layer.output_size in (1, (1,)):
+            h = h.mean(1, keepdim=True)
+        else:
+            raise TypeError(f'no channels-last form for trunk layer {layer!r}')
+    return h.reshape(h.shape[0], -1)
+
+
+def _fast_forward(model: MHAResNet, x, linear=nn.functional.linear):
+    """MHAResNet.forward with the trunk channels-last (inputs up to :data:`MATMUL_CONV_MAX_LENGTH` features;
+    longer ones take the module path, its convolutions native)."""
+    if x.shape[1] > MATMUL_CONV_MAX_LENGTH:
+        return MHAResNet.forward(model, x)
+    h = _trunk_channels_last(model.resnet.features, x, linear).unsqueeze(0)
+    for block in model.transformer_blocks:
+        h = block(h)
+    return model.classifier(h.squeeze(0)).squeeze(-1)
+
+
 def fast_mha_resnet(model: MHAResNet, onednn: bool = True) -> MHAResNet:
     """Same network, same parameters, same outputs (up to float summation order): single-token attention as
-    a linear map, convolutions as matrix products, and (``onednn``) every float32 CPU product through oneDNN
-    (:func:`cpu_linear`). Used by our training loop; the faithful module is kept."""
-    if not onednn:
-        return convolutions_as_matmul(attention_as_linear(model))
-    return linears_on_onednn(convolutions_as_matmul(attention_as_linear(model, cpu_linear), cpu_linear))
+    a linear map, the trunk channels-last with its convolutions as matrix products (short inputs; long ones
+    keep native convolutions), and (``onednn``) every float32 CPU product through oneDNN (:func:`cpu_linear`).
+    Used by our training loop; the faithful module is kept. In place; the state dict is unchanged."""
+    linear = cpu_linear if onednn else nn.functional.linear
+    attention_as_linear(model, linear)
+    convolutions_as_matmul(model, linear)  # the module path, for inputs too long for the channels-last trunk
+    if onednn:
+        linears_on_onednn(model)
+    model.forward = functools.partial(_fast_forward, model, linear=linear)
+    return model
 
 
 class MLP(nn.Module):
