@@ -59,7 +59,15 @@ class _OneDNNLinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = _onednn_product(grad, weight.t())
         if ctx.needs_input_grad[1]:
-            grad_weight = _onednn_product(grad_2d.t(), x.reshape(-1, x.shape[-1]).t())
+            # grad_W = grad^T x sums over the rows, and oneDNN wants its first operand contiguous, so one operand
+            # is transposed into a copy: grad^T (rows x out), or x^T (rows x in) for grad_W^T = x^T grad, whose
+            # transpose autograd then copies (in x out). The smaller copy is taken.
+            x_2d = x.reshape(-1, x.shape[-1])
+            rows, n_out, n_in = grad_2d.shape[0], grad_2d.shape[1], x_2d.shape[1]
+            if rows * n_out <= (rows + n_out) * n_in:
+                grad_weight = _onednn_product(grad_2d.t(), x_2d.t())
+            else:
+                grad_weight = _onednn_product(x_2d.t(), grad_2d.t()).t()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_2d.sum(0)
         return grad_x, grad_weight, grad_bias
@@ -328,16 +336,31 @@ def _fast_forward(model: MHAResNet, x, linear=nn.functional.linear):
     return model.classifier(h.squeeze(0)).squeeze(-1)
 
 
+def _dropout(module: nn.Dropout, x):
+    """``module``'s dropout with its mask drawn as ``uniform >= p`` (``torch.rand``) instead of ``bernoulli_``: the
+    same distribution (each element kept with probability 1 - p, to float32's 2**-24, and scaled by 1 / (1 - p)),
+    other random numbers, half the time on CPU (torch's ``bernoulli_`` costs twice its ``rand``)."""
+    if not module.training or module.p == 0:
+        return x
+    if module.p == 1:
+        return x * 0
+    return x * torch.rand_like(x).ge_(module.p).mul_(1 / (1 - module.p))
+
+
 def fast_mha_resnet(model: MHAResNet, onednn: bool = True) -> MHAResNet:
     """Same network, same parameters, same outputs (up to float summation order): single-token attention as
     a linear map, the trunk channels-last with its convolutions as matrix products (short inputs; long ones
-    keep native convolutions), and (``onednn``) every float32 CPU product through oneDNN (:func:`cpu_linear`).
+    keep native convolutions), dropout masks from ``torch.rand`` (:func:`_dropout`: the same distribution, other
+    draws) and (``onednn``) every float32 CPU product through oneDNN (:func:`cpu_linear`).
     Used by our training loop; the faithful module is kept. In place; the state dict is unchanged."""
     linear = cpu_linear if onednn else nn.functional.linear
     attention_as_linear(model, linear)
     convolutions_as_matmul(model, linear)  # the module path, for inputs too long for the channels-last trunk
     if onednn:
         linears_on_onednn(model)
+    for module in model.modules():
+        if isinstance(module, nn.Dropout) and not module.inplace:
+            module.forward = functools.partial(_dropout, module)
     model.forward = functools.partial(_fast_forward, model, linear=linear)
     return model
 
