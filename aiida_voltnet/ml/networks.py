@@ -29,9 +29,13 @@ def onednn_linear_available() -> bool:
     return _ONEDNN_LINEAR is not None
 
 
-def _onednn_product(a, b):
-    """``a @ b.T`` in float32 through oneDNN; ``b`` as (out, in), any strides."""
-    return _ONEDNN_LINEAR(a, b, None, 'none', [], '')
+def _onednn_product(a, b, bias=None):
+    """``a @ b.T (+ bias)`` in float32 through oneDNN; ``b`` as (out, in), any strides. A product with a dimension
+    of one (the classifier's 512 -> 1 and its gradients) goes to ``nn.functional.linear``: oneDNN took 0.45 ms
+    for the 512 x 1 x 512 outer product inside an epoch (13x torch's own)."""
+    if a.shape[-1] == 1 or b.shape[0] == 1 or a.numel() == a.shape[-1]:
+        return nn.functional.linear(a, b, bias)
+    return _ONEDNN_LINEAR(a, b, bias, 'none', [], '')
 
 
 class _OneDNNLinear(torch.autograd.Function):
@@ -47,7 +51,7 @@ class _OneDNNLinear(torch.autograd.Function):
             weight = weight.contiguous()
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
-        return _ONEDNN_LINEAR(x, weight, bias, 'none', [], '')
+        return _onednn_product(x, weight, bias)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
