@@ -245,7 +245,8 @@ def test_fast_mha_resnet_computes_the_faithful_function(n_features, mode):
 
 
 @pytest.mark.parametrize('kernel, stride, padding, length', [
-    (3, 1, 1, 1), (1, 2, 0, 1), (5, 1, 2, 1), (7, 2, 3, 1), (5, 3, 2, 1), (3, 1, 1, 2), (3, 1, 0, 3), (7, 2, 3, 7), (1, 2, 0, 2), (1, 1, 0, 4), (3, 1, 1, 4)])
+    (3, 1, 1, 1), (1, 2, 0, 1), (5, 1, 2, 1), (7, 2, 3, 1), (5, 3, 2, 1), (3, 1, 1, 2), (3, 1, 0, 3), (7, 2, 3, 7),
+    (1, 2, 0, 2), (1, 1, 0, 4), (3, 1, 1, 4)])
 def test_convolution_as_products_matches_conv1d(kernel, stride, padding, length):
     """Every form of _conv1d_as_matmul (unfolded windows; a length-one input's single tap) and of the channels-last
     _conv_channels_last (also the length-two block matrix) with either product gives nn.Conv1d's output and input
