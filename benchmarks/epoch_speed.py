@@ -3,9 +3,10 @@
 Seed-style loop (re-implemented from the seed's train.py): ``TensorDataset`` + ``DataLoader(batch_size=512,
 shuffle=True)``, Adam(lr=5e-3), MSE, full ``nn.MultiheadAttention``.
 Ours: the same network, parameters and optimizer (Adam 5e-3, fused into one kernel); one ``randperm`` per epoch
-slicing device tensors; the exact single-token form of the attention (softmax over one key is 1), the
-convolutions computed as matrix products over unfolded windows, and on CPU every float32 product (forward and
-backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
+slicing device tensors; the exact single-token form of the attention (softmax over one key is 1), the trunk
+channels-last ``(batch, length, channels)`` with its convolutions computed as matrix products (batch norms over
+contiguous rows), dropout masks from ``torch.rand``, and on CPU every float32 product (forward and backward)
+through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
 ``aiida_voltnet.ml.networks.cpu_linear``). The forward math is the same function: the script prints the largest
 output difference on identical weights (float summation order only, ~1e-6). "ours, aten::mm" is the same loop
 with torch's own products, to show what each part gives.
