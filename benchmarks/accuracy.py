@@ -54,6 +54,9 @@ def main():
     parser.add_argument('--rows', nargs='*', default=DEFAULT_ROWS, help='model:featurizer:protocol entries')
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
     parser.add_argument('--mha-epochs', type=int, default=TORCH_EPOCHS['mha_resnet'])
+    parser.add_argument('--mha-patience', type=int, default=None,
+                        help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, 100); the "
+                             "best validation state is restored either way")
     parser.add_argument('--device', default='auto')
     parser.add_argument('--quick', action='store_true', help='2 seeds and few epochs (smoke run)')
     parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
@@ -70,6 +73,8 @@ def main():
     for row in args.rows:
         model, featurizer, protocol = row.split(':')
         overrides = {'epochs': epochs[model]} if model in epochs else None
+        if model == 'mha_resnet' and args.mha_patience is not None:
+            overrides['patience'] = args.mha_patience
         started = time.perf_counter()
         result = evaluate(records, featurizer=featurizer, model=model, protocol=protocol, seeds=seeds,
                           device=args.device, train_overrides=overrides, calibrate=args.calibrate,
