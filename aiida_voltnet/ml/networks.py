@@ -200,7 +200,10 @@ class MHAResNet(nn.Module):
     def forward(self, x):
         x = x.reshape(-1, 1, x.shape[1])
         x = self.resnet.features(x)
-        x = x.view(-1, self.embed_dim)
+        return self.from_embedding(x.view(-1, self.embed_dim))
+
+    def from_embedding(self, x):
+        """The transformer blocks and the classifier on the trunk's ``(batch, embed_dim)`` output."""
         x = x.unsqueeze(0)
         for block in self.transformer_blocks:
             x = block(x)
@@ -233,7 +236,8 @@ MATMUL_CONV_MAX_LENGTH = 16
 
 
 def _conv1d_as_matmul(conv: nn.Conv1d, x, linear=nn.functional.linear):
-    """The same convolution as one matrix product over unfolded windows, for short sequences.
+    """The same convolution as matrix products (:func:`_conv_channels_last` on the transposed input), for short
+    sequences.
 
     oneDNN's Conv1d kernels have a high fixed cost for the seed's tiny sequence lengths (7 PCA features shrink to
     lengths 4, 2 and 1); a GEMM over the (batch x length) rows computes the same sums with the same weights.
@@ -241,20 +245,7 @@ def _conv1d_as_matmul(conv: nn.Conv1d, x, linear=nn.functional.linear):
     """
     if x.shape[-1] > MATMUL_CONV_MAX_LENGTH:
         return nn.Conv1d.forward(conv, x)
-    (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
-    if x.shape[-1] == 1 and padding < k and (1 + 2 * padding - k) // stride + 1 == 1:
-        # A length-one input with one output position: its window meets the input at tap ``padding`` only and
-        # zero padding elsewhere, so the product over that tap alone is the same sum without the zero terms.
-        return linear(x.transpose(1, 2), conv.weight[:, :, padding], conv.bias).transpose(1, 2)
-    if padding:
-        x = nn.functional.pad(x, (padding, padding))
-    batch, channels, _ = x.shape
-    if k == 1:
-        windows = x[:, :, ::stride].transpose(1, 2)  # (batch, length_out, channels)
-    else:
-        windows = x.unfold(2, k, stride).permute(0, 2, 1, 3).reshape(batch, -1, channels * k)
-    out = linear(windows, conv.weight.reshape(conv.out_channels, -1), conv.bias)
-    return out.transpose(1, 2)
+    return _conv_channels_last(conv, x.transpose(1, 2), linear).transpose(1, 2)
 
 
 def convolutions_as_matmul(model: nn.Module, linear=nn.functional.linear) -> nn.Module:
@@ -274,7 +265,7 @@ def _conv_channels_last(conv: nn.Conv1d, x, linear=nn.functional.linear):
     1x1 convolutions are one product over the ``batch * length`` rows; a length-one input meets the kernel at tap
     ``padding`` only, and a length-two input under a 3-wide, padding-1 kernel is one product over the
     concatenated positions with the block matrix ``[[W1, W2], [W0, W1]]``: both drop the zero-padding terms, not
-    a real one. Anything else: unfolded windows (a copy), as :func:`_conv1d_as_matmul`.
+    a real one. Anything else: one product over unfolded windows (a copy).
     """
     (k,), (stride,), (padding,) = conv.kernel_size, conv.stride, conv.padding
     batch, length, channels = x.shape
@@ -334,10 +325,7 @@ def _fast_forward(model: MHAResNet, x, linear=nn.functional.linear):
     longer ones take the module path, its convolutions native)."""
     if x.shape[1] > MATMUL_CONV_MAX_LENGTH:
         return MHAResNet.forward(model, x)
-    h = _trunk_channels_last(model.resnet.features, x, linear).unsqueeze(0)
-    for block in model.transformer_blocks:
-        h = block(h)
-    return model.classifier(h.squeeze(0)).squeeze(-1)
+    return model.from_embedding(_trunk_channels_last(model.resnet.features, x, linear))
 
 
 def _dropout(module: nn.Dropout, x):
