@@ -32,7 +32,8 @@ def onednn_linear_available() -> bool:
 def _onednn_product(a, b, bias=None):
     """``a @ b.T (+ bias)`` in float32 through oneDNN; ``b`` as (out, in), any strides. A product with a dimension
     of one (the classifier's 512 -> 1 and its gradients) goes to ``nn.functional.linear``: oneDNN took 0.45 ms
-    for the 512 x 1 x 512 outer product inside an epoch (13x torch's own)."""
+    for the 512 x 1 x 512 outer product inside an epoch (profiled), against 0.017 ms for torch's own kernel in
+    a micro-benchmark (0.034 ms for oneDNN's there)."""
     if a.shape[-1] == 1 or b.shape[0] == 1 or a.numel() == a.shape[-1]:
         return nn.functional.linear(a, b, bias)
     return _ONEDNN_LINEAR(a, b, bias, 'none', [], '')
