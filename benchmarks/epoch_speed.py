@@ -7,7 +7,8 @@ slicing device tensors; the exact single-token form of the attention (softmax ov
 channels-last ``(batch, length, channels)`` with its convolutions computed as matrix products (batch norms over
 contiguous rows), dropout masks from ``torch.rand``, and on CPU every float32 product (forward and backward)
 through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
-``aiida_voltnet.ml.networks.cpu_linear``). The forward math is the same function: the script prints the largest
+``aiida_voltnet.ml.networks.cpu_linear``), the FFN's first product with its ReLU as a oneDNN post-op, and the
+backward's temporaries (transposed copies, the ReLU-masked gradient) in buffers reused from step to step. The forward math is the same function: the script prints the largest
 output difference on identical weights (float summation order only, ~1e-6). "ours, aten::mm" is the same loop
 with torch's own products, to show what each part gives.
 

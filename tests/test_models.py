@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from aiida_voltnet.ml.models import MODEL_SPECS, ModelIntegrityError, VoltageModel, train_voltage_model
-from aiida_voltnet.ml.networks import MLP, MHAResNet, attention_as_linear, cpu_linear, linears_on_onednn, \
-    onednn_linear_available
+from aiida_voltnet.ml.networks import MLP, MHAResNet, attention_as_linear, cpu_linear, cpu_linear_relu, \
+    linears_on_onednn, onednn_linear_available
 from aiida_voltnet.ml.records import read_electrodes_csv
 from aiida_voltnet.ml.training import resolve_device
 
@@ -346,6 +346,32 @@ def test_cpu_linear_is_linear_through_onednn(shape, bias):
     model = linears_on_onednn(MLP(30, hidden=(8,)))
     assert type(model(x.detach()[..., :30]).grad_fn).__name__ == 'SqueezeBackward1'
     assert all(type(m.forward).__name__ == 'partial' for m in model.modules() if isinstance(m, torch.nn.Linear))
+
+
+@pytest.mark.skipif(not onednn_linear_available(), reason='this torch build has no oneDNN linear kernel')
+def test_cpu_linear_relu_fuses_the_relu_and_reuses_no_stale_gradient():
+    """cpu_linear_relu: one oneDNN product with a ReLU post-op, the same values and gradients as relu(linear);
+    its backward masks the gradient in a reused buffer, so a second backward of the same shape (other inputs,
+    other gradient) must not see the first one's numbers; grad_W takes each of the two transposed-copy routes."""
+    torch.manual_seed(4)
+    for rows, n_in, n_out in [(32, 24, 40), (40, 8, 48)]:  # grad^T copied / x^T copied
+        for _ in range(2):
+            x = torch.randn(2, rows // 2, n_in, requires_grad=True)
+            w = torch.randn(n_out, n_in, requires_grad=True)
+            b = torch.randn(n_out, requires_grad=True)
+            out = cpu_linear_relu(x, w, b)
+            assert type(out.grad_fn).__name__ == '_OneDNNLinearReLUBackward'
+            reference = torch.relu(torch.nn.functional.linear(x, w, b))
+            assert (out > 0).any() and (out == 0).any()
+            assert torch.allclose(out, reference, atol=1e-5, rtol=1e-5)
+            grad = torch.randn_like(reference)
+            for ours, theirs in zip(torch.autograd.grad(out, (x, w, b), grad),
+                                    torch.autograd.grad(reference, (x, w, b), grad)):
+                assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-4, rtol=1e-4)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert cpu_linear_relu(x, w, b).dtype == torch.bfloat16
+    assert cpu_linear_relu(x.double(), w.double(), b.double()).grad_fn.name() == 'ReluBackward0'
+
 
 
 def test_save_writes_whole_models_or_nothing(records, tmp_path, monkeypatch):

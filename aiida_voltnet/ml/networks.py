@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 
 import torch
 from torch import nn
@@ -39,17 +40,66 @@ def _onednn_product(a, b, bias=None):
     return _ONEDNN_LINEAR(a, b, bias, 'none', [], '')
 
 
+_WORKSPACE = threading.local()
+
+
+def _workspace(role: str, shape, like):
+    """A buffer of ``shape`` that this thread reuses for every request with the same role, shape and dtype: for
+    temporaries consumed within one backward call, never returned to autograd or saved. A fresh buffer each step
+    pays a page fault per 4 KiB page on first touch (profiled on this VM: a 2048 x 512 transposed copy took 2 ms
+    into a fresh buffer, 0.6 ms into a reused one)."""
+    buffers = getattr(_WORKSPACE, 'buffers', None)
+    if buffers is None:
+        buffers = _WORKSPACE.buffers = {}
+    key = (role, tuple(shape), like.dtype, like.device)
+    buffer = buffers.get(key)
+    if buffer is None:
+        buffer = buffers[key] = torch.empty(key[1], dtype=like.dtype, device=like.device)
+    return buffer
+
+
+def _transposed_copy(x):
+    """``x.t()`` of a 2-D tensor as a contiguous workspace buffer (:func:`_workspace`)."""
+    return _workspace('transposed', (x.shape[1], x.shape[0]), x).copy_(x.t())
+
+
+def _onednn_operands(x, weight):
+    """``x`` contiguous and ``weight`` contiguous or a transpose: oneDNN falls back to a slow reference kernel for
+    other strides (a 13x slower epoch with one weight slice ``w[:, :, 1]``), so such operands are copied first."""
+    x = x.contiguous()
+    if not (weight.is_contiguous() or weight.t().is_contiguous()):
+        weight = weight.contiguous()
+    return x, weight
+
+
+def _linear_gradients(ctx, grad, x, weight):
+    """The gradients of ``x W^T + b`` (those ``ctx`` needs) as oneDNN products, ``grad`` contiguous. grad_W =
+    grad^T x sums over the rows, and oneDNN wants its first operand contiguous, so one operand is transposed into
+    a workspace copy: grad^T (rows x out), or x^T (rows x in) for grad_W^T = x^T grad, whose transpose autograd
+    then copies (in x out). The smaller copy is taken."""
+    grad_2d = grad.reshape(-1, grad.shape[-1])
+    grad_x = grad_weight = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _onednn_product(grad, weight.t())
+    if ctx.needs_input_grad[1]:
+        x_2d = x.reshape(-1, x.shape[-1])
+        rows, n_out, n_in = grad_2d.shape[0], grad_2d.shape[1], x_2d.shape[1]
+        if rows * n_out <= (rows + n_out) * n_in:
+            grad_weight = _onednn_product(_transposed_copy(grad_2d), x_2d.t())
+        else:
+            grad_weight = _onednn_product(_transposed_copy(x_2d), grad_2d.t()).t()
+    if ctx.has_bias and ctx.needs_input_grad[2]:
+        grad_bias = grad_2d.sum(0)
+    return grad_x, grad_weight, grad_bias
+
+
 class _OneDNNLinear(torch.autograd.Function):
     """``x W^T + b`` and its three gradients as float32 oneDNN products: the same multiply-adds as
     ``nn.functional.linear``, in another summation order."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
-        # oneDNN falls back to a slow reference kernel for strided operands other than a transpose (a 13x slower
-        # epoch with one weight slice ``w[:, :, 1]``), so such operands are copied first
-        x = x.contiguous()
-        if not (weight.is_contiguous() or weight.t().is_contiguous()):
-            weight = weight.contiguous()
+        x, weight = _onednn_operands(x, weight)
         ctx.save_for_backward(x, weight)
         ctx.has_bias = bias is not None
         return _onednn_product(x, weight, bias)
@@ -58,24 +108,43 @@ class _OneDNNLinear(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):
         x, weight = ctx.saved_tensors
-        grad = grad.contiguous()
-        grad_2d = grad.reshape(-1, grad.shape[-1])
-        grad_x = grad_weight = grad_bias = None
-        if ctx.needs_input_grad[0]:
-            grad_x = _onednn_product(grad, weight.t())
-        if ctx.needs_input_grad[1]:
-            # grad_W = grad^T x sums over the rows, and oneDNN wants its first operand contiguous, so one operand
-            # is transposed into a copy: grad^T (rows x out), or x^T (rows x in) for grad_W^T = x^T grad, whose
-            # transpose autograd then copies (in x out). The smaller copy is taken.
-            x_2d = x.reshape(-1, x.shape[-1])
-            rows, n_out, n_in = grad_2d.shape[0], grad_2d.shape[1], x_2d.shape[1]
-            if rows * n_out <= (rows + n_out) * n_in:
-                grad_weight = _onednn_product(grad_2d.t(), x_2d.t())
-            else:
-                grad_weight = _onednn_product(x_2d.t(), grad_2d.t()).t()
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = grad_2d.sum(0)
-        return grad_x, grad_weight, grad_bias
+        return _linear_gradients(ctx, grad.contiguous(), x, weight)
+
+
+class _OneDNNLinearReLU(torch.autograd.Function):
+    """``relu(x W^T + b)`` as one oneDNN product with the ReLU as its post-op, and its gradients: the ReLU's mask
+    applied into a workspace buffer (the masked gradient never leaves this backward), then the products of
+    :class:`_OneDNNLinear`. Saves the separate ReLU's pass and output buffer forward and its gradient buffer
+    backward."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        x, weight = _onednn_operands(x, weight)
+        output = _ONEDNN_LINEAR(x, weight, bias, 'relu', [], '')
+        ctx.save_for_backward(x, weight, output)
+        ctx.has_bias = bias is not None
+        return output
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, weight, output = ctx.saved_tensors
+        grad = torch.ops.aten.threshold_backward.grad_input(
+            grad, output, 0, grad_input=_workspace('relu', output.shape, output))
+        return _linear_gradients(ctx, grad, x, weight)
+
+
+def _onednn_eligible(x, weight) -> bool:
+    return (_ONEDNN_LINEAR is not None and x.device.type == 'cpu' and x.dtype == torch.float32
+            and weight.dtype == torch.float32 and not torch.is_autocast_enabled('cpu'))
+
+
+def cpu_linear_relu(x, weight, bias=None):
+    """``relu(nn.functional.linear(x, weight, bias))``, on float32 CPU tensors as one oneDNN product with a ReLU
+    post-op (:class:`_OneDNNLinearReLU`); anything else as the two torch operations."""
+    if not _onednn_eligible(x, weight) or x.shape[-1] == 1 or weight.shape[0] == 1 or x.numel() == x.shape[-1]:
+        return torch.relu(nn.functional.linear(x, weight, bias))
+    return _OneDNNLinearReLU.apply(x, weight, bias)
 
 
 def cpu_linear(x, weight, bias=None):
@@ -89,8 +158,7 @@ def cpu_linear(x, weight, bias=None):
     (98 against 90). Anything else (CUDA, other dtypes, autocast, a torch without the kernel) goes to
     ``nn.functional.linear`` unchanged.
     """
-    if (_ONEDNN_LINEAR is None or x.device.type != 'cpu' or x.dtype != torch.float32
-            or weight.dtype != torch.float32 or torch.is_autocast_enabled('cpu')):
+    if not _onednn_eligible(x, weight):
         return nn.functional.linear(x, weight, bias)
     return _OneDNNLinear.apply(x, weight, bias)
 
@@ -212,6 +280,12 @@ class MHAResNet(nn.Module):
         return self.classifier(x).squeeze(-1)
 
 
+def _ffn_onednn(block: TransformerBlock, x):
+    """``block.ffn`` (Linear, ReLU, Linear) with the first product and the ReLU fused (:func:`cpu_linear_relu`)."""
+    first, _, second = block.ffn
+    return cpu_linear(cpu_linear_relu(x, first.weight, first.bias), second.weight, second.bias)
+
+
 def _single_token_attention(block: TransformerBlock, x, linear=nn.functional.linear):
     """Self-attention over a length-one sequence: softmax(q k^T / sqrt(d)) = 1, so the output is W_o (W_v x + b_v)
     + b_o exactly. Same parameters, same gradients for V and O; Q and K get none (as in the full module)."""
@@ -289,7 +363,8 @@ def _conv_channels_last(conv: nn.Conv1d, x, linear=nn.functional.linear):
 def _batch_norm_relu_channels_last(norm: nn.BatchNorm1d, x):
     """``relu(norm(x))`` for a channels-last ``(batch, length, channels)`` tensor: BatchNorm1d over its
     ``batch * length`` rows (the same statistics as over the batch and length of ``(batch, channels, length)``),
-    the ReLU in place on the normalized copy."""
+    the ReLU in place on the normalized copy. (One autograd node for both, the ReLU's mask applied in a reused
+    buffer, was tried: no gain beyond noise, 2026-12-02.)"""
     batch, length, channels = x.shape
     return norm(x.reshape(batch * length, channels)).relu_().reshape(batch, length, channels)
 
@@ -351,6 +426,8 @@ def fast_mha_resnet(model: MHAResNet, onednn: bool = True) -> MHAResNet:
     convolutions_as_matmul(model, linear)  # the module path, for inputs too long for the channels-last trunk
     if onednn:
         linears_on_onednn(model)
+        for block in model.transformer_blocks:
+            block.ffn.forward = functools.partial(_ffn_onednn, block)
     for module in model.modules():
         if isinstance(module, nn.Dropout) and not module.inplace:
             module.forward = functools.partial(_dropout, module)
