@@ -55,8 +55,8 @@ def main():
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
     parser.add_argument('--mha-epochs', type=int, default=TORCH_EPOCHS['mha_resnet'])
     parser.add_argument('--mha-patience', type=int, default=None,
-                        help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, 100); the "
-                             "best validation state is restored either way")
+                        help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, none: all "
+                             "--mha-epochs run); the best validation state is restored either way")
     parser.add_argument('--device', default='auto')
     parser.add_argument('--quick', action='store_true', help='2 seeds and few epochs (smoke run)')
     parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
