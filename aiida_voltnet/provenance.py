@@ -165,9 +165,10 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     :returns: a JSON-serialisable dict with keys ``prediction``, ``process``, ``model_version``, ``model``,
         ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
         ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
-        and the working ion) and ``extrapolation`` (``n_unseen_elements`` of a batch, or a pair's
-        ``unseen_elements``: the host elements no training host had; None for predictions stored before the
-        flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
+        and the working ion) and ``extrapolation`` (``n_unseen_elements`` and ``n_ion_content_outside`` of a
+        batch, or a pair's ``unseen_elements``, the host elements no training host had, and
+        ``ion_content_outside``, how its ion content lies outside the training range; None for predictions stored
+        before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
     """
     if not isinstance(node, orm.Node):
         node = orm.load_node(node)
@@ -191,12 +192,13 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     }
     if process.process_type == PREDICT_BATCH:
         result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
-        result['extrapolation'] = {'n_unseen_elements': outputs['result'].base.attributes.get('n_unseen_elements')}
+        attributes = outputs['result'].base.attributes
+        result['extrapolation'] = {key: attributes.get(key) for key in ('n_unseen_elements', 'n_ion_content_outside')}
     else:
         result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
                             'working_ion': inputs['working_ion'].value}
-        flag = outputs.get('unseen_elements')
-        result['extrapolation'] = {'unseen_elements': flag.get_list() if flag is not None else None}
+        result['extrapolation'] = {key: outputs[key].get_list() if key in outputs else None
+                                   for key in ('unseen_elements', 'ion_content_outside')}
     return result
 
 
@@ -209,8 +211,9 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
     :param max_voltage: keep only predicted voltages <= this (V).
     :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'extrapolation', 'node',
         'node_uuid', 'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index.
-        ``extrapolation`` is True where the host has an element no training host had, None for predictions stored
-        before that flag existed. For a batch,
+        ``extrapolation`` is True where the host has an element no training host had or the ion content lies
+        outside the training range, None for predictions stored before the flags existed (a prediction stored
+        before the ion-content flag is judged by its elements alone). For a batch,
         ``battery_id`` is the record's and ``index`` its row in the predicted dataset; for a structure pair,
         ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
         ``ArrayData<pk>[index]`` or ``Float<pk>``.
@@ -238,7 +241,10 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
             array = outputs['result']
             mean, std = array.get_array('mean'), array.get_array('std')
             ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
-            unseen = array.get_array('unseen_elements') if 'unseen_elements' in array.get_arraynames() else None
+            names = array.get_arraynames()
+            unseen = array.get_array('unseen_elements') if 'unseen_elements' in names else None
+            if unseen is not None and 'ion_content_outside' in names:
+                unseen = unseen | array.get_array('ion_content_outside')
             keep = np.ones(len(mean), dtype=bool)
             if ion is not None:
                 keep &= ions == ion
@@ -267,7 +273,9 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
                     f'{inputs["discharged"].get_formula(mode="hill_compact")}'
             rows.append({'battery_id': label, 'label': label, 'working_ion': row_ion, 'voltage': voltage.value,
                          'uncertainty': outputs['uncertainty'].value if 'uncertainty' in outputs else None,
-                         'extrapolation': (bool(outputs['unseen_elements'].get_list())
+                         'extrapolation': (bool(outputs['unseen_elements'].get_list()
+                                                or ('ion_content_outside' in outputs
+                                                    and outputs['ion_content_outside'].get_list()))
                                            if 'unseen_elements' in outputs else None),
                          'node': f'Float<{voltage.pk}>', 'node_uuid': voltage.uuid, 'node_pk': voltage.pk,
                          'index': None, 'process_pk': process_pk})

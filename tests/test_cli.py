@@ -59,6 +59,16 @@ def test_a_host_element_no_training_host_had_is_called_extrapolation(trained):
             "is battery_id 'SrFeO3->LiSrFeO3')") in result.stderr and 'extrapolation' in result.stderr
 
 
+def test_an_ion_content_beyond_the_training_range_is_called_extrapolation(trained):
+    # a valid formula (a typo for LiFePO4, say) with 100 Li per 6 host atoms: no training Li electrode has over 3
+    result = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'Li100FePO4',
+                 '--ion', 'Li')
+    assert 'Li100FePO4 / FePO4 (Li):' in result.stdout
+    assert ("Warning: 1 of 1 record(s) have an ion content outside the training electrodes' range (the first is "
+            "battery_id 'FePO4->Li100FePO4': Li ions per host atom 16.7 (training ") in result.stderr
+    assert 'Li change 16.7' in result.stderr and 'extrapolation' in result.stderr
+
+
 def test_bad_inputs_exit_nonzero_with_a_message(trained):
     bad = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFeXx4',
               '--ion', 'Li', check=False)

@@ -396,3 +396,34 @@ def test_save_writes_whole_models_or_nothing(records, tmp_path, monkeypatch):
         model.save(tmp_path / 'half')
     assert list((tmp_path / 'half').iterdir()) == []  # the staged files are removed
     assert VoltageModel.load(tmp_path / 'm').saved_version == json.loads(first['config.json'])['model_version']
+
+
+def test_ion_content_ranges_flag_what_the_training_electrodes_did_not_span(records):
+    """ion_content: ions per host atom of the ion-rich member and the change, whichever member a row lists as
+    charged; the model records their per-ion training range and names what falls outside it; a model saved without
+    the ranges flags nothing."""
+    from aiida_voltnet.ml.models import ion_content
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    def pair(charged, discharged, ion='Li'):
+        return validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
+                                               formula_discharge=discharged, working_ion=ion))
+
+    assert ion_content(pair('FePO4', 'LiFePO4')) == pytest.approx((1 / 6, 1 / 6))
+    assert ion_content(pair('Li0.5CoO2', 'LiCoO2')) == pytest.approx((1 / 3, 1 / 6))
+    assert ion_content(pair('LiCoO2', 'Li0.5CoO2')) == ion_content(pair('Li0.5CoO2', 'LiCoO2'))
+    model = train_voltage_model(records[:120], members=1, calibrate=False)
+    ranges = model.metadata['training_ion_content']
+    assert set(ranges) == {r.working_ion for r in records[:120]}
+    li = [ion_content(r) for r in records[:120] if r.working_ion == 'Li']
+    assert ranges['Li'] == {'x': [min(x for x, _ in li), max(x for x, _ in li)],
+                            'delta_x': [min(d for _, d in li), max(d for _, d in li)]}
+    inside, beyond = pair('FePO4', 'LiFePO4'), pair('FePO4', 'Li100FePO4')
+    assert model.ion_content_outside(records[:120]) == [''] * 120  # its own rows are inside by construction
+    flags = model.ion_content_outside([inside, beyond])
+    assert flags[0] == '' and flags[1].startswith('Li ions per host atom 16.7 (training ')
+    assert 'Li change 16.7' in flags[1]
+    assert 'ion content outside' in model.extrapolation_warning([inside, beyond])
+    assert model.extrapolation_warning([inside]) is None
+    del model.metadata['training_ion_content']  # as saved before the ranges were recorded
+    assert model.ion_content_outside([beyond]) == ['']

@@ -384,9 +384,11 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     :param model: the trained model.
     :param dataset: the electrodes to predict (targets, if present, are ignored).
     :returns: ``ArrayData`` with ``mean`` and ``std`` (V), ``index`` (row of each prediction in the dataset),
-        ``battery_ids``, ``working_ions`` and ``unseen_elements`` (True where the record's host has an element no
-        training host had: an extrapolation); attributes ``model_version``, ``n_predictions`` and
-        ``n_unseen_elements``.
+        ``battery_ids``, ``working_ions``, ``unseen_elements`` (True where the record's host has an element no
+        training host had) and ``ion_content_outside`` (True where its ion content lies outside the training
+        electrodes' range for its working ion; all False for a model that did not record the ranges): both mark
+        extrapolation; attributes ``model_version``, ``n_predictions``, ``n_unseen_elements`` and
+        ``n_ion_content_outside``.
     """
     core = load_model(model)
     records = dataset_records(dataset)
@@ -395,6 +397,9 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     array = orm.ArrayData()
     array.set_array('unseen_elements', unseen)
     array.base.attributes.set('n_unseen_elements', int(unseen.sum()))
+    outside = np.array([bool(phrase) for phrase in core.ion_content_outside(records)], dtype=bool)
+    array.set_array('ion_content_outside', outside)
+    array.base.attributes.set('n_ion_content_outside', int(outside.sum()))
     array.set_array('mean', np.asarray(mean, dtype=np.float64))
     array.set_array('std', np.asarray(std, dtype=np.float64))
     array.set_array('index', np.arange(len(records), dtype=np.int64))
@@ -422,14 +427,17 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
     :param discharged: the ion-rich end member (same host framework, more working ion).
     :param working_ion: the working ion, e.g. ``Li``.
     :returns: ``voltage`` and ``uncertainty`` (ensemble standard deviation), both ``Float`` in V, and
-        ``unseen_elements``, a ``List`` of the host's elements that no training host had (empty when none; a
-        non-empty list marks the prediction as an extrapolation).
+        ``unseen_elements``, a ``List`` of the host's elements that no training host had, and
+        ``ion_content_outside``, a ``List`` with a phrase where the ion content lies outside the training
+        electrodes' range for that working ion (each empty when not; a non-empty one marks the prediction as an
+        extrapolation).
     """
     record = pair_record(charged, discharged, working_ion.value)
     core = load_model(model)
     mean, std = core.predict([record])
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
-            'unseen_elements': orm.List(core.unseen_host_elements([record])[0])}
+            'unseen_elements': orm.List(core.unseen_host_elements([record])[0]),
+            'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase])}
 
 
 # -- DFT ---------------------------------------------------------------------------------------------------------------

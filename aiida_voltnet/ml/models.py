@@ -452,6 +452,27 @@ def _json_sha256(data: Any) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, separators=(',', ':')).encode()).hexdigest()
 
 
+def ion_content(record: ElectrodeRecord) -> tuple[float, float]:
+    """``(x, delta_x)`` of an electrode: working ions per host atom (the atoms other than the working ion) in its
+    ion-rich member, and how many ions per host atom the two members differ by (order-independent, so rows that
+    list the ion-rich member as charged give the same numbers)."""
+    contents = []
+    for composition in (record.composition_charge, record.composition_discharge):
+        ions = composition[record.working_ion]
+        contents.append(ions / (composition.num_atoms - ions))
+    return max(contents), abs(contents[1] - contents[0])
+
+
+def ion_content_ranges(records: Sequence[ElectrodeRecord]) -> dict[str, dict[str, list[float]]]:
+    """Per working ion, the ``[min, max]`` of :func:`ion_content`'s ``x`` and ``delta_x`` over ``records``."""
+    by_ion: dict[str, list[tuple[float, float]]] = collections.defaultdict(list)
+    for record in records:
+        by_ion[record.working_ion].append(ion_content(record))
+    return {ion: {'x': [min(x for x, _ in values), max(x for x, _ in values)],
+                  'delta_x': [min(d for _, d in values), max(d for _, d in values)]}
+            for ion, values in sorted(by_ion.items())}
+
+
 class VoltageModel:
     """A fitted featurizer plus one or more regressors (an ensemble): ``predict(records) -> (mean, std)``."""
 
@@ -483,22 +504,53 @@ class VoltageModel:
         return [sorted({e.symbol for e in r.composition_discharge.elements} - known - {r.working_ion})
                 for r in records]
 
-    def extrapolation_warning(self, records: Sequence[ElectrodeRecord]) -> str | None:
-        """A sentence for the records whose host has elements no training host had, or ``None``.
+    def ion_content_outside(self, records: Sequence[ElectrodeRecord]) -> list[str]:
+        """Per record, ``''`` or a phrase saying how its ion content (:func:`ion_content`) lies outside what the
+        training electrodes of the same working ion spanned; all ``''`` for a model saved before the ranges were
+        recorded (metadata ``training_ion_content``)."""
+        ranges = self.metadata.get('training_ion_content')
+        if not ranges:
+            return ['' for _ in records]
+        phrases = []
+        for record in records:
+            known = ranges.get(record.working_ion)
+            if known is None:  # an ion the model never saw: check_records refuses it
+                phrases.append('')
+                continue
+            parts = []
+            for value, key, what in zip(ion_content(record), ('x', 'delta_x'), ('ions per host atom', 'change')):
+                low, high = known[key]
+                if not low - 1e-9 <= value <= high + 1e-9:
+                    parts.append(f'{record.working_ion} {what} {value:.3g} (training {low:.3g}-{high:.3g})')
+            phrases.append(', '.join(parts))
+        return phrases
 
-        Their fraction columns were zero in every training row, so the model never learned what those elements do
-        to a voltage: the prediction rests on the elements' tabulated properties in the composition statistics.
+    def extrapolation_warning(self, records: Sequence[ElectrodeRecord]) -> str | None:
+        """A sentence for the records the model extrapolates to, or ``None``: hosts with elements no training host
+        had, and ion contents outside the training electrodes' range for that working ion.
+
+        Unseen elements' fraction columns were zero in every training row, so the model never learned what those
+        elements do to a voltage: the prediction rests on the elements' tabulated properties in the composition
+        statistics. Beyond the ion-content range, trees predict as at its edge.
         """
+        sentences = []
         unseen = self.unseen_host_elements(records)
         flagged = [i for i, elements in enumerate(unseen) if elements]
-        if not flagged:
+        if flagged:
+            counts = collections.Counter(e for i in flagged for e in unseen[i])
+            sentences.append(f'{len(flagged)} of {len(records)} record(s) have host elements that no training '
+                             f'electrode contained ({", ".join(f"{e}: {n}" for e, n in sorted(counts.items()))}; '
+                             f'the first is {_where(records[flagged[0]])})')
+        outside = self.ion_content_outside(records)
+        flagged = [i for i, phrase in enumerate(outside) if phrase]
+        if flagged:
+            sentences.append(f'{len(flagged)} of {len(records)} record(s) have an ion content outside the training '
+                             f'electrodes\' range (the first is {_where(records[flagged[0]])}: '
+                             f'{outside[flagged[0]]})')
+        if not sentences:
             return None
-        counts = collections.Counter(e for i in flagged for e in unseen[i])
-        first = records[flagged[0]]
-        where = f'battery_id {first.battery_id!r}' + (f', line {first.line}' if first.line else '')
-        return (f'{len(flagged)} of {len(records)} record(s) have host elements that no training electrode '
-                f'contained ({", ".join(f"{e}: {n}" for e, n in sorted(counts.items()))}; the first is {where}): '
-                'their predictions are extrapolation, check them with DFT before trusting them')
+        return '; '.join(sentences) + (': their predictions are extrapolation, check them with DFT before '
+                                       'trusting them')
 
     def predict_features(self, X: np.ndarray, device: str = 'auto') -> tuple[np.ndarray, np.ndarray]:
         if len(self.members) > 1 and all(type(m) is GradientBoostedTrees for m in self.members):
@@ -616,6 +668,10 @@ class VoltageModel:
 TARGETS = ('average_voltage', 'max_delta_volume')
 
 
+def _where(record: ElectrodeRecord) -> str:
+    return f'battery_id {record.battery_id!r}' + (f', line {record.line}' if record.line else '')
+
+
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage') -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
     integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
@@ -673,6 +729,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     metadata = {
         'seed': seed, 'target': target, 'n_training_rows': len(records),
         'training_ions': sorted({r.working_ion for r in records}),
+        'training_ion_content': ion_content_ranges(records),
         'train_history': [{k: v for k, v in m.history.items() if k not in ('train_loss', 'val_loss')}
                            for m in fitted],
         'versions': {'torch': torch.__version__, 'numpy': np.__version__, 'python': platform.python_version(),

@@ -31,7 +31,8 @@ class PredictWorkChain(WorkChain):
             if_(cls.has_structures)(cls.predict_structures),
         )
         spec.output('predictions', valid_type=orm.ArrayData, required=False,
-                    help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions, unseen_elements.')
+                    help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions, unseen_elements, '
+                         'ion_content_outside.')
         spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
@@ -39,6 +40,9 @@ class PredictWorkChain(WorkChain):
         spec.output_namespace('unseen_elements', valid_type=orm.List, dynamic=True,
                               help='For `structures`: per pair name, the host elements no training host had '
                                    '(empty: none; otherwise the prediction extrapolates).')
+        spec.output_namespace('ion_content_outside', valid_type=orm.List, dynamic=True,
+                              help='For `structures`: per pair name, how its ion content lies outside the training '
+                                   'electrodes\' range (empty: inside; otherwise the prediction extrapolates).')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
 
     @classmethod
@@ -75,10 +79,15 @@ class PredictWorkChain(WorkChain):
         except ValueError as exception:
             return self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
         self.out('predictions', predictions)
+        total = predictions.base.attributes.get('n_predictions')
         flagged = predictions.base.attributes.get('n_unseen_elements', 0)
         if flagged:
-            self.report(f'extrapolation: {flagged} of {predictions.base.attributes.get("n_predictions")} record(s) '
-                        'have host elements no training host had (array unseen_elements)')
+            self.report(f'extrapolation: {flagged} of {total} record(s) have host elements no training host had '
+                        '(array unseen_elements)')
+        outside = predictions.base.attributes.get('n_ion_content_outside', 0)
+        if outside:
+            self.report(f'extrapolation: {outside} of {total} record(s) have an ion content outside the training '
+                        'range (array ion_content_outside)')
         return None
 
     def predict_structures(self):
@@ -93,9 +102,11 @@ class PredictWorkChain(WorkChain):
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])
             self.out(f'unseen_elements.{name}', result['unseen_elements'])
+            self.out(f'ion_content_outside.{name}', result['ion_content_outside'])
             unseen = result['unseen_elements'].get_list()
             if unseen:
-                flagged.append(f'{name} ({", ".join(unseen)})')
+                flagged.append(f'{name} (host elements no training host had: {", ".join(unseen)})')
+            flagged.extend(f'{name} ({phrase})' for phrase in result['ion_content_outside'].get_list())
         if flagged:
-            self.report(f'extrapolation: host elements no training host had in {"; ".join(flagged)}')
+            self.report(f'extrapolation: {"; ".join(flagged)}')
         return None

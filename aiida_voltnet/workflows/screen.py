@@ -10,6 +10,7 @@ The working-ion metal is computed once per ion and shared by all verifications o
 """
 from __future__ import annotations
 
+import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_
 
@@ -124,10 +125,15 @@ class ScreenWorkChain(WorkChain):
                                                 metadata={'call_link_label': 'predict'})
         self.out('predictions', self.ctx.predictions)
         self.report(f'predicted {len(self.ctx.valid)} candidate(s) in one batch')
+        names = self.ctx.predictions.get_array('battery_ids')
         flagged = self.ctx.predictions.get_array('unseen_elements')
         if flagged.any():
-            names = self.ctx.predictions.get_array('battery_ids')[flagged]
-            self.report(f'extrapolation: the hosts of {", ".join(names)} have elements no training host had')
+            self.report(f'extrapolation: the hosts of {", ".join(names[flagged])} have elements no training host had')
+        outside = (self.ctx.predictions.get_array('ion_content_outside')
+                   if 'ion_content_outside' in self.ctx.predictions.get_arraynames() else np.zeros(len(names), bool))
+        if outside.any():
+            self.report(f'extrapolation: the ion contents of {", ".join(names[outside])} lie outside the training '
+                        'range')
 
     def select(self):
         self.ctx.selected = select_candidates(self.ctx.predictions, self.inputs.selection,

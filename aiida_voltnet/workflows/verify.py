@@ -153,6 +153,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.output('ml_unseen_elements', valid_type=orm.List, required=False,
                     help='When predicted here: the host elements no training host had (empty: none; otherwise the '
                          'ML prediction extrapolates).')
+        spec.output('ml_ion_content_outside', valid_type=orm.List, required=False,
+                    help='When predicted here: how the ion content lies outside the training electrodes\' range '
+                         '(empty: inside; otherwise the ML prediction extrapolates).')
         spec.output('difference', valid_type=orm.Float, required=False, help='ML - DFT voltage (V).')
         spec.output_namespace('energies', valid_type=orm.Float, dynamic=True,
                               help='e_charged and e_discharged (eV per host formula unit), e_ion_metal (eV/atom).')
@@ -227,9 +230,11 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         self.ctx.ml_voltage = result['voltage']
         self.out('ml_uncertainty', result['uncertainty'])
         self.out('ml_unseen_elements', result['unseen_elements'])
-        unseen = result['unseen_elements'].get_list()
+        self.out('ml_ion_content_outside', result['ion_content_outside'])
+        unseen, outside = result['unseen_elements'].get_list(), result['ion_content_outside'].get_list()
         self.report(f'ML prediction {result["voltage"].value:.3f} +/- {result["uncertainty"].value:.3f} V'
-                    + (f'; extrapolation: the host has {", ".join(unseen)}, which no training host had' if unseen else ''))
+                    + (f'; extrapolation: the host has {", ".join(unseen)}, which no training host had' if unseen else '')
+                    + ''.join(f'; extrapolation: {phrase}' for phrase in outside))
         return None
 
     def run_dft(self):

@@ -40,7 +40,8 @@ def test_batch_prediction_answer(trained, predictions):
         assert [s['process_type'] for s in origin['splits']] == ['aiida.calculations:voltnet.split_dataset']
         assert answer['inputs']['dataset']['uuid'] == trained.test.uuid
         assert answer['inputs']['dataset']['battery_ids'] == trained.test.battery_ids()
-        assert answer['extrapolation'] == {'n_unseen_elements': int(array.get_array('unseen_elements').sum())}
+        assert answer['extrapolation'] == {'n_unseen_elements': int(array.get_array('unseen_elements').sum()),
+                                           'n_ion_content_outside': int(array.get_array('ion_content_outside').sum())}
 
 
 def test_pair_prediction_answer(trained, predictions):
@@ -53,8 +54,8 @@ def test_pair_prediction_answer(trained, predictions):
         assert answer['inputs']['discharged']['uuid'] == pairs['LiFePO4']['discharged'].uuid
         assert answer['inputs']['discharged']['formula'] == 'FeLiO4P'
         assert answer['inputs']['working_ion'] == 'Li'
-        assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements'}
-        assert answer['extrapolation'] == {'unseen_elements': []}
+        assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements', 'ion_content_outside'}
+        assert answer['extrapolation'] == {'unseen_elements': [], 'ion_content_outside': []}
 
 
 def test_not_a_prediction(trained):
@@ -102,7 +103,9 @@ def test_list_predictions(trained, predictions):
     low = list_predictions(trained.model, max_voltage=threshold)
     assert all(row['voltage'] <= threshold for row in low) and len(low) + len(high) >= len(rows)
     assert batch[0]['node'] == f'ArrayData<{array.pk}>[0]' and batch[0]['battery_id'] == batch[0]['label']
-    assert [row['extrapolation'] for row in batch] == array.get_array('unseen_elements').tolist()
+    flagged = array.get_array('unseen_elements') | array.get_array('ion_content_outside')
+    assert array.get_array('ion_content_outside').any()  # held-out rows beyond the training rows' ion contents
+    assert [row['extrapolation'] for row in batch] == flagged.tolist()
     shipped = {s['voltage'].uuid for s in singles.values()}
     # the shipped pairs' host elements were all trained on
     assert {row['extrapolation'] for row in pair_rows if row['node_uuid'] in shipped} == {False}

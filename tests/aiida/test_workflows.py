@@ -138,13 +138,15 @@ def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
             'working_ion': orm.Str('Li')}
     results, node = run_get_node(PredictWorkChain, model=trained.model, structures={'SrFeO3': pair})
     assert node.is_finished_ok, node.exit_message
-    assert 'extrapolation: host elements no training host had in SrFeO3 (Sr)' in get_workchain_report(node, 'REPORT')
+    assert 'extrapolation: SrFeO3 (host elements no training host had: Sr)' in get_workchain_report(node, 'REPORT')
     assert 'voltages' in results and 'SrFeO3' in results['voltages']
     flag = results['unseen_elements']['SrFeO3']
     assert flag.get_list() == ['Sr'] and flag.creator.uuid == results['voltages']['SrFeO3'].creator.uuid
     rows = [row for row in list_predictions(trained.model) if row['node_uuid'] == results['voltages']['SrFeO3'].uuid]
     assert [row['extrapolation'] for row in rows] == [True]
-    assert prediction_provenance(results['voltages']['SrFeO3'])['extrapolation'] == {'unseen_elements': ['Sr']}
+    assert results['ion_content_outside']['SrFeO3'].get_list() == []  # Li0.2 per host atom: inside the range
+    assert prediction_provenance(results['voltages']['SrFeO3'])['extrapolation'] == {'unseen_elements': ['Sr'],
+                                                                                     'ion_content_outside': []}
 
 
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):

@@ -129,6 +129,7 @@ def test_screen_reports_candidates_whose_host_elements_no_training_host_had(pw, 
     assert node.is_finished_ok, node.exit_message
     assert results['predictions'].get_array('unseen_elements').tolist() == [True]
     assert results['predictions'].base.attributes.get('n_unseen_elements') == 1
+    assert results['predictions'].get_array('ion_content_outside').tolist() == [False]
     assert results['selected'].get_list() == []
     assert 'extrapolation: the hosts of SrFeO3 have elements no training host had' in get_workchain_report(node, 'REPORT')
     assert not [c for c in node.called_descendants if c.process_label == 'PwCalculation']
