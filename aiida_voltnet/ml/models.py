@@ -459,7 +459,7 @@ def ion_content(record: ElectrodeRecord) -> tuple[float, float]:
     contents = []
     for composition in (record.composition_charge, record.composition_discharge):
         ions = composition[record.working_ion]
-        contents.append(ions / (composition.num_atoms - ions))
+        contents.append(ions / max(composition.num_atoms - ions, 1e-12))  # as the featurizer: a host-free member
     return max(contents), abs(contents[1] - contents[0])
 
 
@@ -531,7 +531,7 @@ class VoltageModel:
 
         Unseen elements' fraction columns were zero in every training row, so the model never learned what those
         elements do to a voltage: the prediction rests on the elements' tabulated properties in the composition
-        statistics. Beyond the ion-content range, trees predict as at its edge.
+        statistics. Beyond the ion-content range, the tree models predict as at its edge.
         """
         sentences = []
         unseen = self.unseen_host_elements(records)
