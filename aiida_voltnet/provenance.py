@@ -59,8 +59,10 @@ def dataset_origin(dataset: ElectrodeDataset) -> dict[str, Any]:
     """Where a dataset's records came from, following subset steps (splits, the report's subsamples and folds) and
     active-learning steps (``add_verified_records``) back to the assembling process.
 
-    :returns: ``{'kind': 'csv'|'materials_project'|'structures'|'unknown', 'dataset': root dataset ref,
-        'process': assembling process ref, 'splits': [subset step refs], 'added': [...], ...}`` with ``file`` +
+    :returns: ``{'kind': 'csv'|'materials_project'|'structures'|'records'|'unknown', 'dataset': root dataset ref,
+        'process': assembling process ref, 'in_graph': bool, 'splits': [subset step refs], 'added': [...], ...}``;
+        ``in_graph`` is False where the root dataset was stored directly, not by an assembling calcfunction, so that
+        ``kind`` is only what the node declares (its ``source``) and no file, query or structures back it; with ``file`` +
         ``sha256`` for a CSV, ``query`` + ``database_version`` + ``material_ids`` for the Materials Project,
         ``structures`` for pairs; ``added`` lists each ``add_verified_records`` step on the way with the battery
         ids of the DFT-verified records it added (their targets are DFT voltages, not the root's).
@@ -84,7 +86,7 @@ def dataset_origin(dataset: ElectrodeDataset) -> dict[str, Any]:
             continue
         break
     origin: dict[str, Any] = {'kind': current.source, 'dataset': _ref(current), 'process': _ref(creator),
-                              'splits': splits}
+                              'in_graph': creator is not None, 'splits': splits}
     if added:
         origin['added'] = added
     if creator is None:

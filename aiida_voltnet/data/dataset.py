@@ -16,14 +16,16 @@ from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, is_va
 
 __all__ = ('ElectrodeDataset',)
 
-SOURCES = ('csv', 'materials_project', 'structures')
+#: ``records``: built in Python from records, with no file, query or structures behind them on record
+SOURCES = ('csv', 'materials_project', 'structures', 'records')
 
 
 class ElectrodeDataset(Data):
     """Insertion-electrode records (``aiida_voltnet.ml.records.ElectrodeRecord``) with their origin.
 
     Attributes: ``n_records``, ``working_ions`` (sorted), ``source`` (``csv``, ``materials_project``,
-    ``structures``; a split subset keeps its parent's), ``records_sha256``; ``source_sha256`` when built from a CSV
+    ``structures``, or ``records`` for records given in Python; a split subset keeps its parent's),
+    ``records_sha256``; ``source_sha256`` when built from a CSV
     file; ``mp_database_version`` and ``mp_n_material_ids`` when fetched from the Materials Project (the ids
     themselves and the query are in the repository file ``mp_provenance.json``, see :meth:`mp_provenance`).
     """
@@ -31,12 +33,14 @@ class ElectrodeDataset(Data):
     RECORDS_FILENAME = 'records.json'
     MP_PROVENANCE_FILENAME = 'mp_provenance.json'
 
-    def __init__(self, records: Sequence[ElectrodeRecord] | None = None, *, source: str = 'csv',
+    def __init__(self, records: Sequence[ElectrodeRecord] | None = None, *, source: str = 'records',
                  source_sha256: str | None = None, mp_provenance: dict[str, Any] | None = None,
                  derived_from: 'ElectrodeDataset | None' = None, **kwargs):
         """
         :param records: the electrode records (validated core records).
-        :param source: where they came from, one of ``csv``, ``materials_project``, ``structures``.
+        :param source: where they came from, one of ``csv``, ``materials_project``, ``structures``, ``records``
+            (the default: records built in Python; the assembling calcfunctions set the others). Only a dataset
+            made by one of those calcfunctions has its origin in the graph; ``dataset_origin`` says which.
         :param source_sha256: sha256 of the CSV file the records were read from.
         :param mp_provenance: the provenance dict of ``fetch_mp_electrodes`` (database version, material ids, ...).
         :param derived_from: a dataset these records are a subset of (a split): its source fields are copied, so

@@ -35,7 +35,7 @@ def test_batch_prediction_answer(trained, predictions):
         assert training['uuid'] == trained.train.uuid and training['source'] == 'csv'
         assert training['source_sha256'] == file_sha256(CSV_150)
         origin = training['origin']
-        assert origin['kind'] == 'csv' and origin['sha256'] == file_sha256(CSV_150)
+        assert origin['kind'] == 'csv' and origin['sha256'] == file_sha256(CSV_150) and origin['in_graph']
         assert origin['file']['uuid'] == trained.csv.uuid and origin['dataset']['uuid'] == trained.dataset.uuid
         assert [s['process_type'] for s in origin['splits']] == ['aiida.calculations:voltnet.split_dataset']
         assert answer['inputs']['dataset']['uuid'] == trained.test.uuid
@@ -111,6 +111,24 @@ def test_list_predictions(trained, predictions):
     assert {row['extrapolation'] for row in pair_rows if row['node_uuid'] in shipped} == {False}
     with pytest.raises(TypeError, match='not a voltage model'):
         list_predictions(trained.train)
+
+
+def test_a_dataset_stored_by_hand_is_not_given_an_origin_it_lacks(trained):
+    """Records put into an ElectrodeDataset in Python are ``records`` by default; one that declares ``csv`` without
+    an assembling process keeps its claim, but dataset_origin says the graph does not back it (no file, no sha)."""
+    from aiida_voltnet.data.dataset import ElectrodeDataset
+
+    records = trained.train.records()[:5]
+    by_hand = ElectrodeDataset(records).store()
+    assert by_hand.source == 'records'
+    origin = dataset_origin(by_hand)
+    assert origin['kind'] == 'records' and origin['in_graph'] is False and origin['process'] is None
+    claimed = dataset_origin(ElectrodeDataset(records, source='csv').store())
+    assert claimed['kind'] == 'csv' and claimed['in_graph'] is False
+    assert claimed['file'] is None and claimed['sha256'] is None
+    split = F.split_dataset(by_hand, kind=orm.Str('random'), seed=orm.Int(0), test_fraction=orm.Float(0.4))
+    origin = dataset_origin(split['train'])  # a subset of a hand-made dataset leads back to it, not further
+    assert origin['kind'] == 'records' and origin['in_graph'] is False and origin['dataset']['uuid'] == by_hand.uuid
 
 
 def test_origin_follows_report_folds_and_verified_records_back_to_the_csv(trained):
