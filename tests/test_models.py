@@ -427,3 +427,23 @@ def test_ion_content_ranges_flag_what_the_training_electrodes_did_not_span(recor
     assert model.extrapolation_warning([inside]) is None
     del model.metadata['training_ion_content']  # as saved before the ranges were recorded
     assert model.ion_content_outside([beyond]) == ['']
+
+
+def test_backward_workspace_is_per_thread_and_bounded():
+    """The reused backward buffers: one set per thread (two threads never share a buffer) and never more than
+    _WORKSPACE_MAX_BUFFERS, however many shapes a long-lived process trains."""
+    import threading
+
+    from aiida_voltnet.ml import networks
+
+    like = torch.empty(1)
+    for n in range(1, 3 * networks._WORKSPACE_MAX_BUFFERS):
+        networks._workspace('test', (n, 3), like)
+        assert len(networks._WORKSPACE.buffers) <= networks._WORKSPACE_MAX_BUFFERS
+    mine = networks._workspace('test', (2, 2), like)
+    assert networks._workspace('test', (2, 2), like) is mine
+    theirs = []
+    thread = threading.Thread(target=lambda: theirs.append(networks._workspace('test', (2, 2), like)))
+    thread.start()
+    thread.join()
+    assert theirs[0] is not mine and theirs[0].shape == mine.shape

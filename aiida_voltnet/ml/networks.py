@@ -41,6 +41,8 @@ def _onednn_product(a, b, bias=None):
 
 
 _WORKSPACE = threading.local()
+#: Buffers one thread keeps (an MHA-ResNet epoch on the 3,827 rows uses 14, 15 MB in all); past this all are dropped.
+_WORKSPACE_MAX_BUFFERS = 64
 
 
 def _workspace(role: str, shape, like):
@@ -54,6 +56,8 @@ def _workspace(role: str, shape, like):
     key = (role, tuple(shape), like.dtype, like.device)
     buffer = buffers.get(key)
     if buffer is None:
+        if len(buffers) >= _WORKSPACE_MAX_BUFFERS:  # a long-lived process training many shapes: start afresh
+            buffers.clear()
         buffer = buffers[key] = torch.empty(key[1], dtype=like.dtype, device=like.device)
     return buffer
 
