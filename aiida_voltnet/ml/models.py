@@ -455,12 +455,9 @@ def _json_sha256(data: Any) -> str:
 def ion_content(record: ElectrodeRecord) -> tuple[float, float]:
     """``(x, delta_x)`` of an electrode: working ions per host atom (the atoms other than the working ion) in its
     ion-rich member, and how many ions per host atom the two members differ by (order-independent, so rows that
-    list the ion-rich member as charged give the same numbers)."""
-    contents = []
-    for composition in (record.composition_charge, record.composition_discharge):
-        ions = composition[record.working_ion]
-        contents.append(ions / max(composition.num_atoms - ions, 1e-12))  # as the featurizer: a host-free member
-    return max(contents), abs(contents[1] - contents[0])
+    list the ion-rich member as charged give the same numbers), from ``record.ion_fractions``."""
+    x_charge, x_discharge = record.ion_fractions
+    return max(x_charge, x_discharge), abs(x_discharge - x_charge)
 
 
 def ion_content_ranges(records: Sequence[ElectrodeRecord]) -> dict[str, dict[str, list[float]]]:

@@ -35,9 +35,14 @@ def _onednn_product(a, b, bias=None):
     of one (the classifier's 512 -> 1 and its gradients) goes to ``nn.functional.linear``: oneDNN took 0.45 ms
     for the 512 x 1 x 512 outer product inside an epoch (profiled), against 0.017 ms for torch's own kernel in
     a micro-benchmark (0.034 ms for oneDNN's there)."""
-    if a.shape[-1] == 1 or b.shape[0] == 1 or a.numel() == a.shape[-1]:
+    if _has_unit_dimension(a, b):
         return nn.functional.linear(a, b, bias)
     return _ONEDNN_LINEAR(a, b, bias, 'none', [], '')
+
+
+def _has_unit_dimension(a, b) -> bool:
+    """Whether ``a @ b.T`` has a dimension of one (rows, inner or outer), which torch's kernel does faster."""
+    return a.shape[-1] == 1 or b.shape[0] == 1 or a.numel() == a.shape[-1]
 
 
 _WORKSPACE = threading.local()
@@ -146,7 +151,7 @@ def _onednn_eligible(x, weight) -> bool:
 def cpu_linear_relu(x, weight, bias=None):
     """``relu(nn.functional.linear(x, weight, bias))``, on float32 CPU tensors as one oneDNN product with a ReLU
     post-op (:class:`_OneDNNLinearReLU`); anything else as the two torch operations."""
-    if not _onednn_eligible(x, weight) or x.shape[-1] == 1 or weight.shape[0] == 1 or x.numel() == x.shape[-1]:
+    if not _onednn_eligible(x, weight) or _has_unit_dimension(x, weight):
         return torch.relu(nn.functional.linear(x, weight, bias))
     return _OneDNNLinearReLU.apply(x, weight, bias)
 

@@ -10,7 +10,6 @@ The working-ion metal is computed once per ion and shared by all verifications o
 """
 from __future__ import annotations
 
-import numpy as np
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_
 
@@ -129,8 +128,7 @@ class ScreenWorkChain(WorkChain):
         flagged = self.ctx.predictions.get_array('unseen_elements')
         if flagged.any():
             self.report(f'extrapolation: the hosts of {", ".join(names[flagged])} have elements no training host had')
-        outside = (self.ctx.predictions.get_array('ion_content_outside')
-                   if 'ion_content_outside' in self.ctx.predictions.get_arraynames() else np.zeros(len(names), bool))
+        outside = self.ctx.predictions.get_array('ion_content_outside')
         if outside.any():
             self.report(f'extrapolation: the ion contents of {", ".join(names[outside])} lie outside the training '
                         'range')
