@@ -447,3 +447,50 @@ def test_backward_workspace_is_per_thread_and_bounded():
     thread.start()
     thread.join()
     assert theirs[0] is not mine and theirs[0].shape == mine.shape
+
+
+def _resave_with_hashes(directory, arrays):
+    """Write ``arrays`` into a saved model and re-sign it as an attacker can: the sha256 and the model version are
+    plain content hashes, so only the arrays' own checks stand between a doctored file and the tree walk."""
+    import hashlib
+
+    from safetensors.numpy import save_file
+
+    save_file(arrays, str(directory / 'arrays.safetensors'))
+    config = json.loads((directory / 'config.json').read_text())
+    config['arrays_sha256'] = hashlib.sha256((directory / 'arrays.safetensors').read_bytes()).hexdigest()
+    config['model_version'] = VoltageModel.version_hash(config)
+    (directory / 'config.json').write_text(json.dumps(config))
+
+
+def test_doctored_tree_arrays_are_refused_on_load(records, tmp_path):
+    """A child index out of bounds segfaulted scikit-learn's predictor, one pointing back hung every walk."""
+    from safetensors.numpy import load_file
+
+    model = train_voltage_model(records, model='voltnet', members=1, calibrate=False, device='cpu')
+    model.save(tmp_path / 'm')
+    saved = dict(load_file(str(tmp_path / 'm' / 'arrays.safetensors')))
+    internal = np.flatnonzero(saved['member0.is_leaf'] == 0)
+    second_root = int(saved['member0.roots'][1])
+    n_features = model.featurizer.n_features
+
+    def doctored(name, index, value):
+        arrays = {k: v.copy() for k, v in saved.items()}
+        arrays[f'member0.{name}'][index] = value
+        return arrays
+
+    cases = {
+        'left child out of bounds': (doctored('left', internal[0], 10 ** 12), 'is not a later node'),
+        'a node its own child': (doctored('right', internal[0], internal[0]), 'is not a later node'),
+        'a child in the next tree': (doctored('left', internal[0], second_root), 'is not a later node'),
+        'a feature beyond the featurizer': (doctored('feature_idx', internal[0], n_features), 'beyond the'),
+        'roots not from 0': (doctored('roots', 0, 1), 'roots must rise'),
+        'a leaf flag of 2': (doctored('is_leaf', 0, 2), "'is_leaf' must be 0 or 1"),
+        'a NaN leaf value': (doctored('value', 0, np.nan), 'must be finite'),
+    }
+    for label, (arrays, message) in cases.items():
+        _resave_with_hashes(tmp_path / 'm', arrays)
+        with pytest.raises(ModelIntegrityError, match=message):
+            VoltageModel.load(tmp_path / 'm')
+    _resave_with_hashes(tmp_path / 'm', saved)  # the untouched arrays load and predict as before
+    assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])

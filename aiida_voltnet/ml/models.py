@@ -62,6 +62,9 @@ class Regressor:
     def n_parameters(self) -> int:
         return 0
 
+    def check_n_features(self, n_features: int) -> None:
+        """Refuse a restored state that reads more feature columns than the featurizer gives."""
+
 
 class TorchRegressor(Regressor):
     """A torch network trained with :func:`train_network` on a standardized target."""
@@ -327,8 +330,56 @@ class GradientBoostedTrees(Regressor):
     def from_state(cls, config, arrays):
         self = cls(**config['hyper'])
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._check_arrays(self.arrays)
         self._compiled = self._binning = None
         return self
+
+    @classmethod
+    def _check_arrays(cls, a: dict[str, np.ndarray]) -> None:
+        """Refuse node arrays that scikit-learn's compiled predictor (which does not bounds-check) or the numpy
+        walk could follow out of bounds or round a cycle: a model file is data, and a doctored one must raise,
+        not crash or hang the process. The sha256 checks on load only say that the files are what was saved.
+
+        scikit-learn numbers each tree's nodes depth first, so every child comes after its parent inside its own
+        tree; that, checked here, bounds every walk from a root by the tree's length.
+        """
+        def fail(message):
+            raise ModelIntegrityError(f'tree model state: {message}')
+
+        missing = [name for name in cls._NODE_FIELDS + ('roots', 'baseline') if name not in a]
+        if missing:
+            fail(f'missing array(s) {", ".join(missing)}')
+        n = len(a['value'])
+        for name in cls._NODE_FIELDS:
+            if a[name].ndim != 1 or len(a[name]) != n:
+                fail(f'{name!r} has shape {a[name].shape}, expected ({n},)')
+        for name in ('feature_idx', 'left', 'right', 'is_leaf', 'missing_go_to_left', 'roots'):
+            if not np.issubdtype(a[name].dtype, np.integer):
+                fail(f'{name!r} must hold integers, not {a[name].dtype}')
+        roots = a['roots']
+        if n == 0 or roots.ndim != 1 or len(roots) == 0 or roots[0] != 0 or (np.diff(roots) <= 0).any() \
+                or roots[-1] >= n:
+            fail(f'roots must rise strictly from 0 and stay below the {n} nodes')
+        if a['baseline'].shape != (1,) or not np.isfinite(a['baseline']).all() or not np.isfinite(a['value']).all():
+            fail('leaf values and the baseline must be finite numbers')
+        for name in ('is_leaf', 'missing_go_to_left'):
+            if not np.isin(a[name], (0, 1)).all():
+                fail(f'{name!r} must be 0 or 1')
+        internal = np.flatnonzero(a['is_leaf'] == 0)
+        stop = np.append(roots[1:], n)[np.searchsorted(roots, internal, side='right') - 1]  # end of each one's tree
+        for name in ('left', 'right'):
+            child = a[name][internal]
+            bad = np.flatnonzero((child <= internal) | (child >= stop))
+            if len(bad):
+                node = internal[bad[0]]
+                fail(f'node {node}: {name} child {a[name][node]} is not a later node of its own tree')
+        if (a['feature_idx'][internal] < 0).any():
+            fail('a split reads a negative feature index')
+
+    def check_n_features(self, n_features: int) -> None:
+        if self.arrays and (self.arrays['feature_idx'][self.arrays['is_leaf'] == 0] >= n_features).any():
+            raise ModelIntegrityError(f'tree model state: a split reads a feature beyond the featurizer\'s '
+                                      f'{n_features}')
 
 
 class _SplitBinning:
@@ -656,7 +707,9 @@ class VoltageModel:
         members = []
         for index, member_config in enumerate(config['members']):
             regressor_cls = REGRESSOR_KINDS[member_config['kind']]
-            members.append(regressor_cls.from_state(member_config, prefixed(f'member{index}.')))
+            member = regressor_cls.from_state(member_config, prefixed(f'member{index}.'))
+            member.check_n_features(featurizer.n_features)
+            members.append(member)
         model = cls(featurizer, members, config['model_name'], config.get('metadata'))
         model.saved_version = config.get('model_version')
         return model
