@@ -34,10 +34,21 @@ def test_paper_featurizer_warns_and_matches_the_seed(records):
 
 
 def test_leak_free_refuses_leaking_columns():
-    for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs'):
+    for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs', 'steps', 'max_delta_volume'):
         with pytest.raises(LeakageError, match=column):
             LeakFreeFeaturizer(extra_columns=[column])
     LeakFreeFeaturizer(extra_columns=['capacity_grav'])  # a capacity alone is a function of the formulas
+    with pytest.raises(ValueError, match='must be a list of column names'):
+        LeakFreeFeaturizer(extra_columns='capacity_grav')  # a string is not a list of its letters
+
+
+def test_volume_target_cannot_be_a_feature(records):
+    """The Fig. S5 target, max_delta_volume, was accepted as a feature of a model trained to predict it."""
+    from aiida_voltnet.ml.models import train_voltage_model
+
+    with pytest.raises(LeakageError, match='max_delta_volume'):
+        train_voltage_model(records[:60], model='krr', target='max_delta_volume',
+                            featurizer_options={'extra_columns': ['max_delta_volume']})
 
 
 def test_leak_free_has_no_target_information(records):

@@ -41,9 +41,11 @@ N_ELEMENTS = 118
 N_SPACE_GROUPS = 230
 FARADAY_MAH_PER_MOL = 26801.4815  # F / 3.6, mAh per mol of electrons
 
-#: Record fields that are functions of the target (``average_voltage``): energies equal voltage x capacity, and
-#: the steps carry per-step voltages. Any of them as a feature leaks the answer.
-LEAKING_COLUMNS = ('average_voltage', 'energy_grav', 'energy_vol', 'steps', 'adj_pairs')
+#: Record fields a leak-free featurizer refuses: the targets themselves, the functions of ``average_voltage``
+#: (energies equal voltage x capacity) and MP's per-step data (``steps``/``adj_pairs`` carry per-step voltages, and
+#: ``max_delta_volume``, the largest volume change over the steps, is the paper's second target, Fig. S5). Any of
+#: them as a feature leaks an answer.
+LEAKING_COLUMNS = ('average_voltage', 'energy_grav', 'energy_vol', 'steps', 'adj_pairs', 'max_delta_volume')
 
 
 class TargetLeakWarning(UserWarning):
@@ -456,10 +458,13 @@ class LeakFreeFeaturizer(Featurizer):
     version = 1
 
     def __init__(self, extra_columns: Sequence[str] = (), _quiet: bool = False, **options):
+        if isinstance(extra_columns, str) or not all(isinstance(c, str) for c in extra_columns):
+            raise ValueError(f'extra_columns must be a list of column names, got {extra_columns!r}')
         leaking = [c for c in extra_columns if c in LEAKING_COLUMNS]
         if leaking:
-            raise LeakageError(f'column(s) {", ".join(leaking)} are functions of the target average_voltage '
-                               '(energy = voltage x capacity); use the "paper" featurizer to reproduce the leak')
+            raise LeakageError(f'column(s) {", ".join(leaking)} are targets or functions of one (energy = voltage x '
+                               'capacity; the steps hold per-step voltages and volume changes); use the "paper" '
+                               'featurizer to reproduce the leak')
         super().__init__(extra_columns=list(extra_columns), **options)
 
     @staticmethod
