@@ -48,6 +48,10 @@ def test_row_parses_into_typed_fields():
     ('max_delta_volume=0.11', "max_delta_volume=__import__('os')", 'adj_pairs'),
     ('[InsertionVoltagePairDoc', '[print', 'adj_pairs'),
     ('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.75VO2', 'formula_discharge'),  # frameworks differ
+    (',TiO2,Li,1,', ',CoO2,Li,1,', 'framework_formula'),  # not the host of the formulas: a wrong group
+    (',TiO2,Li,1,', ',TiO3,Li,1,', 'framework_formula'),
+    (',TiO2,Li,1,', ',TiO2,Li,2,', 'num_steps'),  # adj_pairs lists one step
+    (',TiO2,Li,1,', ',TiO2,Li,1e300,', 'num_steps'),  # read through float, it became a 301-digit count
 ])
 def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert old in ROW
@@ -89,6 +93,7 @@ def test_round_trips(tmp_path):
     ('[InsertionVoltagePairDoc(average_voltage=1, capacity_grav=' + '9' * 400 + ')]', 'number out of range'),
     ('[InsertionVoltagePairDoc(average_voltage=1, max_delta_volume=inf)]', "'max_delta_volume': must be a finite"),
     ('[InsertionVoltagePairDoc(average_voltage=nan)]', "'average_voltage': must be a finite number, got nan"),
+    ('[InsertionVoltagePairDoc(average_voltage=1, average_voltage=2)]', "'average_voltage' given more than once"),
 ])
 def test_hostile_adj_pairs_are_refused_with_the_row_named(adj_pairs, message):
     row = ROW.split(',"[')[0] + ',"' + adj_pairs + '"' + ROW.split(')]"')[1]
@@ -114,3 +119,27 @@ def test_encodings_a_bom_is_read_and_non_utf8_is_named(tmp_path):
     with pytest.raises(ElectrodeDataError, match='not UTF-8 text: byte 0xe9') as info:
         read_electrodes_csv(latin)
     assert info.value.line == 2 and info.value.source == str(latin)
+
+
+def test_framework_spellings_become_one_group():
+    """The framework is the grouping key of every grouped split: one framework, one string."""
+    (record,) = load(ROW.replace(',TiO2,Li,1,', ',O2Ti,Li,1,'))
+    assert record.framework_formula == 'TiO2'
+    (record,) = load(ROW.replace(',TiO2,Li,1,', ',Ti2O4,Li,1,'))
+    assert record.framework_formula == 'TiO2'
+
+
+@pytest.mark.parametrize('row, count', [
+    (ROW.rsplit(',', 5)[0], 16),  # cut short after energy_vol: no voltage, no symmetry
+    (ROW + ',extra', 22),
+])
+def test_a_row_of_another_width_than_the_header_is_refused(row, count):
+    with pytest.raises(ElectrodeDataError, match=f'the row has {count} fields, the header 21') as info:
+        load(row)
+    assert (info.value.line, info.value.battery_id) == (2, 'mp-2657_Li')
+
+
+def test_a_column_named_twice_is_refused():
+    header = HEADER.replace('num_steps', 'average_voltage')
+    with pytest.raises(ElectrodeDataError, match='average_voltage appear more than once'):
+        read_electrodes_csv(io.StringIO(header + '\n' + ROW + '\n'))

@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from pymatgen.core import Composition, Element
 
@@ -231,6 +231,15 @@ def _framework_amounts(composition: Composition, ion: str) -> tuple[dict[str, fl
     return amounts, atoms
 
 
+@functools.lru_cache(maxsize=8192)
+def _framework_fractions(formula: str) -> tuple[dict[str, float], str]:
+    """Atom fractions and pymatgen's reduced formula of a framework formula (parsed once per distinct string:
+    frameworks repeat across ions)."""
+    composition = parse_formula(formula)
+    fractions = {el: amount / composition.num_atoms for el, amount in composition.get_el_amt_dict().items()}
+    return fractions, composition.reduced_formula
+
+
 def _almost_equal_amounts(a: dict[str, float], b: dict[str, float], rtol: float, atol: float) -> bool:
     """``Composition(a).almost_equals(Composition(b), rtol, atol)`` on amount dicts."""
     for el in set(a) | set(b):
@@ -301,6 +310,10 @@ def parse_adj_pairs(text: str) -> tuple[VoltageStep, ...]:
                 and call.func.id == 'InsertionVoltagePairDoc' and not call.args):
             raise ValueError(f'element {index} is not InsertionVoltagePairDoc(key=value, ...)')
         values = {}
+        names = [keyword.arg for keyword in call.keywords]
+        repeated = sorted({name for name in names if name is not None and names.count(name) > 1})
+        if repeated:  # ast.parse accepts f(a=1, a=2); which value would be meant is anybody's guess
+            raise ValueError(f'element {index}: key(s) {", ".join(map(repr, repeated))} given more than once')
         for keyword in call.keywords:
             if keyword.arg is None:
                 raise ValueError(f'element {index}: ** expansion is not allowed')
@@ -376,6 +389,19 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
     updates = {}
     if not record.framework_formula:
         updates['framework_formula'] = Composition(amounts_discharge).reduced_formula
+    else:
+        # The grouping key of every framework-grouped split: a framework that is not the host of the formulas
+        # would put the row into another group than its siblings (or a wrong one)
+        try:
+            given, reduced = _framework_fractions(record.framework_formula)
+        except ValueError as exception:
+            fail(str(exception), 'framework_formula')
+        host = {el: amount / atoms_discharge for el, amount in amounts_discharge.items()}
+        if not _almost_equal_amounts(given, host, rtol=1e-2, atol=1e-4):
+            fail(f'framework {record.framework_formula!r} is not the host of {record.formula_discharge!r} without '
+                 f'{ion} ({Composition(amounts_discharge).reduced_formula})', 'framework_formula')
+        if reduced != record.framework_formula:  # one spelling per framework ('O2Ti', 'Ti O2' -> 'TiO2')
+            updates['framework_formula'] = reduced
     for side in ('charge', 'discharge'):
         number = getattr(record, f'{side}_space_group_number')
         if number is not None and not (isinstance(number, int) and 1 <= number <= 230):
@@ -389,6 +415,8 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
                 updates[f'{side}_crystal_system'] = normalized
     if record.num_steps is not None and (not isinstance(record.num_steps, int) or record.num_steps < 1):
         fail(f'num_steps must be a positive integer, got {record.num_steps!r}', 'num_steps')
+    if record.num_steps is not None and record.steps and record.num_steps != len(record.steps):
+        fail(f'num_steps is {record.num_steps} but adj_pairs lists {len(record.steps)} step(s)', 'num_steps')
     for name in FLOAT_COLUMNS:
         value = getattr(record, name)
         if value is not None and not math.isfinite(value):
@@ -424,6 +452,8 @@ def _parse_int(value: str, name: str) -> int | None:
         raise ValueError(f'{name} must be an integer, got {value!r}') from None
     if not number.is_integer():
         raise ValueError(f'{name} must be an integer, got {value!r}')
+    if abs(number) > 2 ** 31:  # a count or a space group, read through float: 1e300 is no datum
+        raise ValueError(f'{name} is out of range: {value!r}')
     return int(number)
 
 
@@ -482,6 +512,18 @@ def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
     return records
 
 
+def _rows_of_header_width(reader: csv.DictReader, width: int, source: str | None) -> Iterator[dict[str, str]]:
+    """The rows of ``reader``, refusing one with more or fewer fields than the header (DictReader would file the
+    extra ones under ``None`` and fill missing ones with ``None``: a row cut short after ``adj_pairs`` would load
+    with no voltage and no symmetry)."""
+    for offset, row in enumerate(reader):
+        if None in row or None in row.values():
+            count = width + len(row.get(None) or ()) if None in row else sum(v is not None for v in row.values())
+            raise ElectrodeDataError(f'the row has {count} fields, the header {width}', source=source,
+                                     line=offset + 2, battery_id=(row.get('battery_id') or '').strip() or None)
+        yield row
+
+
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None) -> list[ElectrodeRecord]:
     """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects.
 
@@ -500,10 +542,15 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
         return read_electrodes_csv(io.StringIO(text, newline=''), source=source)
     reader = csv.DictReader(path)
     try:
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        header = reader.fieldnames or []
+        missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
-        records = records_from_rows(reader, source=source)
+        repeated = sorted({c for c in header if header.count(c) > 1})
+        if repeated:  # DictReader would keep the last of them
+            raise ElectrodeDataError(f'column(s) {", ".join(repeated)} appear more than once in the header',
+                                     source=source, line=1)
+        records = records_from_rows(_rows_of_header_width(reader, len(header), source), source=source)
     except csv.Error as exception:  # e.g. a field over csv.field_size_limit(); line_num: the lines read before it
         raise ElectrodeDataError(f'not readable as CSV: {exception}', source=source,
                                  line=reader.line_num + 1) from None
