@@ -157,3 +157,17 @@ def test_training_host_elements_are_read_from_the_fitted_state(records):
         warnings.simplefilter('ignore')
         assert get_featurizer('paper').fit(records).training_host_elements() is None  # PCA: cannot tell
 
+
+
+def test_structure_pair_keeps_the_exact_ion_content():
+    """One Li per three CoO2 units: the record holds x = 1/3 per host formula unit, not 0.333333 (6 digits)."""
+    from pymatgen.core import Lattice, Structure
+
+    coo2 = Structure(Lattice.hexagonal(2.82, 14.05 / 3), ['Co', 'O', 'O'],
+                     [[0, 0, 0], [1 / 3, 2 / 3, 0.26], [2 / 3, 1 / 3, 0.74]])
+    charged = coo2 * (3, 1, 1)
+    discharged = charged.copy()
+    discharged.append('Li', [0.5 / 3, 0.5, 0.5])
+    record = record_from_structures(charged, discharged, 'Li')
+    assert record.composition_discharge['Li'] == 1 / 3
+    assert record.ion_fractions[1] == pytest.approx(1 / 9, rel=1e-12)  # 6 digits were 1e-6 off

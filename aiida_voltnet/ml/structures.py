@@ -26,6 +26,8 @@ def _formula(composition: Composition, working_ion: str) -> str:
     ion_amount = amounts.pop(working_ion, 0.0)
     rest = Composition(amounts).formula.replace(' ', '')
     count = f'{ion_amount:g}'
+    if float(count) != ion_amount:  # 1/3 is not 0.333333: the shortest text that reads back as the same number
+        count = repr(ion_amount)
     return f'{working_ion}{count}{rest}'
 
 
