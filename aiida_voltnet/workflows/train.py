@@ -116,11 +116,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             builder.csv = csv_or_dataset
         else:
             raise TypeError(f'expected a SinglefileData CSV or an ElectrodeDataset, got {type(csv_or_dataset)}')
-        for namespace in ('split', 'train'):
-            for key, value in inputs.get(namespace, {}).items():
-                builder[namespace][key] = value
-        if 'metadata' in inputs:
-            builder.metadata = inputs['metadata']
+        builder._merge(inputs)  # every input the protocol and the overrides name (check_overrides refused the rest)
         return builder
 
     # -- outline -------------------------------------------------------------------------------------------------------

@@ -60,19 +60,13 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         inputs = cls.get_protocol_inputs(protocol, overrides)
         if options:
             inputs = recursive_merge(inputs, {'train': {'metadata': {'options': options}}})
-        builder = cls.get_builder()
-        train = inputs.get('train', {})
-        builder.train.code = code
-        builder.train.dataset = dataset
-        for key in ('featurizer', 'model', 'seed', 'settings'):
-            if key in train:
-                builder.train[key] = train[key]
-        options = train.get('metadata', {}).get('options', {})
+        options = inputs.get('train', {}).get('metadata', {}).get('options', {})
         if not options.get('custom_scheduler_commands'):
             options.pop('custom_scheduler_commands', None)
-        builder.train.metadata.options = options
-        if 'max_iterations' in inputs:
-            builder.max_iterations = inputs['max_iterations']
+        builder = cls.get_builder()
+        builder._merge(inputs)  # every input the protocol and the overrides name (check_overrides refused the rest)
+        builder.train.code = code
+        builder.train.dataset = dataset
         return builder
 
     def setup(self):

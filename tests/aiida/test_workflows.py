@@ -52,6 +52,17 @@ def test_protocols():
         TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'epochs': 3}})
 
 
+def test_protocol_builder_keeps_every_override(aiida_localhost):
+    """Overrides of ports outside split/train (train_code, train_options) were accepted and then dropped, so the
+    training silently ran in-process instead of on the (GPU) code."""
+    code = orm.InstalledCode(computer=aiida_localhost, filepath_executable='/bin/true').store()
+    options = {'max_wallclock_seconds': 60, 'custom_scheduler_commands': '#SBATCH --gres=gpu:1'}
+    builder = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={
+        'train_code': code, 'train_options': options, 'train': {'seed': 4}})
+    assert builder.train_code.uuid == code.uuid and builder.train_options == options
+    assert builder.train.seed.value == 4 and builder.train.settings.get_dict() == {'members': 2}  # protocol kept
+
+
 def test_train_workchain_fast(csv_node):
     builder = TrainWorkChain.get_builder_from_protocol(csv_node, protocol='fast')
     results, node = run_get_node(builder)

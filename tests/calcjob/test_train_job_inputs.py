@@ -31,6 +31,16 @@ def gpu_inputs(code, dataset):
     return builder._inputs(prune=True)['train']
 
 
+def test_protocol_builder_keeps_every_override(slurm_code, dataset_60):
+    """clean_workdir and train.checkpointing were accepted as overrides and then left out of the builder."""
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(
+        slurm_code, dataset_60, protocol='cpu', overrides={'clean_workdir': True,
+                                                           'train': {'checkpointing': {'every_epochs': 5}}})
+    assert builder.clean_workdir.value is True and builder.max_iterations.value == 5
+    assert builder.train.checkpointing.get_dict() == {'every_epochs': 5}
+    assert builder.train.model.value == 'voltnet' and 'custom_scheduler_commands' not in builder.train.metadata.options
+
+
 def test_prepare_for_submission_writes_config_and_stages_records(slurm_code, dataset_60, generate_calc_job):
     inputs = {'code': slurm_code, 'dataset': dataset_60, 'model': orm.Str('mlp'), 'seed': orm.Int(3),
               'settings': orm.Dict({'train_overrides': {'epochs': 3, 'batch_size': 32}}),
