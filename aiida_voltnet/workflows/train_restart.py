@@ -7,7 +7,9 @@ Handlers (``BaseRestartWorkChain`` process handlers, highest priority first):
 - 120 (killed at the walltime by the scheduler) and 400 (``voltnet-train`` stopped itself before the walltime):
   resume from the calculation's ``checkpoint`` output when there is one (``restart_folder``: finished ensemble
   members are kept, the interrupted torch member continues after its last saved epoch); else reuse a complete
-  retrieved ``model/``; else run again from scratch with the same inputs.
+  retrieved ``model/``; else run again from scratch with the same inputs;
+- 300 (no model and no report: killed without the scheduler saying why, e.g. preempted, or under a scheduler that
+  reports no walltime): resume from its ``checkpoint`` output when it left one; otherwise the failure stands.
 """
 from __future__ import annotations
 
@@ -137,4 +139,16 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
             start = 'its restart_folder' if 'restart_folder' in self.ctx.inputs else 'scratch'
             self.report(f'{node.process_label}<{node.pk}> ran out of walltime before any checkpoint: '
                         f'running again with the same inputs (from {start})')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=300, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES])
+    def handle_killed_with_checkpoint(self, node):
+        """Killed before it could report, for no reason the scheduler gave (preemption, a direct scheduler, no
+        accounting): resume from the checkpoint the parser exposed; with none, leave the failure unhandled."""
+        if 'checkpoint' not in node.outputs:
+            return None
+        checkpoint = node.outputs.checkpoint
+        self.ctx.inputs.restart_folder = checkpoint
+        self.report(f'{node.process_label}<{node.pk}> stopped without a model or a report: resuming from its '
+                    f'checkpoint {checkpoint.__class__.__name__}<{checkpoint.pk}>')
         return ProcessHandlerReport(True)

@@ -118,6 +118,22 @@ def test_walltime_without_checkpoint_restarts_with_the_same_inputs(workchain, fa
     assert dict(process.ctx.inputs) == before
 
 
+def test_killed_without_report_resumes_from_its_checkpoint(workchain, fake_child, slurm_code):
+    """Exit 300 (no model, no report, no walltime code from the scheduler) with a checkpoint output: resumed,
+    not aborted; without a checkpoint the failure stands."""
+    process = workchain()
+    checkpoint = orm.FolderData()
+    checkpoint.base.repository.put_object_from_bytes(b'{}', 'state.json')
+    node = _plant(process, fake_child(EXIT.ERROR_MISSING_OUTPUT_FILES.status, slurm_code.computer,
+                                      {'train.log': b'epoch 7'}, {'checkpoint': checkpoint}))
+    result = process.inspect_process()
+    assert result is None or result.status == 0
+    assert process.ctx.inputs.restart_folder.uuid == node.outputs.checkpoint.uuid
+    process = workchain()
+    _plant(process, fake_child(EXIT.ERROR_MISSING_OUTPUT_FILES.status, slurm_code.computer, {'train.log': b''}))
+    assert process.inspect_process() == VoltnetTrainBaseWorkChain.exit_codes.ERROR_UNHANDLED_FAILURE
+
+
 def test_unhandled_failure_aborts(workchain, fake_child, slurm_code):
     process = workchain()
     _plant(process, fake_child(EXIT.ERROR_TRAINING_FAILED.status, slurm_code.computer))
