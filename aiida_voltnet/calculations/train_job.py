@@ -95,7 +95,7 @@ class VoltnetTrainCalculation(CalcJob):
     _MODEL_DIR = 'model'
     _RESTART_DIR = 'restart'
     _CHECKPOINT_DIR = 'checkpoint'
-    _MODEL_FILES = ('config.json', 'arrays.safetensors')
+    _MODEL_FILES = ('config.json', 'arrays.safetensors', 'training.json')  # training.json: what made the model
 
     @classmethod
     def define(cls, spec):

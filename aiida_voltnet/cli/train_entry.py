@@ -64,6 +64,8 @@ SETTINGS_KEYS = ('members', 'train_overrides', 'device', 'featurizer_options', '
 #: Settings that do not change the trained model's identity (a checkpoint written on a GPU may resume on a CPU).
 NOT_IDENTITY = ('device',)
 CHECKPOINT_DIR = 'checkpoint'
+#: Beside a complete model: what identifies the training that made it (as a checkpoint's state records it).
+TRAINING_FILE = 'training.json'
 #: Keyword arguments of ``TrainingCheckpoint`` set from the command line (see ``main``).
 CHECKPOINT_OPTIONS = ('every_epochs', 'every_seconds', 'max_seconds', 'stop_after_epochs', 'stop_after_members')
 
@@ -92,26 +94,24 @@ def _finish(output: pathlib.Path, status: str, message: str = '', **extra) -> in
     return STATUS_EXIT[status]
 
 
-def _resumable(resume: pathlib.Path | None, config: dict):
-    """The model saved under ``resume`` when it is complete and matches ``config``; otherwise None."""
+def _resumable(resume: pathlib.Path | None, training: dict):
+    """The model saved under ``resume`` when it is complete and its ``training.json`` is ``training`` (featurizer,
+    model, seed, settings and the records' sha256, as a checkpoint's); otherwise None. A model of another
+    dataset or other settings must not become this job's output."""
     from aiida_voltnet.ml.models import VoltageModel
 
     if resume is None or not (resume / 'config.json').is_file():
         return None
     try:
         model = VoltageModel.load(resume)
+        recorded = json.loads((resume / TRAINING_FILE).read_text())
     except Exception as exception:  # noqa: BLE001 - an unusable checkpoint means: train again
         LOGGER.warning('checkpoint %s is unusable (%s); training from scratch', resume, exception)
         return None
-    saved = json.loads((resume / 'config.json').read_text())
-    metadata = saved.get('metadata', {})
-    expected = {'model_name': config['model'], 'seed': config['seed'],
-                'target': config['settings'].get('target', 'average_voltage')}
-    found = {'model_name': saved.get('model_name'), 'seed': metadata.get('seed'),
-             'target': metadata.get('target', 'average_voltage')}
-    if found != expected or saved.get('featurizer', {}).get('name') not in (config['featurizer'], None):
-        LOGGER.warning('checkpoint %s belongs to another training (%s, expected %s); training from scratch',
-                       resume, found, expected)
+    if recorded != training:
+        differ = sorted(key for key in set(recorded) | set(training) if recorded.get(key) != training.get(key))
+        LOGGER.warning('checkpoint %s belongs to another training (it differs in %s); training from scratch',
+                       resume, ', '.join(differ))
         return None
     return model
 
@@ -195,7 +195,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             rejected = str(exception)
             LOGGER.warning('not resuming: %s; training from scratch', exception)
     elif resume is not None:
-        model = _resumable(resume, config)
+        model = _resumable(resume, training)
         if model is None:
             rejected = f'{resume} holds no usable checkpoint or complete model of this training'
     reused_model = model is not None
@@ -229,9 +229,10 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     model_dir = output / 'model'
     if not reused_model:
         model.save(model_dir)
+        (model_dir / TRAINING_FILE).write_text(json.dumps(training, indent=1, sort_keys=True))
     elif resume.resolve() != model_dir.resolve():
         model_dir.mkdir(exist_ok=True)
-        for name in ('config.json', 'arrays.safetensors'):
+        for name in ('config.json', 'arrays.safetensors', TRAINING_FILE):
             shutil.copyfile(resume / name, model_dir / name)
     LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
     mean, _ = model.predict(records)

@@ -31,7 +31,7 @@ def _main(path):
 def test_ok_writes_model_metrics_status(workdir):
     path = workdir()
     assert _main(path) == 0
-    assert {p.name for p in (path / 'model').iterdir()} == {'config.json', 'arrays.safetensors'}
+    assert {p.name for p in (path / 'model').iterdir()} == {'config.json', 'arrays.safetensors', 'training.json'}
     assert json.loads((path / 'status.json').read_text())['status'] == 'OK'
     assert json.loads((path / 'metrics.json').read_text())['train']['n'] == 30
 
@@ -79,4 +79,25 @@ def test_resume_reuses_a_matching_checkpoint(workdir, monkeypatch):
     monkeypatch.undo()
     path = workdir(resume=str(checkpoint), seed=1)  # another seed: the checkpoint is not this training's
     assert _main(path) == 0
+    assert json.loads((path / 'metrics.json').read_text())['resumed'] is False
+
+
+def test_a_complete_model_of_other_records_or_settings_is_not_reused(workdir, tmp_path):
+    """Model name, seed and featurizer alike, but trained on other records or with other settings: reusing it
+    would store a model of dataset A as the output of a job on dataset B."""
+    path = workdir()
+    assert _main(path) == 0
+    checkpoint = path / 'restart'
+    (path / 'model').rename(checkpoint)
+    records = json.loads((path / 'records.json').read_text())
+    (path / 'records.json').write_text(json.dumps(records[:25] if isinstance(records, list) else
+                                                  {**records, 'records': records['records'][:25]}))
+    assert _main(workdir(resume=str(checkpoint))) == 0
+    metrics = json.loads((path / 'metrics.json').read_text())
+    assert metrics['resumed'] is False and metrics['train']['n'] == 25
+    (path / 'model').rename(path / 'restart25')
+    assert _main(workdir(resume=str(path / 'restart25'), settings={'featurizer_options': {}})) == 0
+    assert json.loads((path / 'metrics.json').read_text())['resumed'] is False
+    (path / 'restart25' / 'training.json').unlink()  # no record of what made it: not reused either
+    assert _main(workdir(resume=str(path / 'restart25'))) == 0
     assert json.loads((path / 'metrics.json').read_text())['resumed'] is False
