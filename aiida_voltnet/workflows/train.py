@@ -13,6 +13,7 @@ from aiida.engine import ToContext, WorkChain, if_
 
 from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, evaluate_model, split_dataset, train_model
+from aiida_voltnet.calculations.report import report_drop_unseen_ions
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 
@@ -70,10 +71,15 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         spec.output('metrics', valid_type=orm.Dict, help='Metrics of the model on the held-out test records.')
         spec.output('dataset', valid_type=ElectrodeDataset, help='All records (assembled from `csv` or as given).')
         spec.output('train_dataset', valid_type=ElectrodeDataset, help='The records the model was trained on.')
-        spec.output('test_dataset', valid_type=ElectrodeDataset, help='The held-out records it was evaluated on.')
+        spec.output('test_dataset', valid_type=ElectrodeDataset,
+                    help='The held-out records it was evaluated on (but for any of a working ion that no training '
+                         'record had: those are left out of the metrics, with a report).')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
         spec.exit_code(310, 'ERROR_TRAINING_JOB_FAILED',
                        message='The training job through `train_code` failed: {message}')
+        spec.exit_code(320, 'ERROR_NOTHING_TO_EVALUATE',
+                       message='The model (an output) was trained, but no test record has a working ion it was '
+                               'trained on: {message}')
 
     @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
@@ -144,6 +150,9 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         if error:
             return error
         self.ctx.train_dataset, self.ctx.test_dataset = result['train'], result['test']
+        self.out('dataset', dataset)
+        self.out('train_dataset', self.ctx.train_dataset)
+        self.out('test_dataset', self.ctx.test_dataset)
         self.report(f'split {dataset.n_records} records into {self.ctx.train_dataset.n_records} training and '
                     f'{self.ctx.test_dataset.n_records} test records')
         return None
@@ -154,6 +163,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         self.ctx.model, error = self._call(train_model, 'train', dataset=self.ctx.train_dataset, **inputs)
         if error:
             return error
+        self.out('model', self.ctx.model)  # whatever the evaluation then says, the trained model is an output
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]}')
         return None
@@ -182,13 +192,26 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             self.report(message)
             return self.exit_codes.ERROR_TRAINING_JOB_FAILED.format(message=message)
         self.ctx.model = node.outputs.model
+        self.out('model', self.ctx.model)
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]} through {self.inputs.train_code.full_label}')
         return None
 
     def evaluate(self):
-        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', model=self.ctx.model,
-                                             dataset=self.ctx.test_dataset)
+        """Metrics on the test records; those of a working ion that no training record had (a rare ion whose few
+        frameworks all fell on the test side of the split) cannot be predicted and are left out, with a report."""
+        test = self.ctx.test_dataset
+        unseen = sorted(set(test.working_ions) - set(self.ctx.train_dataset.working_ions))
+        if unseen:
+            if set(test.working_ions) <= set(unseen):
+                return self.exit_codes.ERROR_NOTHING_TO_EVALUATE.format(
+                    message=f'test ions {", ".join(test.working_ions)}, training ions '
+                            f'{", ".join(self.ctx.train_dataset.working_ions)}')
+            test = report_drop_unseen_ions(test=test, train=self.ctx.train_dataset,
+                                           metadata={'call_link_label': 'drop_unseen_ions'})
+            self.report(f'left out of the evaluation: {self.ctx.test_dataset.n_records - test.n_records} test '
+                        f'record(s) of working ion(s) {", ".join(unseen)}, which no training record had')
+        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', model=self.ctx.model, dataset=test)
         if error:
             return error
         metrics = self.ctx.metrics.get_dict()
@@ -196,8 +219,4 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         return None
 
     def results(self):
-        self.out('model', self.ctx.model)
         self.out('metrics', self.ctx.metrics)
-        self.out('dataset', self.ctx.dataset)
-        self.out('train_dataset', self.ctx.train_dataset)
-        self.out('test_dataset', self.ctx.test_dataset)

@@ -93,6 +93,33 @@ def test_train_workchain_from_dataset(trained):
     assert results['test_dataset'].n_records == 45
 
 
+def test_train_workchain_leaves_out_test_records_of_an_ion_it_never_trained_on(trained):
+    """A rare ion whose one framework falls on the test side: the evaluation refused the whole test set and the
+    chain failed after training, without its model. Now those records are left out (with a report), and a test set
+    of nothing but such records ends with an exit code, the model still an output."""
+    from aiida_voltnet.data.dataset import ElectrodeDataset
+    from aiida_voltnet.ml.splits import make_split
+
+    records = [r for r in trained.dataset.records() if r.working_ion in ('Li', 'Ca')]
+    ca = [r for r in records if r.working_ion == 'Ca']
+    records = [r for r in records if r.working_ion == 'Li'] + ca[:1]
+    seed = next(s for s in range(100) if len(records) - 1 in make_split(records, 'grouped', seed=s)[1])
+    dataset = ElectrodeDataset(records)
+    results, node = run_get_node(TrainWorkChain, dataset=dataset, split={'seed': orm.Int(seed)},
+                                 train={'model': orm.Str('krr')})
+    assert node.is_finished_ok, node.exit_message
+    metrics = results['metrics'].get_dict()
+    assert metrics['n'] == results['test_dataset'].n_records - 1 and 'Ca' not in metrics['per_ion']
+    assert any('working ion(s) Ca, which no training record had' in log.message
+               for log in orm.Log.collection.get_logs_for(node))
+    only_ca = ElectrodeDataset(records[:3] + ca[:1])
+    seed = next(s for s in range(200) if list(make_split(only_ca.records(), 'grouped', seed=s)[1]) == [3])
+    results, node = run_get_node(TrainWorkChain, dataset=only_ca, split={'seed': orm.Int(seed)},
+                                 train={'model': orm.Str('krr')})
+    assert node.exit_status == TrainWorkChain.exit_codes.ERROR_NOTHING_TO_EVALUATE.status
+    assert results['model'].training_ions == ['Li'] and 'metrics' not in results
+
+
 def test_train_workchain_refuses_bad_csv(tmp_path):
     csv = orm.SinglefileData(write_csv_with(tmp_path / 'bad.csv', 0, charge_space_group_number='0'))
     before = count_nodes()
