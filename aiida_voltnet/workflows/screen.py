@@ -77,6 +77,7 @@ class ScreenWorkChain(WorkChain):
                     help='retrain.dataset plus the verified electrodes (DFT voltage as target).')
         spec.output('retrained_model', valid_type=VoltageModelData, required=False,
                     help='The model trained on augmented_dataset.')
+        spec.exit_code(201, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='no verification could run: {message}')
         spec.exit_code(301, 'ERROR_NO_VALID_CANDIDATES', message='no candidate could be predicted: {message}')
         spec.exit_code(302, 'ERROR_ALL_VERIFICATIONS_FAILED',
                        message='every selected candidate failed its verification; see the summary output')
@@ -94,11 +95,28 @@ class ScreenWorkChain(WorkChain):
         retrain = inputs.get('retrain') or {}
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
+        if retrain:  # refused now, not after hours of pw.x
+            settings = retrain['settings'].get_dict() if 'settings' in retrain else {}
+            try:
+                functions._train_arguments(functions._value(retrain.get('featurizer', 'leakfree')),
+                                           functions._value(retrain.get('model', 'voltnet')), settings)
+            except Exception as exception:  # noqa: BLE001 - the message names the setting
+                return f'retrain: {type(exception).__name__}: {exception}'
+            target = settings.get('target', 'average_voltage')
+            missing = [r.battery_id for r in functions.dataset_records(retrain['dataset']) if getattr(r, target) is None]
+            if missing:
+                return f'retrain.dataset: {len(missing)} record(s) have no {target} to train on, e.g. {missing[0]}'
         return None
 
     # -- outline -------------------------------------------------------------------------------------------------------
     def setup(self):
-        """Leave out, with the reason, every candidate the model cannot predict; the rest go on."""
+        """Check that verifications can run at all (the pseudopotential family and its cutoffs); leave out, with the
+        reason, every candidate the model cannot predict; the rest go on."""
+        verify = self._verify_inputs()
+        try:
+            load_pseudo_family(verify['pseudo_family'].value, verify['settings']['cutoff_stringency'])
+        except ValueError as exception:
+            return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message=str(exception))
         self.ctx.outcomes = {}
         self.ctx.valid = {}
         self.ctx.dft_voltages = {}

@@ -30,15 +30,26 @@ RELAX_TYPES = ('none', 'positions', 'positions_cell')
 
 
 # -- building the pw.x work chains -----------------------------------------------------------------------------------
-def load_pseudo_family(label: str):
-    """The aiida-pseudo family ``label``. :raises ValueError: naming the command that installs it."""
+def load_pseudo_family(label: str, stringency: str | None = None):
+    """The aiida-pseudo family ``label``; with ``stringency``, one that recommends cutoffs at that stringency.
+
+    :raises ValueError: naming the command that installs the family, or the stringencies it has.
+    """
     from aiida_pseudo.groups.family import PseudoPotentialFamily
 
     families = orm.QueryBuilder().append(PseudoPotentialFamily, filters={'label': label}).all(flat=True)
     if len(families) != 1:
         raise ValueError(f'pseudopotential family {label!r} is not installed in this profile (found {len(families)}); '
                          f'`voltnet dft-setup` installs {DEBIAN_PBESOL_FAMILY!r} from Debian\'s quantum-espresso-data')
-    return families[0]
+    family = families[0]
+    if stringency is not None:
+        if not hasattr(family, 'get_cutoff_stringencies'):
+            raise ValueError(f'pseudopotential family {label!r} recommends no cutoffs; settings.cutoff_stringency '
+                             'needs a family that does (e.g. `voltnet dft-setup`\'s)')
+        if stringency not in family.get_cutoff_stringencies():
+            raise ValueError(f'pseudopotential family {label!r} has no cutoff stringency {stringency!r} '
+                             f'(settings.cutoff_stringency); it has {", ".join(family.get_cutoff_stringencies())}')
+    return family
 
 
 def _is_magnetic_symbol(symbol: str) -> bool:
@@ -202,8 +213,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             functions.pair_record(self.inputs.charged, self.inputs.discharged, ion)
         except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names the problem
             return self.exit_codes.ERROR_HOST_MISMATCH.format(message=str(exception))
-        try:
-            family = load_pseudo_family(self.inputs.pseudo_family.value)
+        try:  # the stringency too: get_recommended_cutoffs would raise only once the ML prediction is stored
+            family = load_pseudo_family(self.inputs.pseudo_family.value, self.inputs.settings['cutoff_stringency'])
         except ValueError as exception:
             return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message=str(exception))
         self.ctx.cells = {'charged': self.inputs.charged, 'discharged': self.inputs.discharged}

@@ -90,6 +90,27 @@ def test_screen_fails_cleanly_when_no_candidate_can_be_predicted(pw, small_model
     assert 'host frameworks differ' in node.exit_message
 
 
+def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
+    """Bad retrain settings are refused at launch, an unusable cutoff stringency before any prediction: both
+    used to fail only once the verifications had run."""
+    model, dataset = small_model
+    coo2, licoo2 = layered_oxide_pair('Co')
+    settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
+    candidates = {'LiCoO2': _pair(coo2, licoo2)}
+    with pytest.raises(ValueError, match="retrain: ValueError: unknown model 'nonexistent'"):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict(settings)},
+                     retrain={'dataset': dataset, 'model': orm.Str('nonexistent')})
+    with pytest.raises(ValueError, match='unknown training setting'):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict(settings)},
+                     retrain={'dataset': dataset, 'settings': orm.Dict({'bogus': 1})})
+    _, node = run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                           verify={'code': pw, 'settings': orm.Dict({**settings, 'cutoff_stringency': 'sssp'})})
+    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.status
+    assert "no cutoff stringency 'sssp'" in node.exit_message and not node.called
+
+
 def test_screen_reports_when_every_verification_fails(pw, small_model):
     """Only LiFePO4 (no P pseudopotential) is selected: exit 302, and the summary still says why."""
     from aiida_voltnet.workflows.quickstart import shipped_structure_pairs

@@ -102,6 +102,19 @@ def test_verify_names_the_element_without_pseudopotential(pw):
     assert _pw_jobs() == before
 
 
+def test_verify_refuses_a_cutoff_stringency_the_family_lacks(pw, small_model):
+    """Checked in setup: it raised inside the DFT step, after the ML prediction was stored."""
+    model, _ = small_model
+    charged, discharged = layered_oxide_pair('Co')
+    before = _pw_jobs()
+    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(
+        pw, charged, discharged, 'Li', protocol='ci', overrides={'model': model,
+                                                                'settings': {'cutoff_stringency': 'sssp'}}))
+    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.status
+    assert "has no cutoff stringency 'sssp' (settings.cutoff_stringency); it has" in node.exit_message
+    assert not node.called and _pw_jobs() == before
+
+
 def test_verify_reports_a_failed_pw_run(pw):
     """Two Li atoms on the same site: pw.x stops with 'atoms 1 and 2 overlap'; the exit code names the cell."""
     charged, discharged = layered_oxide_pair('Co')
