@@ -178,7 +178,13 @@ def assemble_dataset_from_mp(query: orm.Dict):
 
     :param query: the query: any of ``working_ion``, ``elements``, ``battery_ids``, ``max_entries``.
     :returns: an ``ElectrodeDataset`` with ``mp_database_version`` and the material ids in ``mp_provenance.json``.
+
+    Never a cache source: the same query gives what the live database holds on the day (its hash is only the
+    query), so with caching enabled a re-run must fetch again, not clone an old dataset.
     """
+    from aiida.engine import Process
+
+    Process.current().node.base.caching.is_valid_cache = False
     records, provenance = fetch_mp_electrodes(**_mp_arguments(query.get_dict()))
     return ElectrodeDataset(records, source='materials_project', mp_provenance=provenance)
 

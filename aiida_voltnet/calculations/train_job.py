@@ -85,7 +85,7 @@ class VoltnetTrainCalculation(CalcJob):
     """Train a voltage model (featurizer + regressor ensemble) on an ``ElectrodeDataset`` on a (GPU) computer."""
 
     #: Bump when the files written by ``prepare_for_submission`` or the meaning of the outputs change.
-    CACHE_VERSION = 2
+    CACHE_VERSION = 3  # 3: model/training.json retrieved (what made the model, checked before a restart reuses it)
 
     _CONFIG = 'config.json'
     _RECORDS = 'records.json'

@@ -144,6 +144,14 @@ def test_assemble_from_mp(monkeypatch):
     assert dataset.source == 'materials_project' and dataset.mp_database_version == '2025.09.25'
     assert dataset.base.attributes.get('mp_n_material_ids') == 2
     assert 'x' * 32 not in str(dataset.creator.inputs.query.get_dict())
+    # the live database changes under the same query: with caching on, the query runs again (no cloned dataset)
+    from aiida.manage.caching import enable_caching
+
+    seen.clear()
+    with enable_caching(identifier='aiida.calculations:voltnet.assemble_dataset_from_mp'):
+        again = F.assemble_dataset_from_mp({'max_entries': 4})
+    assert seen == {'max_entries': 4} and again.creator.base.caching.get_cache_source() is None
+    assert again.creator.base.caching.get_hash() == dataset.creator.base.caching.get_hash()  # a cache hit otherwise
 
 
 # -- bad input: a clear error and no new node ------------------------------------------------------------------------
