@@ -308,16 +308,20 @@ def _train_arguments(featurizer, model, settings) -> dict:
     return {'featurizer': featurizer, 'model': model, **settings}
 
 
+def check_training_targets(dataset: ElectrodeDataset, settings: dict) -> str | None:
+    """Why ``dataset`` cannot be trained on with ``settings`` (records without the target value), or None."""
+    target = settings.get('target', 'average_voltage')
+    missing = [r.battery_id for r in dataset_records(dataset) if getattr(r, target) is None]
+    if missing:
+        return f'{len(missing)} record(s) have no {target} to train on, e.g. {", ".join(missing[:3])}'
+    return None
+
+
 def _validate_train(inputs):
     settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
     _train_arguments(_value(inputs['featurizer']), _value(inputs['model']), settings)
     resolve_device(settings.get('device', 'auto'))  # train_model trains here: CUDA must be present if asked for
-    records = dataset_records(inputs['dataset'])
-    target = settings.get('target', 'average_voltage')
-    missing = [r.battery_id for r in records if getattr(r, target) is None]
-    if missing:
-        return f'{len(missing)} record(s) have no {target} to train on, e.g. {", ".join(missing[:3])}'
-    return None
+    return check_training_targets(inputs['dataset'], settings)
 
 
 @_validated_by(_validate_train)

@@ -67,7 +67,8 @@ def validate_restart_folder(folder, _ctx=None):
 
 
 def validate_inputs(inputs, _ctx=None):
-    """Featurizer, model and settings must be known (the same checks as ``train_model``), before anything runs."""
+    """Featurizer, model and settings must be known and every record must have the target (the same checks as
+    ``train_model``), before the job waits in a queue only to fail remotely."""
     from aiida_voltnet.calculations import functions
 
     try:
@@ -76,6 +77,8 @@ def validate_inputs(inputs, _ctx=None):
         # computer's business (the script checks it there)
         functions._train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')),
                                    settings)
+        if 'dataset' in inputs:
+            return functions.check_training_targets(inputs['dataset'], settings)
     except Exception as exception:  # noqa: BLE001 - the message names the problem
         return f'{type(exception).__name__}: {exception}'
     return None

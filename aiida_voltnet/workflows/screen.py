@@ -102,10 +102,9 @@ class ScreenWorkChain(WorkChain):
                                            functions._value(retrain.get('model', 'voltnet')), settings)
             except Exception as exception:  # noqa: BLE001 - the message names the setting
                 return f'retrain: {type(exception).__name__}: {exception}'
-            target = settings.get('target', 'average_voltage')
-            missing = [r.battery_id for r in functions.dataset_records(retrain['dataset']) if getattr(r, target) is None]
-            if missing:
-                return f'retrain.dataset: {len(missing)} record(s) have no {target} to train on, e.g. {missing[0]}'
+            message = functions.check_training_targets(retrain['dataset'], settings)
+            if message:
+                return f'retrain.dataset: {message}'
         return None
 
     # -- outline -------------------------------------------------------------------------------------------------------

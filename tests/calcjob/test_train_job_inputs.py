@@ -151,6 +151,24 @@ def test_bad_settings_are_refused_before_anything_runs(slurm_code, dataset_60, s
         run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, settings=orm.Dict(settings))
 
 
+def test_records_without_the_target_are_refused_before_the_queue(slurm_code, dataset_60):
+    """A dataset of candidates (no voltage) waited in the queue and failed remotely; now refused at launch."""
+    import dataclasses
+
+    from aiida.engine import run
+
+    from aiida_voltnet.data.dataset import ElectrodeDataset
+
+    records = list(dataset_60.records())
+    candidates = ElectrodeDataset([dataclasses.replace(records[0], average_voltage=None, steps=(), num_steps=None)]
+                                  + records[1:5]).store()
+    with pytest.raises(ValueError, match=f'1 record.s. have no average_voltage to train on, e.g. {records[0].battery_id}'):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=candidates)
+    with pytest.raises(ValueError, match='1 record.s. have no max_delta_volume to train on'):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=candidates,
+            settings=orm.Dict({'target': 'max_delta_volume'}))
+
+
 def test_unknown_model_is_refused(slurm_code, dataset_60):
     from aiida.engine import run
 
