@@ -78,7 +78,9 @@ def verify(model_id, pair, protocol, code_label, profile):
     from aiida_voltnet.dft import layered_oxide_pair
     from aiida_voltnet.workflows.verify import VerifyWorkChain
 
-    model = _load_node(model_id, profile) if model_id else _load_profile(profile)
+    from aiida_voltnet.data.model import VoltageModelData
+
+    model = _load_node(model_id, profile, VoltageModelData) if model_id else _load_profile(profile)
     try:
         code = orm.load_code(code_label or 'pw-debian@localhost')
     except Exception as exception:  # noqa: BLE001 - NotExistent and friends

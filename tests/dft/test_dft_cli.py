@@ -34,3 +34,13 @@ def test_dft_setup_names_a_missing_pw(aiida_profile):
     result = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--pw', '/nonexistent/pw.x'])
     assert result.exit_code == 2
     assert '/nonexistent/pw.x not found: install Quantum ESPRESSO' in result.output
+
+
+def test_verify_names_a_model_pk_that_is_no_model(aiida_profile):
+    """It ended in a traceback deep inside the work chain's port validation."""
+    from aiida import orm
+
+    node = orm.Int(5).store()
+    result = CliRunner().invoke(cli, ['verify', '--model', str(node.pk), '--profile', aiida_profile.name])
+    assert result.exit_code == 2, result.output
+    assert f'node {str(node.pk)!r} is a Int<{node.pk}>, not a VoltageModelData' in result.output
