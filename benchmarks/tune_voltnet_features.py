@@ -1,5 +1,6 @@
 """Candidate extra feature blocks for the leak-free featurizer, scored like ``tune_voltnet.py``: on validation rows
-only (the inner 90/10 split of each seed's training rows), never the test rows.
+only (``--protocol``: the tuning pool by default; the tables in docs/results.md used ``seed-train``, the inner 90/10
+split of each seed's training rows), never the seed's own test rows.
 
 Blocks, each appended to the leak-free features of the same rows:
 
@@ -35,7 +36,7 @@ import numpy as np
 import scipy.constants
 from pymatgen.core import Composition, Element
 from pymatgen.symmetry.groups import SpaceGroup
-from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, leakfree_arrays, validation_splits
+from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, PROTOCOLS, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml import featurizers
 from aiida_voltnet.ml.models import GradientBoostedTrees
@@ -218,6 +219,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
+    parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
+                        help='validation rows: pool (outside every benchmark test set, default) or '
+                             'seed-train (the protocol of the earlier tables; see tune_voltnet.py)')
     parser.add_argument('--candidates', nargs='*', default=list(CANDIDATES_FEATURES))
     args = parser.parse_args()
     logging.disable(logging.WARNING)
@@ -231,7 +235,7 @@ def main():
     print(f'oxidation-state guesses: {len(_GUESSES)} distinct compositions in {guessed:.1f} s '
           f'({guessed / len(_GUESSES) * 1e3:.2f} ms each), none found for {missing}', flush=True)
     table: dict[str, dict[int, float]] = {name: {} for name in args.candidates}
-    for seed, inner, val in validation_splits(records, args.seeds):
+    for seed, inner, val in validation_splits(records, args.seeds, args.protocol):
         X, y, X_val, y_val = leakfree_arrays(inner, val)
         for name in args.candidates:
             changes, names = CANDIDATES_FEATURES[name]
