@@ -72,6 +72,21 @@ CANDIDATES = {
     'squared': ({'loss': 'squared_error'}, BASE_MEMBERS),
     'squared_leaf10_lr0.1x500': ({'loss': 'squared_error', 'min_samples_leaf': 10, 'learning_rate': 0.1,
                                   'max_iter': 500}, BASE_MEMBERS),
+    # round 5 (2026-12-03), the first on the tuning pool (--protocol pool): after the pool re-run confirmed the
+    # round-2 winner leaf10_lr0.1x500 (voltnet_large) on rows outside every test set, steps around it
+    'leaf5_lr0.1x500': ({'min_samples_leaf': 5, 'learning_rate': 0.1, 'max_iter': 500}, BASE_MEMBERS),
+    'leaf10_lr0.1x500_leaves63': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500,
+                                   'max_leaf_nodes': 63}, BASE_MEMBERS),
+    'leaf10_lr0.1x500_l2_1': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500,
+                               'l2_regularization': 1.0}, BASE_MEMBERS),
+    'leaf10_lr0.1x750': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 750}, BASE_MEMBERS),
+    'leaf10_lr0.1x500_feat0.7': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500,
+                                  'max_features': 0.7}, BASE_MEMBERS),
+    # round 5b: the round-5 direction at about the default's cost (at most 1.25x its 1,250 trees, so that
+    # prediction throughput and the report's time budget hold), for a new default
+    'leaf5_lr0.1x500_m3': ({'min_samples_leaf': 5, 'learning_rate': 0.1, 'max_iter': 500}, 3),
+    'leaf10_lr0.1x500_m3': ({'min_samples_leaf': 10, 'learning_rate': 0.1, 'max_iter': 500}, 3),
+    'leaf5_lr0.15x300': ({'min_samples_leaf': 5, 'learning_rate': 0.15, 'max_iter': 300}, BASE_MEMBERS),
 }
 
 
