@@ -318,8 +318,9 @@ def check_training_targets(dataset: ElectrodeDataset, settings: dict) -> str | N
 
 
 def _validate_train(inputs):
+    """``train_model``'s checks; also of a namespace exposing its ports without defaults (a screen's ``retrain``)."""
     settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
-    _train_arguments(_value(inputs['featurizer']), _value(inputs['model']), settings)
+    _train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')), settings)
     resolve_device(settings.get('device', 'auto'))  # train_model trains here: CUDA must be present if asked for
     return check_training_targets(inputs['dataset'], settings)
 

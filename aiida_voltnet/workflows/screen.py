@@ -95,16 +95,13 @@ class ScreenWorkChain(WorkChain):
         retrain = inputs.get('retrain') or {}
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
-        if retrain:  # refused now, not after hours of pw.x
-            settings = retrain['settings'].get_dict() if 'settings' in retrain else {}
+        if retrain:  # train_model's own checks, now rather than after hours of pw.x
             try:
-                functions._train_arguments(functions._value(retrain.get('featurizer', 'leakfree')),
-                                           functions._value(retrain.get('model', 'voltnet')), settings)
+                message = functions._validate_train(retrain)
             except Exception as exception:  # noqa: BLE001 - the message names the setting
                 return f'retrain: {type(exception).__name__}: {exception}'
-            message = functions.check_training_targets(retrain['dataset'], settings)
             if message:
-                return f'retrain.dataset: {message}'
+                return f'retrain: {message}'
         return None
 
     # -- outline -------------------------------------------------------------------------------------------------------
