@@ -5,12 +5,13 @@ shuffle=True)``, Adam(lr=5e-3), MSE, full ``nn.MultiheadAttention``.
 Ours: the same network, parameters and optimizer (Adam 5e-3, fused into one kernel); one ``randperm`` per epoch
 slicing device tensors; the exact single-token form of the attention (softmax over one key is 1), the trunk
 channels-last ``(batch, length, channels)`` with its convolutions computed as matrix products (batch norms over
-contiguous rows), dropout masks from ``torch.rand``, and on CPU every float32 product (forward and backward)
-through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
-``aiida_voltnet.ml.networks.cpu_linear``), the FFN's first product with its ReLU as a oneDNN post-op, and the
-backward's temporaries (transposed copies, the ReLU-masked gradient) in buffers reused from step to step. The forward math is the same function: the script prints the largest
-output difference on identical weights (float summation order only, ~1e-6). "ours, aten::mm" is the same loop
-with torch's own products, to show what each part gives.
+contiguous rows), dropout masks from ``torch.rand``, and on an AVX-512 CPU every float32 product (forward and
+backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
+``aiida_voltnet.ml.networks.cpu_linear``, chosen by ``networks.cpu_products``), the FFN's first product with its
+ReLU as a oneDNN post-op, and the backward's temporaries (transposed copies, the ReLU-masked gradient) in buffers
+reused from step to step; on an AVX2 CPU torch's own products, which are faster there. The forward math is the
+same function: the script prints the largest output difference on identical weights (float summation order
+only, ~1e-6). The row "ours, aten::mm" or "ours, oneDNN" is the same loop with the other library's products.
 
 Also measured in the same run:
 
@@ -42,7 +43,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from aiida_voltnet.ml.networks import MHAResNet, cpu_linear, fast_mha_resnet
+from aiida_voltnet.ml.networks import MHAResNet, cpu_linear, cpu_products, fast_mha_resnet
 from aiida_voltnet.ml.training import forward_precision, resolve_device
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
@@ -163,8 +164,12 @@ def main():
     torch.manual_seed(0)
     base = MHAResNet(X.shape[1])
     seed_model = copy.deepcopy(base).to(device)
-    ours = fast_mha_resnet(copy.deepcopy(base)).to(device)
-    ours_mm = fast_mha_resnet(copy.deepcopy(base), onednn=False).to(device)
+    # ours: the products cpu_products() chooses for this CPU (what training uses); the other library's as a row too
+    chosen = cpu_products() if device.type == 'cpu' else 'aten'
+    other = 'aten' if chosen == 'onednn' else 'onednn'
+    other_label = {'aten': 'ours, aten::mm', 'onednn': 'ours, oneDNN'}[other]
+    ours = fast_mha_resnet(copy.deepcopy(base), onednn=chosen == 'onednn').to(device)
+    ours_other = fast_mha_resnet(copy.deepcopy(base), onednn=other == 'onednn').to(device)
 
     # Same forward math: identical outputs on identical weights (eval mode, so dropout is off).
     Xt = torch.as_tensor(X, device=device)
@@ -179,17 +184,18 @@ def main():
                         batch_size=512, shuffle=True)
     opt_seed = torch.optim.Adam(seed_model.parameters(), lr=5e-3)
     opt_ours = torch.optim.Adam(ours.parameters(), lr=5e-3, fused=True)
-    opt_mm = torch.optim.Adam(ours_mm.parameters(), lr=5e-3, fused=True)
+    opt_other = torch.optim.Adam(ours_other.parameters(), lr=5e-3, fused=True)
     yt = torch.as_tensor(y, device=device)
     generator = torch.Generator().manual_seed(0)
-    generator_mm = torch.Generator().manual_seed(0)
+    generator_other = torch.Generator().manual_seed(0)
     run_seed = lambda: seed_style_epoch(seed_model, loader, opt_seed, criterion)  # noqa: E731
     run_ours = lambda: our_epoch(ours, Xt, yt, opt_ours, criterion, generator)  # noqa: E731
     runs = {'seed-style': run_seed, 'ours': run_ours,
-            'ours, aten::mm': lambda: our_epoch(ours_mm, Xt, yt, opt_mm, criterion, generator_mm)}
+            other_label: lambda: our_epoch(ours_other, Xt, yt, opt_other, criterion, generator_other)}
     if not args.no_bf16:
         bf16 = copy.deepcopy(ours)  # a copy of the same initial network, so the fp32 rows are unaffected
-        fast_mha_resnet(bf16)  # deepcopy keeps the partials bound to the original modules: re-route to the copy
+        fast_mha_resnet(bf16, onednn=chosen == 'onednn')  # deepcopy keeps the partials bound to the original
+        # modules: re-route to the copy
         opt_bf16 = torch.optim.Adam(bf16.parameters(), lr=5e-3, fused=True)
         generator_bf16 = torch.Generator().manual_seed(0)
         runs['ours, bf16'] = lambda: our_epoch(bf16, Xt, yt, opt_bf16, criterion, generator_bf16, bf16=True)  # noqa: E731
@@ -215,15 +221,19 @@ def main():
         commit = '?'
     print(f'MHA-ResNet epoch time, {len(X)} rows x {X.shape[1]} PCA features, batch 512, device {name}, '
           f'torch {torch.__version__}, commit {commit}')
+    capability = torch.backends.cpu.get_cpu_capability()
     print(f'max |output difference| seed-style vs ours on identical weights: {diff:.2e}')
+    if device.type == 'cpu':
+        print(f'ours: float32 products through {"oneDNN" if chosen == "onednn" else "aten::mm"} '
+              f'(networks.cpu_products() for CPU capability {capability}); "{other_label}": the other library')
     floor = flops / rate
     print(f'float32 512 x 512 x 2048 products: aten::mm {rate_mm / 1e9:.0f} GFLOP/s, '
           f'cpu_linear {rate_onednn / 1e9:.0f} GFLOP/s')
-    print(f'{"loop":<15} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18} {"vs seed-style":>14}')
+    print(f'{"loop":<16} {"median s/epoch":>15} {"min":>8} {"max":>8} {"1000 epochs (min)":>18} {"vs seed-style":>14}')
     for label, t in times.items():
-        print(f'{label:<15} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f} '
+        print(f'{label:<16} {np.median(t):15.3f} {t.min():8.3f} {t.max():8.3f} {np.median(t) * 1000 / 60:18.1f} '
               f'{np.median(t_seed) / np.median(t):13.2f}x')
-    print(f'{"fp32 floor":<15} {floor:15.3f} {"":>8} {"":>8} {floor * 1000 / 60:18.1f} '
+    print(f'{"fp32 floor":<16} {floor:15.3f} {"":>8} {"":>8} {floor * 1000 / 60:18.1f} '
           f'{np.median(t_seed) / floor:13.2f}x   ({flops / 1e9:.1f} GFLOP per epoch at the measured '
           f'{rate / 1e9:.0f} GFLOP/s float32 matrix-product rate)')
     print(f'speed-up (median seed-style / median ours): {np.median(t_seed) / np.median(t_ours):.2f}x; '

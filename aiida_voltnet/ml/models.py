@@ -23,7 +23,7 @@ from safetensors.numpy import load_file
 from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
-from .networks import build_network, fast_mha_resnet, linears_on_onednn
+from .networks import build_network, cpu_products, fast_mha_resnet, linears_on_onednn
 from .records import ElectrodeDataError, ElectrodeRecord, file_sha256, write_files_atomically
 from .training import TrainConfig, parse_device, predict_network, train_network
 
@@ -79,10 +79,10 @@ class TorchRegressor(Regressor):
     def _build(self, n_features: int):
         self.module = build_network(self.hyper['architecture'], n_features, **self.hyper['network'])
         # Same parameters and outputs (float summation order aside), faster on CPU: MHA-ResNet's exact fast forms,
-        # and every network's float32 CPU products through oneDNN (networks.cpu_linear)
+        # and on AVX-512 CPUs every network's float32 CPU products through oneDNN (networks.cpu_products)
         if self.hyper['architecture'] == 'mha_resnet':
             fast_mha_resnet(self.module)
-        else:
+        elif cpu_products() == 'onednn':
             linears_on_onednn(self.module)
         self.n_features = n_features
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import threading
 
 import torch
@@ -9,7 +10,8 @@ from torch import nn
 
 __all__ = ['Bottleneck', 'SeedResNet', 'TransformerBlock', 'MHAResNet', 'MLP', 'LSTMRegressor', 'ResidualMLP',
            'build_network', 'NETWORKS', 'attention_as_linear',
-           'convolutions_as_matmul', 'fast_mha_resnet', 'cpu_linear', 'onednn_linear_available', 'linears_on_onednn']
+           'convolutions_as_matmul', 'fast_mha_resnet', 'cpu_linear', 'onednn_linear_available', 'linears_on_onednn',
+           'cpu_products', 'CPU_PRODUCTS_ENV']
 
 
 def _onednn_linear_op():
@@ -28,6 +30,34 @@ _ONEDNN_LINEAR = _onednn_linear_op()
 
 def onednn_linear_available() -> bool:
     return _ONEDNN_LINEAR is not None
+
+
+#: Environment variable that overrides :func:`cpu_products`' choice: ``onednn`` or ``aten``.
+CPU_PRODUCTS_ENV = 'VOLTNET_CPU_PRODUCTS'
+
+
+def cpu_products() -> str:
+    """Which library computes the float32 CPU products of our networks' training: ``'onednn'``
+    (:func:`cpu_linear`) or ``'aten'`` (torch's own ``nn.functional.linear``, MKL in the x86 wheels).
+
+    oneDNN where the CPU runs AVX-512 (``torch.backends.cpu.get_cpu_capability()``), since MKL runs its AVX2
+    kernels on AMD's AVX-512 CPUs; torch's own products elsewhere, since with AVX2 the two libraries' kernels are
+    level and oneDNN's path pays for contiguous transposed copies that torch's BLAS calls avoid. Measured with
+    ``benchmarks/epoch_speed.py`` (MHA-ResNet epoch, docs/results.md): on Zen 5 (AVX-512) oneDNN 2.61x against
+    1.48x for torch's products, on Zen 4 (AVX-512) 1.91-2.05x against 1.73-1.91x, on Zen 3 (AVX2 only) 2.27x
+    against 2.48x. ``VOLTNET_CPU_PRODUCTS=onednn|aten`` overrides the choice (both compute the same sums; only
+    the summation order differs).
+    """
+    chosen = os.environ.get(CPU_PRODUCTS_ENV, '').strip().lower()
+    if chosen:
+        if chosen not in ('onednn', 'aten'):
+            raise ValueError(f'{CPU_PRODUCTS_ENV}={os.environ[CPU_PRODUCTS_ENV]!r}: expected "onednn" or "aten"')
+        if chosen == 'onednn' and _ONEDNN_LINEAR is None:
+            raise ValueError(f'{CPU_PRODUCTS_ENV}=onednn, but this torch build has no oneDNN linear kernel')
+        return chosen
+    if _ONEDNN_LINEAR is not None and torch.backends.cpu.get_cpu_capability().startswith('AVX512'):
+        return 'onednn'
+    return 'aten'
 
 
 def _onednn_product(a, b, bias=None):
@@ -424,12 +454,15 @@ def _dropout(module: nn.Dropout, x):
     return x * torch.rand_like(x).ge_(module.p).mul_(1 / (1 - module.p))
 
 
-def fast_mha_resnet(model: MHAResNet, onednn: bool = True) -> MHAResNet:
+def fast_mha_resnet(model: MHAResNet, onednn: bool | None = None) -> MHAResNet:
     """Same network, same parameters, same outputs (up to float summation order): single-token attention as
     a linear map, the trunk channels-last with its convolutions as matrix products (short inputs; long ones
     keep native convolutions), dropout masks from ``torch.rand`` (:func:`_dropout`: the same distribution, other
-    draws) and (``onednn``) every float32 CPU product through oneDNN (:func:`cpu_linear`).
+    draws) and (``onednn``; None: as :func:`cpu_products` chooses for this CPU) every float32 CPU product
+    through oneDNN (:func:`cpu_linear`).
     Used by our training loop; the faithful module is kept. In place; the state dict is unchanged."""
+    if onednn is None:
+        onednn = cpu_products() == 'onednn'
     linear = cpu_linear if onednn else nn.functional.linear
     attention_as_linear(model, linear)
     convolutions_as_matmul(model, linear)  # the module path, for inputs too long for the channels-last trunk
