@@ -119,6 +119,12 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
         (('predict', '--model', model, '--charged', 'LiFePO4', '--discharged', 'FePO4', '--ion', 'Li'),
          'must hold more Li per host atom than --charged LiFePO4'),
         (('report', '--out', str(tmp_path / 'r'), '--seeds', 'a,b', '--no-provenance'), '--seeds must be'),
+        (('report', '--out', str(tmp_path / 'r'), '--seeds', '-1', '--no-provenance'), '--seeds must lie in 0..'),
+        (('report', '--out', str(tmp_path / 'r'), '--epochs', '0', '--no-provenance'), "'--epochs': 0 is not in"),
+        (('train', '--data', data, '--out', str(tmp_path / 'm'), '--seed', '4294967295'), "'--seed': 4294967295"),
+        # a directory nothing can be created in (/proc), found before training, not by a traceback after it
+        (('train', '--data', data, '--out', '/proc/voltnet-model'), 'cannot write in /proc'),
+        (('predict', '--model', model, '--data', data, '--out', '/proc/p.csv'), 'cannot write in /proc'),
     ]
     for args, message in cases:
         result = run(*args, check=False)
@@ -134,6 +140,48 @@ def test_model_config_that_is_not_an_object_is_a_bad_model(trained, tmp_path):
     bad = run('predict', '--model', str(broken), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
               check=False)
     assert bad.returncode == 3 and 'expected a JSON object' in bad.stderr
+
+
+@pytest.mark.parametrize('edit, resign, message', [
+    (lambda c: c.update(metadata=None), False, '"metadata" must be a JSON object'),
+    (lambda c: c.update(members=[]), True, '"members" must be a non-empty list'),
+    (lambda c: c.update(featurizer=[]), True, 'malformed model config (TypeError'),
+    (lambda c: c['members'][0].pop('kind'), True, "malformed model config (KeyError: 'kind')"),
+])
+def test_a_structurally_edited_model_config_is_a_bad_model(trained, tmp_path, edit, resign, message):
+    """An edited config.json, re-signed (its model_version recomputed) or not, is refused with exit 3 and a
+    message, not a traceback (exit 1) or an error at prediction time."""
+    import json
+    import shutil
+
+    from aiida_voltnet.ml.models import VoltageModel
+
+    edited = tmp_path / 'edited'
+    shutil.copytree(trained / 'model', edited)
+    config = json.loads((edited / 'config.json').read_text())
+    edit(config)
+    if resign:
+        config['model_version'] = VoltageModel.version_hash(config)
+    (edited / 'config.json').write_text(json.dumps(config))
+    bad = run('predict', '--model', str(edited), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
+              check=False)
+    assert bad.returncode == 3 and message in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
+
+
+def test_one_host_framework_trains_with_an_uncalibrated_spread(tmp_path):
+    """The default ensemble's spread calibration holds out frameworks; with a single one it cannot, so the model
+    is trained without it and a warning says so (it failed with scikit-learn's message about an empty train set)."""
+    import json
+
+    lines = SHARED_CSV.read_text().splitlines()
+    same = [line for line in lines[1:] if ',CrF6,' in line][:8]
+    assert len(same) == 8
+    data = tmp_path / 'one_framework.csv'
+    data.write_text('\n'.join([lines[0], *same]) + '\n')
+    result = run('train', '--data', str(data), '--out', str(tmp_path / 'm'), '--members', '2')
+    assert 'WARNING: the uncertainty calibration needs electrodes of at least two host frameworks' in result.stderr
+    config = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    assert 'uncertainty_calibration' not in config['metadata']
 
 
 def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained, tmp_path):

@@ -295,7 +295,7 @@ def featurize(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree'):
 
 
 # -- training and evaluation ---------------------------------------------------------------------------------------
-def _train_arguments(featurizer, model, settings) -> dict:
+def _train_arguments(featurizer, model, settings, seed=0) -> dict:
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(TRAIN_SETTINGS_KEYS))
     if unknown:
@@ -303,8 +303,8 @@ def _train_arguments(featurizer, model, settings) -> dict:
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
-    check_training_options(**{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
-                              if k in settings})
+    check_training_options(seed=seed, **{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
+                                         if k in settings})
     return {'featurizer': featurizer, 'model': model, **settings}
 
 
@@ -320,7 +320,8 @@ def check_training_targets(dataset: ElectrodeDataset, settings: dict) -> str | N
 def _validate_train(inputs):
     """``train_model``'s checks; also of a namespace exposing its ports without defaults (a screen's ``retrain``)."""
     settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
-    _train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')), settings)
+    _train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')), settings,
+                     _value(inputs.get('seed', 0)))
     resolve_device(settings.get('device', 'auto'))  # train_model trains here: CUDA must be present if asked for
     return check_training_targets(inputs['dataset'], settings)
 

@@ -22,22 +22,26 @@ from . import _check_device, _check_output_path, _fail, cli
 @click.option('--profile', default=None,
               help='AiiDA profile for provenance mode (default: the default profile, else voltnet-quickstart).')
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
-@click.option('--rows', default=None, type=int, hidden=True, help='Random subsample of N rows (tests).')
-@click.option('--epochs', default=None, type=int,
+@click.option('--rows', default=None, type=click.IntRange(min=2), hidden=True, help='Random subsample of N rows (tests).')
+@click.option('--epochs', default=None, type=click.IntRange(min=1),
               help='Epochs of every torch model, on both feature sets (default: CPU budgets that fit the full '
                    'report in 60 min; the paper trains MHA-ResNet 1000 epochs: --epochs 1000 on a GPU).')
-@click.option('--folds', default=None, type=int, hidden=True, help='Cross-validation folds.')
-@click.option('--threads', default=1, show_default=True, type=int, hidden=True,
+@click.option('--folds', default=None, type=click.IntRange(min=2), hidden=True, help='Cross-validation folds.')
+@click.option('--threads', default=1, show_default=True, type=click.IntRange(min=1), hidden=True,
               help='CPU threads for torch and OpenMP (1 avoids oversubscription on a shared CPU).')
 def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs, folds, threads):
     """Reproduce the paper's Tables S1-S4 and Figs. S3-S5 with and without its target leak."""
+    from aiida_voltnet.ml.models import MAX_SEED
     from aiida_voltnet.ml.records import ElectrodeDataError
     from aiida_voltnet.report import ReportSettings, build_report
 
     try:
         seed_list = [int(s) for s in seeds.split(',')] if seeds else None
     except ValueError:
+        seed_list = None
         _fail(f'--seeds must be comma-separated integers such as 0,1,2, got {seeds!r}')
+    if seed_list is not None and not all(0 <= seed <= MAX_SEED for seed in seed_list):
+        _fail(f'--seeds must lie in 0..{MAX_SEED}, got {seeds!r}')
     _check_output_path(out, directory=True)
     _check_device(device)
     settings = ReportSettings.make(quick, seeds=seed_list, rows=rows, threads=threads,

@@ -29,6 +29,7 @@ from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'check_training_options', 'TARGETS',
+           'MAX_SEED',
            'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -670,8 +671,11 @@ class VoltageModel:
     @staticmethod
     def version_hash(config: dict[str, Any]) -> str:
         """Content hash of a saved model: weights + config (without timing metadata). This is the model version."""
+        metadata = config.get('metadata', {})
+        if not isinstance(metadata, dict):
+            raise ModelIntegrityError(f'model config: "metadata" must be a JSON object, got {type(metadata).__name__}')
         stable = {k: v for k, v in config.items() if k not in ('model_version', 'metadata')}
-        stable['metadata'] = {k: v for k, v in config.get('metadata', {}).items() if k not in ('wall_time_s',)}
+        stable['metadata'] = {k: v for k, v in metadata.items() if k not in ('wall_time_s',)}
         return _json_sha256(stable)
 
     @classmethod
@@ -692,9 +696,16 @@ class VoltageModel:
         if recorded != actual:
             raise ModelIntegrityError(f'{arrays_path}: weights file was altered (sha256 {actual[:12]}..., the model '
                                       f'recorded {str(recorded)[:12]}...)')
-        if config.get('model_version') != cls.version_hash(config):
-            raise ModelIntegrityError(f'{config_path}: config was altered after saving (model version mismatch)')
-        return cls.from_config_arrays(config, load_file(str(arrays_path)))
+        try:
+            if config.get('model_version') != cls.version_hash(config):
+                raise ModelIntegrityError(f'{config_path}: config was altered after saving (model version mismatch)')
+            return cls.from_config_arrays(config, load_file(str(arrays_path)))
+        except ModelIntegrityError:
+            raise
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exception:
+            # a config re-signed after a structural edit (a list where an object belongs, a missing key, ...)
+            raise ModelIntegrityError(f'{config_path}: malformed model config ({type(exception).__name__}: '
+                                      f'{exception})') from None
 
     @classmethod
     def from_config_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 'VoltageModel':
@@ -705,6 +716,8 @@ class VoltageModel:
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         featurizer = featurizer_from_state(config['featurizer'], prefixed('featurizer.'))
+        if not isinstance(config['members'], list) or not config['members']:
+            raise ModelIntegrityError(f'"members" must be a non-empty list, got {config["members"]!r:.80}')
         members = []
         for index, member_config in enumerate(config['members']):
             regressor_cls = REGRESSOR_KINDS[member_config['kind']]
@@ -723,14 +736,23 @@ def _where(record: ElectrodeRecord) -> str:
     return f'battery_id {record.battery_id!r}' + (f', line {record.line}' if record.line else '')
 
 
-def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage') -> None:
+#: Largest training seed: member ``i`` of an ensemble trains with seed ``seed * 1000 + i``, and numpy's and
+#: scikit-learn's seeds stop at 2**32 - 1.
+MAX_SEED = 4_000_000
+
+
+def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
+                           seed=0) -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
     integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
     knows (``auto``, ``cpu``, ``cuda[:N]``; whether CUDA is present is checked where the training runs),
-    ``target`` one of :data:`TARGETS`.
+    ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`.
 
     :raises ValueError: naming the option.
     """
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise ValueError(f'seed must be an integer in 0..{MAX_SEED} (member i of an ensemble trains with seed * 1000 '
+                         f'+ i), got {seed!r}')
     if members is not None and (not isinstance(members, int) or isinstance(members, bool) or members < 1):
         raise ValueError(f'members must be a positive integer, got {members!r}')
     if train_overrides:
@@ -761,7 +783,8 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     spec = MODEL_SPECS[model]
-    check_training_options(members=members, train_overrides=train_overrides, device=device, target=target)
+    check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
+                           seed=seed)
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():
@@ -834,15 +857,22 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
 MIN_CALIBRATION_ROWS = 30
 
 
-def _calibrate_spread(records, X, y, fit, seed) -> dict:
+def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
     """Scale for the ensemble spread so that +/-1 sigma covers 68 % of errors on *new host frameworks*.
 
     An ensemble's spread measures disagreement, not error, and is too narrow. The members are fitted once more on
     the training rows minus 10 % of the host frameworks (grouped, seeded); the scale is the 68.27 % quantile of
-    |error| / spread on those held-out frameworks. Only training rows are used; test rows never enter.
+    |error| / spread on those held-out frameworks. Only training rows are used; test rows never enter. None (with a
+    warning) when the records hold a single framework, so that none can be held out.
     """
-    from .splits import make_split
+    from .splits import framework_groups, make_split
 
+    n_frameworks = len(set(framework_groups(records)))
+    if n_frameworks < 2:
+        warnings.warn(f'the uncertainty calibration needs electrodes of at least two host frameworks to hold some '
+                      f'out, and these {len(records)} have {n_frameworks}: the ensemble spread is left uncalibrated '
+                      '(a measure of disagreement, not of error)', UserWarning, stacklevel=3)
+        return None
     inner, held = make_split(records, 'grouped', seed=seed + 7919, test_fraction=0.1)
     members = _fit_members(X[inner], y[inner], **{**fit, 'show_progress': False, 'progress': None},
                            phase='calibration')

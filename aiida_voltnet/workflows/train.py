@@ -94,7 +94,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             train = inputs.get('train', {})
             settings = train['settings'].get_dict() if 'settings' in train else {}
             functions._train_arguments(_value(train.get('featurizer', 'leakfree')),
-                                       _value(train.get('model', 'voltnet')), settings)
+                                       _value(train.get('model', 'voltnet')), settings, _value(train.get('seed', 0)))
             split = inputs.get('split', {})
             functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
         except Exception as exception:  # noqa: BLE001 - the message names row and field

@@ -207,5 +207,7 @@ def test_bad_settings_refused(trained):
                             ({'device': 'tpu'}, "unknown device 'tpu'"),
                             ({'target': 'energy_grav'}, "unknown target 'energy_grav'")]:
         _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
+    for seed in (-1, 2**32):  # member i trains with seed * 1000 + i: these failed inside the body (an excepted node)
+        _refused(lambda: F.train_model(trained.train, model='krr', seed=seed), r'seed must be an integer in 0\.\.')
     _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')

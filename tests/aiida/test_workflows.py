@@ -135,7 +135,8 @@ def test_train_workchain_refuses_bad_settings_before_storing(trained):
     for overrides, match in [({'split': {'test_fraction': 1.5}}, 'test_fraction must be a number between 0 and 1'),
                              ({'train': {'model': 'mlp', 'settings': {'train_overrides': {'epochz': 1}}}},
                               'unknown training setting.*epochz'),
-                             ({'train': {'settings': {'members': 0}}}, 'members must be a positive integer')]:
+                             ({'train': {'settings': {'members': 0}}}, 'members must be a positive integer'),
+                             ({'train': {'seed': 5_000_000}}, r'seed must be an integer in 0\.\.')]:
         with pytest.raises(ValueError, match=match):
             run_get_node(TrainWorkChain.get_builder_from_protocol(trained.dataset, overrides=overrides))
     assert count_nodes() == before
