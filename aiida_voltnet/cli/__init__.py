@@ -54,8 +54,9 @@ def cli(verbose):
 @click.option('--members', default=None, type=click.IntRange(min=1), help='Override the ensemble size.')
 @click.option('--precision', default='fp32', show_default=True, type=click.Choice(['fp32', 'bf16']),
               help='Arithmetic of torch models\' training: fp32, or bf16 (bfloat16 autocast products: faster on '
-                   'CPUs with AVX512-BF16, about 1.5x for MHA-ResNet on a Zen 5 core, and on GPUs; not bit-equal '
-                   'to fp32). Ignored by tree and kernel models.')
+                   'CPUs with AVX512-BF16, about 1.5x for MHA-ResNet on a Zen 5 core, and on GPUs; emulated and '
+                   'about 10x slower on CPUs without it, which a warning says; not bit-equal to fp32). Ignored by '
+                   'tree and kernel models.')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.models import train_voltage_model
