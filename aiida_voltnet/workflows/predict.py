@@ -66,6 +66,10 @@ class PredictWorkChain(WorkChain):
             return f'{type(exception).__name__}: {exception}'
         return None
 
+    def _ran(self, label: str) -> bool:
+        """Whether a process was called with ``label`` (a refusal by its validator stores none)."""
+        return bool(self.node.base.links.get_outgoing(link_label_filter=label).all())
+
     def has_dataset(self):
         return 'dataset' in self.inputs
 
@@ -77,6 +81,8 @@ class PredictWorkChain(WorkChain):
             predictions = predict_voltages(model=self.inputs.model, dataset=self.inputs.dataset,
                                            metadata={'call_link_label': 'predict_dataset'})
         except ValueError as exception:
+            if self._ran('predict_dataset'):
+                raise  # it ran and failed (its node excepted): not a refusal of the inputs
             return self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
         self.out('predictions', predictions)
         total = predictions.base.attributes.get('n_predictions')
@@ -98,6 +104,8 @@ class PredictWorkChain(WorkChain):
                                                 discharged=pair['discharged'], working_ion=pair['working_ion'],
                                                 metadata={'call_link_label': f'predict_{name}'})
             except ValueError as exception:
+                if self._ran(f'predict_{name}'):
+                    raise  # it ran and failed (its node excepted): not a refusal of the inputs
                 return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
             self.out(f'voltages.{name}', result['voltage'])
             self.out(f'uncertainties.{name}', result['uncertainty'])

@@ -130,10 +130,15 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         return 'csv' in self.inputs
 
     def _call(self, function, label, **inputs):
-        """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored)."""
+        """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored). An
+        error raised while it ran (its node stored and excepted, so not a refusal) is not relabelled: it
+        propagates, and this work chain excepts with it, the traceback on both nodes."""
+        called_before = len(self.node.base.links.get_outgoing(link_label_filter=label).all())
         try:
             return function(**inputs, metadata={'call_link_label': label}), None
         except ValueError as exception:
+            if len(self.node.base.links.get_outgoing(link_label_filter=label).all()) > called_before:
+                raise  # the function ran and failed: a bug or a resource problem, not bad input
             self.report(f'{label} refused its inputs: {exception}')
             return None, self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
 

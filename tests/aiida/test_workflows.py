@@ -93,6 +93,23 @@ def test_train_workchain_from_dataset(trained):
     assert results['test_dataset'].n_records == 45
 
 
+def test_train_workchain_does_not_call_a_failure_inside_training_a_refusal(trained, monkeypatch):
+    """A ValueError raised while train_model runs (after its validator passed: its node is stored) is not bad
+    input: the chain excepts with it instead of reporting "refused its inputs" and exit 300. (The failure is
+    injected: the validators refuse every input known to make training fail.)"""
+    def failing(*args, **kwargs):
+        raise ValueError('injected failure inside the training')
+
+    monkeypatch.setattr(F, 'train_voltage_model', failing)
+    with pytest.raises(ValueError, match='injected failure inside the training'):
+        run_get_node(TrainWorkChain, dataset=trained.dataset, train={'model': orm.Str('krr')})
+    node = orm.QueryBuilder().append(TrainWorkChain, tag='chain').order_by({'chain': {'ctime': 'desc'}}).first()[0]
+    assert node.is_excepted and node.exit_status is None
+    train_node = node.base.links.get_outgoing(link_label_filter='train').one().node
+    assert train_node.is_excepted and 'injected failure' in train_node.exception
+    assert not any('refused its inputs' in log.message for log in orm.Log.collection.get_logs_for(node))
+
+
 def test_train_workchain_leaves_out_test_records_of_an_ion_it_never_trained_on(trained):
     """A rare ion whose one framework falls on the test side: the evaluation refused the whole test set and the
     chain failed after training, without its model. Now those records are left out (with a report), and a test set
