@@ -186,6 +186,13 @@ def volume_block(record):
                      np.nan if change is None else change])
 
 
+def dft_block(record):
+    """What MP's DFT adds without the voltage: the end members' energies above the hull (eV/atom) and the number
+    of voltage steps (stable intermediate phases). Neither is a function of the target, but neither is known for a
+    candidate that was never calculated, so they could only ever be an option, never the default's features."""
+    return np.array([record.stability_charge, record.stability_discharge, record.num_steps], dtype=float)
+
+
 def blocks(names, inner, val):
     """The extra columns of ``names`` for the inner and the validation rows."""
     extra_inner, extra_val = [], []
@@ -195,7 +202,7 @@ def blocks(names, inner, val):
             extra_val.append(sibling_block(inner, val, False))
         else:
             function = {'oxi': oxi_block, 'anion_cation': anion_cation_block, 'symmetry': symmetry_block,
-                        'volume': volume_block}[name]
+                        'volume': volume_block, 'dft': dft_block}[name]
             extra_inner.append(np.array([function(r) for r in inner]))
             extra_val.append(np.array([function(r) for r in val]))
     return extra_inner, extra_val
@@ -212,6 +219,7 @@ CANDIDATES_FEATURES = {
     'leaf10_lr0.1x500 + oxi': (CANDIDATES['leaf10_lr0.1x500'][0], ['oxi']),
     'default trees + volume': ({}, ['volume']),
     'leaf10_lr0.1x500 + volume': (CANDIDATES['leaf10_lr0.1x500'][0], ['volume']),
+    'default trees + dft': ({}, ['dft']),
 }
 
 

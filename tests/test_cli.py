@@ -168,6 +168,20 @@ def test_a_structurally_edited_model_config_is_a_bad_model(trained, tmp_path, ed
     assert bad.returncode == 3 and message in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
 
 
+def test_a_training_row_without_a_voltage_is_named_with_its_file(tmp_path):
+    lines = SHARED_CSV.read_text().splitlines()
+    header = lines[0].split(',')
+    rows = list(csv.reader(lines[1:41]))
+    rows[6][header.index('average_voltage')] = ''
+    data = tmp_path / 'no_voltage.csv'
+    with open(data, 'w', newline='') as handle:
+        csv.writer(handle).writerows([header, *rows])
+    result = run('train', '--data', str(data), '--out', str(tmp_path / 'm'), '--model', 'krr', check=False)
+    assert result.returncode == 2, result.stderr
+    assert f"{data}: line 8, battery_id '{rows[6][0]}'" in result.stderr and 'average_voltage' in result.stderr
+    assert not (tmp_path / 'm').exists()
+
+
 def test_one_host_framework_trains_with_an_uncalibrated_spread(tmp_path):
     """The default ensemble's spread calibration holds out frameworks; with a single one it cannot, so the model
     is trained without it and a warning says so (it failed with scikit-learn's message about an empty train set)."""

@@ -80,6 +80,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
             warnings.simplefilter('always')
             model = train_voltage_model(records, featurizer=featurizer, model=model_name, seed=seed, device=device,
                                         members=members, train_overrides=overrides, show_progress=True)
+    except ElectrodeDataError as exception:  # a record without the target: name the file too
+        _fail(f'{data}: {exception}')
     except ValueError as exception:
         _fail(str(exception))
     for warning in caught:

@@ -81,8 +81,14 @@ def verify(model_id, pair, protocol, code_label, profile):
     from aiida_voltnet.data.model import VoltageModelData
 
     model = _load_node(model_id, profile, VoltageModelData) if model_id else _load_profile(profile)
+    if code_label is None:  # the code dft-setup made, on whichever computer it was given
+        codes = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': 'pw-debian'}).all(flat=True)
+        if len(codes) > 1:
+            _fail(f'several pw.x codes from `voltnet dft-setup` ({", ".join(c.full_label for c in codes)}): choose '
+                  'one with --code')
+        code_label = codes[0].full_label if codes else 'pw-debian@localhost'
     try:
-        code = orm.load_code(code_label or 'pw-debian@localhost')
+        code = orm.load_code(code_label)
     except Exception as exception:  # noqa: BLE001 - NotExistent and friends
         _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
     charged, discharged = layered_oxide_pair(pair[2:4])

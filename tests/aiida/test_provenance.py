@@ -97,6 +97,8 @@ def test_list_predictions(trained, predictions):
     na = list_predictions(trained.model.pk, ion='Na')
     assert na and all(row['working_ion'] == 'Na' for row in na)
     assert any(row['node_uuid'] == singles['NaFePO4']['voltage'].uuid for row in na)
+    with pytest.raises(ValueError, match="unknown working ion 'na'"):  # a typo, not an empty list
+        list_predictions(trained.model, ion='na')
     threshold = sorted(row['voltage'] for row in rows)[len(rows) // 2]
     high = list_predictions(trained.model, min_voltage=threshold)
     assert high and all(row['voltage'] >= threshold for row in high) and len(high) < len(rows)

@@ -44,3 +44,26 @@ def test_verify_names_a_model_pk_that_is_no_model(aiida_profile):
     result = CliRunner().invoke(cli, ['verify', '--model', str(node.pk), '--profile', aiida_profile.name])
     assert result.exit_code == 2, result.output
     assert f'node {str(node.pk)!r} is a Int<{node.pk}>, not a VoltageModelData' in result.output
+
+
+def test_verify_finds_the_setup_code_on_any_computer_and_asks_when_there_are_two(aiida_profile, aiida_localhost,
+                                                                                   quantum_espresso, tmp_path):
+    """Without --code, verify looked for pw-debian@localhost only, so a `dft-setup --computer X` code was not found;
+    now it takes the one pw-debian code wherever it is, and with several it asks for --code before running anything."""
+    from aiida import orm
+    from aiida.tools import delete_nodes
+
+    from aiida_voltnet.dft import pw_code
+
+    pw_code(aiida_localhost, executable=quantum_espresso)
+    other = orm.Computer(label='voltnet-other', hostname='localhost', transport_type='core.local',
+                         scheduler_type='core.direct', workdir=str(tmp_path)).store()
+    other.configure()
+    second = pw_code(other, executable=quantum_espresso)
+    try:
+        result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci'])
+        assert result.exit_code == 2, result.output
+        assert 'several pw.x codes from `voltnet dft-setup`' in result.output
+        assert 'pw-debian@localhost' in result.output and 'pw-debian@voltnet-other' in result.output
+    finally:
+        delete_nodes([second.pk], dry_run=False)
