@@ -86,7 +86,9 @@ def main():
             table.setdefault(f'{name}, steps as rows', {})[seed] = float(np.mean(np.abs(prediction - y_val)))
         print(f'seed {seed}: {len(inner)} inner rows (+{len(extra)} step rows), {len(val)} validation rows, '
               f'{time.perf_counter() - started:.0f} s', flush=True)
-    print(f'\nvalidation MAE (V), inner 90/10 of each seed\'s training rows; sorted by the mean')
+    where = ('80/20 of the tuning pool (rows outside every benchmark test set)' if args.protocol == 'pool' else
+             "inner 90/10 of each seed's training rows (other seeds' test rows among them)")
+    print(f'\nvalidation MAE (V), {where}; sorted by the mean')
     print(f'{"candidate":<44}' + ''.join(f' {"seed " + str(s):>8}' for s in args.seeds) + f' {"mean":>8}')
     for name in sorted(table, key=lambda n: np.mean(list(table[n].values()))):
         values = [table[name][s] for s in args.seeds]

@@ -34,7 +34,8 @@ def test_paper_featurizer_warns_and_matches_the_seed(records):
 
 
 def test_leak_free_refuses_leaking_columns():
-    for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs', 'steps', 'max_delta_volume'):
+    for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs', 'steps', 'max_delta_volume',
+                   'stability_charge', 'stability_discharge'):
         with pytest.raises(LeakageError, match=column):
             LeakFreeFeaturizer(extra_columns=[column])
     LeakFreeFeaturizer(extra_columns=['capacity_grav'])  # a capacity alone is a function of the formulas

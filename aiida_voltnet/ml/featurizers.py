@@ -42,10 +42,14 @@ N_SPACE_GROUPS = 230
 FARADAY_MAH_PER_MOL = 26801.4815  # F / 3.6, mAh per mol of electrons
 
 #: Record fields a leak-free featurizer refuses: the targets themselves, the functions of ``average_voltage``
-#: (energies equal voltage x capacity) and MP's per-step data (``steps``/``adj_pairs`` carry per-step voltages, and
-#: ``max_delta_volume``, the largest volume change over the steps, is the paper's second target, Fig. S5). Any of
-#: them as a feature leaks an answer.
-LEAKING_COLUMNS = ('average_voltage', 'energy_grav', 'energy_vol', 'steps', 'adj_pairs', 'max_delta_volume')
+#: (energies equal voltage x capacity), MP's per-step data (``steps``/``adj_pairs`` carry per-step voltages, and
+#: ``max_delta_volume``, the largest volume change over the steps, is the paper's second target, Fig. S5), and the
+#: end members' energies above the hull (``stability_charge``/``stability_discharge``): with the formulas they give
+#: an exact additive part of the voltage, V = V_hull(compositions) + (n_c e_c - n_d e_d) / (x z) (atoms per host
+#: atom n, energy above hull e, ions inserted per host atom x, ion charge z), checked on the shared data by
+#: ``tests/test_records.py``. Any of them as a feature leaks an answer.
+LEAKING_COLUMNS = ('average_voltage', 'energy_grav', 'energy_vol', 'steps', 'adj_pairs', 'max_delta_volume',
+                   'stability_charge', 'stability_discharge')
 
 
 class TargetLeakWarning(UserWarning):
@@ -463,8 +467,9 @@ class LeakFreeFeaturizer(Featurizer):
         leaking = [c for c in extra_columns if c in LEAKING_COLUMNS]
         if leaking:
             raise LeakageError(f'column(s) {", ".join(leaking)} are targets or functions of one (energy = voltage x '
-                               'capacity; the steps hold per-step voltages and volume changes); use the "paper" '
-                               'featurizer to reproduce the leak')
+                               'capacity; the steps hold per-step voltages and volume changes; the energies above '
+                               'the hull give the metastability part of the voltage exactly, see docs/paper.md); '
+                               'use the "paper" featurizer to reproduce the leak')
         super().__init__(extra_columns=list(extra_columns), **options)
 
     @staticmethod
