@@ -24,6 +24,9 @@ def test_quick_report_has_every_table_and_figure(tmp_path):
         assert report[key] not in (None, {}, []), key
     assert report['data']['n_rows_used'] == 300 and len(report['data']['sha256']) == 64
     assert report['leak']['max_abs_voltage_minus_energy_over_capacity'] < 1e-6
+    hull = report['leak']['energies_above_hull']  # the second leak, over all rows of the data
+    assert hull['n_pairs'] == 2847 and hull['p99_abs_mismatch'] < 1e-3
+    assert 'A second, partial leak' in markdown
     assert report['provenance']['enabled'] is False
     models = {'mha_resnet', 'mlp', 'svr', 'krr', 'lstm', 'voltnet'}
     assert set(report['table_s2']) == models

@@ -26,6 +26,8 @@ from pymatgen.core import Composition, Element
 from .records import CRYSTAL_SYSTEMS, WORKING_IONS, ElectrodeRecord
 
 __all__ = [
+    'metastability_voltage',
+    'hull_leak_check',
     'TargetLeakWarning',
     'LeakageError',
     'Featurizer',
@@ -50,6 +52,49 @@ FARADAY_MAH_PER_MOL = 26801.4815  # F / 3.6, mAh per mol of electrons
 #: ``tests/test_records.py``. Any of them as a feature leaks an answer.
 LEAKING_COLUMNS = ('average_voltage', 'energy_grav', 'energy_vol', 'steps', 'adj_pairs', 'max_delta_volume',
                    'stability_charge', 'stability_discharge')
+
+
+def metastability_voltage(record: ElectrodeRecord) -> float | None:
+    """The part of ``record``'s average voltage that its end members' energies above the hull give exactly:
+    ``(n_c e_c - n_d e_d) / (x z)`` (atoms per host atom n and energy above the hull e of the charged and the
+    discharged member, ions inserted per host atom x, ion charge z); the rest, V_hull, depends on the two
+    compositions only. None when a stability is missing or no ion is inserted."""
+    if record.stability_charge is None or record.stability_discharge is None:
+        return None
+    ion, charged, discharged = record.working_ion, record.composition_charge, record.composition_discharge
+    host_c, host_d = charged.num_atoms - charged[ion], discharged.num_atoms - discharged[ion]
+    if host_c <= 0 or host_d <= 0:
+        return None
+    x = discharged[ion] / host_d - charged[ion] / host_c
+    if x == 0:
+        return None
+    z = max(Element(ion).common_oxidation_states)
+    return (charged.num_atoms / host_c * record.stability_charge
+            - discharged.num_atoms / host_d * record.stability_discharge) / (x * z)
+
+
+def hull_leak_check(records: Sequence[ElectrodeRecord]) -> dict[str, float | int]:
+    """How exactly the energies above the hull give part of the target: over every pair of records with the same
+    working ion and end-member compositions (so the same V_hull), the mean |voltage difference| and the mean and
+    99th percentile of |voltage difference - metastability_voltage difference| (0 up to rounding if the relation
+    holds)."""
+    import collections
+    import itertools
+
+    groups = collections.defaultdict(list)
+    for record in records:
+        term = metastability_voltage(record)
+        if term is not None and record.average_voltage is not None:
+            key = (record.working_ion, record.composition_charge.reduced_formula,
+                   record.composition_discharge.reduced_formula)
+            groups[key].append((record.average_voltage, term))
+    pairs = np.array([(v1 - v2, t1 - t2) for members in groups.values()
+                      for (v1, t1), (v2, t2) in itertools.combinations(members, 2)]).reshape(-1, 2)
+    if not len(pairs):
+        return {'n_pairs': 0}
+    mismatch = np.abs(pairs[:, 0] - pairs[:, 1])
+    return {'n_pairs': int(len(pairs)), 'mean_abs_voltage_difference': float(np.abs(pairs[:, 0]).mean()),
+            'mean_abs_mismatch': float(mismatch.mean()), 'p99_abs_mismatch': float(np.quantile(mismatch, 0.99))}
 
 
 class TargetLeakWarning(UserWarning):
