@@ -176,13 +176,17 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
         node = orm.load_node(node)
     if isinstance(node, orm.WorkflowNode):
         processes = [child for child in node.called_descendants
-                     if isinstance(child, orm.CalcFunctionNode) and child.process_type in PREDICTION_PROCESS_TYPES]
+                     if isinstance(child, orm.CalcFunctionNode) and child.process_type in PREDICTION_PROCESS_TYPES
+                     and child.is_finished_ok]
         if not processes:
             raise ValueError(f'{node.__class__.__name__}<{node.pk}> ({node.process_type}) called no voltnet '
                              'prediction process')
         return {'workflow': _ref(node),
                 'predictions': [prediction_provenance(p) for p in sorted(processes, key=lambda p: p.ctime)]}
     process = _predict_process(node)
+    if not process.is_finished_ok:
+        state = 'excepted' if process.is_excepted else f'is not finished ok (exit status {process.exit_status})'
+        raise ValueError(f'{process.__class__.__name__}<{process.pk}> {state}: it made no prediction')
     inputs = _inputs(process)
     outputs = {link.link_label: link.node
                for link in process.base.links.get_outgoing(link_type=LinkType.CREATE).all()}

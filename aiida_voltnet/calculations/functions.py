@@ -127,13 +127,19 @@ def _validated_by(validator):
     return attach
 
 
-def _check_model_and_ions(model, ions):
+def _check_model_and_ions(model, ions, records=()):
+    """Why ``model`` cannot predict ``records`` (of working ``ions``): an ion it never saw, or a field its
+    featurizer needs that a record lacks (the paper featurizer's capacity of a structure pair, say); None if it can."""
     core = load_model(model)
     known = set(core.metadata.get('training_ions') or [])
     unseen = sorted(set(ions) - known) if known else []
     if unseen:
         return (f'model {model.model_name} (version {model.model_version[:12]}) was trained on '
                 f'{", ".join(sorted(known))} and never saw working ion(s) {", ".join(unseen)}')
+    try:
+        core.featurizer.check_records(records)
+    except ValueError as exception:
+        return f'model {model.model_name} (version {model.model_version[:12]}) cannot featurize: {exception}'
     return None
 
 
@@ -267,8 +273,7 @@ def split_dataset(dataset: ElectrodeDataset, kind: orm.Str = 'grouped', seed: or
 
 
 def _validate_featurize(inputs):
-    get_featurizer(_value(inputs['featurizer']), _quiet=True)
-    dataset_records(inputs['dataset'])
+    get_featurizer(_value(inputs['featurizer']), _quiet=True).check_records(dataset_records(inputs['dataset']))
 
 
 @_validated_by(_validate_featurize)
@@ -295,14 +300,18 @@ def featurize(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree'):
 
 
 # -- training and evaluation ---------------------------------------------------------------------------------------
-def _train_arguments(featurizer, model, settings, seed=0) -> dict:
+def _train_arguments(featurizer, model, settings, seed=0, records=None) -> dict:
+    """The keyword arguments of ``train_voltage_model``; every one checked (and, given ``records``, that the
+    featurizer has the fields it needs in each). :raises ValueError: naming the problem."""
     settings = dict(settings or {})
     unknown = sorted(set(settings) - set(TRAIN_SETTINGS_KEYS))
     if unknown:
         raise ValueError(f'unknown training setting(s) {", ".join(unknown)}; allowed: {", ".join(TRAIN_SETTINGS_KEYS)}')
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
-    get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
+    core_featurizer = get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
+    if records is not None:
+        core_featurizer.check_records(records)
     check_training_options(seed=seed, **{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
                                          if k in settings})
     return {'featurizer': featurizer, 'model': model, **settings}
@@ -321,7 +330,7 @@ def _validate_train(inputs):
     """``train_model``'s checks; also of a namespace exposing its ports without defaults (a screen's ``retrain``)."""
     settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
     _train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')), settings,
-                     _value(inputs.get('seed', 0)))
+                     _value(inputs.get('seed', 0)), dataset_records(inputs['dataset']))
     resolve_device(settings.get('device', 'auto'))  # train_model trains here: CUDA must be present if asked for
     return check_training_targets(inputs['dataset'], settings)
 
@@ -355,7 +364,7 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
 
 def _validate_model_dataset(inputs):
     records = dataset_records(inputs['dataset'])
-    return _check_model_and_ions(inputs['model'], {r.working_ion for r in records})
+    return _check_model_and_ions(inputs['model'], {r.working_ion for r in records}, records)
 
 
 def _validate_evaluate(inputs):
@@ -425,7 +434,7 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
 def _validate_pair(inputs):
     ion = _value(inputs['working_ion'])
     record = pair_record(inputs['charged'], inputs['discharged'], ion)
-    return _check_model_and_ions(inputs['model'], {record.working_ion})
+    return _check_model_and_ions(inputs['model'], {record.working_ion}, [record])
 
 
 @_validated_by(_validate_pair)

@@ -76,7 +76,8 @@ def validate_inputs(inputs, _ctx=None):
         # members, train_overrides (keys and values), device name, target: whether CUDA is there is the remote
         # computer's business (the script checks it there)
         functions._train_arguments(_value(inputs.get('featurizer', 'leakfree')), _value(inputs.get('model', 'voltnet')),
-                                   settings, _value(inputs.get('seed', 0)))
+                                   settings, _value(inputs.get('seed', 0)),
+                                   functions.dataset_records(inputs['dataset']) if 'dataset' in inputs else None)
         if 'dataset' in inputs:
             return functions.check_training_targets(inputs['dataset'], settings)
     except Exception as exception:  # noqa: BLE001 - the message names the problem

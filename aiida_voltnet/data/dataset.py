@@ -83,6 +83,16 @@ class ElectrodeDataset(Data):
             self.base.attributes.set('mp_database_version', str(mp_provenance.get('database_version')))
             self.base.attributes.set('mp_n_material_ids', len(mp_provenance.get('material_ids') or []))
 
+    def _validate(self) -> bool:
+        """Refuse to store a dataset without records (``ElectrodeDataset()``): every reader of it would fail."""
+        super()._validate()
+        if self.base.attributes.get('records_sha256', None) is None:
+            from aiida.common.exceptions import ValidationError
+
+            raise ValidationError('an ElectrodeDataset without records cannot be stored: give the records, '
+                                  'ElectrodeDataset(records)')
+        return True
+
     # -- queryable properties ---------------------------------------------------------------------------------------
     @property
     def n_records(self) -> int:

@@ -87,6 +87,16 @@ class VoltageModelData(Data):
             self.base.attributes.set(key, value)
 
     # -- queryable properties ---------------------------------------------------------------------------------------
+    def _validate(self) -> bool:
+        """Refuse to store a model node without a model (``VoltageModelData()``): every reader of it would fail."""
+        super()._validate()
+        if self.base.attributes.get('arrays_sha256', None) is None:
+            from aiida.common.exceptions import ValidationError
+
+            raise ValidationError('a VoltageModelData without a model cannot be stored: give the trained model, '
+                                  'VoltageModelData(model)')
+        return True
+
     @property
     def model_version(self) -> str:
         return self.base.attributes.get('model_version')

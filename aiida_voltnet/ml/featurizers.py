@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Composition, Element
 
-from .records import CRYSTAL_SYSTEMS, WORKING_IONS, ElectrodeRecord
+from .records import CRYSTAL_SYSTEMS, FLOAT_COLUMNS, WORKING_IONS, ElectrodeRecord
 
 __all__ = [
     'metastability_voltage',
@@ -95,6 +95,11 @@ def hull_leak_check(records: Sequence[ElectrodeRecord]) -> dict[str, float | int
     mismatch = np.abs(pairs[:, 0] - pairs[:, 1])
     return {'n_pairs': int(len(pairs)), 'mean_abs_voltage_difference': float(np.abs(pairs[:, 0]).mean()),
             'mean_abs_mismatch': float(mismatch.mean()), 'p99_abs_mismatch': float(np.quantile(mismatch, 0.99))}
+
+
+#: The numeric record fields that ``LeakFreeFeaturizer(extra_columns=...)`` may add (the others are targets or
+#: leak them, or are text).
+EXTRA_COLUMNS = tuple(c for c in (*FLOAT_COLUMNS, 'num_steps') if c not in LEAKING_COLUMNS)
 
 
 class TargetLeakWarning(UserWarning):
@@ -366,6 +371,13 @@ class Featurizer:
     def raw(self, records: Sequence[ElectrodeRecord]) -> np.ndarray:
         raise NotImplementedError
 
+    def check_records(self, records: Sequence[ElectrodeRecord]) -> None:
+        """Refuse records :meth:`raw` could not featurize (a field it needs is missing), naming the first such
+        record, without computing any feature: validators call this before anything is stored.
+
+        :raises ValueError: naming the battery and the fields.
+        """
+
     def fit(self, records: Sequence[ElectrodeRecord]) -> 'Featurizer':
         self._fit_raw(self.raw(records))
         self.fitted = True
@@ -451,15 +463,21 @@ class PaperFeaturizer(Featurizer):
     def n_features(self) -> int:
         return int(self.arrays['pca_components'].shape[0]) if 'pca_components' in self.arrays else 0
 
+    #: The record fields every row needs (a structure pair, for one, has no capacity, energy or steps).
+    NEEDED = ('charge_space_group_number', 'discharge_space_group_number', 'charge_crystal_system',
+              'discharge_crystal_system', 'capacity_grav', 'energy_grav', 'num_steps')
+
+    def check_records(self, records):
+        for record in records:
+            missing = [name for name in self.NEEDED if getattr(record, name) is None]
+            if missing:
+                raise ValueError(f'battery {record.battery_id!r}: the paper featurizer needs {", ".join(missing)}')
+
     def raw(self, records):
         embedding = self.arrays['space_group_embedding']
         rows = []
         for record in records:
-            missing = [name for name in ('charge_space_group_number', 'discharge_space_group_number',
-                                         'charge_crystal_system', 'discharge_crystal_system', 'capacity_grav',
-                                         'energy_grav', 'num_steps') if getattr(record, name) is None]
-            if missing:
-                raise ValueError(f'battery {record.battery_id!r}: the paper featurizer needs {", ".join(missing)}')
+            self.check_records([record])
             rows.append(np.concatenate([
                 _integer_counts(record.composition_charge),
                 _integer_counts(record.composition_discharge),
@@ -510,6 +528,10 @@ class LeakFreeFeaturizer(Featurizer):
         if isinstance(extra_columns, str) or not all(isinstance(c, str) for c in extra_columns):
             raise ValueError(f'extra_columns must be a list of column names, got {extra_columns!r}')
         leaking = [c for c in extra_columns if c in LEAKING_COLUMNS]
+        unknown = [c for c in extra_columns if c not in LEAKING_COLUMNS and c not in EXTRA_COLUMNS]
+        if unknown:
+            raise ValueError(f'extra_columns: {", ".join(map(repr, unknown))} is no numeric column a leak-free '
+                             f'featurizer may add; choose from {", ".join(EXTRA_COLUMNS)}')
         if leaking:
             raise LeakageError(f'column(s) {", ".join(leaking)} are targets or functions of one (energy = voltage x '
                                'capacity; the steps hold per-step voltages and volume changes; the energies above '
@@ -528,6 +550,14 @@ class LeakFreeFeaturizer(Featurizer):
         mean = w @ table
         std = np.sqrt(np.maximum(w @ (table - mean) ** 2, 0.0))
         return np.concatenate([mean, std, table[present].min(axis=0), table[present].max(axis=0)])
+
+    def check_records(self, records):
+        for column in self.options.get('extra_columns', ()):
+            for record in records:
+                value = getattr(record, column)
+                if value is None or not math.isfinite(value):
+                    raise ValueError(f'battery {record.battery_id!r}: extra column {column!r} is '
+                                     f'{"missing" if value is None else value}')
 
     def _row(self, record: ElectrodeRecord) -> np.ndarray:
         table = element_property_table()

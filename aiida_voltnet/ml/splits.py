@@ -30,10 +30,20 @@ def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: 
     n = len(records)
     index = np.arange(n)
     if kind == 'random':
-        train, test = next(ShuffleSplit(1, test_size=test_fraction, random_state=seed).split(index))
+        try:
+            train, test = next(ShuffleSplit(1, test_size=test_fraction, random_state=seed).split(index))
+        except ValueError:  # scikit-learn's words: "With n_samples=..., the resulting train set will be empty"
+            raise ValueError(f'a random split of {n} record(s) with test_fraction {test_fraction} leaves an empty '
+                             'train or test set') from None
     elif kind == 'grouped':
-        train, test = next(GroupShuffleSplit(1, test_size=test_fraction, random_state=seed).split(
-            index, groups=framework_groups(records)))
+        groups = framework_groups(records)
+        try:
+            train, test = next(GroupShuffleSplit(1, test_size=test_fraction, random_state=seed).split(
+                index, groups=groups))
+        except ValueError:  # its n_samples counts frameworks, which its message does not say
+            raise ValueError(f'a grouped split of {n} record(s) from {len(set(groups))} host framework(s) with '
+                             f'test_fraction {test_fraction} leaves an empty train or test set: it holds out whole '
+                             'frameworks, so it needs at least two (or use a random split)') from None
     elif kind == 'ion':
         if ion is None:
             raise ValueError('a leave-one-ion-out split needs ion=...')

@@ -120,7 +120,7 @@ class ScreenWorkChain(WorkChain):
             try:
                 record = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
                                                battery_id=name)
-                message = functions._check_model_and_ions(self.inputs.model, {record.working_ion})
+                message = functions._check_model_and_ions(self.inputs.model, {record.working_ion}, [record])
             except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names pair and field
                 message = f'{type(exception).__name__}: {exception}'
             if message:

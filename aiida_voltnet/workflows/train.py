@@ -90,11 +90,20 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             return '`train_options` are the options of the training job: give `train_code` too'
         try:
             if 'csv' in inputs:
-                functions.csv_records(inputs['csv'])
+                records, _ = functions.csv_records(inputs['csv'])
+            else:
+                records = functions.dataset_records(inputs['dataset'])
             train = inputs.get('train', {})
             settings = train['settings'].get_dict() if 'settings' in train else {}
             functions._train_arguments(_value(train.get('featurizer', 'leakfree')),
-                                       _value(train.get('model', 'voltnet')), settings, _value(train.get('seed', 0)))
+                                       _value(train.get('model', 'voltnet')), settings, _value(train.get('seed', 0)),
+                                       records)
+            # every record is trained or evaluated on: each needs the target (refused here, before the dataset,
+            # the split and the training run, not by train_model after them)
+            target = settings.get('target', 'average_voltage')
+            missing = [r.battery_id for r in records if getattr(r, target) is None]
+            if missing:
+                return f'{len(missing)} record(s) have no {target} to train or evaluate on, e.g. {", ".join(missing[:3])}'
             split = inputs.get('split', {})
             functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
         except Exception as exception:  # noqa: BLE001 - the message names row and field

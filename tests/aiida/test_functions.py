@@ -211,3 +211,70 @@ def test_bad_settings_refused(trained):
         _refused(lambda: F.train_model(trained.train, model='krr', seed=seed), r'seed must be an integer in 0\.\.')
     _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')
+
+
+def test_records_the_featurizer_cannot_use_are_refused_before_storing(trained, shipped_nodes):
+    """A field the featurizer needs (the paper featurizer's capacity, an extra column's value) missing from a record,
+    or an extra column that is no numeric record field, passed every validator and failed inside the function,
+    leaving an excepted process and its inputs stored; now each is refused up front, nothing stored."""
+    import dataclasses
+
+    from aiida_voltnet.ml.records import validate_record
+
+    records = trained.train.records()
+    nocap = ElectrodeDataset([validate_record(dataclasses.replace(records[0], capacity_grav=None)), *records[1:]])
+    paper_model = F.train_model(trained.train, featurizer='paper', model='krr')
+    structures = F.assemble_dataset_from_structures(**{
+        'LiFePO4': {'charged': shipped_nodes['LiFePO4'][0], 'discharged': shipped_nodes['LiFePO4'][1],
+                    'working_ion': orm.Str('Li')}})
+    cases = [
+        (lambda: F.train_model(nocap, featurizer='paper', model='krr'), 'the paper featurizer needs capacity_grav'),
+        (lambda: F.train_model(trained.train, model='krr', settings={'featurizer_options': {'extra_columns': ['foo']}}),
+         "extra_columns: 'foo' is no numeric column"),
+        (lambda: F.train_model(trained.train, model='krr',
+                               settings={'featurizer_options': {'extra_columns': ['battery_id']}}),
+         "extra_columns: 'battery_id' is no numeric column"),
+        (lambda: F.train_model(nocap, model='krr', settings={'featurizer_options': {'extra_columns': ['capacity_grav']}}),
+         "extra column 'capacity_grav' is missing"),
+        (lambda: F.featurize(structures, 'paper'), 'the paper featurizer needs capacity_grav'),
+        (lambda: F.predict_voltages(paper_model, nocap), 'cannot featurize.*needs capacity_grav'),
+        (lambda: F.predict_structure_pair(paper_model, *shipped_nodes['LiFePO4'][:2], 'Li'), 'cannot featurize'),
+    ]
+    for call, match in cases:
+        _refused(call, match)
+
+
+def test_empty_nodes_cannot_be_stored_and_a_failed_prediction_has_no_provenance(trained, monkeypatch):
+    from aiida.common.exceptions import ValidationError
+
+    from aiida_voltnet.ml.models import VoltageModel
+    from aiida_voltnet.provenance import prediction_provenance
+
+    before = count_nodes()
+    with pytest.raises(ValidationError, match='an ElectrodeDataset without records cannot be stored'):
+        ElectrodeDataset().store()
+    with pytest.raises(ValidationError, match='a VoltageModelData without a model cannot be stored'):
+        VoltageModelData().store()
+    assert count_nodes() == before
+
+    def failing(self, *args, **kwargs):  # injected: the validators refuse every input known to make this fail
+        raise RuntimeError('injected failure inside the prediction')
+
+    monkeypatch.setattr(VoltageModel, 'predict', failing)
+    with pytest.raises(RuntimeError, match='injected'):
+        F.predict_voltages(trained.model, trained.test)
+    process = orm.QueryBuilder().append(orm.CalcFunctionNode, filters={
+        'attributes.process_label': 'predict_voltages'}, tag='p').order_by({'p': {'ctime': 'desc'}}).first()[0]
+    assert process.is_excepted
+    with pytest.raises(ValueError, match=f'<{process.pk}> excepted: it made no prediction'):
+        prediction_provenance(process)
+
+
+def test_split_refusals_say_what_is_wrong(trained):
+    records = [r for r in trained.dataset.records()]
+    framework = records[0].framework_formula
+    one_framework = ElectrodeDataset([r for r in records if r.framework_formula == framework] or records[:1])
+    _refused(lambda: F.split_dataset(one_framework, kind='grouped'),
+             r'grouped split of \d+ record\(s\) from 1 host framework\(s\).*needs at least two')
+    _refused(lambda: F.split_dataset(trained.dataset, kind='random', test_fraction=0.999),
+             'a random split of 150 record.*leaves an empty train or test set')

@@ -147,6 +147,17 @@ def test_train_workchain_refuses_bad_csv(tmp_path):
     assert count_nodes() == before
 
 
+def test_train_workchain_refuses_records_without_the_target_before_storing(tmp_path):
+    """A CSV row without average_voltage was refused by train_model after the dataset, the split (14 nodes)
+    were stored; the chain's validator parses the CSV already and now refuses it there."""
+    csv = orm.SinglefileData(write_csv_with(tmp_path / 'no_voltage.csv', 1, average_voltage=''))
+    before = count_nodes()
+    with pytest.raises(ValueError, match='1 record.s. have no average_voltage to train or evaluate on'):
+        run_get_node(TrainWorkChain, csv=csv, split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.2)},
+                     train={'model': orm.Str('krr')})
+    assert count_nodes() == before
+
+
 def test_train_workchain_refuses_bad_settings_before_storing(trained):
     before = count_nodes()
     for overrides, match in [({'split': {'test_fraction': 1.5}}, 'test_fraction must be a number between 0 and 1'),
