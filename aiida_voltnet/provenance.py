@@ -224,12 +224,15 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
         ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
         ``ArrayData<pk>[index]`` or ``Float<pk>``.
     :raises TypeError: if ``model`` is not a ``VoltageModelData``.
-    :raises ValueError: if ``ion`` is not one of the working ions (an empty list would hide a typo such as 'li').
+    :raises ValueError: if ``ion`` is not one of the working ions (an empty list would hide a typo such as 'li'),
+        or ``min_voltage`` is above ``max_voltage``.
     """
     from aiida_voltnet.ml.records import WORKING_IONS
 
     if ion is not None and ion not in WORKING_IONS:
         raise ValueError(f'unknown working ion {ion!r}; choose one of {", ".join(WORKING_IONS)}')
+    if min_voltage is not None and max_voltage is not None and min_voltage > max_voltage:
+        raise ValueError(f'min_voltage {min_voltage} V is above max_voltage {max_voltage} V: no prediction can match')
     if not isinstance(model, orm.Node):
         model = orm.load_node(model)
     if not isinstance(model, VoltageModelData):

@@ -99,6 +99,8 @@ def test_list_predictions(trained, predictions):
     assert any(row['node_uuid'] == singles['NaFePO4']['voltage'].uuid for row in na)
     with pytest.raises(ValueError, match="unknown working ion 'na'"):  # a typo, not an empty list
         list_predictions(trained.model, ion='na')
+    with pytest.raises(ValueError, match='min_voltage 4.0 V is above max_voltage 3.0 V'):
+        list_predictions(trained.model, min_voltage=4.0, max_voltage=3.0)
     threshold = sorted(row['voltage'] for row in rows)[len(rows) // 2]
     high = list_predictions(trained.model, min_voltage=threshold)
     assert high and all(row['voltage'] >= threshold for row in high) and len(high) < len(rows)
