@@ -22,7 +22,8 @@ from . import _check_device, _check_output_path, _fail, cli
 @click.option('--profile', default=None,
               help='AiiDA profile for provenance mode (default: the default profile, else voltnet-quickstart).')
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
-@click.option('--rows', default=None, type=click.IntRange(min=2), hidden=True, help='Random subsample of N rows (tests).')
+@click.option('--rows', default=None, type=click.IntRange(min=2), hidden=True,
+              help='Random subsample of N rows (tests).')
 @click.option('--epochs', default=None, type=click.IntRange(min=1),
               help='Epochs of every torch model, on both feature sets (default: CPU budgets that fit the full '
                    'report in 60 min; the paper trains MHA-ResNet 1000 epochs: --epochs 1000 on a GPU).')

@@ -103,7 +103,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             target = settings.get('target', 'average_voltage')
             missing = [r.battery_id for r in records if getattr(r, target) is None]
             if missing:
-                return f'{len(missing)} record(s) have no {target} to train or evaluate on, e.g. {", ".join(missing[:3])}'
+                return (f'{len(missing)} record(s) have no {target} to train or evaluate on, e.g. '
+                        f'{", ".join(missing[:3])}')
             split = inputs.get('split', {})
             functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
         except Exception as exception:  # noqa: BLE001 - the message names row and field
