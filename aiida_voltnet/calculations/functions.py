@@ -317,12 +317,14 @@ def _train_arguments(featurizer, model, settings, seed=0, records=None) -> dict:
     return {'featurizer': featurizer, 'model': model, **settings}
 
 
-def check_training_targets(dataset: ElectrodeDataset, settings: dict) -> str | None:
-    """Why ``dataset`` cannot be trained on with ``settings`` (records without the target value), or None."""
+def check_training_targets(dataset: ElectrodeDataset | list, settings: dict, purpose: str = 'train on') -> str | None:
+    """Why ``dataset`` (a node or its records) cannot be used to ``purpose`` with ``settings`` (records without
+    the target value), or None."""
     target = settings.get('target', 'average_voltage')
-    missing = [r.battery_id for r in dataset_records(dataset) if getattr(r, target) is None]
+    records = dataset if isinstance(dataset, list) else dataset_records(dataset)
+    missing = [r.battery_id for r in records if getattr(r, target) is None]
     if missing:
-        return f'{len(missing)} record(s) have no {target} to train on, e.g. {", ".join(missing[:3])}'
+        return f'{len(missing)} record(s) have no {target} to {purpose}, e.g. {", ".join(missing[:3])}'
     return None
 
 

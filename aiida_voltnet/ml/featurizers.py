@@ -474,10 +474,10 @@ class PaperFeaturizer(Featurizer):
                 raise ValueError(f'battery {record.battery_id!r}: the paper featurizer needs {", ".join(missing)}')
 
     def raw(self, records):
+        self.check_records(records)
         embedding = self.arrays['space_group_embedding']
         rows = []
         for record in records:
-            self.check_records([record])
             rows.append(np.concatenate([
                 _integer_counts(record.composition_charge),
                 _integer_counts(record.composition_discharge),

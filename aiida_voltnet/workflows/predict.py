@@ -8,6 +8,7 @@ from aiida.engine import WorkChain, if_
 
 from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.functions import predict_structure_pair, predict_voltages
+from aiida_voltnet.workflows.train import called
 
 __all__ = ('PredictWorkChain',)
 
@@ -66,10 +67,6 @@ class PredictWorkChain(WorkChain):
             return f'{type(exception).__name__}: {exception}'
         return None
 
-    def _ran(self, label: str) -> bool:
-        """Whether a process was called with ``label`` (a refusal by its validator stores none)."""
-        return bool(self.node.base.links.get_outgoing(link_label_filter=label).all())
-
     def has_dataset(self):
         return 'dataset' in self.inputs
 
@@ -81,7 +78,7 @@ class PredictWorkChain(WorkChain):
             predictions = predict_voltages(model=self.inputs.model, dataset=self.inputs.dataset,
                                            metadata={'call_link_label': 'predict_dataset'})
         except ValueError as exception:
-            if self._ran('predict_dataset'):
+            if called(self.node, 'predict_dataset'):
                 raise  # it ran and failed (its node excepted): not a refusal of the inputs
             return self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
         self.out('predictions', predictions)
@@ -104,7 +101,7 @@ class PredictWorkChain(WorkChain):
                                                 discharged=pair['discharged'], working_ion=pair['working_ion'],
                                                 metadata={'call_link_label': f'predict_{name}'})
             except ValueError as exception:
-                if self._ran(f'predict_{name}'):
+                if called(self.node, f'predict_{name}'):
                     raise  # it ran and failed (its node excepted): not a refusal of the inputs
                 return self.exit_codes.ERROR_INVALID_DATA.format(exception=f'pair {name!r}: {exception}')
             self.out(f'voltages.{name}', result['voltage'])

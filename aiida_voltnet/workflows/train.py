@@ -26,6 +26,12 @@ def _value(node):
     return node.value if isinstance(node, orm.BaseType) else node
 
 
+def called(node, label: str) -> bool:
+    """Whether work chain ``node`` called a process with link ``label``: a calculation function refused by its
+    validator stores none, one that raised while running is stored (excepted). Each label is used once per run."""
+    return bool(node.base.links.get_outgoing(link_label_filter=label).all())
+
+
 class TrainWorkChain(ProtocolMixin, WorkChain):
     """Train a voltage model with full provenance: source -> dataset -> split -> model -> held-out metrics."""
 
@@ -100,11 +106,9 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                                        records)
             # every record is trained or evaluated on: each needs the target (refused here, before the dataset,
             # the split and the training run, not by train_model after them)
-            target = settings.get('target', 'average_voltage')
-            missing = [r.battery_id for r in records if getattr(r, target) is None]
-            if missing:
-                return (f'{len(missing)} record(s) have no {target} to train or evaluate on, e.g. '
-                        f'{", ".join(missing[:3])}')
+            message = functions.check_training_targets(list(records), settings, purpose='train or evaluate on')
+            if message:
+                return message
             split = inputs.get('split', {})
             functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
         except Exception as exception:  # noqa: BLE001 - the message names row and field
@@ -143,11 +147,10 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored). An
         error raised while it ran (its node stored and excepted, so not a refusal) is not relabelled: it
         propagates, and this work chain excepts with it, the traceback on both nodes."""
-        called_before = len(self.node.base.links.get_outgoing(link_label_filter=label).all())
         try:
             return function(**inputs, metadata={'call_link_label': label}), None
         except ValueError as exception:
-            if len(self.node.base.links.get_outgoing(link_label_filter=label).all()) > called_before:
+            if called(self.node, label):
                 raise  # the function ran and failed: a bug or a resource problem, not bad input
             self.report(f'{label} refused its inputs: {exception}')
             return None, self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
