@@ -55,7 +55,7 @@ def cli(verbose):
 @click.option('--precision', default='fp32', show_default=True, type=click.Choice(['fp32', 'bf16']),
               help='Arithmetic of torch models\' training: fp32, or bf16 (bfloat16 autocast products: faster on '
                    'CPUs with AVX512-BF16, about 1.5x for MHA-ResNet on a Zen 5 core, and on GPUs; emulated and '
-                   'about 10x slower on CPUs without it, which a warning says; not bit-equal to fp32). Ignored by '
+                   'about 20x slower on CPUs without it, which a warning says; not bit-equal to fp32). Ignored by '
                    'tree and kernel models.')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision):
     """Train on all rows of a CSV and write a model directory."""

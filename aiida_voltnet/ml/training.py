@@ -193,7 +193,7 @@ def train_network(network: nn.Module, X: np.ndarray, y: np.ndarray, config: Trai
     device = resolve_device(config.device)
     if config.precision == 'bf16' and device.type == 'cpu' and not cpu_bf16_is_native():
         LOGGER.warning('precision bf16 on a CPU without bfloat16 units (no AVX512-BF16): the products are emulated '
-                       'and training runs several times slower than in fp32 (about 10x for MHA-ResNet on a Zen 3 '
+                       'and training runs many times slower than in fp32 (about 20x for MHA-ResNet on a Zen 3 '
                        'core); use fp32 here')
     generator = seed_everything(config.seed)
     train_idx, val_idx = _validation_split(len(X), config.val_fraction, config.seed)
