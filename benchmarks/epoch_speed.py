@@ -5,11 +5,11 @@ shuffle=True)``, Adam(lr=5e-3), MSE, full ``nn.MultiheadAttention``.
 Ours: the same network, parameters and optimizer (Adam 5e-3, fused into one kernel); one ``randperm`` per epoch
 slicing device tensors; the exact single-token form of the attention (softmax over one key is 1), the trunk
 channels-last ``(batch, length, channels)`` with its convolutions computed as matrix products (batch norms over
-contiguous rows), dropout masks from ``torch.rand``, and on an AVX-512 CPU every float32 product (forward and
-backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
+contiguous rows), dropout masks from ``torch.rand``, and on an AMD CPU with AVX-512 every float32 product (forward
+and backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AVX2 kernels on AMD CPUs with AVX-512;
 ``aiida_voltnet.ml.networks.cpu_linear``, chosen by ``networks.cpu_products``), the FFN's first product with its
 ReLU as a oneDNN post-op, and the backward's temporaries (transposed copies, the ReLU-masked gradient) in buffers
-reused from step to step; on an AVX2 CPU torch's own products, which are faster there. The forward math is the
+reused from step to step; on AVX2 CPUs and Intel's AVX-512 ones torch's own products, which are faster there. The forward math is the
 same function: the script prints the largest output difference on identical weights (float summation order
 only, ~1e-6). The row "ours, aten::mm" or "ours, oneDNN" is the same loop with the other library's products.
 

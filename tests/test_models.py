@@ -341,16 +341,20 @@ def test_fast_mha_resnet_is_exact_in_float64(n_features):
 
 
 def test_cpu_products_follows_the_cpu_and_the_override(monkeypatch):
-    """oneDNN products on AVX-512 CPUs, torch's own on AVX2 ones (where they are faster: docs/results.md);
-    VOLTNET_CPU_PRODUCTS overrides, and a value it does not know is refused naming the variable. The torch
-    models' training follows the choice: an MLP's linears are routed to oneDNN only when it is chosen."""
+    """oneDNN products on AMD's AVX-512 CPUs, torch's own (MKL) on Intel's and on AVX2 ones (where they are
+    faster: docs/results.md); VOLTNET_CPU_PRODUCTS overrides, and a value it does not know is refused naming the
+    variable. The torch models' training follows the choice: an MLP's linears are routed to oneDNN only when it
+    is chosen."""
     from aiida_voltnet.ml import networks
     from aiida_voltnet.ml.models import TorchRegressor
 
     monkeypatch.delenv(networks.CPU_PRODUCTS_ENV, raising=False)
-    for capability, expected in (('AVX512', 'onednn'), ('AVX2', 'aten'), ('DEFAULT', 'aten')):
+    for capability, vendor, expected in (('AVX512', 'AuthenticAMD', 'onednn'), ('AVX512', 'GenuineIntel', 'aten'),
+                                         ('AVX512', '', 'aten'), ('AVX2', 'AuthenticAMD', 'aten'),
+                                         ('DEFAULT', 'AuthenticAMD', 'aten')):
         monkeypatch.setattr(torch.backends.cpu, 'get_cpu_capability', lambda c=capability: c)
-        assert networks.cpu_products() == (expected if onednn_linear_available() else 'aten'), capability
+        monkeypatch.setattr(networks, 'cpu_vendor', lambda v=vendor: v)
+        assert networks.cpu_products() == (expected if onednn_linear_available() else 'aten'), (capability, vendor)
     monkeypatch.setenv(networks.CPU_PRODUCTS_ENV, 'aten')
     assert networks.cpu_products() == 'aten'
     model = TorchRegressor('mlp', network={'hidden': [8]})
@@ -536,3 +540,19 @@ def test_doctored_tree_arrays_are_refused_on_load(records, tmp_path):
             VoltageModel.load(tmp_path / 'm')
     _resave_with_hashes(tmp_path / 'm', saved)  # the untouched arrays load and predict as before
     assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])
+
+
+def test_cpu_vendor_reads_proc_cpuinfo_and_tolerates_its_absence(monkeypatch, tmp_path):
+    """The vendor comes from /proc/cpuinfo's vendor_id line; without the file (another OS) it is ''."""
+    import builtins
+
+    from aiida_voltnet.ml import networks
+
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text('processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\n')
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, 'open', lambda path, *a, **k: real_open(
+        cpuinfo if path == '/proc/cpuinfo' else path, *a, **k))
+    assert networks.cpu_vendor() == 'AuthenticAMD'
+    cpuinfo.unlink()
+    assert networks.cpu_vendor() == ''

@@ -80,7 +80,7 @@ class TorchRegressor(Regressor):
     def _build(self, n_features: int):
         self.module = build_network(self.hyper['architecture'], n_features, **self.hyper['network'])
         # Same parameters and outputs (float summation order aside), faster on CPU: MHA-ResNet's exact fast forms,
-        # and on AVX-512 CPUs every network's float32 CPU products through oneDNN (networks.cpu_products)
+        # and on AMD AVX-512 CPUs every network's float32 CPU products through oneDNN (networks.cpu_products)
         if self.hyper['architecture'] == 'mha_resnet':
             fast_mha_resnet(self.module)
         elif cpu_products() == 'onednn':

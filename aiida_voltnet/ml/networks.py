@@ -11,7 +11,7 @@ from torch import nn
 __all__ = ['Bottleneck', 'SeedResNet', 'TransformerBlock', 'MHAResNet', 'MLP', 'LSTMRegressor', 'ResidualMLP',
            'build_network', 'NETWORKS', 'attention_as_linear',
            'convolutions_as_matmul', 'fast_mha_resnet', 'cpu_linear', 'onednn_linear_available', 'linears_on_onednn',
-           'cpu_products', 'CPU_PRODUCTS_ENV']
+           'cpu_products', 'cpu_vendor', 'CPU_PRODUCTS_ENV']
 
 
 def _onednn_linear_op():
@@ -36,17 +36,32 @@ def onednn_linear_available() -> bool:
 CPU_PRODUCTS_ENV = 'VOLTNET_CPU_PRODUCTS'
 
 
+def cpu_vendor() -> str:
+    """The CPU's vendor string as Linux reports it (``/proc/cpuinfo``'s ``vendor_id``: ``'AuthenticAMD'``,
+    ``'GenuineIntel'``), or ``''`` where it cannot be read (another OS, another architecture)."""
+    try:
+        with open('/proc/cpuinfo', encoding='ascii', errors='replace') as handle:
+            for line in handle:
+                key, _, value = line.partition(':')
+                if key.strip() == 'vendor_id':
+                    return value.strip()
+    except OSError:
+        pass
+    return ''
+
+
 def cpu_products() -> str:
     """Which library computes the float32 CPU products of our networks' training: ``'onednn'``
     (:func:`cpu_linear`) or ``'aten'`` (torch's own ``nn.functional.linear``, MKL in the x86 wheels).
 
-    oneDNN where the CPU runs AVX-512 (``torch.backends.cpu.get_cpu_capability()``), since MKL runs its AVX2
-    kernels on AMD's AVX-512 CPUs; torch's own products elsewhere, since with AVX2 the two libraries' kernels are
-    level and oneDNN's path pays for contiguous transposed copies that torch's BLAS calls avoid. Measured with
-    ``benchmarks/epoch_speed.py`` (MHA-ResNet epoch, docs/results.md): on Zen 5 (AVX-512) oneDNN 2.61x against
-    1.48x for torch's products, on Zen 4 (AVX-512) 1.91-2.05x against 1.73-1.91x, on Zen 3 (AVX2 only) 2.27x
-    against 2.48x. ``VOLTNET_CPU_PRODUCTS=onednn|aten`` overrides the choice (both compute the same sums; only
-    the summation order differs).
+    oneDNN where an AMD CPU runs AVX-512 (``torch.backends.cpu.get_cpu_capability()`` and :func:`cpu_vendor`),
+    since MKL runs its AVX2 kernels on AMD's AVX-512 CPUs; torch's own products elsewhere: with AVX2 the two
+    libraries' kernels are level and oneDNN's path pays for contiguous transposed copies that torch's BLAS calls
+    avoid, and on Intel's AVX-512 CPUs MKL runs its AVX-512 kernels. Measured with ``benchmarks/epoch_speed.py``
+    (MHA-ResNet epoch, docs/results.md): on Zen 5 (AVX-512) oneDNN 2.61x against 1.48x for torch's products, on
+    Zen 4 (AVX-512) 1.91-2.05x against 1.73-1.91x, on Zen 3 (AVX2 only) 2.27x against 2.48x, on an Intel Xeon
+    with AVX-512 and AMX 1.83-1.91x against 2.04-2.11x. ``VOLTNET_CPU_PRODUCTS=onednn|aten`` overrides the choice (both
+    compute the same sums; only the summation order differs).
     """
     chosen = os.environ.get(CPU_PRODUCTS_ENV, '').strip().lower()
     if chosen:
@@ -55,7 +70,8 @@ def cpu_products() -> str:
         if chosen == 'onednn' and _ONEDNN_LINEAR is None:
             raise ValueError(f'{CPU_PRODUCTS_ENV}=onednn, but this torch build has no oneDNN linear kernel')
         return chosen
-    if _ONEDNN_LINEAR is not None and torch.backends.cpu.get_cpu_capability().startswith('AVX512'):
+    if (_ONEDNN_LINEAR is not None and torch.backends.cpu.get_cpu_capability().startswith('AVX512')
+            and cpu_vendor() == 'AuthenticAMD'):
         return 'onednn'
     return 'aten'
 
