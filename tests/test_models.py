@@ -556,3 +556,30 @@ def test_cpu_vendor_reads_proc_cpuinfo_and_tolerates_its_absence(monkeypatch, tm
     assert networks.cpu_vendor() == 'AuthenticAMD'
     cpuinfo.unlink()
     assert networks.cpu_vendor() == ''
+
+
+def test_training_refuses_identical_members_and_too_few_rows_for_trees(records):
+    """A kernel model's members do not depend on the seed, so an ensemble of them had a spread of exactly 0 (shown
+    as +/- 0.000 V); trees on fewer rows than two leaves made no split and predicted one constant. Both refused."""
+    from aiida_voltnet.ml.models import min_training_rows
+
+    with pytest.raises(ValueError, match='model krr is deterministic .*: 3 members would be identical copies'):
+        train_voltage_model(records, model='krr', members=3)
+    assert min_training_rows('voltnet') == 40 and min_training_rows('voltnet_large') == 20
+    with pytest.raises(ValueError, match='voltnet needs at least 40 training rows, got 39: its trees split no node'):
+        train_voltage_model(records[:39], members=1, calibrate=False)
+    model = train_voltage_model(records[:40], members=1, calibrate=False)
+    assert np.ptp(model.predict(records[:40])[0]) > 0.1  # not one constant
+
+
+def test_members_that_agree_on_the_held_out_rows_are_left_uncalibrated(records, monkeypatch):
+    """The calibration scale is |error| / spread: members that all predict the same constant on the held-out
+    frameworks (here: too few inner rows for any split) gave a scale of ~1e5 and an uncertainty of +/- 0.000 V.
+    Now the spread is left uncalibrated, with a warning that says why."""
+    params = {**MODEL_SPECS['voltnet']['params'], 'min_samples_leaf': 48}  # the 100 rows split, 90 inner do not
+    monkeypatch.setitem(MODEL_SPECS, 'voltnet', {**MODEL_SPECS['voltnet'], 'params': params})
+    with pytest.warns(UserWarning, match='found the members in agreement'):
+        model = train_voltage_model(records[:100], members=2)
+    assert 'uncertainty_calibration' not in model.metadata
+    mean, spread = model.predict(records[100:140])
+    assert np.ptp(mean) > 0 and spread.max() < 5

@@ -312,8 +312,9 @@ def _train_arguments(featurizer, model, settings, seed=0, records=None) -> dict:
     core_featurizer = get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
     if records is not None:
         core_featurizer.check_records(records)
-    check_training_options(seed=seed, **{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
-                                         if k in settings})
+    check_training_options(seed=seed, model=model, n_rows=None if records is None else len(records),
+                           **{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
+                              if k in settings})
     return {'featurizer': featurizer, 'model': model, **settings}
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -29,7 +30,7 @@ from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'check_training_options', 'TARGETS',
-           'MAX_SEED',
+           'min_training_rows', 'MAX_SEED',
            'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -741,12 +742,27 @@ def _where(record: ElectrodeRecord) -> str:
 MAX_SEED = 4_000_000
 
 
+def min_training_rows(model: str) -> int:
+    """The fewest training rows ``model`` can learn anything from: a tree model needs two leaves of
+    ``min_samples_leaf`` rows for its first split (with fewer, every tree is one leaf and the model predicts one
+    constant); other models 2."""
+    spec = MODEL_SPECS[model]
+    if spec['kind'] == 'trees':
+        leaf = spec['params'].get('min_samples_leaf',
+                                  inspect.signature(GradientBoostedTrees).parameters['min_samples_leaf'].default)
+        return 2 * int(leaf)
+    return 2
+
+
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
-                           seed=0) -> None:
+                           seed=0, model=None, n_rows=None) -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
     integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
     knows (``auto``, ``cpu``, ``cuda[:N]``; whether CUDA is present is checked where the training runs),
-    ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`.
+    ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`. Given the ``model`` name: more
+    than one member only for models whose fit depends on the seed (a kernel model's members would be identical
+    copies, whose spread of 0 would claim certainty), and, given ``n_rows`` too, at least
+    :func:`min_training_rows` training rows.
 
     :raises ValueError: naming the option.
     """
@@ -761,6 +777,21 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
         parse_device(device)
     if target not in TARGETS:
         raise ValueError(f'unknown target {target!r}; choose one of {", ".join(TARGETS)}')
+    if model is None:
+        return
+    if model not in MODEL_SPECS:
+        raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
+    spec = MODEL_SPECS[model]
+    n_members = members if members is not None else spec['members']
+    if spec['kind'] == 'kernel' and n_members > 1:
+        raise ValueError(f'model {model} is deterministic (its fit does not depend on the seed): {n_members} members '
+                         'would be identical copies, whose spread of 0 would claim a certainty they do not have; '
+                         'train it with members 1')
+    if n_rows is not None and n_rows < min_training_rows(model):
+        raise ValueError(f'model {model} needs at least {min_training_rows(model)} training rows, got {n_rows}'
+                         + (f': its trees split no node with fewer than '
+                            f'{min_training_rows(model) // 2} rows on each side, so it would predict one constant'
+                            if spec['kind'] == 'trees' else ''))
 
 
 def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Featurizer = DEFAULT_FEATURIZER,
@@ -784,7 +815,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
     spec = MODEL_SPECS[model]
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
-                           seed=seed)
+                           seed=seed, model=model, n_rows=len(records))
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():
@@ -855,6 +886,8 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
 
 #: Held-out rows below which the calibration scale of the ensemble spread is reported as unreliable (a warning).
 MIN_CALIBRATION_ROWS = 30
+#: Median ensemble spread (V) on the held-out rows below which the members count as agreeing: no calibration.
+MIN_CALIBRATION_SPREAD = 1e-4
 
 
 def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
@@ -877,6 +910,12 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
     members = _fit_members(X[inner], y[inner], **{**fit, 'show_progress': False, 'progress': None},
                            phase='calibration')
     predictions = np.stack([m.predict(X[held], device=fit['device']) for m in members])
+    if np.median(predictions.std(axis=0)) < MIN_CALIBRATION_SPREAD:
+        warnings.warn(f'the uncertainty calibration found the members in agreement (median spread below '
+                      f'{MIN_CALIBRATION_SPREAD} V) on {len(held)} held-out rows of {len(inner)} training rows: no '
+                      'scale can turn that spread into an error bar, so it is left uncalibrated (a measure of '
+                      'disagreement, not of error); train on more electrodes', UserWarning, stacklevel=3)
+        return None
     spread = np.maximum(predictions.std(axis=0), 1e-6)
     ratio = np.abs(predictions.mean(axis=0) - y[held]) / spread
     scale = float(np.quantile(ratio, 0.6827))

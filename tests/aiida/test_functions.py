@@ -209,6 +209,11 @@ def test_bad_settings_refused(trained):
         _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
     for seed in (-1, 2**32):  # member i trains with seed * 1000 + i: these failed inside the body (an excepted node)
         _refused(lambda: F.train_model(trained.train, model='krr', seed=seed), r'seed must be an integer in 0\.\.')
+    # members of a deterministic model are identical copies (a spread of 0 that claims certainty); trees on fewer
+    # rows than two of their leaves predict one constant: both trained without a word before
+    _refused(lambda: F.train_model(trained.train, model='svr', settings={'members': 2}), 'svr is deterministic')
+    few = ElectrodeDataset(trained.train.records()[:39])
+    _refused(lambda: F.train_model(few), 'voltnet needs at least 40 training rows, got 39')
     _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')
 
