@@ -23,8 +23,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     from aiida import load_profile, orm
+    from aiida.common.exceptions import ConfigurationError
 
-    load_profile(args.profile, allow_switch=True)
+    try:
+        load_profile(args.profile, allow_switch=True)
+    except ConfigurationError as exception:  # no AiiDA configuration yet, or no such profile
+        print(f'cannot load profile {args.profile!r} ({type(exception).__name__}: {exception}); run `voltnet '
+              'quickstart` first, or give an existing profile with --profile', file=sys.stderr)
+        return 1
 
     from aiida_voltnet.data.model import VoltageModelData
     from aiida_voltnet.provenance import list_predictions, prediction_provenance
@@ -47,8 +53,15 @@ def main(argv=None):
 
         from aiida_voltnet.calculations.functions import predict_voltages
 
-        training = model.base.links.get_incoming(link_type=LinkType.CREATE).one().node  # the train_model calcfunction
-        test = training.caller.outputs.test_dataset  # the TrainWorkChain's held-out records
+        training = model.base.links.get_incoming(link_type=LinkType.CREATE).one().node  # train_model or a job
+        # the held-out records of the TrainWorkChain that called it; a model trained otherwise has none
+        caller = training.caller
+        if caller is None or 'test_dataset' not in caller.outputs:
+            print(f'VoltageModelData<{model.pk}> was made by {training.process_label}<{training.pk}>, which no '
+                  'TrainWorkChain called, so it has no held-out test dataset to predict; run without '
+                  '--predict-test-set', file=sys.stderr)
+            return 1
+        test = caller.outputs.test_dataset
         array = predict_voltages(model, test)
         print(f'predicted ElectrodeDataset<{test.pk}> ({test.n_records} held-out records) -> ArrayData<{array.pk}>')
 

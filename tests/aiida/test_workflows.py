@@ -242,3 +242,35 @@ def test_quickstart():
         assert prediction['provenance']['model_version'] == summary['model']['model_version']
         assert prediction['provenance']['training_dataset']['origin']['kind'] == 'csv'
     assert any('LiFePO4' in line for line in lines)
+
+
+def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_other_models(csv_node, capsys):
+    """``examples/aiida_provenance.py --predict-test-set`` predicts the held-out records of the TrainWorkChain that
+    made the latest voltnet model; for a model trained by ``train_model`` alone (no test set) it says so, where it
+    raised AttributeError ('NoneType' object has no attribute 'outputs')."""
+    import importlib.util
+    from pathlib import Path
+
+    from aiida import get_profile
+
+    from aiida_voltnet.calculations.functions import train_model
+
+    path = Path(__file__).resolve().parents[2] / 'examples' / 'aiida_provenance.py'
+    spec = importlib.util.spec_from_file_location('aiida_provenance_example', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    profile = get_profile().name
+
+    results, node = run_get_node(TrainWorkChain.get_builder_from_protocol(csv_node, protocol='fast'))
+    assert node.is_finished_ok, node.exit_message
+    capsys.readouterr()
+    assert example.main(['--profile', profile, '--predict-test-set', '--rows', '2']) == 0
+    test = results['test_dataset']
+    assert f'predicted ElectrodeDataset<{test.pk}> ({test.n_records} held-out records)' in capsys.readouterr().out
+
+    alone = train_model(results['train_dataset'], settings=orm.Dict({'members': 2}))
+    assert example.main(['--profile', profile, '--predict-test-set']) == 1
+    assert f'VoltageModelData<{alone.pk}> was made by train_model<{alone.creator.pk}>, which no TrainWorkChain ' \
+           'called' in capsys.readouterr().err
+    assert example.main(['--profile', 'no-such-profile-here']) == 1
+    assert "cannot load profile 'no-such-profile-here'" in capsys.readouterr().err
