@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 from aiida_voltnet.ml.models import DEFAULT_FEATURIZER, DEFAULT_MODEL, train_voltage_model
-from aiida_voltnet.ml.records import ElectrodeRecord, read_electrodes_csv, validate_record
+from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record
 from aiida_voltnet.ml.structures import record_from_structures, shipped_pair
 
 DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
@@ -26,13 +26,24 @@ def main(argv=None):
     parser.add_argument('--data', default=str(DEFAULT_CSV.resolve()), help='training CSV (default: the shared MP CSV)')
     parser.add_argument('--save', default=None, help='also write the model to this directory')
     args = parser.parse_args(argv)
+    if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
+        parser.error(f'--save {args.save}: exists and is not a directory')
 
-    records = read_electrodes_csv(args.data)
-    print(f'Training {DEFAULT_MODEL} ({DEFAULT_FEATURIZER} features) on {len(records)} electrodes ...')
-    started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        model = train_voltage_model(records)  # the defaults: leak-free features, the voltnet ensemble
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        try:
+            records = read_electrodes_csv(args.data)
+        except (OSError, ElectrodeDataError) as exception:
+            parser.exit(2, f'{parser.prog}: error: --data {args.data}: {exception}\n')
+        print(f'Training {DEFAULT_MODEL} ({DEFAULT_FEATURIZER} features) on {len(records)} electrodes ...')
+        started = time.perf_counter()
+        try:
+            model = train_voltage_model(records)  # the defaults: leak-free features, the voltnet ensemble
+        except (ValueError, ElectrodeDataError) as exception:  # e.g. a row without average_voltage
+            parser.exit(2, f'{parser.prog}: error: --data {args.data}: {exception}\n')
+    for warning in caught:  # ours (about the data, the calibration); the libraries' deprecation noise is dropped
+        if 'aiida_voltnet' in warning.filename:
+            print(f'warning: {warning.message}')
     print(f'trained in {time.perf_counter() - started:.0f} s: {len(model.members)} members, '
           f'{model.n_parameters} parameters')
     if args.save:
