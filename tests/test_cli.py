@@ -81,6 +81,10 @@ def test_bad_inputs_exit_nonzero_with_a_message(trained):
     bad = run('predict', '--model', str(broken), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
               check=False)
     assert bad.returncode == 3 and 'altered' in bad.stderr
+    # a directory that holds no model is a wrong argument (2), not an altered model (3)
+    bad = run('predict', '--model', str(trained), '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
+              check=False)
+    assert bad.returncode == 2 and 'is not a voltnet model directory: config.json is missing' in bad.stderr
 
 
 def test_train_precision_reaches_the_stored_training_settings(tmp_path):

@@ -1,4 +1,5 @@
 """Featurizers: fixed vocabularies, state as arrays, the leak is refused or announced, structures work."""
+import dataclasses
 import warnings
 from pathlib import Path
 
@@ -142,8 +143,14 @@ def test_vectorized_leak_free_rows_raise_what_the_per_record_rows_raise():
     assert str(vectorized.value) == str(per_record.value)
     missing = LeakFreeFeaturizer(extra_columns=['capacity_vol'])
     without = ElectrodeRecord(battery_id='nocap', formula_charge='CoO2', formula_discharge='LiCoO2', working_ion='Li')
-    with pytest.raises(ValueError, match="battery 'nocap': extra column 'capacity_vol' is missing"):
+    with pytest.raises(ValueError, match="battery_id 'nocap', field 'capacity_vol': extra column 'capacity_vol' is "
+                                         "missing"):
         missing.raw(good + [without])
+    # the paper featurizer names the line of the file too, as every other refusal of a record does
+    paper = get_featurizer('paper', _quiet=True)
+    with pytest.raises(ValueError, match=f"line {good[1].line}, battery_id '{good[1].battery_id}', field "
+                                         "'num_steps': the paper featurizer needs num_steps"):
+        paper.check_records([good[0], dataclasses.replace(good[1], num_steps=None)])
 
 
 def test_training_host_elements_are_read_from_the_fitted_state(records):

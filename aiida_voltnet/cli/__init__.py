@@ -136,7 +136,9 @@ def _read_model(path):
 
     try:
         return VoltageModel.load(path)
-    except (FileNotFoundError, ModelIntegrityError, ValueError, KeyError) as exception:
+    except FileNotFoundError as exception:  # a directory that holds no model: the argument is wrong, not the model
+        _fail(f'--model {path}: {exception}')
+    except (ModelIntegrityError, ValueError, KeyError) as exception:
         _fail(f'cannot load model {path}: {exception}', EXIT_BAD_MODEL)
 
 

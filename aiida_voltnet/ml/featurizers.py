@@ -23,7 +23,7 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Composition, Element
 
-from .records import CRYSTAL_SYSTEMS, FLOAT_COLUMNS, WORKING_IONS, ElectrodeRecord
+from .records import CRYSTAL_SYSTEMS, FLOAT_COLUMNS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord
 
 __all__ = [
     'metastability_voltage',
@@ -471,7 +471,8 @@ class PaperFeaturizer(Featurizer):
         for record in records:
             missing = [name for name in self.NEEDED if getattr(record, name) is None]
             if missing:
-                raise ValueError(f'battery {record.battery_id!r}: the paper featurizer needs {", ".join(missing)}')
+                raise ElectrodeDataError(f'the paper featurizer needs {", ".join(missing)}', field=missing[0],
+                                         battery_id=record.battery_id, line=record.line)
 
     def raw(self, records):
         self.check_records(records)
@@ -556,8 +557,8 @@ class LeakFreeFeaturizer(Featurizer):
             for record in records:
                 value = getattr(record, column)
                 if value is None or not math.isfinite(value):
-                    raise ValueError(f'battery {record.battery_id!r}: extra column {column!r} is '
-                                     f'{"missing" if value is None else value}')
+                    raise ElectrodeDataError(f'extra column {column!r} is {"missing" if value is None else value}',
+                                             field=column, battery_id=record.battery_id, line=record.line)
 
     def _row(self, record: ElectrodeRecord) -> np.ndarray:
         table = element_property_table()
@@ -593,7 +594,8 @@ class LeakFreeFeaturizer(Featurizer):
         for column in self.options.get('extra_columns', ()):
             value = getattr(record, column)
             if value is None:
-                raise ValueError(f'battery {record.battery_id!r}: extra column {column!r} is missing')
+                raise ElectrodeDataError(f'extra column {column!r} is missing', field=column,
+                                         battery_id=record.battery_id, line=record.line)
             extras.append(float(value))
         return np.concatenate([
             _one_hot(record.working_ion, WORKING_IONS),
