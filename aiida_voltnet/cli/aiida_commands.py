@@ -73,7 +73,7 @@ def _load_node(identifier, profile, node_class=None):
 
 @cli.command()
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
-              help='Training CSV (default: the shared MP insertion-electrode CSV).')
+              help='Training CSV (default: $VOLTNET_DATA if set, else the shared MP insertion-electrode CSV).')
 @click.option('--profile', default=QUICKSTART_PROFILE, show_default=True,
               help='AiiDA profile to create or reuse (SQLite-backed, no services).')
 @click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),

@@ -8,7 +8,7 @@ import click
 from . import _check_device, _check_output_path, _fail, cli
 
 
-@cli.command()
+@cli.command(short_help="Reproduce the paper's Tables S1-S4 and Figs S3-S5, with and without its leak.")
 @click.option('--out', 'out', required=True, type=click.Path(file_okay=False),
               help='Directory for report.md, report.json and the PNG figures.')
 @click.option('--quick', is_flag=True, help='Smoke settings (1 seed, 3 folds, few epochs, 1500 rows): < 5 min.')
