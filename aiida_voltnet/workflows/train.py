@@ -126,7 +126,18 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         """
         import os
 
+        from aiida_voltnet.ml.models import MODEL_SPECS
+
         inputs = cls.get_protocol_inputs(protocol, overrides)
+        train = inputs.get('train', {})
+        settings = train.get('settings') or {}
+        settings = settings.get_dict() if isinstance(settings, orm.Dict) else settings
+        asked = (((overrides or {}).get('train') or {}).get('settings') or {})
+        asked = asked.get_dict() if isinstance(asked, orm.Dict) else asked
+        if ('members' in settings and 'members' not in asked
+                and MODEL_SPECS.get(_value(train.get('model')), {}).get('kind') == 'kernel'):
+            # the protocol's ensemble size is for the tree ensembles; a kernel model's members would be identical
+            train['settings'] = {k: v for k, v in settings.items() if k != 'members'}
         if isinstance(csv_or_dataset, (str, os.PathLike)):
             csv_or_dataset = orm.SinglefileData(os.path.abspath(csv_or_dataset))
         builder = cls.get_builder()

@@ -50,6 +50,15 @@ def test_protocols():
         TrainWorkChain.get_builder_from_protocol(CSV_150, protocol='slow')
     with pytest.raises(ValueError, match='not an input'):
         TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'epochs': 3}})
+    # the fast protocol's 2 members are for the tree ensemble: a kernel model (identical members) drops them, unless
+    # the user asked for them, which the launch then refuses
+    krr = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'model': 'krr'}})
+    assert krr.train.model.value == 'krr' and krr.train.settings.get_dict() == {}
+    asked = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'model': 'krr',
+                                                                                  'settings': {'members': 2}}})
+    assert asked.train.settings.get_dict() == {'members': 2}
+    with pytest.raises(ValueError, match='krr is deterministic'):
+        run_get_node(asked)
 
 
 def test_protocol_builder_keeps_every_override(aiida_localhost):
