@@ -32,7 +32,7 @@ import numpy as np
 from .ml.evaluation import EvaluationResult, evaluate
 from .ml.featurizers import get_featurizer_class, hull_leak_check
 from .ml.metrics import interval_coverage, regression_metrics
-from .ml.models import MODEL_SPECS, train_voltage_model
+from .ml.models import MODEL_SPECS, min_training_rows, train_voltage_model
 from .ml.records import ElectrodeRecord, file_sha256, parse_formula, read_electrodes_csv
 from .ml.splits import cap_per_voltage_interval, kfold_splits, make_split
 
@@ -769,7 +769,8 @@ def _learning_curve(records, settings) -> list[dict]:
             rng = np.random.default_rng(seed)
             for fold, (train_idx, test_idx) in enumerate(kfold_splits(records, k=settings.folds, grouped=True,
                                                                       seed=seed)):
-                size = max(20, int(round(fraction * len(train_idx))))
+                # no fewer rows than the trees can split (below that every member predicts one constant)
+                size = max(min_training_rows('voltnet'), int(round(fraction * len(train_idx))))
                 kept = np.sort(rng.choice(train_idx, size=min(size, len(train_idx)), replace=False))
                 n_train.append(len(kept))
                 test = [records[i] for i in test_idx]

@@ -134,23 +134,23 @@ def fake_child():
     return factory
 
 
-def records_30(csv_path):
+def records_50(csv_path):
     from aiida_voltnet.ml.records import read_electrodes_csv
 
     with csv_path.open(newline='') as handle:
-        return read_electrodes_csv(handle, source=csv_path.name)[:30]
+        return read_electrodes_csv(handle, source=csv_path.name)[:50]
 
 
 @pytest.fixture(scope='session')
 def interrupted_checkpoint(csv_60, tmp_path_factory) -> pathlib.Path:
-    """The checkpoint directory of a 2-member ``voltnet`` training on 30 rows stopped after its first member."""
+    """The checkpoint directory of a 2-member ``voltnet`` training on 50 rows stopped after its first member."""
     from aiida_voltnet.ml.models import train_voltage_model
     from aiida_voltnet.ml.training import TrainingCheckpoint, TrainingInterrupted
 
     directory = tmp_path_factory.mktemp('interrupted') / 'checkpoint'
     checkpoint = TrainingCheckpoint(directory, {'test': 'interrupted'}, stop_after_members=1)
     with pytest.raises(TrainingInterrupted):
-        train_voltage_model(records_30(csv_60), model='voltnet', members=2, device='cpu', checkpoint=checkpoint)
+        train_voltage_model(records_50(csv_60), model='voltnet', members=2, device='cpu', checkpoint=checkpoint)
     return directory
 
 

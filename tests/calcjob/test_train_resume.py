@@ -16,7 +16,7 @@ from aiida_voltnet.cli import train_entry
 from aiida_voltnet.ml.records import records_to_json
 from aiida_voltnet.ml.training import CheckpointError, TrainingCheckpoint
 
-from conftest import records_30, voltnet_train_executable
+from conftest import records_50, voltnet_train_executable
 
 #: An ensemble of 2 dropout MLPs with a cosine schedule: calibration (2 members) + final (2 members), 3 epochs each.
 MLP_ENSEMBLE = {'model': 'voltnet_mlp',
@@ -25,8 +25,8 @@ MLP_ENSEMBLE = {'model': 'voltnet_mlp',
 
 @pytest.fixture
 def job(tmp_path, csv_60):
-    """``job(name, **config)``: a fresh job directory with records.json and config.json (30 rows)."""
-    records = records_to_json(records_30(csv_60))
+    """``job(name, **config)``: a fresh job directory with records.json and config.json (50 rows)."""
+    records = records_to_json(records_50(csv_60))
 
     def make(name, **config):
         directory = tmp_path / name
