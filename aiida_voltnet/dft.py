@@ -133,11 +133,16 @@ def pw_code(computer: orm.Computer, label: str = 'pw-debian', executable: str = 
     from aiida.common.exceptions import NotExistent
 
     try:
-        return orm.load_code(f'{label}@{computer.label}')
+        code = orm.load_code(f'{label}@{computer.label}')
     except NotExistent:
         pass
+    else:
+        if str(code.get_executable()) != str(executable):
+            raise ValueError(f'code {code.full_label} exists and runs {code.get_executable()}, not {executable}: '
+                             f'delete it (`verdi code delete {code.full_label}`) or create a code of another label')
+        return code
     code = orm.InstalledCode(
         label=label, computer=computer, filepath_executable=executable, default_calc_job_plugin='quantumespresso.pw',
         prepend_text='export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1',
-        description="Debian's Quantum ESPRESSO pw.x", with_mpi=mpiprocs is not None and mpiprocs > 1)
+        description="Debian's Quantum ESPRESSO pw.x", with_mpi=True if mpiprocs is not None and mpiprocs > 1 else None)
     return code.store()

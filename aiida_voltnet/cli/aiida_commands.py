@@ -67,7 +67,7 @@ def _load_node(identifier, profile, node_class=None):
     except (NotExistent, MultipleObjectsError, ValueError) as exception:
         _fail(f'no unique node {identifier!r}: {exception}')
     if node_class is not None and not isinstance(node, node_class):
-        _fail(f'node {identifier!r} is a {type(node).__name__}<{node.pk}>, not a {node_class.__name__}', EXIT_BAD_INPUT)
+        _fail(f'node {identifier!r} is {type(node).__name__}<{node.pk}>, not a {node_class.__name__}', EXIT_BAD_INPUT)
     return node
 
 

@@ -37,7 +37,7 @@ def setup_dft(computer_label: str = 'localhost', workdir: str | None = None, pw_
         computer.configure()
         echo(f'computer {computer.label}: core.direct scheduler, work directory {workdir}')
     code = pw_code(computer, executable=pw_executable)
-    echo(f'code {code.full_label}: {pw_executable}')
+    echo(f'code {code.full_label}: {code.get_executable()}')
     return family, code
 
 
@@ -56,7 +56,7 @@ def dft_setup(profile, embedded, computer_label, pw_executable):
         _load_profile(profile)
     try:
         setup_dft(computer_label, pw_executable=pw_executable)
-    except FileNotFoundError as exception:
+    except (FileNotFoundError, ValueError) as exception:
         _fail(str(exception))
 
 
@@ -91,6 +91,9 @@ def verify(model_id, pair, protocol, code_label, profile):
         code = orm.load_code(code_label)
     except Exception as exception:  # noqa: BLE001 - NotExistent and friends
         _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
+    if code.default_calc_job_plugin != 'quantumespresso.pw':
+        _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '
+              '(a pw.x code; `voltnet dft-setup` creates pw-debian@localhost)')
     charged, discharged = layered_oxide_pair(pair[2:4])
     overrides = {'model': model} if model_id else {}
     builder = VerifyWorkChain.get_builder_from_protocol(code, charged, discharged, 'Li', protocol=protocol,

@@ -72,9 +72,13 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
     from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
 
-    # The protocol's job options, updated by the given ones; `withmpi` follows the code when the code says.
+    # The protocol's job options, updated by the given ones; `withmpi` follows the code when the code says, and
+    # an explicit `withmpi` that contradicts the code is refused (it was silently replaced by the code's value)
+    asked = (options or {}).get('withmpi')
     options = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
     if getattr(code, 'with_mpi', None) is not None:
+        if asked is not None and bool(asked) != bool(code.with_mpi):  # VerifyWorkChain refuses this at launch
+            raise ValueError(f'options withmpi={asked} contradicts code {code.full_label} (with_mpi={code.with_mpi})')
         options['withmpi'] = bool(code.with_mpi)
     family = load_pseudo_family(pseudo_family)
     ecutwfc, ecutrho = family.get_recommended_cutoffs(structure=structure, stringency=settings['cutoff_stringency'],
@@ -100,6 +104,15 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
     return PwRelaxWorkChain.get_builder_from_protocol(
         code, structure, protocol='fast', overrides={'base_relax': base, 'base_init_relax': base},
         relax_type=relax_type, options=options, **spin)
+
+
+def _validate_code(code, _):
+    """A pw.x code: its default plugin is quantumespresso.pw (another code ran three jobs and failed with 402)."""
+    plugin = code.default_calc_job_plugin if code is not None else None
+    if code is not None and plugin != 'quantumespresso.pw':
+        return (f'code {code.full_label} has the default plugin {plugin!r}, not quantumespresso.pw: give a pw.x code '
+                '(`voltnet dft-setup` creates pw-debian@localhost)')
+    return None
 
 
 def _validate_settings(settings, _ctx=None):
@@ -129,7 +142,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.input('discharged', valid_type=orm.StructureData,
                    help='The ion-rich end member with the same host framework (e.g. LiCoO2).')
         spec.input('working_ion', valid_type=orm.Str, serializer=orm.to_aiida_type, help='The working ion, e.g. Li.')
-        spec.input('code', valid_type=orm.AbstractCode, help='A pw.x code (plugin quantumespresso.pw).')
+        spec.input('code', valid_type=orm.AbstractCode, validator=_validate_code,
+                   help='A pw.x code (plugin quantumespresso.pw).')
         spec.input('pseudo_family', valid_type=orm.Str, serializer=orm.to_aiida_type,
                    default=lambda: orm.Str(DEBIAN_PBESOL_FAMILY),
                    help='Label of an aiida-pseudo family with recommended cutoffs (`voltnet dft-setup` installs '
@@ -187,6 +201,12 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             return 'give `model` (to predict here) or `ml_voltage` (an existing prediction), not both'
         if 'ion_metal' in inputs and 'ion_energy' in inputs:
             return 'give `ion_metal` (to compute its energy) or `ion_energy`, not both'
+        code, asked = inputs.get('code'), (inputs.get('options') or {}).get('withmpi')
+        if code is not None and asked is not None and getattr(code, 'with_mpi', None) is not None \
+                and bool(asked) != bool(code.with_mpi):
+            return (f'options withmpi={asked} contradicts code {code.full_label}, stored with with_mpi='
+                    f'{code.with_mpi}: use a code without a fixed with_mpi (`voltnet dft-setup` now creates one), '
+                    'or drop withmpi')
         return None
 
     @classmethod

@@ -43,7 +43,7 @@ def test_verify_names_a_model_pk_that_is_no_model(aiida_profile):
     node = orm.Int(5).store()
     result = CliRunner().invoke(cli, ['verify', '--model', str(node.pk), '--profile', aiida_profile.name])
     assert result.exit_code == 2, result.output
-    assert f'node {str(node.pk)!r} is a Int<{node.pk}>, not a VoltageModelData' in result.output
+    assert f'node {str(node.pk)!r} is Int<{node.pk}>, not a VoltageModelData' in result.output
 
 
 def test_verify_finds_the_setup_code_on_any_computer_and_asks_when_there_are_two(aiida_profile, aiida_localhost,

@@ -145,6 +145,39 @@ def test_verify_settings_validator(pw):
                                                   overrides={'settings': {'relax_type': 'everything'}})
 
 
+def test_verify_refuses_codes_that_are_no_pw_or_contradict_withmpi(pw, aiida_localhost, quantum_espresso, tmp_path):
+    """Found by a review: any code was accepted (three jobs ran and failed with 402); dft-setup's code was stored
+    with with_mpi=False, so the documented override {'withmpi': True} was silently dropped; and dft-setup with
+    another --pw kept the old code while printing the new path."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, pw_code
+    from aiida_voltnet.workflows.verify import VerifyWorkChain, pw_builder
+
+    charged, discharged = layered_oxide_pair('Co')
+    bash = orm.InstalledCode(label='not-pw', computer=aiida_localhost, filepath_executable='/bin/bash',
+                             default_calc_job_plugin='core.arithmetic.add').store()
+    with pytest.raises(ValueError, match="code not-pw@localhost has the default plugin 'core.arithmetic.add', not "
+                                         'quantumespresso.pw'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(bash, charged, discharged, 'Li', protocol='ci'))
+
+    assert pw.with_mpi is None  # the options decide, as the docs' MPI example asks
+    settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
+    mpi = {'withmpi': True, 'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 4}}
+    assert pw_builder(pw, charged, settings, mpi, DEBIAN_PBESOL_FAMILY).pw.metadata.options.withmpi is True
+    serial = orm.InstalledCode(label='pw-serial', computer=aiida_localhost, filepath_executable=quantum_espresso,
+                               default_calc_job_plugin='quantumespresso.pw', with_mpi=False).store()
+    with pytest.raises(ValueError, match='options withmpi=True contradicts code pw-serial@localhost'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(serial, charged, discharged, 'Li', protocol='ci',
+                                                               overrides={'options': mpi}))
+
+    other = tmp_path / 'pw-copy.x'
+    other.write_bytes(b'')
+    with pytest.raises(ValueError, match=f'code pw-debian@localhost exists and runs {quantum_espresso}, not {other}'):
+        pw_code(aiida_localhost, executable=str(other))
+
+
 def test_screen_validator_names_the_malformed_candidate(aiida_profile):
     from aiida_voltnet.workflows.screen import ScreenWorkChain
 
