@@ -104,5 +104,12 @@ def verify(model_id, pair, protocol, code_label, profile):
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
     line = f'{pair}: DFT {results["dft_voltage"].value:.3f} V'
     if 'ml_voltage' in results:
-        line += f', ML {results["ml_voltage"].value:.3f} V, ML - DFT {results["difference"].value:+.3f} V'
+        spread = f' +/- {results["ml_uncertainty"].value:.3f}' if 'ml_uncertainty' in results else ''
+        line += f', ML {results["ml_voltage"].value:.3f}{spread} V, ML - DFT {results["difference"].value:+.3f} V'
     click.echo(f'{line}  (VerifyWorkChain<{node.pk}>, {time.perf_counter() - started:.0f} s)')
+    unseen = results['ml_unseen_elements'].get_list() if 'ml_unseen_elements' in results else []
+    outside = results['ml_ion_content_outside'].get_list() if 'ml_ion_content_outside' in results else []
+    if unseen or outside:  # as `voltnet predict` warns for the same prediction
+        click.echo('Warning: the ML prediction is extrapolation: '
+                   + '; '.join(([f'the host has {", ".join(unseen)}, which no training host had'] if unseen else [])
+                               + outside), err=True)

@@ -24,10 +24,23 @@ def test_dft_setup_then_verify(aiida_profile, aiida_localhost, quantum_espresso,
     result = runner.invoke(cli, ['verify', '--model', str(model.pk), '--profile', aiida_profile.name,
                                  '--pair', 'LiNiO2', '--protocol', 'ci'])
     assert result.exit_code == 0, result.output
-    match = re.search(r'LiNiO2: DFT (\d\.\d+) V, ML (\d\.\d+) V, ML - DFT ([+-]\d\.\d+) V', result.output)
+    match = re.search(r'LiNiO2: DFT (\d\.\d+) V, ML (\d\.\d+) \+/- 0\.000 V, ML - DFT ([+-]\d\.\d+) V', result.output)
     assert match, result.output
     dft, ml, difference = map(float, match.groups())
     assert difference == pytest.approx(ml - dft, abs=2e-3)
+
+
+def test_verify_refuses_a_code_that_is_no_pw_before_any_job(aiida_profile, aiida_localhost):
+    """Any code was accepted: three jobs ran and the chain failed with 402 a minute later."""
+    from aiida import orm
+
+    orm.InstalledCode(label='bash-not-pw', computer=aiida_localhost, filepath_executable='/bin/bash',
+                      default_calc_job_plugin='core.arithmetic.add').store()
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', 'bash-not-pw@localhost'])
+    assert result.exit_code == 2, result.output
+    assert "--code bash-not-pw@localhost: its default plugin is 'core.arithmetic.add', not quantumespresso.pw" \
+        in result.output
 
 
 def test_dft_setup_names_a_missing_pw(aiida_profile):
