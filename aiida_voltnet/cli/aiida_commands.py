@@ -90,11 +90,19 @@ def quickstart(data, profile, protocol):
     started = time.perf_counter()
     records.LOGGER.disabled = True  # its warnings come once, from the training run below
     try:  # before the profile: a bad file stops here, with its line, battery_id and field, and stores nothing
-        records.read_electrodes_csv(data)
+        rows = records.read_electrodes_csv(data)
     except records.ElectrodeDataError as exception:
         _fail(str(exception))
     finally:
         records.LOGGER.disabled = False
+    from aiida_voltnet.ml.models import check_training_options
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    train = TrainWorkChain.get_protocol_inputs(protocol)['train']
+    try:  # too few rows for the protocol's model, found before the profile too (the training set is smaller still)
+        check_training_options(model=train['model'], members=train['settings'].get('members'), n_rows=len(rows))
+    except ValueError as exception:
+        _fail(f'{data}: {exception}')
     ensure_embedded_profile(profile)
     from aiida_voltnet.workflows.quickstart import run_quickstart
 
