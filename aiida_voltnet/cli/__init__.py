@@ -51,7 +51,8 @@ def cli(verbose):
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
 @click.option('--epochs', default=None, type=click.IntRange(min=1),
               help='Override the number of epochs of torch models.')
-@click.option('--members', default=None, type=click.IntRange(min=1), help='Override the ensemble size (1 for svr and krr, whose members would be identical).')
+@click.option('--members', default=None, type=click.IntRange(min=1),
+              help='Override the ensemble size (1 for svr and krr, whose members would be identical).')
 @click.option('--precision', default='fp32', show_default=True, type=click.Choice(['fp32', 'bf16']),
               help='Arithmetic of torch models\' training: fp32, or bf16 (bfloat16 autocast products: faster on '
                    'CPUs with AVX512-BF16, about 1.5x for MHA-ResNet on a Zen 5 core, and on GPUs; emulated and '

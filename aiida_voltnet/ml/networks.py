@@ -60,8 +60,8 @@ def cpu_products() -> str:
     avoid, and on Intel's AVX-512 CPUs MKL runs its AVX-512 kernels. Measured with ``benchmarks/epoch_speed.py``
     (MHA-ResNet epoch, docs/results.md): on Zen 5 (AVX-512) oneDNN 2.61x against 1.48x for torch's products, on
     Zen 4 (AVX-512) 1.91-2.05x against 1.73-1.91x, on Zen 3 (AVX2 only) 2.27x against 2.48x, on an Intel Xeon
-    with AVX-512 and AMX 1.83-1.91x against 2.04-2.11x. ``VOLTNET_CPU_PRODUCTS=onednn|aten`` overrides the choice (both
-    compute the same sums; only the summation order differs).
+    with AVX-512 and AMX 1.83-1.91x against 2.04-2.11x. ``VOLTNET_CPU_PRODUCTS=onednn|aten`` overrides the choice
+    (both compute the same sums; only the summation order differs).
     """
     chosen = os.environ.get(CPU_PRODUCTS_ENV, '').strip().lower()
     if chosen:
