@@ -11,7 +11,8 @@ and backward) through oneDNN instead of torch's ``aten::mm`` (MKL, which runs AV
 ReLU as a oneDNN post-op, and the backward's temporaries (transposed copies, the ReLU-masked gradient) in buffers
 reused from step to step; on AVX2 CPUs and Intel's AVX-512 ones torch's own products, which are faster there.
 The forward math is the same function: the script prints the largest output difference on identical weights
-(float summation order only, ~1e-6). The row "ours, aten::mm" or "ours, oneDNN" is the same loop with the other library's products.
+(float summation order only, ~1e-6). The row "ours, aten::mm" or "ours, oneDNN" is the same loop with the other
+library's products.
 
 Also measured in the same run:
 
