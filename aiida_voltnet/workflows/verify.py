@@ -74,11 +74,11 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
 
     # The protocol's job options, updated by the given ones; `withmpi` follows the code when the code says, and
     # an explicit `withmpi` that contradicts the code is refused (it was silently replaced by the code's value)
-    asked = (options or {}).get('withmpi')
+    conflict = _withmpi_conflict(code, options)
+    if conflict:  # VerifyWorkChain refuses this at launch
+        raise ValueError(conflict)
     options = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
     if getattr(code, 'with_mpi', None) is not None:
-        if asked is not None and bool(asked) != bool(code.with_mpi):  # VerifyWorkChain refuses this at launch
-            raise ValueError(f'options withmpi={asked} contradicts code {code.full_label} (with_mpi={code.with_mpi})')
         options['withmpi'] = bool(code.with_mpi)
     family = load_pseudo_family(pseudo_family)
     ecutwfc, ecutrho = family.get_recommended_cutoffs(structure=structure, stringency=settings['cutoff_stringency'],
@@ -104,6 +104,16 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
     return PwRelaxWorkChain.get_builder_from_protocol(
         code, structure, protocol='fast', overrides={'base_relax': base, 'base_init_relax': base},
         relax_type=relax_type, options=options, **spin)
+
+
+def _withmpi_conflict(code, options) -> str | None:
+    """Why the job ``options``' explicit ``withmpi`` cannot be used with ``code`` (whose fixed ``with_mpi`` says
+    otherwise), or None."""
+    asked = (options or {}).get('withmpi')
+    if code is None or asked is None or getattr(code, 'with_mpi', None) is None or bool(asked) == bool(code.with_mpi):
+        return None
+    return (f'options withmpi={asked} contradicts code {code.full_label}, stored with with_mpi={code.with_mpi}: use '
+            'a code without a fixed with_mpi (`voltnet dft-setup` now creates one), or drop withmpi')
 
 
 def _validate_code(code, _):
@@ -201,13 +211,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             return 'give `model` (to predict here) or `ml_voltage` (an existing prediction), not both'
         if 'ion_metal' in inputs and 'ion_energy' in inputs:
             return 'give `ion_metal` (to compute its energy) or `ion_energy`, not both'
-        code, asked = inputs.get('code'), (inputs.get('options') or {}).get('withmpi')
-        if code is not None and asked is not None and getattr(code, 'with_mpi', None) is not None \
-                and bool(asked) != bool(code.with_mpi):
-            return (f'options withmpi={asked} contradicts code {code.full_label}, stored with with_mpi='
-                    f'{code.with_mpi}: use a code without a fixed with_mpi (`voltnet dft-setup` now creates one), '
-                    'or drop withmpi')
-        return None
+        return _withmpi_conflict(inputs.get('code'), inputs.get('options'))
 
     @classmethod
     def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str, protocol: str | None = None,
