@@ -811,11 +811,9 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     :param checkpoint: a :class:`~aiida_voltnet.ml.training.TrainingCheckpoint`: saves every finished member (and
         the torch loop state) and restores the members it already holds, so that a resumed training skips them.
     """
-    if model not in MODEL_SPECS:
-        raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
-    spec = MODEL_SPECS[model]
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
                            seed=seed, model=model, n_rows=len(records))
+    spec = MODEL_SPECS[model]
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():
