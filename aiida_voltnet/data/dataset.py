@@ -14,13 +14,15 @@ from aiida.orm import Data
 from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, is_validated, records_from_json,
                                       records_to_json)
 
+from ._empty import RefusesEmpty
+
 __all__ = ('ElectrodeDataset',)
 
 #: ``records``: built in Python from records, with no file, query or structures behind them on record
 SOURCES = ('csv', 'materials_project', 'structures', 'records')
 
 
-class ElectrodeDataset(Data):
+class ElectrodeDataset(RefusesEmpty, Data):
     """Insertion-electrode records (``aiida_voltnet.ml.records.ElectrodeRecord``) with their origin.
 
     Attributes: ``n_records``, ``working_ions`` (sorted), ``source`` (``csv``, ``materials_project``,
@@ -29,6 +31,10 @@ class ElectrodeDataset(Data):
     file; ``mp_database_version`` and ``mp_n_material_ids`` when fetched from the Materials Project (the ids
     themselves and the query are in the repository file ``mp_provenance.json``, see :meth:`mp_provenance`).
     """
+
+    # ElectrodeDataset() without records cannot be stored: every reader of it would fail
+    _REQUIRED_ATTRIBUTE = 'records_sha256'
+    _EMPTY_MESSAGE = 'an ElectrodeDataset without records cannot be stored: give the records, ElectrodeDataset(records)'
 
     RECORDS_FILENAME = 'records.json'
     MP_PROVENANCE_FILENAME = 'mp_provenance.json'
@@ -82,16 +88,6 @@ class ElectrodeDataset(Data):
             self.base.repository.put_object_from_bytes(text.encode(), self.MP_PROVENANCE_FILENAME)
             self.base.attributes.set('mp_database_version', str(mp_provenance.get('database_version')))
             self.base.attributes.set('mp_n_material_ids', len(mp_provenance.get('material_ids') or []))
-
-    def _validate(self) -> bool:
-        """Refuse to store a dataset without records (``ElectrodeDataset()``): every reader of it would fail."""
-        super()._validate()
-        if self.base.attributes.get('records_sha256', None) is None:
-            from aiida.common.exceptions import ValidationError
-
-            raise ValidationError('an ElectrodeDataset without records cannot be stored: give the records, '
-                                  'ElectrodeDataset(records)')
-        return True
 
     # -- queryable properties ---------------------------------------------------------------------------------------
     @property

@@ -16,6 +16,8 @@ from aiida.orm import Data
 from aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel
 from aiida_voltnet.ml.records import file_sha256
 
+from ._empty import RefusesEmpty
+
 __all__ = ('VoltageModelData', 'ModelIntegrityError')
 
 FILENAMES = ('config.json', 'arrays.safetensors')
@@ -59,7 +61,7 @@ def _attributes_of(config: dict) -> dict:
     }
 
 
-class VoltageModelData(Data):
+class VoltageModelData(RefusesEmpty, Data):
     """A trained :class:`aiida_voltnet.ml.models.VoltageModel`.
 
     Attributes: ``architecture``, ``model_name``, ``featurizer_name``, ``featurizer_version``, ``n_parameters``,
@@ -67,6 +69,11 @@ class VoltageModelData(Data):
     ``target``, ``model_version`` (content hash of config + weights) and ``arrays_sha256``. All but ``metrics`` are
     read from ``config.json`` and checked against it again by :meth:`load_model`.
     """
+
+    # VoltageModelData() without a model cannot be stored: every reader of it would fail
+    _REQUIRED_ATTRIBUTE = 'arrays_sha256'
+    _EMPTY_MESSAGE = ('a VoltageModelData without a model cannot be stored: give the trained model, '
+                      'VoltageModelData(model)')
 
     def __init__(self, model: VoltageModel | None = None, *, metrics: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -87,16 +94,6 @@ class VoltageModelData(Data):
             self.base.attributes.set(key, value)
 
     # -- queryable properties ---------------------------------------------------------------------------------------
-    def _validate(self) -> bool:
-        """Refuse to store a model node without a model (``VoltageModelData()``): every reader of it would fail."""
-        super()._validate()
-        if self.base.attributes.get('arrays_sha256', None) is None:
-            from aiida.common.exceptions import ValidationError
-
-            raise ValidationError('a VoltageModelData without a model cannot be stored: give the trained model, '
-                                  'VoltageModelData(model)')
-        return True
-
     @property
     def model_version(self) -> str:
         return self.base.attributes.get('model_version')
