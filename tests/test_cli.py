@@ -109,6 +109,16 @@ def test_train_offers_every_model_spec():
     assert sorted(option.type.choices) == sorted(MODEL_SPECS)
 
 
+def test_train_seed_bound_is_the_models_bound():
+    """`voltnet train --seed` states its range as a literal (importing the models would load torch); it must be
+    the one `check_training_options` enforces."""
+    from aiida_voltnet.cli import train
+    from aiida_voltnet.ml.models import MAX_SEED
+
+    option = next(p for p in train.params if p.name == 'seed')
+    assert (option.type.min, option.type.max) == (0, MAX_SEED)
+
+
 def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
     """Each refusal exits 2 with a message naming the argument, and leaves no file or directory behind."""
     model, data = str(trained / 'model'), str(trained / 'train.csv')
