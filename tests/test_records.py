@@ -74,6 +74,35 @@ def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert 'test.csv, line 2' in str(info.value) and field in str(info.value)
 
 
+def test_lines_are_file_lines_past_blank_lines_and_multiline_fields():
+    """A row's line is where it starts in the file: DictReader skips blank lines and a quoted field may span
+    lines, so counting rows named the wrong line (and the wrong line of a duplicate's first occurrence)."""
+    second = ROW.replace('mp-2657_Li', 'mp-2_Li')
+    multiline = ROW.replace('mp-2657_Li,Li0-0.75TiO2', 'mp-3_Li,"Li0-0.75\nTiO2"')
+    records = load('\n\n' + ROW + '\n\n' + multiline + '\n' + second)
+    assert [(r.battery_id, r.line) for r in records] == [('mp-2657_Li', 4), ('mp-3_Li', 6), ('mp-2_Li', 8)]
+    with pytest.raises(ElectrodeDataError) as info:
+        load(ROW + '\n\n' + multiline + '\n' + second.replace('Li0.75TiO2', 'Li0.75VO2'))
+    assert (info.value.line, info.value.battery_id, info.value.field) == (6, 'mp-2_Li', 'formula_discharge')
+    with pytest.raises(ElectrodeDataError, match=r'duplicate battery_id \(first seen on line 3\)') as info:
+        load('\n' + ROW + '\n' + multiline + '\n' + ROW)
+    assert info.value.line == 6
+    with pytest.raises(ElectrodeDataError, match='the row has 22 fields') as info:
+        load(multiline + '\n\n' + ROW + ',extra')
+    assert info.value.line == 5
+
+
+@pytest.mark.parametrize('amount', ['1e17', '1e308', '10001'])
+def test_a_formula_amount_beyond_reason_is_refused_by_name(amount):
+    """Li1e17 lost the host atoms in float rounding (a ZeroDivisionError traceback), Li1e308 overflowed the
+    features: both are typos, refused with the row and the field."""
+    with pytest.raises(ElectrodeDataError, match=f'Li atoms per formula unit: more than 10,000') as info:
+        load(ROW.replace('Li0TiO2,Li0.75TiO2', f'Li0TiO2,Li{amount}TiO2'))
+    assert (info.value.line, info.value.field) == (2, 'formula_discharge')
+    (record,) = load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li9999TiO2'))
+    assert record.ion_fractions == (0, 3333)
+
+
 def test_adj_pairs_is_never_evaluated(tmp_path):
     marker = tmp_path / 'pwned'
     payload = f"[InsertionVoltagePairDoc(average_voltage=open({str(marker)!r}, 'w'))]"

@@ -152,7 +152,8 @@ class ElectrodeRecord:
         """Working-ion atoms per host-framework atom in the charged and the discharged end member."""
         result = []
         for composition in (self.composition_charge, self.composition_discharge):
-            host = composition.num_atoms - composition[self.working_ion]
+            # the host's own sum: num_atoms - ions loses the host in float rounding when the ions are many
+            host = _framework_amounts(composition, self.working_ion)[1]
             result.append(composition[self.working_ion] / host)
         return result[0], result[1]
 
@@ -199,6 +200,10 @@ _SCALAR_FIELDS = tuple(name for name in _RECORD_FIELDS if name != 'steps')
 _IMMUTABLE_TYPES = frozenset((str, int, float, type(None)))
 
 
+#: Most atoms of one element per formula unit that a formula may give (the shared MP data reach 149, in Mg149V).
+MAX_FORMULA_AMOUNT = 10_000
+
+
 def parse_formula(formula: str) -> Composition:
     """Parse a formula with pymatgen, keeping explicit zero counts (``Li0CoO2``) and refusing dummy species."""
     if not isinstance(formula, str) or not formula.strip():
@@ -212,6 +217,10 @@ def parse_formula(formula: str) -> Composition:
             raise ValueError(f'formula {formula!r} contains {species}, which is not a chemical element')
     if composition.num_atoms <= 0:
         raise ValueError(f'formula {formula!r} has no atoms')
+    for element, amount in composition.items():
+        if amount > MAX_FORMULA_AMOUNT:
+            raise ValueError(f'formula {formula!r} has {amount:g} {element} atoms per formula unit: more than '
+                             f'{MAX_FORMULA_AMOUNT:,} is taken for a typo (and would overflow the features)')
     return composition
 
 
@@ -476,10 +485,15 @@ def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
 
     :param first_line: file line number of the first row (2 for a file with a header line).
     """
+    return _records_from_numbered_rows(enumerate(rows, first_line), source)
+
+
+def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str]]],
+                                source: str | None) -> list[ElectrodeRecord]:
+    """:func:`records_from_rows` for ``(file line, row)`` pairs."""
     records = []
     seen: dict[str, int] = {}
-    for offset, row in enumerate(rows):
-        line = first_line + offset
+    for line, row in numbered_rows:
         battery_id = (row.get('battery_id') or '').strip()
         for name in REQUIRED_COLUMNS:
             if not (row.get(name) or '').strip():
@@ -512,16 +526,20 @@ def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
     return records
 
 
-def _rows_of_header_width(reader: csv.DictReader, width: int, source: str | None) -> Iterator[dict[str, str]]:
-    """The rows of ``reader``, refusing one with more or fewer fields than the header (DictReader would file the
-    extra ones under ``None`` and fill missing ones with ``None``: a row cut short after ``adj_pairs`` would load
-    with no voltage and no symmetry)."""
-    for offset, row in enumerate(reader):
+def _rows_of_header_width(reader: csv.DictReader, width: int,
+                          source: str | None) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(file line, row)`` for the rows of ``reader``, the line where the row starts (DictReader skips blank
+    lines, and a quoted field may span lines, so rows and lines differ), refusing a row with more or fewer fields
+    than the header (DictReader would file the extra ones under ``None`` and fill missing ones with ``None``: a row
+    cut short after ``adj_pairs`` would load with no voltage and no symmetry)."""
+    for row in reader:
+        line = reader.line_num - sum(value.count('\n') for value in row.values() if isinstance(value, str)) \
+            - sum(value.count('\n') for value in row.get(None) or ())
         if None in row or None in row.values():
             count = width + len(row.get(None) or ()) if None in row else sum(v is not None for v in row.values())
             raise ElectrodeDataError(f'the row has {count} fields, the header {width}', source=source,
-                                     line=offset + 2, battery_id=(row.get('battery_id') or '').strip() or None)
-        yield row
+                                     line=line, battery_id=(row.get('battery_id') or '').strip() or None)
+        yield line, row
 
 
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None) -> list[ElectrodeRecord]:
@@ -550,7 +568,7 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
         if repeated:  # DictReader would keep the last of them
             raise ElectrodeDataError(f'column(s) {", ".join(repeated)} appear more than once in the header',
                                      source=source, line=1)
-        records = records_from_rows(_rows_of_header_width(reader, len(header), source), source=source)
+        records = _records_from_numbered_rows(_rows_of_header_width(reader, len(header), source), source)
     except csv.Error as exception:  # e.g. a field over csv.field_size_limit(); line_num: the lines read before it
         raise ElectrodeDataError(f'not readable as CSV: {exception}', source=source,
                                  line=reader.line_num + 1) from None
