@@ -69,6 +69,22 @@ def test_an_ion_content_beyond_the_training_range_is_called_extrapolation(traine
     assert 'Li change 16.7' in result.stderr and 'extrapolation' in result.stderr
 
 
+def test_a_data_row_with_its_end_members_swapped_is_called_extrapolation(trained, tmp_path):
+    """--charged/--discharged refuses the ion-rich member as charged; a --data row is predicted as given (MP has
+    22 such rows), with one warning that says so, not the reader's log line as well."""
+    data, out = tmp_path / 'swapped.csv', tmp_path / 'out.csv'
+    data.write_text('battery_id,formula_charge,formula_discharge,working_ion\nfwd,FePO4,LiFePO4,Li\n'
+                    'rev,LiFePO4,FePO4,Li\n')
+    result = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out))
+    assert len(list(csv.DictReader(open(out)))) == 2
+    assert ("Warning: 1 of 2 record(s) list the ion-rich end member as charged (the first is battery_id 'rev', "
+            "line 3)") in result.stderr and 'swap the formulas' in result.stderr, result.stderr
+    assert 'kept as given' not in result.stderr and result.stderr.count('ion-rich') == 1, result.stderr
+    swapped = run('predict', '--model', str(trained / 'model'), '--charged', 'LiFePO4', '--discharged', 'FePO4',
+                  '--ion', 'Li', check=False)
+    assert swapped.returncode == 2 and 'swap them' in swapped.stderr
+
+
 def test_bad_inputs_exit_nonzero_with_a_message(trained):
     bad = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFeXx4',
               '--ion', 'Li', check=False)

@@ -471,6 +471,12 @@ def test_ion_content_ranges_flag_what_the_training_electrodes_did_not_span(recor
     assert 'Li change 16.7' in flags[1]
     assert 'ion content outside' in model.extrapolation_warning([inside, beyond])
     assert model.extrapolation_warning([inside]) is None
+    # the same pair listed the other way round: inside the ranges, but unlike what the model learned
+    swapped = pair('LiFePO4', 'FePO4')
+    assert model.ion_content_outside([swapped]) == ['']
+    warning = model.extrapolation_warning([inside, swapped])
+    assert warning.startswith("1 of 2 record(s) list the ion-rich end member as charged (the first is battery_id "
+                              "'LiFePO4->FePO4')") and 'swap the formulas' in warning, warning
     del model.metadata['training_ion_content']  # as saved before the ranges were recorded
     assert model.ion_content_outside([beyond]) == ['']
 

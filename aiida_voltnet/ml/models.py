@@ -578,7 +578,8 @@ class VoltageModel:
 
     def extrapolation_warning(self, records: Sequence[ElectrodeRecord]) -> str | None:
         """A sentence for the records the model extrapolates to, or ``None``: hosts with elements no training host
-        had, and ion contents outside the training electrodes' range for that working ion.
+        had, ion contents outside the training electrodes' range for that working ion, and end members listed the
+        other way round (:attr:`ElectrodeRecord.end_members_reversed`).
 
         Unseen elements' fraction columns were zero in every training row, so the model never learned what those
         elements do to a voltage: the prediction rests on the elements' tabulated properties in the composition
@@ -598,6 +599,12 @@ class VoltageModel:
             sentences.append(f'{len(flagged)} of {len(records)} record(s) have an ion content outside the training '
                              f'electrodes\' range (the first is {_where(records[flagged[0]])}: '
                              f'{outside[flagged[0]]})')
+        flagged = [i for i, record in enumerate(records) if record.end_members_reversed]
+        if flagged:
+            sentences.append(f'{len(flagged)} of {len(records)} record(s) list the ion-rich end member as charged '
+                             f'(the first is {_where(records[flagged[0]])}), as only a few Materials Project rows '
+                             '(22 Li electrodes of the shared data) do, and are predicted unlike the same pair in the '
+                             'usual order: swap the formulas unless that order is meant')
         if not sentences:
             return None
         return '; '.join(sentences) + (': their predictions are extrapolation, check them with DFT before '
