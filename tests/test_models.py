@@ -548,6 +548,41 @@ def test_doctored_tree_arrays_are_refused_on_load(records, tmp_path):
     assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])
 
 
+def test_resigned_metadata_of_another_shape_is_refused_on_load(records, tmp_path):
+    """Metadata that predictions read, edited and re-signed: a negative calibration scale printed '+/- -0.193 V',
+    a string scale or a list where an object belongs failed mid-prediction with a numpy or attribute traceback."""
+    model = train_voltage_model(records[:120], members=2, device='cpu')
+    model.save(tmp_path / 'm')
+    config_path = tmp_path / 'm' / 'config.json'
+    saved = json.loads(config_path.read_text())
+    assert saved['metadata']['uncertainty_calibration']['scale'] > 0
+
+    def resign(**metadata):
+        config = json.loads(json.dumps(saved))
+        config['metadata'].update(metadata)
+        config['model_version'] = VoltageModel.version_hash(config)
+        config_path.write_text(json.dumps(config))
+
+    cases = [
+        ({'uncertainty_calibration': {'scale': -3}}, '"uncertainty_calibration" must be an object whose "scale"'),
+        ({'uncertainty_calibration': {'scale': 'x'}}, '"uncertainty_calibration" must be an object whose "scale"'),
+        ({'uncertainty_calibration': [1]}, '"uncertainty_calibration" must be an object'),
+        ({'training_ions': 'Li'}, '"training_ions" must be a list of ion names'),
+        ({'training_ion_content': [1, 2]}, '"training_ion_content" must be an object'),
+        ({'training_ion_content': {'Li': {'x': [0]}}}, '"training_ion_content" of Li must hold "x" and "delta_x"'),
+        ({'training_ion_content': {'Li': {'x': [0, 'a'], 'delta_x': [0, 1]}}}, 'of Li must hold'),
+    ]
+    for metadata, message in cases:
+        resign(**metadata)
+        with pytest.raises(ModelIntegrityError, match=message):
+            VoltageModel.load(tmp_path / 'm')
+    resign()  # the metadata as saved: loads and predicts as before
+    assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[1], model.predict(records[:20])[1])
+    (tmp_path / 'm' / 'arrays.safetensors').unlink()  # a model that lost its weights is a damaged model
+    with pytest.raises(ModelIntegrityError, match='the weights file arrays.safetensors is missing'):
+        VoltageModel.load(tmp_path / 'm')
+
+
 def test_cpu_vendor_reads_proc_cpuinfo_and_tolerates_its_absence(monkeypatch, tmp_path):
     """The vendor comes from /proc/cpuinfo's vendor_id line; without the file (another OS) it is ''."""
     import builtins

@@ -690,9 +690,10 @@ class VoltageModel:
     def load(cls, directory: str | os.PathLike) -> 'VoltageModel':
         directory = Path(directory)
         config_path, arrays_path = directory / 'config.json', directory / 'arrays.safetensors'
-        for path in (config_path, arrays_path):
-            if not path.is_file():
-                raise FileNotFoundError(f'{directory} is not a voltnet model directory: {path.name} is missing')
+        if not config_path.is_file():
+            raise FileNotFoundError(f'{directory} is not a voltnet model directory: {config_path.name} is missing')
+        if not arrays_path.is_file():  # a model's config without its weights: a model that lost a file
+            raise ModelIntegrityError(f'{directory}: the weights file {arrays_path.name} is missing')
         try:
             config = json.loads(config_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exception:
@@ -732,9 +733,42 @@ class VoltageModel:
             member = regressor_cls.from_state(member_config, prefixed(f'member{index}.'))
             member.check_n_features(featurizer.n_features)
             members.append(member)
+        _check_prediction_metadata(config.get('metadata') or {})
         model = cls(featurizer, members, config['model_name'], config.get('metadata'))
         model.saved_version = config.get('model_version')
         return model
+
+
+def _check_prediction_metadata(metadata: dict[str, Any]) -> None:
+    """Refuse the metadata that predictions read when it has another shape than training writes: the calibration
+    scale (a finite number >= 0), the training ions (a list of names) and their ion-content ranges (``[low, high]``
+    numbers under ``x`` and ``delta_x`` per ion). A config re-signed after such an edit would otherwise print a
+    negative uncertainty or fail with a traceback mid-prediction.
+
+    :raises ModelIntegrityError: naming the key.
+    """
+    def number(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    calibration = metadata.get('uncertainty_calibration')
+    if calibration is not None and not (isinstance(calibration, dict) and number(calibration.get('scale', 1.0))
+                                        and calibration.get('scale', 1.0) >= 0):
+        raise ModelIntegrityError(f'metadata "uncertainty_calibration" must be an object whose "scale" is a finite '
+                                  f'number >= 0, got {calibration!r:.80}')
+    ions = metadata.get('training_ions')
+    if ions is not None and not (isinstance(ions, list) and all(isinstance(ion, str) for ion in ions)):
+        raise ModelIntegrityError(f'metadata "training_ions" must be a list of ion names, got {ions!r:.80}')
+    ranges = metadata.get('training_ion_content')
+    if ranges is None:
+        return
+    if not isinstance(ranges, dict):
+        raise ModelIntegrityError(f'metadata "training_ion_content" must be an object, got {ranges!r:.80}')
+    for ion, known in ranges.items():
+        if not (isinstance(known, dict) and all(
+                isinstance(known.get(key), list) and len(known[key]) == 2 and all(map(number, known[key]))
+                for key in ('x', 'delta_x'))):
+            raise ModelIntegrityError(f'metadata "training_ion_content" of {ion} must hold "x" and "delta_x" as '
+                                      f'[low, high] numbers, got {known!r:.80}')
 
 
 TARGETS = ('average_voltage', 'max_delta_volume')
