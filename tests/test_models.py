@@ -548,6 +548,20 @@ def test_doctored_tree_arrays_are_refused_on_load(records, tmp_path):
     assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])
 
 
+def test_training_data_without_the_target_column_say_so(records):
+    """A CSV without average_voltage named line 2's empty value, as if one row lacked it."""
+    import dataclasses
+
+    from aiida_voltnet.ml.records import ElectrodeDataError
+
+    unlabelled = [dataclasses.replace(r, average_voltage=None) for r in records[:60]]
+    with pytest.raises(ElectrodeDataError, match="field 'average_voltage': none of the 60 records has a value of "
+                                                 "average_voltage to train on: the data lack the column"):
+        train_voltage_model(unlabelled, members=1, calibrate=False)
+    with pytest.raises(ElectrodeDataError, match="line .*, field 'average_voltage': no value to train on"):
+        train_voltage_model(records[:59] + unlabelled[59:], members=1, calibrate=False)
+
+
 def test_resigned_metadata_of_another_shape_is_refused_on_load(records, tmp_path):
     """Metadata that predictions read, edited and re-signed: a negative calibration scale printed '+/- -0.193 V',
     a string scale or a list where an object belongs failed mid-prediction with a numpy or attribute traceback."""

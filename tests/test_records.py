@@ -103,6 +103,25 @@ def test_a_formula_amount_beyond_reason_is_refused_by_name(amount):
     assert record.ion_fractions == (0, 3333)
 
 
+def test_column_names_are_read_without_spaces_and_a_near_miss_is_named(caplog):
+    """' discharge_space_group_number' (a space after the comma) was dropped in silence, and with it the
+    symmetry; a misspelt column is still left out, with a warning naming the column it is close to."""
+    spaced = HEADER.replace(',discharge_space_group_number', ', discharge_space_group_number ')
+    (record,) = read_electrodes_csv(io.StringIO(spaced + '\n' + ROW + '\n'))
+    assert record.discharge_space_group_number == 3
+    with caplog.at_level('WARNING', logger='aiida_voltnet.ml.records'):
+        (record,) = read_electrodes_csv(io.StringIO(HEADER.replace('discharge_space_group_number',
+                                                                   'discharge_spacegroup_number') + '\n' + ROW + '\n'),
+                                        source='typo.csv')
+    assert record.discharge_space_group_number is None
+    assert ("typo.csv: column 'discharge_spacegroup_number' is not read (did you mean "
+            "'discharge_space_group_number'?)") in caplog.text
+    caplog.clear()
+    with caplog.at_level('WARNING', logger='aiida_voltnet.ml.records'):
+        read_electrodes_csv(io.StringIO(HEADER + ',my_notes\n' + ROW + ',x\n'))
+    assert caplog.text == ''  # a column of the user's own, far from every known name
+
+
 def test_adj_pairs_is_never_evaluated(tmp_path):
     marker = tmp_path / 'pwned'
     payload = f"[InsertionVoltagePairDoc(average_voltage=open({str(marker)!r}, 'w'))]"

@@ -156,7 +156,6 @@ def _read_model(path):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 def predict(model_dir, data, out, charged, discharged, ion, device):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
-    from aiida_voltnet.ml.records import LOGGER as records_logger
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
                                           write_files_atomically)
 
@@ -181,11 +180,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         else:
             if not out:
                 _fail('--data needs --out OUT.csv')
-            records_logger.disabled = True  # its one warning, end members listed the other way round, comes below
-            try:
-                records = read_electrodes_csv(data)
-            finally:
-                records_logger.disabled = False
+            records = read_electrodes_csv(data, report_reversed=False)  # the warning below names them
         mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))

@@ -854,6 +854,9 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     """
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
                            seed=seed, model=model, n_rows=len(records))
+    if records and all(getattr(r, target) is None for r in records):
+        raise ElectrodeDataError(f'none of the {len(records)} records has a value of {target} to train on: the '
+                                 'data lack the column', field=target)
     spec = MODEL_SPECS[model]
     started = time.perf_counter()
     if isinstance(featurizer, str):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import csv
 import dataclasses
+import difflib
 import functools
 import hashlib
 import io
@@ -542,9 +543,14 @@ def _rows_of_header_width(reader: csv.DictReader, width: int,
         yield line, row
 
 
-def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None) -> list[ElectrodeRecord]:
-    """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects.
+def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None,
+                        report_reversed: bool = True) -> list[ElectrodeRecord]:
+    """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects. Column names are read without
+    surrounding spaces; a column the reader does not know is left out, with a warning where its name is close to
+    one it knows (a typo would otherwise drop, say, the space groups in silence).
 
+    :param report_reversed: log a warning for rows that list the ion-rich end member as charged (callers that
+        report them otherwise turn it off).
     :raises ElectrodeDataError: naming the line, battery_id and field of the first bad value.
     """
     if isinstance(path, (str, os.PathLike)):
@@ -557,10 +563,16 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
             line = data.count(b'\n', 0, exception.start) + 1
             raise ElectrodeDataError(f'not UTF-8 text: byte {data[exception.start]:#04x} at offset {exception.start} '
                                      '(save the file as UTF-8)', source=source, line=line) from None
-        return read_electrodes_csv(io.StringIO(text, newline=''), source=source)
+        return read_electrodes_csv(io.StringIO(text, newline=''), source=source, report_reversed=report_reversed)
     reader = csv.DictReader(path)
     try:
-        header = reader.fieldnames or []
+        header = [name.strip() for name in reader.fieldnames or []]
+        reader.fieldnames = header
+        for name in header:
+            if name not in CSV_COLUMNS:
+                close = difflib.get_close_matches(name, CSV_COLUMNS, n=1, cutoff=0.8)
+                if close:
+                    LOGGER.warning('%s: column %r is not read (did you mean %r?)', source, name, close[0])
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
@@ -575,7 +587,7 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
     if not records:
         raise ElectrodeDataError('no electrode rows', source=source)
     reversed_ids = [r.battery_id for r in records if r.end_members_reversed]
-    if reversed_ids:
+    if reversed_ids and report_reversed:
         LOGGER.warning('%s: %d row(s) list the ion-rich end member as charged (kept as given): %s', source,
                        len(reversed_ids), ', '.join(reversed_ids[:5]) + (' ...' if len(reversed_ids) > 5 else ''))
     return records
