@@ -23,7 +23,7 @@ from aiida_voltnet.ml.featurizers import get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
-from aiida_voltnet.ml.records import WORKING_IONS, read_electrodes_csv
+from aiida_voltnet.ml.records import WORKING_IONS, decode_csv, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
 from aiida_voltnet.ml.structures import record_from_structures
 from aiida_voltnet.ml.training import resolve_device
@@ -72,8 +72,7 @@ def csv_records(csv: orm.SinglefileData):
     sha256 = hashlib.sha256(content).hexdigest()
 
     def parse():
-        text = content.decode('utf-8-sig')
-        return read_electrodes_csv(io.StringIO(text, newline=''), source=csv.filename)
+        return read_electrodes_csv(io.StringIO(decode_csv(content, csv.filename), newline=''), source=csv.filename)
 
     return _CSV_CACHE.get(sha256, parse), sha256
 

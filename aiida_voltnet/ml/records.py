@@ -40,6 +40,7 @@ __all__ = [
     'ElectrodeRecord',
     'parse_formula',
     'parse_adj_pairs',
+    'decode_csv',
     'read_electrodes_csv',
     'records_from_rows',
     'write_electrodes_csv',
@@ -543,6 +544,17 @@ def _rows_of_header_width(reader: csv.DictReader, width: int,
         yield line, row
 
 
+def decode_csv(data: bytes, source: str | None = None) -> str:
+    """The text of a CSV file's bytes: UTF-8, a leading byte-order mark (Excel's "CSV UTF-8") dropped, since it is
+    not part of a column name. :raises ElectrodeDataError: naming the line of the first byte that is not UTF-8."""
+    try:
+        return data.decode('utf-8-sig')
+    except UnicodeDecodeError as exception:
+        line = data.count(b'\n', 0, exception.start) + 1
+        raise ElectrodeDataError(f'not UTF-8 text: byte {data[exception.start]:#04x} at offset {exception.start} '
+                                 '(save the file as UTF-8)', source=source, line=line) from None
+
+
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None,
                         report_reversed: bool = True) -> list[ElectrodeRecord]:
     """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects. Column names are read without
@@ -556,13 +568,7 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
     if isinstance(path, (str, os.PathLike)):
         source = source or os.fspath(path)
         with open(path, 'rb') as handle:
-            data = handle.read()
-        try:
-            text = data.decode('utf-8-sig')  # a leading byte-order mark (Excel's "CSV UTF-8") is not a column name
-        except UnicodeDecodeError as exception:
-            line = data.count(b'\n', 0, exception.start) + 1
-            raise ElectrodeDataError(f'not UTF-8 text: byte {data[exception.start]:#04x} at offset {exception.start} '
-                                     '(save the file as UTF-8)', source=source, line=line) from None
+            text = decode_csv(handle.read(), source)
         return read_electrodes_csv(io.StringIO(text, newline=''), source=source, report_reversed=report_reversed)
     reader = csv.DictReader(path)
     try:

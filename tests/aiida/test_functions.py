@@ -172,6 +172,13 @@ def test_bad_csv_space_group_zero(tmp_path):
     _refused(lambda: F.assemble_dataset_from_csv(orm.SinglefileData(path)), 'charge_space_group_number')
 
 
+def test_bad_csv_not_utf8_names_its_line(tmp_path):
+    """A Latin-1 file was refused with a bare UnicodeDecodeError; the CLI's reader named the line."""
+    path = write_csv_with(tmp_path / 'bad.csv', 1, battery_id='caf\u00e9')
+    path.write_bytes(path.read_text().encode('latin-1'))
+    _refused(lambda: F.assemble_dataset_from_csv(orm.SinglefileData(path)), r'bad.csv, line 3: not UTF-8 text: byte 0xe9')
+
+
 def test_altered_weights_refused(trained):
     node = VoltageModelData(trained.model.load_model())
     content = bytearray(node.base.repository.get_object_content('arrays.safetensors', mode='rb'))
