@@ -95,7 +95,16 @@ def _structure_key(node):
 
 
 def pair_record(charged: orm.StructureData, discharged: orm.StructureData, working_ion: str, battery_id=None):
-    """The electrode record of a (charged, discharged) pair of ``StructureData``."""
+    """The electrode record of a (charged, discharged) pair of ``StructureData``.
+
+    :raises ValueError: for a structure that is not periodic in all three directions (a slab, a wire or a
+        molecule is not a bulk electrode, and the model knows only bulk ones).
+    """
+    for name, structure in (('charged', charged), ('discharged', discharged)):
+        if not all(structure.pbc):
+            raise ValueError(f'the {name} structure{f" of {battery_id}" if battery_id else ""} is periodic along '
+                             f'{sum(structure.pbc)} of 3 directions (pbc {tuple(structure.pbc)}): a bulk electrode '
+                             'crystal is periodic along all three')
     keys = (_structure_key(charged), _structure_key(discharged))
     key = None if None in keys else (*keys, working_ion, battery_id)
     return _PAIR_CACHE.get(key, lambda: record_from_structures(charged.get_pymatgen_structure(),

@@ -195,6 +195,18 @@ def test_differing_frameworks_refused(trained, shipped_nodes):
         x={'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li')}), 'host frameworks differ')
 
 
+def test_a_slab_is_not_a_bulk_electrode(trained, shipped_nodes):
+    """A structure periodic along two directions was predicted as if it were a bulk crystal, with no word."""
+    charged, discharged, ion = shipped_nodes['LiFePO4']
+    slab = charged.clone()
+    slab.pbc = (True, True, False)
+    _refused(lambda: F.predict_structure_pair(trained.model, slab, discharged, ion),
+             r'the charged structure is periodic along 2 of 3 directions \(pbc \(True, True, False\)\)')
+    _refused(lambda: F.assemble_dataset_from_structures(
+        lfp={'charged': charged, 'discharged': slab, 'working_ion': orm.Str(ion)}),
+        'the discharged structure of lfp is periodic along 2 of 3')
+
+
 def test_unseen_working_ion_refused(trained, shipped_nodes):
     li_only = ElectrodeDataset([r for r in trained.train.records() if r.working_ion == 'Li'])
     model = F.train_model(li_only, **FAST_MLP)
