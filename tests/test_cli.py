@@ -48,6 +48,9 @@ def test_predict_single_pair(trained):
                  '--ion', 'Li')
     assert 'LiFePO4 / FePO4 (Li):' in result.stdout and ' V ' in result.stdout
     assert 'Warning' not in result.stderr  # Fe, P and O are in the training hosts
+    spaced = run('predict', '--model', str(trained / 'model'), '--charged', ' FePO4', '--discharged', 'LiFePO4 ',
+                 '--ion', ' Li')  # read as a CSV's values are: ' Li' was refused as an unknown working ion
+    assert spaced.stdout == result.stdout
 
 
 def test_a_host_element_no_training_host_had_is_called_extrapolation(trained):

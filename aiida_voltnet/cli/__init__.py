@@ -172,6 +172,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         if single:
             if None in (charged, discharged, ion):
                 _fail('--charged, --discharged and --ion go together')
+            charged, discharged, ion = charged.strip(), discharged.strip(), ion.strip()  # as a CSV's values are
             records = [validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
                                                        formula_discharge=discharged, working_ion=ion))]
             if records[0].end_members_reversed:
