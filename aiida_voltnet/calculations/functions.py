@@ -416,9 +416,10 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     :returns: ``ArrayData`` with ``mean`` and ``std`` (V), ``index`` (row of each prediction in the dataset),
         ``battery_ids``, ``working_ions``, ``unseen_elements`` (True where the record's host has an element no
         training host had) and ``ion_content_outside`` (True where its ion content lies outside the training
-        electrodes' range for its working ion; all False for a model that did not record the ranges): both mark
-        extrapolation; attributes ``model_version``, ``n_predictions``, ``n_unseen_elements`` and
-        ``n_ion_content_outside``.
+        electrodes' range for its working ion; all False for a model that did not record the ranges), both marking
+        extrapolation, and ``end_members_reversed`` (True where the record lists the ion-rich member as charged,
+        as 22 MP rows do: predicted unlike the usual order); attributes ``model_version``, ``n_predictions``,
+        ``n_unseen_elements``, ``n_ion_content_outside`` and ``n_end_members_reversed``.
     """
     core = load_model(model)
     records = dataset_records(dataset)
@@ -430,6 +431,9 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     outside = np.array([bool(phrase) for phrase in core.ion_content_outside(records)], dtype=bool)
     array.set_array('ion_content_outside', outside)
     array.base.attributes.set('n_ion_content_outside', int(outside.sum()))
+    swapped = np.array([r.end_members_reversed for r in records], dtype=bool)
+    array.set_array('end_members_reversed', swapped)
+    array.base.attributes.set('n_end_members_reversed', int(swapped.sum()))
     array.set_array('mean', np.asarray(mean, dtype=np.float64))
     array.set_array('std', np.asarray(std, dtype=np.float64))
     array.set_array('index', np.arange(len(records), dtype=np.int64))

@@ -91,6 +91,11 @@ class PredictWorkChain(WorkChain):
         if outside:
             self.report(f'extrapolation: {outside} of {total} record(s) have an ion content outside the training '
                         'range (array ion_content_outside)')
+        swapped = predictions.base.attributes.get('n_end_members_reversed', 0)
+        if swapped:
+            self.report(f'extrapolation: {swapped} of {total} record(s) list the ion-rich end member as charged, '
+                        'as only a few training electrodes did (array end_members_reversed): swap the formulas '
+                        'unless that order is meant')
         return None
 
     def predict_structures(self):

@@ -225,6 +225,26 @@ def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
                                                                                      'ion_content_outside': []}
 
 
+def test_predict_workchain_reports_records_with_their_end_members_swapped(trained):
+    """A record listing the ion-rich member as charged is predicted as given (22 MP rows do), and marked."""
+    import dataclasses
+
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    from aiida_voltnet.data.dataset import ElectrodeDataset
+    from aiida_voltnet.ml.records import validate_record
+
+    records = trained.test.records()[:3]
+    swapped = validate_record(dataclasses.replace(records[1], formula_charge=records[1].formula_discharge,
+                                                  formula_discharge=records[1].formula_charge))
+    results, node = run_get_node(PredictWorkChain, model=trained.model,
+                                 dataset=ElectrodeDataset([records[0], swapped, records[2]]))
+    assert node.is_finished_ok, node.exit_message
+    assert results['predictions'].get_array('end_members_reversed').tolist() == [False, True, False]
+    assert ('extrapolation: 1 of 3 record(s) list the ion-rich end member as charged'
+            in get_workchain_report(node, 'REPORT'))
+
+
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
     from aiida_voltnet.data import ElectrodeDataset
 
