@@ -77,7 +77,8 @@ def _load_node(identifier, profile, node_class=None):
 @click.option('--profile', default=QUICKSTART_PROFILE, show_default=True,
               help='AiiDA profile to create or reuse (SQLite-backed, no services).')
 @click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),
-              help='Training protocol.')
+              help='Training protocol ("paper" trains the leaky paper protocol and predicts no structure pair: '
+                   'its features need capacity_grav and energy_grav).')
 def quickstart(data, profile, protocol):
     """End-to-end demo: import the CSV, train with provenance, predict real structure pairs, show provenance."""
     import time

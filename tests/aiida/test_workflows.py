@@ -273,6 +273,21 @@ def test_quickstart():
     assert any('LiFePO4' in line for line in lines)
 
 
+def test_quickstart_paper_protocol_skips_the_pairs_its_features_cannot_describe():
+    """The paper featurizer needs capacity_grav and energy_grav, which no structure pair has: the protocol
+    trained in full and then failed with a traceback at the prediction."""
+    from aiida_voltnet.workflows.quickstart import run_quickstart
+
+    lines = []
+    summary = run_quickstart(CSV_150, protocol='paper', echo=lines.append,
+                             overrides={'train': {'settings': {'train_overrides': {'epochs': 2}}}})
+    assert summary['predictions'] == {} and summary['predict_workchain'] is None
+    assert set(summary['skipped']) == {'LiFePO4', 'NaFePO4', 'Li3V2(PO4)3'}
+    assert all('the paper featurizer needs capacity_grav, energy_grav' in reason
+               for reason in summary['skipped'].values()), summary['skipped']
+    assert any(line.startswith('Skipping LiFePO4: the model cannot featurize it') for line in lines), lines
+
+
 def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_other_models(csv_node, capsys):
     """``examples/aiida_provenance.py --predict-test-set`` predicts the held-out records of the TrainWorkChain that
     made the latest voltnet model; for a model trained by ``train_model`` alone (no test set) it says so, where it
