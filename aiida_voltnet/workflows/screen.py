@@ -239,11 +239,13 @@ class ScreenWorkChain(WorkChain):
         verified = {name: {**self.ctx.valid[name], 'dft_voltage': voltage}
                     for name, voltage in self.ctx.dft_voltages.items()}
         retrain = self.exposed_inputs(train_model.process_class, namespace='retrain')
-        retrain.pop('metadata', None)
+        metadata = {'call_link_label': 'retrain'}
+        if (retrain.pop('metadata', None) or {}).get('disable_cache'):  # passed on, not dropped
+            metadata['disable_cache'] = True
         try:
             grown = add_verified_records(retrain.pop('dataset'), **verified,
                                          metadata={'call_link_label': 'add_verified'})
-            model = train_model(dataset=grown, **retrain, metadata={'call_link_label': 'retrain'})
+            model = train_model(dataset=grown, **retrain, metadata=metadata)
         except ValueError as exception:
             return self.exit_codes.ERROR_RETRAIN_FAILED.format(message=str(exception))
         self.out('augmented_dataset', grown)

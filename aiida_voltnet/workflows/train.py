@@ -154,12 +154,20 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
     def should_assemble(self):
         return 'csv' in self.inputs
 
-    def _call(self, function, label, **inputs):
+    def _no_cache(self, namespace_metadata=None) -> bool:
+        """``metadata.disable_cache`` of this work chain (every step) or of a step's namespace (that step): a work
+        chain is never cached itself, so its flag is passed on, where it was dropped."""
+        return bool(self.inputs.metadata.get('disable_cache') or (namespace_metadata or {}).get('disable_cache'))
+
+    def _call(self, function, label, namespace_metadata=None, **inputs):
         """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored). An
         error raised while it ran (its node stored and excepted, so not a refusal) is not relabelled: it
         propagates, and this work chain excepts with it, the traceback on both nodes."""
+        metadata = {'call_link_label': label}
+        if self._no_cache(namespace_metadata):
+            metadata['disable_cache'] = True
         try:
-            return function(**inputs, metadata={'call_link_label': label}), None
+            return function(**inputs, metadata=metadata), None
         except ValueError as exception:
             if called(self.node, label):
                 raise  # the function ran and failed: a bug or a resource problem, not bad input
@@ -174,8 +182,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         dataset = self.ctx.dataset if 'dataset' in self.ctx else self.inputs.dataset
         self.ctx.dataset = dataset
         inputs = self.exposed_inputs(split_dataset.process_class, namespace='split')
-        inputs.pop('metadata', None)
-        result, error = self._call(split_dataset, 'split', dataset=dataset, **inputs)
+        result, error = self._call(split_dataset, 'split', inputs.pop('metadata', None), dataset=dataset, **inputs)
         if error:
             return error
         self.ctx.train_dataset, self.ctx.test_dataset = result['train'], result['test']
@@ -188,8 +195,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
 
     def train(self):
         inputs = self.exposed_inputs(train_model.process_class, namespace='train')
-        inputs.pop('metadata', None)
-        self.ctx.model, error = self._call(train_model, 'train', dataset=self.ctx.train_dataset, **inputs)
+        self.ctx.model, error = self._call(train_model, 'train', inputs.pop('metadata', None),
+                                           dataset=self.ctx.train_dataset, **inputs)
         if error:
             return error
         self.out('model', self.ctx.model)  # whatever the evaluation then says, the trained model is an output
@@ -204,11 +211,12 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         from .train_restart import VoltnetTrainBaseWorkChain
 
         train = self.exposed_inputs(train_model.process_class, namespace='train')
-        train.pop('metadata', None)
-        options = {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False}
-        options.update(self.inputs.get('train_options', {}) or {})
+        job_metadata = {'options': {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False}}
+        job_metadata['options'].update(self.inputs.get('train_options', {}) or {})
+        if self._no_cache(train.pop('metadata', None)):
+            job_metadata['disable_cache'] = True
         inputs = {'train': {**train, 'code': self.inputs.train_code, 'dataset': self.ctx.train_dataset,
-                            'metadata': {'options': options}},
+                            'metadata': job_metadata},
                   'metadata': {'call_link_label': 'train'}}
         running = self.submit(VoltnetTrainBaseWorkChain, **inputs)
         self.report(f'training through {self.inputs.train_code.full_label}: {running.process_label}<{running.pk}>')
@@ -240,7 +248,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                                            metadata={'call_link_label': 'drop_unseen_ions'})
             self.report(f'left out of the evaluation: {self.ctx.test_dataset.n_records - test.n_records} test '
                         f'record(s) of working ion(s) {", ".join(unseen)}, which no training record had')
-        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', model=self.ctx.model, dataset=test)
+        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', self.inputs.train.get('metadata'),
+                                             model=self.ctx.model, dataset=test)
         if error:
             return error
         metrics = self.ctx.metrics.get_dict()

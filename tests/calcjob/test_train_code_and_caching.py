@@ -60,3 +60,32 @@ def test_train_model_is_reused_from_the_cache(dataset_60):
     # without caching enabled nothing is reused
     _, fourth = train_model.run_get_node(**inputs)
     assert not fourth.base.caching.is_created_from_cache
+
+
+def test_train_workchain_passes_disable_cache_on(csv_60):
+    """`metadata.disable_cache` of the `train` namespace (train and evaluate) or of the work chain itself (every
+    step) reaches the calculation functions: it was dropped, so the model came from the cache all the same."""
+    def build(**metadata):
+        builder = TrainWorkChain.get_builder()
+        builder.csv = orm.SinglefileData(csv_60)
+        builder.split.kind = orm.Str('random')
+        builder.train.model = orm.Str('krr')
+        if metadata.get('train'):
+            builder.train.metadata.disable_cache = True
+        if metadata.get('own'):
+            builder.metadata.disable_cache = True
+        return builder
+
+    def cached_steps(node):
+        return {link.link_label: link.node.base.caching.is_created_from_cache
+                for link in node.base.links.get_outgoing(node_class=orm.CalcFunctionNode).all()}
+
+    with enable_caching(identifier='aiida.calculations:voltnet.*'):
+        _, first = run_get_node(build())
+        _, again = run_get_node(build())
+        _, fresh_train = run_get_node(build(train=True))
+        _, fresh_all = run_get_node(build(own=True))
+    assert first.is_finished_ok and again.is_finished_ok and fresh_train.is_finished_ok and fresh_all.is_finished_ok
+    assert cached_steps(again) == {'assemble': True, 'split': True, 'train': True, 'evaluate': True}
+    assert cached_steps(fresh_train) == {'assemble': True, 'split': True, 'train': False, 'evaluate': False}
+    assert cached_steps(fresh_all) == {'assemble': False, 'split': False, 'train': False, 'evaluate': False}
