@@ -104,6 +104,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             functions._train_arguments(_value(train.get('featurizer', 'leakfree')),
                                        _value(train.get('model', 'voltnet')), settings, _value(train.get('seed', 0)),
                                        records)
+            if 'train_code' not in inputs:  # train_model trains here: CUDA must be present if asked for (a job's
+                functions.resolve_device(settings.get('device', 'auto'))  # computer is another machine)
             # every record is trained or evaluated on: each needs the target (refused here, before the dataset,
             # the split and the training run, not by train_model after them)
             message = functions.check_training_targets(list(records), settings, purpose='train or evaluate on')

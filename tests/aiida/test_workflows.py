@@ -177,6 +177,13 @@ def test_train_workchain_refuses_bad_settings_before_storing(trained):
         with pytest.raises(ValueError, match=match):
             run_get_node(TrainWorkChain.get_builder_from_protocol(trained.dataset, overrides=overrides))
     assert count_nodes() == before
+    import torch
+
+    if not torch.cuda.is_available():  # refused at launch: the split used to run and be stored first
+        with pytest.raises(ValueError, match="device 'cuda' was asked for but torch sees no CUDA device"):
+            run_get_node(TrainWorkChain.get_builder_from_protocol(
+                trained.dataset, overrides={'train': {'settings': {'device': 'cuda'}}}))
+        assert count_nodes() == before
 
 
 def test_predict_workchain(trained, shipped_nodes):
