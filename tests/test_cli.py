@@ -259,3 +259,15 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
     assert not (tmp_path / 'aiida' / '.aiida' / 'repository').exists()
     lost = subprocess.run([VOLTNET, 'provenance', '1'], capture_output=True, text=True, env=env, timeout=600)
     assert lost.returncode == 2 and 'no default AiiDA profile: pass --profile NAME' in lost.stderr, lost.stderr
+
+
+def test_provenance_tree_prints_lists_of_records_as_items(capsys):
+    """A work chain's `predictions` (and a dataset's `splits`) are lists of dicts: they printed as one line of
+    Python repr, all battery_ids included."""
+    from aiida_voltnet.cli.aiida_commands import _print_tree
+
+    _print_tree({'workflow': {'pk': 1}, 'predictions': [{'pk': 2, 'battery_ids': list(range(20))}, {'pk': 3}],
+                 'ions': ['Li', 'Na']})
+    assert capsys.readouterr().out.splitlines() == [
+        'workflow:', '  pk: 1', 'predictions: (2)', '  - [0]', '    pk: 2',
+        '    battery_ids: [0, 1, 2, 3, 4, 5, 6, 7] ... (20 in all)', '  - [1]', '    pk: 3', "ions: ['Li', 'Na']"]

@@ -151,6 +151,11 @@ def _print_tree(data, indent=0):
         if isinstance(value, dict):
             click.echo(' ' * indent + f'{key}:')
             _print_tree(value, indent + 2)
+        elif isinstance(value, list) and value and all(isinstance(item, dict) for item in value):
+            click.echo(' ' * indent + f'{key}: ({len(value)})')  # a work chain's predictions, a model's splits
+            for number, item in enumerate(value):
+                click.echo(' ' * (indent + 2) + f'- [{number}]')
+                _print_tree(item, indent + 4)
         elif isinstance(value, list) and len(value) > 8:
             click.echo(' ' * indent + f'{key}: {value[:8]} ... ({len(value)} in all)')
         else:
