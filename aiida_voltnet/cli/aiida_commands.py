@@ -27,7 +27,8 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
     config = get_config(create=True)
     try:
         profile = config.get_profile(name)
-        echo(f'Reusing AiiDA profile {name!r} ({profile.storage_backend}, no broker)')
+        echo(f'Reusing AiiDA profile {name!r} ({profile.storage_backend}, '
+             f'{"broker " + profile.process_control_backend if profile.process_control_backend else "no broker"})')
     except ProfileConfigurationError:
         folder = Path(config.dirpath) / 'repository' / f'sqlite_dos_{name}'
         profile = create_profile(config, storage_backend='core.sqlite_dos', storage_config={'filepath': str(folder)},
