@@ -48,8 +48,10 @@ def test_protocols():
     assert fast.split.seed.value == 7 and fast.train.featurizer.value == 'leakfree'
     with pytest.raises(ValueError, match='unknown protocol'):
         TrainWorkChain.get_builder_from_protocol(CSV_150, protocol='slow')
-    with pytest.raises(ValueError, match='not an input'):
+    with pytest.raises(ValueError, match="override train.'epochs' is not an input of namespace 'train'"):
         TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'epochs': 3}})
+    with pytest.raises(ValueError, match="override 'foo' is not an input of the work chain"):  # was: 'of inputs'
+        TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'foo': 1})
     # the fast protocol's 2 members are for the tree ensemble: a kernel model (identical members) drops them, unless
     # the user asked for them, which the launch then refuses
     krr = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'model': 'krr'}})

@@ -43,7 +43,8 @@ def check_overrides(overrides: dict, namespace, path: str = '') -> None:
 
     for key, value in overrides.items():
         if key not in namespace and not namespace.dynamic:
-            raise ValueError(f'override {path}{key!r} is not an input of {namespace.name or "the work chain"}; '
+            where = f'namespace {path[:-1]!r}' if path else 'the work chain'  # the top namespace is named 'inputs'
+            raise ValueError(f'override {path}{key!r} is not an input of {where}; '
                              f'known: {", ".join(sorted(namespace))}')
         port = namespace.get(key)
         if isinstance(port, PortNamespace) and isinstance(value, dict):
