@@ -64,6 +64,10 @@ def test_row_parses_into_typed_fields():
     (',TiO2,Li,1,', ',TiO3,Li,1,', 'framework_formula'),
     (',TiO2,Li,1,', ',TiO2,Li,2,', 'num_steps'),  # adj_pairs lists one step
     (',TiO2,Li,1,', ',TiO2,Li,1e300,', 'num_steps'),  # read through float, it became a 301-digit count
+    ('1.0266', '1026.6', 'average_voltage'),  # mV: trained silently, as 1e300 did
+    ('1.0266', '-50', 'average_voltage'),
+    (',236.28,242.58,', ',-236.28,242.58,', 'capacity_grav'),
+    ('242.58,934.5', '242.58,-934.5', 'capacity_vol'),
 ])
 def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert old in ROW

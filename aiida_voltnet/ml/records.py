@@ -202,6 +202,9 @@ _SCALAR_FIELDS = tuple(name for name in _RECORD_FIELDS if name != 'steps')
 _IMMUTABLE_TYPES = frozenset((str, int, float, type(None)))
 
 
+#: Largest |average voltage| a record may give, in V vs the working-ion metal (the shared MP data span -0.98 to 6.95).
+MAX_ABS_VOLTAGE = 20
+
 #: Most atoms of one element per formula unit that a formula may give (the shared MP data reach 149, in Mg149V).
 MAX_FORMULA_AMOUNT = 10_000
 
@@ -432,6 +435,12 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         value = getattr(record, name)
         if value is not None and not math.isfinite(value):
             fail(f'{name} must be a finite number, got {value!r}', name)
+    for name in ('capacity_grav', 'capacity_vol'):
+        if (getattr(record, name) or 0) < 0:
+            fail(f'{name} must not be negative, got {getattr(record, name)!r}', name)
+    if record.average_voltage is not None and abs(record.average_voltage) > MAX_ABS_VOLTAGE:
+        fail(f'average_voltage {record.average_voltage:g} V lies beyond +/-{MAX_ABS_VOLTAGE} V, which no insertion '
+             'electrode reaches (a value in mV?)', 'average_voltage')
     if updates:
         checked = dataclasses.replace(record, **updates)
         for name in ('composition_charge', 'composition_discharge'):  # same formulas: keep the parsed ones
