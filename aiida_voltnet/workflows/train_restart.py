@@ -38,6 +38,9 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         super().define(spec)
         spec.expose_inputs(VoltnetTrainCalculation, namespace='train',
                            namespace_options={'help': 'Inputs of the VoltnetTrainCalculation.'})
+        # not dynamic (an exposed CalcJob namespace is, as the CalcJob's own is, whatever namespace_options say): a
+        # misspelt input ('restart_fodler') would be stored under the work chain and never reach the job
+        spec.inputs['train'].dynamic = False
         spec.outline(
             cls.setup,
             while_(cls.should_run_process)(

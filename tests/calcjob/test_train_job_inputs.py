@@ -8,6 +8,7 @@ import re
 
 import pytest
 from aiida import orm
+from aiida.engine import run_get_node
 
 from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
 from aiida_voltnet.workflows.train_restart import VoltnetTrainBaseWorkChain
@@ -211,3 +212,13 @@ def test_protocols_and_overrides(slurm_code, dataset_60):
     assert builder.max_iterations.value == 3
     with pytest.raises(ValueError, match='not an input'):
         VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, overrides={'epochs': 3})
+    # a misspelt job input: the namespace was dynamic, so it was stored under the work chain and never reached the job
+    with pytest.raises(ValueError, match="override train.'restart_fodler' is not an input of namespace 'train'"):
+        VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60,
+                                                            overrides={'train': {'restart_fodler': orm.Int(1)}})
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60)
+    with pytest.raises(AttributeError, match='restart_fodler'):  # nor can a builder take it
+        builder.train.restart_fodler = orm.Int(1)
+    inputs = {'train': {**builder.train, 'restart_fodler': orm.Int(1)}}
+    with pytest.raises(ValueError, match='restart_fodler'):  # nor a launch
+        run_get_node(VoltnetTrainBaseWorkChain, **inputs)
