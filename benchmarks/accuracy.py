@@ -1,7 +1,7 @@
 """Accuracy table: leak-free numbers by default, the paper's protocol beside them, the baselines, several seeds.
 
     python benchmarks/accuracy.py                 # the full table (long on a 2-core CPU, see --help)
-    python benchmarks/accuracy.py --quick         # 2 seeds, few epochs: a smoke run
+    python benchmarks/accuracy.py --quick         # 2 seeds, 3 epochs per torch model: a smoke run
     python benchmarks/accuracy.py --rows voltnet:leakfree:random voltnet:leakfree:grouped
 
 Each row is model:featurizer:protocol. Prints the table with mean +/- std over seeds, the seeds, the git commit
@@ -38,6 +38,8 @@ DEFAULT_ROWS = [
 #: kept). Seeds 0-4 at commit 9842d0c: 1000 epochs, about 4.5 min a seed on 2 Zen 5 cores; 600 epochs with patience
 #: 100 (the earlier default) stopped early and gave MAE 0.078 +/- 0.024 V (docs/results.md).
 TORCH_EPOCHS = {'mha_resnet': 1000, 'mlp': 400, 'lstm': 150}
+#: Epochs of every torch model with --quick (numbers not to quote: it checks that every row runs).
+QUICK_EPOCHS = 3
 
 
 def git_commit() -> str:
@@ -49,7 +51,7 @@ def git_commit() -> str:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--rows', nargs='*', default=DEFAULT_ROWS, help='model:featurizer:protocol entries')
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
@@ -58,7 +60,9 @@ def main():
                         help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, none: all "
                              "--mha-epochs run); the best validation state is restored either way")
     parser.add_argument('--device', default='auto')
-    parser.add_argument('--quick', action='store_true', help='2 seeds and few epochs (smoke run)')
+    parser.add_argument('--quick', action='store_true',
+                        help=f'2 seeds and {QUICK_EPOCHS} epochs per torch model: a smoke run of every row, whose '
+                             'torch rows are under-trained (not numbers to quote)')
     parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
     parser.add_argument('--calibrate', action='store_true',
                         help='also calibrate ensemble spreads (2x the cost; MAE/RMSE/R2 do not depend on it)')
@@ -67,8 +71,8 @@ def main():
     records = read_electrodes_csv(args.data)
     seeds = args.seeds[:2] if args.quick else args.seeds
     epochs = dict(TORCH_EPOCHS, mha_resnet=args.mha_epochs)
-    if args.quick:
-        epochs = {k: max(5, v // 10) for k, v in epochs.items()}
+    if args.quick:  # a smoke run of every row: 100 MHA-ResNet epochs on the leak-free features took an hour
+        epochs = {k: QUICK_EPOCHS for k in epochs}
     table = []
     for row in args.rows:
         model, featurizer, protocol = row.split(':')

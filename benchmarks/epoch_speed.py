@@ -141,7 +141,7 @@ def timed(fn, epochs, device):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--epochs', type=int, default=5)
     parser.add_argument('--warmup', type=int, default=1)

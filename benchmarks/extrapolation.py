@@ -27,7 +27,7 @@ from aiida_voltnet.ml.splits import kfold_splits
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
     parser.add_argument('--folds', type=int, default=5)

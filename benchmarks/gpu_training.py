@@ -152,7 +152,7 @@ def trees(X, y, spec, max_iter=None) -> dict:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--export', type=Path, default=None, metavar='NPZ', help='featurize the CSV into NPZ (here)')
     parser.add_argument('--data', default=str(DEFAULT_CSV), help='CSV for --export')
     parser.add_argument('--features', type=Path, default=None, metavar='NPZ', help='exported features (GPU machine)')

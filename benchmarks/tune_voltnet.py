@@ -135,7 +135,7 @@ def main():
     test, rest = first.parse_known_args()
     if test.test:  # every other argument is accuracy.py's
         return run_test(test.test, rest)
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
     parser.add_argument('--candidates', nargs='*', default=list(CANDIDATES))

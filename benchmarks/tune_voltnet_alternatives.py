@@ -52,7 +52,7 @@ def step_rows(record):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',

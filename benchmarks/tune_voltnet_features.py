@@ -237,7 +237,7 @@ CANDIDATES_FEATURES = {
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
