@@ -154,6 +154,9 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
         (('report', '--out', str(tmp_path / 'r'), '--seeds', 'a,b', '--no-provenance'), '--seeds must be'),
         (('report', '--out', str(tmp_path / 'r'), '--seeds', '-1', '--no-provenance'), '--seeds must lie in 0..'),
         (('report', '--out', str(tmp_path / 'r'), '--epochs', '0', '--no-provenance'), "'--epochs': 0 is not in"),
+        # a profile named and missing: it went on, quietly without provenance
+        (('report', '--out', str(tmp_path / 'r'), '--quick', '--profile', 'nosuch'),
+         '--profile nosuch: no loadable AiiDA profile'),
         (('train', '--data', data, '--out', str(tmp_path / 'm'), '--seed', '4294967295'), "'--seed': 4294967295"),
         # a directory nothing can be created in (/proc), found before training, not by a traceback after it
         (('train', '--data', data, '--out', '/proc/voltnet-model'), 'cannot write in /proc'),

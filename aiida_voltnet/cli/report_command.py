@@ -45,6 +45,12 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
         _fail(f'--seeds must lie in 0..{MAX_SEED}, got {seeds!r}')
     _check_output_path(out, directory=True)
     _check_device(device)
+    if profile is not None and not no_provenance:  # a profile asked for by name: missing is an error, not a
+        from aiida_voltnet.report import load_profile_for_report  # quiet fall back to a report without provenance
+
+        loaded, message = load_profile_for_report(profile)
+        if not loaded:
+            _fail(f'--profile {profile}: {message}; or pass --no-provenance')
     settings = ReportSettings.make(quick, seeds=seed_list, rows=rows, threads=threads,
                                    provenance=not no_provenance, profile=profile, device=device)
     if epochs is not None:
