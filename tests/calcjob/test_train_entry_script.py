@@ -48,6 +48,9 @@ def test_cuda_out_of_memory_is_exit_5(workdir, monkeypatch):
     status = json.loads((path / 'status.json').read_text())
     assert status['status'] == 'CUDA_OUT_OF_MEMORY' and status['batch_size'] == 256
     assert 'VOLTNET_STATUS CUDA_OUT_OF_MEMORY' in (path / 'train.log').read_text()
+    path = workdir(model='mlp')  # no override: the batch size that ran out is the spec's (it said None)
+    assert _main(path) == train_entry.EXIT_OOM
+    assert json.loads((path / 'status.json').read_text())['batch_size'] == 128
 
 
 def test_other_exception_is_exit_1_and_bad_input_exit_2(workdir, monkeypatch):
