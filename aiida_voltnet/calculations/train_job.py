@@ -94,6 +94,7 @@ class VoltnetTrainCalculation(CalcJob):
     _CONFIG = 'config.json'
     _RECORDS = 'records.json'
     _LOG = 'train.log'
+    _STDERR = 'voltnet-train.err'
     _STATUS = 'status.json'
     _METRICS = 'metrics.json'
     _MODEL_DIR = 'model'
@@ -213,7 +214,7 @@ class VoltnetTrainCalculation(CalcJob):
                                    '--log', self._LOG, *self._checkpoint_arguments(),
                                    *(['--resume', resume] if resume else [])]
         codeinfo.stdout_name = 'voltnet-train.out'
-        codeinfo.stderr_name = 'voltnet-train.err'
+        codeinfo.stderr_name = self._STDERR
         codeinfo.withmpi = False
         calcinfo.codes_info = [codeinfo]
         # (remote, local folder, depth 2): keep the files under model/ in the retrieved folder. checkpoint/ (only

@@ -89,7 +89,10 @@ class VoltnetTrainParser(Parser):
                 return self.exit_codes.ERROR_SCHEDULER_OUT_OF_WALLTIME
             if kind is None and scheduler_exit:
                 return None  # keep the scheduler's exit code (e.g. 110 out of memory)
-            return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(missing=', '.join(missing))
+            said = self._last_words(names, read) if kind is None else ''
+            return self.exit_codes.ERROR_MISSING_OUTPUT_FILES.format(
+                missing=', '.join(missing) + (f'; the job never reported a status, and its last words were: {said}'
+                                              if said else ''))
 
         from aiida_voltnet.ml.models import VoltageModel
 
@@ -106,6 +109,19 @@ class VoltnetTrainParser(Parser):
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))
         return ExitCode(0)  # explicit: a complete model overrides a walltime kill reported by the scheduler
+
+    def _last_words(self, names, read, lines: int = 3) -> str:
+        """The last lines of the job's stderr, else the scheduler's, else ``train.log``: why a job that never
+        reported a status ended (``voltnet-train: No such file or directory`` for a code whose executable is
+        missing, say)."""
+        from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation as job
+
+        for name in (job._STDERR, self.node.get_option('scheduler_stderr') or '_scheduler-stderr.txt', job._LOG):
+            if name in names:
+                text = [line.strip() for line in read(name).splitlines() if line.strip()]
+                if text:
+                    return ' | '.join(text[-lines:])[:500]
+        return ''
 
     def _expose_checkpoint(self, names) -> bool:
         """Output ``checkpoint`` (``state.json`` + the files it names) when the retrieved one checks out."""

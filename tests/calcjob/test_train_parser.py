@@ -53,6 +53,20 @@ def test_failure_statuses(aiida_localhost, files, expected):
     assert calcfunction.exit_status == expected.status
 
 
+def test_a_job_that_never_reported_says_what_it_last_wrote(aiida_localhost):
+    """A code whose executable is missing ended with 'not retrieved: model/config.json, ...' and nothing on why."""
+    stderr = "_aiidasubmit.sh: line 6: /nowhere/voltnet-train: No such file or directory\n"  # as a real run wrote
+    _, calcfunction = _parse(aiida_localhost, {'voltnet-train.err': stderr, '_scheduler-stderr.txt': '',
+                                               'train.log': ''})
+    assert calcfunction.exit_status == EXIT.ERROR_MISSING_OUTPUT_FILES.status
+    assert ('the job never reported a status, and its last words were: _aiidasubmit.sh: line 6: '
+            '/nowhere/voltnet-train: No such file or directory') in calcfunction.exit_message
+    _, calcfunction = _parse(aiida_localhost, {'voltnet-train.err': '', '_scheduler-stderr.txt': 'slurmstepd: killed'})
+    assert calcfunction.exit_message.endswith('its last words were: slurmstepd: killed.')
+    _, calcfunction = _parse(aiida_localhost, {'train.log': 'started\nloading records\n'})
+    assert calcfunction.exit_message.endswith('its last words were: started | loading records.')
+
+
 def test_marker_details_fill_the_message(aiida_localhost):
     _, calcfunction = _parse(aiida_localhost, {'train.log': 'VOLTNET_STATUS LOSS_DIVERGED {"epoch": 7}\n'})
     assert calcfunction.exit_status == 410 and 'epoch 7' in calcfunction.exit_message
