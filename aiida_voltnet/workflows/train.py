@@ -161,6 +161,16 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         chain is never cached itself, so its flag is passed on, where it was dropped."""
         return bool(self.inputs.metadata.get('disable_cache') or (namespace_metadata or {}).get('disable_cache'))
 
+    def _report_as_step(self, message: str) -> None:
+        """``report`` under the name of the outline step that called ``_call`` (``report`` names its own caller,
+        which here would be ``_call``)."""
+        import inspect
+
+        from aiida.common.log import LOG_LEVEL_REPORT
+
+        step = inspect.stack()[2][3]
+        self.logger.log(LOG_LEVEL_REPORT, f'[{self.node.pk}|{self.__class__.__name__}|{step}]: {message}')
+
     def _call(self, function, label, namespace_metadata=None, **inputs):
         """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored). An
         error raised while it ran (its node stored and excepted, so not a refusal) is not relabelled: it
@@ -173,7 +183,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         except ValueError as exception:
             if called(self.node, label):
                 raise  # the function ran and failed: a bug or a resource problem, not bad input
-            self.report(f'{label} refused its inputs: {exception}')
+            self._report_as_step(f'{label} refused its inputs: {exception}')
             return None, self.exit_codes.ERROR_INVALID_DATA.format(exception=str(exception))
 
     def assemble(self):

@@ -158,6 +158,18 @@ def test_train_workchain_refuses_bad_csv(tmp_path):
     assert count_nodes() == before
 
 
+def test_train_workchain_reports_a_refusal_under_the_step_that_made_it(tmp_path):
+    """43 records pass the launch checks; the grouped split leaves 38 training rows, which train_model refuses:
+    exit 300, reported under the step ('train'), where the report read '[...|TrainWorkChain|_call]'."""
+    small = tmp_path / 'small.csv'
+    small.write_text('\n'.join(CSV_150.read_text().splitlines()[:44]) + '\n')
+    _, node = run_get_node(TrainWorkChain.get_builder_from_protocol(orm.SinglefileData(small), protocol='fast'))
+    assert node.exit_status == 300 and 'needs at least 40 training rows, got 38' in node.exit_message
+    reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
+    assert any(message.startswith(f'[{node.pk}|TrainWorkChain|train]: train refused its inputs')
+               for message in reports), reports
+
+
 def test_train_workchain_refuses_records_without_the_target_before_storing(tmp_path):
     """A CSV row without average_voltage was refused by train_model after the dataset, the split (14 nodes)
     were stored; the chain's validator parses the CSV already and now refuses it there."""
