@@ -207,3 +207,12 @@ def test_a_column_named_twice_is_refused():
     header = HEADER.replace('num_steps', 'average_voltage')
     with pytest.raises(ElectrodeDataError, match='average_voltage appear more than once'):
         read_electrodes_csv(io.StringIO(header + '\n' + ROW + '\n'))
+
+
+def test_an_element_without_electronegativity_validates_without_pymatgen_noise(recwarn):
+    """pymatgen warned 'No Pauling electronegativity for Og' (with its source line) onto the user's terminal."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    record = validate_record(ElectrodeRecord(battery_id='og', formula_charge='OgFePO4', formula_discharge='LiOgFePO4',
+                                             working_ion='Li'))
+    assert record.framework_formula and not [w for w in recwarn if 'electronegativity' in str(w.message)]

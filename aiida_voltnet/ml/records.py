@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
@@ -365,6 +366,14 @@ def _fail(message, record: ElectrodeRecord | None = None, field_name=None, line=
 
 def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:
     """Check one record; return it with derived fields (framework formula) filled in."""
+    with warnings.catch_warnings():
+        # pymatgen orders a reduced formula by electronegativity and warns, with its source line, for elements that
+        # have none (Og, the noble gases): noise on the user's terminal, the formula is right
+        warnings.filterwarnings('ignore', message='No Pauling electronegativity')
+        return _validate_record(record, source)
+
+
+def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRecord:
     fail = lambda message, name: _fail(message, record, name, source=source)  # noqa: E731
     if not record.battery_id:
         fail('battery_id is empty', 'battery_id')
