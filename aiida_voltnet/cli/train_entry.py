@@ -173,7 +173,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     import torch
 
     from aiida_voltnet.ml.metrics import regression_metrics
-    from aiida_voltnet.ml.models import MODEL_SPECS, train_voltage_model
+    from aiida_voltnet.ml.models import spec_train_setting, train_voltage_model
     from aiida_voltnet.ml.training import CheckpointError, TrainingCheckpoint, TrainingDiverged, TrainingInterrupted
 
     arguments = {**settings}
@@ -222,7 +222,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         LOGGER.error('CUDA out of memory: %s', exception)
         return _finish(output, 'CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
                        batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
-                       or MODEL_SPECS[config['model']]['params'].get('train', {}).get('batch_size'))  # the spec's
+                       or spec_train_setting(config['model'], 'batch_size'))
     except Exception as exception:  # noqa: BLE001 - reported through status.json and the exit code
         LOGGER.error('trainer raised:\n%s', traceback.format_exc())
         return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')

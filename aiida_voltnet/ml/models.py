@@ -30,7 +30,7 @@ from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'check_training_options', 'TARGETS',
-           'min_training_rows', 'MAX_SEED',
+           'min_training_rows', 'spec_train_setting', 'MAX_SEED',
            'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -781,6 +781,12 @@ def _where(record: ElectrodeRecord) -> str:
 #: Largest training seed: member ``i`` of an ensemble trains with seed ``seed * 1000 + i``, and numpy's and
 #: scikit-learn's seeds stop at 2**32 - 1.
 MAX_SEED = 4_000_000
+
+
+def spec_train_setting(model: str, key: str):
+    """The training setting ``key`` (``batch_size``, ``lr``, ...) that ``model``'s spec trains with when no
+    override gives it; None for a model or key without one."""
+    return MODEL_SPECS.get(model, {}).get('params', {}).get('train', {}).get(key)
 
 
 def min_training_rows(model: str) -> int:

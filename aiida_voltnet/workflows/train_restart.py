@@ -20,7 +20,7 @@ from aiida.common import AttributeDict
 from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_handler, while_
 
 from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
-from aiida_voltnet.ml.models import MODEL_SPECS
+from aiida_voltnet.ml.models import spec_train_setting
 
 from .protocols import ProtocolMixin, recursive_merge
 
@@ -84,8 +84,7 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         return copy.deepcopy(settings.get_dict()) if settings is not None else {}
 
     def _spec_train_value(self, key):
-        spec = MODEL_SPECS.get(self.ctx.inputs.model.value if 'model' in self.ctx.inputs else 'voltnet', {})
-        return spec.get('params', {}).get('train', {}).get(key)
+        return spec_train_setting(self.ctx.inputs.model.value if 'model' in self.ctx.inputs else 'voltnet', key)
 
     def _set_override(self, settings: dict, key, value) -> None:
         settings.setdefault('train_overrides', {})[key] = value
