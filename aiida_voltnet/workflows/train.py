@@ -164,11 +164,11 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
     def _report_as_step(self, message: str) -> None:
         """``report`` under the name of the outline step that called ``_call`` (``report`` names its own caller,
         which here would be ``_call``)."""
-        import inspect
+        import sys
 
         from aiida.common.log import LOG_LEVEL_REPORT
 
-        step = inspect.stack()[2][3]
+        step = sys._getframe(2).f_code.co_name  # the frame's name only: inspect.stack() reads every frame's source
         self.logger.log(LOG_LEVEL_REPORT, f'[{self.node.pk}|{self.__class__.__name__}|{step}]: {message}')
 
     def _call(self, function, label, namespace_metadata=None, **inputs):
