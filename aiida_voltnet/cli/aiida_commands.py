@@ -97,23 +97,16 @@ def quickstart(data, profile, protocol):
         _fail(str(exception))
     finally:
         records.LOGGER.disabled = False
-    from aiida_voltnet.ml.models import check_training_options
-    from aiida_voltnet.ml.splits import make_split
+    from aiida_voltnet.calculations.functions import check_split_leaves_enough_to_train
     from aiida_voltnet.workflows.train import TrainWorkChain
 
     inputs = TrainWorkChain.get_protocol_inputs(protocol)
     train, split = inputs['train'], inputs['split']
-    # too few rows for the protocol's model after the protocol's own split (the one the work chain makes: same
-    # kind, seed and fraction), found before the profile too
-    try:
-        train_idx, _ = make_split(rows, kind=split['kind'], seed=split['seed'], test_fraction=split['test_fraction'])
+    try:  # too few rows for the protocol's model after the protocol's own split, found before the profile too
+        check_split_leaves_enough_to_train(rows, split['kind'], split['seed'], split['test_fraction'], train['model'],
+                                           train['settings'].get('members'))
     except ValueError as exception:
         _fail(f'{data}: {exception}')
-    try:
-        check_training_options(model=train['model'], members=train['settings'].get('members'), n_rows=len(train_idx))
-    except ValueError as exception:
-        _fail(f'{data}: {exception} (the {split["kind"]} split of the {len(rows)} records holds '
-              f'{len(rows) - len(train_idx)} out for the test)')
     ensure_embedded_profile(profile)
     from aiida_voltnet.workflows.quickstart import run_quickstart
 

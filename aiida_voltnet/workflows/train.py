@@ -112,7 +112,11 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             if message:
                 return message
             split = inputs.get('split', {})
-            functions.check_split_options(_value(split.get('kind', 'grouped')), _value(split.get('test_fraction', 0.1)))
+            # the split the chain will make: its training part must be large enough for the model (train_model
+            # refused it after the dataset and the split were stored)
+            functions.check_split_leaves_enough_to_train(
+                list(records), _value(split.get('kind', 'grouped')), _value(split.get('seed', 0)),
+                _value(split.get('test_fraction', 0.1)), _value(train.get('model', 'voltnet')), settings.get('members'))
         except Exception as exception:  # noqa: BLE001 - the message names row and field
             return f'{type(exception).__name__}: {exception}'
         return None

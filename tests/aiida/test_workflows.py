@@ -158,11 +158,26 @@ def test_train_workchain_refuses_bad_csv(tmp_path):
     assert count_nodes() == before
 
 
-def test_train_workchain_reports_a_refusal_under_the_step_that_made_it(tmp_path):
-    """43 records pass the launch checks; the grouped split leaves 38 training rows, which train_model refuses:
-    exit 300, reported under the step ('train'), where the report read '[...|TrainWorkChain|_call]'."""
+def test_train_workchain_refuses_a_split_too_small_to_train_before_storing(tmp_path):
+    """43 records, of which the grouped split leaves 38 training rows, fewer than the model needs: refused at
+    launch, naming the split. The chain used to store the dataset and the split, then fail with exit 300."""
     small = tmp_path / 'small.csv'
     small.write_text('\n'.join(CSV_150.read_text().splitlines()[:44]) + '\n')
+    csv = orm.SinglefileData(small).store()
+    before = count_nodes()
+    with pytest.raises(ValueError, match=r'needs at least 40 training rows, got 38: .* \(the grouped split of the 43 '
+                                         r'records holds 5 out for the test\)'):
+        run_get_node(TrainWorkChain.get_builder_from_protocol(csv, protocol='fast'))
+    assert count_nodes() == before
+
+
+def test_train_workchain_reports_a_refusal_under_the_step_that_made_it(tmp_path, monkeypatch):
+    """A refusal that only a step finds (here the launch check is switched off, so that the 38 training rows of
+    the case above reach train_model) is exit 300, reported under the step ('train'), where the report read
+    '[...|TrainWorkChain|_call]'."""
+    small = tmp_path / 'small.csv'
+    small.write_text('\n'.join(CSV_150.read_text().splitlines()[:44]) + '\n')
+    monkeypatch.setattr(TrainWorkChain.spec().inputs, 'validator', None)
     _, node = run_get_node(TrainWorkChain.get_builder_from_protocol(orm.SinglefileData(small), protocol='fast'))
     assert node.exit_status == 300 and 'needs at least 40 training rows, got 38' in node.exit_message
     reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
