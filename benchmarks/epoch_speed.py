@@ -118,10 +118,23 @@ MATMUL_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'mkldnn::_linear_pointwise
 def matmul_seconds(fn) -> tuple[float, float]:
     """(seconds in matrix products, total self seconds) of one call of ``fn`` under ``torch.profiler`` (CPU self
     time, so for a CPU run only)."""
+    import os
+    import sys
+
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
+    # torch's profiler (kineto) writes "profiler_start"/"profiler_stop" lines to file descriptor 2 whatever its log
+    # level: they are sent to /dev/null while it runs (a Python error still reaches the terminal, raised after)
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, 'w') as devnull:
+            os.dup2(devnull.fileno(), 2)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                fn()
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     events = prof.key_averages()
     return (sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / 1e6,
             sum(e.self_cpu_time_total for e in events) / 1e6)
