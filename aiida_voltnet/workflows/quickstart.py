@@ -76,18 +76,17 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
     echo(f'Model<{model.pk}> {model.model_name} version {model.model_version[:12]}: held-out MAE '
          f'{metrics["mae"]:.3f} V on {metrics["n"]} records')
 
-    from aiida_voltnet.calculations.functions import load_model, pair_record
+    from aiida_voltnet.calculations.functions import _check_model_and_ions, pair_record
 
     pairs, skipped = {}, {}
     for port, pair in shipped_structure_pairs().items():
-        if pair['working_ion'].value not in model.training_ions:
-            skipped[pair['name']] = f'the model never saw {pair["working_ion"].value} in training'
-        else:
-            try:  # the paper featurizer needs capacity_grav and energy_grav, which no structure pair has
-                load_model(model).featurizer.check_records([pair_record(pair['charged'], pair['discharged'],
-                                                                        pair['working_ion'].value, pair['name'])])
-            except ValueError as exception:
-                skipped[pair['name']] = f'the model cannot featurize it ({exception})'
+        ion = pair['working_ion'].value
+        # the checks PredictWorkChain makes: an ion the model never saw; a field its featurizer needs that a
+        # structure pair has not (the paper featurizer's capacity_grav and energy_grav)
+        reason = _check_model_and_ions(model, [ion], [pair_record(pair['charged'], pair['discharged'], ion,
+                                                                  pair['name'])])
+        if reason:
+            skipped[pair['name']] = reason
         if pair['name'] in skipped:
             echo(f'Skipping {pair["name"]}: {skipped[pair["name"]]}')
             continue

@@ -321,7 +321,8 @@ def test_quickstart_paper_protocol_skips_the_pairs_its_features_cannot_describe(
     assert set(summary['skipped']) == {'LiFePO4', 'NaFePO4', 'Li3V2(PO4)3'}
     assert all('the paper featurizer needs capacity_grav, energy_grav' in reason
                for reason in summary['skipped'].values()), summary['skipped']
-    assert any(line.startswith('Skipping LiFePO4: the model cannot featurize it') for line in lines), lines
+    assert any(line.startswith('Skipping LiFePO4: model mha_resnet (version ') and 'cannot featurize' in line
+               for line in lines), lines
 
 
 def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_other_models(csv_node, capsys):
