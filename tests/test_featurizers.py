@@ -179,3 +179,25 @@ def test_structure_pair_keeps_the_exact_ion_content():
     record = record_from_structures(charged, discharged, 'Li')
     assert record.composition_discharge['Li'] == 1 / 3
     assert record.ion_fractions[1] == pytest.approx(1 / 9, rel=1e-12)  # 6 digits were 1e-6 off
+
+
+def test_leak_free_features_do_not_depend_on_the_formula_unit_written():
+    """FePO4 -> LiFePO4 written per two formula units (Fe2P2O8 -> Li2Fe2P2O8) is the same electrode: one feature
+    was the log of the host's atom count as written, so the two spellings were predicted different voltages
+    (3.179 against 3.175 V here; up to 0.085 V apart over 98 records). The shared CSV writes every record per
+    reduced framework unit, so its features are unchanged."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    def record(charged, discharged):
+        return validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
+                                               formula_discharge=discharged, working_ion='Li'))
+
+    featurizer = LeakFreeFeaturizer()
+    for once, twice in [(('FePO4', 'LiFePO4'), ('Fe2P2O8', 'Li2Fe2P2O8')),
+                        (('CoO2', 'LiCoO2'), ('Co3O6', 'Li3Co3O6')),
+                        (('Li0.5Mn2O4', 'LiMn2O4'), ('LiMn4O8', 'Li2Mn4O8'))]:
+        pairs = [record(*once), record(*twice)]
+        vectorized = np.asarray(featurizer.raw(pairs))
+        per_row = np.array([featurizer._row(r) for r in pairs])
+        np.testing.assert_array_equal(vectorized, per_row)
+        np.testing.assert_allclose(vectorized[0], vectorized[1], rtol=0, atol=1e-12, err_msg=f'{once} vs {twice}')

@@ -115,6 +115,21 @@ def _element(z: int) -> Element:
     return Element.from_Z(z)
 
 
+@functools.lru_cache(maxsize=65536)
+def _formula_units(amounts: tuple[tuple[int, float], ...]) -> float:
+    """How many formula units of its reduced formula a host written with these ``(Z, amount)`` holds (pymatgen's
+    reduction: ``Fe2P2O8`` holds 2 of FePO4; a host with non-integer amounts is its own formula unit)."""
+    return Composition({_element(z): amount for z, amount in amounts}).get_reduced_composition_and_factor()[1]
+
+
+def host_atoms_per_formula_unit(host: np.ndarray) -> float:
+    """Atoms of the host (an amount per element, index Z - 1) per formula unit of its reduced formula: the same
+    for ``FePO4`` and ``Fe2P2O8``, where the atom count as written doubled (and with it a feature, so that
+    the same electrode written per two formula units was predicted another voltage)."""
+    nonzero = np.flatnonzero(host)
+    return float(host.sum()) / _formula_units(tuple((int(i) + 1, float(host[i])) for i in nonzero))
+
+
 # Element properties used for composition statistics, all read from pymatgen's element data.
 _PROPERTY_NAMES = (
     'Z', 'X', 'row', 'group', 'atomic_mass', 'atomic_radius', 'mendeleev_no', 'molar_volume',
@@ -601,7 +616,7 @@ class LeakFreeFeaturizer(Featurizer):
             _one_hot(record.working_ion, WORKING_IONS),
             table[ion_z - 1],
             [x_charge, x_discharge, delta, electrons_per_host_atom, electrons_per_tm, tm_fraction, capacity,
-             math.log(host_atoms), float(record.end_members_reversed)],
+             math.log(host_atoms_per_formula_unit(host)), float(record.end_members_reversed)],
             redox,
             host / host_atoms,
             self._stats(host, table),
@@ -704,7 +719,7 @@ class LeakFreeFeaturizer(Featurizer):
         host_mass = _row_dots(host, mass[:, None])[:, 0]
         mass_discharged = host_mass + discharge_ion * mass[ion_z]
         capacity = delta * host_atoms * ion_charge * FARADAY_MAH_PER_MOL / mass_discharged
-        log_host_atoms = np.array([math.log(value) for value in host_atoms.tolist()])
+        log_host_atoms = np.array([math.log(host_atoms_per_formula_unit(row)) for row in host])
         oxidation_charge, energy_charge = formal_redox_states(charge)
         oxidation_discharge, energy_discharge = formal_redox_states(discharge)
         symmetry_one_hot = np.zeros((n, 2, len(CRYSTAL_SYSTEMS) + 1))
