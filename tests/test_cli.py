@@ -235,6 +235,22 @@ def test_one_host_framework_trains_with_an_uncalibrated_spread(tmp_path):
     assert 'uncertainty_calibration' not in config['metadata']
 
 
+def test_predict_refuses_a_model_of_another_target(trained, tmp_path):
+    """A max_delta_volume model (trained through the API or a work chain) printed its volume changes as
+    "+/- ... V" and wrote them under predicted_voltage."""
+    from aiida_voltnet.ml.models import train_voltage_model
+    from aiida_voltnet.ml.records import read_electrodes_csv
+
+    records = read_electrodes_csv(trained / 'train.csv')
+    train_voltage_model(records, model='krr', target='max_delta_volume').save(tmp_path / 'volume')
+    for arguments in (['--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li'],
+                      ['--data', str(trained / 'predict.csv'), '--out', str(tmp_path / 'p.csv')]):
+        result = run('predict', '--model', str(tmp_path / 'volume'), *arguments, check=False)
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert 'was trained to predict max_delta_volume, not the average voltage' in result.stderr
+    assert not (tmp_path / 'p.csv').exists()
+
+
 def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained, tmp_path):
     """quickstart checks the CSV before it creates a profile; provenance without any profile says what to do."""
     import os

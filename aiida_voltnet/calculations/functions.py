@@ -151,6 +151,17 @@ def _check_model_and_ions(model, ions, records=()):
     return None
 
 
+def check_voltage_model(model) -> str | None:
+    """Why ``model`` cannot make voltage predictions: one trained for another target (``max_delta_volume``) gives
+    numbers that are no volts, which the prediction functions and work chains would store and report as voltages;
+    None if it predicts the average voltage. (``evaluate_model`` takes any target.)"""
+    target = model.base.attributes.get('target', 'average_voltage')
+    if target != 'average_voltage':
+        return (f'model {model.model_name} (version {model.model_version[:12]}) was trained to predict {target}, not '
+                'the average voltage: its predictions are no voltages (evaluate_model scores it)')
+    return None
+
+
 # -- assembling datasets -------------------------------------------------------------------------------------------
 def _validate_csv(inputs):
     csv_records(inputs['csv'])
@@ -421,7 +432,11 @@ def evaluate_model(model: VoltageModelData, dataset: ElectrodeDataset):
 
 
 # -- prediction ----------------------------------------------------------------------------------------------------
-@_validated_by(_validate_model_dataset)
+def _validate_predict(inputs):
+    return check_voltage_model(inputs['model']) or _validate_model_dataset(inputs)
+
+
+@_validated_by(_validate_predict)
 @calcfunction
 def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     """Predict the average voltage of every record of ``dataset``: one process and one ``ArrayData`` per batch.
@@ -460,6 +475,9 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
 
 
 def _validate_pair(inputs):
+    message = check_voltage_model(inputs['model'])
+    if message:
+        return message
     ion = _value(inputs['working_ion'])
     record = pair_record(inputs['charged'], inputs['discharged'], ion)
     return _check_model_and_ions(inputs['model'], {record.working_ion}, [record])

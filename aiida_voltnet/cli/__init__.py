@@ -168,6 +168,10 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         _check_output_path(out, directory=False)
     _check_device(device)
     model = _read_model(model_dir)
+    target = model.metadata.get('target', 'average_voltage')
+    if target != 'average_voltage':  # e.g. a max_delta_volume model of the report: its numbers are no volts
+        _fail(f'--model {model_dir} was trained to predict {target}, not the average voltage: "voltnet predict" '
+              'writes voltages')
     try:
         if single:
             if None in (charged, discharged, ion):

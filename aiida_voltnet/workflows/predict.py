@@ -53,6 +53,9 @@ class PredictWorkChain(WorkChain):
             return 'give a `dataset`, `structures`, or both'
         model = inputs['model']
         try:
+            message = functions.check_voltage_model(model)
+            if message:
+                return message
             if 'dataset' in inputs:
                 message = functions._validate_model_dataset({'model': model, 'dataset': inputs['dataset']})
                 if message:

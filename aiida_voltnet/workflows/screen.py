@@ -20,6 +20,7 @@ from aiida_voltnet.calculations.functions import assemble_dataset_from_structure
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import ion_metal_structure
+from aiida_voltnet.ml.featurizers import get_featurizer
 
 from .verify import VerifyWorkChain, load_pseudo_family, pw_builder
 
@@ -84,11 +85,39 @@ class ScreenWorkChain(WorkChain):
         spec.exit_code(303, 'ERROR_RETRAIN_FAILED', message='retraining on the verified electrodes failed: {message}')
 
     @classmethod
+    def reserved_candidate_names(cls) -> set[str]:
+        """Names a candidate cannot have: the verified candidates are passed by name as keyword arguments to
+        ``summarize_screen`` and ``add_verified_records``, where a name equal to one of their own arguments
+        (``outcomes``, ``dataset``, ...) would replace that argument without an error, and drop the DFT result."""
+        return {name for function in (summarize_screen, add_verified_records)
+                for name in function.process_class.spec().inputs}
+
+    @staticmethod
+    def _candidate_records(pairs) -> list:
+        """The records of the candidates that make one electrode (the others are left out at the prediction, with
+        the reason, and never reach the DFT)."""
+        records = []
+        for name, (charged, discharged, ion) in pairs.items():
+            try:
+                records.append(functions.pair_record(charged, discharged, ion, battery_id=name))
+            except Exception:  # noqa: BLE001 - reported by setup, which leaves the candidate out
+                continue
+        return records
+
+    @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
         try:  # the same namespace check as the structure-pair calculation functions
-            functions._pairs(inputs.get('candidates') or {})
+            pairs = functions._pairs(inputs.get('candidates') or {})
         except ValueError as exception:
             return f'candidates: {exception}'
+        clashes = sorted(set(pairs) & cls.reserved_candidate_names())
+        if clashes:
+            return (f'candidates: rename {", ".join(map(repr, clashes))}: a candidate may not be named '
+                    f'{", ".join(sorted(cls.reserved_candidate_names()))} (the names of the arguments of the '
+                    'calculation functions that take the verified candidates by name)')
+        message = functions.check_voltage_model(inputs['model'])
+        if message:
+            return f'model: {message}'
         message = check_selection(inputs['selection'].get_dict())
         if message:
             return message
@@ -98,6 +127,15 @@ class ScreenWorkChain(WorkChain):
         if retrain:  # train_model's own checks, now rather than after hours of pw.x
             try:
                 message = functions._validate_train(retrain)
+                settings = retrain['settings'].get_dict() if 'settings' in retrain else {}
+                target = settings.get('target', 'average_voltage')
+                if not message and target != 'average_voltage':
+                    message = (f'the verified electrodes join the training records with their DFT voltage only, so '
+                               f'the retrained model must predict the average voltage, not {target}')
+                if not message:  # the verified electrodes are structure pairs: the featurizer must describe them
+                    featurizer = get_featurizer(functions._value(retrain.get('featurizer', 'leakfree')), _quiet=True,
+                                                **settings.get('featurizer_options', {}))
+                    featurizer.check_records(cls._candidate_records(pairs))
             except Exception as exception:  # noqa: BLE001 - the message names the setting
                 return f'retrain: {type(exception).__name__}: {exception}'
             if message:

@@ -269,7 +269,9 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         if error:
             return error
         metrics = self.ctx.metrics.get_dict()
-        self.report(f'held-out MAE {metrics["mae"]:.3f} V, R2 {metrics["r2"]:.3f} on {metrics["n"]} records')
+        target = self.ctx.model.base.attributes.get('target', 'average_voltage')
+        unit = ' V' if target == 'average_voltage' else f' ({target})'  # max_delta_volume is a fraction, no volts
+        self.report(f'held-out MAE {metrics["mae"]:.3f}{unit}, R2 {metrics["r2"]:.3f} on {metrics["n"]} records')
         return None
 
     def results(self):

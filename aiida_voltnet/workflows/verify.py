@@ -211,6 +211,10 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             return 'give `model` (to predict here) or `ml_voltage` (an existing prediction), not both'
         if 'ion_metal' in inputs and 'ion_energy' in inputs:
             return 'give `ion_metal` (to compute its energy) or `ion_energy`, not both'
+        if 'model' in inputs:  # its prediction is compared with the DFT voltage
+            message = functions.check_voltage_model(inputs['model'])
+            if message:
+                return f'model: {message}'
         return _withmpi_conflict(inputs.get('code'), inputs.get('options'))
 
     @classmethod

@@ -296,6 +296,34 @@ def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
     assert count_nodes() == before
 
 
+def test_a_model_of_another_target_is_scored_but_never_predicts_voltages(trained, shipped_nodes):
+    """A max_delta_volume model (a documented training target) was reported with a held-out MAE in volts, and the
+    prediction functions and work chains stored its volume changes as voltages (PredictWorkChain's `voltages`,
+    `voltnet predictions`, a DFT comparison in volts). It is now trained and scored, and refused where a voltage
+    is predicted, naming its target, with nothing stored."""
+    results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                                 split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.2)},
+                                 train={'model': orm.Str('krr'), 'settings': orm.Dict({'target': 'max_delta_volume'})})
+    assert node.is_finished_ok, node.exit_message
+    reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
+    assert any('held-out MAE' in m and '(max_delta_volume), R2' in m for m in reports), reports
+    assert not any('held-out MAE' in m and ' V, R2' in m for m in reports), reports
+    model = results['model']
+    charged, discharged, ion = shipped_nodes['LiFePO4']
+    pair = {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}
+    before = count_nodes()
+    message = 'trained to predict max_delta_volume, not the average voltage'
+    with pytest.raises(ValueError, match=message):
+        run_get_node(PredictWorkChain, model=model, dataset=trained.test)
+    with pytest.raises(ValueError, match=message):
+        run_get_node(PredictWorkChain, model=model, structures={'LiFePO4': pair})
+    with pytest.raises(ValueError, match=message):
+        F.predict_voltages(model, trained.test)
+    with pytest.raises(ValueError, match=message):
+        F.predict_structure_pair(model, charged, discharged, orm.Str(ion))
+    assert count_nodes() == before
+
+
 def test_quickstart():
     from aiida_voltnet.workflows.quickstart import run_quickstart
 

@@ -105,6 +105,33 @@ def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
         run_get_node(ScreenWorkChain, model=model, candidates=candidates,
                      verify={'code': pw, 'settings': orm.Dict(settings)},
                      retrain={'dataset': dataset, 'settings': orm.Dict({'bogus': 1})})
+    # the verified electrodes are structure pairs with a DFT voltage: a retrain whose featurizer needs capacities
+    # (paper), or whose target is not the voltage, failed with exit 303 once the DFT had run
+    with pytest.raises(ValueError, match='retrain: ElectrodeDataError: .*LiCoO2.*capacity_grav'):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict(settings)},
+                     retrain={'dataset': dataset, 'featurizer': orm.Str('paper'), 'model': orm.Str('krr')})
+    with pytest.raises(ValueError, match='retrained model must predict the average voltage, not max_delta_volume'):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict(settings)},
+                     retrain={'dataset': dataset, 'model': orm.Str('krr'),
+                              'settings': orm.Dict({'target': 'max_delta_volume'})})
+    # a candidate named like an argument of summarize_screen/add_verified_records replaced that argument and its
+    # DFT result was dropped (exit 302 after a successful verification, or a retrain without it)
+    for name in ('outcomes', 'dataset', 'selected', 'predictions'):
+        with pytest.raises(ValueError, match=f"candidates: rename '{name}'"):
+            run_get_node(ScreenWorkChain, model=model, candidates={name: _pair(coo2, licoo2)},
+                         verify={'code': pw, 'settings': orm.Dict(settings)})
+    # a model of another target: its predictions are no voltages to select and compare with DFT
+    from aiida_voltnet.calculations.functions import train_model
+
+    volume = train_model(dataset, model=orm.Str('krr'), settings=orm.Dict({'target': 'max_delta_volume'}))
+    with pytest.raises(ValueError, match='model: .*trained to predict max_delta_volume'):
+        run_get_node(ScreenWorkChain, model=volume, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict(settings)})
+    with pytest.raises(ValueError, match='model: .*trained to predict max_delta_volume'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, coo2, licoo2, 'Li', protocol='ci',
+                                                               overrides={'model': volume}))
     _, node = run_get_node(ScreenWorkChain, model=model, candidates=candidates,
                            verify={'code': pw, 'settings': orm.Dict({**settings, 'cutoff_stringency': 'sssp'})})
     assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.status
