@@ -638,3 +638,22 @@ def test_members_that_agree_on_the_held_out_rows_are_left_uncalibrated(records, 
     assert 'uncertainty_calibration' not in model.metadata
     mean, spread = model.predict(records[100:140])
     assert np.ptp(mean) > 0 and spread.max() < 5
+
+
+def test_evaluate_leaves_out_test_rows_of_an_ion_no_training_row_had(records):
+    """Grouped folds where a rare ion's one framework falls on the test side: `evaluate` (the report without
+    provenance, the benchmarks) predicted those rows anyway, the report's provenance mode and TrainWorkChain left
+    them out, so `voltnet report` gave other numbers with and without `--no-provenance`. Both leave them out now,
+    and the run says how many."""
+    from aiida_voltnet.ml.evaluation import evaluate
+    from aiida_voltnet.ml.splits import kfold_splits
+
+    li = [r for r in records if r.working_ion == 'Li'][:80]
+    y_framework = next(r.framework_formula for r in records if r.working_ion == 'Y')
+    ys = [r for r in records if r.working_ion == 'Y' and r.framework_formula == y_framework]
+    subset = li + ys
+    result = evaluate(subset, model='krr', protocol='grouped', seeds=[0], folds=2, calibrate=False)
+    folds = list(kfold_splits(subset, k=2, grouped=True, seed=0))
+    assert sum(run['dropped_unseen_ion_rows'] for run in result.runs) == len(ys)
+    assert all(p['working_ion'] == 'Li' for p in result.predictions)
+    assert len(result.predictions) == sum(len(test) for _, test in folds) - len(ys)
