@@ -17,7 +17,8 @@ from aiida.common.links import LinkType
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 
-__all__ = ('prediction_provenance', 'dataset_origin', 'list_predictions', 'PREDICTION_PROCESS_TYPES')
+__all__ = ('prediction_provenance', 'dataset_origin', 'list_predictions', 'training_workflow',
+           'PREDICTION_PROCESS_TYPES')
 
 _PREFIX = 'aiida.calculations:voltnet.'
 PREDICT_BATCH = _PREFIX + 'predict_voltages'
@@ -44,6 +45,21 @@ def _creator(node: orm.Data) -> orm.CalculationNode | None:
     """The calculation that created ``node`` (via the CREATE link), or None for a node made by hand."""
     links = node.base.links.get_incoming(link_type=LinkType.CREATE).all()
     return links[0].node if links else None
+
+
+#: Work chains that only wrap a training job (restarts, error handlers): the workflow that asked for the model is
+#: their caller.
+TRAINING_JOB_WRAPPERS = ('aiida.workflows:voltnet.train_base',)
+
+
+def training_workflow(training: orm.ProcessNode | None) -> orm.WorkflowNode | None:
+    """The workflow that asked for the model a ``training`` process made (``TrainWorkChain``, which holds the
+    held-out test set and metrics; ``ScreenWorkChain`` for a retrain), past the ``voltnet.train_base`` wrapper of a
+    model trained through a code: one level up was that wrapper, not the TrainWorkChain. None if none called it."""
+    caller = training.caller if training is not None else None
+    while caller is not None and caller.process_type in TRAINING_JOB_WRAPPERS:
+        caller = caller.caller
+    return caller
 
 
 def _structure(node: orm.StructureData) -> dict[str, Any]:
@@ -129,7 +145,7 @@ def _model_summary(model: VoltageModelData) -> dict[str, Any]:
                   'training_ions': model.training_ions},
         'model_version': model.model_version,
         'training_process': _ref(training),
-        'training_workflow': _ref(training.caller) if training is not None else None,
+        'training_workflow': _ref(training_workflow(training)),
         'training_dataset': None,
     }
     if training is not None:
@@ -167,8 +183,8 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     :returns: a JSON-serialisable dict with keys ``prediction``, ``process``, ``model_version``, ``model``,
         ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
         ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
-        and the working ion) and ``extrapolation`` (``n_unseen_elements`` and ``n_ion_content_outside`` of a
-        batch, or a pair's ``unseen_elements``, the host elements no training host had, and
+        and the working ion) and ``extrapolation`` (``n_unseen_elements``, ``n_ion_content_outside`` and
+        ``n_end_members_reversed`` of a batch, or a pair's ``unseen_elements``, the host elements no training host had, and
         ``ion_content_outside``, how its ion content lies outside the training range; None for predictions stored
         before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
     """
@@ -199,7 +215,8 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     if process.process_type == PREDICT_BATCH:
         result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
         attributes = outputs['result'].base.attributes
-        result['extrapolation'] = {key: attributes.get(key) for key in ('n_unseen_elements', 'n_ion_content_outside')}
+        result['extrapolation'] = {key: attributes.get(key) for key in ('n_unseen_elements', 'n_ion_content_outside',
+                                                                        'n_end_members_reversed')}
     else:
         result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
                             'working_ion': inputs['working_ion'].value}
@@ -217,8 +234,8 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
     :param max_voltage: keep only predicted voltages <= this (V).
     :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'extrapolation', 'node',
         'node_uuid', 'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index.
-        ``extrapolation`` is True where the host has an element no training host had or the ion content lies
-        outside the training range, None for predictions stored before the flags existed (a prediction stored
+        ``extrapolation`` is True where the host has an element no training host had, the ion content lies
+        outside the training range or a batch's record lists the ion-rich member as charged, None for predictions stored before the flags existed (a prediction stored
         before the ion-content flag is judged by its elements alone). For a batch,
         ``battery_id`` is the record's and ``index`` its row in the predicted dataset; for a structure pair,
         ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
@@ -257,8 +274,9 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
             ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
             names = array.get_arraynames()
             unseen = array.get_array('unseen_elements') if 'unseen_elements' in names else None
-            if unseen is not None and 'ion_content_outside' in names:
-                unseen = unseen | array.get_array('ion_content_outside')
+            for flag in ('ion_content_outside', 'end_members_reversed'):  # the other marks of an extrapolation
+                if unseen is not None and flag in names:
+                    unseen = unseen | array.get_array(flag)
             keep = np.ones(len(mean), dtype=bool)
             if ion is not None:
                 keep &= ions == ion

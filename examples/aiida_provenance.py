@@ -52,10 +52,12 @@ def main(argv=None):
         from aiida.common.links import LinkType
 
         from aiida_voltnet.calculations.functions import predict_voltages
+        from aiida_voltnet.provenance import training_workflow
 
         training = model.base.links.get_incoming(link_type=LinkType.CREATE).one().node  # train_model or a job
-        # the held-out records of the TrainWorkChain that called it; a model trained otherwise has none
-        caller = training.caller
+        # the held-out records of the TrainWorkChain that asked for it (past the restart wrapper of a job); a model
+        # trained otherwise has none
+        caller = training_workflow(training)
         if caller is None or 'test_dataset' not in caller.outputs:
             print(f'VoltageModelData<{model.pk}> was made by {training.process_label}<{training.pk}>, which no '
                   'TrainWorkChain called, so it has no held-out test dataset to predict; run without '

@@ -165,8 +165,9 @@ def _print_tree(data, indent=0):
 def predictions(model_id, ion, min_voltage, max_voltage, profile):
     """List what a model predicted (battery, ion, voltage, uncertainty, extrapolation, prediction node).
 
-    The extrapolation column says `yes` where the host has an element that no training host had or the ion
-    content lies outside the training electrodes' range for that ion, `-` for predictions stored before those
+    The extrapolation column says `yes` where the host has an element that no training host had, the ion
+    content lies outside the training electrodes' range for that ion, or the record lists the ion-rich end member
+    as charged, `-` for predictions stored before those
     flags existed."""
     model = _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions

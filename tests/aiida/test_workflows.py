@@ -279,6 +279,11 @@ def test_predict_workchain_reports_records_with_their_end_members_swapped(traine
     assert results['predictions'].get_array('end_members_reversed').tolist() == [False, True, False]
     assert ('extrapolation: 1 of 3 record(s) list the ion-rich end member as charged'
             in get_workchain_report(node, 'REPORT'))
+    # the listing and the provenance call it extrapolation too (they counted only the other two flags)
+    rows = {row['battery_id']: row for row in list_predictions(trained.model)
+            if row['node_uuid'] == results['predictions'].uuid}
+    assert [rows[r.battery_id]['extrapolation'] for r in (records[0], swapped, records[2])] == [False, True, False]
+    assert prediction_provenance(results['predictions'])['extrapolation']['n_end_members_reversed'] == 1
 
 
 def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):

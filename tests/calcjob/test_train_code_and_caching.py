@@ -35,6 +35,16 @@ def test_train_workchain_through_a_code(train_code, csv_60):
     records = results['test_dataset'].records()
     np.testing.assert_allclose(results['model'].load_model().predict(records)[0],
                                reference.load_model().predict(records)[0], rtol=0, atol=1e-6)
+    # the provenance of its predictions names this TrainWorkChain as the training workflow, past the
+    # voltnet.train_base wrapper of the job (it named the wrapper, and the example found no held-out test set)
+    from aiida_voltnet.calculations.functions import predict_voltages
+    from aiida_voltnet.provenance import prediction_provenance, training_workflow
+
+    array = predict_voltages(results['model'], results['test_dataset'])
+    provenance = prediction_provenance(array)
+    assert provenance['training_workflow']['uuid'] == node.uuid, provenance['training_workflow']
+    assert provenance['training_process']['process_type'] == 'aiida.calculations:voltnet.train'
+    assert training_workflow(results['model'].creator).uuid == node.uuid
 
 
 def test_train_options_need_a_code(csv_60):
