@@ -81,6 +81,12 @@ def verify(model_id, pair, protocol, code_label, profile):
     from aiida_voltnet.data.model import VoltageModelData
 
     model = _load_node(model_id, profile, VoltageModelData) if model_id else _load_profile(profile)
+    if model_id:
+        from aiida_voltnet.calculations.functions import check_voltage_model
+
+        message = check_voltage_model(model)  # before any pw.x job, as VerifyWorkChain's validator would
+        if message:
+            _fail(f'--model {model_id}: {message}')
     if code_label is None:  # the code dft-setup made, on whichever computer it was given
         codes = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': 'pw-debian'}).all(flat=True)
         if len(codes) > 1:

@@ -59,6 +59,20 @@ def test_verify_names_a_model_pk_that_is_no_model(aiida_profile):
     assert f'node {str(node.pk)!r} is Int<{node.pk}>, not a VoltageModelData' in result.output
 
 
+def test_verify_refuses_a_model_of_another_target_before_any_job(aiida_profile, small_model):
+    """A max_delta_volume model printed "ML 0.056 +/- 0.010 V, ML - DFT -3.366 V" after the DFT had run."""
+    from aiida import orm
+
+    from aiida_voltnet.calculations.functions import train_model
+
+    _, dataset = small_model
+    volume = train_model(dataset, model=orm.Str('krr'), settings=orm.Dict({'target': 'max_delta_volume'}))
+    result = CliRunner().invoke(cli, ['verify', '--model', str(volume.pk), '--profile', aiida_profile.name,
+                                      '--protocol', 'ci'])
+    assert result.exit_code == 2, result.output
+    assert 'trained to predict max_delta_volume, not the average voltage' in result.output
+
+
 def test_verify_finds_the_setup_code_on_any_computer_and_asks_when_there_are_two(aiida_profile, aiida_localhost,
                                                                                    quantum_espresso, tmp_path):
     """Without --code, verify looked for pw-debian@localhost only, so a `dft-setup --computer X` code was not found;
