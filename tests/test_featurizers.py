@@ -184,8 +184,8 @@ def test_structure_pair_keeps_the_exact_ion_content():
 def test_leak_free_features_do_not_depend_on_the_formula_unit_written():
     """FePO4 -> LiFePO4 written per two formula units (Fe2P2O8 -> Li2Fe2P2O8) is the same electrode: one feature
     was the log of the host's atom count as written, so the two spellings were predicted different voltages
-    (3.179 against 3.175 V here; up to 0.085 V apart over 98 records). The shared CSV writes every record per
-    reduced framework unit, so its features are unchanged."""
+    (3.179 against 3.175 V here; up to 0.085 V apart over 98 records). Version 2 counts the atoms per unit of
+    the host's smallest integer formula. The shared CSV writes every record so, so its features are unchanged."""
     from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
 
     def record(charged, discharged):
@@ -193,11 +193,39 @@ def test_leak_free_features_do_not_depend_on_the_formula_unit_written():
                                                formula_discharge=discharged, working_ion='Li'))
 
     featurizer = LeakFreeFeaturizer()
+    assert featurizer.version == 2
     for once, twice in [(('FePO4', 'LiFePO4'), ('Fe2P2O8', 'Li2Fe2P2O8')),
                         (('CoO2', 'LiCoO2'), ('Co3O6', 'Li3Co3O6')),
-                        (('Li0.5Mn2O4', 'LiMn2O4'), ('LiMn4O8', 'Li2Mn4O8'))]:
+                        (('Li0.5Mn2O4', 'LiMn2O4'), ('LiMn4O8', 'Li2Mn4O8')),
+                        # hosts with fractional amounts (LNMO, a mixed-metal oxide): by their integer formula
+                        (('Ni0.5Mn1.5O4', 'LiNi0.5Mn1.5O4'), ('NiMn3O8', 'Li2NiMn3O8')),
+                        (('Ni0.5Mn1.5O4', 'LiNi0.5Mn1.5O4'), ('Ni2Mn6O16', 'Li4Ni2Mn6O16')),
+                        (('Co0.5Ni0.5O2', 'LiCo0.5Ni0.5O2'), ('CoNiO4', 'Li2CoNiO4'))]:
         pairs = [record(*once), record(*twice)]
         vectorized = np.asarray(featurizer.raw(pairs))
         per_row = np.array([featurizer._row(r) for r in pairs])
         np.testing.assert_array_equal(vectorized, per_row)
         np.testing.assert_allclose(vectorized[0], vectorized[1], rtol=0, atol=1e-12, err_msg=f'{once} vs {twice}')
+
+
+def test_a_leak_free_state_of_version_1_loads_and_featurizes_as_it_was_trained():
+    """Models saved before version 2 counted the host's atoms as written; they still load, and featurize their
+    records as they did in training (a host written per two formula units, as a user CSV may, keeps its count),
+    and say version 1 when saved again, so their model version does not change."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    records = [validate_record(ElectrodeRecord(battery_id=f'r{i}', formula_charge=c, formula_discharge=d,
+                                               working_ion='Li'))
+               for i, (c, d) in enumerate([('FePO4', 'LiFePO4'), ('Mn2O4', 'LiMn2O4')])]
+    config, arrays = LeakFreeFeaturizer().fit(records).get_state()
+    old = LeakFreeFeaturizer.from_state({**config, 'version': 1}, arrays)
+    new = LeakFreeFeaturizer.from_state(config, arrays)
+    assert (old.version, new.version, old.get_config()['version']) == (1, 2, 1)
+    as_written, per_unit = np.asarray(old.raw(records)), np.asarray(new.raw(records))
+    differ = np.flatnonzero((as_written != per_unit).any(axis=0))
+    assert len(differ) == 1  # the log of the host's atom count: Mn2O4 has 6 atoms as written, 3 per unit MnO2
+    np.testing.assert_allclose(np.exp(as_written[:, differ[0]]), [6, 6])
+    np.testing.assert_allclose(np.exp(per_unit[:, differ[0]]), [6, 3])
+    np.testing.assert_array_equal(np.array([old._row(r) for r in records]), as_written)
+    with pytest.raises(ValueError, match=r"state has version 3, this code reads version\(s\) 1, 2"):
+        LeakFreeFeaturizer.from_state({**config, 'version': 3}, arrays)

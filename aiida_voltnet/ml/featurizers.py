@@ -116,18 +116,31 @@ def _element(z: int) -> Element:
 
 
 @functools.lru_cache(maxsize=65536)
-def _formula_units(amounts: tuple[tuple[int, float], ...]) -> float:
-    """How many formula units of its reduced formula a host written with these ``(Z, amount)`` holds (pymatgen's
-    reduction: ``Fe2P2O8`` holds 2 of FePO4; a host with non-integer amounts is its own formula unit)."""
-    return Composition({_element(z): amount for z, amount in amounts}).get_reduced_composition_and_factor()[1]
+def _integer_formula_units(amounts: tuple[tuple[int, float], ...]) -> float:
+    """How many units of its smallest integer formula a host with these non-integer ``(Z, amount)`` holds:
+    pymatgen's ``get_integer_formula_and_factor`` (``Ni0.5Mn1.5O4`` is half a unit of Mn3NiO8)."""
+    return Composition({_element(z): amount for z, amount in amounts}).get_integer_formula_and_factor()[1]
 
 
-def host_atoms_per_formula_unit(host: np.ndarray) -> float:
-    """Atoms of the host (an amount per element, index Z - 1) per formula unit of its reduced formula: the same
-    for ``FePO4`` and ``Fe2P2O8``, where the atom count as written doubled (and with it a feature, so that
-    the same electrode written per two formula units was predicted another voltage)."""
-    nonzero = np.flatnonzero(host)
-    return float(host.sum()) / _formula_units(tuple((int(i) + 1, float(host[i])) for i in nonzero))
+def host_atoms_per_formula_unit(host: np.ndarray) -> np.ndarray:
+    """Atoms of each host (rows of amounts per element, index Z - 1) per unit of its smallest integer formula:
+    the same for ``FePO4`` and ``Fe2P2O8`` (6), and for ``Ni0.5Mn1.5O4``, ``NiMn3O8`` and ``Ni2Mn6O16`` (12),
+    where the atom count as written changed with the spelling, and with it a feature (featurizer version 1).
+
+    Integer hosts (every MP record) are reduced by the greatest common divisor of their amounts, as pymatgen's
+    ``get_reduced_composition_and_factor`` reduces them, here for a whole block at once; the others by pymatgen.
+    """
+    host = np.atleast_2d(host)
+    rounded = np.rint(host)
+    integral = (np.abs(host - rounded) < 1e-8).all(axis=1)
+    counts = rounded[integral].astype(np.int64)
+    atoms = host.sum(axis=1)
+    units = np.ones(len(host))
+    units[integral] = np.gcd.reduce(counts, axis=1) if len(counts) else 1
+    for i in np.flatnonzero(~integral):
+        nonzero = np.flatnonzero(host[i])
+        units[i] = _integer_formula_units(tuple((int(z) + 1, float(host[i, z])) for z in nonzero))
+    return atoms / units
 
 
 # Element properties used for composition statistics, all read from pymatgen's element data.
@@ -375,6 +388,8 @@ class Featurizer:
 
     name: str = ''
     version: int = 0
+    #: State versions :meth:`from_state` reads (a loaded featurizer keeps its version, and computes as it did).
+    readable_versions: tuple[int, ...] = ()
     leaks_target: bool = False
 
     def __init__(self, **options):
@@ -436,10 +451,13 @@ class Featurizer:
     def from_state(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 'Featurizer':
         if config.get('name') != cls.name:
             raise ValueError(f'state is for featurizer {config.get("name")!r}, not {cls.name!r}')
-        if int(config.get('version', -1)) != cls.version:
-            raise ValueError(f'featurizer {cls.name!r} state has version {config.get("version")}, this code reads '
-                             f'version {cls.version}')
+        version = config.get('version', -1)
+        readable = cls.readable_versions or (cls.version,)
+        if isinstance(version, bool) or not isinstance(version, int) or version not in readable:
+            raise ValueError(f'featurizer {cls.name!r} state has version {version!r}, this code reads version(s) '
+                             f'{", ".join(map(str, readable))}')
         featurizer = cls(_quiet=True, **config.get('options', {}))
+        featurizer.version = version
         featurizer.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         featurizer.fitted = bool(config.get('fitted', True))
         return featurizer
@@ -538,7 +556,10 @@ class LeakFreeFeaturizer(Featurizer):
     """
 
     name = 'leakfree'
-    version = 1
+    #: 2: the host's atom count per unit of its smallest integer formula (:func:`host_atoms_per_formula_unit`);
+    #: 1 (models saved before 2026-12-03, still read and featurized as they were trained): as written.
+    version = 2
+    readable_versions = (1, 2)
 
     def __init__(self, extra_columns: Sequence[str] = (), _quiet: bool = False, **options):
         if isinstance(extra_columns, str) or not all(isinstance(c, str) for c in extra_columns):
@@ -566,6 +587,10 @@ class LeakFreeFeaturizer(Featurizer):
         mean = w @ table
         std = np.sqrt(np.maximum(w @ (table - mean) ** 2, 0.0))
         return np.concatenate([mean, std, table[present].min(axis=0), table[present].max(axis=0)])
+
+    def _host_atoms(self, host: np.ndarray) -> np.ndarray:
+        """Each host's atom count, the feature's way for this version (see :attr:`version`)."""
+        return host_atoms_per_formula_unit(host) if self.version >= 2 else host.sum(axis=1)
 
     def check_records(self, records):
         for column in self.options.get('extra_columns', ()):
@@ -616,7 +641,7 @@ class LeakFreeFeaturizer(Featurizer):
             _one_hot(record.working_ion, WORKING_IONS),
             table[ion_z - 1],
             [x_charge, x_discharge, delta, electrons_per_host_atom, electrons_per_tm, tm_fraction, capacity,
-             math.log(host_atoms_per_formula_unit(host)), float(record.end_members_reversed)],
+             math.log(self._host_atoms(host[None, :])[0]), float(record.end_members_reversed)],
             redox,
             host / host_atoms,
             self._stats(host, table),
@@ -719,7 +744,7 @@ class LeakFreeFeaturizer(Featurizer):
         host_mass = _row_dots(host, mass[:, None])[:, 0]
         mass_discharged = host_mass + discharge_ion * mass[ion_z]
         capacity = delta * host_atoms * ion_charge * FARADAY_MAH_PER_MOL / mass_discharged
-        log_host_atoms = np.array([math.log(host_atoms_per_formula_unit(row)) for row in host])
+        log_host_atoms = np.log(self._host_atoms(host))
         oxidation_charge, energy_charge = formal_redox_states(charge)
         oxidation_discharge, energy_discharge = formal_redox_states(discharge)
         symmetry_one_hot = np.zeros((n, 2, len(CRYSTAL_SYSTEMS) + 1))
