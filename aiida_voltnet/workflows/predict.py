@@ -52,6 +52,8 @@ class PredictWorkChain(WorkChain):
         if 'dataset' not in inputs and not inputs.get('structures'):
             return 'give a `dataset`, `structures`, or both'
         model = inputs['model']
+        if 'metadata' in (inputs.get('structures') or {}):  # the calculation function's own metadata argument
+            return "structures: rename 'metadata': a pair may not be named metadata"
         try:
             message = functions.check_voltage_model(model)
             if message:

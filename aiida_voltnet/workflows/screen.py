@@ -106,15 +106,15 @@ class ScreenWorkChain(WorkChain):
 
     @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
-        try:  # the same namespace check as the structure-pair calculation functions
-            pairs = functions._pairs(inputs.get('candidates') or {})
-        except ValueError as exception:
-            return f'candidates: {exception}'
-        clashes = sorted(set(pairs) & cls.reserved_candidate_names())
+        clashes = sorted(set(inputs.get('candidates') or {}) & cls.reserved_candidate_names())
         if clashes:
             return (f'candidates: rename {", ".join(map(repr, clashes))}: a candidate may not be named '
                     f'{", ".join(sorted(cls.reserved_candidate_names()))} (the names of the arguments of the '
                     'calculation functions that take the verified candidates by name)')
+        try:  # the same namespace check as the structure-pair calculation functions
+            pairs = functions._pairs(inputs.get('candidates') or {})
+        except ValueError as exception:
+            return f'candidates: {exception}'
         message = functions.check_voltage_model(inputs['model'])
         if message:
             return f'model: {message}'

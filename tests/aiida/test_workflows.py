@@ -298,6 +298,11 @@ def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
             'NaFePO4': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
     with pytest.raises(ValueError, match='give a `dataset`'):
         run_get_node(PredictWorkChain, model=model)
+    # a pair named like the calculation function's own metadata argument was never checked, and excepted the chain
+    charged, discharged, ion = shipped_nodes['LiFePO4']
+    with pytest.raises(ValueError, match="structures: rename 'metadata'"):
+        run_get_node(PredictWorkChain, model=model, structures={
+            'metadata': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
     assert count_nodes() == before
 
 

@@ -118,9 +118,10 @@ def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
                               'settings': orm.Dict({'target': 'max_delta_volume'})})
     # a candidate named like an argument of summarize_screen/add_verified_records replaced that argument and its
     # DFT result was dropped (exit 302 after a successful verification, or a retrain without it)
-    for name in ('outcomes', 'dataset', 'selected', 'predictions'):
+    for name in ('outcomes', 'dataset', 'selected', 'predictions', 'metadata'):
         with pytest.raises(ValueError, match=f"candidates: rename '{name}'"):
-            run_get_node(ScreenWorkChain, model=model, candidates={name: _pair(coo2, licoo2)},
+            run_get_node(ScreenWorkChain, model=model, candidates={'LiCoO2': _pair(coo2, licoo2),
+                                                                   name: _pair(coo2, licoo2)},
                          verify={'code': pw, 'settings': orm.Dict(settings)})
     # a model of another target: its predictions are no voltages to select and compare with DFT
     from aiida_voltnet.calculations.functions import train_model
