@@ -1217,7 +1217,10 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
     if dropped:
         lines.append('- Left out of the main leak-free voltnet rows: test rows of a working ion that no training row '
                      'of their split had (it cannot be predicted): '
-                     + ', '.join(f'{n} over the {protocol} splits' for protocol, n in dropped.items()) + '.')
+                     + ', '.join(f'{n} over the {protocol} splits' for protocol, n in dropped.items())
+                     + '. The other rows computed by `evaluate` (the model and featurizer comparisons, the volume '
+                     'target) leave such rows out too; the caps (Table S3) and the learning curve predict them, so '
+                     'that every cap and fraction is scored on the same test rows.')
     lines += ['- In provenance mode the main leak-free voltnet rows store their models (`train_model`); the other '
               'analyses (`report_analysis`) store their metrics and test predictions, not the models they trained.',
               '- Only the main leak-free voltnet rows calibrate the ensemble spread (it doubles the training cost); '

@@ -35,9 +35,11 @@ def main(argv=None):
     from aiida_voltnet.data.model import VoltageModelData
     from aiida_voltnet.provenance import list_predictions, prediction_provenance
 
-    # The latest voltnet model: attributes are queryable (model_name, model_version, training_ions, metrics, ...).
+    # The latest voltnet voltage model: attributes are queryable (model_name, model_version, target, training_ions,
+    # metrics, ...); a model of another target (max_delta_volume) predicts no voltages.
     query = orm.QueryBuilder()
-    query.append(VoltageModelData, filters={'attributes.model_name': 'voltnet'}, project=['*'], tag='model')
+    query.append(VoltageModelData, filters={'attributes.model_name': 'voltnet', 'attributes.target': 'average_voltage'},
+                 project=['*'], tag='model')
     query.order_by({'model': {'ctime': 'desc'}})
     query.limit(1)
     found = query.all(flat=True)
@@ -64,6 +66,11 @@ def main(argv=None):
                   '--predict-test-set', file=sys.stderr)
             return 1
         test = caller.outputs.test_dataset
+        if set(test.working_ions) - set(model.training_ions):  # as TrainWorkChain evaluated it: without those rows
+            from aiida_voltnet.calculations.report import report_drop_unseen_ions
+
+            test = report_drop_unseen_ions(test=test, train=caller.outputs.train_dataset)
+            print(f'left out the held-out records of working ions the model never saw: {test.n_records} remain')
         array = predict_voltages(model, test)
         print(f'predicted ElectrodeDataset<{test.pk}> ({test.n_records} held-out records) -> ArrayData<{array.pk}>')
 

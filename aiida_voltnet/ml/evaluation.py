@@ -95,7 +95,8 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
                 {'battery_id': r.battery_id, 'working_ion': r.working_ion, 'y': float(t), 'mean': float(m),
                  'std': float(s), 'seed': seed, 'fold': fold} for r, t, m, s in zip(test, y, mean, std))
             if log:
-                log(f'{featurizer}/{model}/{protocol} seed {seed} fold {fold}: MAE {metrics["mae"]:.3f} V '
+                unit = ' V' if target == 'average_voltage' else f' ({target})'
+                log(f'{featurizer}/{model}/{protocol} seed {seed} fold {fold}: MAE {metrics["mae"]:.3f}{unit} '
                     f'on {metrics["n"]} rows')
     result.wall_time_s = round(time.perf_counter() - started, 1)
     return result
