@@ -39,6 +39,11 @@ def json_safe(value: Any) -> Any:
     return value
 
 
+#: Attributes every stored model has had since the first release: one that is missing was deleted.
+ALWAYS_STORED_ATTRIBUTES = ('architecture', 'model_name', 'featurizer_name', 'target', 'training_ions',
+                            'model_version', 'arrays_sha256')
+
+
 def _attributes_of(config: dict) -> dict:
     """The queryable attributes that describe a saved model, all read from its ``config.json``."""
     metadata = config.get('metadata', {})
@@ -147,8 +152,11 @@ class VoltageModelData(RefusesEmpty, Data):
             # The attributes are what queries select on: they must say what the files say (a clone whose
             # attributes were edited before storing would otherwise be found, and trusted, as another model).
             stored = self.base.attributes.all
+            # a missing attribute counts as altered where every stored model has it (a model without `target`
+            # was taken for a voltage model, one without `model_name` broke `voltnet provenance`); the others
+            # came later, and older models lack them
             altered = sorted(key for key, value in _attributes_of(config).items()
-                             if key in stored and stored[key] != value)
+                             if (key in stored or key in ALWAYS_STORED_ATTRIBUTES) and stored.get(key) != value)
             if altered:
                 raise ModelIntegrityError(f'{label}: attribute(s) {", ".join(altered)} differ from the model\'s '
                                           'config.json; refusing to load it')
