@@ -151,6 +151,22 @@ def _check_model_and_ions(model, ions, records=()):
     return None
 
 
+def check_job_options(options: dict, process_class) -> str | None:
+    """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job (an unknown key such as
+    ``max_walclock_seconds``, a value of the wrong type), or None: checked at launch, where the work chain excepted
+    only when it built the job, after storing what it had done so far."""
+    namespace = process_class.spec().inputs['metadata']['options']
+    unknown = sorted(set(options or {}) - set(namespace))
+    if unknown:
+        return (f'unknown job option(s) {", ".join(map(repr, unknown))} of {process_class.__name__}; known: '
+                f'{", ".join(sorted(namespace))}')
+    for key, value in (options or {}).items():
+        error = namespace[key].validate(value)
+        if error is not None:
+            return f'job option {key!r}: {error.message}'
+    return None
+
+
 def check_voltage_model(model) -> str | None:
     """Why ``model`` cannot make voltage predictions: one trained for another target (``max_delta_volume``) gives
     numbers that are no volts, which the prediction functions and work chains would store and report as voltages;

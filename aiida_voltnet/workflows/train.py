@@ -94,6 +94,16 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             return 'give exactly one of `csv` and `dataset`'
         if 'train_options' in inputs and 'train_code' not in inputs:
             return '`train_options` are the options of the training job: give `train_code` too'
+        if 'train_code' in inputs:  # found when the job was built, after the dataset and the split were stored
+            from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
+
+            plugin = inputs['train_code'].default_calc_job_plugin
+            if plugin != 'voltnet.train':
+                return (f'train_code {inputs["train_code"].full_label} has the default plugin {plugin!r}, not '
+                        'voltnet.train: give a `voltnet-train` code')
+            message = functions.check_job_options(inputs.get('train_options') or {}, VoltnetTrainCalculation)
+            if message:
+                return f'train_options: {message}'
         try:
             if 'csv' in inputs:
                 records, _ = functions.csv_records(inputs['csv'])
@@ -260,8 +270,10 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                 return self.exit_codes.ERROR_NOTHING_TO_EVALUATE.format(
                     message=f'test ions {", ".join(test.working_ions)}, training ions '
                             f'{", ".join(self.ctx.train_dataset.working_ions)}')
-            test = report_drop_unseen_ions(test=test, train=self.ctx.train_dataset,
-                                           metadata={'call_link_label': 'drop_unseen_ions'})
+            metadata = {'call_link_label': 'drop_unseen_ions'}
+            if self._no_cache():
+                metadata['disable_cache'] = True
+            test = report_drop_unseen_ions(test=test, train=self.ctx.train_dataset, metadata=metadata)
             self.report(f'left out of the evaluation: {self.ctx.test_dataset.n_records - test.n_records} test '
                         f'record(s) of working ion(s) {", ".join(unseen)}, which no training record had')
         self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', self.inputs.train.get('metadata'),

@@ -125,6 +125,13 @@ def _validate_code(code, _):
     return None
 
 
+def _validate_options(options, _ctx=None):
+    """The pw.x jobs' ``metadata.options``: keys and value types a PwCalculation takes."""
+    from aiida.plugins import CalculationFactory
+
+    return functions.check_job_options(options, CalculationFactory('quantumespresso.pw'))
+
+
 def _validate_settings(settings, _ctx=None):
     values = settings.get_dict()
     unknown = sorted(set(values) - set(SETTINGS_KEYS))
@@ -161,7 +168,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.input('settings', valid_type=orm.Dict, serializer=orm.to_aiida_type, validator=_validate_settings,
                    help=f'DFT settings shared by the three calculations: {", ".join(SETTINGS_KEYS)} (see the '
                         'protocols in protocols/verify.yaml).')
-        spec.input('options', valid_type=dict, non_db=True, required=False,
+        spec.input('options', valid_type=dict, non_db=True, required=False, validator=_validate_options,
                    help='`metadata.options` of every pw.x job (resources, max_wallclock_seconds, withmpi, ...).')
         spec.input('model', valid_type=VoltageModelData, required=False,
                    help='A trained model: its prediction for the pair (voltnet.predict_structure_pair) is compared.')
@@ -215,6 +222,12 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             message = functions.check_voltage_model(inputs['model'])
             if message:
                 return f'model: {message}'
+        if 'ion_metal' in inputs and 'working_ion' in inputs:  # its energy per atom is the ion's reference
+            symbols = sorted(inputs['ion_metal'].get_symbols_set())
+            ion = functions._value(inputs['working_ion'])
+            if symbols != [ion]:
+                return (f'ion_metal must be a cell of {ion} metal only (the working ion\'s reference energy), not of '
+                        f'{", ".join(symbols)}')
         return _withmpi_conflict(inputs.get('code'), inputs.get('options'))
 
     @classmethod

@@ -54,6 +54,26 @@ def test_train_options_need_a_code(csv_60):
         run_get_node(TrainWorkChain, csv=orm.SinglefileData(csv_60), train_options={'max_wallclock_seconds': 60})
 
 
+def test_train_code_and_its_options_are_checked_at_launch(train_code, csv_60, aiida_localhost):
+    """A misspelt job option, or a code of another plugin, was found only when the job was built, after the
+    dataset and the split were stored (the chain excepted)."""
+    import pytest
+
+    csv = orm.SinglefileData(csv_60).store()
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValueError, match="train_options: unknown job option.s. 'max_walclock_seconds'"):
+        run_get_node(TrainWorkChain, csv=csv, train={'model': orm.Str('krr')}, train_code=train_code,
+                     train_options={'max_walclock_seconds': 10})
+    with pytest.raises(ValueError, match="train_options: job option 'resources'"):
+        run_get_node(TrainWorkChain, csv=csv, train={'model': orm.Str('krr')}, train_code=train_code,
+                     train_options={'resources': 'x'})
+    other = orm.InstalledCode(label='not-voltnet', computer=aiida_localhost, filepath_executable='/bin/true',
+                              default_calc_job_plugin='core.arithmetic.add').store()
+    with pytest.raises(ValueError, match="has the default plugin 'core.arithmetic.add', not voltnet.train"):
+        run_get_node(TrainWorkChain, csv=csv, train={'model': orm.Str('krr')}, train_code=other)
+    assert orm.QueryBuilder().append(orm.Node).count() == before + 1  # the code only
+
+
 def test_train_model_is_reused_from_the_cache(dataset_60):
     inputs = {'dataset': dataset_60, 'model': 'krr', 'seed': 0}
     _, first = train_model.run_get_node(**inputs)

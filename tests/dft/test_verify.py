@@ -90,6 +90,22 @@ def test_verify_refuses_frameworks_that_differ(pw):
     assert _pw_jobs() == before  # no DFT was started
 
 
+def test_verify_refuses_at_launch_a_wrong_metal_or_misspelt_job_options(pw):
+    """A nickel cell given as the Li metal gave exit 0 and -2285.5 V; a misspelt option was found only when the
+    jobs were built, after storing."""
+    from aiida_voltnet.dft import ion_metal_structure
+
+    charged, discharged = layered_oxide_pair('Co')
+    before = _pw_jobs()
+    with pytest.raises(ValueError, match='ion_metal must be a cell of Li metal only .*not of Ni'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                               overrides={'ion_metal': ion_metal_structure('Ni')}))
+    with pytest.raises(ValueError, match="unknown job option.s. 'max_walclock_seconds'"):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                               overrides={'options': {'max_walclock_seconds': 10}}))
+    assert _pw_jobs() == before
+
+
 def test_verify_names_the_element_without_pseudopotential(pw):
     from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
 
