@@ -383,6 +383,13 @@ def _leakfree_tables() -> dict[str, Any]:
     }
 
 
+def _refuse_unknown_options(name: str, options: dict, known: Sequence[str]) -> None:
+    """A misspelt option (``extra_colums``) was stored in the model's config and silently did nothing."""
+    if options:
+        raise ValueError(f'unknown option(s) {", ".join(map(repr, sorted(options)))} of featurizer {name!r}; known: '
+                         f'{", ".join(known)}')
+
+
 class Featurizer:
     """Base class: ``fit`` on training records, ``transform`` any records, state as arrays + JSON config."""
 
@@ -483,7 +490,8 @@ class PaperFeaturizer(Featurizer):
     EMBEDDING_DIM = 10
 
     def __init__(self, seed: int = 0, pca_variance: float = 0.99, _quiet: bool = False, **options):
-        super().__init__(seed=seed, pca_variance=pca_variance, **options)
+        _refuse_unknown_options(self.name, options, ('seed', 'pca_variance'))
+        super().__init__(seed=seed, pca_variance=pca_variance)
         if not _quiet:
             warnings.warn('the paper featurizer includes capacity_grav and energy_grav; their ratio IS the average '
                           'voltage, so scores under this protocol measure the leak, not the model',
@@ -562,6 +570,7 @@ class LeakFreeFeaturizer(Featurizer):
     readable_versions = (1, 2)
 
     def __init__(self, extra_columns: Sequence[str] = (), _quiet: bool = False, **options):
+        _refuse_unknown_options(self.name, options, ('extra_columns',))
         if isinstance(extra_columns, str) or not all(isinstance(c, str) for c in extra_columns):
             raise ValueError(f'extra_columns must be a list of column names, got {extra_columns!r}')
         leaking = [c for c in extra_columns if c in LEAKING_COLUMNS]
@@ -574,7 +583,7 @@ class LeakFreeFeaturizer(Featurizer):
                                'capacity; the steps hold per-step voltages and volume changes; the energies above '
                                'the hull give the metastability part of the voltage exactly, see docs/paper.md); '
                                'use the "paper" featurizer to reproduce the leak')
-        super().__init__(extra_columns=list(extra_columns), **options)
+        super().__init__(extra_columns=list(extra_columns))
 
     @staticmethod
     def _stats(weights: np.ndarray, table: np.ndarray) -> np.ndarray:

@@ -27,6 +27,9 @@ def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: 
     :param kind: ``grouped`` (by host framework, default), ``random`` (the paper's 90/10), or ``ion`` (leave the
         working ion ``ion`` out: train on all others, test on it).
     """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        # scikit-learn's own refusal was caught below and reported as an empty split
+        raise ValueError(f'split seed must be an integer in 0..{2 ** 32 - 1}, got {seed!r}')
     n = len(records)
     index = np.arange(n)
     if kind == 'random':

@@ -190,6 +190,15 @@ def test_altered_weights_refused(trained):
     _refused(lambda: F.predict_voltages(node, trained.test), 'altered')
 
 
+def test_a_deleted_model_attribute_is_an_altered_model(trained, shipped_nodes):
+    """Only attributes present were compared with config.json: a clone without `target` passed as a voltage
+    model, one without `model_name` was predicted and broke `voltnet provenance` later."""
+    for key in ('target', 'model_name'):
+        node = trained.model.clone()
+        node.base.attributes.delete(key)
+        _refused(lambda: F.predict_voltages(node, trained.test), f'attribute.s. {key} differ')
+
+
 def test_differing_frameworks_refused(trained, shipped_nodes):
     charged = shipped_nodes['LiFePO4'][0]
     discharged = shipped_nodes['Li3V2(PO4)3'][1]
@@ -237,6 +246,12 @@ def test_bad_settings_refused(trained):
     few = ElectrodeDataset(trained.train.records()[:39])
     _refused(lambda: F.train_model(few), 'voltnet needs at least 40 training rows, got 39')
     _refused(lambda: F.split_dataset(trained.dataset, kind='diagonal'), 'unknown split kind')
+    for seed in (-1, 2**32):  # scikit-learn's refusal was reported as an empty split of too few frameworks
+        _refused(lambda: F.split_dataset(trained.dataset, seed=seed), r'split seed must be an integer in 0\.\.')
+    # a misspelt featurizer option was stored in the model's config and did nothing
+    _refused(lambda: F.train_model(trained.train, model='krr',
+                                   settings={'featurizer_options': {'extra_colums': ['capacity_vol']}}),
+             "unknown option.s. 'extra_colums' of featurizer 'leakfree'")
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')
 
 

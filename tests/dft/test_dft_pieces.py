@@ -71,6 +71,8 @@ def test_select_candidates_window_and_uncertainty(aiida_profile):
     ({'top_k': 0}, 'top_k must be a positive integer'),
     ({'voltage_min': 4, 'voltage_max': 3}, 'must be below voltage_max'),
     ({'topk': 3}, "unknown selection key(s) topk"),
+    ({'voltage_min': 'a'}, "selection voltage_min must be a number (V), got 'a'"),  # a TypeError escaped
+    ({'voltage_max': None}, 'selection voltage_max must be a number (V), got None'),
 ])
 def test_check_selection_names_the_problem(selection, message):
     assert message in check_selection(selection)
