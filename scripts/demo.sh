@@ -6,5 +6,5 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/bootstrap.sh"
-export PATH="$ROOT/.venv/bin:$PATH"
+export PATH="${VOLTNET_VENV:-$ROOT/.venv}/bin:$PATH"  # the venv bootstrap.sh made
 exec voltnet quickstart "$@"

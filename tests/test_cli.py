@@ -159,8 +159,8 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
          '--profile nosuch: no loadable AiiDA profile'),
         (('train', '--data', data, '--out', str(tmp_path / 'm'), '--seed', '4294967295'), "'--seed': 4294967295"),
         # a directory nothing can be created in (/proc), found before training, not by a traceback after it
-        (('train', '--data', data, '--out', '/proc/voltnet-model'), 'cannot write in /proc'),
-        (('predict', '--model', model, '--data', data, '--out', '/proc/p.csv'), 'cannot write in /proc'),
+        (('train', '--data', data, '--out', '/proc/voltnet-model'), 'cannot create files in /proc'),
+        (('predict', '--model', model, '--data', data, '--out', '/proc/p.csv'), 'cannot create files in /proc'),
     ]
     for args, message in cases:
         result = run(*args, check=False)

@@ -46,3 +46,14 @@ def test_quick_report_has_every_table_and_figure(tmp_path):
     assert 'paper-protocol caps not run' not in markdown
     assert 0 <= report['calibration']['coverage_1sigma'] <= report['calibration']['coverage_2sigma'] <= 1
     assert 'QUICK' in markdown
+
+
+def test_report_names_a_missing_default_csv(tmp_path, monkeypatch):
+    """Without --data, a clone with no shared CSV beside it gave a FileNotFoundError traceback (exit 1)."""
+    import aiida_voltnet.report as report
+
+    missing = tmp_path / 'shared' / 'electrodes.csv'
+    monkeypatch.setattr(report, 'DEFAULT_CSV', missing)
+    result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'r'), '--quick', '--no-provenance'])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert f'{missing}: no such file; pass --data CSV' in result.output

@@ -120,7 +120,7 @@ def _check_output_path(path, directory: bool):
         with tempfile.TemporaryFile(dir=probe_dir, prefix='.voltnet-write-probe-'):
             pass
     except OSError as exception:
-        _fail(f'--out {path}: cannot write in {probe_dir}: {exception.strerror or exception}')
+        _fail(f'--out {path}: cannot create files in {probe_dir} ({exception.strerror or exception})')
 
 
 def _check_device(device):

@@ -43,13 +43,13 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
     return load_profile(name, allow_switch=True)
 
 
-def _load_profile(profile):
+def _load_profile(profile, hint: str = ''):
     from aiida import load_profile
     from aiida.manage.configuration import get_config
 
     if profile is None and get_config(create=True).default_profile_name is None:
         _fail('no default AiiDA profile: pass --profile NAME (voltnet quickstart creates voltnet-quickstart), '
-              'or make one the default with "verdi profile set-default NAME"')
+              f'or make one the default with "verdi profile set-default NAME"{hint}')
     try:
         return load_profile(profile, allow_switch=True)
     except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here

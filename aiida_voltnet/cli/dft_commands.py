@@ -53,7 +53,7 @@ def dft_setup(profile, embedded, computer_label, pw_executable):
     if embedded:
         ensure_embedded_profile(profile or QUICKSTART_PROFILE)
     else:
-        _load_profile(profile)
+        _load_profile(profile, hint=', or pass --embedded for the quickstart\'s SQLite profile')
     try:
         setup_dft(computer_label, pw_executable=pw_executable)
     except (FileNotFoundError, ValueError) as exception:

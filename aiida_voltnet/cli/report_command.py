@@ -63,8 +63,10 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
         result = build_report(out, settings, data=data, log=lambda m: click.echo(m, err=True))
     except ElectrodeDataError as exception:
         _fail(str(exception))
+    except FileNotFoundError as exception:  # the CSV (by default the shared one beside the repository)
+        _fail(f'{exception.filename}: no such file; pass --data CSV')
     s2 = result['table_s2']
-    click.echo(f'Wrote {out}/report.md in {time.perf_counter() - started:.0f} s')
+    click.echo(f'Table S2 of {out}/report.md ({time.perf_counter() - started:.0f} s), MAE in V:')
     for model, row in s2.items():
         click.echo(f'  {model:<11} MAE paper {row["paper"]["mae"]:.3f}  without leak cols '
                    f'{row["paper_minus_leak"]["mae"]:.3f}  leak-free random {row["leakfree_random"]["mae"]:.3f}  '

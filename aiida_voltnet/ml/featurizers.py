@@ -505,8 +505,10 @@ class PaperFeaturizer(Featurizer):
         return int(self.arrays['pca_components'].shape[0]) if 'pca_components' in self.arrays else 0
 
     #: The record fields every row needs (a structure pair, for one, has no capacity, energy or steps).
-    NEEDED = ('charge_space_group_number', 'discharge_space_group_number', 'charge_crystal_system',
-              'discharge_crystal_system', 'capacity_grav', 'energy_grav', 'num_steps')
+    #: capacity_grav and energy_grav first: a pair of formulas or structures can never have them, so they are the
+    #: field to name (a pair of formulas lacks the symmetry too, which could be given).
+    NEEDED = ('capacity_grav', 'energy_grav', 'charge_space_group_number', 'discharge_space_group_number',
+              'charge_crystal_system', 'discharge_crystal_system', 'num_steps')
 
     def check_records(self, records):
         for record in records:
