@@ -27,6 +27,9 @@ __all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family
 SETTINGS_KEYS = ('cutoff_stringency', 'kpoints_distance', 'spin_polarized', 'magnetic_moment', 'relax_type',
                  'smearing', 'degauss', 'conv_thr_per_atom')
 RELAX_TYPES = ('none', 'positions', 'positions_cell')
+#: The smearing names pw.x reads (SYSTEM.smearing).
+SMEARINGS = ('gaussian', 'gauss', 'methfessel-paxton', 'm-p', 'mp', 'marzari-vanderbilt', 'cold', 'm-v', 'mv',
+             'fermi-dirac', 'f-d', 'fd')
 
 
 # -- building the pw.x work chains -----------------------------------------------------------------------------------
@@ -142,8 +145,20 @@ def _validate_settings(settings, _ctx=None):
         return f'settings lack {", ".join(missing)} (get_builder_from_protocol fills every key)'
     if values['relax_type'] not in RELAX_TYPES:
         return f'settings.relax_type must be one of {", ".join(RELAX_TYPES)}, not {values["relax_type"]!r}'
-    if not values['kpoints_distance'] > 0:
-        return f'settings.kpoints_distance must be positive, got {values["kpoints_distance"]}'
+    # value types and ranges, checked here: a string where a number belongs raised a TypeError when the jobs were
+    # built (after the ML prediction was stored), and spin_polarized 'no' (truthy) ran spin-polarized
+    if not isinstance(values['spin_polarized'], bool):
+        return f'settings.spin_polarized must be true or false, got {values["spin_polarized"]!r}'
+    for key in ('kpoints_distance', 'degauss', 'conv_thr_per_atom', 'magnetic_moment'):
+        value = values[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            return f'settings.{key} must be a number, got {value!r}'
+        if key != 'magnetic_moment' and not value > 0:
+            return f'settings.{key} must be positive, got {value}'
+    if values['smearing'] not in SMEARINGS:
+        return f'settings.smearing must be one of pw.x\'s {", ".join(SMEARINGS)}, not {values["smearing"]!r}'
+    if not isinstance(values['cutoff_stringency'], str):
+        return f'settings.cutoff_stringency must be a name, got {values["cutoff_stringency"]!r}'
     return None
 
 

@@ -10,6 +10,7 @@ from aiida_voltnet.calculations.dft import (add_verified_records, check_selectio
                                             select_candidates, summarize_screen)
 from aiida_voltnet.calculations.functions import dft_voltage
 from aiida_voltnet.dft import ion_charge, ion_metal_structure, layered_oxide_pair
+from aiida_voltnet.workflows.verify import VerifyWorkChain
 
 
 def _predictions(mean, std):
@@ -76,6 +77,23 @@ def test_select_candidates_window_and_uncertainty(aiida_profile):
 ])
 def test_check_selection_names_the_problem(selection, message):
     assert message in check_selection(selection)
+
+
+@pytest.mark.parametrize('change, message', [
+    ({'spin_polarized': 'no'}, "spin_polarized must be true or false, got 'no'"),  # truthy: ran spin-polarized
+    ({'magnetic_moment': 'high'}, "magnetic_moment must be a number, got 'high'"),
+    ({'kpoints_distance': 'x'}, "kpoints_distance must be a number, got 'x'"),
+    ({'kpoints_distance': None}, 'kpoints_distance must be a number, got None'),
+    ({'degauss': -1}, 'degauss must be positive, got -1'),
+    ({'conv_thr_per_atom': -1}, 'conv_thr_per_atom must be positive'),
+    ({'smearing': 'bogus'}, "smearing must be one of pw.x's"),
+])
+def test_verify_settings_are_checked_at_launch(aiida_profile, change, message):
+    from aiida_voltnet.workflows.verify import _validate_settings
+
+    settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
+    assert _validate_settings(orm.Dict(settings)) is None
+    assert message in _validate_settings(orm.Dict({**settings, **change}))
 
 
 def test_summarize_screen_rows(aiida_profile):
