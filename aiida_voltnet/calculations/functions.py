@@ -11,6 +11,7 @@ are not paid twice.
 import collections
 import hashlib
 import io
+import math
 import os
 
 import numpy as np
@@ -526,6 +527,9 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
 # -- DFT ---------------------------------------------------------------------------------------------------------------
 def _validate_dft(inputs):
     delta, charge = _value(inputs['delta_ions']), _value(inputs['ion_charge'])
+    for key in ('e_charged', 'e_discharged', 'e_ion_metal', 'delta_ions'):  # AiiDA refused nan/inf only after
+        if not math.isfinite(_value(inputs[key])):  # storing the other Floats (a raw ValidationError)
+            return f'{key} must be a finite number, got {_value(inputs[key])}'
     if not delta > 0:
         return f'delta_ions must be positive (ions inserted per formula unit), got {delta}'
     if not charge > 0:

@@ -145,7 +145,13 @@ class VoltageModelData(RefusesEmpty, Data):
                 raise ModelIntegrityError(
                     f'{label}: weights file arrays.safetensors was altered (sha256 {actual[:12]}..., the node '
                     f'recorded {str(self.arrays_sha256)[:12]}...); refusing to load it')
-            config = json.loads((directory / 'config.json').read_text())
+            try:
+                config = json.loads((directory / 'config.json').read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exception:
+                raise ModelIntegrityError(f'{label}: config.json is no JSON ({exception}); refusing to load it') \
+                    from None
+            if not isinstance(config, dict):
+                raise ModelIntegrityError(f'{label}: config.json is no JSON object; refusing to load it')
             if config.get('model_version') != self.model_version:
                 raise ModelIntegrityError(f'{label}: config.json does not belong to model version '
                                           f'{self.model_version[:12]}...')

@@ -199,6 +199,13 @@ def test_a_deleted_model_attribute_is_an_altered_model(trained, shipped_nodes):
         _refused(lambda: F.predict_voltages(node, trained.test), f'attribute.s. {key} differ')
 
 
+def test_a_model_whose_config_is_no_json_is_an_altered_model(trained):
+    """A malformed config.json gave a bare JSONDecodeError, not the damaged-model error."""
+    node = VoltageModelData(trained.model.load_model())
+    node.base.repository.put_object_from_bytes(b'{"model_version": ', 'config.json')
+    _refused(lambda: F.predict_voltages(node, trained.test), 'config.json is no JSON')
+
+
 def test_differing_frameworks_refused(trained, shipped_nodes):
     charged = shipped_nodes['LiFePO4'][0]
     discharged = shipped_nodes['Li3V2(PO4)3'][1]
@@ -253,6 +260,9 @@ def test_bad_settings_refused(trained):
                                    settings={'featurizer_options': {'extra_colums': ['capacity_vol']}}),
              "unknown option.s. 'extra_colums' of featurizer 'leakfree'")
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')
+    # AiiDA refused a non-finite Float only on storing it, after the finite ones were stored
+    _refused(lambda: F.dft_voltage(-10.0, -15.0, -2.0, float('inf')), 'delta_ions must be a finite number')
+    _refused(lambda: F.dft_voltage(-10.0, float('nan'), -2.0, 1.0), 'e_discharged must be a finite number')
 
 
 def test_records_the_featurizer_cannot_use_are_refused_before_storing(trained, shipped_nodes):
