@@ -150,9 +150,12 @@ def _verified_records(dataset, verified: dict) -> list:
     records = list(dataset_records(dataset))
     seen = {r.battery_id for r in records}
     for name, pair in verified.items():
-        missing = sorted({'charged', 'discharged', 'working_ion', 'dft_voltage'} - set(pair))
+        keys = {'charged', 'discharged', 'working_ion', 'dft_voltage'}
+        missing, extra = sorted(keys - set(pair)), sorted(set(pair) - keys)
         if missing:
             raise ValueError(f'verified pair {name!r}: missing {", ".join(missing)}')
+        if extra:  # stored as inputs and ignored before
+            raise ValueError(f'verified pair {name!r}: unknown key(s) {", ".join(extra)}; known: {", ".join(sorted(keys))}')
         record = pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value, battery_id=f'dft:{name}')
         if record.battery_id in seen:
             raise ValueError(f'verified pair {name!r}: the dataset already holds a record {record.battery_id!r}')

@@ -52,6 +52,16 @@ def test_protocols():
         TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'epochs': 3}})
     with pytest.raises(ValueError, match="override 'foo' is not an input of the work chain"):  # was: 'of inputs'
         TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'foo': 1})
+    # a namespace given something else than a dict gave a bare AttributeError
+    for overrides, match in [({'train': 'krr'}, "overrides of namespace 'train' must be a dict of its inputs"),
+                             ({'split': None}, "overrides of namespace 'split' must be a dict"),
+                             ([1], 'overrides of the work chain must be a dict')]:
+        with pytest.raises(ValueError, match=match):
+            TrainWorkChain.get_builder_from_protocol(CSV_150, overrides=overrides)
+    # settings given as a Dict node merge into the protocol's like a plain dict (they replaced them: members lost)
+    merged = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {
+        'settings': orm.Dict({'device': 'cpu'})}})
+    assert merged.train.settings.get_dict() == {'members': 2, 'device': 'cpu'}
     # the fast protocol's 2 members are for the tree ensemble: a kernel model (identical members) drops them, unless
     # the user asked for them, which the launch then refuses
     krr = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'model': 'krr'}})

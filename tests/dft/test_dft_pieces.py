@@ -122,6 +122,9 @@ def test_add_verified_records_targets_the_dft_voltage(aiida_profile):
     assert set(records) == {'x', 'dft:lno'} and records['dft:lno'].average_voltage == 3.7
     assert records['x'] == base_records[0]
     assert grown.base.attributes.get('dft_verified_ids') == ['dft:lno']
+    with pytest.raises(ValueError, match="verified pair 'lno': unknown key.s. x"):  # stored and ignored before
+        add_verified_records(base, lno={'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li'),
+                                        'dft_voltage': orm.Float(3.7), 'x': orm.Int(1)})
 
 
 def test_debian_family_and_builders(pseudo_family, pw):

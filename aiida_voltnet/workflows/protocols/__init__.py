@@ -25,8 +25,12 @@ def _copy(value):
 
 def recursive_merge(left: dict, right: dict) -> dict:
     """A copy of ``left`` updated recursively with ``right`` (values of ``right`` win; nested dicts are merged)."""
+    from aiida import orm
+
     merged = _copy(left)
     for key, value in right.items():
+        if isinstance(value, orm.Dict) and not value.is_stored and isinstance(merged.get(key), dict):
+            value = value.get_dict()  # merged like the plain dict it holds (it replaced the protocol's whole dict)
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = recursive_merge(merged[key], value)
         else:
@@ -41,13 +45,16 @@ def check_overrides(overrides: dict, namespace, path: str = '') -> None:
     """
     from plumpy.ports import PortNamespace
 
+    if not isinstance(overrides, dict):
+        where = f'namespace {path[:-1]!r}' if path else 'the work chain'
+        raise ValueError(f'overrides of {where} must be a dict of its inputs, got {overrides!r}')
     for key, value in overrides.items():
         if key not in namespace and not namespace.dynamic:
             where = f'namespace {path[:-1]!r}' if path else 'the work chain'  # the top namespace is named 'inputs'
             raise ValueError(f'override {path}{key!r} is not an input of {where}; '
                              f'known: {", ".join(sorted(namespace))}')
         port = namespace.get(key)
-        if isinstance(port, PortNamespace) and isinstance(value, dict):
+        if isinstance(port, PortNamespace):  # a namespace takes a dict of its own inputs
             check_overrides(value, port, f'{path}{key}.')
 
 
