@@ -125,7 +125,15 @@ class ElectrodeDataset(RefusesEmpty, Data):
         checked = getattr(self, '_checked_records', None)
         if checked is not None and checked[0] == actual == recorded:
             return list(checked[1])
-        return records_from_json(content.decode())
+        records = records_from_json(content.decode())
+        # the queryable attributes must say what the file holds (an edited n_records fed add_verified_records'
+        # count of the verified records, and queries select on them)
+        expected = {'n_records': len(records), 'working_ions': sorted({r.working_ion for r in records})}
+        altered = sorted(key for key, value in expected.items() if self.base.attributes.get(key, None) != value)
+        if altered:
+            raise ElectrodeDataError(f'ElectrodeDataset<{self.pk}>: attribute(s) {", ".join(altered)} differ from '
+                                     f'{self.RECORDS_FILENAME}')
+        return records
 
     def battery_ids(self) -> list[str]:
         return [r.battery_id for r in self.records()]

@@ -206,6 +206,14 @@ def test_a_model_whose_config_is_no_json_is_an_altered_model(trained):
     _refused(lambda: F.predict_voltages(node, trained.test), 'config.json is no JSON')
 
 
+def test_a_dataset_whose_attributes_disagree_with_its_records_is_refused(trained):
+    """n_records was never compared with records.json: a clone with n_records 1000 made add_verified_records
+    count no verified record."""
+    node = trained.test.clone()
+    node.base.attributes.set('n_records', 1000)
+    _refused(lambda: F.predict_voltages(trained.model, node), r'attribute\(s\) n_records differ from records.json')
+
+
 def test_differing_frameworks_refused(trained, shipped_nodes):
     charged = shipped_nodes['LiFePO4'][0]
     discharged = shipped_nodes['Li3V2(PO4)3'][1]
