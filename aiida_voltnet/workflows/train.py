@@ -92,6 +92,11 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         """Exactly one of csv/dataset; a CSV is parsed here so that a bad row is refused before anything runs."""
         if ('csv' in inputs) == ('dataset' in inputs):
             return 'give exactly one of `csv` and `dataset`'
+        for namespace in ('split', 'train'):
+            link = ((inputs.get(namespace) or {}).get('metadata') or {}).get('call_link_label')
+            if link not in (None, 'CALL', namespace):  # the steps find their processes by it ('CALL': the default)
+                return (f'{namespace}.metadata.call_link_label is the step\'s own ({namespace!r}); got {link!r}: '
+                        'label and description are passed on')
         if 'train_options' in inputs and 'train_code' not in inputs:
             return '`train_options` are the options of the training job: give `train_code` too'
         if 'train_code' in inputs:  # found when the job was built, after the dataset and the split were stored
@@ -185,11 +190,17 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         step = sys._getframe(2).f_code.co_name  # the frame's name only: inspect.stack() reads every frame's source
         self.logger.log(LOG_LEVEL_REPORT, f'[{self.node.pk}|{self.__class__.__name__}|{step}]: {message}')
 
+    @staticmethod
+    def _passed_on(namespace_metadata) -> dict:
+        """The ``label`` and ``description`` of a step's ``metadata`` namespace, which its process takes (they were
+        dropped); its ``call_link_label`` is the step's own, which validate_inputs keeps."""
+        return {key: namespace_metadata[key] for key in ('label', 'description') if key in (namespace_metadata or {})}
+
     def _call(self, function, label, namespace_metadata=None, **inputs):
         """Run a calculation function; its validator's refusal becomes exit code 300 (nothing is stored). An
         error raised while it ran (its node stored and excepted, so not a refusal) is not relabelled: it
         propagates, and this work chain excepts with it, the traceback on both nodes."""
-        metadata = {'call_link_label': label}
+        metadata = {'call_link_label': label, **self._passed_on(namespace_metadata)}
         if self._no_cache(namespace_metadata):
             metadata['disable_cache'] = True
         try:
@@ -239,11 +250,12 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         train = self.exposed_inputs(train_model.process_class, namespace='train')
         job_metadata = {'options': {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False}}
         job_metadata['options'].update(self.inputs.get('train_options', {}) or {})
-        if self._no_cache(train.pop('metadata', None)):
+        namespace_metadata = train.pop('metadata', None)
+        if self._no_cache(namespace_metadata):
             job_metadata['disable_cache'] = True
         inputs = {'train': {**train, 'code': self.inputs.train_code, 'dataset': self.ctx.train_dataset,
                             'metadata': job_metadata},
-                  'metadata': {'call_link_label': 'train'}}
+                  'metadata': {'call_link_label': 'train', **self._passed_on(namespace_metadata)}}
         running = self.submit(VoltnetTrainBaseWorkChain, **inputs)
         self.report(f'training through {self.inputs.train_code.full_label}: {running.process_label}<{running.pk}>')
         return ToContext(train_job=running)

@@ -158,6 +158,23 @@ def test_train_workchain_leaves_out_test_records_of_an_ion_it_never_trained_on(t
     assert results['model'].training_ions == ['Li'] and 'metrics' not in results
 
 
+def test_train_workchain_passes_a_steps_label_and_description_on(trained):
+    """`split.metadata.label` and `train.metadata.description` were accepted and dropped."""
+    results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                                 split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.2),
+                                        'metadata': {'label': 'my split'}},
+                                 train={'model': orm.Str('krr'), 'metadata': {'label': 'krr on 120',
+                                                                             'description': 'a test'}})
+    assert node.is_finished_ok, node.exit_message
+    steps = {link.link_label: link.node for link in node.base.links.get_outgoing().all()
+             if isinstance(link.node, orm.CalcFunctionNode)}
+    assert steps['split'].label == 'my split'
+    assert (steps['train'].label, steps['train'].description) == ('krr on 120', 'a test')
+    with pytest.raises(ValueError, match="train.metadata.call_link_label is the step's own"):
+        run_get_node(TrainWorkChain, dataset=trained.dataset, train={'model': orm.Str('krr'),
+                                                                     'metadata': {'call_link_label': 'custom'}})
+
+
 def test_train_workchain_refuses_bad_csv(tmp_path):
     csv = orm.SinglefileData(write_csv_with(tmp_path / 'bad.csv', 0, charge_space_group_number='0'))
     before = count_nodes()
