@@ -152,6 +152,15 @@ def _check_model_and_ions(model, ions, records=()):
     return None
 
 
+def check_code_plugin(code, plugin: str, name: str, hint: str) -> str | None:
+    """Why ``code`` (the input ``name``) cannot run a ``plugin`` job: another default plugin (such a code ran its
+    jobs and failed, or failed when the job was built); ``hint`` says which code to give. None if it can."""
+    default = code.default_calc_job_plugin if code is not None else None
+    if code is not None and default != plugin:
+        return f'{name} {code.full_label} has the default plugin {default!r}, not {plugin}: {hint}'
+    return None
+
+
 def check_job_options(options: dict, process_class) -> str | None:
     """Why ``options`` cannot be the ``metadata.options`` of a ``process_class`` job (an unknown key such as
     ``max_walclock_seconds``, a value of the wrong type), or None: checked at launch, where the work chain excepted

@@ -102,10 +102,10 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         if 'train_code' in inputs:  # found when the job was built, after the dataset and the split were stored
             from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
 
-            plugin = inputs['train_code'].default_calc_job_plugin
-            if plugin != 'voltnet.train':
-                return (f'train_code {inputs["train_code"].full_label} has the default plugin {plugin!r}, not '
-                        'voltnet.train: give a `voltnet-train` code')
+            message = functions.check_code_plugin(inputs['train_code'], 'voltnet.train', 'train_code',
+                                                  'give a `voltnet-train` code')
+            if message:
+                return message
             message = functions.check_job_options(inputs.get('train_options') or {}, VoltnetTrainCalculation)
             if message:
                 return f'train_options: {message}'

@@ -121,11 +121,8 @@ def _withmpi_conflict(code, options) -> str | None:
 
 def _validate_code(code, _):
     """A pw.x code: its default plugin is quantumespresso.pw (another code ran three jobs and failed with 402)."""
-    plugin = code.default_calc_job_plugin if code is not None else None
-    if code is not None and plugin != 'quantumespresso.pw':
-        return (f'code {code.full_label} has the default plugin {plugin!r}, not quantumespresso.pw: give a pw.x code '
-                '(`voltnet dft-setup` creates pw-debian@localhost)')
-    return None
+    return functions.check_code_plugin(code, 'quantumespresso.pw', 'code',
+                                       'give a pw.x code (`voltnet dft-setup` creates pw-debian@localhost)')
 
 
 def _validate_options(options, _ctx=None):

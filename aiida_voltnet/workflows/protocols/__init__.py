@@ -45,12 +45,11 @@ def check_overrides(overrides: dict, namespace, path: str = '') -> None:
     """
     from plumpy.ports import PortNamespace
 
+    where = f'namespace {path[:-1]!r}' if path else 'the work chain'  # the top namespace is named 'inputs'
     if not isinstance(overrides, dict):
-        where = f'namespace {path[:-1]!r}' if path else 'the work chain'
         raise ValueError(f'overrides of {where} must be a dict of its inputs, got {overrides!r}')
     for key, value in overrides.items():
         if key not in namespace and not namespace.dynamic:
-            where = f'namespace {path[:-1]!r}' if path else 'the work chain'  # the top namespace is named 'inputs'
             raise ValueError(f'override {path}{key!r} is not an input of {where}; '
                              f'known: {", ".join(sorted(namespace))}')
         port = namespace.get(key)
