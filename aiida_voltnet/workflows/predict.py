@@ -8,6 +8,7 @@ from aiida.engine import WorkChain, if_
 
 from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.functions import predict_structure_pair, predict_voltages
+from aiida_voltnet.workflows.ports import StructurePairsNamespace
 from aiida_voltnet.workflows.train import called
 
 __all__ = ('PredictWorkChain',)
@@ -23,9 +24,10 @@ class PredictWorkChain(WorkChain):
         spec.inputs['dataset'].required = False
         spec.inputs['dataset'].help = 'Electrodes to predict in one batch (a screen of 10^4-10^5 is one process).'
         spec.inputs['model'].help = 'The trained model (a VoltageModelData, e.g. the `model` output of voltnet.train).'
-        spec.input_namespace('structures', dynamic=True, required=False, valid_type=(orm.StructureData, orm.Str),
-                             help='Structure pairs, `{name: {charged: StructureData, discharged: StructureData, '
-                                  'working_ion: Str}}`; each gives outputs voltages.<name> and uncertainties.<name>.')
+        spec.inputs['structures'] = StructurePairsNamespace(
+            'structures', required=False,
+            help='Structure pairs, `{name: {charged: StructureData, discharged: StructureData, working_ion: Str (or '
+                 'a plain str)}}`; each gives outputs voltages.<name> and uncertainties.<name>.')
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
             if_(cls.has_dataset)(cls.predict_dataset),

@@ -22,7 +22,8 @@ from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import ion_metal_structure
 from aiida_voltnet.ml.featurizers import get_featurizer
 
-from .verify import VerifyWorkChain, load_pseudo_family, pw_builder
+from .ports import StructurePairsNamespace
+from .verify import VerifyWorkChain, launch_refusal, load_pseudo_family, pw_builder
 
 __all__ = ('ScreenWorkChain',)
 
@@ -34,9 +35,9 @@ class ScreenWorkChain(WorkChain):
     def define(cls, spec):
         super().define(spec)
         spec.input('model', valid_type=VoltageModelData, help='The trained model that screens the candidates.')
-        spec.input_namespace('candidates', dynamic=True, valid_type=(orm.StructureData, orm.Str),
-                             help='Candidate electrodes, `{name: {charged: StructureData, discharged: StructureData, '
-                                  'working_ion: Str}}`; `name` becomes the battery_id.')
+        spec.inputs['candidates'] = StructurePairsNamespace(
+            'candidates', help='Candidate electrodes, `{name: {charged: StructureData, discharged: StructureData, '
+                               'working_ion: Str (or a plain str)}}`; `name` becomes the battery_id.')
         spec.input('selection', valid_type=orm.Dict, serializer=orm.to_aiida_type,
                    default=lambda: orm.Dict({'mode': 'window', 'top_k': 1}),
                    help='Which predictions to verify: mode `window` (top_k highest voltages within voltage_min..'
@@ -209,7 +210,7 @@ class ScreenWorkChain(WorkChain):
         self.ctx.ion_metals = {}
         for ion in ions:
             if ion not in family.elements:
-                continue  # each verification of this ion then ends with ERROR_MISSING_PSEUDO, naming the element
+                continue  # each verification of this ion is then not run, naming the element
             metal = ion_metal_structure(ion)
             relax = 'positions_cell' if settings['relax_type'] == 'positions_cell' else 'none'
             builder = pw_builder(inputs['code'], metal, settings, dict(inputs.get('options') or {}),
@@ -242,6 +243,13 @@ class ScreenWorkChain(WorkChain):
                 self.ctx.outcomes[name] = f'not verified: {self.ctx.outcomes[f"metal:{ion}"]}'
                 continue
             extra = {'ion_energy': self.ctx.ion_energies[ion]} if ion in self.ctx.ion_energies else {}
+            refusal = launch_refusal({**inputs, **pair, **extra, 'model': self.inputs.model})
+            if refusal:  # VerifyWorkChain would refuse it at launch (e.g. an element without a pseudopotential)
+                label, arguments = refusal
+                message = VerifyWorkChain.exit_codes[label].format(**arguments).message
+                self.ctx.outcomes[name] = f'not verified: {message}'
+                self.report(f'verification of {name!r} cannot run ({message}); going on with the others')
+                continue
             node = self.submit(VerifyWorkChain, **inputs, **pair, **extra, model=self.inputs.model,
                                metadata={'call_link_label': f'verify_{name}'})
             self.report(f'verifying {name!r}: VerifyWorkChain<{node.pk}>')

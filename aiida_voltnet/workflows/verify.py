@@ -159,6 +159,49 @@ def _validate_settings(settings, _ctx=None):
     return None
 
 
+def _cells(inputs) -> dict:
+    """The cells the DFT runs: charged, discharged and, unless ``ion_energy`` is given, the ion metal."""
+    cells = {'charged': inputs['charged'], 'discharged': inputs['discharged']}
+    if 'ion_energy' not in inputs:
+        cells['ion_metal'] = inputs.get('ion_metal') or ion_metal_structure(functions._value(inputs['working_ion']))
+    return cells
+
+
+def launch_refusal(inputs) -> tuple[str, dict] | None:
+    """What no DFT run can fix, as (exit code label, the arguments of its message), or None: a pair that is not one
+    electrode (201), an element without a pseudopotential (202), a family that is not installed or lacks the cutoff
+    stringency (203), a model that refuses the pair (204).
+
+    ``VerifyWorkChain.validate_inputs`` refuses these at launch, before anything is stored, and ``setup`` checks
+    again when the step runs. In ``voltnet.screen``'s ``verify`` namespace (no pair) only the family is checked.
+    """
+    pair = all(key in inputs for key in ('charged', 'discharged', 'working_ion'))
+    if pair:
+        try:
+            record = functions.pair_record(inputs['charged'], inputs['discharged'],
+                                           functions._value(inputs['working_ion']))
+        except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names the problem
+            return 'ERROR_HOST_MISMATCH', {'message': str(exception)}
+        if 'model' in inputs:
+            message = functions._check_model_and_ions(inputs['model'], {record.working_ion}, [record])
+            if message:
+                return 'ERROR_PREDICTION_REFUSED', {'message': message}
+    if 'pseudo_family' not in inputs or 'settings' not in inputs:
+        return None
+    try:  # the stringency too: get_recommended_cutoffs would raise only once the ML prediction is stored
+        family = load_pseudo_family(functions._value(inputs['pseudo_family']), inputs['settings']['cutoff_stringency'])
+    except ValueError as exception:
+        return 'ERROR_UNKNOWN_PSEUDO_FAMILY', {'message': str(exception)}
+    if pair:
+        for which, structure in _cells(inputs).items():
+            missing = missing_pseudos(family, structure)
+            if missing:
+                return 'ERROR_MISSING_PSEUDO', {
+                    'family': family.label, 'elements': ', '.join(missing),
+                    'where': f'{which} cell {structure.get_formula()}; the family has {", ".join(sorted(family.elements))}'}
+    return None
+
+
 class VerifyWorkChain(ProtocolMixin, WorkChain):
     """DFT (Quantum ESPRESSO) average voltage of a charged/discharged pair, compared with the ML prediction."""
 
@@ -240,7 +283,14 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             if symbols != [ion]:
                 return (f'ion_metal must be a cell of {ion} metal only (the working ion\'s reference energy), not of '
                         f'{", ".join(symbols)}')
-        return _withmpi_conflict(inputs.get('code'), inputs.get('options'))
+        message = _withmpi_conflict(inputs.get('code'), inputs.get('options'))
+        if message:
+            return message
+        refusal = launch_refusal(inputs)  # the pair, the model's verdict on it, the pseudopotentials: before any storing
+        if refusal:
+            label, arguments = refusal
+            return cls.exit_codes[label].format(**arguments).message
+        return None
 
     @classmethod
     def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str, protocol: str | None = None,
@@ -260,25 +310,13 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
 
     # -- outline -------------------------------------------------------------------------------------------------------
     def setup(self):
-        """Refuse, with an exit code, what no DFT run can fix: a pair that is not one electrode, missing pseudos."""
-        ion = self.inputs.working_ion.value
-        try:
-            functions.pair_record(self.inputs.charged, self.inputs.discharged, ion)
-        except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names the problem
-            return self.exit_codes.ERROR_HOST_MISMATCH.format(message=str(exception))
-        try:  # the stringency too: get_recommended_cutoffs would raise only once the ML prediction is stored
-            family = load_pseudo_family(self.inputs.pseudo_family.value, self.inputs.settings['cutoff_stringency'])
-        except ValueError as exception:
-            return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message=str(exception))
-        self.ctx.cells = {'charged': self.inputs.charged, 'discharged': self.inputs.discharged}
-        if 'ion_energy' not in self.inputs:
-            self.ctx.cells['ion_metal'] = self.inputs.get('ion_metal') or ion_metal_structure(ion)
-        for which, structure in self.ctx.cells.items():
-            missing = missing_pseudos(family, structure)
-            if missing:
-                return self.exit_codes.ERROR_MISSING_PSEUDO.format(
-                    family=family.label, elements=', '.join(missing),
-                    where=f'{which} cell {structure.get_formula()}; the family has {", ".join(sorted(family.elements))}')
+        """Refuse, with an exit code, what no DFT run can fix. ``validate_inputs`` refused all of it at launch; this
+        catches what changed in between (a pseudopotential family deleted or edited before the step ran)."""
+        refusal = launch_refusal(self.inputs)
+        if refusal:
+            label, arguments = refusal
+            return self.exit_codes[label].format(**arguments)
+        self.ctx.cells = _cells(self.inputs)
         return None
 
     def should_predict(self):

@@ -273,10 +273,12 @@ def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
                                                                                         [.5, .5, 0]])
     discharged = charged.copy()
     discharged.append('Li', [0.5, 0, 0])
+    # a plain 'Li' is stored as a Str, as VerifyWorkChain's working_ion port stores it (it was refused as a type)
     pair = {'charged': orm.StructureData(pymatgen=charged), 'discharged': orm.StructureData(pymatgen=discharged),
-            'working_ion': orm.Str('Li')}
+            'working_ion': 'Li'}
     results, node = run_get_node(PredictWorkChain, model=trained.model, structures={'SrFeO3': pair})
     assert node.is_finished_ok, node.exit_message
+    assert node.inputs.structures.SrFeO3.working_ion.value == 'Li'
     assert 'extrapolation: SrFeO3 (host elements no training host had: Sr)' in get_workchain_report(node, 'REPORT')
     assert 'voltages' in results and 'SrFeO3' in results['voltages']
     flag = results['unseen_elements']['SrFeO3']

@@ -8,6 +8,7 @@ import pytest
 from aiida import orm
 from aiida.common.links import LinkType
 from aiida.engine import run_get_node
+from conftest import count
 
 from aiida_voltnet.dft import layered_oxide_pair
 from aiida_voltnet.workflows.screen import ScreenWorkChain
@@ -30,7 +31,7 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
     verify = VerifyWorkChain.get_protocol_inputs('ci')
     builder = ScreenWorkChain.get_builder()
     builder.model = model
-    builder.candidates = {'LiCoO2': _pair(coo2, licoo2), 'LiNiO2': _pair(nio2, linio2),
+    builder.candidates = {'LiCoO2': _pair(coo2, licoo2), 'LiNiO2': {**_pair(nio2, linio2), 'working_ion': 'Li'},
                           'LiFePO4': _pair(lfp['charged'], lfp['discharged']), 'mixed': _pair(coo2, linio2)}
     builder.selection = orm.Dict({'mode': 'window', 'top_k': 3, 'voltage_min': -1.0, 'voltage_max': 8.0})
     builder.verify = {'code': pw, 'settings': orm.Dict(verify['settings']), 'options': verify['options'],
@@ -39,14 +40,16 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
                        'settings': orm.Dict({'train_overrides': {'epochs': 3}})}
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
+    assert node.inputs.candidates.LiNiO2.working_ion.value == 'Li'  # given as a plain str
 
     summary = results['summary'].get_dict()
     assert summary['n_candidates'] == 4 and summary['n_selected'] == 3
     assert summary['n_verified'] == 2 and summary['n_failed'] == 1
     assert 'host frameworks differ' in summary['rejected']['mixed']
     rows = {row['battery_id']: row for row in summary['rows']}
-    assert rows['LiFePO4']['status'].startswith('failed: VerifyWorkChain<')
-    assert f'exit status {VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status}' in rows['LiFePO4']['status']
+    # LiFePO4 is not submitted: VerifyWorkChain would refuse it at launch (no P pseudopotential); the row says why
+    assert rows['LiFePO4']['status'].startswith('not verified: pseudopotential family ')
+    assert 'has no pseudopotential for P (charged cell' in rows['LiFePO4']['status']
     for name in ('LiCoO2', 'LiNiO2'):
         assert rows[name]['status'] == 'verified'
         assert rows[name]['dft_voltage'] == results['dft_voltages'][name].value
@@ -61,7 +64,8 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
     called = node.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()
     assert sorted(link.link_label for link in called if link.link_label.startswith('dft_metal_')) == ['dft_metal_Li']
     verifications = [link.node for link in called if link.link_label.startswith('verify_')]
-    assert len(verifications) == 3
+    assert sorted(v.base.links.get_incoming(link_type=LinkType.CALL_WORK).one().link_label
+                  for v in verifications) == ['verify_LiCoO2', 'verify_LiNiO2']
     shared = {v.inputs.ion_energy.uuid for v in verifications}
     assert len(shared) == 1
     labels = {link.link_label for v in verifications for link in v.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
@@ -133,10 +137,13 @@ def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
     with pytest.raises(ValueError, match='model: .*trained to predict max_delta_volume'):
         run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, coo2, licoo2, 'Li', protocol='ci',
                                                                overrides={'model': volume}))
-    _, node = run_get_node(ScreenWorkChain, model=model, candidates=candidates,
-                           verify={'code': pw, 'settings': orm.Dict({**settings, 'cutoff_stringency': 'sssp'})})
-    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.status
-    assert "no cutoff stringency 'sssp'" in node.exit_message and not node.called
+    # a family without the asked cutoff stringency: refused at launch (the verify namespace has VerifyWorkChain's
+    # launch check), before any candidate is predicted or stored
+    before = count(orm.ProcessNode)
+    with pytest.raises(ValueError, match="verify.*no cutoff stringency 'sssp'"):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     verify={'code': pw, 'settings': orm.Dict({**settings, 'cutoff_stringency': 'sssp'})})
+    assert count(orm.ProcessNode) == before
 
 
 def test_screen_reports_when_every_verification_fails(pw, small_model):
@@ -152,8 +159,9 @@ def test_screen_reports_when_every_verification_fails(pw, small_model):
     assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_ALL_VERIFICATIONS_FAILED.status
     summary = results['summary'].get_dict()
     assert (summary['n_selected'], summary['n_verified'], summary['n_failed']) == (1, 0, 1)
-    assert summary['rows'][0]['status'].startswith('failed: VerifyWorkChain<')
-    assert f'exit status {VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status}' in summary['rows'][0]['status']
+    assert summary['rows'][0]['status'].startswith('not verified: pseudopotential family ')
+    assert 'has no pseudopotential for P (charged cell' in summary['rows'][0]['status']
+    assert not [c for c in node.called if c.process_label == 'VerifyWorkChain']
     metal = [c for c in node.called if c.process_label == 'PwBaseWorkChain']
     assert len(metal) == 1 and metal[0].is_finished_ok  # the job options default to the protocol's (serial pw.x)
 

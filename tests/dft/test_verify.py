@@ -83,11 +83,10 @@ def test_verify_licoo2_links_dft_to_the_prediction(pw, model_without_co):
 def test_verify_refuses_frameworks_that_differ(pw):
     charged, _ = layered_oxide_pair('Co')
     _, discharged = layered_oxide_pair('Ni')
-    before = _pw_jobs()
-    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci'))
-    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_HOST_MISMATCH.status
-    assert 'host frameworks differ: charged CoO2, discharged NiO2' in node.exit_message
-    assert _pw_jobs() == before  # no DFT was started
+    before = count(orm.Node)
+    with pytest.raises(ValueError, match='not one electrode: .*host frameworks differ: charged CoO2, discharged NiO2'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci'))
+    assert count(orm.Node) == before  # refused at launch: nothing stored, no DFT started
 
 
 def test_verify_refuses_at_launch_a_wrong_metal_or_misspelt_job_options(pw):
@@ -110,25 +109,44 @@ def test_verify_names_the_element_without_pseudopotential(pw):
     from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
 
     pair = shipped_structure_pairs()['LiFePO4']
-    before = _pw_jobs()
-    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, pair['charged'], pair['discharged'], 'Li',
-                                                                     protocol='ci'))
-    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_MISSING_PSEUDO.status
-    assert 'has no pseudopotential for P (charged cell' in node.exit_message
-    assert _pw_jobs() == before
+    before = count(orm.Node)
+    with pytest.raises(ValueError, match=r'has no pseudopotential for P \(charged cell'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, pair['charged'], pair['discharged'], 'Li',
+                                                               protocol='ci'))
+    assert count(orm.Node) == before
 
 
 def test_verify_refuses_a_cutoff_stringency_the_family_lacks(pw, small_model):
-    """Checked in setup: it raised inside the DFT step, after the ML prediction was stored."""
+    """Refused at launch: it raised inside the DFT step, after the ML prediction was stored, and then exited 203
+    after storing the work chain; now nothing is stored. A family that is not installed, likewise."""
     model, _ = small_model
     charged, discharged = layered_oxide_pair('Co')
-    before = _pw_jobs()
-    _, node = run_get_node(VerifyWorkChain.get_builder_from_protocol(
-        pw, charged, discharged, 'Li', protocol='ci', overrides={'model': model,
-                                                                'settings': {'cutoff_stringency': 'sssp'}}))
-    assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.status
-    assert "has no cutoff stringency 'sssp' (settings.cutoff_stringency); it has" in node.exit_message
-    assert not node.called and _pw_jobs() == before
+    before = count(orm.Node)
+    with pytest.raises(ValueError, match=r"has no cutoff stringency 'sssp' \(settings.cutoff_stringency\); it has"):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(
+            pw, charged, discharged, 'Li', protocol='ci', overrides={'model': model,
+                                                                    'settings': {'cutoff_stringency': 'sssp'}}))
+    with pytest.raises(ValueError, match="pseudopotential family 'SSSP/9.9' is not installed in this profile"):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(
+            pw, charged, discharged, 'Li', protocol='ci', overrides={'pseudo_family': 'SSSP/9.9'}))
+    assert count(orm.Node) == before
+
+
+def test_verify_refuses_at_launch_a_pair_the_model_refuses(pw, small_model):
+    """A working ion the model never saw: refused before anything is stored (it exited 204 after storing)."""
+    from aiida_voltnet.calculations.functions import train_model
+    from aiida_voltnet.data import ElectrodeDataset
+
+    _, dataset = small_model
+    li_only = train_model(ElectrodeDataset([r for r in dataset.records() if r.working_ion == 'Li']), model='krr')
+    charged, discharged = layered_oxide_pair('Co')
+    sodiated = discharged.get_pymatgen_structure()
+    sodiated.replace_species({'Li': 'Na'})
+    before = count(orm.Node)
+    with pytest.raises(ValueError, match=r'the ML prediction was refused: .*never saw working ion\(s\) Na'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, orm.StructureData(pymatgen=sodiated),
+                                                               'Na', protocol='ci', overrides={'model': li_only}))
+    assert count(orm.Node) == before
 
 
 def test_verify_reports_a_failed_pw_run(pw):

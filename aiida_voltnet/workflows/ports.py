@@ -1,0 +1,30 @@
+"""The input namespace of structure pairs that ``voltnet.predict`` and ``voltnet.screen`` take."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from aiida import orm
+from aiida.engine.processes.ports import PortNamespace
+
+__all__ = ('StructurePairsNamespace',)
+
+
+class StructurePairsNamespace(PortNamespace):
+    """``{name: {charged: StructureData, discharged: StructureData, working_ion: Str}}``, where ``working_ion`` may
+    also be a plain ``str`` (``'Li'``), stored as a ``Str`` as ``voltnet.verify``'s ``working_ion`` port stores it.
+
+    aiida-core serializes a value only through a port that declares a serializer, and a pair's ports are dynamic,
+    so a plain ``'Li'`` was refused as an invalid type; this namespace serializes it (``orm.to_aiida_type``).
+    """
+
+    def __init__(self, name: str, help: str, required: bool = True):  # noqa: A002 - aiida-core's keyword
+        super().__init__(name, help=help, required=required, dynamic=True,
+                         valid_type=(orm.StructureData, orm.Str))
+
+    def serialize(self, mapping, breadcrumbs=()):
+        mapping = super().serialize(mapping, breadcrumbs)
+        if not mapping:
+            return mapping
+        return {name: {**pair, 'working_ion': orm.to_aiida_type(pair['working_ion'])}
+                if isinstance(pair, Mapping) and isinstance(pair.get('working_ion'), str) else pair
+                for name, pair in mapping.items()}
