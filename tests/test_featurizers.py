@@ -167,6 +167,47 @@ def test_training_host_elements_are_read_from_the_fitted_state(records):
 
 
 
+def test_structure_pairs_of_disordered_cells_mixed_species_and_bad_tolerances():
+    """Found by review: a disordered Co0.5Ni0.5O2 cell paired with an ordered supercell was refused ('host
+    frameworks differ': pymatgen's reduced composition keeps fractional amounts); a Li and a Li+ site in one cell
+    counted some Li twice (Li1.25FePO4 for LiFePO4); a dummy species was written into the formula; a negative or
+    NaN symprec crashed the interpreter in spglib; and the framework key of a fractional host depended on its
+    spelling, which split one framework over two groups of a grouped split."""
+    from pymatgen.core import DummySpecies, Lattice, Structure
+
+    from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, validate_record
+
+    host = Structure(Lattice.hexagonal(2.82, 4.68), [{'Co': .5, 'Ni': .5}, 'O', 'O'],
+                     [[0, 0, 0], [1 / 3, 2 / 3, .26], [2 / 3, 1 / 3, .74]])
+    lithiated = host.copy()
+    lithiated.append('Li', [0, 0, .5])
+    plain, supercell = record_from_structures(host, lithiated, 'Li'), record_from_structures(host, lithiated * (2, 1, 1), 'Li')
+    assert (plain.formula_charge, plain.formula_discharge, plain.framework_formula) == (
+        supercell.formula_charge, supercell.formula_discharge, supercell.framework_formula) == (
+        'Li0Co1Ni1O4', 'Li2Co1Ni1O4', 'CoNiO4')
+    featurizer = LeakFreeFeaturizer().fit([plain])
+    assert np.array_equal(featurizer.raw([plain]), featurizer.raw([supercell]))
+
+    charged, discharged, _ = shipped_pair('LiFePO4')
+    site = next(k for k, s in enumerate(discharged) if s.specie.symbol == 'Li')
+    discharged.replace(site, 'Li+', discharged[site].frac_coords)
+    assert record_from_structures(charged, discharged, 'Li').formula_discharge == 'Li1Fe1P1O4'
+
+    dummy = charged.copy()
+    dummy.append(DummySpecies('X'), [0.1, 0.1, 0.1])
+    with pytest.raises(ElectrodeDataError, match="field 'structures': the charged structure has dummy or vacancy"):
+        record_from_structures(dummy, discharged, 'Li')
+    for symprec in (-1, float('nan'), 0, float('inf'), True):
+        with pytest.raises(ElectrodeDataError, match='symprec must be a positive finite tolerance'):
+            record_from_structures(charged, discharged, 'Li', symprec=symprec)
+
+    keys = [validate_record(ElectrodeRecord(battery_id=str(k), formula_charge=c, formula_discharge=d,
+                                            working_ion='Li')).framework_formula
+            for k, (c, d) in enumerate([('Co0.5Ni0.5O2', 'LiCo0.5Ni0.5O2'), ('CoNiO4', 'Li2CoNiO4'),
+                                        ('Ni0.5Mn1.5O4', 'LiNi0.5Mn1.5O4'), ('NiMn3O8', 'Li2NiMn3O8')])]
+    assert keys == ['CoNiO4', 'CoNiO4', 'Mn3NiO8', 'Mn3NiO8']
+
+
 def test_structure_pair_keeps_the_exact_ion_content():
     """One Li per three CoO2 units: the record holds x = 1/3 per host formula unit, not 0.333333 (6 digits)."""
     from pymatgen.core import Lattice, Structure

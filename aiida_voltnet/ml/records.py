@@ -246,13 +246,24 @@ def _framework_amounts(composition: Composition, ion: str) -> tuple[dict[str, fl
     return amounts, atoms
 
 
+def framework_key(composition: Composition) -> str:
+    """One spelling per host framework, the group of framework-grouped splits: pymatgen's reduced formula of the
+    smallest integer formula, so that ``Co0.5Ni0.5O2``, ``CoNiO4`` and ``Co2Ni2O8`` are all ``CoNiO4`` (the reduced
+    formula alone keeps a fractional host as written, and put those in two groups)."""
+    amounts = composition.get_el_amt_dict()
+    if all(abs(amount - round(amount)) < 1e-8 for amount in amounts.values()):
+        return composition.reduced_formula
+    formula, _ = composition.get_integer_formula_and_factor()  # as featurizers.host_atoms_per_formula_unit
+    return Composition(formula).reduced_formula
+
+
 @functools.lru_cache(maxsize=8192)
 def _framework_fractions(formula: str) -> tuple[dict[str, float], str]:
-    """Atom fractions and pymatgen's reduced formula of a framework formula (parsed once per distinct string:
+    """Atom fractions and the :func:`framework_key` of a framework formula (parsed once per distinct string:
     frameworks repeat across ions)."""
     composition = parse_formula(formula)
     fractions = {el: amount / composition.num_atoms for el, amount in composition.get_el_amt_dict().items()}
-    return fractions, composition.reduced_formula
+    return fractions, framework_key(composition)
 
 
 def _almost_equal_amounts(a: dict[str, float], b: dict[str, float], rtol: float, atol: float) -> bool:
@@ -411,7 +422,7 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
                      f'{frame_discharge.reduced_formula})', 'formula_discharge')
     updates = {}
     if not record.framework_formula:
-        updates['framework_formula'] = Composition(amounts_discharge).reduced_formula
+        updates['framework_formula'] = framework_key(Composition(amounts_discharge))
     else:
         # The grouping key of every framework-grouped split: a framework that is not the host of the formulas
         # would put the row into another group than its siblings (or a wrong one)
@@ -422,7 +433,7 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
         host = {el: amount / atoms_discharge for el, amount in amounts_discharge.items()}
         if not _almost_equal_amounts(given, host, rtol=1e-2, atol=1e-4):
             fail(f'framework {record.framework_formula!r} is not the host of {record.formula_discharge!r} without '
-                 f'{ion} ({Composition(amounts_discharge).reduced_formula})', 'framework_formula')
+                 f'{ion} ({framework_key(Composition(amounts_discharge))})', 'framework_formula')
         if reduced != record.framework_formula:  # one spelling per framework ('O2Ti', 'Ti O2' -> 'TiO2')
             updates['framework_formula'] = reduced
     for side in ('charge', 'discharge'):

@@ -2,22 +2,49 @@
 end members), so that the featurizers see the same fields as for Materials Project rows."""
 from __future__ import annotations
 
-from pymatgen.core import Composition, Structure
+import math
+
+from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, validate_record
+from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, framework_key, validate_record
 
 __all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_PAIRS', 'shipped_pair']
 
 
+def _symprec_problem(symprec) -> str | None:
+    if isinstance(symprec, bool) or not isinstance(symprec, (int, float)) or not 0 < symprec < math.inf:
+        return f'symprec must be a positive finite tolerance in angstrom, got {symprec!r}'
+    return None
+
+
 def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
-    """Space-group number and crystal system (capitalized, as in MP) of ``structure``."""
+    """Space-group number and crystal system (capitalized, as in MP) of ``structure``.
+
+    :raises ValueError: for a ``symprec`` that is not a positive finite number (spglib crashed the interpreter on
+        a negative or NaN one).
+    """
+    message = _symprec_problem(symprec)
+    if message:
+        raise ValueError(message)
     analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
     return analyzer.get_space_group_number(), analyzer.get_crystal_system().capitalize()
 
 
 def host_framework(composition: Composition, working_ion: str) -> Composition:
     return Composition({el: amt for el, amt in composition.get_el_amt_dict().items() if el != working_ion})
+
+
+def _element_composition(structure: Structure, name: str, label: str) -> Composition:
+    """The element amounts of ``structure`` (oxidation states dropped); refuses dummy species and vacancies, which
+    are no atoms of the electrode."""
+    dummies = sorted({str(species) for species in structure.composition
+                      if isinstance(species, DummySpecies) or not Element.is_valid_symbol(species.symbol)})
+    if dummies:
+        raise ElectrodeDataError(f'the {name} structure has dummy or vacancy species {", ".join(dummies)}: give the '
+                                 'atoms of the electrode only (a partly occupied site holds its elements with their '
+                                 'occupancies)', battery_id=label, field='structures')
+    return structure.composition.element_composition
 
 
 def _formula(composition: Composition, working_ion: str) -> str:
@@ -44,24 +71,32 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     if working_ion not in WORKING_IONS:
         raise ElectrodeDataError(f'working ion {working_ion!r} is not one of {", ".join(WORKING_IONS)}',
                                  battery_id=label, field='working_ion')
-    if charged.composition[working_ion] == 0 and discharged.composition[working_ion] == 0:
+    message = _symprec_problem(symprec)
+    if message:
+        raise ElectrodeDataError(message, battery_id=label, field='symprec')
+    # Element amounts: a site of Li and one of Li+ are both Li (pymatgen's Composition[Element] sums the species of
+    # a symbol, so dividing a mixed composition counted some twice).
+    compositions = {name: _element_composition(structure, name, label)
+                    for name, structure in (('charged', charged), ('discharged', discharged))}
+    if compositions['charged'][working_ion] == 0 and compositions['discharged'][working_ion] == 0:
         raise ElectrodeDataError(f'working ion {working_ion} is in neither structure '
                                  f'({charged.composition.reduced_formula}, {discharged.composition.reduced_formula})',
                                  battery_id=label, field='working_ion')
-    host_charged = host_framework(charged.composition, working_ion)
-    host_discharged = host_framework(discharged.composition, working_ion)
+    host_charged = host_framework(compositions['charged'], working_ion)
+    host_discharged = host_framework(compositions['discharged'], working_ion)
     if host_charged.num_atoms == 0 or host_discharged.num_atoms == 0:
         raise ElectrodeDataError(f'a structure holds nothing but {working_ion}', battery_id=label, field='structures')
-    if host_charged.reduced_composition != host_discharged.reduced_composition:
+    # One unit of the smallest integer formula of each host (a disordered Co0.5Ni0.5O2 cell is half a CoNiO4, and
+    # its ordered 2x1x1 supercell one): pymatgen's reduced composition leaves fractional amounts as they are.
+    (formula_charged, units), (formula_discharged, units_discharged) = (
+        host_charged.get_integer_formula_and_factor(), host_discharged.get_integer_formula_and_factor())
+    if Composition(formula_charged) != Composition(formula_discharged):
         raise ElectrodeDataError(
-            f'host frameworks differ: charged {host_charged.reduced_formula}, discharged '
-            f'{host_discharged.reduced_formula} (both must be the same framework with different {working_ion} content)',
-            battery_id=label, field='structures')
-    # Scale both to one formula unit of the reduced host framework.
-    reduced, units = host_charged.get_reduced_composition_and_factor()
-    charged_comp = charged.composition / units
-    _, units_discharged = host_discharged.get_reduced_composition_and_factor()
-    discharged_comp = discharged.composition / units_discharged
+            f'host frameworks differ: charged {Composition(formula_charged).reduced_formula}, discharged '
+            f'{Composition(formula_discharged).reduced_formula} (both must be the same framework with different '
+            f'{working_ion} content)', battery_id=label, field='structures')
+    charged_comp = compositions['charged'] / units
+    discharged_comp = compositions['discharged'] / units_discharged
     if discharged_comp[working_ion] <= charged_comp[working_ion] + 1e-9:
         raise ElectrodeDataError(
             f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
@@ -74,7 +109,7 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
         formula_charge=_formula(charged_comp, working_ion),
         formula_discharge=_formula(discharged_comp, working_ion),
         working_ion=working_ion,
-        framework_formula=reduced.reduced_formula,
+        framework_formula=framework_key(Composition(formula_charged)),
         charge_space_group_number=sg_charge,
         charge_crystal_system=system_charge,
         discharge_space_group_number=sg_discharge,
