@@ -209,6 +209,22 @@ def test_a_column_named_twice_is_refused():
         read_electrodes_csv(io.StringIO(header + '\n' + ROW + '\n'))
 
 
+def test_an_unclosed_quote_empty_trailing_columns_and_a_boolean_step_value():
+    """Found by review: a quote never closed made the csv reader read the rest of the file into one field, and the
+    error named 'the row has 68 fields' or the line before the quote; Excel's empty columns after the last one
+    were 'column(s)  appear more than once'; a boolean in adj_pairs was 'unexpected syntax Constant'."""
+    unclosed = 'mp-x_Li,"Li0-1FePO4,Li0FePO4'
+    for text, line in ((ROW + '\n' + unclosed, 3), (ROW + '\n' + unclosed + '\n' + ROW.replace('mp-2657', 'mp-1'), 3)):
+        with pytest.raises(ElectrodeDataError, match='a double quote opened on this line is never closed') as info:
+            load(text)
+        assert (info.value.line, info.value.battery_id) == (line, 'mp-x_Li')
+    (record,) = read_electrodes_csv(io.StringIO(HEADER + ',,\n' + ROW + ',,\n'))
+    assert record.battery_id == 'mp-2657_Li'
+    with pytest.raises(ElectrodeDataError, match="'average_voltage': True at column .* is not a number") as info:
+        load(ROW.replace('average_voltage=1.03', 'average_voltage=True'))
+    assert info.value.field == 'adj_pairs'
+
+
 def test_an_element_without_electronegativity_validates_without_pymatgen_noise(recwarn):
     """pymatgen warned 'No Pauling electronegativity for Og' (with its source line) onto the user's terminal."""
     from aiida_voltnet.ml.records import ElectrodeRecord, validate_record

@@ -301,6 +301,9 @@ def _literal(node: ast.AST, source: str) -> Any:
         if not isinstance(value, (int, float)):
             raise ValueError('sign applied to a non-number')
         return -value if isinstance(node.op, ast.USub) else value
+    if isinstance(node, ast.Constant) and isinstance(node.value, bool):
+        raise ValueError(f'{node.value} at column {node.col_offset} is not a number (a value of a step is a number, a '
+                         'text or None)')
     if isinstance(node, ast.Name) and node.id in ('nan', 'inf'):
         return float(node.id)
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == 'MPID':
@@ -584,6 +587,25 @@ def decode_csv(data: bytes, source: str | None = None) -> str:
                                  '(save the file as UTF-8)', source=source, line=line) from None
 
 
+def _refuse_unclosed_quote(text: str, source: str | None) -> None:
+    """Refuse a CSV text with a double quote that is never closed, naming the line where it opens: every quoted
+    field has an opening and a closing quote and a quote inside one is doubled, so a valid file holds an even
+    number. The csv module reads the rest of the file into that field and the row then had 'the wrong number of
+    fields' (68, say), or the line before the quote was named."""
+    if text.count('"') % 2 == 0:
+        return
+    count, opened = 0, None
+    for number, line in enumerate(text.splitlines(), start=1):
+        before = count
+        count += line.count('"')
+        if before % 2 == 0 and count % 2 == 1:
+            opened = (number, line)
+    number, line = opened
+    battery_id = line.split(',', 1)[0].strip().strip('"') or None
+    raise ElectrodeDataError('a double quote opened on this line is never closed (the csv reader would read the rest '
+                             'of the file into one field)', source=source, line=number, battery_id=battery_id)
+
+
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None,
                         report_reversed: bool = True) -> list[ElectrodeRecord]:
     """Read a seed-format CSV into validated :class:`ElectrodeRecord` objects. Column names are read without
@@ -599,6 +621,8 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
         with open(path, 'rb') as handle:
             text = decode_csv(handle.read(), source)
         return read_electrodes_csv(io.StringIO(text, newline=''), source=source, report_reversed=report_reversed)
+    if isinstance(path, io.StringIO) and path.tell() == 0:  # a file's text, or a SinglefileData's
+        _refuse_unclosed_quote(path.getvalue(), source)
     reader = csv.DictReader(path)
     try:
         header = [name.strip() for name in reader.fieldnames or []]
@@ -611,7 +635,8 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
             raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
-        repeated = sorted({c for c in header if header.count(c) > 1})
+        repeated = sorted({c for c in header if c and header.count(c) > 1})  # unnamed ones are not read (Excel
+        # writes empty columns after the last one)
         if repeated:  # DictReader would keep the last of them
             raise ElectrodeDataError(f'column(s) {", ".join(repeated)} appear more than once in the header',
                                      source=source, line=1)
