@@ -105,7 +105,10 @@ def verify(model_id, pair, protocol, code_label, profile):
     builder = VerifyWorkChain.get_builder_from_protocol(code, charged, discharged, 'Li', protocol=protocol,
                                                         overrides=overrides)
     started = time.perf_counter()
-    results, node = run_get_node(builder)
+    try:
+        results, node = run_get_node(builder)
+    except ValueError as exception:  # refused at launch, nothing stored: e.g. a model that never saw Li
+        _fail(f'refused before any pw.x job: {exception}')
     if not node.is_finished_ok:
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
     line = f'{pair}: DFT {results["dft_voltage"].value:.3f} V'

@@ -94,3 +94,22 @@ def test_verify_finds_the_setup_code_on_any_computer_and_asks_when_there_are_two
         assert 'pw-debian@localhost' in result.output and 'pw-debian@voltnet-other' in result.output
     finally:
         delete_nodes([second.pk], dry_run=False)
+
+
+def test_verify_names_a_pair_the_model_refuses_before_any_job(aiida_profile, pw, small_model):
+    """VerifyWorkChain refuses at launch what it exited 204 for (a working ion the model never saw): the CLI ended
+    in that ValueError's traceback."""
+    from aiida import orm
+
+    from aiida_voltnet.calculations.functions import train_model
+    from aiida_voltnet.data import ElectrodeDataset
+
+    _, dataset = small_model
+    na_only = train_model(ElectrodeDataset([r for r in dataset.records() if r.working_ion == 'Na']), model='krr')
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cli, ['verify', '--model', str(na_only.pk), '--profile', aiida_profile.name,
+                                      '--protocol', 'ci'])
+    assert result.exit_code == 2, result.output
+    assert 'refused before any pw.x job' in result.output and 'never saw working ion(s) Li' in result.output
+    assert 'Traceback' not in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
