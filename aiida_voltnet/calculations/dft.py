@@ -10,6 +10,7 @@ from aiida import orm
 from aiida.engine import calcfunction
 
 from aiida_voltnet.calculations.functions import _validated_by
+from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.dft import ion_charge
 
 def _host_units_and_ions(structure: orm.StructureData, ion: str) -> tuple[float, float]:
@@ -21,6 +22,7 @@ def _host_units_and_ions(structure: orm.StructureData, ion: str) -> tuple[float,
     return units, composition[ion] / units
 
 
+@record_sources
 @calcfunction
 def electrode_energies(charged: orm.StructureData, discharged: orm.StructureData, working_ion: orm.Str,
                        charged_parameters: orm.Dict, discharged_parameters: orm.Dict):
@@ -41,12 +43,14 @@ def electrode_energies(charged: orm.StructureData, discharged: orm.StructureData
     }
 
 
+@record_sources
 @calcfunction
 def energy_per_atom(structure: orm.StructureData, parameters: orm.Dict):
     """Total energy per atom (eV) of an elemental cell, from its pw.x ``output_parameters``."""
     return orm.Float(parameters['energy'] / len(structure.sites))
 
 
+@record_sources
 @calcfunction
 def compare_voltages(ml_voltage: orm.Float, dft_voltage: orm.Float):
     """``difference`` = ML prediction - DFT voltage (V): links the prediction to its verification in the graph."""
@@ -80,6 +84,7 @@ def check_selection(selection: dict) -> str | None:
     return None
 
 
+@record_sources
 @calcfunction
 def select_candidates(predictions: orm.ArrayData, selection: orm.Dict):
     """The battery ids to verify with DFT, from a batch prediction (``voltnet.predict_voltages`` output).
@@ -102,6 +107,7 @@ def select_candidates(predictions: orm.ArrayData, selection: orm.Dict):
     return orm.List([str(ids[i]) for i in order[:rules.get('top_k', 1)]])
 
 
+@record_sources
 @calcfunction
 def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: orm.Dict, **verified):
     """The ML-vs-DFT table of a screen: one row per candidate predicted (``predictions``), with the DFT voltage of
@@ -174,6 +180,7 @@ def _validate_verified(inputs):
 
 
 @_validated_by(_validate_verified)
+@record_sources
 @calcfunction
 def add_verified_records(dataset, **verified):
     """The training set of one active-learning round: ``dataset``'s records plus one record per verified electrode,

@@ -18,6 +18,7 @@ import numpy as np
 from aiida import orm
 from aiida.engine import calcfunction
 
+from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
 from aiida_voltnet.ml.featurizers import get_featurizer
@@ -194,6 +195,7 @@ def _validate_csv(inputs):
 
 
 @_validated_by(_validate_csv)
+@record_sources
 @calcfunction
 def assemble_dataset_from_csv(csv: orm.SinglefileData):
     """Read insertion-electrode records from a CSV file in the seed format.
@@ -223,6 +225,7 @@ def _validate_mp(inputs):
 
 
 @_validated_by(_validate_mp)
+@record_sources
 @calcfunction
 def assemble_dataset_from_mp(query: orm.Dict):
     """Fetch insertion electrodes live from the Materials Project (needs ``MP_API_KEY`` in the environment).
@@ -264,6 +267,7 @@ def _validate_structures(inputs):
 
 
 @_validated_by(_validate_structures)
+@record_sources
 @calcfunction
 def assemble_dataset_from_structures(**pairs):
     """Build electrode records from pairs of structures, e.g. relaxed charged and discharged DFT cells.
@@ -317,6 +321,7 @@ def check_split_leaves_enough_to_train(records, kind, seed, test_fraction, model
 
 
 @_validated_by(_validate_split)
+@record_sources
 @calcfunction
 def split_dataset(dataset: ElectrodeDataset, kind: orm.Str = 'grouped', seed: orm.Int = 0,
                   test_fraction: orm.Float = 0.1):
@@ -337,6 +342,7 @@ def _validate_featurize(inputs):
 
 
 @_validated_by(_validate_featurize)
+@record_sources
 @calcfunction
 def featurize(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree'):
     """The raw (unfitted) feature matrix of a dataset, for the provenance of features.
@@ -397,6 +403,7 @@ def _validate_train(inputs):
 
 
 @_validated_by(_validate_train)
+@record_sources
 @calcfunction
 def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', model: orm.Str = 'voltnet',
                 seed: orm.Int = 0, settings: orm.Dict = lambda: orm.Dict()):
@@ -440,6 +447,7 @@ def _validate_evaluate(inputs):
 
 
 @_validated_by(_validate_evaluate)
+@record_sources
 @calcfunction
 def evaluate_model(model: VoltageModelData, dataset: ElectrodeDataset):
     """Regression metrics (MAE, RMSE, R², overall and per working ion) of ``model`` on held-out ``dataset``.
@@ -463,6 +471,7 @@ def _validate_predict(inputs):
 
 
 @_validated_by(_validate_predict)
+@record_sources
 @calcfunction
 def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     """Predict the average voltage of every record of ``dataset``: one process and one ``ArrayData`` per batch.
@@ -510,6 +519,7 @@ def _validate_pair(inputs):
 
 
 @_validated_by(_validate_pair)
+@record_sources
 @calcfunction
 def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, discharged: orm.StructureData,
                            working_ion: orm.Str):
@@ -547,6 +557,7 @@ def _validate_dft(inputs):
 
 
 @_validated_by(_validate_dft)
+@record_sources
 @calcfunction
 def dft_voltage(e_charged: orm.Float, e_discharged: orm.Float, e_ion_metal: orm.Float, delta_ions: orm.Float,
                 ion_charge: orm.Int = 1):

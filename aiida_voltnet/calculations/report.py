@@ -15,10 +15,12 @@ from aiida.engine import calcfunction
 
 from ..data.dataset import ElectrodeDataset
 from .functions import _validated_by, dataset_records
+from .sources import record_sources
 
 __all__ = ['report_analysis', 'report_subsample_dataset', 'report_kfold_dataset', 'report_drop_unseen_ions']
 
 
+@record_sources
 @calcfunction
 def report_analysis(dataset: ElectrodeDataset, analysis: orm.Str, parameters: orm.Dict) -> dict:
     """One analysis of ``voltnet report`` (``aiida_voltnet.report.ANALYSES``) on the records of ``dataset``.
@@ -59,6 +61,7 @@ def _validate_kfold(inputs):
 
 
 @_validated_by(_validate_subsample)
+@record_sources
 @calcfunction
 def report_subsample_dataset(dataset: ElectrodeDataset, rows: orm.Int, seed: orm.Int) -> ElectrodeDataset:
     """The same random subsample of records as ``voltnet report --rows`` (the SI Table S1 rows always kept)."""
@@ -68,6 +71,7 @@ def report_subsample_dataset(dataset: ElectrodeDataset, rows: orm.Int, seed: orm
 
 
 @_validated_by(_validate_kfold)
+@record_sources
 @calcfunction
 def report_kfold_dataset(dataset: ElectrodeDataset, folds: orm.Int, fold: orm.Int, seed: orm.Int) -> dict:
     """Fold ``fold`` of ``kfold_splits(grouped=True)``: exactly the split that ``evaluate`` uses."""
@@ -88,6 +92,7 @@ def _validate_drop_unseen(inputs):
 
 
 @_validated_by(_validate_drop_unseen)
+@record_sources
 @calcfunction
 def report_drop_unseen_ions(test: ElectrodeDataset, train: ElectrodeDataset) -> ElectrodeDataset:
     """The test records whose working ion occurs in ``train`` (``predict_voltages`` refuses unseen ions)."""

@@ -26,6 +26,8 @@ from aiida import orm
 from aiida.common import datastructures
 from aiida.engine import CalcJob
 
+from aiida_voltnet.calculations.sources import KEY as SOURCES_KEY
+from aiida_voltnet.calculations.sources import sources_fingerprint
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 
@@ -88,7 +90,9 @@ def validate_inputs(inputs, _ctx=None):
 class VoltnetTrainCalculation(CalcJob):
     """Train a voltage model (featurizer + regressor ensemble) on an ``ElectrodeDataset`` on a (GPU) computer."""
 
-    #: Bump when the files written by ``prepare_for_submission`` or the meaning of the outputs change.
+    #: Bump when the files written by ``prepare_for_submission`` or the meaning of the outputs change. A change of
+    #: the code that trains (``aiida_voltnet.ml``, the ``voltnet-train`` script, the parser) needs no bump: the node
+    #: also hashes ``cache_version.sources``, the fingerprint of that code (``_setup_version_info``).
     CACHE_VERSION = 3  # 3: model/training.json retrieved (what made the model, checked before a restart reuses it)
 
     _CONFIG = 'config.json'
@@ -155,6 +159,15 @@ class VoltnetTrainCalculation(CalcJob):
                        message='The training loss became NaN/inf at epoch {epoch}.')
         spec.exit_code(420, 'ERROR_CUDA_OUT_OF_MEMORY', invalidates_cache=True,
                        message='CUDA ran out of memory (batch_size {batch_size}): {message}')
+
+    def _setup_version_info(self):
+        """Add the fingerprint of the plugin's computing code to ``cache_version``, which the node's hash covers
+        (it leaves ``version`` out), so that a model trained by other code is not reused from the cache."""
+        info = super()._setup_version_info()
+        cache_version = dict(self.node.base.attributes.get(self.KEY_CACHE_VERSION, {}))
+        cache_version[SOURCES_KEY] = sources_fingerprint()
+        self.node.base.attributes.set(self.KEY_CACHE_VERSION, cache_version)
+        return info
 
     def _checkpoint_arguments(self) -> list[str]:
         """``voltnet-train`` options of the ``checkpointing`` input; ``--max-seconds`` from the walltime."""

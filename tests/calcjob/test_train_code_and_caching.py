@@ -30,6 +30,13 @@ def test_train_workchain_through_a_code(train_code, csv_60):
     assert results['metrics']['n'] == results['test_dataset'].n_records
     called = {child.process_class for child in node.called if hasattr(child, 'process_class')}
     assert VoltnetTrainBaseWorkChain in called
+    # the job hashes the fingerprint of the code that trains (its hash leaves `version` out)
+    from aiida_voltnet.calculations.sources import sources_fingerprint
+
+    job = results['model'].creator
+    assert job.process_type == 'aiida.calculations:voltnet.train'
+    assert job.base.attributes.get('cache_version') == {'calc_job': 3, 'sources': sources_fingerprint()}
+    assert 'sources' in job.base.caching.get_objects_to_hash()['attributes']['cache_version']
     # the job trained what the calculation function would have: same seed, same rows, same predictions
     reference = train_model(results['train_dataset'], **FAST_MLP)
     records = results['test_dataset'].records()
