@@ -8,6 +8,8 @@
 """
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -242,12 +244,16 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
         ``ArrayData<pk>[index]`` or ``Float<pk>``.
     :raises TypeError: if ``model`` is not a ``VoltageModelData``.
     :raises ValueError: if ``ion`` is not one of the working ions (an empty list would hide a typo such as 'li'),
-        or ``min_voltage`` is above ``max_voltage``.
+        ``min_voltage`` or ``max_voltage`` is not a finite number, or ``min_voltage`` is above ``max_voltage``.
     """
     from aiida_voltnet.ml.records import WORKING_IONS
 
     if ion is not None and ion not in WORKING_IONS:
         raise ValueError(f'unknown working ion {ion!r}; choose one of {", ".join(WORKING_IONS)}')
+    for name, bound in (('min_voltage', min_voltage), ('max_voltage', max_voltage)):
+        if bound is not None and (isinstance(bound, bool) or not isinstance(bound, numbers.Real)
+                                  or not math.isfinite(bound)):
+            raise ValueError(f'{name} must be a finite number of volts, not {bound!r}')
     if min_voltage is not None and max_voltage is not None and min_voltage > max_voltage:
         raise ValueError(f'min_voltage {min_voltage} V is above max_voltage {max_voltage} V: no prediction can match')
     if not isinstance(model, orm.Node):

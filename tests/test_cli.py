@@ -278,6 +278,17 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
     assert not (tmp_path / 'aiida' / '.aiida' / 'repository').exists()
     lost = subprocess.run([VOLTNET, 'provenance', '1'], capture_output=True, text=True, env=env, timeout=600)
     assert lost.returncode == 2 and 'no default AiiDA profile: pass --profile NAME' in lost.stderr, lost.stderr
+    # a profile whose SQLite storage is gone: a message, not a FileNotFoundError traceback
+    import shutil
+
+    subprocess.run([str(Path(VOLTNET).parent / 'verdi'), 'presto', '--profile-name', 'gone'], capture_output=True,
+                   env=env, check=True, timeout=600)
+    for storage in (tmp_path / 'aiida' / '.aiida' / 'repository').glob('sqlite_dos_*'):
+        shutil.rmtree(storage)
+    gone = subprocess.run([VOLTNET, 'provenance', '1', '--profile', 'gone'], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert gone.returncode == 2 and "cannot open the storage of AiiDA profile 'gone': FileNotFoundError" \
+        in gone.stderr and 'Traceback' not in gone.stderr, gone.stderr
 
 
 def test_provenance_tree_prints_lists_of_records_as_items(capsys):

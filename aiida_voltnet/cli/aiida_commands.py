@@ -51,9 +51,17 @@ def _load_profile(profile, hint: str = ''):
         _fail('no default AiiDA profile: pass --profile NAME (voltnet quickstart creates voltnet-quickstart), '
               f'or make one the default with "verdi profile set-default NAME"{hint}')
     try:
-        return load_profile(profile, allow_switch=True)
+        loaded = load_profile(profile, allow_switch=True)
     except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here
         _fail(f'cannot load AiiDA profile {profile or "(default)"}: {exception}')
+    from aiida.manage import get_manager
+
+    try:  # the storage opens lazily: a missing SQLite file or an unreachable database surfaced as a traceback
+        get_manager().get_profile_storage()
+    except Exception as exception:  # noqa: BLE001 - each storage backend raises its own kinds
+        _fail(f'cannot open the storage of AiiDA profile {loaded.name!r}: {type(exception).__name__}: {exception} '
+              f'(check it with "verdi -p {loaded.name} status")')
+    return loaded
 
 
 def _load_node(identifier, profile, node_class=None):

@@ -102,6 +102,10 @@ def test_list_predictions(trained, predictions):
         list_predictions(trained.model, ion='na')
     with pytest.raises(ValueError, match='min_voltage 4.0 V is above max_voltage 3.0 V'):
         list_predictions(trained.model, min_voltage=4.0, max_voltage=3.0)
+    # a NaN bound matched nothing (every comparison with NaN is False) and an infinite one everything, silently
+    for bounds in ({'min_voltage': float('nan')}, {'max_voltage': float('inf')}, {'min_voltage': '3'}):
+        with pytest.raises(ValueError, match=f"{next(iter(bounds))} must be a finite number of volts, not"):
+            list_predictions(trained.model, **bounds)
     threshold = sorted(row['voltage'] for row in rows)[len(rows) // 2]
     high = list_predictions(trained.model, min_voltage=threshold)
     assert high and all(row['voltage'] >= threshold for row in high) and len(high) < len(rows)
