@@ -14,12 +14,23 @@ import json
 import sys
 
 
+def _count(text: str) -> int:
+    """A number of rows: an integer >= 0 (a negative one printed 'the first -1' and dropped the last row)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'{text!r} is not an integer') from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f'{value} is negative: give the number of rows to print (0 or more)')
+    return value
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--profile', default='voltnet-quickstart', help='AiiDA profile (default: voltnet-quickstart)')
     parser.add_argument('--predict-test-set', action='store_true',
                         help="first predict the model's held-out test dataset as one batch (stores new nodes)")
-    parser.add_argument('--rows', type=int, default=10, help='prediction rows to print (default 10)')
+    parser.add_argument('--rows', type=_count, default=10, help='prediction rows to print (default 10)')
     args = parser.parse_args(argv)
 
     from aiida import load_profile, orm

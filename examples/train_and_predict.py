@@ -10,6 +10,7 @@ systems).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 import warnings
 from pathlib import Path
@@ -26,8 +27,15 @@ def main(argv=None):
     parser.add_argument('--data', default=str(DEFAULT_CSV.resolve()), help='training CSV (default: the shared MP CSV)')
     parser.add_argument('--save', default=None, help='also write the model to this directory')
     args = parser.parse_args(argv)
-    if args.save and Path(args.save).exists() and not Path(args.save).is_dir():
-        parser.error(f'--save {args.save}: exists and is not a directory')
+    if args.save:  # checked before the training: a directory it cannot write was found only after it
+        target = Path(args.save)
+        if target.exists() and not target.is_dir():
+            parser.error(f'--save {args.save}: exists and is not a directory')
+        existing = next(path for path in (target, *target.absolute().parents) if path.exists())
+        if not existing.is_dir():
+            parser.error(f'--save {args.save}: {existing} is not a directory')
+        if not os.access(existing, os.W_OK | os.X_OK):
+            parser.error(f'--save {args.save}: cannot write in {existing}')
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')

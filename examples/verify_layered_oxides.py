@@ -32,12 +32,36 @@ def mp_values(framework: str, ion: str = 'Li') -> list[dict]:
 
 
 def latest_model(orm):
+    """The newest ``voltnet`` model of the profile that predicts the average voltage (not another target)."""
     from aiida_voltnet.data.model import VoltageModelData
 
-    query = orm.QueryBuilder().append(VoltageModelData, filters={'attributes.model_name': 'voltnet'}, tag='m')
+    query = orm.QueryBuilder().append(VoltageModelData, tag='m', filters={
+        'attributes.model_name': 'voltnet',
+        'or': [{'attributes.target': 'average_voltage'}, {'attributes': {'!has_key': 'target'}}]})
     query.order_by({'m': {'ctime': 'desc'}}).limit(1)
     found = query.all(flat=True)
     return found[0] if found else None
+
+
+def _given_model(parser, pk, profile):
+    """The voltage model ``--model`` names, or exit 2 saying why it cannot be used."""
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    from aiida_voltnet.calculations.functions import check_voltage_model
+    from aiida_voltnet.data.model import VoltageModelData
+
+    try:
+        model = orm.load_node(pk)
+    except NotExistent:
+        parser.exit(2, f'{parser.prog}: error: --model {pk}: no node with this pk in profile {profile!r}\n')
+    if not isinstance(model, VoltageModelData):
+        parser.exit(2, f'{parser.prog}: error: --model {pk}: {type(model).__name__}<{pk}> is not a voltage model '
+                       '(VoltageModelData)\n')
+    problem = check_voltage_model(model)
+    if problem:
+        parser.exit(2, f'{parser.prog}: error: --model {pk}: {problem}\n')
+    return model
 
 
 def main(argv=None):
@@ -59,14 +83,18 @@ def main(argv=None):
     from aiida_voltnet.workflows.train import TrainWorkChain
     from aiida_voltnet.workflows.verify import VerifyWorkChain
 
+    model = None
+    if args.model is not None:
+        model = _given_model(parser, args.model, args.profile)
     _, code = setup_dft()
-    model = orm.load_node(args.model) if args.model else latest_model(orm)
+    model = model or latest_model(orm)
     if model is None:
         print('training a model (protocol fast) on the shared MP CSV ...', flush=True)
         outputs, _ = run_get_node(TrainWorkChain.get_builder_from_protocol(str(SHARED_CSV), protocol='fast'))
         model = outputs['model']
-    trained_on = set()
-    training = [link.node for link in model.creator.base.links.get_incoming().all() if link.link_label == 'dataset']
+    trained_on = set()  # a model without a creator (imported from a model directory) has no recorded training set
+    training = [] if model.creator is None else \
+        [link.node for link in model.creator.base.links.get_incoming().all() if link.link_label == 'dataset']
     if training:
         trained_on = set(training[0].battery_ids())
     print(f'model: VoltageModelData<{model.pk}> {model.model_name} version {model.model_version[:12]}')

@@ -301,3 +301,20 @@ def test_provenance_tree_prints_lists_of_records_as_items(capsys):
     assert capsys.readouterr().out.splitlines() == [
         'workflow:', '  pk: 1', 'predictions: (2)', '  - [0]', '    pk: 2',
         '    battery_ids: [0, 1, 2, 3, 4, 5, 6, 7] ... (20 in all)', '  - [1]', '    pk: 3', "ions: ['Li', 'Na']"]
+
+
+def test_train_example_checks_its_save_directory_before_training(tmp_path, capsys):
+    """``examples/train_and_predict.py --save FILE/model`` trained for minutes, then failed with NotADirectoryError."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / 'examples' / 'train_and_predict.py'
+    spec = importlib.util.spec_from_file_location('train_and_predict_example', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    blocker = tmp_path / 'a-file'
+    blocker.write_text('')
+    for target, message in ((blocker / 'model', f'{blocker} is not a directory'),
+                            (blocker, 'exists and is not a directory')):
+        with pytest.raises(SystemExit) as exit_info:
+            example.main(['--save', str(target)])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err

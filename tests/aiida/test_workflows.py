@@ -422,3 +422,41 @@ def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_ot
            'called' in capsys.readouterr().err
     assert example.main(['--profile', 'no-such-profile-here']) == 1
     assert "cannot load profile 'no-such-profile-here'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:  # it printed 'the first -1' and left out the last row
+        example.main(['--profile', profile, '--rows', '-1'])
+    assert exit_info.value.code == 2 and '--rows: -1 is negative' in capsys.readouterr().err
+
+
+def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, capsys):
+    """``examples/verify_layered_oxides.py --model PK``: a pk without a node raised NotExistent, a node that is no
+    model AttributeError, and a model of another target ran the DFT before the work chain refused it; each now exits
+    2 naming the problem, before the pseudopotentials are installed. The latest model it picks predicts voltages."""
+    import importlib.util
+    from pathlib import Path
+
+    from aiida import get_profile
+
+    from aiida_voltnet.calculations.functions import assemble_dataset_from_csv, train_model
+
+    path = Path(__file__).resolve().parents[2] / 'examples' / 'verify_layered_oxides.py'
+    spec = importlib.util.spec_from_file_location('verify_layered_oxides_example', path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    profile = get_profile().name
+    dataset = assemble_dataset_from_csv(csv_node)
+    volume = train_model(dataset, model='voltnet',
+                         settings=orm.Dict({'target': 'max_delta_volume', 'members': 2}))
+    number = orm.Int(5).store()
+    missing = max(volume.pk, number.pk) + 1000
+    for pk, message in ((missing, f'--model {missing}: no node with this pk in profile {profile!r}'),
+                        (number.pk, f'--model {number.pk}: Int<{number.pk}> is not a voltage model'),
+                        (volume.pk, 'was trained to predict max_delta_volume, not the average voltage')):
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_info:
+            example.main(['--profile', profile, '--model', str(pk)])
+        assert exit_info.value.code == 2
+        assert message in capsys.readouterr().err
+    latest = example.latest_model(orm)
+    assert latest is None or latest.pk != volume.pk  # the newest voltnet model predicts volumes: not picked
+    voltage = train_model(dataset, model='voltnet', settings=orm.Dict({'members': 2}))
+    assert example.latest_model(orm).pk == voltage.pk
