@@ -51,6 +51,11 @@ def test_predict_single_pair(trained):
     spaced = run('predict', '--model', str(trained / 'model'), '--charged', ' FePO4', '--discharged', 'LiFePO4 ',
                  '--ion', ' Li')  # read as a CSV's values are: ' Li' was refused as an unknown working ion
     assert spaced.stdout == result.stdout
+    # a host with rounded amounts is read as written (300 atoms per integer formula unit): the CLI says so
+    rounded = run('predict', '--model', str(trained / 'model'), '--charged', 'Ni0.33Mn0.33Co0.34O2',
+                  '--discharged', 'LiNi0.33Mn0.33Co0.34O2', '--ion', 'Li')
+    assert 'Warning: host amounts that look rounded: Mn0.33Co0.34Ni0.33O2 is read as 300 atoms' in rounded.stderr
+    assert 'Traceback' not in rounded.stderr and 'featurizers.py' not in rounded.stderr
 
 
 def test_a_host_element_no_training_host_had_is_called_extrapolation(trained):

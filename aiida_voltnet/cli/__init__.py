@@ -60,6 +60,7 @@ def cli(verbose):
                    'tree and kernel models.')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision):
     """Train on all rows of a CSV and write a model directory."""
+    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
     from aiida_voltnet.ml.models import train_voltage_model
     from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
 
@@ -86,7 +87,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     except ValueError as exception:
         _fail(str(exception))
     for warning in caught:
-        if str(warning.message).startswith('the uncertainty calibration'):
+        if str(warning.message).startswith('the uncertainty calibration') \
+                or issubclass(warning.category, RoundedAmountsWarning):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
     model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': file_sha256(data)}
     if (Path(out) / 'config.json').is_file():
@@ -156,6 +158,7 @@ def _read_model(path):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 def predict(model_dir, data, out, charged, discharged, ion, device):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
+    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
                                           write_files_atomically)
 
@@ -186,9 +189,16 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             if not out:
                 _fail('--data needs --out OUT.csv')
             records = read_electrodes_csv(data, report_reversed=False)  # the warning below names them
-        mean, std = model.predict(records, device=device)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always', RoundedAmountsWarning)
+            mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))
+    for rounded in {str(w.message) for w in caught if issubclass(w.category, RoundedAmountsWarning)}:
+        click.echo(f'Warning: {rounded}', err=True)
+    for other in caught:  # what the filter let through otherwise, as Python would have shown it
+        if not issubclass(other.category, RoundedAmountsWarning):
+            warnings.showwarning(other.message, other.category, other.filename, other.lineno)
     warning = model.extrapolation_warning(records)
     if warning:
         click.echo(f'Warning: {warning}', err=True)

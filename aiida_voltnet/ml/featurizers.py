@@ -115,11 +115,33 @@ def _element(z: int) -> Element:
     return Element.from_Z(z)
 
 
+class RoundedAmountsWarning(UserWarning):
+    """A host's amounts look rounded (``Ni0.33Mn0.33Co0.34O2`` for ``NiMnCoO6``): read as written, its smallest
+    integer formula unit is far larger than that of the nearby simple fractions, and the features that count atoms
+    per formula unit differ with it."""
+
+
+#: Rounded amounts: each within this of a fraction with a denominator up to ROUNDING_DENOMINATOR.
+ROUNDING_TOLERANCE, ROUNDING_DENOMINATOR = 0.01, 12
+
+
 @functools.lru_cache(maxsize=65536)
-def _integer_formula_units(amounts: tuple[tuple[int, float], ...]) -> float:
+def _integer_formula_units(amounts: tuple[tuple[int, float], ...]) -> tuple[float, str | None]:
     """How many units of its smallest integer formula a host with these non-integer ``(Z, amount)`` holds:
-    pymatgen's ``get_integer_formula_and_factor`` (``Ni0.5Mn1.5O4`` is half a unit of Mn3NiO8)."""
-    return Composition({_element(z): amount for z, amount in amounts}).get_integer_formula_and_factor()[1]
+    pymatgen's ``get_integer_formula_and_factor`` (``Ni0.5Mn1.5O4`` is half a unit of Mn3NiO8); and, where the
+    amounts look rounded, the formula they would have as simple fractions (else None)."""
+    composition = Composition({_element(z): amount for z, amount in amounts})
+    _, factor = composition.get_integer_formula_and_factor()
+    snapped = {element: Fraction(amount).limit_denominator(ROUNDING_DENOMINATOR)
+               for element, amount in composition.items()}
+    if any(abs(float(fraction) - composition[element]) > ROUNDING_TOLERANCE or fraction <= 0
+           for element, fraction in snapped.items()):
+        return factor, None
+    exact = Composition({element: float(fraction) for element, fraction in snapped.items()})
+    formula, exact_factor = exact.get_integer_formula_and_factor()
+    # rounded where the written amounts need a formula unit at least 4 times as large as the fractions' one
+    rounded = composition.num_atoms / factor >= 4 * exact.num_atoms / exact_factor
+    return factor, (formula if rounded else None)
 
 
 def host_atoms_per_formula_unit(host: np.ndarray) -> np.ndarray:
@@ -137,9 +159,23 @@ def host_atoms_per_formula_unit(host: np.ndarray) -> np.ndarray:
     atoms = host.sum(axis=1)
     units = np.ones(len(host))
     units[integral] = np.gcd.reduce(counts, axis=1) if len(counts) else 1
+    rounded = {}
     for i in np.flatnonzero(~integral):
         nonzero = np.flatnonzero(host[i])
-        units[i] = _integer_formula_units(tuple((int(z) + 1, float(host[i, z])) for z in nonzero))
+        amounts = tuple((int(z) + 1, float(host[i, z])) for z in nonzero)
+        units[i], suggestion = _integer_formula_units(amounts)
+        if suggestion is not None:
+            written = Composition({_element(z): amount for z, amount in amounts})
+            rounded[written.formula.replace(' ', '')] = (suggestion, atoms[i] / units[i])
+    if rounded:
+        listed = '; '.join(f'{formula} is read as {atoms:.0f} atoms per integer formula unit, where {suggestion} '
+                           f'has {Composition(suggestion).num_atoms:.0f}'
+                           for formula, (suggestion, atoms) in list(rounded.items())[:5])
+        more = f' (and {len(rounded) - 5} more)' if len(rounded) > 5 else ''
+        warnings.warn(f'host amounts that look rounded: {listed}{more}. The features count atoms per integer '
+                      'formula unit, so a rounded host is featurized unlike the electrode it stands for: write '
+                      'the exact fractions (0.333333, not 0.33) or the integer formula of the cell',
+                      RoundedAmountsWarning, stacklevel=2)
     return atoms / units
 
 
