@@ -13,17 +13,17 @@ import argparse
 import json
 import logging
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_CSV, existing_file, git_commit, positive_int, read_data, run, seed_int
 
-from aiida_voltnet.ml.evaluation import evaluate
-from aiida_voltnet.ml.records import file_sha256, read_electrodes_csv
-
-DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+from aiida_voltnet.ml.evaluation import PROTOCOLS, evaluate
+from aiida_voltnet.ml.featurizers import FEATURIZERS
+from aiida_voltnet.ml.models import MODEL_SPECS
+from aiida_voltnet.ml.records import file_sha256
 
 DEFAULT_ROWS = [
     'mha_resnet:paper:random',   # the paper's protocol: leaky features, random 90/10
@@ -42,21 +42,33 @@ TORCH_EPOCHS = {'mha_resnet': 1000, 'mlp': 400, 'lstm': 150}
 QUICK_EPOCHS = 3
 
 
-def git_commit() -> str:
-    try:
-        return subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or 'unknown'
-    except OSError:
-        return 'unknown'
+def row_spec(value: str) -> str:
+    """An argparse type: a ``model:featurizer:protocol`` row of known names (MODEL_SPECS, FEATURIZERS and the
+    evaluation PROTOCOLS)."""
+    parts = value.split(':')
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f'bad row {value!r}: give model:featurizer:protocol, e.g. '
+                                         f'{DEFAULT_ROWS[0]}')
+    for part, kind, known in zip(parts, ('model', 'featurizer', 'protocol'), (MODEL_SPECS, FEATURIZERS, PROTOCOLS)):
+        if part not in known:
+            raise argparse.ArgumentTypeError(f'bad row {value!r}: unknown {kind} {part!r}; choose one of '
+                                             f'{", ".join(known)}')
+    return value
+
+
+def torch_models() -> list[str]:
+    """The models of MODEL_SPECS that train with torch (kind ``torch``): the ones an epoch count applies to."""
+    return [name for name, spec in MODEL_SPECS.items() if spec['kind'] == 'torch']
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--rows', nargs='*', default=DEFAULT_ROWS, help='model:featurizer:protocol entries')
-    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
-    parser.add_argument('--mha-epochs', type=int, default=TORCH_EPOCHS['mha_resnet'])
-    parser.add_argument('--mha-patience', type=int, default=None,
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--rows', type=row_spec, nargs='+', default=DEFAULT_ROWS,
+                        help='model:featurizer:protocol entries')
+    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2, 3, 4])
+    parser.add_argument('--mha-epochs', type=positive_int, default=TORCH_EPOCHS['mha_resnet'])
+    parser.add_argument('--mha-patience', type=positive_int, default=None,
                         help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, none: all "
                              "--mha-epochs run); the best validation state is restored either way")
     parser.add_argument('--device', default='auto')
@@ -68,17 +80,20 @@ def main():
                         help='also calibrate ensemble spreads (2x the cost; MAE/RMSE/R2 do not depend on it)')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    records = read_electrodes_csv(args.data)
+    records = read_data(args.data)
     seeds = args.seeds[:2] if args.quick else args.seeds
+    # epochs override: the models TORCH_EPOCHS names (other torch models train with their spec's epochs); with
+    # --quick every torch model (a smoke run of every row: 100 MHA-ResNet epochs on the leak-free features took an
+    # hour)
     epochs = dict(TORCH_EPOCHS, mha_resnet=args.mha_epochs)
-    if args.quick:  # a smoke run of every row: 100 MHA-ResNet epochs on the leak-free features took an hour
-        epochs = {k: QUICK_EPOCHS for k in epochs}
+    if args.quick:
+        epochs = {name: QUICK_EPOCHS for name in torch_models()}
     table = []
     for row in args.rows:
         model, featurizer, protocol = row.split(':')
         overrides = {'epochs': epochs[model]} if model in epochs else None
         if model == 'mha_resnet' and args.mha_patience is not None:
-            overrides['patience'] = args.mha_patience
+            overrides = {**(overrides or {}), 'patience': args.mha_patience}
         started = time.perf_counter()
         result = evaluate(records, featurizer=featurizer, model=model, protocol=protocol, seeds=seeds,
                           device=args.device, train_overrides=overrides, calibrate=args.calibrate,
@@ -91,7 +106,7 @@ def main():
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != 'cpu' else 'CPU'
     print()
     print(f'data {args.data} (sha256 {file_sha256(args.data)[:16]}, {len(records)} rows); seeds {seeds}; '
-          f'commit {git_commit()[:12]}; torch {torch.__version__}; python {platform.python_version()}; {device}')
+          f'commit {git_commit()}; torch {torch.__version__}; python {platform.python_version()}; {device}')
     print(f'{"model":<12} {"features":<9} {"protocol":<8} {"MAE (V)":>14} {"RMSE (V)":>14} {"R2":>14}  leaks?')
     for s in table:
         leak = 'YES' if s['featurizer'] == 'paper' else 'no'
@@ -103,4 +118,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

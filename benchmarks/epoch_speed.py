@@ -34,20 +34,18 @@ import argparse
 import copy
 import logging
 import math
-import subprocess
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
+from common import (DEFAULT_CSV, InputError, at_least, existing_file, git_commit, non_negative_int, positive_int,
+                    read_data, run)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from aiida_voltnet.ml.networks import MHAResNet, cpu_linear, cpu_products, fast_mha_resnet
 from aiida_voltnet.ml.training import forward_precision, resolve_device
-
-DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 
 
 def seed_style_epoch(model, loader, optimizer, criterion):
@@ -155,22 +153,25 @@ def timed(fn, epochs, device):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--epochs', type=int, default=5)
-    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--epochs', type=positive_int, default=5)
+    parser.add_argument('--warmup', type=non_negative_int, default=1)
     parser.add_argument('--device', default='auto')
-    parser.add_argument('--rows', type=int, default=None, help='use only the first N rows')
-    parser.add_argument('--threads', type=int, default=None, help='torch intra-op threads (default: torch\'s)')
+    parser.add_argument('--rows', type=at_least(2), default=None, help='use only the first N rows')
+    parser.add_argument('--threads', type=positive_int, default=None,
+                        help='torch intra-op threads (default: torch\'s)')
     parser.add_argument('--no-bf16', action='store_true', help='skip the bfloat16-autocast row')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
     from aiida_voltnet.ml.featurizers import PaperFeaturizer
-    from aiida_voltnet.ml.records import read_electrodes_csv
 
     device = resolve_device(args.device)
-    records = read_electrodes_csv(args.data)[:args.rows]
+    records = read_data(args.data)[:args.rows]
+    if len(records) % 512 == 1:  # both loops would train on a last batch of one row, where batch norm fails
+        raise InputError(f'{len(records)} rows leave a last batch of one row (batch size 512), which the batch norms '
+                         f'cannot train on: use --rows {len(records) - 1}')
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         X = PaperFeaturizer(seed=0).fit_transform(records)
@@ -228,13 +229,8 @@ def main():
     in_matmul, profiled = matmul_seconds(run_ours) if device.type == 'cpu' else (None, None)
     t_seed, t_ours = times['seed-style'], times['ours']
     name = torch.cuda.get_device_name(device) if device.type == 'cuda' else f'CPU ({torch.get_num_threads()} threads)'
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                                cwd=Path(__file__).parent).stdout.strip()
-    except OSError:
-        commit = '?'
     print(f'MHA-ResNet epoch time, {len(X)} rows x {X.shape[1]} PCA features, batch 512, device {name}, '
-          f'torch {torch.__version__}, commit {commit}')
+          f'torch {torch.__version__}, commit {git_commit()}')
     capability = torch.backends.cpu.get_cpu_capability()
     print(f'max |output difference| seed-style vs ours on identical weights: {diff:.2e}')
     if device.type == 'cpu':
@@ -264,4 +260,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

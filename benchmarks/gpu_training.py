@@ -29,28 +29,18 @@ import argparse
 import copy
 import json
 import platform
-import subprocess
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+from common import DEFAULT_CSV, existing_file, git_commit, positive_int, read_data, run
 from epoch_speed import our_epoch, seed_style_epoch, timed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from aiida_voltnet.ml.networks import MHAResNet, build_network, fast_mha_resnet
 from aiida_voltnet.ml.training import TrainConfig, resolve_device, train_network
-
-DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True, text=True,
-                              cwd=Path(__file__).parent).stdout.strip() or 'unknown'
-    except OSError:
-        return 'unknown'
 
 
 def export(path: Path, csv: str) -> None:
@@ -59,9 +49,9 @@ def export(path: Path, csv: str) -> None:
 
     from aiida_voltnet.ml.featurizers import LeakFreeFeaturizer, PaperFeaturizer
     from aiida_voltnet.ml.models import MODEL_SPECS
-    from aiida_voltnet.ml.records import file_sha256, read_electrodes_csv
+    from aiida_voltnet.ml.records import file_sha256
 
-    records = read_electrodes_csv(csv)
+    records = read_data(csv)
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         paper = PaperFeaturizer(seed=0).fit_transform(records)
@@ -151,23 +141,51 @@ def trees(X, y, spec, max_iter=None) -> dict:
     return {'members': spec['members'], 'wall_s': time.perf_counter() - started, 'max_iter': hyper['max_iter']}
 
 
+FEATURE_ARRAYS = ('paper', 'leakfree', 'y', 'meta')
+
+
+def load_features(path) -> dict:
+    """The arrays ``export`` wrote to ``path``, ``meta`` decoded; ValueError if one is missing or ``meta`` is not
+    the export's JSON (not an exported file)."""
+    try:
+        data = np.load(path)
+    except ValueError:  # neither .npy nor .npz: numpy would need pickle to read it
+        raise ValueError(f'{path} is not a file written by --export: not an .npz archive') from None
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise ValueError(f'{path} is not a file written by --export: not an .npz archive')
+    with data:
+        missing = [name for name in FEATURE_ARRAYS if name not in data.files]
+        if missing:
+            raise ValueError(f'{path} is not a file written by --export: missing array(s) {", ".join(missing)}')
+        out = {name: data[name] for name in FEATURE_ARRAYS}
+    try:
+        out['meta'] = json.loads(str(out['meta']))
+        out['meta']['commit'], out['meta']['csv_sha256'], out['meta']['specs']
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f'{path} is not a file written by --export: its meta array is not the export\'s') from None
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--export', type=Path, default=None, metavar='NPZ', help='featurize the CSV into NPZ (here)')
-    parser.add_argument('--data', default=str(DEFAULT_CSV), help='CSV for --export')
-    parser.add_argument('--features', type=Path, default=None, metavar='NPZ', help='exported features (GPU machine)')
+    # not checked unless given: the GPU machine has no shared CSV, and --features runs never read it
+    parser.add_argument('--data', type=existing_file, default=None, help='CSV for --export (default: the shared CSV)')
+    parser.add_argument('--features', type=existing_file, default=None, metavar='NPZ',
+                        help='exported features (GPU machine)')
     parser.add_argument('--device', default='auto')
-    parser.add_argument('--epochs', type=int, default=10, help='timed epochs per loop (median)')
-    parser.add_argument('--full-epochs', type=int, default=1000, help="epochs of the real training (paper's 1000)")
+    parser.add_argument('--epochs', type=positive_int, default=10, help='timed epochs per loop (median)')
+    parser.add_argument('--full-epochs', type=positive_int, default=1000,
+                        help="epochs of the real training (paper's 1000)")
     parser.add_argument('--quick', action='store_true', help='200 rows, 1-2 epochs: a smoke run')
     parser.add_argument('--out', type=Path, default=None, help='write the figures as JSON here')
     args = parser.parse_args()
     if args.export:
-        return export(args.export, args.data)
+        return export(args.export, args.data or str(DEFAULT_CSV))
     if not args.features:
         parser.error('give --export NPZ (here) or --features NPZ (on the GPU machine)')
-    data = np.load(args.features)
-    meta = json.loads(str(data['meta']))
+    data = read_data(args.features, '--features', load_features)
+    meta = data['meta']
     rows = 200 if args.quick else None
     X_paper, X_free, y = data['paper'][:rows], data['leakfree'][:rows], data['y'][:rows]
     epochs, full_epochs = (1, 2) if args.quick else (args.epochs, args.full_epochs)
@@ -216,4 +234,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -38,25 +38,13 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CSV = ROOT / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
-
-
-def git_commit() -> str:
-    try:
-        commit = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return commit + (' (+ uncommitted changes)' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return 'unknown'
+import common
+from common import DEFAULT_CSV, existing_dir, existing_file, git_commit, positive_int, read_data
 
 
 def device_description() -> str:
@@ -105,11 +93,14 @@ class _quiet_logger:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--n', type=int, default=10_000, help='records per batch (default 10000)')
-    parser.add_argument('--repeats', type=int, default=3, help='timed repeats of each variant (default 3)')
-    parser.add_argument('--data', default=str(DEFAULT_CSV), help='CSV of records (default: the shared MP CSV)')
-    parser.add_argument('--model', default=None, help='model directory from `voltnet train` (default: train one)')
-    parser.add_argument('--members', type=int, default=5, help='ensemble members when training here (default 5)')
+    parser.add_argument('--n', type=positive_int, default=10_000, help='records per batch (default 10000)')
+    parser.add_argument('--repeats', type=positive_int, default=3, help='timed repeats of each variant (default 3)')
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV),
+                        help='CSV of records (default: the shared MP CSV)')
+    parser.add_argument('--model', type=existing_dir, default=None,
+                        help='model directory from `voltnet train` (default: train one)')
+    parser.add_argument('--members', type=positive_int, default=5,
+                        help='ensemble members when training here (default 5)')
     parser.add_argument('--keep', action='store_true', help='keep the temporary AIIDA_PATH (printed) at the end')
     args = parser.parse_args(argv)
 
@@ -119,12 +110,14 @@ def main(argv=None) -> int:
     try:
         return run(args, aiida_path)
     finally:
-        try:
-            from aiida.manage import get_manager
+        if 'aiida' in sys.modules:  # else no profile was opened (e.g. --data could not be read): nothing to close,
+            # and importing aiida here would only create its configuration folder, with a warning
+            try:
+                from aiida.manage import get_manager
 
-            get_manager().reset_profile()  # closes the storage before its folder is deleted
-        except Exception:  # noqa: BLE001 - best effort; the folder is removed below either way
-            pass
+                get_manager().reset_profile()  # closes the storage before its folder is deleted
+            except Exception:  # noqa: BLE001 - best effort; the folder is removed below either way
+                pass
         if args.keep:
             print(f'kept AIIDA_PATH={aiida_path}')
         else:
@@ -137,11 +130,9 @@ def run(args, aiida_path: str) -> int:
     import numpy as np
 
     from aiida_voltnet.ml.models import VoltageModel, train_voltage_model
-    from aiida_voltnet.ml.records import file_sha256, read_electrodes_csv
+    from aiida_voltnet.ml.records import file_sha256, read_electrodes_csv, write_electrodes_csv
 
-    from aiida_voltnet.ml.records import write_electrodes_csv
-
-    base = read_electrodes_csv(args.data)
+    base = read_data(args.data)
     # The records as a user has them: written to a CSV file and read back (parsed and validated).
     csv_copy = Path(aiida_path) / 'records.csv'
     write_electrodes_csv(expand_records(base, args.n), csv_copy)
@@ -157,7 +148,7 @@ def run(args, aiida_path: str) -> int:
 
     started = time.perf_counter()
     if args.model:
-        core = VoltageModel.load(args.model)
+        core = read_data(args.model, '--model', VoltageModel.load)
         print(f'model loaded from {args.model} in {time.perf_counter() - started:.1f} s')
     else:
         with warnings.catch_warnings():
@@ -271,4 +262,4 @@ def run(args, aiida_path: str) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    common.run(main)

@@ -20,10 +20,9 @@ import time
 import warnings
 
 import numpy as np
-from accuracy import DEFAULT_CSV, git_commit
+from common import DEFAULT_CSV, at_least, existing_file, git_commit, read_data, run, seed_int
 
 from aiida_voltnet.ml.models import train_voltage_model
-from aiida_voltnet.ml.records import read_electrodes_csv
 from aiida_voltnet.ml.splits import kfold_splits
 
 SYMMETRY_FIELDS = ('charge_space_group_number', 'discharge_space_group_number', 'charge_crystal_system',
@@ -36,11 +35,11 @@ def without_symmetry(records):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1])
-    parser.add_argument('--folds', type=int, default=5)
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1])
+    parser.add_argument('--folds', type=at_least(2), default=5)
     args = parser.parse_args()
-    records = read_electrodes_csv(args.data)
+    records = read_data(args.data)
     started = time.perf_counter()
     rows = ('with symmetry', 'tested without', 'trained without')
     errors = {row: {seed: [] for seed in args.seeds} for row in rows}
@@ -73,4 +72,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

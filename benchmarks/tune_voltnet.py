@@ -32,13 +32,11 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
 
 from aiida_voltnet.ml.featurizers import get_featurizer
 from aiida_voltnet.ml.models import MODEL_SPECS, GradientBoostedTrees
-from aiida_voltnet.ml.records import read_electrodes_csv
 from aiida_voltnet.ml.splits import make_split
-
-DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 
 #: The voltnet spec the rounds below started from (today's default; its round-2 winner ``leaf10_lr0.1x500`` is
 #: ``MODEL_SPECS['voltnet_large']``): written out, not read from MODEL_SPECS, so that every candidate and every
@@ -131,23 +129,24 @@ def leakfree_arrays(inner, val):
 
 def main():
     first = argparse.ArgumentParser(add_help=False)
-    first.add_argument('--test', default=None, metavar='NAME')
+    first.add_argument('--test', default=None, metavar='NAME', choices=CANDIDATES)
     test, rest = first.parse_known_args()
     if test.test:  # every other argument is accuracy.py's
         return run_test(test.test, rest)
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
-    parser.add_argument('--candidates', nargs='*', default=list(CANDIDATES))
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--candidates', nargs='+', default=list(CANDIDATES), choices=CANDIDATES, metavar='NAME',
+                        help=f'candidates to score (default: all): {", ".join(CANDIDATES)}')
     parser.add_argument('--json', default=None, help='write {candidate: {seed: mae}} here')
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='pool: validation rows outside every benchmark test set (default); seed-train: the '
                              'rounds 1-4 protocol, whose validation rows include other seeds\' test rows')
-    parser.add_argument('--test', default=None, metavar='NAME',
+    parser.add_argument('--test', default=None, metavar='NAME', choices=CANDIDATES,
                         help='run benchmarks/accuracy.py for this candidate (after choosing it); the other '
                              'arguments are passed to accuracy.py')
     args = parser.parse_args()
-    records = read_electrodes_csv(args.data)
+    records = read_data(args.data)
     table: dict[str, dict[int, float]] = {name: {} for name in args.candidates}
     for seed, inner, val in validation_splits(records, args.seeds, args.protocol):
         X, y, X_val, y_val = leakfree_arrays(inner, val)
@@ -191,4 +190,4 @@ def run_test(name: str, accuracy_args: list[str]):
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

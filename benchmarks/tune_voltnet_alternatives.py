@@ -20,10 +20,10 @@ import logging
 import time
 
 import numpy as np
-from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, PROTOCOLS, leakfree_arrays, validation_splits
+from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
+from tune_voltnet import BASE, CANDIDATES, PROTOCOLS, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml.models import MODEL_SPECS, GradientBoostedTrees, build_regressor
-from aiida_voltnet.ml.records import read_electrodes_csv
 
 TREES = {'trees': {}, 'trees_leaf10_lr0.1x500': CANDIDATES['leaf10_lr0.1x500'][0]}
 KERNELS = {'svr': dict(method='svr', C=10.0, epsilon=0.05), 'svr_C30': dict(method='svr', C=30.0, epsilon=0.05),
@@ -53,15 +53,15 @@ def step_rows(record):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2])
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='validation rows: pool (outside every benchmark test set, default) or '
                              'seed-train (the protocol of the earlier tables; see tune_voltnet.py)')
     parser.add_argument('--skip-mlp', action='store_true', help='leave out the MLP blends (the slow part)')
     args = parser.parse_args()
     logging.disable(logging.WARNING)
-    records = read_electrodes_csv(args.data)
+    records = read_data(args.data)
     table: dict[str, dict[int, float]] = {}
     for seed, inner, val in validation_splits(records, args.seeds, args.protocol):
         started = time.perf_counter()
@@ -96,4 +96,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -36,11 +36,11 @@ import numpy as np
 import scipy.constants
 from pymatgen.core import Composition, Element
 from pymatgen.symmetry.groups import SpaceGroup
-from tune_voltnet import BASE, CANDIDATES, DEFAULT_CSV, PROTOCOLS, leakfree_arrays, validation_splits
+from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
+from tune_voltnet import BASE, CANDIDATES, PROTOCOLS, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml import featurizers
 from aiida_voltnet.ml.models import GradientBoostedTrees
-from aiida_voltnet.ml.records import read_electrodes_csv
 
 TABLE = featurizers.element_property_table()
 NAMES = featurizers._PROPERTY_NAMES
@@ -238,16 +238,19 @@ CANDIDATES_FEATURES = {
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=int, nargs='*', default=[0, 1, 2, 3, 4])
+    parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
+    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2, 3, 4])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='validation rows: pool (outside every benchmark test set, default) or '
                              'seed-train (the protocol of the earlier tables; see tune_voltnet.py)')
-    parser.add_argument('--candidates', nargs='*', default=list(CANDIDATES_FEATURES))
+    parser.add_argument('--candidates', nargs='+', default=list(CANDIDATES_FEATURES),
+                        choices=CANDIDATES_FEATURES, metavar='NAME',
+                        help='candidates to score (default: all; quote names with spaces): '
+                             + ', '.join(repr(name) for name in CANDIDATES_FEATURES))
     args = parser.parse_args()
     logging.disable(logging.WARNING)
     warnings.simplefilter('ignore')
-    records = read_electrodes_csv(args.data)
+    records = read_data(args.data)
     started = time.perf_counter()
     for r in records:
         oxidation_guess(r.composition_charge), oxidation_guess(r.composition_discharge)
@@ -276,4 +279,4 @@ def main():
 
 
 if __name__ == '__main__':
-    main()
+    run(main)

@@ -1,0 +1,133 @@
+"""What the benchmark scripts share: the default CSV, the git commit they report, argparse value checks, and a clean
+exit for bad input found after parsing (an unreadable or invalid ``--data`` file).
+
+Scripts run as ``python benchmarks/X.py``, which puts this folder on ``sys.path``: ``from common import ...``.
+Nothing heavy is imported at module level (``gpu_training.py`` runs where pymatgen and AiiDA are missing).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Callable, NoReturn
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The shared Materials Project insertion-electrode CSV (``../shared`` next to the repository).
+DEFAULT_CSV = ROOT / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
+
+
+def git_commit() -> str:
+    """The repository's commit, 12 hex digits, plus ``' (+ uncommitted changes)'`` when tracked files differ from
+    it; ``'unknown'`` without git or outside a git checkout."""
+    try:
+        commit = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=ROOT,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return 'unknown'
+    if not commit:
+        return 'unknown'
+    return commit + (' (+ uncommitted changes)' if dirty else '')
+
+
+# -- argparse types: each raises ArgumentTypeError naming the value, which argparse prints as one line with exit 2
+
+
+def _integer(value: str) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``minimum``."""
+
+    def check(value: str) -> int:
+        number = _integer(value)
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f'must be an integer >= {minimum}, got {value!r}')
+        return number
+
+    check.__name__ = f'integer >= {minimum}'
+    return check
+
+
+#: An argparse type: an integer >= 1 (counts: rows, epochs, repeats, members, threads, ...).
+positive_int = at_least(1)
+positive_int.__name__ = 'positive_int'
+#: An argparse type: an integer >= 0 (seeds, warm-up epochs).
+non_negative_int = at_least(0)
+non_negative_int.__name__ = 'non_negative_int'
+
+
+def seed_int(value: str) -> int:
+    """An argparse type: a training seed, an integer in 0..``aiida_voltnet.ml.models.MAX_SEED`` (member i of an
+    ensemble trains with seed * 1000 + i, and numpy's seeds stop at 2**32 - 1)."""
+    number = non_negative_int(value)
+    from aiida_voltnet.ml.models import MAX_SEED
+
+    if number > MAX_SEED:
+        raise argparse.ArgumentTypeError(f'must be an integer in 0..{MAX_SEED}, got {value!r}')
+    return number
+
+
+def existing_file(value: str) -> str:
+    """An argparse type: the path of an existing file (returned as given)."""
+    path = Path(value)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f'no such file: {value!r}')
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f'not a file: {value!r}')
+    return value
+
+
+def existing_dir(value: str) -> str:
+    """An argparse type: the path of an existing directory (returned as given)."""
+    path = Path(value)
+    if not path.exists():
+        raise argparse.ArgumentTypeError(f'no such directory: {value!r}')
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f'not a directory: {value!r}')
+    return value
+
+
+# -- bad input found after parsing
+
+
+class InputError(Exception):
+    """Bad input found after the command line was parsed (e.g. a ``--data`` file that cannot be read as electrode
+    records); :func:`run` prints its message as ``PROG: error: MESSAGE`` and exits with status 2."""
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:
+        return f'{error.strerror}: {error.filename}'
+    return str(error) or type(error).__name__
+
+
+def read_data(path, option: str = '--data', reader: Callable[[Any], Any] | None = None):
+    """``reader(path)`` (default ``aiida_voltnet.ml.records.read_electrodes_csv``), with the ``OSError`` or
+    ``ValueError`` it raises (``ElectrodeDataError`` included, whose message names the file, line and field)
+    re-raised as :class:`InputError`: ``cannot read OPTION: PROBLEM``. Other errors propagate unchanged."""
+    if reader is None:
+        from aiida_voltnet.ml.records import read_electrodes_csv as reader
+    try:
+        return reader(path)
+    except (OSError, ValueError) as error:
+        raise InputError(f'cannot read {option}: {_describe(error)}') from error
+
+
+def run(main: Callable[[], int | None]) -> NoReturn:
+    """``sys.exit(main())``, with an :class:`InputError` turned into one line on stderr, ``PROG: error: MESSAGE``
+    (PROG as argparse names the script), and exit status 2, as argparse does for a bad argument."""
+    try:
+        status = main()
+    except InputError as error:
+        sys.stdout.flush()
+        sys.stderr.write(f'{os.path.basename(sys.argv[0])}: error: {error}\n')
+        sys.exit(2)
+    sys.exit(status)
