@@ -218,13 +218,13 @@ def main():
     flops = epoch_flops(fast_mha_resnet(copy.deepcopy(base), onednn=False).to(device), Xt, yt, criterion)
     rate_mm, rate_onednn = matmul_rate(device), matmul_rate(device, cpu_linear)
     rate = max(rate_mm, rate_onednn)
-    for run in runs.values():
-        timed(run, args.warmup, device)
+    for epoch in runs.values():
+        timed(epoch, args.warmup, device)
     # Interleave to share the machine's noise fairly.
     times = {label: [] for label in runs}
     for _ in range(args.epochs):
-        for label, run in runs.items():
-            times[label].extend(timed(run, 1, device))
+        for label, epoch in runs.items():
+            times[label].extend(timed(epoch, 1, device))
     times = {label: np.array(t) for label, t in times.items()}
     in_matmul, profiled = matmul_seconds(run_ours) if device.type == 'cpu' else (None, None)
     t_seed, t_ours = times['seed-style'], times['ours']

@@ -84,12 +84,12 @@ def epoch_times(X, y, device, epochs, bf16=True) -> dict:
         opt_half = torch.optim.Adam(half.parameters(), lr=5e-3, fused=True)
         generator_half = torch.Generator().manual_seed(0)
         runs['ours bf16'] = lambda: our_epoch(half, Xt, yt, opt_half, criterion, generator_half, bf16=True)
-    for run in runs.values():
-        timed(run, 1, device)
+    for epoch in runs.values():
+        timed(epoch, 1, device)
     times = {label: [] for label in runs}
     for _ in range(epochs):
-        for label, run in runs.items():
-            times[label].extend(timed(run, 1, device))
+        for label, epoch in runs.items():
+            times[label].extend(timed(epoch, 1, device))
     return {label: float(np.median(t)) for label, t in times.items()}
 
 
