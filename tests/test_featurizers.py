@@ -297,4 +297,10 @@ def test_a_host_with_rounded_amounts_is_warned_about():
         warnings.simplefilter('error', RoundedAmountsWarning)
         host_atoms_per_formula_unit(np.array([host(f) for f in ('Ni0.8Mn0.1Co0.1O2', 'Ni0.8Co0.15Al0.05O2',
                                                                 'Ni0.5Mn1.5O4', 'Ni0.333333Mn0.333333Co0.333334O2',
-                                                                'Co0.9Al0.1O2')]))
+                                                                'Co0.9Al0.1O2', 'Mn0.54Ni0.13Co0.13O2',
+                                                                # near sevenths to twelfths: warned, wrongly, with
+                                                                # denominators up to 12 (review)
+                                                                'Ni0.91Co0.09O2', 'Ni0.89Co0.11O2', 'Ni0.71Mn0.29O2',
+                                                                'Fe0.91Mn0.09PO4')]))
+    with pytest.warns(RoundedAmountsWarning, match='Mn0.67Fe0.33PO4 is read as 600 atoms .* where Mn2FeP3O12 has 18'):
+        host_atoms_per_formula_unit(np.array([host('Fe0.33Mn0.67PO4')]))  # the formula without pymatgen's groups

@@ -218,6 +218,12 @@ def test_an_unclosed_quote_empty_trailing_columns_and_a_boolean_step_value():
         with pytest.raises(ElectrodeDataError, match='a double quote opened on this line is never closed') as info:
             load(text)
         assert (info.value.line, info.value.battery_id) == (line, 'mp-x_Li')
+    # a quote inside an unquoted field is text to the csv module, not an opening quote (it was refused)
+    (noted,) = read_electrodes_csv(io.StringIO(HEADER + ',notes\n' + ROW + ',12" pellet\n'))
+    assert noted.battery_id == 'mp-2657_Li'
+    with pytest.raises(ElectrodeDataError, match='never closed') as info:  # and a quoted field after it can be open
+        load(ROW.replace('mp-2657_Li', 'mp-2657_Li 12"') + '\n' + unclosed)
+    assert (info.value.line, info.value.battery_id) == (3, 'mp-x_Li')
     (record,) = read_electrodes_csv(io.StringIO(HEADER + ',,\n' + ROW + ',,\n'))
     assert record.battery_id == 'mp-2657_Li'
     with pytest.raises(ElectrodeDataError, match="'average_voltage': True at column .* is not a number") as info:

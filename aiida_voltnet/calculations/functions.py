@@ -13,6 +13,7 @@ import hashlib
 import io
 import math
 import os
+import warnings
 
 import numpy as np
 from aiida import orm
@@ -21,7 +22,7 @@ from aiida.engine import calcfunction
 from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
-from aiida_voltnet.ml.featurizers import get_featurizer
+from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
@@ -488,7 +489,7 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     """
     core = load_model(model)
     records = dataset_records(dataset)
-    mean, std = core.predict(records)
+    mean, std = _predict(core, records)
     unseen = np.array([bool(elements) for elements in core.unseen_host_elements(records)], dtype=bool)
     array = orm.ArrayData()
     array.set_array('unseen_elements', unseen)
@@ -507,6 +508,24 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     array.base.attributes.set('model_version', model.model_version)
     array.base.attributes.set('n_predictions', len(records))
     return array
+
+
+def _predict(core, records):
+    """``core.predict(records)``, with a ``RoundedAmountsWarning`` (a host such as ``Ni0.33Mn0.33Co0.34O2``, read
+    as written) also written to the report of the running process (``verdi process report PK``), where a user of a
+    work chain sees it; other warnings are shown as Python shows them."""
+    from aiida.engine import Process
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', RoundedAmountsWarning)
+        mean, std = core.predict(records)
+    process = Process.current()
+    for warning in caught:
+        if issubclass(warning.category, RoundedAmountsWarning) and process is not None:
+            process.report(f'RoundedAmountsWarning: {warning.message}')
+        else:
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return mean, std
 
 
 def _validate_pair(inputs):
@@ -537,7 +556,7 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
     """
     record = pair_record(charged, discharged, working_ion.value)
     core = load_model(model)
-    mean, std = core.predict([record])
+    mean, std = _predict(core, [record])
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
             'unseen_elements': orm.List(core.unseen_host_elements([record])[0]),
             'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase])}

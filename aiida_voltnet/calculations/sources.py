@@ -10,7 +10,6 @@ therefore records ``sources_fingerprint()`` and hashes it: a calculation functio
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 from pathlib import Path
 
@@ -27,10 +26,11 @@ SOURCE_PATTERNS = ('ml/*.py', 'data/*.py', 'calculations/*.py', 'parsers/*.py', 
 KEY = 'sources'
 
 
-@functools.cache
 def sources_fingerprint() -> str:
-    """The fingerprint of this installation of the plugin (``fingerprint_of`` its package directory)."""
-    return fingerprint_of(Path(__file__).resolve().parent.parent)
+    """The fingerprint of the plugin's computing code as this interpreter imported it: read once, when the
+    calculation modules import this one (with the ML core), so that files changed on disk later (an upgrade while a daemon worker or a notebook keeps running the old code) do not label the old code's
+    results with the new code's fingerprint."""
+    return _IMPORTED_FINGERPRINT
 
 
 def fingerprint_of(root: Path) -> str:
@@ -61,3 +61,6 @@ def record_sources(function):
 
     process_class._setup_version_info = _setup_version_info
     return function
+
+
+_IMPORTED_FINGERPRINT = fingerprint_of(Path(__file__).resolve().parent.parent)

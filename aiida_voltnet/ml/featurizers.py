@@ -121,8 +121,10 @@ class RoundedAmountsWarning(UserWarning):
     per formula unit differ with it."""
 
 
-#: Rounded amounts: each within this of a fraction with a denominator up to ROUNDING_DENOMINATOR.
-ROUNDING_TOLERANCE, ROUNDING_DENOMINATOR = 0.01, 12
+#: Rounded amounts: each within this of a fraction with a denominator up to ROUNDING_DENOMINATOR (thirds and
+#: sixths, as in NMC111 or Na2/3 hosts; with sevenths to twelfths, exact two-decimal hosts such as Ni0.91Co0.09O2 or
+#: Ni0.83Co0.17O2 looked rounded too).
+ROUNDING_TOLERANCE, ROUNDING_DENOMINATOR = 0.01, 6
 
 
 @functools.lru_cache(maxsize=65536)
@@ -142,6 +144,13 @@ def _integer_formula_units(amounts: tuple[tuple[int, float], ...]) -> tuple[floa
     # rounded where the written amounts need a formula unit at least 4 times as large as the fractions' one
     rounded = composition.num_atoms / factor >= 4 * exact.num_atoms / exact_factor
     return factor, (formula if rounded else None)
+
+
+def _plain_formula(composition: Composition) -> str:
+    """``Mn0.33Co0.34Ni0.33O2``, ``MnCoNiO6``, ``Fe0.91Mn0.09PO4``: pymatgen's element order, without the 1s and
+    the groups (``Co(Ni5O11)2``) of its reduced formulas."""
+    ordered = sorted(composition.items(), key=lambda item: item[0].X)  # as Composition.formula orders them
+    return ''.join(f'{element}{"" if amount == 1 else f"{amount:g}"}' for element, amount in ordered)
 
 
 def host_atoms_per_formula_unit(host: np.ndarray) -> np.ndarray:
@@ -166,10 +175,10 @@ def host_atoms_per_formula_unit(host: np.ndarray) -> np.ndarray:
         units[i], suggestion = _integer_formula_units(amounts)
         if suggestion is not None:
             written = Composition({_element(z): amount for z, amount in amounts})
-            rounded[written.formula.replace(' ', '')] = (suggestion, atoms[i] / units[i])
+            rounded[_plain_formula(written)] = (suggestion, atoms[i] / units[i])
     if rounded:
-        listed = '; '.join(f'{formula} is read as {atoms:.0f} atoms per integer formula unit, where {suggestion} '
-                           f'has {Composition(suggestion).num_atoms:.0f}'
+        listed = '; '.join(f'{formula} is read as {atoms:.0f} atoms per integer formula unit, where '
+                           f'{_plain_formula(Composition(suggestion))} has {Composition(suggestion).num_atoms:.0f}'
                            for formula, (suggestion, atoms) in list(rounded.items())[:5])
         more = f' (and {len(rounded) - 5} more)' if len(rounded) > 5 else ''
         warnings.warn(f'host amounts that look rounded: {listed}{more}. The features count atoms per integer '

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,22 +589,34 @@ def decode_csv(data: bytes, source: str | None = None) -> str:
 
 
 def _refuse_unclosed_quote(text: str, source: str | None) -> None:
-    """Refuse a CSV text with a double quote that is never closed, naming the line where it opens: every quoted
-    field has an opening and a closing quote and a quote inside one is doubled, so a valid file holds an even
-    number. The csv module reads the rest of the file into that field and the row then had 'the wrong number of
-    fields' (68, say), or the line before the quote was named."""
-    if text.count('"') % 2 == 0:
-        return
-    count, opened = 0, None
-    for number, line in enumerate(text.splitlines(), start=1):
-        before = count
-        count += line.count('"')
-        if before % 2 == 0 and count % 2 == 1:
-            opened = (number, line)
-    number, line = opened
-    battery_id = line.split(',', 1)[0].strip().strip('"') or None
+    """Refuse a CSV text with a quoted field that is never closed, naming the line where it opens. As the csv
+    module reads it (the excel dialect), a double quote opens a quoted field only at the start of a field; inside
+    one, a doubled quote is a quote and a single one closes it; elsewhere a quote is text (``12" pellet``). A
+    field left open runs to the end of the file, or to the next quoted field's opening quote, which then ends it
+    inside a field: both are refused here. The csv module read the rest of the file into that field, and the row
+    then had 'the wrong number of fields' (68, say), or the line before the quote was named."""
+    quotes = [match.start() for match in re.finditer('"', text)]
+    quoted, opened, k = False, None, 0
+    while k < len(quotes):
+        position = quotes[k]
+        if quoted:
+            if k + 1 < len(quotes) and quotes[k + 1] == position + 1:
+                k += 2  # a doubled quote inside the field
+                continue
+            if position + 1 < len(text) and text[position + 1] not in ',\r\n':
+                break  # not the end of a field: the quote that opened it was never closed (or one is not doubled)
+            quoted = False
+        elif position == 0 or text[position - 1] in ',\r\n':
+            quoted, opened = True, position
+        k += 1
+    else:
+        if not quoted:
+            return
+    opened_on = text.count('\n', 0, opened) + 1
+    first = text.split('\n')[opened_on - 1]
+    battery_id = first.split(',', 1)[0].strip().strip('"') or None
     raise ElectrodeDataError('a double quote opened on this line is never closed (the csv reader would read the rest '
-                             'of the file into one field)', source=source, line=number, battery_id=battery_id)
+                             'of the file into one field)', source=source, line=opened_on, battery_id=battery_id)
 
 
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None,

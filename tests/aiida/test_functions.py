@@ -43,6 +43,26 @@ def test_provenance_chain(trained):
     assert trained.train.n_records + trained.test.n_records == 150
 
 
+def test_a_rounded_host_is_written_to_the_process_report(trained):
+    """A host read as written, Ni0.33Mn0.33Co0.34O2 (300 atoms per integer formula unit), warned on the
+    interpreter's stderr only; the prediction's process report says it, where `verdi process report` shows it."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    record = validate_record(ElectrodeRecord(battery_id='nmc-rounded', formula_charge='Ni0.33Mn0.33Co0.34O2',
+                                             formula_discharge='LiNi0.33Mn0.33Co0.34O2', working_ion='Li'))
+    exact = validate_record(ElectrodeRecord(battery_id='nmc-exact', formula_charge='NiMnCoO6',
+                                            formula_discharge='Li3NiMnCoO6', working_ion='Li'))
+    _, rounded_process = F.predict_voltages.run_get_node(trained.model, ElectrodeDataset([record, exact]))
+    _, exact_process = F.predict_voltages.run_get_node(trained.model, ElectrodeDataset([exact]))
+
+    def messages(process):
+        return [log.message for log in orm.Log.collection.get_logs_for(process)]
+
+    assert any('RoundedAmountsWarning: host amounts that look rounded: Mn0.33Co0.34Ni0.33O2 is read as '
+               '300 atoms per integer formula unit, where MnCoNiO6 has 9' in m for m in messages(rounded_process))
+    assert not any('RoundedAmountsWarning' in m for m in messages(exact_process))
+
+
 def test_batch_predict_is_one_process_one_array(trained):
     n_calcs, n_arrays, n_all = count_nodes(orm.CalcFunctionNode), count_nodes(orm.ArrayData), count_nodes()
     result, process = F.predict_voltages.run_get_node(trained.model, trained.dataset)
