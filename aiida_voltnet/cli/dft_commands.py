@@ -105,9 +105,16 @@ def verify(model_id, pair, protocol, code_label, profile):
     builder = VerifyWorkChain.get_builder_from_protocol(code, charged, discharged, 'Li', protocol=protocol,
                                                         overrides=overrides)
     started = time.perf_counter()
+    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
     try:
         results, node = run_get_node(builder)
-    except ValueError as exception:  # refused at launch, nothing stored: e.g. a model that never saw Li
+    except ValueError as exception:
+        # refused at launch, nothing stored (e.g. a model that never saw Li); or raised by a step of the work
+        # chain once it ran, which has a node and was not refused before its pw.x jobs
+        ran = orm.QueryBuilder().append(VerifyWorkChain, filters={'id': {'>': newest or 0}}, project='id').first()
+        if ran:
+            _fail(f'VerifyWorkChain<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
+                  f'(verdi process report {ran[0]})', 1)
         _fail(f'refused before any pw.x job: {exception}')
     if not node.is_finished_ok:
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)

@@ -113,3 +113,18 @@ def test_verify_names_a_pair_the_model_refuses_before_any_job(aiida_profile, pw,
     assert 'refused before any pw.x job' in result.output and 'never saw working ion(s) Li' in result.output
     assert 'Traceback' not in result.output
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_verify_does_not_call_an_exception_in_a_step_a_launch_refusal(aiida_profile, pw, monkeypatch):
+    """Any ValueError of the run was reported as 'refused before any pw.x job', exit 2, without the process."""
+    from aiida_voltnet.workflows import verify
+
+    def electrode_energies(*args, **kwargs):  # called by the step after the pw.x jobs
+        raise ValueError('raised in a step')
+
+    monkeypatch.setattr(verify, 'electrode_energies', electrode_energies)
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', pw.full_label])
+    assert result.exit_code == 1, result.output
+    assert 'refused before any pw.x job' not in result.output
+    assert 'excepted: ValueError: raised in a step (verdi process report ' in result.output
