@@ -200,6 +200,7 @@ def test_structure_pairs_of_disordered_cells_mixed_species_and_bad_tolerances():
     for symprec in (-1, float('nan'), 0, float('inf'), True):
         with pytest.raises(ElectrodeDataError, match='symprec must be a positive finite tolerance'):
             record_from_structures(charged, discharged, 'Li', symprec=symprec)
+    assert record_from_structures(charged, discharged, 'Li', symprec=np.float32(0.1)).working_ion == 'Li'  # refused
 
     keys = [validate_record(ElectrodeRecord(battery_id=str(k), formula_charge=c, formula_discharge=d,
                                             working_ion='Li')).framework_formula

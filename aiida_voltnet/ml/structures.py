@@ -3,6 +3,7 @@ end members), so that the featurizers see the same fields as for Materials Proje
 from __future__ import annotations
 
 import math
+import numbers
 
 from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
@@ -13,7 +14,7 @@ __all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_P
 
 
 def _symprec_problem(symprec) -> str | None:
-    if isinstance(symprec, bool) or not isinstance(symprec, (int, float)) or not 0 < symprec < math.inf:
+    if isinstance(symprec, bool) or not isinstance(symprec, numbers.Real) or not 0 < symprec < math.inf:
         return f'symprec must be a positive finite tolerance in angstrom, got {symprec!r}'
     return None
 
