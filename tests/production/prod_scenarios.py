@@ -66,6 +66,7 @@ def scenario_dft_voltage() -> None:
         row = describe(node)
         row['result'] = node.outputs.result.value if 'result' in node.outputs else None
         row['expected'] = -(dis - ch - dx * ion) / (dx * z)
+        row['version'] = node.base.attributes.get('version', None)  # what the daemon worker recorded
         results.append(row)
     emit({'processes': results, 'seconds': waited})
 

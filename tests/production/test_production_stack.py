@@ -39,6 +39,10 @@ def test_submitted_calcfunctions_finish(running_daemon):
         assert process['process_type'] == 'aiida.calculations:voltnet.dft_voltage'
         assert (process['state'], process['exit_status']) == ('finished', 0), process
         assert process['result'] == pytest.approx(process['expected'], rel=1e-9)
+        # the worker hashes the fingerprint of the code it runs (here the same files as this interpreter's)
+        from aiida_voltnet.calculations.sources import sources_fingerprint
+
+        assert process['version']['sources'] == sources_fingerprint(), process['version']
 
 
 def test_train_then_predict_workchains(running_daemon):
