@@ -75,24 +75,25 @@ def seed_int(value: str) -> int:
     return number
 
 
-def existing_file(value: str) -> str:
-    """An argparse type: the path of an existing file (returned as given)."""
-    path = Path(value)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f'no such file: {value!r}')
-    if not path.is_file():
-        raise argparse.ArgumentTypeError(f'not a file: {value!r}')
-    return value
+def _existing(kind: str, is_kind: Callable[[Path], bool]) -> Callable[[str], str]:
+    """An argparse type: the path of an existing ``kind`` (file or directory), returned as given."""
+
+    def check(value: str) -> str:
+        path = Path(value)
+        if not path.exists():
+            raise argparse.ArgumentTypeError(f'no such {kind}: {value!r}')
+        if not is_kind(path):
+            raise argparse.ArgumentTypeError(f'not a {kind}: {value!r}')
+        return value
+
+    check.__name__ = f'existing_{kind}'
+    return check
 
 
-def existing_dir(value: str) -> str:
-    """An argparse type: the path of an existing directory (returned as given)."""
-    path = Path(value)
-    if not path.exists():
-        raise argparse.ArgumentTypeError(f'no such directory: {value!r}')
-    if not path.is_dir():
-        raise argparse.ArgumentTypeError(f'not a directory: {value!r}')
-    return value
+#: An argparse type: the path of an existing file (returned as given).
+existing_file = _existing('file', Path.is_file)
+#: An argparse type: the path of an existing directory (returned as given).
+existing_dir = _existing('directory', Path.is_dir)
 
 
 # -- bad input found after parsing
