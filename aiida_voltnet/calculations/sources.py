@@ -28,8 +28,9 @@ KEY = 'sources'
 
 def sources_fingerprint() -> str:
     """The fingerprint of the plugin's computing code as this interpreter imported it: read once, when the
-    calculation modules import this one (with the ML core), so that files changed on disk later (an upgrade while a daemon worker or a notebook keeps running the old code) do not label the old code's
-    results with the new code's fingerprint."""
+    calculation modules import this one (with the ML core), so that files changed on disk later (an upgrade while
+    a daemon worker or a notebook keeps running the old code) do not label the old code's results with the new
+    code's fingerprint."""
     return _IMPORTED_FINGERPRINT
 
 

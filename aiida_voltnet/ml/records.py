@@ -603,7 +603,8 @@ def _refuse_unclosed_quote(text: str, source: str | None) -> None:
             if k + 1 < len(quotes) and quotes[k + 1] == position + 1:
                 k += 2  # a doubled quote inside the field
                 continue
-            if position + 1 < len(text) and text[position + 1] not in ',\r\n':
+            after = text[position + 1:position + 81].lstrip(' \t')[:1]
+            if after and after not in ',\r\n':
                 break  # not the end of a field: the quote that opened it was never closed (or one is not doubled)
             quoted = False
         elif position == 0 or text[position - 1] in ',\r\n':
@@ -615,8 +616,9 @@ def _refuse_unclosed_quote(text: str, source: str | None) -> None:
     opened_on = text.count('\n', 0, opened) + 1
     first = text.split('\n')[opened_on - 1]
     battery_id = first.split(',', 1)[0].strip().strip('"') or None
-    raise ElectrodeDataError('a double quote opened on this line is never closed (the csv reader would read the rest '
-                             'of the file into one field)', source=source, line=opened_on, battery_id=battery_id)
+    raise ElectrodeDataError('a double quote opened on this line is never closed, or a quote inside its field is not '
+                             'doubled (the csv reader would read the rest of the file, or up to the next quote, into '
+                             'one field)', source=source, line=opened_on, battery_id=battery_id)
 
 
 def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | None = None,
