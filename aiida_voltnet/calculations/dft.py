@@ -115,7 +115,8 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
     ``{battery_id: message}`` from the work chain).
 
     :returns: ``Dict`` with ``rows`` (battery_id, working_ion, ml_voltage, ml_uncertainty, selected, dft_voltage,
-        difference, status), ``n_candidates``, ``n_selected``, ``n_verified``, ``n_failed`` and ``mae_verified``.
+        difference, status), ``n_candidates``, ``n_selected``, ``n_verified``, ``n_not_verified`` (selected but
+        not submitted: its status says why), ``n_failed`` (submitted and failed) and ``mae_verified``.
     """
     mean, std = predictions.get_array('mean'), predictions.get_array('std')
     ids, ions = predictions.get_array('battery_ids'), predictions.get_array('working_ions')
@@ -134,6 +135,9 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
         elif battery_id in chosen:
             row['status'] = messages.get(battery_id, 'failed')
         rows.append(row)
+    # selected but never submitted (VerifyWorkChain would have refused it, or its metal reference failed): not a
+    # failed verification
+    not_verified = sum(1 for row in rows if row['selected'] and row['status'].startswith('not verified'))
     known = set(predicted)
     rejected = {name: message for name, message in messages.items() if name not in known}
     return orm.Dict({
@@ -142,7 +146,8 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
         'n_candidates': len(rows) + len(rejected),
         'n_selected': len(chosen),
         'n_verified': len(errors),
-        'n_failed': len(chosen) - len(errors),
+        'n_not_verified': not_verified,
+        'n_failed': len(chosen) - len(errors) - not_verified,
         'mae_verified': sum(errors) / len(errors) if errors else None,
     })
 

@@ -79,10 +79,12 @@ class ScreenWorkChain(WorkChain):
                     help='retrain.dataset plus the verified electrodes (DFT voltage as target).')
         spec.output('retrained_model', valid_type=VoltageModelData, required=False,
                     help='The model trained on augmented_dataset.')
-        spec.exit_code(201, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='no verification could run: {message}')
+        spec.exit_code(201, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='no verification could run: {message}')  # or none
+        # of the selected could be submitted (each one VerifyWorkChain would refuse at launch; the summary is output)
         spec.exit_code(301, 'ERROR_NO_VALID_CANDIDATES', message='no candidate could be predicted: {message}')
         spec.exit_code(302, 'ERROR_ALL_VERIFICATIONS_FAILED',
-                       message='every selected candidate failed its verification; see the summary output')
+                       message='every selected candidate that was submitted failed its verification; see the '
+                               'summary output')
         spec.exit_code(303, 'ERROR_RETRAIN_FAILED', message='retraining on the verified electrodes failed: {message}')
 
     @classmethod
@@ -200,13 +202,30 @@ class ScreenWorkChain(WorkChain):
         inputs.pop('metadata', None)
         return inputs
 
+    def _refusal(self, inputs, name, extra=None) -> str | None:
+        """Why VerifyWorkChain would refuse candidate ``name`` at launch (e.g. an element without a pseudopotential),
+        or None."""
+        refusal = launch_refusal({**inputs, **self.ctx.valid[name], **(extra or {}), 'model': self.inputs.model})
+        if not refusal:
+            return None
+        label, arguments = refusal
+        return VerifyWorkChain.exit_codes[label].format(**arguments).message
+
     def run_references(self):
-        """One metal calculation per working ion among the selected (skipped where the family lacks the element)."""
+        """One metal calculation per working ion among the selected that can be verified: a candidate that
+        VerifyWorkChain would refuse at launch is left out here, with the reason, so that no metal reference runs
+        for it alone (skipped also where the family lacks the element)."""
         inputs = self._verify_inputs()
         settings = inputs['settings'].get_dict()
         family = load_pseudo_family(inputs['pseudo_family'].value)
         running = {}
-        ions = sorted({self.ctx.valid[name]['working_ion'].value for name in self.ctx.selected.get_list()})
+        for name in self.ctx.selected.get_list():
+            message = self._refusal(inputs, name)
+            if message:
+                self.ctx.outcomes[name] = f'not verified: {message}'
+                self.report(f'verification of {name!r} cannot run ({message}); going on with the others')
+        ions = sorted({self.ctx.valid[name]['working_ion'].value for name in self.ctx.selected.get_list()
+                       if name not in self.ctx.outcomes})
         self.ctx.ion_metals = {}
         for ion in ions:
             if ion not in family.elements:
@@ -237,16 +256,16 @@ class ScreenWorkChain(WorkChain):
         inputs = self._verify_inputs()
         running = {}
         for name in self.ctx.selected.get_list():
+            if name in self.ctx.outcomes:  # refused before the references
+                continue
             pair = self.ctx.valid[name]
             ion = pair['working_ion'].value
             if f'metal:{ion}' in self.ctx.outcomes:
                 self.ctx.outcomes[name] = f'not verified: {self.ctx.outcomes[f"metal:{ion}"]}'
                 continue
             extra = {'ion_energy': self.ctx.ion_energies[ion]} if ion in self.ctx.ion_energies else {}
-            refusal = launch_refusal({**inputs, **pair, **extra, 'model': self.inputs.model})
-            if refusal:  # VerifyWorkChain would refuse it at launch (e.g. an element without a pseudopotential)
-                label, arguments = refusal
-                message = VerifyWorkChain.exit_codes[label].format(**arguments).message
+            message = self._refusal(inputs, name, extra)  # again: the family may have changed since
+            if message:
                 self.ctx.outcomes[name] = f'not verified: {message}'
                 self.report(f'verification of {name!r} cannot run ({message}); going on with the others')
                 continue
@@ -303,5 +322,9 @@ class ScreenWorkChain(WorkChain):
     def finalize(self):
         summary = self.ctx.summary.get_dict()
         if summary['n_selected'] and not summary['n_verified']:
+            if not summary['n_failed']:  # none could be submitted: no verification failed
+                reasons = sorted({row['status'][len('not verified: '):] for row in summary['rows']
+                                  if row['selected'] and row['status'].startswith('not verified: ')})
+                return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message='; '.join(reasons))
             return self.exit_codes.ERROR_ALL_VERIFICATIONS_FAILED
         return None

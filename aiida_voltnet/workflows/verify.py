@@ -258,7 +258,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
                               help='e_charged and e_discharged (eV per host formula unit), e_ion_metal (eV/atom).')
         spec.output('delta_ions', valid_type=orm.Float, help='Working ions inserted per host formula unit (Δx).')
         spec.exit_code(201, 'ERROR_HOST_MISMATCH',
-                       message='charged and discharged structures are not one electrode: {message}')
+                       message='charged and discharged structures are not one electrode of the working ion: '
+                               '{message}')
         spec.exit_code(202, 'ERROR_MISSING_PSEUDO',
                        message='pseudopotential family {family} has no pseudopotential for {elements} ({where})')
         spec.exit_code(203, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='{message}')
@@ -293,7 +294,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         return None
 
     @classmethod
-    def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str, protocol: str | None = None,
+    def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str | orm.Str, protocol: str | None = None,
                                   overrides: dict | None = None, **_):
         """A builder with the ``settings``, ``options`` and ``pseudo_family`` of ``protocol`` (``ci``, ``balanced``,
         ``precise``; None: ``balanced``), updated by ``overrides`` (e.g. ``{'settings': {'relax_type':
@@ -301,7 +302,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         inputs = cls.get_protocol_inputs(protocol, overrides)
         builder = cls.get_builder()
         builder.code, builder.charged, builder.discharged = code, charged, discharged
-        builder.working_ion = orm.Str(working_ion)
+        # a Str as every other input is, or a plain 'Li' (orm.Str of a Str stored its repr as the ion)
+        builder.working_ion = working_ion if isinstance(working_ion, orm.Str) else orm.Str(working_ion)
         builder.settings = orm.Dict(inputs.pop('settings'))
         builder.pseudo_family = orm.Str(inputs.pop('pseudo_family'))
         for key, value in inputs.items():

@@ -102,7 +102,7 @@ def test_summarize_screen_rows(aiida_profile):
                                orm.Dict({'c2': 'failed: exit 202', 'bad': 'rejected: host frameworks differ'}),
                                c0=orm.Float(3.5)).get_dict()
     assert summary['n_candidates'] == 4 and summary['n_selected'] == 2
-    assert summary['n_verified'] == 1 and summary['n_failed'] == 1
+    assert (summary['n_verified'], summary['n_not_verified'], summary['n_failed']) == (1, 0, 1)
     assert summary['mae_verified'] == pytest.approx(0.4)
     status = {row['battery_id']: row['status'] for row in summary['rows']}
     assert status == {'c0': 'verified', 'c1': 'not selected', 'c2': 'failed: exit 202'}
@@ -145,6 +145,9 @@ def test_debian_family_and_builders(pseudo_family, pw):
     spin = pw_builder(pw, charged, {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)
     spin_system = spin.pw.parameters.get_dict()['SYSTEM']
     assert spin_system['nspin'] == 2
+    # no job options given: the protocol's (serial pw.x, one process), as a screen without `verify.options` runs
+    protocol_options = VerifyWorkChain.get_protocol_inputs()['options']
+    assert {key: spin.pw.metadata.options[key] for key in protocol_options} == protocol_options
     # 1 muB per Co at the start (settings.magnetic_moment), scaled by the Co pseudo's 17 valence electrons; O none.
     assert spin_system['starting_magnetization'] == pytest.approx({'Co': 1.0 / 17, 'O': 0.0})
     metal = pw_builder(pw, ion_metal_structure('Li'), {**settings, 'spin_polarized': True}, {}, DEBIAN_PBESOL_FAMILY)

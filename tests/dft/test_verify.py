@@ -84,9 +84,14 @@ def test_verify_refuses_frameworks_that_differ(pw):
     charged, _ = layered_oxide_pair('Co')
     _, discharged = layered_oxide_pair('Ni')
     before = count(orm.Node)
-    with pytest.raises(ValueError, match='not one electrode: .*host frameworks differ: charged CoO2, discharged NiO2'):
+    with pytest.raises(ValueError, match='not one electrode of the working ion: .*host frameworks differ: charged '
+                                         'CoO2, discharged NiO2'):
         run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci'))
     assert count(orm.Node) == before  # refused at launch: nothing stored, no DFT started
+    # the ion as a Str, as every other input: it was wrapped again, and the ion 'uuid: ... value: Li' refused
+    coo2, licoo2 = layered_oxide_pair('Co')
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, coo2, licoo2, orm.Str('Li'), protocol='ci')
+    assert builder.working_ion.value == 'Li'
 
 
 def test_verify_refuses_at_launch_a_wrong_metal_or_misspelt_job_options(pw):
