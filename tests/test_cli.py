@@ -290,6 +290,11 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
                    env=env, check=True, timeout=600)
     for storage in (tmp_path / 'aiida' / '.aiida' / 'repository').glob('sqlite_dos_*'):
         shutil.rmtree(storage)
+    subprocess.run([str(Path(VOLTNET).parent / 'verdi'), 'presto', '--profile-name', 'empty'], capture_output=True,
+                   env=env, check=True, timeout=600)
+    absent = subprocess.run([VOLTNET, 'provenance', '99', '--profile', 'empty'], capture_output=True, text=True,
+                            env=env, timeout=600)  # which profile was searched: one may have several
+    assert absent.returncode == 2 and "no unique node '99' in AiiDA profile 'empty'" in absent.stderr, absent.stderr
     gone = subprocess.run([VOLTNET, 'provenance', '1', '--profile', 'gone'], capture_output=True, text=True, env=env,
                           timeout=600)
     assert gone.returncode == 2 and "cannot open the storage of AiiDA profile 'gone': FileNotFoundError" \

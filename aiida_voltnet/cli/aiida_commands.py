@@ -67,14 +67,14 @@ def _load_profile(profile, hint: str = ''):
 def _load_node(identifier, profile, node_class=None):
     """Load ``profile`` and the node with pk or uuid ``identifier`` (an instance of ``node_class`` when given), or
     exit with a message."""
-    _load_profile(profile)
+    loaded = _load_profile(profile)
     from aiida.common.exceptions import MultipleObjectsError, NotExistent
     from aiida.orm import load_node
 
     try:
         node = load_node(identifier)
     except (NotExistent, MultipleObjectsError, ValueError) as exception:
-        _fail(f'no unique node {identifier!r}: {exception}')
+        _fail(f'no unique node {identifier!r} in AiiDA profile {loaded.name!r}: {exception}')
     if node_class is not None and not isinstance(node, node_class):
         _fail(f'node {identifier!r} is {type(node).__name__}<{node.pk}>, not a {node_class.__name__}', EXIT_BAD_INPUT)
     return node
