@@ -28,6 +28,26 @@ from .verify import VerifyWorkChain, launch_refusal, load_pseudo_family, pw_buil
 __all__ = ('ScreenWorkChain',)
 
 
+#: The training inputs that ``retrain`` takes from the screened model where not given.
+RECIPE = ('featurizer', 'model', 'seed', 'settings')
+
+
+def training_recipe(model: VoltageModelData) -> dict:
+    """The ``featurizer``, ``model``, ``seed`` and ``settings`` nodes that trained ``model`` (by ``train_model`` or
+    the ``voltnet.train`` job), those it was given; empty for a model without a recorded training."""
+    creator = model.creator
+    if creator is None or creator.process_type not in ('aiida.calculations:voltnet.train_model',
+                                                       'aiida.calculations:voltnet.train'):
+        return {}
+    return {link.link_label: link.node for link in creator.base.links.get_incoming().all()
+            if link.link_label in RECIPE}
+
+
+def retrain_inputs(model: VoltageModelData, retrain) -> dict:
+    """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe."""
+    return {**training_recipe(model), **{key: value for key, value in dict(retrain).items()}}
+
+
 class ScreenWorkChain(WorkChain):
     """Screen candidate electrodes with a model, verify the most promising with DFT, optionally retrain."""
 
@@ -47,12 +67,18 @@ class ScreenWorkChain(WorkChain):
                                     'ion_energy'),
                            namespace_options={'help': 'DFT settings of every verification (see voltnet.verify; '
                                                       'VerifyWorkChain.get_protocol_inputs gives them per protocol).'})
-        spec.expose_inputs(train_model.process_class, namespace='retrain',
+        spec.expose_inputs(train_model.process_class, namespace='retrain', exclude=RECIPE,
                            namespace_options={'required': False, 'populate_defaults': False,
                                               'help': 'Give `retrain.dataset` (e.g. the records the model was '
                                                       'trained on) to run one active-learning round: the verified '
                                                       'electrodes join it and a model is trained on the union with '
-                                                      'these featurizer/model/seed/settings.'})
+                                                      "the screened model's featurizer/model/seed/settings, each "
+                                                      'replaced where given here.'})
+        for key, valid_type in (('featurizer', orm.Str), ('model', orm.Str), ('seed', orm.Int),
+                                ('settings', orm.Dict)):  # no default: what is not given is the screened model's
+            spec.input(f'retrain.{key}', valid_type=valid_type, required=False, serializer=orm.to_aiida_type,
+                       help=f"As train_model's {key}; default: the screened model's (train_model's own default "
+                            'for a model without a recorded training).')
         spec.inputs['retrain'].dynamic = False
         spec.inputs['retrain'].validator = None
         spec.inputs.validator = cls.validate_inputs
@@ -127,7 +153,8 @@ class ScreenWorkChain(WorkChain):
         retrain = inputs.get('retrain') or {}
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
-        if retrain:  # train_model's own checks, now rather than after hours of pw.x
+        if retrain:  # train_model's own checks, now rather than after hours of pw.x, on what it will be given
+            retrain = retrain_inputs(inputs['model'], retrain)
             try:
                 message = functions._validate_train(retrain)
                 settings = retrain['settings'].get_dict() if 'settings' in retrain else {}
@@ -303,7 +330,11 @@ class ScreenWorkChain(WorkChain):
     def retrain(self):
         verified = {name: {**self.ctx.valid[name], 'dft_voltage': voltage}
                     for name, voltage in self.ctx.dft_voltages.items()}
-        retrain = self.exposed_inputs(train_model.process_class, namespace='retrain')
+        retrain = retrain_inputs(self.inputs.model, self.inputs.retrain)
+        inherited = sorted(set(training_recipe(self.inputs.model)) - set(self.inputs.retrain))
+        if inherited:
+            self.report(f"retraining with the screened model's {', '.join(inherited)} "
+                        f'({self.inputs.model.creator.process_label}<{self.inputs.model.creator.pk}>)')
         metadata = {'call_link_label': 'retrain'}
         if (retrain.pop('metadata', None) or {}).get('disable_cache'):  # passed on, not dropped
             metadata['disable_cache'] = True

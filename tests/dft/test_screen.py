@@ -36,8 +36,7 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
     builder.selection = orm.Dict({'mode': 'window', 'top_k': 3, 'voltage_min': -1.0, 'voltage_max': 8.0})
     builder.verify = {'code': pw, 'settings': orm.Dict(verify['settings']), 'options': verify['options'],
                       'pseudo_family': orm.Str(verify['pseudo_family'])}
-    builder.retrain = {'dataset': training, 'model': orm.Str('mlp'),
-                       'settings': orm.Dict({'train_overrides': {'epochs': 3}})}
+    builder.retrain = {'dataset': training, 'model': 'mlp'}  # the settings (3 epochs) are the screened model's
     results, node = run_get_node(builder)
     assert node.is_finished_ok, node.exit_message
     assert node.inputs.candidates.LiNiO2.working_ion.value == 'Li'  # given as a plain str
@@ -79,6 +78,13 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
     assert verified_targets == {f'dft:{n}': results['dft_voltages'][n].value for n in ('LiCoO2', 'LiNiO2')}
     retrained = results['retrained_model']
     assert retrained.creator.inputs.dataset.uuid == grown.uuid
+    # what retrain does not give is the screened model's recipe (the same nodes): it was train_model's defaults, a
+    # 5-member model where the screened one had 2 (user walk)
+    for key in ('featurizer', 'seed', 'settings'):
+        assert retrained.creator.inputs[key].uuid == model.creator.inputs[key].uuid, key
+    assert retrained.creator.inputs.model.value == 'mlp' and retrained.model_name == 'mlp'
+    assert any("retraining with the screened model's featurizer, seed, settings" in log.message
+               for log in orm.Log.collection.get_logs_for(node))
     assert retrained.model_version != model.model_version
     assert grown.creator.inputs.dataset.uuid == training.uuid
 
