@@ -11,7 +11,7 @@ from aiida.engine import calcfunction
 
 from aiida_voltnet.calculations.functions import _validated_by
 from aiida_voltnet.calculations.sources import record_sources
-from aiida_voltnet.dft import ion_charge
+from aiida_voltnet.dft import ion_charge, ion_metal_structure
 
 def _host_units_and_ions(structure: orm.StructureData, ion: str) -> tuple[float, float]:
     """(formula units of the reduced host framework in the cell, working ions per host formula unit)."""
@@ -41,6 +41,15 @@ def electrode_energies(charged: orm.StructureData, discharged: orm.StructureData
         'delta_ions': orm.Float(ions_discharged - ions_charged),
         'ion_charge': orm.Int(ion_charge(ion)),
     }
+
+
+@record_sources
+@calcfunction
+def ion_metal_cell(working_ion: orm.Str) -> orm.StructureData:
+    """The working ion's elemental metal cell, whose energy per atom is the reference of the DFT voltage
+    (``aiida_voltnet.dft.ion_metal_structure``: ASE's bulk crystal, primitive cell), made by a process so that the
+    graph says where the cell came from."""
+    return ion_metal_structure(working_ion.value)
 
 
 @record_sources

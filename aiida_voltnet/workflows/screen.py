@@ -14,12 +14,11 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_
 
 from aiida_voltnet.calculations import functions
-from aiida_voltnet.calculations.dft import (add_verified_records, check_selection, energy_per_atom,
+from aiida_voltnet.calculations.dft import (add_verified_records, check_selection, energy_per_atom, ion_metal_cell,
                                             select_candidates, summarize_screen)
 from aiida_voltnet.calculations.functions import assemble_dataset_from_structures, predict_voltages, train_model
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
-from aiida_voltnet.dft import ion_metal_structure
 from aiida_voltnet.ml.featurizers import get_featurizer
 
 from .ports import StructurePairsNamespace
@@ -251,13 +250,16 @@ class ScreenWorkChain(WorkChain):
             if message:
                 self.ctx.outcomes[name] = f'not verified: {message}'
                 self.report(f'verification of {name!r} cannot run ({message}); going on with the others')
-        ions = sorted({self.ctx.valid[name]['working_ion'].value for name in self.ctx.selected.get_list()
-                       if name not in self.ctx.outcomes})
+        ion_nodes = {}  # a candidate's working_ion Str per ion: the metal cell is made from it
+        for name in self.ctx.selected.get_list():
+            if name not in self.ctx.outcomes:
+                ion_nodes.setdefault(self.ctx.valid[name]['working_ion'].value, self.ctx.valid[name]['working_ion'])
+        ions = sorted(ion_nodes)
         self.ctx.ion_metals = {}
         for ion in ions:
             if ion not in family.elements:
                 continue  # each verification of this ion is then not run, naming the element
-            metal = ion_metal_structure(ion)
+            metal = ion_metal_cell(ion_nodes[ion], metadata={'call_link_label': f'ion_metal_cell_{ion}'})
             relax = 'positions_cell' if settings['relax_type'] == 'positions_cell' else 'none'
             builder = pw_builder(inputs['code'], metal, settings, dict(inputs.get('options') or {}),
                                  inputs['pseudo_family'].value, relax=relax)

@@ -14,7 +14,7 @@ from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_
 
 from aiida_voltnet.calculations import functions
-from aiida_voltnet.calculations.dft import compare_voltages, electrode_energies, energy_per_atom
+from aiida_voltnet.calculations.dft import compare_voltages, electrode_energies, energy_per_atom, ion_metal_cell
 from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_pair
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure, missing_pseudos
@@ -319,6 +319,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             label, arguments = refusal
             return self.exit_codes[label].format(**arguments)
         self.ctx.cells = _cells(self.inputs)
+        if 'ion_metal' in self.ctx.cells and 'ion_metal' not in self.inputs:  # made here: by a process, linked
+            self.ctx.cells['ion_metal'] = ion_metal_cell(self.inputs.working_ion,
+                                                         metadata={'call_link_label': 'ion_metal_cell'})
         return None
 
     def should_predict(self):

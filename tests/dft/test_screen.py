@@ -67,6 +67,8 @@ def test_screen_verifies_the_selected_goes_on_after_failures_and_retrains(pw, sm
                   for v in verifications) == ['verify_LiCoO2', 'verify_LiNiO2']
     shared = {v.inputs.ion_energy.uuid for v in verifications}
     assert len(shared) == 1
+    (metal_job,) = [link.node for link in called if link.link_label == 'dft_metal_Li']
+    assert metal_job.inputs.pw.structure.creator.process_type == 'aiida.calculations:voltnet.ion_metal_cell'
     labels = {link.link_label for v in verifications for link in v.base.links.get_outgoing(link_type=LinkType.CALL_WORK).all()}
     assert labels == {'dft_charged', 'dft_discharged'}  # no verification computed the metal again
 

@@ -71,6 +71,12 @@ def test_verify_licoo2_links_dft_to_the_prediction(pw, model_without_co):
     structures = orm.QueryBuilder().append(orm.Float, filters={'id': voltage.pk}, tag='v').append(
         orm.StructureData, with_descendants='v', project='uuid').all(flat=True)
     assert {charged.uuid, discharged.uuid} <= set(structures)
+    # the Li metal cell was made by a process from the working ion (it had no origin in the graph)
+    ancestors = orm.QueryBuilder().append(orm.Float, filters={'id': voltage.pk}, tag='v').append(
+        orm.StructureData, with_descendants='v').all(flat=True)
+    (metal,) = {s.uuid: s for s in ancestors if s.get_formula() == 'Li'}.values()
+    assert metal.creator.process_type == 'aiida.calculations:voltnet.ion_metal_cell'
+    assert metal.creator.inputs.working_ion.uuid == node.inputs.working_ion.uuid
     # ... and the ML number it is compared with was made by the model from the same two structures.
     predict = results['ml_voltage'].creator
     assert predict.process_type == 'aiida.calculations:voltnet.predict_structure_pair'
