@@ -124,8 +124,10 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
     ``{battery_id: message}`` from the work chain).
 
     :returns: ``Dict`` with ``rows`` (battery_id, working_ion, ml_voltage, ml_uncertainty, selected, dft_voltage,
-        difference, status), ``n_candidates``, ``n_selected``, ``n_verified``, ``n_not_verified`` (selected but
-        not submitted: its status says why), ``n_failed`` (submitted and failed) and ``mae_verified``.
+        difference, status), ``rejected`` (candidates that could not be predicted, with why),
+        ``failed_references`` (``{ion: message}`` of a failed metal reference), ``n_candidates``, ``n_selected``,
+        ``n_verified``, ``n_not_verified`` (selected but not submitted: its status says why), ``n_failed``
+        (submitted and failed) and ``mae_verified``.
     """
     mean, std = predictions.get_array('mean'), predictions.get_array('std')
     ids, ions = predictions.get_array('battery_ids'), predictions.get_array('working_ions')
@@ -148,10 +150,14 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
     # failed verification
     not_verified = sum(1 for row in rows if row['selected'] and row['status'].startswith('not verified'))
     known = set(predicted)
-    rejected = {name: message for name, message in messages.items() if name not in known}
+    # the work chain's failed metal references are keyed 'metal:<ion>': not candidates, so not 'rejected'
+    references = {name[len('metal:'):]: message for name, message in messages.items() if name.startswith('metal:')}
+    rejected = {name: message for name, message in messages.items()
+                if name not in known and not name.startswith('metal:')}
     return orm.Dict({
         'rows': rows,
         'rejected': rejected,
+        'failed_references': references,
         'n_candidates': len(rows) + len(rejected),
         'n_selected': len(chosen),
         'n_verified': len(errors),

@@ -99,14 +99,16 @@ def test_verify_settings_are_checked_at_launch(aiida_profile, change, message):
 def test_summarize_screen_rows(aiida_profile):
     predictions = _predictions([3.9, 2.0, 4.4], [0.1, 0.9, 0.3])
     summary = summarize_screen(predictions, orm.List(['c0', 'c2']),
-                               orm.Dict({'c2': 'failed: exit 202', 'bad': 'rejected: host frameworks differ'}),
+                               orm.Dict({'c2': 'failed: exit 202', 'bad': 'rejected: host frameworks differ',
+                                         'metal:Na': 'Na metal reference PwBaseWorkChain<7> failed'}),
                                c0=orm.Float(3.5)).get_dict()
     assert summary['n_candidates'] == 4 and summary['n_selected'] == 2
     assert (summary['n_verified'], summary['n_not_verified'], summary['n_failed']) == (1, 0, 1)
     assert summary['mae_verified'] == pytest.approx(0.4)
     status = {row['battery_id']: row['status'] for row in summary['rows']}
     assert status == {'c0': 'verified', 'c1': 'not selected', 'c2': 'failed: exit 202'}
-    assert summary['rejected'] == {'bad': 'rejected: host frameworks differ'}
+    assert summary['rejected'] == {'bad': 'rejected: host frameworks differ'}  # the metal reference is no candidate
+    assert summary['failed_references'] == {'Na': 'Na metal reference PwBaseWorkChain<7> failed'}
 
 
 def test_add_verified_records_targets_the_dft_voltage(aiida_profile):
