@@ -46,6 +46,15 @@ def test_quick_report_has_every_table_and_figure(tmp_path):
     assert 'paper-protocol caps not run' not in markdown
     assert 0 <= report['calibration']['coverage_1sigma'] <= report['calibration']['coverage_2sigma'] <= 1
     assert 'QUICK' in markdown
+    # review: one seed prints no spread (Table S4 printed '± 0.000'); the rows used are named as a subsample that
+    # keeps Table S1's rows; the sentence on the features without the leak columns is measured, per model
+    assert '± 0.000' not in markdown
+    assert 'rows 300 of 3827 (a subsample, seed 0: the rows of SI Table S1 always, the others at random)' in markdown
+    assert 'Compared with our leak-free features on the same random split, they do worse for ' in markdown
+    # stdout: the leak-free numbers first, the paper protocol labelled as leaking
+    assert 'leak-free first; the paper protocol leaks the target' in result.output
+    assert all(line.index('leak-free grouped') < line.index('paper protocol (leaks)')
+               for line in result.output.splitlines() if 'paper protocol (leaks)' in line)
 
 
 def test_report_names_a_missing_default_csv(tmp_path, monkeypatch):
@@ -57,3 +66,32 @@ def test_report_names_a_missing_default_csv(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'r'), '--quick', '--no-provenance'])
     assert result.exit_code == 2, result.output + repr(result.exception)
     assert f'{missing}: no such file; pass --data CSV' in result.output
+
+
+def test_report_refuses_repeated_seeds_and_too_few_rows_without_leaving_a_directory(tmp_path):
+    """Review: --seeds 0,0 averaged one seed twice ('± 0.000', Table S4 with 334 Li test rows of a 300-row file); a
+    20-row --data ended in a ValueError traceback and left an empty --out directory."""
+    repeated = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'r'), '--quick', '--no-provenance',
+                                        '--seeds', '0,0'])
+    assert repeated.exit_code == 2 and "--seeds '0,0' repeats a seed" in repeated.output, repeated.output
+    small = tmp_path / 'small.csv'
+    small.write_text('\n'.join(DEFAULT_CSV.read_text().splitlines()[:21]) + '\n')
+    result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'small'), '--quick', '--no-provenance',
+                                      '--data', str(small)])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert 'needs at least 40 training rows' in result.output
+    assert not (tmp_path / 'small').exists()
+
+
+def test_report_text_follows_the_epoch_budget():
+    """With `--epochs 1000` the report said the MHA-ResNet had 'far fewer epochs than the paper's 1000'."""
+    from types import SimpleNamespace
+
+    from aiida_voltnet.report import _full_mode_budget_note
+
+    settings = SimpleNamespace(torch_epochs={'mha_resnet': 1000, 'lstm': 1000, 'mlp': 1000}, leakfree_epochs={})
+    assert _full_mode_budget_note(settings, 1000, 1000, True).startswith("- Full mode with the paper's budget")
+    cpu = SimpleNamespace(torch_epochs={'mha_resnet': 200, 'lstm': 40, 'mlp': 200}, leakfree_epochs={'mha_resnet': 3})
+    note = _full_mode_budget_note(cpu, 200, 3, False)
+    assert 'CPU budgets' in note and 'MHA-ResNet at most 200 epochs on the paper features and 3' in note
+    assert 'about 19 s' in note

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import click
 
@@ -43,6 +44,9 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
         _fail(f'--seeds must be comma-separated integers such as 0,1,2, got {seeds!r}')
     if seed_list is not None and not all(0 <= seed <= MAX_SEED for seed in seed_list):
         _fail(f'--seeds must lie in 0..{MAX_SEED}, got {seeds!r}')
+    if seed_list is not None and len(set(seed_list)) != len(seed_list):  # a repeat was averaged as a second seed
+        _fail(f'--seeds {seeds!r} repeats a seed: each seed once (a repeat counted its test rows twice and gave a '
+              'spread of 0)')
     _check_output_path(out, directory=True)
     _check_device(device)
     if profile is not None and not no_provenance:  # a profile asked for by name: missing is an error, not a
@@ -59,15 +63,19 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     if folds is not None:
         settings.folds = folds
     started = time.perf_counter()
+    created = not Path(out).exists()
     try:
         result = build_report(out, settings, data=data, log=lambda m: click.echo(m, err=True))
-    except ElectrodeDataError as exception:
-        _fail(str(exception))
-    except FileNotFoundError as exception:  # the CSV (by default the shared one beside the repository)
-        _fail(f'{exception.filename}: no such file; pass --data CSV')
+    except (ElectrodeDataError, FileNotFoundError, ValueError) as exception:
+        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
+            Path(out).rmdir()  # made for this report, which wrote nothing: not left behind empty
+        if isinstance(exception, FileNotFoundError):  # the CSV (by default the shared one beside the repository)
+            _fail(f'{exception.filename}: no such file; pass --data CSV')
+        _fail(str(exception))  # e.g. too few rows of --data for the folds' training parts
     s2 = result['table_s2']
-    click.echo(f'Table S2 of {out}/report.md ({time.perf_counter() - started:.0f} s), MAE in V:')
+    click.echo(f'Table S2 of {out}/report.md ({time.perf_counter() - started:.0f} s), MAE in V, leak-free first; '
+               'the paper protocol leaks the target:')
     for model, row in s2.items():
-        click.echo(f'  {model:<11} MAE paper {row["paper"]["mae"]:.3f}  without leak cols '
-                   f'{row["paper_minus_leak"]["mae"]:.3f}  leak-free random {row["leakfree_random"]["mae"]:.3f}  '
-                   f'grouped {row["leakfree_grouped"]["mae"]:.3f} V')
+        click.echo(f'  {model:<11} leak-free grouped {row["leakfree_grouped"]["mae"]:.3f}  random '
+                   f'{row["leakfree_random"]["mae"]:.3f}  |  paper protocol (leaks) {row["paper"]["mae"]:.3f}  '
+                   f'without the leak columns {row["paper_minus_leak"]["mae"]:.3f} V')
