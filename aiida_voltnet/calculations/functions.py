@@ -22,7 +22,7 @@ from aiida.engine import calcfunction
 from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
-from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, get_featurizer
+from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, get_featurizer, rounded_amounts_collected
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
@@ -516,15 +516,14 @@ def _predict(core, records):
     work chain sees it; other warnings are shown as Python shows them."""
     from aiida.engine import Process
 
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', RoundedAmountsWarning)
+    with rounded_amounts_collected() as rounded:
         mean, std = core.predict(records)
     process = Process.current()
-    for warning in caught:
-        if issubclass(warning.category, RoundedAmountsWarning) and process is not None:
-            process.report(f'RoundedAmountsWarning: {warning.message}')
+    for message in rounded:
+        if process is not None:
+            process.report(f'RoundedAmountsWarning: {message}')
         else:
-            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+            warnings.warn(message, RoundedAmountsWarning, stacklevel=2)
     return mean, std
 
 

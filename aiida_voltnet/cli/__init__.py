@@ -158,7 +158,7 @@ def _read_model(path):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 def predict(model_dir, data, out, charged, discharged, ion, device):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
-    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
+    from aiida_voltnet.ml.featurizers import rounded_amounts_collected
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
                                           write_files_atomically)
 
@@ -189,16 +189,12 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             if not out:
                 _fail('--data needs --out OUT.csv')
             records = read_electrodes_csv(data, report_reversed=False)  # the warning below names them
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter('always', RoundedAmountsWarning)
+        with rounded_amounts_collected() as rounded:
             mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))
-    for rounded in {str(w.message) for w in caught if issubclass(w.category, RoundedAmountsWarning)}:
-        click.echo(f'Warning: {rounded}', err=True)
-    for other in caught:  # what the filter let through otherwise, as Python would have shown it
-        if not issubclass(other.category, RoundedAmountsWarning):
-            warnings.showwarning(other.message, other.category, other.filename, other.lineno)
+    for message in rounded:
+        click.echo(f'Warning: {message}', err=True)
     warning = model.extrapolation_warning(records)
     if warning:
         click.echo(f'Warning: {warning}', err=True)

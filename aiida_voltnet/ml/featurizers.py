@@ -14,6 +14,7 @@ fitted state is a dict of numpy arrays plus a JSON-able config (no pickle), see 
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import warnings
@@ -119,6 +120,22 @@ class RoundedAmountsWarning(UserWarning):
     """A host's amounts look rounded (``Ni0.33Mn0.33Co0.34O2`` for ``NiMnCoO6``): read as written, its smallest
     integer formula unit is far larger than that of the nearby simple fractions, and the features that count atoms
     per formula unit differ with it."""
+
+
+@contextlib.contextmanager
+def rounded_amounts_collected():
+    """Collect the messages of ``RoundedAmountsWarning`` (each once, in order) raised inside the block, for a caller
+    that reports them its own way (the CLI, a process report); other warnings are shown as Python shows them. The
+    list is filled when the block ends."""
+    messages: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always', RoundedAmountsWarning)
+        yield messages
+    for warning in caught:
+        if not issubclass(warning.category, RoundedAmountsWarning):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif str(warning.message) not in messages:
+            messages.append(str(warning.message))
 
 
 #: Rounded amounts: each within this of a fraction with a denominator up to ROUNDING_DENOMINATOR (thirds and

@@ -44,7 +44,7 @@ def training_recipe(model: VoltageModelData) -> dict:
 
 def retrain_inputs(model: VoltageModelData, retrain) -> dict:
     """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe."""
-    return {**training_recipe(model), **{key: value for key, value in dict(retrain).items()}}
+    return {**training_recipe(model), **dict(retrain)}
 
 
 class ScreenWorkChain(WorkChain):
@@ -104,8 +104,9 @@ class ScreenWorkChain(WorkChain):
                     help='retrain.dataset plus the verified electrodes (DFT voltage as target).')
         spec.output('retrained_model', valid_type=VoltageModelData, required=False,
                     help='The model trained on augmented_dataset.')
-        spec.exit_code(201, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='no verification could run: {message}')  # or none
-        # of the selected could be submitted (each one VerifyWorkChain would refuse at launch; the summary is output)
+        # 201: the family cannot serve, or none of the selected could be submitted (each one VerifyWorkChain would
+        # refuse at launch; the summary is still output)
+        spec.exit_code(201, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='no verification could run: {message}')
         spec.exit_code(301, 'ERROR_NO_VALID_CANDIDATES', message='no candidate could be predicted: {message}')
         spec.exit_code(302, 'ERROR_ALL_VERIFICATIONS_FAILED',
                        message='every selected candidate that was submitted failed its verification; see the '

@@ -159,11 +159,13 @@ def _validate_settings(settings, _ctx=None):
     return None
 
 
-def _cells(inputs) -> dict:
-    """The cells the DFT runs: charged, discharged and, unless ``ion_energy`` is given, the ion metal."""
+def _cells(inputs, make_metal=None) -> dict:
+    """The cells the DFT runs: charged, discharged and, unless ``ion_energy`` is given, the ion metal (the
+    ``ion_metal`` input, else ``make_metal()``, else an unstored ``ion_metal_structure`` for a check)."""
     cells = {'charged': inputs['charged'], 'discharged': inputs['discharged']}
     if 'ion_energy' not in inputs:
-        cells['ion_metal'] = inputs.get('ion_metal') or ion_metal_structure(functions._value(inputs['working_ion']))
+        cells['ion_metal'] = inputs.get('ion_metal') or (
+            make_metal() if make_metal else ion_metal_structure(functions._value(inputs['working_ion'])))
     return cells
 
 
@@ -294,8 +296,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         return None
 
     @classmethod
-    def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str | orm.Str, protocol: str | None = None,
-                                  overrides: dict | None = None, **_):
+    def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str | orm.Str,
+                                  protocol: str | None = None, overrides: dict | None = None, **_):
         """A builder with the ``settings``, ``options`` and ``pseudo_family`` of ``protocol`` (``ci``, ``balanced``,
         ``precise``; None: ``balanced``), updated by ``overrides`` (e.g. ``{'settings': {'relax_type':
         'positions'}, 'model': model}``)."""
@@ -318,10 +320,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         if refusal:
             label, arguments = refusal
             return self.exit_codes[label].format(**arguments)
-        self.ctx.cells = _cells(self.inputs)
-        if 'ion_metal' in self.ctx.cells and 'ion_metal' not in self.inputs:  # made here: by a process, linked
-            self.ctx.cells['ion_metal'] = ion_metal_cell(self.inputs.working_ion,
-                                                         metadata={'call_link_label': 'ion_metal_cell'})
+        self.ctx.cells = _cells(self.inputs, make_metal=lambda: ion_metal_cell(  # by a process: linked in the graph
+            self.inputs.working_ion, metadata={'call_link_label': 'ion_metal_cell'}))
         return None
 
     def should_predict(self):
