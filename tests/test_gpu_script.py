@@ -32,6 +32,12 @@ def test_export_then_quick_run_without_pymatgen(tmp_path):
     assert set(figures['mha_paper_epoch_s']) == {'seed-style', 'ours fp32', 'ours bf16'}
     assert all(v > 0 for v in figures['mha_paper_epoch_s'].values())
     assert figures['mha_paper_full']['epochs'] == 2 and figures['voltnet_trees']['members'] == 5
+    # the full trainings are evaluated on held-out rows of their split (the first 200 rows' share of it)
+    for key in ('mha_paper_full', 'mha_leakfree_full'):
+        full = figures[key]
+        assert full['epochs'] == 2 and full['train_rows'] + full['test_rows'] <= 200 and full['test_rows'] > 0
+        assert 0 < full['test_mae_v'] < 100  # 2 epochs: trained little, but a finite voltage error
+    assert 'grouped 90/10: test MAE' in run.stdout
     assert '| MHA-ResNet, paper features, ours fp32 |' in run.stdout
     # the shim does refuse pymatgen: the export step (which featurizes) fails under it
     refused = subprocess.run([sys.executable, '-c', NO_PYMATGEN, str(SCRIPT), '--export', str(tmp_path / 'x.npz')],
