@@ -165,6 +165,8 @@ def trees(X, y, spec, max_iter=None) -> dict:
     return {'members': spec['members'], 'wall_s': time.perf_counter() - started, 'max_iter': hyper['max_iter']}
 
 
+STEPS = ('mha_paper_epoch_s', 'mha_paper_full', 'mha_leakfree_epoch_s', 'voltnet_mlp_member', 'voltnet_trees',
+         'mha_leakfree_full')
 FEATURE_ARRAYS = ('paper', 'leakfree', 'y', 'paper_random', 'random_train', 'random_test', 'leakfree_grouped',
                   'grouped_train', 'grouped_test', 'meta')
 
@@ -204,6 +206,8 @@ def main():
                         help="epochs of the real training (paper's 1000)")
     parser.add_argument('--leakfree-full-epochs', type=positive_int, default=1000,
                         help='epochs of the leak-free MHA-ResNet training on the grouped split (last step)')
+    parser.add_argument('--only', choices=STEPS, default=None,
+                        help='run this one step (a rerun of a step that a timed-out run did not finish)')
     parser.add_argument('--quick', action='store_true', help='200 rows, 1-2 epochs: a smoke run')
     parser.add_argument('--out', type=Path, default=None, help='write the figures as JSON here')
     args = parser.parse_args()
@@ -231,6 +235,8 @@ def main():
            'features_commit': meta['commit'], 'csv_sha256': meta['csv_sha256'], 'rows': int(n)}
 
     def step(key, label, measure):
+        if args.only not in (None, key):
+            return
         out[key] = measure()
         print(f'{label}:', json.dumps(out[key]), flush=True)
         if args.out:  # after every step: a run stopped at its time limit keeps what it measured
@@ -250,6 +256,8 @@ def main():
          lambda: full_training(data['leakfree_grouped'][:rows], y, splits['grouped_train'], splits['grouped_test'],
                                device, leakfree_full_epochs))
 
+    if args.only:
+        return
     seed, ours = out['mha_paper_epoch_s']['seed-style'], out['mha_paper_epoch_s']['ours fp32']
     print(f'\n| what ({name}) | s/epoch | 1000 epochs (min) | vs seed-style |')
     print('|---|---|---|---|')
