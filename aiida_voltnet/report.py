@@ -156,20 +156,17 @@ class ReportSettings:
     def members(self, model: str) -> int | None:
         return self.voltnet_members if model == 'voltnet' else None
 
+    def model_params(self, model: str) -> dict | None:
+        """The voltnet hyper-parameters these settings change (quick mode: fewer boosting iterations), handed to
+        every voltnet training as ``model_params``, so that each trained model and each ``train_model`` process
+        records them; None where the spec's own apply (full mode), so that those trainings' inputs are a plain
+        training's."""
+        if model == 'voltnet' and self.voltnet_max_iter != MODEL_SPECS['voltnet']['params']['max_iter']:
+            return {'max_iter': self.voltnet_max_iter}
+        return None
+
 
 # -- small helpers ---------------------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _voltnet_spec(max_iter: int):
-    """Temporarily set the voltnet spec's boosting iterations (recorded in every trained member's hyper-params)."""
-    params = MODEL_SPECS['voltnet']['params']
-    old = params['max_iter']
-    params['max_iter'] = max_iter
-    try:
-        yield
-    finally:
-        params['max_iter'] = old
-
-
 @contextlib.contextmanager
 def _threads(n: int):
     import torch
@@ -326,7 +323,7 @@ def run_analysis(records: Sequence[ElectrodeRecord], name: str, parameters: dict
         raise ValueError(f'report analysis {name!r}: unknown setting(s) {", ".join(sorted(unknown))}')
     settings = ReportSettings(**parameters.get('settings', {}))
     arguments = dict(parameters.get('arguments', {}))
-    with _threads(settings.threads), _voltnet_spec(settings.voltnet_max_iter):
+    with _threads(settings.threads):
         if name == 'evaluate':
             return _evaluate_analysis(records, settings, **arguments)
         if arguments:
@@ -348,7 +345,8 @@ def _evaluate_analysis(records, settings, model: str, featurizer: str = 'leakfre
         result = evaluate(records, featurizer=cached_featurizer(featurizer, drop_leak=drop_leak), model=model,
                           protocol=protocol, seeds=settings.seeds, folds=settings.folds, device=settings.device,
                           train_overrides=settings.train_overrides(model, featurizer),
-                          members=settings.members(model), target=target, calibrate=calibrate)
+                          members=settings.members(model), target=target, calibrate=calibrate,
+                          model_params=settings.model_params(model))
     return {'model': model, 'featurizer': featurizer + ('-minus-capacity-energy' if drop_leak else ''),
             'protocol': protocol, 'target': target, 'seeds': list(settings.seeds), 'n_records': len(records),
             'summary': _summary_over_seeds(result.predictions, settings.seeds), 'runs': result.runs,
@@ -454,6 +452,8 @@ def evaluate_with_provenance(dataset, settings: ReportSettings, protocol: str,
     entries = []
     result = EvaluationResult('leakfree', 'voltnet', protocol, list(settings.seeds))
     train_settings = {'members': settings.voltnet_members, 'device': settings.device}
+    if settings.model_params('voltnet'):
+        train_settings['model_params'] = settings.model_params('voltnet')
     for seed in settings.seeds:
         if protocol == 'random':
             splits, node = split_dataset.run_get_node(dataset, orm.Str('random'), orm.Int(seed), orm.Float(0.1))
@@ -630,7 +630,7 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
                                 runs=result['runs'], predictions=result['predictions'],
                                 wall_time_s=result['wall_time_s']), summary
 
-    with _threads(settings.threads), _voltnet_spec(settings.voltnet_max_iter):
+    with _threads(settings.threads):
         # Main leak-free voltnet rows (fold by fold through train_model/predict_voltages in provenance mode).
         with timed('voltnet leak-free (main rows)'):
             main = {}
@@ -710,7 +710,8 @@ def _voltnet_on_subset(records, kept, test, seed, settings):
         warnings.simplefilter('ignore')
         model = train_voltage_model([records[i] for i in kept], featurizer=cached_featurizer('leakfree'),
                                     model='voltnet', seed=seed, device=settings.device,
-                                    members=settings.voltnet_members, calibrate=False)
+                                    members=settings.voltnet_members, calibrate=False,
+                                    model_params=settings.model_params('voltnet'))
         return model.predict(test, device=settings.device, check_ions=False)
 
 

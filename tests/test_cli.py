@@ -1,5 +1,6 @@
 """The `voltnet train/predict` contract that scripts rely on (runs the installed console script)."""
 import csv
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -112,8 +113,6 @@ def test_bad_inputs_exit_nonzero_with_a_message(trained):
 
 
 def test_train_precision_reaches_the_stored_training_settings(tmp_path):
-    import json
-
     train_csv = tmp_path / 'train.csv'
     train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')
     run('train', '--data', str(train_csv), '--out', str(tmp_path / 'bf16'), '--model', 'mlp', '--epochs', '2',
@@ -122,6 +121,22 @@ def test_train_precision_reaches_the_stored_training_settings(tmp_path):
     assert '"precision": "bf16"' in json.dumps(config)
     bad = run('train', '--data', str(train_csv), '--out', str(tmp_path / 'x'), '--precision', 'fp16', check=False)
     assert bad.returncode == 2 and "'fp16' is not one of" in bad.stderr
+
+
+def test_train_model_params_reach_the_model_and_bad_ones_are_refused(tmp_path):
+    train_csv = tmp_path / 'train.csv'
+    train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')
+    run('train', '--data', str(train_csv), '--out', str(tmp_path / 'm'), '--members', '1',
+        '--model-param', 'max_iter=3', '--model-param', 'loss=squared_error')
+    config = json.loads((tmp_path / 'm' / 'config.json').read_text())
+    assert config['metadata']['model_params'] == {'max_iter': 3, 'loss': 'squared_error'}
+    for arguments, message in [(['--model-param', 'max_iter'], "'max_iter' is not NAME=VALUE"),
+                               (['--model-param', 'max_iter=3', '--model-param', 'max_iter=4'], 'max_iter is given twice'),
+                               (['--model-param', 'max_iter=0'], 'max_iter of model voltnet must be an integer >= 1'),
+                               (['--model', 'mlp', '--model-param', 'max_iter=3'], 'model mlp is a torch network')]:
+        bad = run('train', '--data', str(train_csv), '--out', str(tmp_path / 'x'), *arguments, check=False)
+        assert bad.returncode == 2 and message in bad.stderr, bad.stderr
+        assert not (tmp_path / 'x' / 'config.json').exists()
 
 
 def test_train_offers_every_model_spec():
@@ -192,7 +207,6 @@ def test_model_config_that_is_not_an_object_is_a_bad_model(trained, tmp_path):
 def test_a_structurally_edited_model_config_is_a_bad_model(trained, tmp_path, edit, resign, message):
     """An edited config.json, re-signed (its model_version recomputed) or not, is refused with exit 3 and a
     message, not a traceback (exit 1) or an error at prediction time."""
-    import json
     import shutil
 
     from aiida_voltnet.ml.models import VoltageModel
@@ -226,8 +240,6 @@ def test_a_training_row_without_a_voltage_is_named_with_its_file(tmp_path):
 def test_one_host_framework_trains_with_an_uncalibrated_spread(tmp_path):
     """The default ensemble's spread calibration holds out frameworks; with a single one it cannot, so the model
     is trained without it and a warning says so (it failed with scikit-learn's message about an empty train set)."""
-    import json
-
     lines = SHARED_CSV.read_text().splitlines()
     column = next(csv.reader(lines[:1])).index('framework_formula')
     same = [line for line in lines[1:] if next(csv.reader([line]))[column] == 'NiO2']

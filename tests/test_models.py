@@ -657,3 +657,52 @@ def test_evaluate_leaves_out_test_rows_of_an_ion_no_training_row_had(records):
     assert sum(run['dropped_unseen_ion_rows'] for run in result.runs) == len(ys)
     assert all(p['working_ion'] == 'Li' for p in result.predictions)
     assert len(result.predictions) == sum(len(test) for _, test in folds) - len(ys)
+
+
+def test_model_params_set_a_tree_models_hyper_parameters_and_are_recorded(records, tmp_path):
+    """``model_params`` override a tree model's hyper-parameters for this training only: every member trains and
+    saves with them (the spec is untouched), the model's metadata lists them, and they survive a save and load."""
+    spec_before = json.dumps(MODEL_SPECS['voltnet'])
+    model = train_voltage_model(records[:200], members=2, calibrate=False,
+                                model_params={'max_iter': 7, 'learning_rate': 0.3})
+    assert json.dumps(MODEL_SPECS['voltnet']) == spec_before
+    assert [m.hyper['max_iter'] for m in model.members] == [7, 7]
+    assert [m.history['n_trees'] for m in model.members] == [7, 7]
+    assert model.metadata['model_params'] == {'max_iter': 7, 'learning_rate': 0.3}
+    default = train_voltage_model(records[:200], members=1, calibrate=False)
+    assert default.members[0].history['n_trees'] == MODEL_SPECS['voltnet']['params']['max_iter']
+    assert 'model_params' not in default.metadata
+    loaded = VoltageModel.load(model.save(tmp_path / 'm'))
+    assert loaded.members[0].hyper['max_iter'] == 7
+    np.testing.assert_allclose(loaded.predict(records[:20])[0], model.predict(records[:20])[0])
+    # a kernel model takes its method's own parameters
+    svr = train_voltage_model(records[:200], model='svr', model_params={'C': 1.0})
+    assert svr.members[0].hyper['C'] == 1.0
+
+
+@pytest.mark.parametrize('model, params, message', [
+    ('voltnet', {'max_iters': 5}, r"unknown hyper-parameter\(s\) max_iters in model_params of model voltnet; known: "
+                                  r"loss, max_iter"),
+    ('voltnet', {'max_iter': 0}, 'model_params max_iter of model voltnet must be an integer >= 1, got 0'),
+    ('voltnet', {'max_iter': True}, 'must be an integer >= 1, got True'),
+    ('voltnet', {'learning_rate': float('nan')}, r'learning_rate of model voltnet must be a number in \(0, inf\)'),
+    ('voltnet', {'max_features': 1.5}, r'max_features of model voltnet must be a number in \(0, 1\]'),
+    ('voltnet', {'loss': 'huber'}, 'loss of model voltnet must be one of absolute_error, squared_error'),
+    ('voltnet', [('max_iter', 5)], 'model_params must be a dict'),
+    ('svr', {'alpha': 1.0}, r'unknown hyper-parameter\(s\) alpha in model_params of model svr; known: C, epsilon'),
+    ('mha_resnet', {'max_iter': 5}, 'model mha_resnet is a torch network: model_params does not apply to it; its '
+                                    r'training settings \(epochs, lr, batch_size, ...\) go in train_overrides'),
+])
+def test_model_params_a_model_cannot_take_are_refused_before_training(records, model, params, message):
+    with pytest.raises(ValueError, match=message):
+        train_voltage_model(records[:50], model=model, model_params=params)
+
+
+def test_model_params_move_the_fewest_training_rows_of_trees(records):
+    """Two leaves of ``min_samples_leaf`` rows: the bound follows an override of it."""
+    from aiida_voltnet.ml.models import min_training_rows
+
+    assert min_training_rows('voltnet', {'min_samples_leaf': 5}) == 10
+    with pytest.raises(ValueError, match='voltnet needs at least 10 training rows, got 9'):
+        train_voltage_model(records[:9], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
+    train_voltage_model(records[:10], members=1, calibrate=False, model_params={'min_samples_leaf': 5})

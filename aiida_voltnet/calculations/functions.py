@@ -38,7 +38,7 @@ __all__ = (
 )
 
 #: Keys accepted in the ``settings`` Dict of :func:`train_model` (passed to ``train_voltage_model``).
-TRAIN_SETTINGS_KEYS = ('members', 'train_overrides', 'device', 'featurizer_options', 'target')
+TRAIN_SETTINGS_KEYS = ('members', 'train_overrides', 'model_params', 'device', 'featurizer_options', 'target')
 #: Keys accepted in the ``query`` Dict of :func:`assemble_dataset_from_mp` (the API key never goes in a node).
 MP_QUERY_KEYS = ('working_ion', 'elements', 'battery_ids', 'max_entries')
 
@@ -375,7 +375,7 @@ def _train_arguments(featurizer, model, settings, seed=0, records=None) -> dict:
     if unknown:
         raise ValueError(f'unknown training setting(s) {", ".join(unknown)}; allowed: {", ".join(TRAIN_SETTINGS_KEYS)}')
     check_training_options(seed=seed, model=model, n_rows=None if records is None else len(records),
-                           **{k: settings[k] for k in ('members', 'train_overrides', 'device', 'target')
+                           **{k: settings[k] for k in ('members', 'train_overrides', 'model_params', 'device', 'target')
                               if k in settings})
     core_featurizer = get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
     if records is not None:
@@ -414,7 +414,8 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
     :param featurizer: ``leakfree`` (default) or ``paper``.
     :param model: a model spec name: ``voltnet`` (default), ``mha_resnet``, ``mlp``, ``lstm``, ``svr``, ``krr``.
     :param seed: training seed.
-    :param settings: optional ``members``, ``train_overrides`` (epochs, lr, ...), ``device``,
+    :param settings: optional ``members``, ``train_overrides`` (epochs, lr, ... of torch models),
+        ``model_params`` (hyper-parameters of tree and kernel models: max_iter, learning_rate, ...), ``device``,
         ``featurizer_options``, ``target``.
     :returns: a ``VoltageModelData`` whose ``metrics`` attribute holds the fit on the training records.
     """

@@ -117,7 +117,8 @@ class VoltnetTrainCalculation(CalcJob):
         spec.input('seed', valid_type=orm.Int, default=lambda: orm.Int(0), serializer=orm.to_aiida_type,
                    help='Training seed (member i of an ensemble uses seed * 1000 + i).')
         spec.input('settings', valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,
-                   help='Optional `members`, `train_overrides` (epochs, lr, batch_size, ...), `device` (default '
+                   help='Optional `members`, `train_overrides` (epochs, lr, batch_size, ... of torch models), '
+                        '`model_params` (max_iter, learning_rate, ... of tree and kernel models), `device` (default '
                         'auto: CUDA when the job sees one), `featurizer_options`, `target`.')
         spec.input('restart_folder', valid_type=(orm.RemoteData, orm.FolderData), required=False,
                    validator=validate_restart_folder,

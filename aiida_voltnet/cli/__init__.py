@@ -33,6 +33,26 @@ def cli(verbose):
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s: %(message)s')
 
 
+def _model_param(ctx, param, values) -> dict:
+    """``NAME=VALUE`` pairs of ``--model-param`` as a dict; a VALUE that reads as a JSON number stays a number
+    (``500``, ``0.1``), any other is text (``squared_error``). Whether the model takes them is checked by
+    training, before any work."""
+    params = {}
+    for value in values:
+        name, sep, text = value.partition('=')
+        if not sep or not name.strip() or not text.strip():
+            raise click.BadParameter(f'{value!r} is not NAME=VALUE (e.g. max_iter=500)', ctx=ctx, param=param)
+        if name.strip() in params:
+            raise click.BadParameter(f'{name.strip()} is given twice', ctx=ctx, param=param)
+        try:
+            number = json.loads(text)
+        except ValueError:
+            number = None
+        params[name.strip()] = number if isinstance(number, (int, float)) and not isinstance(number, bool) \
+            else text.strip()
+    return params
+
+
 @cli.command()
 @click.option('--data', 'data', required=True, type=click.Path(exists=True, dir_okay=False),
               help='Training CSV in the seed format (needs average_voltage).')
@@ -58,7 +78,12 @@ def cli(verbose):
                    'CPUs with AVX512-BF16, about 1.5x for MHA-ResNet on a Zen 5 core, and on GPUs; emulated and '
                    'about 20x slower on CPUs without it, which a warning says; not bit-equal to fp32). Ignored by '
                    'tree and kernel models.')
-def train(data, out, featurizer, model_name, seed, device, epochs, members, precision):
+@click.option('--model-param', 'model_params', multiple=True, callback=_model_param, metavar='NAME=VALUE',
+              help='Set a hyper-parameter of a tree or kernel model, e.g. --model-param max_iter=500 '
+                   '--model-param learning_rate=0.1 (voltnet: loss, max_iter, learning_rate, max_leaf_nodes, '
+                   'min_samples_leaf, l2_regularization, subsample, max_features; svr: C, epsilon, gamma; krr: alpha, '
+                   'gamma). Recorded in the model. Repeat for several.')
+def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
     from aiida_voltnet.ml.models import train_voltage_model
@@ -81,7 +106,8 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         with warnings.catch_warnings(record=True) as caught:  # the leak was said above; library noise is dropped
             warnings.simplefilter('always')
             model = train_voltage_model(records, featurizer=featurizer, model=model_name, seed=seed, device=device,
-                                        members=members, train_overrides=overrides, show_progress=True)
+                                        members=members, train_overrides=overrides, show_progress=True,
+                                        model_params=model_params or None)
     except ElectrodeDataError as exception:  # a record without the target: name the file too
         _fail(f'{data}: {exception}')
     except ValueError as exception:

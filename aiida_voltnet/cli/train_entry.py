@@ -60,7 +60,7 @@ STATUS_EXIT = {'OK': EXIT_OK, 'EXCEPTION': EXIT_EXCEPTION, 'BAD_INPUT': EXIT_BAD
                'LOSS_DIVERGED': EXIT_DIVERGED, 'CUDA_OUT_OF_MEMORY': EXIT_OOM}
 MARKER = 'VOLTNET_STATUS'
 #: Keys of config.json's ``settings`` handed to ``train_voltage_model``.
-SETTINGS_KEYS = ('members', 'train_overrides', 'device', 'featurizer_options', 'target')
+SETTINGS_KEYS = ('members', 'train_overrides', 'model_params', 'device', 'featurizer_options', 'target')
 #: Settings that do not change the trained model's identity (a checkpoint written on a GPU may resume on a CPU).
 NOT_IDENTITY = ('device',)
 CHECKPOINT_DIR = 'checkpoint'
@@ -161,6 +161,13 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         records_sha256 = _sha256(records_path)
         config = {'featurizer': config.get('featurizer', 'leakfree'), 'model': config.get('model', 'voltnet'),
                   'seed': int(config.get('seed', 0)), 'settings': settings, 'resume': config.get('resume')}
+        from aiida_voltnet.ml.models import check_training_options
+
+        # the CalcJob checked these before submitting; a config written by hand gets the same checks here, as bad
+        # input (exit 2) rather than an exception in the middle of training
+        check_training_options(seed=config['seed'], model=config['model'], n_rows=len(records),
+                               **{k: settings[k] for k in ('members', 'train_overrides', 'model_params', 'device',
+                                                          'target') if k in settings})
         options = dict(checkpoint_options or {})
         unknown = sorted(set(options) - set(CHECKPOINT_OPTIONS))
         if unknown:

@@ -53,11 +53,12 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
              protocol: str = 'grouped', seeds: Sequence[int] = (0, 1, 2, 3, 4), folds: int = 5,
              device: str = 'auto', train_overrides: dict | None = None, members: int | None = None,
              target: str = 'average_voltage', log: Callable[[str], None] | None = None,
-             calibrate: bool = True) -> EvaluationResult:
+             calibrate: bool = True, model_params: dict | None = None) -> EvaluationResult:
     """Train and test ``model`` under ``protocol`` for each seed; return every test prediction.
 
     :param calibrate: calibrate ensemble spreads (doubles the training cost; the means, hence MAE/RMSE/R2, do not
         depend on it).
+    :param model_params: hyper-parameters of a tree or kernel model overriding its spec's (``train_voltage_model``).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; choose one of {", ".join(PROTOCOLS)}')
@@ -86,7 +87,7 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
                 warnings.simplefilter('ignore')
                 fitted = train_voltage_model(train, featurizer=featurizer, model=model, seed=seed, device=device,
                                              train_overrides=train_overrides, members=members, target=target,
-                                             calibrate=calibrate)
+                                             calibrate=calibrate, model_params=model_params)
             mean, std = fitted.predict(test, device=device, check_ions=False)
             y = np.array([getattr(r, target) for r in test])
             metrics = regression_metrics(y, mean, [r.working_ion for r in test])

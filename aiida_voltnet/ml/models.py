@@ -789,24 +789,86 @@ def spec_train_setting(model: str, key: str):
     return MODEL_SPECS.get(model, {}).get('params', {}).get('train', {}).get(key)
 
 
-def min_training_rows(model: str) -> int:
-    """The fewest training rows ``model`` can learn anything from: a tree model needs two leaves of
-    ``min_samples_leaf`` rows for its first split (with fewer, every tree is one leaf and the model predicts one
-    constant); other models 2."""
+def min_training_rows(model: str, model_params: dict | None = None) -> int:
+    """The fewest training rows ``model`` (with ``model_params`` overriding its spec's) can learn anything from: a
+    tree model needs two leaves of ``min_samples_leaf`` rows for its first split (with fewer, every tree is one leaf
+    and the model predicts one constant); other models 2."""
     spec = MODEL_SPECS[model]
     if spec['kind'] == 'trees':
-        leaf = spec['params'].get('min_samples_leaf',
-                                  inspect.signature(GradientBoostedTrees).parameters['min_samples_leaf'].default)
+        params = {**spec['params'], **(model_params or {})}
+        leaf = params.get('min_samples_leaf',
+                          inspect.signature(GradientBoostedTrees).parameters['min_samples_leaf'].default)
         return 2 * int(leaf)
     return 2
 
 
+def _integer(minimum):
+    def check(value):
+        return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum, \
+            f'an integer >= {minimum}'
+    return check
+
+
+def _number(low, high=math.inf, low_open=True):
+    def check(value):
+        ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
+            and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
+        return ok, f'a number in {"(" if low_open else "["}{low}, {high}{"]" if math.isfinite(high) else ")"}'
+    return check
+
+
+def _choice(*options):
+    def check(value):
+        return value in options, 'one of ' + ', '.join(map(str, options))
+    return check
+
+
+#: Hyper-parameters a training may set through ``model_params``, with their checks, by regressor: a tree model's
+#: (``GradientBoostedTrees``) and each kernel method's. Torch networks take their training settings through
+#: ``train_overrides``; their architecture is the spec's.
+MODEL_PARAM_CHECKS = {
+    'trees': {'loss': _choice('absolute_error', 'squared_error'), 'max_iter': _integer(1),
+              'learning_rate': _number(0), 'max_leaf_nodes': _integer(2), 'min_samples_leaf': _integer(1),
+              'l2_regularization': _number(0, low_open=False), 'subsample': _number(0, 1),
+              'max_features': _number(0, 1)},
+    'svr': {'C': _number(0), 'epsilon': _number(0, low_open=False), 'gamma': _number(0)},
+    'krr': {'alpha': _number(0), 'gamma': _number(0)},
+}
+
+
+def check_model_params(model: str, model_params) -> None:
+    """Refuse ``model_params`` that ``model`` cannot take: not a dict, a torch model (whose training settings are
+    ``train_overrides``), a name its regressor does not have, a value out of range.
+
+    :raises ValueError: naming the model, the parameter and what it must be.
+    """
+    if not isinstance(model_params, dict):
+        raise ValueError(f'model_params must be a dict of hyper-parameters (max_iter, learning_rate, ...), got '
+                         f'{model_params!r}')
+    if not model_params:
+        return
+    spec = MODEL_SPECS[model]
+    if spec['kind'] == 'torch':
+        raise ValueError(f'model {model} is a torch network: model_params does not apply to it; its training '
+                         'settings (epochs, lr, batch_size, ...) go in train_overrides')
+    checks = MODEL_PARAM_CHECKS['trees' if spec['kind'] == 'trees' else spec['params']['method']]
+    unknown = sorted(set(model_params) - set(checks))
+    if unknown:
+        raise ValueError(f'unknown hyper-parameter(s) {", ".join(map(str, unknown))} in model_params of model '
+                         f'{model}; known: {", ".join(checks)}')
+    for name, value in model_params.items():
+        ok, expected = checks[name](value)
+        if not ok:
+            raise ValueError(f'model_params {name} of model {model} must be {expected}, got {value!r}')
+
+
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
-                           seed=0, model=None, n_rows=None) -> None:
+                           seed=0, model=None, n_rows=None, model_params=None) -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
     integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
     knows (``auto``, ``cpu``, ``cuda[:N]``; whether CUDA is present is checked where the training runs),
-    ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`. Given the ``model`` name: more
+    ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`. Given the ``model`` name:
+    ``model_params`` that its regressor takes (:func:`check_model_params`; without a model name only a dict); more
     than one member only for models whose fit depends on the seed (a kernel model's members would be identical
     copies, whose spread of 0 would claim certainty), and, given ``n_rows`` too, at least
     :func:`min_training_rows` training rows.
@@ -824,21 +886,25 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
         parse_device(device)
     if target not in TARGETS:
         raise ValueError(f'unknown target {target!r}; choose one of {", ".join(TARGETS)}')
+    if model_params is not None and not isinstance(model_params, dict):
+        check_model_params(model, model_params)  # raises: not a dict
     if model is None:
         return
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
+    if model_params:
+        check_model_params(model, model_params)
     spec = MODEL_SPECS[model]
     n_members = members if members is not None else spec['members']
     if spec['kind'] == 'kernel' and n_members > 1:
         raise ValueError(f'model {model} is deterministic (its fit does not depend on the seed): {n_members} members '
                          'would be identical copies, whose spread of 0 would claim a certainty they do not have; '
                          'train it with members 1')
-    if n_rows is not None and n_rows < min_training_rows(model):
-        raise ValueError(f'model {model} needs at least {min_training_rows(model)} training rows, got {n_rows}'
-                         + (f': its trees split no node with fewer than '
-                            f'{min_training_rows(model) // 2} rows on each side, so it would predict one constant'
-                            if spec['kind'] == 'trees' else ''))
+    least = min_training_rows(model, model_params)
+    if n_rows is not None and n_rows < least:
+        raise ValueError(f'model {model} needs at least {least} training rows, got {n_rows}'
+                         + (f': its trees split no node with fewer than {least // 2} rows on each side, so it would '
+                            'predict one constant' if spec['kind'] == 'trees' else ''))
 
 
 def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Featurizer = DEFAULT_FEATURIZER,
@@ -846,12 +912,14 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
                         members: int | None = None, train_overrides: dict | None = None,
                         featurizer_options: dict | None = None, target: str = 'average_voltage',
                         progress: Callable[[str], Any] | None = None, show_progress: bool = False,
-                        calibrate: bool = True, checkpoint=None) -> VoltageModel:
+                        calibrate: bool = True, checkpoint=None, model_params: dict | None = None) -> VoltageModel:
     """Fit ``featurizer`` and ``model`` on all ``records`` (validation rows for early stopping are carved inside).
 
     :param model: a name in :data:`MODEL_SPECS`.
     :param members: ensemble size (default: the spec's); member ``i`` uses seed ``seed * 1000 + i``.
     :param train_overrides: overrides of the torch training settings (epochs, lr, batch_size, patience, ...).
+    :param model_params: overrides of a tree or kernel model's hyper-parameters (:data:`MODEL_PARAM_CHECKS`: e.g.
+        ``max_iter``, ``learning_rate`` of the trees); every member's saved state records the values it used.
     :param target: ``average_voltage`` or ``max_delta_volume`` (the paper's Fig. S5 target).
     :param calibrate: for ensembles, scale the spread so that it is a calibrated 1-sigma uncertainty (fits the
         members a second time on 90 % of the training frameworks; see :func:`_calibrate_spread`).
@@ -859,7 +927,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
         the torch loop state) and restores the members it already holds, so that a resumed training skips them.
     """
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
-                           seed=seed, model=model, n_rows=len(records))
+                           seed=seed, model=model, n_rows=len(records), model_params=model_params)
     if records and all(getattr(r, target) is None for r in records):
         raise ElectrodeDataError(f'none of the {len(records)} records has a value of {target} to train on: the '
                                  'data lack the column', field=target)
@@ -874,6 +942,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     X = featurizer.fit_transform(records)
     n_members = members if members is not None else spec['members']
     fit = dict(spec=spec, n_members=n_members, seed=seed, device=device, train_overrides=train_overrides,
+               model_params=model_params,
                show_progress=show_progress, progress=progress, label=model, checkpoint=checkpoint)
     calibration = None
     if calibrate and n_members > 1:
@@ -889,13 +958,15 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
                      'aiida_voltnet': _package_version()},
         'wall_time_s': round(time.perf_counter() - started, 3),
     }
+    if model_params:
+        metadata['model_params'] = dict(model_params)
     if calibration is not None:
         metadata['uncertainty_calibration'] = calibration
     return VoltageModel(featurizer, fitted, model, metadata)
 
 
 def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_progress, progress, label,
-                 checkpoint=None, phase='final'):
+                 checkpoint=None, phase='final', model_params=None):
     """Fit ``n_members`` regressors of ``spec``; member ``i`` uses seed ``seed * 1000 + i``. With a
     ``checkpoint``, each member goes through ``checkpoint.fit_member`` (restored if saved, else fitted and saved)."""
     from tqdm.auto import tqdm
@@ -908,6 +979,8 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
         params = json.loads(json.dumps(spec['params']))
         if spec['kind'] == 'torch' and train_overrides:
             params['train'].update(train_overrides)
+        if spec['kind'] != 'torch' and model_params:
+            params.update(model_params)
         regressor = build_regressor(spec['kind'], params)
         bar = callback = None
         if show_progress and spec['kind'] == 'torch':

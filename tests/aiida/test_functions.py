@@ -271,8 +271,12 @@ def test_bad_settings_refused(trained):
                             ({'train_overrides': {'epochz': 1}}, 'unknown training setting.*epochz'),
                             ({'train_overrides': {'epochs': -1}}, 'epochs must be an integer >= 1'),
                             ({'device': 'tpu'}, "unknown device 'tpu'"),
-                            ({'target': 'energy_grav'}, "unknown target 'energy_grav'")]:
+                            ({'target': 'energy_grav'}, "unknown target 'energy_grav'"),
+                            ({'model_params': {'max_iter': 5}}, 'model mlp is a torch network: model_params does '
+                                                                'not apply')]:
         _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
+    _refused(lambda: F.train_model(trained.train, settings={'model_params': {'max_iter': -2}}),
+             'model_params max_iter of model voltnet must be an integer >= 1, got -2')
     for seed in (-1, 2**32):  # member i trains with seed * 1000 + i: these failed inside the body (an excepted node)
         _refused(lambda: F.train_model(trained.train, model='krr', seed=seed), r'seed must be an integer in 0\.\.')
     # members of a deterministic model are identical copies (a spread of 0 that claims certainty); trees on fewer
@@ -358,3 +362,15 @@ def test_split_refusals_say_what_is_wrong(trained):
              r'grouped split of \d+ record\(s\) from 1 host framework\(s\).*needs at least two')
     _refused(lambda: F.split_dataset(trained.dataset, kind='random', test_fraction=0.999),
              'a random split of 150 record.*leaves an empty train or test set')
+
+
+def test_model_params_are_an_input_of_train_model_and_of_its_hash(trained):
+    """A tree model's hyper-parameters go into train_model's settings: the process records them, its model
+    trains with them, and its hash differs from a default training's (with caching on, one never stands in for the
+    other)."""
+    few = F.train_model(trained.train, settings={'members': 1, 'model_params': {'max_iter': 6}})
+    assert {m.hyper['max_iter'] for m in F.load_model(few).members} == {6}
+    assert few.creator.inputs.settings.get_dict()['model_params'] == {'max_iter': 6}
+    default = F.train_model(trained.train, settings={'members': 1})
+    assert {m.hyper['max_iter'] for m in F.load_model(default).members} == {250}
+    assert few.creator.base.caching.get_hash() != default.creator.base.caching.get_hash()

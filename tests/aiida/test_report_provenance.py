@@ -64,7 +64,13 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
     assert {e['protocol'] for e in prov['processes']} == {'random', 'grouped'}
     for entry in prov['processes']:
         assert orm.load_node(entry['evaluate_model'][1]).is_finished_ok
-        assert orm.load_node(entry['model'][1]).model_version == entry['model'][2]
+        model = orm.load_node(entry['model'][1])
+        assert model.model_version == entry['model'][2]
+        # quick mode's fewer boosting iterations are an input of train_model, not a patch of the global spec that
+        # the process would not record (with caching on, its model would then stand in for a default training's)
+        train = orm.load_node(entry['train_model'][1])
+        assert train.inputs.settings.get_dict()['model_params'] == {'max_iter': 80}
+        assert {member.hyper['max_iter'] for member in model.load_model().members} == {80}
 
     markdown = (out / 'report.md').read_text()
     assert HEADINGS[8] in markdown.splitlines()

@@ -36,6 +36,17 @@ def test_ok_writes_model_metrics_status(workdir):
     assert json.loads((path / 'metrics.json').read_text())['train']['n'] == 30
 
 
+def test_model_params_in_the_config_reach_the_model(workdir):
+    """``settings.model_params`` of the CalcJob's config (a kernel model's alpha here) train the model; an unknown
+    one is bad input (exit 2), not silently dropped."""
+    path = workdir(settings={'model_params': {'alpha': 3.0}})
+    assert _main(path) == 0
+    config = json.loads((path / 'model' / 'config.json').read_text())
+    assert config['metadata']['model_params'] == {'alpha': 3.0}
+    assert _main(workdir(settings={'model_params': {'C': 3.0}})) == 2
+    assert 'unknown hyper-parameter(s) C in model_params of model krr' in (path / 'status.json').read_text()
+
+
 def test_cuda_out_of_memory_is_exit_5(workdir, monkeypatch):
     import torch
 
