@@ -836,16 +836,17 @@ MODEL_PARAM_CHECKS = {
 }
 
 
-def check_model_params(model: str, model_params) -> None:
+def check_model_params(model: str | None, model_params) -> None:
     """Refuse ``model_params`` that ``model`` cannot take: not a dict, a torch model (whose training settings are
-    ``train_overrides``), a name its regressor does not have, a value out of range.
+    ``train_overrides``), a name its regressor does not have, a value out of range. Without a ``model`` name, only
+    that it is a dict.
 
     :raises ValueError: naming the model, the parameter and what it must be.
     """
     if not isinstance(model_params, dict):
         raise ValueError(f'model_params must be a dict of hyper-parameters (max_iter, learning_rate, ...), got '
                          f'{model_params!r}')
-    if not model_params:
+    if model is None or not model_params:
         return
     spec = MODEL_SPECS[model]
     if spec['kind'] == 'torch':
@@ -886,13 +887,13 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
         parse_device(device)
     if target not in TARGETS:
         raise ValueError(f'unknown target {target!r}; choose one of {", ".join(TARGETS)}')
-    if model_params is not None and not isinstance(model_params, dict):
-        check_model_params(model, model_params)  # raises: not a dict
     if model is None:
+        if model_params is not None:
+            check_model_params(None, model_params)
         return
     if model not in MODEL_SPECS:
         raise ValueError(f'unknown model {model!r}; choose one of {", ".join(MODEL_SPECS)}')
-    if model_params:
+    if model_params is not None:
         check_model_params(model, model_params)
     spec = MODEL_SPECS[model]
     n_members = members if members is not None else spec['members']
