@@ -706,3 +706,16 @@ def test_model_params_move_the_fewest_training_rows_of_trees(records):
     with pytest.raises(ValueError, match='voltnet needs at least 10 training rows, got 9'):
         train_voltage_model(records[:9], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
     train_voltage_model(records[:10], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
+
+
+def test_model_params_are_stored_as_plain_json_values(records, tmp_path):
+    """An integer 1 for max_features (what `--model-param max_features=1` gives) is scikit-learn's float 1.0, and
+    numpy scalars are plain numbers: both failed after the checks had passed (scikit-learn's own refusal; a model
+    that trained but could not be saved)."""
+    model = train_voltage_model(records[:120], members=1, calibrate=False,
+                                model_params={'max_features': 1, 'max_iter': np.int64(4), 'learning_rate': np.float32(0.5)})
+    hyper = model.members[0].hyper
+    assert (hyper['max_features'], hyper['max_iter'], hyper['learning_rate']) == (1.0, 4, 0.5)
+    assert [type(hyper[k]) for k in ('max_features', 'max_iter', 'learning_rate')] == [float, int, float]
+    assert model.metadata['model_params'] == {'max_features': 1.0, 'max_iter': 4, 'learning_rate': 0.5}
+    VoltageModel.load(model.save(tmp_path / 'm'))

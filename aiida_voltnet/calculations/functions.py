@@ -306,7 +306,8 @@ def _validate_split(inputs):
     _split(inputs)
 
 
-def check_split_leaves_enough_to_train(records, kind, seed, test_fraction, model, members=None) -> None:
+def check_split_leaves_enough_to_train(records, kind, seed, test_fraction, model, members=None,
+                                       model_params=None) -> None:
     """Refuse a split (the one ``split_dataset`` makes with these options) whose training part is too small for
     ``model``: found before anything is stored, by ``TrainWorkChain``'s validator and ``voltnet quickstart``.
 
@@ -315,7 +316,7 @@ def check_split_leaves_enough_to_train(records, kind, seed, test_fraction, model
     check_split_options(kind, test_fraction)
     train, _ = make_split(records, kind=kind, seed=seed, test_fraction=test_fraction)
     try:
-        check_training_options(model=model, members=members, n_rows=len(train))
+        check_training_options(model=model, members=members, n_rows=len(train), model_params=model_params)
     except ValueError as exception:
         raise ValueError(f'{exception} (the {kind} split of the {len(records)} records holds '
                          f'{len(records) - len(train)} out for the test)') from None

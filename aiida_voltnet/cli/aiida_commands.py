@@ -112,7 +112,7 @@ def quickstart(data, profile, protocol):
     train, split = inputs['train'], inputs['split']
     try:  # too few rows for the protocol's model after the protocol's own split, found before the profile too
         check_split_leaves_enough_to_train(rows, split['kind'], split['seed'], split['test_fraction'], train['model'],
-                                           train['settings'].get('members'))
+                                           train['settings'].get('members'), train['settings'].get('model_params'))
     except ValueError as exception:
         _fail(f'{data}: {exception}')
     ensure_embedded_profile(profile)

@@ -802,10 +802,13 @@ def min_training_rows(model: str, model_params: dict | None = None) -> int:
     return 2
 
 
+# Each check returns (ok, what the value must be, the value as plain JSON: int, float or str). Plain values matter:
+# scikit-learn takes only a float max_features (1 from a command line is an int) and numpy scalars do not go into
+# the model's JSON config.
 def _integer(minimum):
     def check(value):
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum, \
-            f'an integer >= {minimum}'
+        ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+        return ok, f'an integer >= {minimum}', int(value) if ok else value
     return check
 
 
@@ -813,13 +816,14 @@ def _number(low, high=math.inf, low_open=True):
     def check(value):
         ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool) \
             and math.isfinite(value) and (value > low if low_open else value >= low) and value <= high
-        return ok, f'a number in {"(" if low_open else "["}{low}, {high}{"]" if math.isfinite(high) else ")"}'
+        expected = f'a number in {"(" if low_open else "["}{low}, {high}{"]" if math.isfinite(high) else ")"}'
+        return ok, expected, float(value) if ok else value
     return check
 
 
 def _choice(*options):
     def check(value):
-        return value in options, 'one of ' + ', '.join(map(str, options))
+        return value in options, 'one of ' + ', '.join(map(str, options)), value
     return check
 
 
@@ -836,31 +840,35 @@ MODEL_PARAM_CHECKS = {
 }
 
 
-def check_model_params(model: str | None, model_params) -> None:
+def check_model_params(model: str | None, model_params) -> dict:
     """Refuse ``model_params`` that ``model`` cannot take: not a dict, a torch model (whose training settings are
     ``train_overrides``), a name its regressor does not have, a value out of range. Without a ``model`` name, only
     that it is a dict.
 
+    :returns: the parameters as plain JSON values (integers as ``int``, numbers as ``float``), as training uses
+        and records them.
     :raises ValueError: naming the model, the parameter and what it must be.
     """
     if not isinstance(model_params, dict):
         raise ValueError(f'model_params must be a dict of hyper-parameters (max_iter, learning_rate, ...), got '
                          f'{model_params!r}')
     if model is None or not model_params:
-        return
+        return dict(model_params)
     spec = MODEL_SPECS[model]
     if spec['kind'] == 'torch':
         raise ValueError(f'model {model} is a torch network: model_params does not apply to it; its training '
                          'settings (epochs, lr, batch_size, ...) go in train_overrides')
     checks = MODEL_PARAM_CHECKS['trees' if spec['kind'] == 'trees' else spec['params']['method']]
-    unknown = sorted(set(model_params) - set(checks))
+    unknown = sorted(map(str, set(model_params) - set(checks)))
     if unknown:
-        raise ValueError(f'unknown hyper-parameter(s) {", ".join(map(str, unknown))} in model_params of model '
-                         f'{model}; known: {", ".join(checks)}')
+        raise ValueError(f'unknown hyper-parameter(s) {", ".join(unknown)} in model_params of model {model}; '
+                         f'known: {", ".join(checks)}')
+    plain = {}
     for name, value in model_params.items():
-        ok, expected = checks[name](value)
+        ok, expected, plain[name] = checks[name](value)
         if not ok:
             raise ValueError(f'model_params {name} of model {model} must be {expected}, got {value!r}')
+    return plain
 
 
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
@@ -929,6 +937,8 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     """
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
                            seed=seed, model=model, n_rows=len(records), model_params=model_params)
+    if model_params is not None:
+        model_params = check_model_params(model, model_params)  # as plain JSON values
     if records and all(getattr(r, target) is None for r in records):
         raise ElectrodeDataError(f'none of the {len(records)} records has a value of {target} to train on: the '
                                  'data lack the column', field=target)

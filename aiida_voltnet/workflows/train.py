@@ -131,7 +131,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             # refused it after the dataset and the split were stored)
             functions.check_split_leaves_enough_to_train(
                 list(records), _value(split.get('kind', 'grouped')), _value(split.get('seed', 0)),
-                _value(split.get('test_fraction', 0.1)), _value(train.get('model', 'voltnet')), settings.get('members'))
+                _value(split.get('test_fraction', 0.1)), _value(train.get('model', 'voltnet')), settings.get('members'),
+                settings.get('model_params'))
         except Exception as exception:  # noqa: BLE001 - the message names row and field
             return f'{type(exception).__name__}: {exception}'
         return None

@@ -198,6 +198,20 @@ def test_train_workchain_refuses_a_split_too_small_to_train_before_storing(tmp_p
     assert count_nodes() == before
 
 
+def test_train_workchain_counts_model_params_in_the_rows_its_split_must_leave(tmp_path):
+    """A min_samples_leaf of 25 in settings.model_params needs 50 training rows: the launch check counts it (it
+    used the spec's 20, passed, and the chain stored the dataset and split before train_model refused)."""
+    small = tmp_path / 'small.csv'
+    small.write_text('\n'.join(CSV_150.read_text().splitlines()[:56]) + '\n')
+    csv = orm.SinglefileData(small).store()
+    before = count_nodes()
+    with pytest.raises(ValueError, match=r'voltnet needs at least 50 training rows, got \d\d: .*\(the grouped split'):
+        run_get_node(TrainWorkChain.get_builder_from_protocol(
+            csv, protocol='fast', overrides={'train': {'settings': {'members': 2,
+                                                                    'model_params': {'min_samples_leaf': 25}}}}))
+    assert count_nodes() == before
+
+
 def test_train_workchain_reports_a_refusal_under_the_step_that_made_it(tmp_path, monkeypatch):
     """A refusal that only a step finds (here the launch check is switched off, so that the 38 training rows of
     the case above reach train_model) is exit 300, reported under the step ('train'), where the report read
