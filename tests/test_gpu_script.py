@@ -38,6 +38,8 @@ def test_export_then_quick_run_without_pymatgen(tmp_path):
         assert full['epochs'] == 2 and full['train_rows'] + full['test_rows'] <= 200 and full['test_rows'] > 0
         assert 0 < full['test_mae_v'] < 100  # 2 epochs: trained little, but a finite voltage error
     assert 'grouped 90/10: test MAE' in run.stdout
+    trees = figures['voltnet_trees_grouped']  # the reference on the same grouped split
+    assert trees['test_rows'] == figures['mha_leakfree_full']['test_rows'] and 0 < trees['test_mae_v'] < 100
     assert '| MHA-ResNet, paper features, ours fp32 |' in run.stdout
     # the shim does refuse pymatgen: the export step (which featurizes) fails under it
     refused = subprocess.run([sys.executable, '-c', NO_PYMATGEN, str(SCRIPT), '--export', str(tmp_path / 'x.npz')],
