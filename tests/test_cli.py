@@ -133,7 +133,8 @@ def test_train_model_params_reach_the_model_and_bad_ones_are_refused(tmp_path):
     for arguments, message in [(['--model-param', 'max_iter'], "'max_iter' is not NAME=VALUE"),
                                (['--model-param', 'max_iter=3', '--model-param', 'max_iter=4'], 'max_iter is given twice'),
                                (['--model-param', 'max_iter=0'], 'max_iter of model voltnet must be an integer >= 1'),
-                               (['--model', 'mlp', '--model-param', 'max_iter=3'], 'model mlp is a torch network')]:
+                               (['--model', 'mlp', '--model-param', 'max_iter=3'], 'model mlp is a torch network'),
+                               (['--epochs', '3'], '--epochs: model voltnet is no torch network and trains no epochs')]:
         bad = run('train', '--data', str(train_csv), '--out', str(tmp_path / 'x'), *arguments, check=False)
         assert bad.returncode == 2 and message in bad.stderr, bad.stderr
         assert not (tmp_path / 'x' / 'config.json').exists()

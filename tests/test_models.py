@@ -719,3 +719,11 @@ def test_model_params_are_stored_as_plain_json_values(records, tmp_path):
     assert [type(hyper[k]) for k in ('max_features', 'max_iter', 'learning_rate')] == [float, int, float]
     assert model.metadata['model_params'] == {'max_features': 1.0, 'max_iter': 4, 'learning_rate': 0.5}
     VoltageModel.load(model.save(tmp_path / 'm'))
+
+
+def test_train_overrides_of_a_model_that_is_no_torch_network_are_refused(records):
+    """train_overrides of a tree or kernel model (epochs, say) did nothing, without a word."""
+    for model in ('voltnet', 'krr'):
+        with pytest.raises(ValueError, match=rf'model {model} is no torch network: train_overrides \(epochs\) do not '
+                                             'apply to it; its hyper-parameters go in model_params'):
+            train_voltage_model(records[:50], model=model, members=1, train_overrides={'epochs': 3})

@@ -70,7 +70,8 @@ def _model_param(ctx, param, values) -> dict:
               help='Random seed (member i of an ensemble trains with seed * 1000 + i).')
 @click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
 @click.option('--epochs', default=None, type=click.IntRange(min=1),
-              help='Override the number of epochs of torch models.')
+              help='Override the number of epochs of torch models (refused for tree and kernel models, which '
+                   'train no epochs).')
 @click.option('--members', default=None, type=click.IntRange(min=1),
               help='Override the ensemble size (1 for svr and krr, whose members would be identical).')
 @click.option('--precision', default='fp32', show_default=True, type=click.Choice(['fp32', 'bf16']),
@@ -86,7 +87,7 @@ def _model_param(ctx, param, values) -> dict:
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
-    from aiida_voltnet.ml.models import train_voltage_model
+    from aiida_voltnet.ml.models import MODEL_SPECS, train_voltage_model
     from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
 
     _check_output_path(out, directory=True)
@@ -98,8 +99,12 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     if featurizer == 'paper':
         click.secho('WARNING: the paper featurizer feeds capacity_grav and energy_grav, whose ratio is the target '
                     'average_voltage: its scores measure the leak.', fg='yellow', err=True)
+    torch_model = MODEL_SPECS[model_name]['kind'] == 'torch'
+    if epochs is not None and not torch_model:
+        _fail(f'--epochs: model {model_name} is no torch network and trains no epochs (its hyper-parameters: '
+              '--model-param)')
     overrides = {**({'epochs': epochs} if epochs is not None else {}),
-                 **({'precision': precision} if precision != 'fp32' else {})}
+                 **({'precision': precision} if precision != 'fp32' and torch_model else {})}  # documented: ignored
     overrides = overrides or None
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
     try:

@@ -874,7 +874,8 @@ def check_model_params(model: str | None, model_params) -> dict:
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
                            seed=0, model=None, n_rows=None, model_params=None) -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
-    integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values, ``device`` a device name torch
+    integer, ``train_overrides`` known :class:`TrainConfig` keys with valid values (for a torch model only, given its
+    name), ``device`` a device name torch
     knows (``auto``, ``cpu``, ``cuda[:N]``; whether CUDA is present is checked where the training runs),
     ``target`` one of :data:`TARGETS`, ``seed`` an integer in 0..:data:`MAX_SEED`. Given the ``model`` name:
     ``model_params`` that its regressor takes (:func:`check_model_params`; without a model name only a dict); more
@@ -904,6 +905,9 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
     if model_params is not None:
         check_model_params(model, model_params)
     spec = MODEL_SPECS[model]
+    if train_overrides and spec['kind'] != 'torch':  # they were silently ignored
+        raise ValueError(f'model {model} is no torch network: train_overrides ({", ".join(map(str, train_overrides))}) '
+                         'do not apply to it; its hyper-parameters go in model_params')
     n_members = members if members is not None else spec['members']
     if spec['kind'] == 'kernel' and n_members > 1:
         raise ValueError(f'model {model} is deterministic (its fit does not depend on the seed): {n_members} members '

@@ -277,6 +277,8 @@ def test_bad_settings_refused(trained):
         _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
     _refused(lambda: F.train_model(trained.train, settings={'model_params': {'max_iter': -2}}),
              'model_params max_iter of model voltnet must be an integer >= 1, got -2')
+    _refused(lambda: F.train_model(trained.train, settings={'train_overrides': {'epochs': 2}}),
+             r'model voltnet is no torch network: train_overrides \(epochs\) do not apply')
     for seed in (-1, 2**32):  # member i trains with seed * 1000 + i: these failed inside the body (an excepted node)
         _refused(lambda: F.train_model(trained.train, model='krr', seed=seed), r'seed must be an integer in 0\.\.')
     # members of a deterministic model are identical copies (a spread of 0 that claims certainty); trees on fewer
