@@ -703,6 +703,9 @@ def test_model_params_move_the_fewest_training_rows_of_trees(records):
     from aiida_voltnet.ml.models import min_training_rows
 
     assert min_training_rows('voltnet', {'min_samples_leaf': 5}) == 10
+    # each member draws a share of the rows: two leaves of 5 need 20 rows at subsample 0.5
+    assert min_training_rows('voltnet', {'min_samples_leaf': 5, 'subsample': 0.5}) == 20
+    assert min_training_rows('voltnet', {'subsample': 0.8}) == 50
     with pytest.raises(ValueError, match='voltnet needs at least 10 training rows, got 9'):
         train_voltage_model(records[:9], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
     train_voltage_model(records[:10], members=1, calibrate=False, model_params={'min_samples_leaf': 5})

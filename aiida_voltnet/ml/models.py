@@ -791,14 +791,16 @@ def spec_train_setting(model: str, key: str):
 
 def min_training_rows(model: str, model_params: dict | None = None) -> int:
     """The fewest training rows ``model`` (with ``model_params`` overriding its spec's) can learn anything from: a
-    tree model needs two leaves of ``min_samples_leaf`` rows for its first split (with fewer, every tree is one leaf
-    and the model predicts one constant); other models 2."""
+    tree model needs two leaves of ``min_samples_leaf`` rows for its first split among the rows each tree model
+    draws (``subsample``; with fewer, every tree is one leaf and the model predicts one constant); other models 2."""
     spec = MODEL_SPECS[model]
     if spec['kind'] == 'trees':
+        defaults = inspect.signature(GradientBoostedTrees).parameters
         params = {**spec['params'], **(model_params or {})}
-        leaf = params.get('min_samples_leaf',
-                          inspect.signature(GradientBoostedTrees).parameters['min_samples_leaf'].default)
-        return 2 * int(leaf)
+        leaf = params.get('min_samples_leaf', defaults['min_samples_leaf'].default)
+        fraction = params.get('subsample', defaults['subsample'].default)
+        # GradientBoostedTrees.fit draws round(fraction * n) rows: at least 2 * leaf once fraction * n >= 2 * leaf
+        return math.ceil(2 * int(leaf) / fraction - 1e-9)
     return 2
 
 
