@@ -20,6 +20,7 @@ from aiida_voltnet.calculations.functions import assemble_dataset_from_structure
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.ml.featurizers import get_featurizer
+from aiida_voltnet.ml.models import MODEL_SPECS
 
 from .ports import StructurePairsNamespace
 from .verify import VerifyWorkChain, launch_refusal, load_pseudo_family, pw_builder
@@ -43,8 +44,18 @@ def training_recipe(model: VoltageModelData) -> dict:
 
 
 def retrain_inputs(model: VoltageModelData, retrain) -> dict:
-    """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe."""
-    return {**training_recipe(model), **dict(retrain)}
+    """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe. When ``retrain``
+    names another model and no settings, the inherited settings lose what that model cannot take: the torch
+    ``train_overrides`` for a tree or kernel model, ``model_params`` for a torch network (a new ``Dict``)."""
+    recipe = training_recipe(model)
+    inputs = {**recipe, **dict(retrain)}
+    if 'settings' in recipe and 'settings' not in retrain and 'model' in retrain:
+        spec = MODEL_SPECS.get(getattr(retrain['model'], 'value', retrain['model']))
+        settings = recipe['settings'].get_dict()
+        foreign = None if spec is None else 'model_params' if spec['kind'] == 'torch' else 'train_overrides'
+        if foreign in settings:
+            inputs['settings'] = orm.Dict({key: value for key, value in settings.items() if key != foreign})
+    return inputs
 
 
 class ScreenWorkChain(WorkChain):
@@ -334,10 +345,15 @@ class ScreenWorkChain(WorkChain):
         verified = {name: {**self.ctx.valid[name], 'dft_voltage': voltage}
                     for name, voltage in self.ctx.dft_voltages.items()}
         retrain = retrain_inputs(self.inputs.model, self.inputs.retrain)
-        inherited = sorted(set(training_recipe(self.inputs.model)) - set(self.inputs.retrain))
+        recipe = training_recipe(self.inputs.model)
+        inherited = sorted(set(recipe) - set(self.inputs.retrain))
         if inherited:
+            dropped = sorted(set(recipe['settings'].get_dict()) - set(retrain['settings'].get_dict())) \
+                if 'settings' in inherited else []
             self.report(f"retraining with the screened model's {', '.join(inherited)} "
-                        f'({self.inputs.model.creator.process_label}<{self.inputs.model.creator.pk}>)')
+                        f'({self.inputs.model.creator.process_label}<{self.inputs.model.creator.pk}>)'
+                        + (f"; without its {', '.join(dropped)}, which model {retrain['model'].value} cannot take"
+                           if dropped else ''))
         metadata = {'call_link_label': 'retrain'}
         if (retrain.pop('metadata', None) or {}).get('disable_cache'):  # passed on, not dropped
             metadata['disable_cache'] = True

@@ -474,3 +474,21 @@ def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, c
     assert latest is None or latest.pk != volume.pk  # the newest voltnet model predicts volumes: not picked
     voltage = train_model(dataset, model='voltnet', settings=orm.Dict({'members': 2}))
     assert example.latest_model(orm).pk == voltage.pk
+
+
+def test_a_screen_retrain_with_another_model_leaves_out_inherited_settings_it_cannot_take(trained):
+    """The screened model (an MLP trained with train_overrides) hands its settings to the retraining; a retrain
+    naming a kernel model kept those torch overrides, which that model now refuses. They are left out; a torch
+    model keeps the very same settings node."""
+    from aiida_voltnet.workflows.screen import retrain_inputs
+
+    recipe_settings = trained.model.creator.inputs.settings
+    assert 'train_overrides' in recipe_settings.get_dict()
+    kernel = retrain_inputs(trained.model, {'dataset': trained.train, 'model': orm.Str('krr')})
+    assert kernel['settings'].get_dict() == {k: v for k, v in recipe_settings.get_dict().items()
+                                             if k != 'train_overrides'}
+    torch_model = retrain_inputs(trained.model, {'dataset': trained.train, 'model': orm.Str('lstm')})
+    assert torch_model['settings'].uuid == recipe_settings.uuid
+    given = retrain_inputs(trained.model, {'dataset': trained.train, 'model': orm.Str('krr'),
+                                           'settings': orm.Dict({'members': 1})})
+    assert given['settings'].get_dict() == {'members': 1}  # what the retrain gives is taken as given
