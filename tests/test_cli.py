@@ -131,7 +131,8 @@ def test_train_model_params_reach_the_model_and_bad_ones_are_refused(tmp_path):
     config = json.loads((tmp_path / 'm' / 'config.json').read_text())
     assert config['metadata']['model_params'] == {'max_iter': 3, 'loss': 'squared_error'}
     for arguments, message in [(['--model-param', 'max_iter'], "'max_iter' is not NAME=VALUE"),
-                               (['--model-param', 'max_iter=3', '--model-param', 'max_iter=4'], 'max_iter is given twice'),
+                               (['--model-param', 'max_iter=3', '--model-param', 'max_iter=4'],
+                                'max_iter is given twice'),
                                (['--model-param', 'max_iter=0'], 'max_iter of model voltnet must be an integer >= 1'),
                                (['--model', 'mlp', '--model-param', 'max_iter=3'], 'model mlp is a torch network'),
                                (['--epochs', '3'], '--epochs: model voltnet is no torch network and trains no epochs')]:

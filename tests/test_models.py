@@ -716,7 +716,8 @@ def test_model_params_are_stored_as_plain_json_values(records, tmp_path):
     numpy scalars are plain numbers: both failed after the checks had passed (scikit-learn's own refusal; a model
     that trained but could not be saved)."""
     model = train_voltage_model(records[:120], members=1, calibrate=False,
-                                model_params={'max_features': 1, 'max_iter': np.int64(4), 'learning_rate': np.float32(0.5)})
+                                model_params={'max_features': 1, 'max_iter': np.int64(4),
+                                              'learning_rate': np.float32(0.5)})
     hyper = model.members[0].hyper
     assert (hyper['max_features'], hyper['max_iter'], hyper['learning_rate']) == (1.0, 4, 0.5)
     assert [type(hyper[k]) for k in ('max_features', 'max_iter', 'learning_rate')] == [float, int, float]

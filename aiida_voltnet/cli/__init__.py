@@ -81,9 +81,9 @@ def _model_param(ctx, param, values) -> dict:
                    'tree and kernel models.')
 @click.option('--model-param', 'model_params', multiple=True, callback=_model_param, metavar='NAME=VALUE',
               help='Set a hyper-parameter of a tree or kernel model, e.g. --model-param max_iter=500 '
-                   '--model-param learning_rate=0.1 (voltnet, voltnet_large: loss, max_iter, learning_rate, max_leaf_nodes, '
-                   'min_samples_leaf, l2_regularization, subsample, max_features; svr: C, epsilon, gamma; krr: alpha, '
-                   'gamma). Recorded in the model. Repeat for several.')
+                   '--model-param learning_rate=0.1 (voltnet, voltnet_large: loss, max_iter, learning_rate, '
+                   'max_leaf_nodes, min_samples_leaf, l2_regularization, subsample, max_features; svr: C, epsilon, '
+                   'gamma; krr: alpha, gamma). Recorded in the model. Repeat for several.')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning

@@ -43,18 +43,29 @@ def training_recipe(model: VoltageModelData) -> dict:
             if link.link_label in RECIPE}
 
 
+def _regressor_family(model_name) -> str | None:
+    """``torch``, ``trees`` or the kernel method of a model spec (the regressors that take the same settings)."""
+    spec = MODEL_SPECS.get(getattr(model_name, 'value', model_name))
+    if spec is None:
+        return None
+    return spec['params']['method'] if spec['kind'] == 'kernel' else spec['kind']
+
+
 def retrain_inputs(model: VoltageModelData, retrain) -> dict:
     """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe. When ``retrain``
-    names another model and no settings, the inherited settings lose what that model cannot take: the torch
-    ``train_overrides`` for a tree or kernel model, ``model_params`` for a torch network (a new ``Dict``)."""
+    names a model of another kind and no settings, the inherited settings lose what that model cannot take (a new
+    ``Dict``): the torch ``train_overrides`` unless it is a torch network, the ``model_params`` of another
+    regressor (trees, svr, krr)."""
     recipe = training_recipe(model)
     inputs = {**recipe, **dict(retrain)}
     if 'settings' in recipe and 'settings' not in retrain and 'model' in retrain:
-        spec = MODEL_SPECS.get(getattr(retrain['model'], 'value', retrain['model']))
+        new, old = _regressor_family(retrain['model']), _regressor_family(recipe.get('model', 'voltnet'))
         settings = recipe['settings'].get_dict()
-        foreign = None if spec is None else 'model_params' if spec['kind'] == 'torch' else 'train_overrides'
-        if foreign in settings:
-            inputs['settings'] = orm.Dict({key: value for key, value in settings.items() if key != foreign})
+        foreign = set()
+        if new is not None and new != old:
+            foreign = {'model_params'} | ({'train_overrides'} if new != 'torch' else set())
+        if foreign & set(settings):
+            inputs['settings'] = orm.Dict({key: value for key, value in settings.items() if key not in foreign})
     return inputs
 
 

@@ -492,3 +492,9 @@ def test_a_screen_retrain_with_another_model_leaves_out_inherited_settings_it_ca
     given = retrain_inputs(trained.model, {'dataset': trained.train, 'model': orm.Str('krr'),
                                            'settings': orm.Dict({'members': 1})})
     assert given['settings'].get_dict() == {'members': 1}  # what the retrain gives is taken as given
+    # the trees' hyper-parameters are no svr's: left out; another tree model keeps them
+    trees = F.train_model(trained.train, settings={'members': 1, 'model_params': {'max_iter': 5}})
+    assert retrain_inputs(trees, {'dataset': trained.train, 'model': orm.Str('svr')})['settings'].get_dict() \
+        == {'members': 1}
+    same = retrain_inputs(trees, {'dataset': trained.train, 'model': orm.Str('voltnet_large')})
+    assert same['settings'].uuid == trees.creator.inputs.settings.uuid
