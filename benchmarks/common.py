@@ -90,6 +90,20 @@ def _existing(kind: str, is_kind: Callable[[Path], bool]) -> Callable[[str], str
     return check
 
 
+def new_file(value: str) -> Path:
+    """An argparse type: a file path that can be written (its folder exists and is writable, and it is no
+    folder), checked before any measurement, so a long run does not end in a traceback at its last line."""
+    path = Path(value)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f'is a directory: {value!r}')
+    folder = path.parent
+    if not folder.is_dir():
+        raise argparse.ArgumentTypeError(f'no such directory: {str(folder)!r} (for {value!r})')
+    if not os.access(folder, os.W_OK):
+        raise argparse.ArgumentTypeError(f'directory not writable: {str(folder)!r} (for {value!r})')
+    return path
+
+
 #: An argparse type: the path of an existing file (returned as given).
 existing_file = _existing('file', Path.is_file)
 #: An argparse type: the path of an existing directory (returned as given).

@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_CSV, existing_file, git_commit, positive_int, read_data, run
+from common import DEFAULT_CSV, existing_file, git_commit, new_file, positive_int, read_data, run
 from epoch_speed import our_epoch, seed_style_epoch, timed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -220,7 +220,7 @@ def main():
     parser.add_argument('--only', choices=STEPS, default=None,
                         help='run this one step (a rerun of a step that a timed-out run did not finish)')
     parser.add_argument('--quick', action='store_true', help='200 rows, 1-2 epochs: a smoke run')
-    parser.add_argument('--out', type=Path, default=None, help='write the figures as JSON here')
+    parser.add_argument('--out', type=new_file, default=None, help='write the figures as JSON here')
     args = parser.parse_args()
     if args.export:
         return export(args.export, args.data or str(DEFAULT_CSV))

@@ -28,6 +28,10 @@ def bench(script, *arguments):
     ('symmetry.py', ['--folds', '1'], "argument --folds: must be an integer >= 2, got '1'"),
     ('predict_throughput.py', ['--n', '0'], "argument --n: must be an integer >= 1, got '0'"),
     ('tune_voltnet.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),
+    # checked before any measurement (it failed with a traceback after the first step, spending GPU time)
+    ('gpu_training.py', ['--features', 'README.md', '--out', '/no/such/dir/gpu.json'],
+     "argument --out: no such directory: '/no/such/dir' (for '/no/such/dir/gpu.json')"),
+    ('gpu_training.py', ['--features', 'README.md', '--out', 'benchmarks'], "argument --out: is a directory: 'benchmarks'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(script, arguments, message):
     result = bench(script, *arguments)

@@ -675,9 +675,9 @@ def test_model_params_set_a_tree_models_hyper_parameters_and_are_recorded(record
     loaded = VoltageModel.load(model.save(tmp_path / 'm'))
     assert loaded.members[0].hyper['max_iter'] == 7
     np.testing.assert_allclose(loaded.predict(records[:20])[0], model.predict(records[:20])[0])
-    # a kernel model takes its method's own parameters
-    svr = train_voltage_model(records[:200], model='svr', model_params={'C': 1.0})
-    assert svr.members[0].hyper['C'] == 1.0
+    # a kernel model takes its method's own parameters, its default gamma 'scale' among them
+    svr = train_voltage_model(records[:200], model='svr', model_params={'C': 1.0, 'gamma': 'scale'})
+    assert svr.members[0].hyper['C'] == 1.0 and svr.members[0].hyper['gamma'] == 'scale'
 
 
 @pytest.mark.parametrize('model, params, message', [
@@ -690,8 +690,10 @@ def test_model_params_set_a_tree_models_hyper_parameters_and_are_recorded(record
     ('voltnet', {'loss': 'huber'}, 'loss of model voltnet must be one of absolute_error, squared_error'),
     ('voltnet', [('max_iter', 5)], 'model_params must be a dict'),
     ('svr', {'alpha': 1.0}, r'unknown hyper-parameter\(s\) alpha in model_params of model svr; known: C, epsilon'),
-    ('mha_resnet', {'max_iter': 5}, 'model mha_resnet is a torch network: model_params does not apply to it; its '
-                                    r'training settings \(epochs, lr, batch_size, ...\) go in train_overrides'),
+    ('mha_resnet', {'max_iter': 5}, r'model mha_resnet is a torch network: model_params \(voltnet train '
+                                    r'--model-param\) do not apply to it; its training settings \(epochs, lr, '
+                                    r'batch_size, ...\) go in train_overrides \(voltnet train --epochs, --precision\)'),
+    ('svr', {'gamma': 'auto'}, r"gamma of model svr must be a number in \(0, inf\) or 'scale', got 'auto'"),
 ])
 def test_model_params_a_model_cannot_take_are_refused_before_training(records, model, params, message):
     with pytest.raises(ValueError, match=message):
@@ -706,6 +708,10 @@ def test_model_params_move_the_fewest_training_rows_of_trees(records):
     # each member draws a share of the rows: two leaves of 5 need 20 rows at subsample 0.5
     assert min_training_rows('voltnet', {'min_samples_leaf': 5, 'subsample': 0.5}) == 20
     assert min_training_rows('voltnet', {'subsample': 0.8}) == 50
+    with pytest.raises(ValueError, match=r'needs at least 50 training rows, got 49: its trees split no node with fewer '
+                                         r'than 20 rows on each side of the 0.8 share of the rows each member draws '
+                                         r'\(subsample\), so it would predict one constant'):
+        train_voltage_model(records[:49], members=1, calibrate=False, model_params={'subsample': 0.8})
     with pytest.raises(ValueError, match='voltnet needs at least 10 training rows, got 9'):
         train_voltage_model(records[:9], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
     train_voltage_model(records[:10], members=1, calibrate=False, model_params={'min_samples_leaf': 5})
@@ -729,5 +735,6 @@ def test_train_overrides_of_a_model_that_is_no_torch_network_are_refused(records
     """train_overrides of a tree or kernel model (epochs, say) did nothing, without a word."""
     for model in ('voltnet', 'krr'):
         with pytest.raises(ValueError, match=rf'model {model} is no torch network: train_overrides \(epochs\) do not '
-                                             'apply to it; its hyper-parameters go in model_params'):
+                                             r'apply to it; its hyper-parameters go in model_params \(voltnet train '
+                                             r'--model-param\)'):
             train_voltage_model(records[:50], model=model, members=1, train_overrides={'epochs': 3})

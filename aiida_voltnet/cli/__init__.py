@@ -87,7 +87,7 @@ def _model_param(ctx, param, values) -> dict:
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
-    from aiida_voltnet.ml.models import MODEL_SPECS, train_voltage_model
+    from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model
     from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
 
     _check_output_path(out, directory=True)
@@ -106,6 +106,11 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     overrides = {**({'epochs': epochs} if epochs is not None else {}),
                  **({'precision': precision} if precision != 'fp32' and torch_model else {})}  # documented: ignored
     overrides = overrides or None
+    try:  # before saying 'Training ...': a refused option is no training that started
+        check_training_options(members=members, train_overrides=overrides, device=device, seed=seed, model=model_name,
+                               n_rows=len(records), model_params=model_params or None)
+    except ValueError as exception:
+        _fail(str(exception))
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
     try:
         with warnings.catch_warnings(record=True) as caught:  # the leak was said above; library noise is dropped

@@ -793,15 +793,19 @@ def min_training_rows(model: str, model_params: dict | None = None) -> int:
     """The fewest training rows ``model`` (with ``model_params`` overriding its spec's) can learn anything from: a
     tree model needs two leaves of ``min_samples_leaf`` rows for its first split among the rows each tree model
     draws (``subsample``; with fewer, every tree is one leaf and the model predicts one constant); other models 2."""
-    spec = MODEL_SPECS[model]
-    if spec['kind'] == 'trees':
-        defaults = inspect.signature(GradientBoostedTrees).parameters
-        params = {**spec['params'], **(model_params or {})}
-        leaf = params.get('min_samples_leaf', defaults['min_samples_leaf'].default)
-        fraction = params.get('subsample', defaults['subsample'].default)
+    if MODEL_SPECS[model]['kind'] == 'trees':
+        leaf, fraction = _tree_leaf_and_subsample(model, model_params)
         # GradientBoostedTrees.fit draws round(fraction * n) rows: at least 2 * leaf once fraction * n >= 2 * leaf
-        return math.ceil(2 * int(leaf) / fraction - 1e-9)
+        return math.ceil(2 * leaf / fraction - 1e-9)
     return 2
+
+
+def _tree_leaf_and_subsample(model: str, model_params: dict | None) -> tuple[int, float]:
+    """``min_samples_leaf`` and ``subsample`` of tree model ``model`` with ``model_params`` over its spec's."""
+    defaults = inspect.signature(GradientBoostedTrees).parameters
+    params = {**MODEL_SPECS[model]['params'], **(model_params or {})}
+    return (int(params.get('min_samples_leaf', defaults['min_samples_leaf'].default)),
+            float(params.get('subsample', defaults['subsample'].default)))
 
 
 # Each check returns (ok, what the value must be, the value as plain JSON: int, float or str). Plain values matter:
@@ -823,6 +827,17 @@ def _number(low, high=math.inf, low_open=True):
     return check
 
 
+def _number_or(text, low):
+    check_number = _number(low)
+
+    def check(value):
+        if value == text:
+            return True, '', value
+        ok, expected, plain = check_number(value)
+        return ok, f'{expected} or {text!r}', plain
+    return check
+
+
 def _choice(*options):
     def check(value):
         return value in options, 'one of ' + ', '.join(map(str, options)), value
@@ -837,8 +852,8 @@ MODEL_PARAM_CHECKS = {
               'learning_rate': _number(0), 'max_leaf_nodes': _integer(2), 'min_samples_leaf': _integer(1),
               'l2_regularization': _number(0, low_open=False), 'subsample': _number(0, 1),
               'max_features': _number(0, 1)},
-    'svr': {'C': _number(0), 'epsilon': _number(0, low_open=False), 'gamma': _number(0)},
-    'krr': {'alpha': _number(0), 'gamma': _number(0)},
+    'svr': {'C': _number(0), 'epsilon': _number(0, low_open=False), 'gamma': _number_or('scale', 0)},
+    'krr': {'alpha': _number(0), 'gamma': _number_or('scale', 0)},
 }
 
 
@@ -858,8 +873,9 @@ def check_model_params(model: str | None, model_params) -> dict:
         return dict(model_params)
     spec = MODEL_SPECS[model]
     if spec['kind'] == 'torch':
-        raise ValueError(f'model {model} is a torch network: model_params does not apply to it; its training '
-                         'settings (epochs, lr, batch_size, ...) go in train_overrides')
+        raise ValueError(f'model {model} is a torch network: model_params (voltnet train --model-param) do not apply '
+                         'to it; its training settings (epochs, lr, batch_size, ...) go in train_overrides (voltnet '
+                         'train --epochs, --precision)')
     checks = MODEL_PARAM_CHECKS['trees' if spec['kind'] == 'trees' else spec['params']['method']]
     unknown = sorted(map(str, set(model_params) - set(checks)))
     if unknown:
@@ -909,7 +925,7 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
     spec = MODEL_SPECS[model]
     if train_overrides and spec['kind'] != 'torch':  # they were silently ignored
         raise ValueError(f'model {model} is no torch network: train_overrides ({", ".join(map(str, train_overrides))}) '
-                         'do not apply to it; its hyper-parameters go in model_params')
+                         'do not apply to it; its hyper-parameters go in model_params (voltnet train --model-param)')
     n_members = members if members is not None else spec['members']
     if spec['kind'] == 'kernel' and n_members > 1:
         raise ValueError(f'model {model} is deterministic (its fit does not depend on the seed): {n_members} members '
@@ -917,9 +933,13 @@ def check_training_options(members=None, train_overrides=None, device='auto', ta
                          'train it with members 1')
     least = min_training_rows(model, model_params)
     if n_rows is not None and n_rows < least:
-        raise ValueError(f'model {model} needs at least {least} training rows, got {n_rows}'
-                         + (f': its trees split no node with fewer than {least // 2} rows on each side, so it would '
-                            'predict one constant' if spec['kind'] == 'trees' else ''))
+        why = ''
+        if spec['kind'] == 'trees':
+            leaf, fraction = _tree_leaf_and_subsample(model, model_params)
+            share = f' of the {fraction:g} share of the rows each member draws (subsample)' if fraction < 1 else ''
+            why = f': its trees split no node with fewer than {leaf} rows on each side{share}, so it would predict ' \
+                  'one constant'
+        raise ValueError(f'model {model} needs at least {least} training rows, got {n_rows}{why}')
 
 
 def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Featurizer = DEFAULT_FEATURIZER,

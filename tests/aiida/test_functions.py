@@ -272,8 +272,8 @@ def test_bad_settings_refused(trained):
                             ({'train_overrides': {'epochs': -1}}, 'epochs must be an integer >= 1'),
                             ({'device': 'tpu'}, "unknown device 'tpu'"),
                             ({'target': 'energy_grav'}, "unknown target 'energy_grav'"),
-                            ({'model_params': {'max_iter': 5}}, 'model mlp is a torch network: model_params does '
-                                                                'not apply')]:
+                            ({'model_params': {'max_iter': 5}}, r'model mlp is a torch network: model_params '
+                                                                r'\(voltnet train --model-param\) do not apply')]:
         _refused(lambda: F.train_model(trained.train, model='mlp', settings=settings), match)
     _refused(lambda: F.train_model(trained.train, settings={'model_params': {'max_iter': -2}}),
              'model_params max_iter of model voltnet must be an integer >= 1, got -2')
