@@ -61,6 +61,8 @@ def _attributes_of(config: dict) -> dict:
         'training_ions': list(metadata.get('training_ions') or []),
         'n_training_rows': metadata.get('n_training_rows'),
         'versions': json_safe(metadata.get('versions', {})),
+        # the hyper-parameters set for this training over the spec's ({} when none): a query can select on them
+        'model_params': json_safe(metadata.get('model_params') or {}),
         'model_version': config['model_version'],
         'arrays_sha256': config['arrays_sha256'],
     }
@@ -71,8 +73,9 @@ class VoltageModelData(RefusesEmpty, Data):
 
     Attributes: ``architecture``, ``model_name``, ``featurizer_name``, ``featurizer_version``, ``n_parameters``,
     ``n_members``, ``metrics`` (dict given at creation, e.g. the training-set fit), ``seed``, ``training_ions``,
-    ``target``, ``model_version`` (content hash of config + weights) and ``arrays_sha256``. All but ``metrics`` are
-    read from ``config.json`` and checked against it again by :meth:`load_model`.
+    ``target``, ``model_params`` (the hyper-parameters set over the model spec's, ``{}`` when none),
+    ``model_version`` (content hash of config + weights) and ``arrays_sha256``. All but ``metrics`` are read from
+    ``config.json`` and checked against it again by :meth:`load_model`.
     """
 
     # VoltageModelData() without a model cannot be stored: every reader of it would fail

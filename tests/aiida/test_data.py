@@ -103,7 +103,8 @@ def test_altered_config_raises(core_model):
 
 
 @pytest.mark.parametrize('attribute, value', [('model_name', 'mha_resnet'), ('training_ions', ['Li']),
-                                              ('featurizer_leaks_target', True), ('target', 'max_delta_volume')])
+                                              ('featurizer_leaks_target', True), ('target', 'max_delta_volume'),
+                                              ('model_params', {'alpha': 5.0})])
 def test_altered_queryable_attributes_raise(core_model, attribute, value):
     """The attributes queries select on must say what config.json says, stored or not."""
     node = VoltageModelData(core_model)
@@ -115,3 +116,15 @@ def test_altered_queryable_attributes_raise(core_model, attribute, value):
     clone.store()
     with pytest.raises(ModelIntegrityError, match=f'attribute\\(s\\) {attribute} differ'):
         clone.load_model()
+
+
+def test_model_params_are_a_queryable_attribute(records):
+    """The hyper-parameters a training set are an attribute: models can be selected on them ({} for the spec's)."""
+    tuned = VoltageModelData(train_voltage_model(records[:80], model='krr', model_params={'alpha': 0.5})).store()
+    plain = VoltageModelData(train_voltage_model(records[:80], model='krr')).store()
+    assert tuned.base.attributes.get('model_params') == {'alpha': 0.5}
+    assert plain.base.attributes.get('model_params') == {}
+    found = orm.QueryBuilder().append(VoltageModelData, filters={'attributes.model_params.alpha': 0.5},
+                                      project='uuid').all(flat=True)
+    assert tuned.uuid in found and plain.uuid not in found
+    tuned.load_model()
