@@ -452,8 +452,8 @@ def evaluate_with_provenance(dataset, settings: ReportSettings, protocol: str,
     entries = []
     result = EvaluationResult('leakfree', 'voltnet', protocol, list(settings.seeds))
     train_settings = {'members': settings.voltnet_members, 'device': settings.device}
-    if settings.model_params('voltnet'):
-        train_settings['model_params'] = settings.model_params('voltnet')
+    if model_params := settings.model_params('voltnet'):
+        train_settings['model_params'] = model_params
     for seed in settings.seeds:
         if protocol == 'random':
             splits, node = split_dataset.run_get_node(dataset, orm.Str('random'), orm.Int(seed), orm.Float(0.1))

@@ -24,7 +24,7 @@ from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
 from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, get_featurizer, rounded_amounts_collected
 from aiida_voltnet.ml.metrics import regression_metrics
-from aiida_voltnet.ml.models import check_training_options, train_voltage_model
+from aiida_voltnet.ml.models import CHECKED_SETTINGS, check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
 from aiida_voltnet.ml.records import WORKING_IONS, decode_csv, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
@@ -376,8 +376,7 @@ def _train_arguments(featurizer, model, settings, seed=0, records=None) -> dict:
     if unknown:
         raise ValueError(f'unknown training setting(s) {", ".join(unknown)}; allowed: {", ".join(TRAIN_SETTINGS_KEYS)}')
     check_training_options(seed=seed, model=model, n_rows=None if records is None else len(records),
-                           **{k: settings[k] for k in ('members', 'train_overrides', 'model_params', 'device', 'target')
-                              if k in settings})
+                           **{k: settings[k] for k in CHECKED_SETTINGS if k in settings})
     core_featurizer = get_featurizer(featurizer, _quiet=True, **settings.get('featurizer_options', {}))
     if records is not None:
         core_featurizer.check_records(records)

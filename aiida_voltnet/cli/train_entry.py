@@ -161,13 +161,12 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         records_sha256 = _sha256(records_path)
         config = {'featurizer': config.get('featurizer', 'leakfree'), 'model': config.get('model', 'voltnet'),
                   'seed': int(config.get('seed', 0)), 'settings': settings, 'resume': config.get('resume')}
-        from aiida_voltnet.ml.models import check_training_options
+        from aiida_voltnet.ml.models import CHECKED_SETTINGS, check_training_options
 
         # the CalcJob checked these before submitting; a config written by hand gets the same checks here, as bad
         # input (exit 2) rather than an exception in the middle of training
         check_training_options(seed=config['seed'], model=config['model'], n_rows=len(records),
-                               **{k: settings[k] for k in ('members', 'train_overrides', 'model_params', 'device',
-                                                          'target') if k in settings})
+                               **{k: settings[k] for k in CHECKED_SETTINGS if k in settings})
         options = dict(checkpoint_options or {})
         unknown = sorted(set(options) - set(CHECKPOINT_OPTIONS))
         if unknown:

@@ -857,6 +857,15 @@ MODEL_PARAM_CHECKS = {
 }
 
 
+def regressor_family(model: str) -> str | None:
+    """The regressors whose settings ``model`` shares: ``torch``, ``trees``, or a kernel model's method (``svr``,
+    ``krr``: the keys of :data:`MODEL_PARAM_CHECKS` besides ``torch``); None for a name that is no model spec."""
+    spec = MODEL_SPECS.get(model)
+    if spec is None:
+        return None
+    return spec['params']['method'] if spec['kind'] == 'kernel' else spec['kind']
+
+
 def check_model_params(model: str | None, model_params) -> dict:
     """Refuse ``model_params`` that ``model`` cannot take: not a dict, a torch model (whose training settings are
     ``train_overrides``), a name its regressor does not have, a value out of range. Without a ``model`` name, only
@@ -871,12 +880,12 @@ def check_model_params(model: str | None, model_params) -> dict:
                          f'{model_params!r}')
     if model is None or not model_params:
         return dict(model_params)
-    spec = MODEL_SPECS[model]
-    if spec['kind'] == 'torch':
+    family = regressor_family(model)
+    if family == 'torch':
         raise ValueError(f'model {model} is a torch network: model_params (voltnet train --model-param) do not apply '
                          'to it; its training settings (epochs, lr, batch_size, ...) go in train_overrides (voltnet '
                          'train --epochs, --precision)')
-    checks = MODEL_PARAM_CHECKS['trees' if spec['kind'] == 'trees' else spec['params']['method']]
+    checks = MODEL_PARAM_CHECKS[family]
     unknown = sorted(map(str, set(model_params) - set(checks)))
     if unknown:
         raise ValueError(f'unknown hyper-parameter(s) {", ".join(unknown)} in model_params of model {model}; '
@@ -887,6 +896,11 @@ def check_model_params(model: str | None, model_params) -> dict:
         if not ok:
             raise ValueError(f'model_params {name} of model {model} must be {expected}, got {value!r}')
     return plain
+
+
+#: The keys of a training's settings (``train_model``, the ``voltnet-train`` config) that
+#: :func:`check_training_options` checks, under the same names.
+CHECKED_SETTINGS = ('members', 'train_overrides', 'model_params', 'device', 'target')
 
 
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',

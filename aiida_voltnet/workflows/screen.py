@@ -20,7 +20,7 @@ from aiida_voltnet.calculations.functions import assemble_dataset_from_structure
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.ml.featurizers import get_featurizer
-from aiida_voltnet.ml.models import MODEL_SPECS
+from aiida_voltnet.ml.models import regressor_family
 
 from .ports import StructurePairsNamespace
 from .verify import VerifyWorkChain, launch_refusal, load_pseudo_family, pw_builder
@@ -43,14 +43,6 @@ def training_recipe(model: VoltageModelData) -> dict:
             if link.link_label in RECIPE}
 
 
-def _regressor_family(model_name) -> str | None:
-    """``torch``, ``trees`` or the kernel method of a model spec (the regressors that take the same settings)."""
-    spec = MODEL_SPECS.get(getattr(model_name, 'value', model_name))
-    if spec is None:
-        return None
-    return spec['params']['method'] if spec['kind'] == 'kernel' else spec['kind']
-
-
 def retrain_inputs(model: VoltageModelData, retrain) -> dict:
     """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe. When ``retrain``
     names a model of another kind and no settings, the inherited settings lose what that model cannot take (a new
@@ -59,7 +51,8 @@ def retrain_inputs(model: VoltageModelData, retrain) -> dict:
     recipe = training_recipe(model)
     inputs = {**recipe, **dict(retrain)}
     if 'settings' in recipe and 'settings' not in retrain and 'model' in retrain:
-        new, old = _regressor_family(retrain['model']), _regressor_family(recipe.get('model', 'voltnet'))
+        new, old = (regressor_family(getattr(name, 'value', name))
+                    for name in (retrain['model'], recipe.get('model', 'voltnet')))
         settings = recipe['settings'].get_dict()
         foreign = set()
         if new is not None and new != old:
