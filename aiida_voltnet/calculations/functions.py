@@ -9,6 +9,7 @@ CSVs and loaded models are cached for the body, keyed by content hash or stored-
 are not paid twice.
 """
 import collections
+import contextlib
 import hashlib
 import io
 import math
@@ -22,9 +23,9 @@ from aiida.engine import calcfunction
 from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
-from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, get_featurizer, rounded_amounts_collected
+from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, TargetLeakWarning, get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
-from aiida_voltnet.ml.models import CHECKED_SETTINGS, check_training_options, train_voltage_model
+from aiida_voltnet.ml.models import CHECKED_SETTINGS, CalibrationWarning, check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
 from aiida_voltnet.ml.records import WORKING_IONS, decode_csv, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
@@ -422,8 +423,9 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
     arguments = _train_arguments(featurizer.value, model.value, settings.get_dict())
     arguments.setdefault('device', 'auto')
     records = dataset_records(dataset)
-    core = train_voltage_model(records, seed=seed.value, **arguments)
-    mean, _ = core.predict(records)
+    with _warnings_reported(TargetLeakWarning, CalibrationWarning, RoundedAmountsWarning):
+        core = train_voltage_model(records, seed=seed.value, **arguments)
+        mean, _ = core.predict(records)
     target = arguments.get('target', 'average_voltage')
     # The device each member trained on, as the core reports it (torch members; tree and kernel models say none).
     devices = sorted({h['device'] for h in core.metadata.get('train_history', []) if h.get('device')})
@@ -511,21 +513,42 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     return array
 
 
-def _predict(core, records):
-    """``core.predict(records)``, with a ``RoundedAmountsWarning`` (a host such as ``Ni0.33Mn0.33Co0.34O2``, read
-    as written) also written to the report of the running process (``verdi process report PK``), where a user of a
-    work chain sees it; other warnings are shown as Python shows them."""
+@contextlib.contextmanager
+def _warnings_reported(*categories):
+    """Warnings of ``categories`` raised inside the block (each message once, in order) go to the report of the
+    running process (``verdi process report PK``), where they stay with its node in the provenance graph and a user
+    of a work chain sees them, prefixed with the category's name; outside a process they are warned as usual. Other
+    warnings that pass the filters are shown as Python shows them."""
     from aiida.engine import Process
 
-    with rounded_amounts_collected() as rounded:
-        mean, std = core.predict(records)
-    process = Process.current()
-    for message in rounded:
-        if process is not None:
-            process.report(f'RoundedAmountsWarning: {message}')
-        else:
-            warnings.warn(message, RoundedAmountsWarning, stacklevel=2)
-    return mean, std
+    with warnings.catch_warnings(record=True) as caught:
+        for category in categories:
+            warnings.simplefilter('always', category)
+        yield
+    process, seen = Process.current(), set()
+    for warning in caught:
+        if not issubclass(warning.category, categories):
+            warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        elif (key := (warning.category, str(warning.message))) not in seen:
+            seen.add(key)
+            if process is not None:
+                _report_warning(process, f'{warning.category.__name__}: {warning.message}')
+            else:
+                warnings.warn(warning.message, warning.category, stacklevel=3)
+
+
+def _report_warning(process, message):
+    """``process.report(message)``; the report names its caller, which reads ``[PK|train_model|warning]``."""
+    def warning():
+        process.report(message)
+    warning()
+
+
+def _predict(core, records):
+    """``core.predict(records)``, with a ``RoundedAmountsWarning`` (a host such as ``Ni0.33Mn0.33Co0.34O2``, read
+    as written) also written to the report of the running process (:func:`_warnings_reported`)."""
+    with _warnings_reported(RoundedAmountsWarning):
+        return core.predict(records)
 
 
 def _validate_pair(inputs):

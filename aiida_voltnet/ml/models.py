@@ -30,7 +30,7 @@ from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
            'ModelIntegrityError', 'build_regressor', 'train_voltage_model', 'check_training_options', 'TARGETS',
-           'min_training_rows', 'spec_train_setting', 'MAX_SEED',
+           'min_training_rows', 'spec_train_setting', 'MAX_SEED', 'CalibrationWarning',
            'DEFAULT_MODEL', 'DEFAULT_FEATURIZER']
 
 DEFAULT_FEATURIZER = 'leakfree'
@@ -1056,6 +1056,10 @@ def _fit_members(X, y, spec, n_members, seed, device, train_overrides, show_prog
     return fitted
 
 
+class CalibrationWarning(UserWarning):
+    """The uncertainty calibration of an ensemble's spread could not be done, or rests on too few held-out rows."""
+
+
 #: Held-out rows below which the calibration scale of the ensemble spread is reported as unreliable (a warning).
 MIN_CALIBRATION_ROWS = 30
 #: Median ensemble spread (V) on the held-out rows below which the members count as agreeing: no calibration.
@@ -1076,7 +1080,7 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
     if n_frameworks < 2:
         warnings.warn(f'the uncertainty calibration needs electrodes of at least two host frameworks to hold some '
                       f'out, and these {len(records)} have {n_frameworks}: the ensemble spread is left uncalibrated '
-                      '(a measure of disagreement, not of error)', UserWarning, stacklevel=3)
+                      '(a measure of disagreement, not of error)', CalibrationWarning, stacklevel=3)
         return None
     inner, held = make_split(records, 'grouped', seed=seed + 7919, test_fraction=0.1)
     members = _fit_members(X[inner], y[inner], **{**fit, 'show_progress': False, 'progress': None},
@@ -1086,7 +1090,7 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
         warnings.warn(f'the uncertainty calibration found the members in agreement (median spread below '
                       f'{MIN_CALIBRATION_SPREAD} V) on {len(held)} held-out rows of {len(inner)} training rows: no '
                       'scale can turn that spread into an error bar, so it is left uncalibrated (a measure of '
-                      'disagreement, not of error); train on more electrodes', UserWarning, stacklevel=3)
+                      'disagreement, not of error); train on more electrodes', CalibrationWarning, stacklevel=3)
         return None
     spread = np.maximum(predictions.std(axis=0), 1e-6)
     ratio = np.abs(predictions.mean(axis=0) - y[held]) / spread
@@ -1094,7 +1098,7 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
     if len(held) < MIN_CALIBRATION_ROWS:
         warnings.warn(f'the uncertainty calibration saw only {len(held)} held-out rows (scale {scale:.3g}); with '
                       f'fewer than {MIN_CALIBRATION_ROWS} its scale is a rough guess: train on more electrodes for a '
-                      'calibrated uncertainty', UserWarning, stacklevel=3)
+                      'calibrated uncertainty', CalibrationWarning, stacklevel=3)
     return {'scale': scale, 'n_rows': int(len(held)), 'method': 'grouped 10% of training frameworks, 68.27% '
             'quantile of |error|/spread', 'coverage_1sigma_after': float(np.mean(ratio <= scale)),
             'coverage_2sigma_after': float(np.mean(ratio <= 2 * scale))}

@@ -63,6 +63,24 @@ def test_a_rounded_host_is_written_to_the_process_report(trained):
     assert not any('RoundedAmountsWarning' in m for m in messages(exact_process))
 
 
+def test_training_warnings_are_written_to_the_process_report(trained):
+    """The paper featurizer's leak warning and a rough uncertainty calibration (too few held-out rows) went to the
+    interpreter's stderr as bare Python warnings, lost to the provenance graph: each is in the report of the
+    train_model process now, once; a leak-free single model's report has neither."""
+    def messages(process):
+        return [log.message for log in orm.Log.collection.get_logs_for(process)]
+
+    _, paper = F.train_model.run_get_node(trained.train, featurizer='paper', model='krr')
+    assert sum('TargetLeakWarning: the paper featurizer includes capacity_grav and energy_grav' in m
+               for m in messages(paper)) == 1
+    _, ensemble = F.train_model.run_get_node(trained.train, model='voltnet',
+                                             settings={'members': 2, 'model_params': {'max_iter': 5}})
+    assert sum('CalibrationWarning: the uncertainty calibration saw only' in m for m in messages(ensemble)) == 1
+    assert all('|train_model|warning]' in m for m in messages(paper) + messages(ensemble))
+    _, quiet = F.train_model.run_get_node(trained.train, model='krr')
+    assert messages(quiet) == []
+
+
 def test_batch_predict_is_one_process_one_array(trained):
     n_calcs, n_arrays, n_all = count_nodes(orm.CalcFunctionNode), count_nodes(orm.ArrayData), count_nodes()
     result, process = F.predict_voltages.run_get_node(trained.model, trained.dataset)
