@@ -3,6 +3,7 @@
     python benchmarks/accuracy.py                 # the full table (long on a 2-core CPU, see --help)
     python benchmarks/accuracy.py --quick         # 2 seeds, 3 epochs per torch model: a smoke run
     python benchmarks/accuracy.py --rows voltnet:leakfree:random voltnet:leakfree:grouped
+    python benchmarks/accuracy.py --rows voltnet:leakfree:random --model-params '{"max_iter": 500}' --members 10
 
 Each row is model:featurizer:protocol. Prints the table with mean +/- std over seeds, the seeds, the git commit
 and the versions, and writes it as JSON with --json.
@@ -22,7 +23,7 @@ from common import DEFAULT_CSV, existing_file, git_commit, positive_int, read_da
 
 from aiida_voltnet.ml.evaluation import PROTOCOLS, evaluate
 from aiida_voltnet.ml.featurizers import FEATURIZERS
-from aiida_voltnet.ml.models import MODEL_SPECS
+from aiida_voltnet.ml.models import MODEL_SPECS, check_model_params, check_training_options
 from aiida_voltnet.ml.records import file_sha256
 
 DEFAULT_ROWS = [
@@ -61,6 +62,18 @@ def torch_models() -> list[str]:
     return [name for name, spec in MODEL_SPECS.items() if spec['kind'] == 'torch']
 
 
+def model_params_json(value: str) -> dict:
+    """An argparse type: a JSON object of hyper-parameters (``voltnet train --model-param``), checked by training
+    against each row's model before any work."""
+    try:
+        params = json.loads(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f'not JSON: {error}') from None
+    if not isinstance(params, dict):
+        raise argparse.ArgumentTypeError(f'a JSON object of hyper-parameters is needed, got {value!r}')
+    return params
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
@@ -78,7 +91,21 @@ def main():
     parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
     parser.add_argument('--calibrate', action='store_true',
                         help='also calibrate ensemble spreads (2x the cost; MAE/RMSE/R2 do not depend on it)')
+    parser.add_argument('--model-params', type=model_params_json, default=None, metavar='JSON',
+                        help='hyper-parameters over the spec\'s for every row (a tree or kernel model\'s: '
+                             '\'{"max_iter": 500}\'), recorded in the JSON')
+    parser.add_argument('--members', type=positive_int, default=None,
+                        help="ensemble members of every row (default: each model spec's)")
     args = parser.parse_args()
+    for row in args.rows:  # before any work: a row whose model cannot take them stops the run here
+        model = row.split(':')[0]
+        try:
+            if args.model_params is not None:
+                check_model_params(model, args.model_params)
+            if args.members is not None:
+                check_training_options(members=args.members, model=model)
+        except ValueError as error:
+            parser.error(f'row {row}: {error}')
     logging.disable(logging.WARNING)
     records = read_data(args.data)
     seeds = args.seeds[:2] if args.quick else args.seeds
@@ -97,9 +124,10 @@ def main():
         started = time.perf_counter()
         result = evaluate(records, featurizer=featurizer, model=model, protocol=protocol, seeds=seeds,
                           device=args.device, train_overrides=overrides, calibrate=args.calibrate,
+                          model_params=args.model_params, members=args.members,
                           log=lambda m: print('  ' + m, flush=True))
         summary = result.summary()
-        summary['train_overrides'] = overrides
+        summary.update(train_overrides=overrides, model_params=args.model_params, members=args.members)
         table.append(summary)
         print(f'{row}: MAE {summary["mae"]:.3f} +/- {summary["mae_std"]:.3f} V '
               f'({time.perf_counter() - started:.0f} s)', flush=True)

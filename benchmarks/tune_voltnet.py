@@ -17,9 +17,9 @@ Neither protocol keeps the grouped 5-fold test rows out: they are every row.
     OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --seeds 0 --candidates base lr0.1x500
     OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --protocol seed-train ...   # the rounds 1-4 tables
 
-Only after choosing, ``--test NAME`` runs ``benchmarks/accuracy.py`` (test rows) once for that candidate, with
-the candidate (BASE plus its changes) patched into ``MODEL_SPECS['voltnet']`` in this process only;
-the remaining arguments go to ``accuracy.py``:
+Only after choosing, ``--test NAME`` runs ``benchmarks/accuracy.py`` (test rows) once for that candidate, the
+candidate (BASE plus its changes) given as its ``--model-params`` and ``--members``; the remaining arguments go to
+``accuracy.py``:
 
     OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --test leaf10_lr0.1x500 --rows voltnet:leakfree:random
 """
@@ -35,7 +35,7 @@ import numpy as np
 from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
 
 from aiida_voltnet.ml.featurizers import get_featurizer
-from aiida_voltnet.ml.models import MODEL_SPECS, GradientBoostedTrees
+from aiida_voltnet.ml.models import GradientBoostedTrees
 from aiida_voltnet.ml.splits import make_split
 
 #: The voltnet spec the rounds below started from (today's default; its round-2 winner ``leaf10_lr0.1x500`` is
@@ -181,11 +181,10 @@ def run_test(name: str, accuracy_args: list[str]):
     import sys
 
     changes, n_members = CANDIDATES[name]
-    MODEL_SPECS['voltnet']['params'] = {**BASE, **changes}
-    MODEL_SPECS['voltnet']['members'] = n_members
-    print(f'voltnet patched in this process only: {name} -> params {MODEL_SPECS["voltnet"]["params"]}, '
-          f'{n_members} members', flush=True)
-    sys.argv = [str(Path(__file__).parent / 'accuracy.py')] + accuracy_args
+    params = {**BASE, **changes}
+    print(f'{name}: accuracy.py with --model-params {json.dumps(params)} --members {n_members}', flush=True)
+    sys.argv = [str(Path(__file__).parent / 'accuracy.py'), *accuracy_args, '--model-params', json.dumps(params),
+                '--members', str(n_members)]
     runpy.run_path(sys.argv[0], run_name='__main__')
 
 

@@ -28,6 +28,14 @@ def bench(script, *arguments):
     ('symmetry.py', ['--folds', '1'], "argument --folds: must be an integer >= 2, got '1'"),
     ('predict_throughput.py', ['--n', '0'], "argument --n: must be an integer >= 1, got '0'"),
     ('tune_voltnet.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),
+    # hyper-parameters and members for every row, checked against each row's model before any training
+    ('accuracy.py', ['--model-params', '[1]'], "a JSON object of hyper-parameters is needed, got '[1]'"),
+    ('accuracy.py', ['--rows', 'voltnet:leakfree:grouped', '--model-params', '{"max_iter": "x"}'],
+     "row voltnet:leakfree:grouped: model_params max_iter of model voltnet must be an integer >= 1, got 'x'"),
+    ('accuracy.py', ['--rows', 'mlp:leakfree:random', '--model-params', '{"max_iter": 3}'],
+     'row mlp:leakfree:random: model mlp is a torch network: model_params'),
+    ('accuracy.py', ['--rows', 'krr:leakfree:random', '--members', '3'], 'row krr:leakfree:random: model krr is '
+     'deterministic'),
     # checked before any measurement (it failed with a traceback after the first step, spending GPU time)
     ('gpu_training.py', ['--features', 'README.md', '--out', '/no/such/dir/gpu.json'],
      "argument --out: no such directory: '/no/such/dir' (for '/no/such/dir/gpu.json')"),
@@ -60,3 +68,26 @@ def test_quick_shortens_every_torch_model():
 
     assert set(accuracy.torch_models()) == {name for name, spec in MODEL_SPECS.items() if spec['kind'] == 'torch'}
     assert {'mha_resnet', 'mlp', 'lstm', 'voltnet_mlp'} <= set(accuracy.torch_models())
+
+
+def test_tune_test_runs_accuracy_with_the_candidate_as_model_params(tmp_path):
+    """``tune_voltnet.py --test NAME`` patched MODEL_SPECS['voltnet'] in its process; it now hands the candidate to
+    accuracy.py as --model-params and --members, which the JSON records: 'members10' is BASE with 10 members, and
+    'leaf10' trains with min_samples_leaf 10 (another MAE than the base's on the same rows and seed)."""
+    import json
+
+    csv = tmp_path / 'rows.csv'
+    lines = (ROOT.parent / 'shared/data/mp_insertion_electrodes/electrodes.csv').read_text().splitlines(True)
+    csv.write_text(''.join(lines[:121]))
+    tables = {}
+    for name in ('base', 'leaf10'):
+        out = tmp_path / f'{name}.json'
+        result = bench('tune_voltnet.py', '--test', name, '--rows', 'voltnet:leakfree:grouped', '--seeds', '0',
+                       '--data', str(csv), '--json', str(out))
+        assert result.returncode == 0, result.stderr
+        tables[name] = json.loads(out.read_text())['table'][0]
+    assert tables['base']['model_params'] == {'loss': 'absolute_error', 'max_iter': 250, 'learning_rate': 0.2,
+                                              'subsample': 1.0, 'max_features': 0.5}
+    assert tables['base']['members'] == 5
+    assert tables['leaf10']['model_params']['min_samples_leaf'] == 10
+    assert tables['leaf10']['mae'] != tables['base']['mae']
