@@ -141,7 +141,8 @@ class VoltnetTrainCalculation(CalcJob):
         options['output_filename'].default = cls._LOG
 
         spec.output('model', valid_type=VoltageModelData, help='The trained model (fitted featurizer + weights).')
-        spec.output('metrics', valid_type=orm.Dict, help='Fit on the training records, the device, wall time.')
+        spec.output('metrics', valid_type=orm.Dict,
+                    help="Fit on the training records, the device, wall time, the training's warnings.")
         spec.output('checkpoint', valid_type=orm.FolderData, required=False,
                     help='The last checkpoint of a run stopped or killed before training ended (state.json + '
                          'safetensors files); pass it as `restart_folder` to continue.')

@@ -6,7 +6,8 @@ electrode records of an ``ElectrodeDataset``, JSON, no pickle), trains with ``tr
 
 - ``model/`` (``config.json`` + ``arrays.safetensors``, the format of ``VoltageModel.save``), written as soon as
   training ends;
-- ``metrics.json`` (fit on the training records, device, whether and from where the run resumed);
+- ``metrics.json`` (fit on the training records, device, whether and from where the run resumed, and
+  ``warnings``: the package's own warnings of the training, such as a rough uncertainty calibration);
 - ``status.json`` (``{"status": ..., "message": ..., "epoch": ...}``) and ``train.log``;
 - ``checkpoint/`` while training (removed once the model and metrics are written): see "Checkpoints" below.
 
@@ -84,6 +85,32 @@ def _setup_logging(log_path: pathlib.Path) -> None:
         handler._voltnet_train = True
         handler.setFormatter(formatter)
         root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def _voltnet_warnings_logged(said: list[str]):
+    """The package's own warnings raised in the block (a rough uncertainty calibration, the paper featurizer's
+    leak, rounded host amounts), each once: logged to ``train.log`` and appended to ``said`` as
+    ``'Category: message'`` (``metrics.json``'s ``warnings``, which the parser writes to the calculation's log).
+    Other warnings that pass the filters are shown as Python shows them."""
+    import warnings
+
+    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, TargetLeakWarning
+    from aiida_voltnet.ml.models import CalibrationWarning
+
+    categories = (CalibrationWarning, TargetLeakWarning, RoundedAmountsWarning)
+    with warnings.catch_warnings(record=True) as caught:
+        for category in categories:
+            warnings.simplefilter('always', category)
+        try:
+            yield
+        finally:
+            for warning in caught:
+                if not issubclass(warning.category, categories):
+                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+                elif (line := f'{warning.category.__name__}: {warning.message}') not in said:
+                    said.append(line)
+                    LOGGER.warning('%s', line)
 
 
 def _finish(output: pathlib.Path, status: str, message: str = '', **extra) -> int:
@@ -206,6 +233,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             rejected = f'{resume} holds no usable checkpoint or complete model of this training'
     reused_model = model is not None
     resumed = reused_model or resumed_from is not None
+    said: list[str] = []  # the voltnet warnings of the training, 'Category: message', for metrics.json
     try:
         if reused_model:
             LOGGER.info('resuming: reusing the complete model in %s', resume)
@@ -213,7 +241,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             def progress(message):
                 LOGGER.info('%s', message)
 
-            with _stop_on_signals(checkpoint):
+            with _stop_on_signals(checkpoint), _voltnet_warnings_logged(said):
                 model = train_voltage_model(records, featurizer=config['featurizer'], model=config['model'],
                                             seed=config['seed'], progress=progress, checkpoint=checkpoint,
                                             **arguments)
@@ -252,6 +280,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         metrics['resumed_from'] = resumed_from
     if rejected is not None:
         metrics['resume_rejected'] = rejected
+    if said:
+        metrics['warnings'] = said
 
     def safe(value):
         if isinstance(value, dict):

@@ -105,6 +105,8 @@ class VoltnetTrainParser(Parser):
                 core = VoltageModel.load(directory)
         except Exception as exception:  # noqa: BLE001 - reported as the exit message
             return self.exit_codes.ERROR_INVALID_MODEL.format(exception=f'{type(exception).__name__}: {exception}')
+        for line in metrics.get('warnings') or []:  # the training's own warnings, in the calculation's log
+            self.logger.warning(str(line))
         model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu')}
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))

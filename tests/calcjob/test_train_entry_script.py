@@ -47,6 +47,19 @@ def test_model_params_in_the_config_reach_the_model(workdir):
     assert 'unknown hyper-parameter(s) C in model_params of model krr' in (path / 'status.json').read_text()
 
 
+def test_the_trainings_own_warnings_go_to_the_log_and_metrics(workdir):
+    """The paper featurizer's leak warning went to the job's stderr as a bare Python warning: it is in train.log
+    and in metrics.json's ``warnings`` now, once; a leak-free kernel model has none."""
+    path = workdir(featurizer='paper')
+    assert _main(path) == 0
+    said = json.loads((path / 'metrics.json').read_text())['warnings']
+    assert len(said) == 1 and said[0].startswith('TargetLeakWarning: the paper featurizer includes capacity_grav')
+    assert 'WARNING TargetLeakWarning: the paper featurizer' in (path / 'train.log').read_text()
+    clean = workdir()
+    assert _main(clean) == 0
+    assert 'warnings' not in json.loads((clean / 'metrics.json').read_text())
+
+
 def test_cuda_out_of_memory_is_exit_5(workdir, monkeypatch):
     import torch
 

@@ -116,3 +116,25 @@ def test_altered_checkpoint_is_not_exposed(aiida_localhost, interrupted_checkpoi
     results, calcfunction = _parse(aiida_localhost, {'train.log': 'x', **files},
                                    scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
     assert calcfunction.exit_status == 120 and 'checkpoint' not in results
+
+
+def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_60, tmp_path):
+    """metrics.json's ``warnings`` (the voltnet-train script's record of the package's own warnings) are written to
+    the calculation's log, where ``verdi process report`` shows them, and stay in the ``metrics`` output."""
+    from aiida_voltnet.cli import train_entry
+    from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
+
+    with csv_60.open(newline='') as handle:
+        (tmp_path / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
+    (tmp_path / 'config.json').write_text(json.dumps({'featurizer': 'paper', 'model': 'krr', 'seed': 0,
+                                                      'settings': {}}))
+    assert train_entry.main(['--config', str(tmp_path / 'config.json'), '--records', str(tmp_path / 'records.json'),
+                             '--output', str(tmp_path)]) == 0
+    files = {name: (tmp_path / name).read_bytes()
+             for name in ('status.json', 'metrics.json', 'model/config.json', 'model/arrays.safetensors')}
+    results, calcfunction = _parse(aiida_localhost, files)
+    assert calcfunction.exit_status == 0, calcfunction.exit_message
+    job = orm.QueryBuilder().append(orm.CalcJobNode, tag='job').order_by({'job': {'id': 'desc'}}).first(flat=True)
+    logs = [log.message for log in orm.Log.collection.get_logs_for(job) if log.levelname == 'WARNING']
+    assert len(logs) == 1 and logs[0].startswith('TargetLeakWarning: the paper featurizer includes'), logs
+    assert results['metrics']['warnings'] == logs
