@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from aiida.common.links import LinkType
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
 
-__all__ = ('prediction_provenance', 'dataset_origin', 'list_predictions', 'training_workflow',
+__all__ = ('prediction_provenance', 'dataset_origin', 'list_predictions', 'training_workflow', 'training_warnings',
            'PREDICTION_PROCESS_TYPES')
 
 _PREFIX = 'aiida.calculations:voltnet.'
@@ -138,6 +139,25 @@ def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dic
     return summary
 
 
+#: A warning of the package in a training process's log: ``CalibrationWarning: ...`` (a ``train_model`` report
+#: reads ``[PK|train_model|warning]: CalibrationWarning: ...``; the training CalcJob's parser logs the bare line).
+_WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', re.DOTALL)
+
+
+def training_warnings(training: orm.ProcessNode | None) -> list[str]:
+    """The package's warnings that the process which trained a model logged (``verdi process report PK``), e.g.
+    ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order; ``[]`` when
+    none (or for a model trained before they were logged)."""
+    if training is None:
+        return []
+    found = []
+    for log in orm.Log.collection.get_logs_for(training):
+        match = _WARNING_LOG.match(log.message)
+        if match and match.group(1) not in found:
+            found.append(match.group(1))
+    return found
+
+
 def _model_summary(model: VoltageModelData) -> dict[str, Any]:
     training = _creator(model)
     summary: dict[str, Any] = {
@@ -148,6 +168,7 @@ def _model_summary(model: VoltageModelData) -> dict[str, Any]:
         'model_version': model.model_version,
         'training_process': _ref(training),
         'training_workflow': _ref(training_workflow(training)),
+        'training_warnings': training_warnings(training),
         'training_dataset': None,
     }
     if training is not None:
@@ -183,7 +204,8 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
     :param node: the ``ArrayData`` of ``predict_voltages``, a ``Float`` output of ``predict_structure_pair``, one of
         those processes, a ``PredictWorkChain`` node, or a pk/uuid of any of these.
     :returns: a JSON-serialisable dict with keys ``prediction``, ``process``, ``model_version``, ``model``,
-        ``training_process``, ``training_workflow``, ``training_settings``, ``training_dataset`` (with its
+        ``training_process``, ``training_workflow``, ``training_warnings`` (:func:`training_warnings`: a rough
+        uncertainty calibration, the paper featurizer's leak), ``training_settings``, ``training_dataset`` (with its
         ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
         and the working ion) and ``extrapolation`` (``n_unseen_elements``, ``n_ion_content_outside`` and
         ``n_end_members_reversed`` of a batch, or a pair's ``unseen_elements``, the host elements no training host had, and

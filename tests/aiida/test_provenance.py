@@ -31,6 +31,7 @@ def test_batch_prediction_answer(trained, predictions):
         assert answer['training_process']['uuid'] == trained.model.creator.uuid
         assert answer['training_settings'] == {'featurizer': 'leakfree', 'model': 'mlp', 'seed': 0,
                                                'settings': {'train_overrides': {'epochs': 3}}}
+        assert answer['training_warnings'] == []
         training = answer['training_dataset']
         assert training['uuid'] == trained.train.uuid and training['source'] == 'csv'
         assert training['source_sha256'] == file_sha256(CSV_150)
@@ -57,6 +58,15 @@ def test_pair_prediction_answer(trained, predictions):
         assert answer['inputs']['working_ion'] == 'Li'
         assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements', 'ion_content_outside'}
         assert answer['extrapolation'] == {'unseen_elements': [], 'ion_content_outside': []}
+
+
+def test_the_answer_carries_the_warnings_of_the_training(trained):
+    """A prediction by a model whose training warned (the paper featurizer's leak here) says so in its provenance,
+    from the training process's report; one message per warning, without the report's [PK|process|warning] head."""
+    paper = F.train_model(trained.train, featurizer='paper', model='krr')
+    answer = prediction_provenance(F.predict_voltages(paper, trained.test))
+    assert len(answer['training_warnings']) == 1
+    assert answer['training_warnings'][0].startswith('TargetLeakWarning: the paper featurizer includes capacity_grav')
 
 
 def test_not_a_prediction(trained):

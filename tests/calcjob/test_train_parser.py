@@ -138,3 +138,6 @@ def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_
     logs = [log.message for log in orm.Log.collection.get_logs_for(job) if log.levelname == 'WARNING']
     assert len(logs) == 1 and logs[0].startswith('TargetLeakWarning: the paper featurizer includes'), logs
     assert results['metrics']['warnings'] == logs
+    from aiida_voltnet.provenance import training_warnings
+
+    assert training_warnings(job) == logs  # what `voltnet provenance` shows of a model trained by the CalcJob
