@@ -146,15 +146,24 @@ _WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', 
 
 def training_warnings(training: orm.ProcessNode | None) -> list[str]:
     """The package's warnings that the process which trained a model logged (``verdi process report PK``), e.g.
-    ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order; ``[]`` when
-    none (or for a model trained before they were logged)."""
+    ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order (those of the
+    process it was cloned from, when it was taken from the cache); ``[]`` when none (or for a model trained before
+    they were logged)."""
     if training is None:
         return []
+    processes = [training]
+    source = training.base.caching.get_cache_source()  # a process taken from the cache has no logs of its own
+    if source is not None:
+        try:
+            processes.append(orm.load_node(source))
+        except Exception:  # noqa: BLE001 - the cache source may have been deleted since
+            pass
     found = []
-    for log in orm.Log.collection.get_logs_for(training):
-        match = _WARNING_LOG.match(log.message)
-        if match and match.group(1) not in found:
-            found.append(match.group(1))
+    for process in processes:
+        for log in orm.Log.collection.get_logs_for(process):
+            match = _WARNING_LOG.match(log.message)
+            if match and match.group(1) not in found:
+                found.append(match.group(1))
     return found
 
 

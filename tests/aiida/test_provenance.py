@@ -67,6 +67,13 @@ def test_the_answer_carries_the_warnings_of_the_training(trained):
     answer = prediction_provenance(F.predict_voltages(paper, trained.test))
     assert len(answer['training_warnings']) == 1
     assert answer['training_warnings'][0].startswith('TargetLeakWarning: the paper featurizer includes capacity_grav')
+    from aiida.manage.caching import enable_caching
+
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        cached = F.train_model(trained.train, featurizer='paper', model='krr')
+    assert cached.creator.base.caching.get_cache_source() == paper.creator.uuid  # a clone, without logs of its own
+    assert prediction_provenance(F.predict_voltages(cached, trained.test))['training_warnings'] == \
+        answer['training_warnings']
 
 
 def test_not_a_prediction(trained):
