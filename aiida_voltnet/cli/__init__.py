@@ -31,6 +31,9 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
 def cli(verbose):
     """aiida-voltnet: average voltages of insertion electrodes, with provenance."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format='%(levelname)s: %(message)s')
+    # aiida-core warns, as a bare Python warning with its source line, when its import creates the configuration
+    # folder (a fresh machine's first command); the commands that then create a profile say where it is
+    warnings.filterwarnings('ignore', message='Creating AiiDA configuration folder', category=UserWarning)
 
 
 def _model_param(ctx, param, values) -> dict:
