@@ -53,5 +53,7 @@ else
     printf '%s\n' "$WANT" > "$STAMP"
 fi
 
-say "done: $("$PY" -c 'import aiida, aiida_voltnet, torch; print(f"aiida-core {aiida.__version__}, aiida-voltnet {aiida_voltnet.__version__}, torch {torch.__version__}")')"
+# versions from the installed metadata: importing aiida would create its configuration folder (~/.aiida) as a side
+# effect, with a bare Python warning
+say "done: $("$PY" -c 'from importlib.metadata import version as v; print(", ".join(f"{n} {v(n)}" for n in ("aiida-core", "aiida-voltnet", "torch")))')"
 say "activate with: . $VENV/bin/activate"
