@@ -296,6 +296,26 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
         and 'the grouped split of the 43 records holds 5 out for the test' in few.stderr, few.stderr
     assert 'Warning' not in few.stderr, few.stderr  # aiida-core's creation of its folder, a bare Python warning
     assert not (tmp_path / 'aiida' / '.aiida' / 'repository').exists()
+    # what the work chain's launch refused with a ValueError traceback (exit 1), after creating the profile: a row
+    # without the voltage; the paper protocol on a CSV without the columns its featurizer needs
+    table = list(csv.DictReader(SHARED_CSV.read_text().splitlines()[:151]))
+    no_voltage, minimal = tmp_path / 'no_voltage.csv', tmp_path / 'minimal.csv'
+    for path, fields, edit in ((no_voltage, list(table[0]), {'average_voltage': ''}),
+                               (minimal, ['battery_id', 'formula_charge', 'formula_discharge', 'working_ion',
+                                          'average_voltage'], {})):
+        with open(path, 'w', newline='') as handle:
+            writer = csv.DictWriter(handle, fieldnames=fields, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows([{**row, **(edit if i == 3 else {})} for i, row in enumerate(table)])
+    for path, protocol, message in (
+            (no_voltage, 'fast', f'Error: {no_voltage}: 1 record(s) have no average_voltage to train or evaluate on, '
+                                 f'e.g. {table[3]["battery_id"]}'),
+            (minimal, 'paper', f"Error: {minimal}: line 2, battery_id '{table[0]['battery_id']}', field "
+                               "'capacity_grav': the paper featurizer needs capacity_grav")):
+        refused = subprocess.run([VOLTNET, 'quickstart', '--data', str(path), '--protocol', protocol],
+                                 capture_output=True, text=True, env=env, timeout=600)
+        assert refused.returncode == 2 and refused.stderr.startswith(message), refused.stderr
+        assert not (tmp_path / 'aiida' / '.aiida' / 'repository').exists()
     lost = subprocess.run([VOLTNET, 'provenance', '1'], capture_output=True, text=True, env=env, timeout=600)
     assert lost.returncode == 2 and 'no default AiiDA profile: pass --profile NAME' in lost.stderr, lost.stderr
     # a profile whose SQLite storage is gone: a message, not a FileNotFoundError traceback

@@ -105,14 +105,20 @@ def quickstart(data, profile, protocol):
         _fail(str(exception))
     finally:
         records.LOGGER.disabled = False
-    from aiida_voltnet.calculations.functions import check_split_leaves_enough_to_train
+    from aiida_voltnet.calculations.functions import (_train_arguments, check_split_leaves_enough_to_train,
+                                                      check_training_targets)
     from aiida_voltnet.workflows.train import TrainWorkChain
 
     inputs = TrainWorkChain.get_protocol_inputs(protocol)
     train, split = inputs['train'], inputs['split']
-    try:  # too few rows for the protocol's model after the protocol's own split, found before the profile too
+    try:  # what the work chain's validator would refuse, found before the profile too: too few rows for the
+        # protocol's model after its own split, a record without the voltage, a field its featurizer needs
         check_split_leaves_enough_to_train(rows, split['kind'], split['seed'], split['test_fraction'], train['model'],
                                            train['settings'].get('members'), train['settings'].get('model_params'))
+        _train_arguments(train['featurizer'], train['model'], train['settings'], train['seed'], rows)
+        missing = check_training_targets(rows, train['settings'], purpose='train or evaluate on')
+        if missing:
+            raise ValueError(missing)
     except ValueError as exception:
         _fail(f'{data}: {exception}')
     ensure_embedded_profile(profile)
@@ -122,6 +128,8 @@ def quickstart(data, profile, protocol):
         result = run_quickstart(data, protocol=protocol, echo=click.echo)
     except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
         _fail(str(exception), 1)
+    except ValueError as exception:  # refused at launch (nothing stored): a check the lines above do not make
+        _fail(f'{data}: {exception}')
     click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
     return result
 
