@@ -49,8 +49,8 @@ def main(argv=None):
             model = train_voltage_model(records)  # the defaults: leak-free features, the voltnet ensemble
         except (ValueError, ElectrodeDataError) as exception:  # e.g. a row without average_voltage
             parser.exit(2, f'{parser.prog}: error: --data {args.data}: {exception}\n')
-    for warning in caught:  # ours (about the data, the calibration); the libraries' deprecation noise is dropped
-        if 'aiida_voltnet' in warning.filename:
+    for warning in caught:  # ours (about the data, the calibration), by their class; the libraries' noise is dropped
+        if warning.category.__module__.startswith('aiida_voltnet'):
             print(f'warning: {warning.message}')
     print(f'trained in {time.perf_counter() - started:.0f} s: {len(model.members)} members, '
           f'{model.n_parameters} parameters')

@@ -363,3 +363,17 @@ def test_train_example_checks_its_save_directory_before_training(tmp_path, capsy
         with pytest.raises(SystemExit) as exit_info:
             example.main(['--save', str(target)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_train_example_prints_the_calibration_warning_of_a_small_csv(tmp_path):
+    """The example kept the warnings whose file was in aiida_voltnet; the calibration's, raised with the stack level
+    of its caller, names the caller's file, and was dropped exactly when a user trains on a small CSV of their own."""
+    import os
+
+    small = tmp_path / 'small.csv'
+    small.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:120]) + '\n')
+    example = Path(__file__).resolve().parents[1] / 'examples' / 'train_and_predict.py'
+    run = subprocess.run([sys.executable, str(example), '--data', str(small)], capture_output=True, text=True,
+                         env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert 'warning: the uncertainty calibration saw only' in run.stdout, run.stdout
