@@ -377,3 +377,59 @@ def test_train_example_prints_the_calibration_warning_of_a_small_csv(tmp_path):
                          env={**os.environ, 'OMP_NUM_THREADS': '1'}, timeout=600)
     assert run.returncode == 0, run.stderr
     assert 'warning: the uncertainty calibration saw only' in run.stdout, run.stdout
+
+
+def test_predict_a_pair_of_structure_files(trained, tmp_path):
+    """``--charged``/``--discharged`` take structure files (a relaxed DFT cell): 'FePO4.cif' was parsed as a formula
+    and refused. The files' pair is the record ``record_from_structures`` builds, with its symmetry, so the voltage
+    is the core's for the same structures; a file beside a formula, an unreadable file and a reversed pair are
+    refused with the option and file named."""
+    from aiida_voltnet.ml.models import VoltageModel
+    from aiida_voltnet.ml.structures import record_from_structures, shipped_pair
+
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    files = {name: tmp_path / name for name in ('FePO4.cif', 'LiFePO4.cif', 'POSCAR')}
+    charged.to(filename=str(files['FePO4.cif']))
+    discharged.to(filename=str(files['LiFePO4.cif']))
+    discharged.to(filename=str(files['POSCAR']))
+    model = str(trained / 'model')
+    mean, std = VoltageModel.load(model).predict([record_from_structures(charged, discharged, ion)])
+    for discharged_file in ('LiFePO4.cif', 'POSCAR'):
+        result = run('predict', '--model', model, '--charged', str(files['FePO4.cif']), '--discharged',
+                     str(files[discharged_file]), '--ion', 'Li')
+        assert result.stdout.startswith(f'LiFePO4 ({files[discharged_file]}) / FePO4 ({files["FePO4.cif"]}) (Li): '
+                                        f'{mean[0]:.3f} +/- {std[0]:.3f} V'), result.stdout
+    junk = tmp_path / 'junk.cif'
+    junk.write_text('not a cif\n')
+    for arguments, message in (
+            ((files['FePO4.cif'], 'LiFePO4'), f'--charged and --discharged are both structure files or both formulas: '
+                                              f'{files["FePO4.cif"]} is a file, LiFePO4 is none'),
+            ((junk, files['LiFePO4.cif']), f'--charged {junk}: not a structure file pymatgen can read'),
+            ((files['LiFePO4.cif'], files['FePO4.cif']), 'the discharged structure (FePO4) must hold more Li')):
+        refused = run('predict', '--model', model, '--charged', str(arguments[0]), '--discharged',
+                      str(arguments[1]), '--ion', 'Li', check=False)
+        assert refused.returncode == 2 and message in refused.stderr and 'Traceback' not in refused.stderr, \
+            refused.stderr
+
+
+def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_ion(trained, tmp_path):
+    """``--out`` equal to ``--data`` replaced the electrodes with the predictions; an ion the model never saw was
+    refused without the file's name, which every other refusal of a CSV gives."""
+    data = tmp_path / 'candidates.csv'
+    data.write_text((trained / 'predict.csv').read_text())
+    before = data.read_text()
+    same = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(data), check=False)
+    assert same.returncode == 2 and f'--out {data} is the --data file' in same.stderr, same.stderr
+    assert data.read_text() == before
+    lithium = tmp_path / 'lithium.csv'  # a model that never saw Na: a kernel model on the Li rows, instant
+    table = list(csv.DictReader(open(trained / 'train.csv')))
+    with open(lithium, 'w', newline='') as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(table[0]))
+        writer.writeheader()
+        writer.writerows([row for row in table if row['working_ion'] == 'Li'])
+    run('train', '--data', str(lithium), '--out', str(tmp_path / 'li_model'), '--model', 'krr')
+    # the candidates hold K, Na, ... rows beside Li ones
+    refused = run('predict', '--model', str(tmp_path / 'li_model'), '--data', str(data), '--out',
+                  str(tmp_path / 'o.csv'), check=False)
+    assert refused.returncode == 2 and refused.stderr.startswith(f'Error: {data}: line '), refused.stderr
+    assert 'never saw' in refused.stderr and not (tmp_path / 'o.csv').exists()

@@ -164,6 +164,23 @@ def _check_output_path(path, directory: bool):
         _fail(f'--out {path}: cannot create files in {probe_dir} ({exception.strerror or exception})')
 
 
+def _structure_pair_record(charged: str, discharged: str, ion: str):
+    """The record of a pair of structure files (:func:`~aiida_voltnet.ml.structures.record_from_structures`), or
+    exit with the file pymatgen could not read."""
+    from pymatgen.core import Structure
+
+    from aiida_voltnet.ml.structures import record_from_structures
+
+    structures = []
+    for option, path in (('--charged', charged), ('--discharged', discharged)):
+        try:
+            structures.append(Structure.from_file(path))
+        except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
+            _fail(f'{option} {path}: not a structure file pymatgen can read ({type(exception).__name__}: '
+                  f'{exception})')
+    return record_from_structures(*structures, ion, battery_id=f'{charged}->{discharged}')
+
+
 def _check_device(device):
     from aiida_voltnet.ml.training import resolve_device
 
@@ -191,12 +208,16 @@ def _read_model(path):
               help='CSV of electrodes to predict (average_voltage may be absent).')
 @click.option('--out', 'out', type=click.Path(dir_okay=False),
               help='Output CSV: battery_id,predicted_voltage,uncertainty (with --data).')
-@click.option('--charged', help='Formula of the charged (ion-poor) member, e.g. FePO4.')
-@click.option('--discharged', help='Formula of the discharged (ion-rich) member, e.g. LiFePO4.')
+@click.option('--charged', help='The charged (ion-poor) member: a formula, e.g. FePO4, or a structure file '
+                                '(CIF, POSCAR, ... whatever pymatgen reads; symmetry from spglib).')
+@click.option('--discharged', help='The discharged (ion-rich) member: a formula, e.g. LiFePO4, or a structure file.')
 @click.option('--ion', help='Working ion, e.g. Li.')
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 def predict(model_dir, data, out, charged, discharged, ion, device):
-    """Predict average voltages for a CSV, or for one charged/discharged pair of formulas."""
+    """Predict average voltages for a CSV, or for one charged/discharged pair of formulas or structure files.
+
+    A pair given as formulas has no symmetry (the model was trained with it; a pair of structure files has it).
+    """
     from aiida_voltnet.ml.featurizers import rounded_amounts_collected
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
                                           write_files_atomically)
@@ -208,6 +229,9 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         _fail('--out goes with --data (a single pair is printed)')
     if out:
         _check_output_path(out, directory=False)
+        if data and Path(out).exists() and Path(out).resolve() == Path(data).resolve():
+            _fail(f'--out {out} is the --data file: the predictions would replace the electrodes; choose another '
+                  'name')
     _check_device(device)
     model = _read_model(model_dir)
     target = model.metadata.get('target', 'average_voltage')
@@ -219,8 +243,21 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             if None in (charged, discharged, ion):
                 _fail('--charged, --discharged and --ion go together')
             charged, discharged, ion = charged.strip(), discharged.strip(), ion.strip()  # as a CSV's values are
-            records = [validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}', formula_charge=charged,
-                                                       formula_discharge=discharged, working_ion=ion))]
+            files = [Path(value).is_file() for value in (charged, discharged)]
+            if any(files):
+                if not all(files):
+                    _fail('--charged and --discharged are both structure files or both formulas: '
+                          f'{charged if files[0] else discharged} is a file, {discharged if files[0] else charged} '
+                          'is none')
+                records = [_structure_pair_record(charged, discharged, ion)]
+                from pymatgen.core import Composition
+
+                charged = f'{Composition(records[0].formula_charge).reduced_formula} ({charged})'  # formula (file)
+                discharged = f'{Composition(records[0].formula_discharge).reduced_formula} ({discharged})'
+            else:
+                records = [validate_record(ElectrodeRecord(battery_id=f'{charged}->{discharged}',
+                                                           formula_charge=charged, formula_discharge=discharged,
+                                                           working_ion=ion))]
             if records[0].end_members_reversed:
                 _fail(f'--discharged {discharged} must hold more {ion} per host atom than --charged {charged} '
                       '(the charged member is the ion-poor one): swap them')
@@ -228,10 +265,13 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             if not out:
                 _fail('--data needs --out OUT.csv')
             records = read_electrodes_csv(data, report_reversed=False)  # the warning below names them
-        with rounded_amounts_collected() as rounded:
-            mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))
+    try:
+        with rounded_amounts_collected() as rounded:
+            mean, std = model.predict(records, device=device)
+    except (ElectrodeDataError, ValueError) as exception:  # e.g. an ion the model never saw: the file, as above
+        _fail(f'{data}: {exception}' if data and not str(exception).startswith(str(data)) else str(exception))
     for message in rounded:
         click.echo(f'Warning: {message}', err=True)
     warning = model.extrapolation_warning(records)
