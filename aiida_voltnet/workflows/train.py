@@ -240,7 +240,17 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         self.out('model', self.ctx.model)  # whatever the evaluation then says, the trained model is an output
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]}')
+        self._relay_training_warnings()
         return None
+
+    def _relay_training_warnings(self) -> None:
+        """The warnings in the report of the process that trained the model (a rough uncertainty calibration, the
+        paper's leak), in this work chain's report too: ``verdi process report`` of a work chain descends into its
+        child work chains, not into its calculation functions or jobs."""
+        from aiida_voltnet.provenance import training_warnings
+
+        for line in training_warnings(self.ctx.model.creator):
+            self.report(f'the training warned: {line}')
 
     def should_train_with_code(self):
         return 'train_code' in self.inputs
@@ -271,6 +281,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         self.out('model', self.ctx.model)
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]} through {self.inputs.train_code.full_label}')
+        self._relay_training_warnings()
         return None
 
     def evaluate(self):
@@ -289,7 +300,10 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
             test = report_drop_unseen_ions(test=test, train=self.ctx.train_dataset, metadata=metadata)
             self.report(f'left out of the evaluation: {self.ctx.test_dataset.n_records - test.n_records} test '
                         f'record(s) of working ion(s) {", ".join(unseen)}, which no training record had')
-        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate', self.inputs.train.get('metadata'),
+        # the train namespace's disable_cache reaches the evaluation; its label and description are the training's
+        train_metadata = self.inputs.train.get('metadata') or {}
+        self.ctx.metrics, error = self._call(evaluate_model, 'evaluate',
+                                             {'disable_cache': True} if train_metadata.get('disable_cache') else None,
                                              model=self.ctx.model, dataset=test)
         if error:
             return error

@@ -158,6 +158,23 @@ def test_train_workchain_leaves_out_test_records_of_an_ion_it_never_trained_on(t
     assert results['model'].training_ions == ['Li'] and 'metrics' not in results
 
 
+def test_train_workchain_reports_the_warnings_of_its_training(trained):
+    """A warning of the training (the paper featurizer's leak) was only in train_model's report, which
+    `verdi process report` of the work chain does not show (it descends into child work chains only)."""
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    _, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                           split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.2)},
+                           train={'featurizer': orm.Str('paper'), 'model': orm.Str('krr')})
+    assert node.is_finished_ok, node.exit_message
+    report = get_workchain_report(node, 'REPORT')
+    assert report.count('the training warned: TargetLeakWarning: the paper featurizer includes capacity_grav') == 1
+    _, clean = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                            split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.2)},
+                            train={'model': orm.Str('krr')})
+    assert 'the training warned' not in get_workchain_report(clean, 'REPORT')
+
+
 def test_train_workchain_passes_a_steps_label_and_description_on(trained):
     """`split.metadata.label` and `train.metadata.description` were accepted and dropped."""
     results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
@@ -170,6 +187,7 @@ def test_train_workchain_passes_a_steps_label_and_description_on(trained):
              if isinstance(link.node, orm.CalcFunctionNode)}
     assert steps['split'].label == 'my split'
     assert (steps['train'].label, steps['train'].description) == ('krr on 120', 'a test')
+    assert (steps['evaluate'].label, steps['evaluate'].description) == ('evaluate_model', '')  # they were the training's
     with pytest.raises(ValueError, match="train.metadata.call_link_label is the step's own"):
         run_get_node(TrainWorkChain, dataset=trained.dataset, train={'model': orm.Str('krr'),
                                                                      'metadata': {'call_link_label': 'custom'}})
