@@ -91,6 +91,16 @@ def test_altered_weights_are_refused(records, tmp_path):
         VoltageModel.load(tmp_path / 'm')
 
 
+def test_a_config_json_of_another_program_is_not_called_an_altered_model(tmp_path):
+    """A directory with some other config.json beside a weights file was refused as 'weights file was altered
+    (..., the model recorded None...)': it never was a voltnet model, and the message says so."""
+    (tmp_path / 'config.json').write_text('{"a": 1}')
+    (tmp_path / 'arrays.safetensors').write_bytes(b'weights')
+    with pytest.raises(ModelIntegrityError, match=r'not the config of a voltnet model \(no format_version, '
+                                                  r'arrays_sha256, model_version\)'):
+        VoltageModel.load(tmp_path)
+
+
 def test_unseen_working_ion_is_refused(records):
     li_only = [r for r in records if r.working_ion == 'Li']
     model = train_voltage_model(li_only, model='krr', device='cpu')

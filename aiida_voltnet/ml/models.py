@@ -700,6 +700,10 @@ class VoltageModel:
             raise ModelIntegrityError(f'{config_path}: not valid JSON ({exception})') from None
         if not isinstance(config, dict):
             raise ModelIntegrityError(f'{config_path}: expected a JSON object, got {type(config).__name__}')
+        missing = [key for key in ('format_version', 'arrays_sha256', 'model_version') if key not in config]
+        if missing:  # no model of ours ever lacked these: another program's config.json, not an altered model
+            raise ModelIntegrityError(f'{config_path}: not the config of a voltnet model (no {", ".join(missing)}); '
+                                      'voltnet train writes config.json beside arrays.safetensors')
         recorded = config.get('arrays_sha256')
         actual = file_sha256(arrays_path)
         if recorded != actual:
