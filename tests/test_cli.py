@@ -346,6 +346,11 @@ def test_provenance_tree_prints_lists_of_records_as_items(capsys):
     assert capsys.readouterr().out.splitlines() == [
         'workflow:', '  pk: 1', 'predictions: (2)', '  - [0]', '    pk: 2',
         '    battery_ids: [0, 1, 2, 3, 4, 5, 6, 7] ... (20 in all)', '  - [1]', '    pk: 3', "ions: ['Li', 'Na']"]
+    # the answer for a process has no prediction node ('prediction: None' opened it); warnings are sentences
+    warning = 'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows'
+    _print_tree({'prediction': None, 'process': {'pk': 29}, 'training_warnings': [warning], 'none': []})
+    assert capsys.readouterr().out.splitlines() == ['process:', '  pk: 29', 'training_warnings: (1)',
+                                                    f'  - {warning}', 'none: []']
 
 
 def test_train_example_checks_its_save_directory_before_training(tmp_path, capsys):

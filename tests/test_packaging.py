@@ -32,3 +32,19 @@ def test_entry_points_are_installed_and_load(group):
         assert name.startswith('voltnet.'), name
         assert name in installed and installed[name].value == target
         assert installed[name].load() is not None
+
+
+@pytest.mark.parametrize('page', ['README.md', 'docs/usage.md'])
+def test_every_entry_point_is_named_in_the_docs(page):
+    """The lists of calculation functions, work chains, data and parser plugins in README.md and usage.md had lost
+    `voltnet.ion_metal_cell`: every declared entry point appears there (the report helpers' group form counts)."""
+    text = (ROOT / page).read_text()
+    for short, names in (('`voltnet.report_subsample_dataset|_kfold_dataset|_drop_unseen_ions`',
+                          ('report_subsample_dataset', 'report_kfold_dataset', 'report_drop_unseen_ions')),
+                         ('`voltnet.assemble_dataset_from_csv|_from_mp|_from_structures`',
+                          ('assemble_dataset_from_csv', 'assemble_dataset_from_mp',
+                           'assemble_dataset_from_structures'))):
+        text = text.replace(short, ' '.join(f'`voltnet.{name}`' for name in names))
+    missing = sorted({name for items in PYPROJECT['entry-points'].values() for name in items
+                      if f'`{name}`' not in text})
+    assert not missing, f'{page} does not name {missing}'

@@ -158,6 +158,8 @@ def provenance(identifier, profile, as_json):
 
 def _print_tree(data, indent=0):
     for key, value in data.items():
+        if key == 'prediction' and value is None:  # the answer for a process: no single prediction node to name
+            continue
         if isinstance(value, dict):
             click.echo(' ' * indent + f'{key}:')
             _print_tree(value, indent + 2)
@@ -166,6 +168,10 @@ def _print_tree(data, indent=0):
             for number, item in enumerate(value):
                 click.echo(' ' * (indent + 2) + f'- [{number}]')
                 _print_tree(item, indent + 4)
+        elif isinstance(value, list) and any(isinstance(item, str) and len(item) > 40 for item in value):
+            click.echo(' ' * indent + f'{key}: ({len(value)})')  # sentences (training_warnings): one a line
+            for item in value:
+                click.echo(' ' * (indent + 2) + f'- {item}')
         elif isinstance(value, list) and len(value) > 8:
             click.echo(' ' * indent + f'{key}: {value[:8]} ... ({len(value)} in all)')
         else:
