@@ -30,6 +30,7 @@ class PredictWorkChain(WorkChain):
                  'a plain str)}}`; each gives outputs voltages.<name> and uncertainties.<name>.')
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
+            cls.relay_training_warnings,
             if_(cls.has_dataset)(cls.predict_dataset),
             if_(cls.has_structures)(cls.predict_structures),
         )
@@ -39,7 +40,8 @@ class PredictWorkChain(WorkChain):
         spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
-                              help='For `structures`: ensemble standard deviation (V) per pair name.')
+                              help='For `structures`: uncertainty (V) per pair name, the ensemble spread times its '
+                                   'calibration scale.')
         spec.output_namespace('unseen_elements', valid_type=orm.List, dynamic=True,
                               help='For `structures`: per pair name, the host elements no training host had '
                                    '(empty: none; otherwise the prediction extrapolates).')
@@ -73,6 +75,14 @@ class PredictWorkChain(WorkChain):
         except Exception as exception:  # noqa: BLE001 - the message names the pair and the problem
             return f'{type(exception).__name__}: {exception}'
         return None
+
+    def relay_training_warnings(self):
+        """What the model's training warned about (a rough uncertainty calibration, the paper's leak), in this
+        report, where the predictions' user reads it; :func:`~aiida_voltnet.provenance.training_warnings`."""
+        from aiida_voltnet.provenance import training_warnings
+
+        for line in training_warnings(self.inputs.model.creator):
+            self.report(f"the model's training warned: {line}")
 
     def has_dataset(self):
         return 'dataset' in self.inputs

@@ -297,6 +297,20 @@ def test_predict_workchain(trained, shipped_nodes):
     assert {p['model_version'] for p in answer['predictions']} == {trained.model.model_version}
 
 
+def test_predict_workchain_reports_what_the_models_training_warned(trained):
+    """Predictions by a model whose training warned (the paper featurizer's leak here) say so in the
+    PredictWorkChain's report, where their user reads; a model whose training did not warn adds nothing."""
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    paper = F.train_model(trained.train, featurizer='paper', model='krr')
+    _, node = run_get_node(PredictWorkChain, model=paper, dataset=trained.test)
+    assert node.is_finished_ok, node.exit_message
+    assert get_workchain_report(node, 'REPORT').count(
+        "the model's training warned: TargetLeakWarning: the paper featurizer includes") == 1
+    _, clean = run_get_node(PredictWorkChain, model=trained.model, dataset=trained.test)
+    assert 'training warned' not in get_workchain_report(clean, 'REPORT')
+
+
 def test_predict_workchain_reports_host_elements_no_training_host_had(trained):
     from aiida.cmdline.utils.common import get_workchain_report
     from pymatgen.core import Lattice, Structure
