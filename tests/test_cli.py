@@ -11,8 +11,8 @@ SHARED_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'm
 VOLTNET = str(Path(sys.executable).parent / 'voltnet')
 
 
-def run(*args, check=True):
-    result = subprocess.run([VOLTNET, *args], capture_output=True, text=True, timeout=600)
+def run(*args, check=True, cwd=None):
+    result = subprocess.run([VOLTNET, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
     if check and result.returncode:
         raise AssertionError(result.stdout + result.stderr)
     return result
@@ -348,9 +348,12 @@ def test_provenance_tree_prints_lists_of_records_as_items(capsys):
         '    battery_ids: [0, 1, 2, 3, 4, 5, 6, 7] ... (20 in all)', '  - [1]', '    pk: 3', "ions: ['Li', 'Na']"]
     # the answer for a process has no prediction node ('prediction: None' opened it); warnings are sentences
     warning = 'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows'
-    _print_tree({'prediction': None, 'process': {'pk': 29}, 'training_warnings': [warning], 'none': []})
+    ids = [f'mp-{number}_Li-a-long-battery-id-of-more-than-forty-characters' for number in range(12)]
+    _print_tree({'prediction': None, 'process': {'pk': 29}, 'training_warnings': [warning], 'none': [],
+                 'battery_ids': ids})
     assert capsys.readouterr().out.splitlines() == ['process:', '  pk: 29', 'training_warnings: (1)',
-                                                    f'  - {warning}', 'none: []']
+                                                    f'  - {warning}', 'none: []',
+                                                    f'battery_ids: {ids[:8]} ... (12 in all)']
 
 
 def test_train_example_checks_its_save_directory_before_training(tmp_path, capsys):
@@ -410,11 +413,29 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
             ((files['FePO4.cif'], 'LiFePO4'), f'--charged and --discharged are both structure files or both formulas: '
                                               f'{files["FePO4.cif"]} is a file, LiFePO4 is none'),
             ((junk, files['LiFePO4.cif']), f'--charged {junk}: not a structure file pymatgen can read'),
-            ((files['LiFePO4.cif'], files['FePO4.cif']), 'the discharged structure (FePO4) must hold more Li')):
+            ((files['LiFePO4.cif'], files['FePO4.cif']), 'the discharged structure (FePO4) must hold more Li'),
+            ((tmp_path / 'FePO4.vasp', files['LiFePO4.cif']), f'--charged {tmp_path / "FePO4.vasp"}: no such file'),
+            (('FePO4', 'structures/LiFePO4.cif'), '--discharged structures/LiFePO4.cif: no such file')):
         refused = run('predict', '--model', model, '--charged', str(arguments[0]), '--discharged',
                       str(arguments[1]), '--ion', 'Li', check=False)
         assert refused.returncode == 2 and message in refused.stderr and 'Traceback' not in refused.stderr, \
             refused.stderr
+    # A file that happens to be called like a formula (FePO4 beside the command) leaves the formula a formula
+    # ('./FePO4' reads the file); one that is no formula is read as a structure file.
+    formulas = run('predict', '--model', model, '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li')
+    (tmp_path / 'FePO4').write_text('not a structure\n')
+    (tmp_path / 'olivine').write_text(files['LiFePO4.cif'].read_text())
+    beside = run('predict', '--model', model, '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li',
+                 cwd=tmp_path)
+    assert beside.stdout == formulas.stdout
+    named = run('predict', '--model', model, '--charged', 'FePO4.cif', '--discharged', 'LiFePO4.cif', '--ion', 'Li',
+                cwd=tmp_path)
+    assert named.stdout.startswith('LiFePO4 (LiFePO4.cif) / FePO4 (FePO4.cif) (Li): '
+                                   f'{mean[0]:.3f} +/- {std[0]:.3f} V'), named.stdout
+    nameless = run('predict', '--model', model, '--charged', 'FePO4.cif', '--discharged', 'olivine', '--ion', 'Li',
+                   cwd=tmp_path, check=False)
+    assert nameless.returncode == 2 and '--discharged olivine: not a structure file pymatgen can read' in \
+        nameless.stderr, nameless.stderr
 
 
 def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_ion(trained, tmp_path):

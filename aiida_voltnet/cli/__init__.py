@@ -9,6 +9,7 @@ import csv
 import json
 import io
 import logging
+import os
 import sys
 import tempfile
 import warnings
@@ -164,6 +165,40 @@ def _check_output_path(path, directory: bool):
         _fail(f'--out {path}: cannot create files in {probe_dir} ({exception.strerror or exception})')
 
 
+def _is_structure_file(option: str, value: str) -> bool:
+    """Whether ``value`` of ``--charged``/``--discharged`` names a structure file rather than a formula: it has a
+    path separator or a name pymatgen reads by (``.cif``, ``POSCAR``, ...) and must then exist, or it is an existing
+    file that is no formula: a file called ``FePO4`` beside the command leaves the formula ``FePO4`` a formula."""
+    from pymatgen.core import Composition
+
+    path = Path(value)
+    try:  # the name patterns Structure.from_file reads by (and a POSCAR is a formula too: P O S C Ar)
+        from pymatgen.io.registry import get_structure_format
+    except ImportError:  # a pymatgen before its format registry: the patterns of its Structure.from_file
+        import fnmatch
+
+        named = any(fnmatch.fnmatch(path.name.lower(), pattern) for pattern in (
+            '*.cif*', '*.mcif*', '*poscar*', '*contcar*', '*.vasp', '*.json*', '*.yaml*', '*.xsf', '*.cssr*',
+            '*.res', '*.config*', 'vasprun*.xml*', '*.pwscf*'))
+    else:
+        try:
+            named = bool(get_structure_format(filename=path.name))
+        except ValueError:
+            named = False
+    named = named or '/' in value or os.sep in value
+    if named:
+        if not path.is_file():
+            _fail(f'{option} {value}: no such file' + (' (a directory)' if path.is_dir() else ''))
+        return True
+    if not path.is_file():
+        return False
+    try:
+        Composition(value)
+    except Exception:  # noqa: BLE001 - pymatgen raises ValueError, KeyError, ... for what is no formula
+        return True
+    return False
+
+
 def _structure_pair_record(charged: str, discharged: str, ion: str):
     """The record of a pair of structure files (:func:`~aiida_voltnet.ml.structures.record_from_structures`), or
     exit with the file pymatgen could not read."""
@@ -243,7 +278,8 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             if None in (charged, discharged, ion):
                 _fail('--charged, --discharged and --ion go together')
             charged, discharged, ion = charged.strip(), discharged.strip(), ion.strip()  # as a CSV's values are
-            files = [Path(value).is_file() for value in (charged, discharged)]
+            files = [_is_structure_file(option, value)
+                     for option, value in (('--charged', charged), ('--discharged', discharged))]
             if any(files):
                 if not all(files):
                     _fail('--charged and --discharged are both structure files or both formulas: '
