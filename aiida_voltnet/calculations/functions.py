@@ -521,11 +521,18 @@ def _warnings_reported(*categories):
     warnings that pass the filters are shown as Python shows them."""
     from aiida.engine import Process
 
-    with warnings.catch_warnings(record=True) as caught:
-        for category in categories:
-            warnings.simplefilter('always', category)
-        yield
-    process, seen = Process.current(), set()
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for category in categories:
+                warnings.simplefilter('always', category)
+            yield
+    finally:  # also when the block raises: the warnings that came before the error are part of the story
+        _report_caught(Process.current(), caught, categories)
+
+
+def _report_caught(process, caught, categories):
+    seen = set()
     for warning in caught:
         if not issubclass(warning.category, categories):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
@@ -534,7 +541,7 @@ def _warnings_reported(*categories):
             if process is not None:
                 _report_warning(process, f'{warning.category.__name__}: {warning.message}')
             else:
-                warnings.warn(warning.message, warning.category, stacklevel=3)
+                warnings.warn(warning.message, warning.category, stacklevel=4)
 
 
 def _report_warning(process, message):

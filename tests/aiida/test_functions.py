@@ -81,6 +81,19 @@ def test_training_warnings_are_written_to_the_process_report(trained):
     assert messages(quiet) == []
 
 
+def test_warnings_before_an_error_are_still_told():
+    """A block that warned and then raised lost its warnings (they were reported after the block, which never
+    returned): outside a process they are warned as usual, with the error still raised."""
+    import warnings
+
+    from aiida_voltnet.ml.models import CalibrationWarning
+
+    with pytest.warns(CalibrationWarning, match='saw only 3 held-out rows'), pytest.raises(RuntimeError, match='boom'):
+        with F._warnings_reported(CalibrationWarning):
+            warnings.warn('the uncertainty calibration saw only 3 held-out rows', CalibrationWarning)
+            raise RuntimeError('boom')
+
+
 def test_batch_predict_is_one_process_one_array(trained):
     n_calcs, n_arrays, n_all = count_nodes(orm.CalcFunctionNode), count_nodes(orm.ArrayData), count_nodes()
     result, process = F.predict_voltages.run_get_node(trained.model, trained.dataset)
