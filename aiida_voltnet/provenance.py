@@ -146,22 +146,27 @@ _WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', 
 
 def training_warnings(training: orm.ProcessNode | None) -> list[str]:
     """The package's warnings that the process which trained a model logged (``verdi process report PK``), e.g.
-    ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order (those of the
-    process it was cloned from, when it was taken from the cache); ``[]`` when none (or for a model trained before
+    ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order, also those in a
+    training CalcJob's ``metrics`` output and those of the processes it was cloned from when it was taken from the
+    cache (the chain of cache sources, as far as they still exist); ``[]`` when none (or for a model trained before
     they were logged)."""
     if training is None:
         return []
-    processes = [training]
-    source = training.base.caching.get_cache_source()  # a process taken from the cache has no logs of its own
-    if source is not None:
+    processes, seen = [training], {training.uuid}
+    while (source := processes[-1].base.caching.get_cache_source()) is not None and source not in seen:
+        seen.add(source)  # a process taken from the cache has no logs of its own: those of its source (and its)
         try:
             processes.append(orm.load_node(source))
         except Exception:  # noqa: BLE001 - the cache source may have been deleted since
-            pass
+            break
     found = []
     for process in processes:
-        for log in orm.Log.collection.get_logs_for(process):
-            match = _WARNING_LOG.match(log.message)
+        messages = [log.message for log in sorted(orm.Log.collection.get_logs_for(process), key=lambda log: log.pk)]
+        metrics = process.outputs.metrics if 'metrics' in process.outputs else None  # voltnet-train's metrics.json
+        if isinstance(metrics, orm.Dict):
+            messages += [str(line) for line in metrics.get('warnings') or []]
+        for message in messages:
+            match = _WARNING_LOG.match(message)
             if match and match.group(1) not in found:
                 found.append(match.group(1))
     return found

@@ -63,16 +63,28 @@ def test_pair_prediction_answer(trained, predictions):
 def test_the_answer_carries_the_warnings_of_the_training(trained):
     """A prediction by a model whose training warned (the paper featurizer's leak here) says so in its provenance,
     from the training process's report; one message per warning, without the report's [PK|process|warning] head."""
-    paper = F.train_model(trained.train, featurizer='paper', model='krr')
+    seed = 4711  # not trained elsewhere in the session: the cache source below is this test's own training
+    paper = F.train_model(trained.train, featurizer='paper', model='krr', seed=seed)
     answer = prediction_provenance(F.predict_voltages(paper, trained.test))
     assert len(answer['training_warnings']) == 1
     assert answer['training_warnings'][0].startswith('TargetLeakWarning: the paper featurizer includes capacity_grav')
     from aiida.manage.caching import enable_caching
 
     with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
-        cached = F.train_model(trained.train, featurizer='paper', model='krr')
+        cached = F.train_model(trained.train, featurizer='paper', model='krr', seed=seed)
     assert cached.creator.base.caching.get_cache_source() == paper.creator.uuid  # a clone, without logs of its own
+    assert not orm.Log.collection.get_logs_for(cached.creator)
     assert prediction_provenance(F.predict_voltages(cached, trained.test))['training_warnings'] == \
+        answer['training_warnings']
+    # A clone of the clone (the original no longer a valid cache source): the warnings are two hops away.
+    paper.creator.base.caching.is_valid_cache = False
+    try:
+        with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+            twice = F.train_model(trained.train, featurizer='paper', model='krr', seed=seed)
+    finally:
+        paper.creator.base.caching.is_valid_cache = True
+    assert twice.creator.base.caching.get_cache_source() == cached.creator.uuid
+    assert prediction_provenance(F.predict_voltages(twice, trained.test))['training_warnings'] == \
         answer['training_warnings']
 
 

@@ -141,3 +141,14 @@ def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_
     from aiida_voltnet.provenance import training_warnings
 
     assert training_warnings(job) == logs  # what `voltnet provenance` shows of a model trained by the CalcJob
+    # A job whose log is gone (a clone taken from the cache whose source was deleted, an imported archive without
+    # logs) still says it from its ``metrics`` output.
+    quiet = orm.CalcJobNode(computer=aiida_localhost, process_type='aiida.calculations:voltnet.train')
+    quiet.set_option('resources', {'num_machines': 1})
+    quiet.set_process_state(ProcessState.FINISHED)
+    quiet.store()
+    metrics = orm.Dict(results['metrics'].get_dict())
+    metrics.base.links.add_incoming(quiet, link_type=LinkType.CREATE, link_label='metrics')
+    metrics.store()
+    assert not orm.Log.collection.get_logs_for(quiet)
+    assert training_warnings(quiet) == logs
