@@ -270,6 +270,39 @@ def test_predict_refuses_a_model_of_another_target(trained, tmp_path):
     assert not (tmp_path / 'p.csv').exists()
 
 
+def test_quickstart_tells_a_launch_refusal_from_an_error_of_the_run(tmp_path):
+    """A ValueError of the run (a step that failed after the work chain started) was reported as if the launch had
+    refused the CSV (exit 2, no pointer to the process); now it is exit 1 with the process to inspect. The error is
+    injected into the real quickstart command: once before anything is stored, once after a real process ran."""
+    import os
+    import sys
+
+    script = tmp_path / 'inject.py'
+    script.write_text(
+        'import sys\n'
+        'from aiida_voltnet.workflows import quickstart\n'
+        'from aiida_voltnet.calculations.functions import assemble_dataset_from_csv\n'
+        'from aiida import orm\n'
+        'def failing(csv_path, **kwargs):\n'
+        '    if sys.argv[1] == "ran":\n'
+        '        assemble_dataset_from_csv(orm.SinglefileData(str(csv_path)))\n'
+        '    raise ValueError("an error of the injected kind")\n'
+        'quickstart.run_quickstart = failing\n'
+        'from aiida_voltnet.cli import cli\n'
+        'cli(["quickstart", "--data", sys.argv[2]])\n')
+    data = tmp_path / 'data.csv'
+    data.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:151]) + '\n')
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida'), 'OMP_NUM_THREADS': '1'}
+    refused = subprocess.run([sys.executable, str(script), 'refused', str(data)], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert refused.returncode == 2 and f'Error: {data}: an error of the injected kind' in refused.stderr, \
+        refused.stderr
+    ran = subprocess.run([sys.executable, str(script), 'ran', str(data)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert ran.returncode == 1 and 'Error: the run failed: ValueError: an error of the injected kind (verdi process ' \
+        'report ' in ran.stderr and 'Traceback' not in ran.stderr, ran.stderr
+
+
 def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained, tmp_path):
     """quickstart checks the CSV before it creates a profile; provenance without any profile says what to do."""
     import os

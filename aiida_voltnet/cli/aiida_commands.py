@@ -124,12 +124,22 @@ def quickstart(data, profile, protocol):
     ensure_embedded_profile(profile)
     from aiida_voltnet.workflows.quickstart import run_quickstart
 
+    from aiida import orm
+
+    def last_process():
+        return orm.QueryBuilder().append(orm.ProcessNode, project='id').order_by(
+            {orm.ProcessNode: {'id': 'desc'}}).limit(1).first(flat=True)
+
+    before = last_process()
     try:
         result = run_quickstart(data, protocol=protocol, echo=click.echo)
     except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
         _fail(str(exception), 1)
-    except ValueError as exception:  # refused at launch (nothing stored): a check the lines above do not make
-        _fail(f'{data}: {exception}')
+    except ValueError as exception:
+        if (after := last_process()) == before:  # refused at launch (nothing stored): a check the above do not make
+            _fail(f'{data}: {exception}')
+        _fail(f'the run failed: {type(exception).__name__}: {exception} (verdi process report {after} says where)',
+              1)
     click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
     return result
 
@@ -168,8 +178,8 @@ def _print_tree(data, indent=0):
             for number, item in enumerate(value):
                 click.echo(' ' * (indent + 2) + f'- [{number}]')
                 _print_tree(item, indent + 4)
-        elif isinstance(value, list) and any(isinstance(item, str) and len(item) > 40 for item in value):
-            click.echo(' ' * indent + f'{key}: ({len(value)})')  # sentences (training_warnings): one a line
+        elif key == 'training_warnings' and value:  # sentences: one a line, every one of them
+            click.echo(' ' * indent + f'{key}: ({len(value)})')
             for item in value:
                 click.echo(' ' * (indent + 2) + f'- {item}')
         elif isinstance(value, list) and len(value) > 8:
