@@ -19,7 +19,8 @@ Neither protocol keeps the grouped 5-fold test rows out: they are every row.
 
 Only after choosing, ``--test NAME`` runs ``benchmarks/accuracy.py`` (test rows) once for that candidate, the
 candidate (BASE plus its changes) given as its ``--model-params`` and ``--members``; the remaining arguments go to
-``accuracy.py``:
+``accuracy.py``, whose ``--rows`` must all be ``voltnet:`` rows (and which takes no other ``--model-params`` or
+``--members``):
 
     OMP_NUM_THREADS=1 python benchmarks/tune_voltnet.py --test leaf10_lr0.1x500 --rows voltnet:leakfree:random
 """
@@ -180,6 +181,16 @@ def run_test(name: str, accuracy_args: list[str]):
     import runpy
     import sys
 
+    given = argparse.ArgumentParser(prog='tune_voltnet.py --test NAME', add_help=False)
+    given.add_argument('--rows', nargs='+', default=None)
+    given.add_argument('--model-params', default=None)
+    given.add_argument('--members', default=None)
+    known, _ = given.parse_known_args(accuracy_args)
+    if known.model_params is not None or known.members is not None:
+        given.error(f'--model-params and --members are the candidate {name!r}\'s: leave them out')
+    if not known.rows or any(not row.startswith('voltnet:') for row in known.rows):
+        given.error(f'give --rows voltnet:FEATURIZER:PROTOCOL ...: the candidate {name!r} is a voltnet ensemble '
+                    f'(got {" ".join(known.rows) if known.rows else "no --rows, i.e. every model of accuracy.py"})')
     changes, n_members = CANDIDATES[name]
     params = {**BASE, **changes}
     print(f'{name}: accuracy.py with --model-params {json.dumps(params)} --members {n_members}', flush=True)

@@ -91,3 +91,10 @@ def test_tune_test_runs_accuracy_with_the_candidate_as_model_params(tmp_path):
     assert tables['base']['members'] == 5
     assert tables['leaf10']['model_params']['min_samples_leaf'] == 10
     assert tables['leaf10']['mae'] != tables['base']['mae']
+    # the candidate is a voltnet ensemble: rows of other models, or a second --model-params, are refused up front
+    for arguments, message in ((['--rows', 'krr:leakfree:grouped'], 'give --rows voltnet:FEATURIZER:PROTOCOL'),
+                               ([], 'no --rows, i.e. every model of accuracy.py'),
+                               (['--rows', 'voltnet:leakfree:grouped', '--members', '3'],
+                                "--model-params and --members are the candidate 'base'")):
+        refused = bench('tune_voltnet.py', '--test', 'base', *arguments, '--seeds', '0', '--data', str(csv))
+        assert refused.returncode == 2 and message in refused.stderr, refused.stderr
