@@ -270,7 +270,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         for name in ('config.json', 'arrays.safetensors', TRAINING_FILE):
             shutil.copyfile(resume / name, model_dir / name)
     LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
-    mean, _ = model.predict(records)
+    with _voltnet_warnings_logged(said):  # a reused model's records warn here (rounded host amounts), if at all
+        mean, _ = model.predict(records)
     devices = sorted({h['device'] for h in model.metadata.get('train_history', []) if h.get('device')})
     metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
                'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
