@@ -136,10 +136,15 @@ def quickstart(data, profile, protocol):
     except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
         _fail(str(exception), 1)
     except ValueError as exception:
-        if (after := last_process()) == before:  # refused at launch (nothing stored): a check the above do not make
+        if last_process() == before:  # refused at launch (nothing stored): a check the lines above do not make
             _fail(f'{data}: {exception}')
-        _fail(f'the run failed: {type(exception).__name__}: {exception} (verdi process report {after} says where)',
-              1)
+        excepted = orm.QueryBuilder().append(orm.ProcessNode, project='id', filters={
+            'id': {'>': before or 0}, 'attributes.process_state': 'excepted'}).order_by(
+            {orm.ProcessNode: {'id': 'desc'}}).limit(1).first(flat=True)
+        if excepted is not None:  # a step raised: the process whose report holds the traceback
+            _fail(f'the run failed: {type(exception).__name__}: {exception} (verdi process report {excepted} says '
+                  'where)', 1)
+        _fail(f'the run stopped after its training: a later launch was refused: {exception}', 1)
     click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
     return result
 
