@@ -1,6 +1,7 @@
 """The `voltnet train/predict` contract that scripts rely on (runs the installed console script)."""
 import csv
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -280,12 +281,18 @@ def test_quickstart_tells_a_launch_refusal_from_an_error_of_the_run(tmp_path):
     script = tmp_path / 'inject.py'
     script.write_text(
         'import sys\n'
+        'from aiida.engine import calcfunction\n'
         'from aiida_voltnet.workflows import quickstart\n'
         'from aiida_voltnet.calculations.functions import assemble_dataset_from_csv\n'
         'from aiida import orm\n'
+        '@calcfunction\n'
+        'def step(dataset):\n'
+        '    raise ValueError("an error of the injected kind")\n'
         'def failing(csv_path, **kwargs):\n'
-        '    if sys.argv[1] == "ran":\n'
-        '        assemble_dataset_from_csv(orm.SinglefileData(str(csv_path)))\n'
+        '    if sys.argv[1] != "refused":\n'
+        '        dataset = assemble_dataset_from_csv(orm.SinglefileData(str(csv_path)))\n'
+        '        if sys.argv[1] == "excepted":\n'
+        '            step(dataset)\n'
         '    raise ValueError("an error of the injected kind")\n'
         'quickstart.run_quickstart = failing\n'
         'from aiida_voltnet.cli import cli\n'
@@ -293,14 +300,25 @@ def test_quickstart_tells_a_launch_refusal_from_an_error_of_the_run(tmp_path):
     data = tmp_path / 'data.csv'
     data.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:151]) + '\n')
     env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida'), 'OMP_NUM_THREADS': '1'}
-    refused = subprocess.run([sys.executable, str(script), 'refused', str(data)], capture_output=True, text=True,
-                             env=env, timeout=600)
+
+    def quickstart(case):
+        return subprocess.run([sys.executable, str(script), case, str(data)], capture_output=True, text=True,
+                              env=env, timeout=600)
+
+    refused = quickstart('refused')
     assert refused.returncode == 2 and f'Error: {data}: an error of the injected kind' in refused.stderr, \
         refused.stderr
-    ran = subprocess.run([sys.executable, str(script), 'ran', str(data)], capture_output=True, text=True, env=env,
-                         timeout=600)
-    assert ran.returncode == 1 and 'Error: the run failed: ValueError: an error of the injected kind (verdi process ' \
-        'report ' in ran.stderr and 'Traceback' not in ran.stderr, ran.stderr
+    excepted = quickstart('excepted')
+    assert excepted.returncode == 1, excepted.stderr  # aiida-core logs the step's traceback; the CLI's word is last
+    pk = re.fullmatch(r'Error: the run failed: ValueError: an error of the injected kind \(verdi process report (\d+) '
+                      r'says where\)', excepted.stderr.rstrip().splitlines()[-1])
+    assert pk, excepted.stderr
+    report = subprocess.run([str(Path(VOLTNET).parent / 'verdi'), 'process', 'show', pk.group(1)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert 'step' in report.stdout and 'Excepted' in report.stdout, report.stdout
+    later = quickstart('later')
+    assert later.returncode == 1 and 'Error: the run stopped after its training: a later launch was refused: an ' \
+        'error of the injected kind' in later.stderr, later.stderr
 
 
 def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained, tmp_path):
@@ -453,8 +471,8 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
                       str(arguments[1]), '--ion', 'Li', check=False)
         assert refused.returncode == 2 and message in refused.stderr and 'Traceback' not in refused.stderr, \
             refused.stderr
-    # A file that happens to be called like a formula (FePO4 beside the command) leaves the formula a formula
-    # ('./FePO4' reads the file); one that is no formula is read as a structure file.
+    # A file that happens to be called like a formula (FePO4 beside the command) leaves the formula a formula; a
+    # file named neither like a formula nor like a structure file is refused with what to do (pymatgen reads by name).
     formulas = run('predict', '--model', model, '--charged', 'FePO4', '--discharged', 'LiFePO4', '--ion', 'Li')
     (tmp_path / 'FePO4').write_text('not a structure\n')
     (tmp_path / 'olivine').write_text(files['LiFePO4.cif'].read_text())
@@ -467,8 +485,8 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
                                    f'{mean[0]:.3f} +/- {std[0]:.3f} V'), named.stdout
     nameless = run('predict', '--model', model, '--charged', 'FePO4.cif', '--discharged', 'olivine', '--ion', 'Li',
                    cwd=tmp_path, check=False)
-    assert nameless.returncode == 2 and '--discharged olivine: not a structure file pymatgen can read' in \
-        nameless.stderr, nameless.stderr
+    assert nameless.returncode == 2 and '--discharged olivine: pymatgen reads a structure file by its name' in \
+        nameless.stderr and 'rename it' in nameless.stderr, nameless.stderr
 
 
 def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_ion(trained, tmp_path):
@@ -479,6 +497,12 @@ def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_i
     before = data.read_text()
     same = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(data), check=False)
     assert same.returncode == 2 and f'--out {data} is the --data file' in same.stderr, same.stderr
+    import os
+
+    linked = tmp_path / 'linked.csv'  # the same file under another name (a hard link; on macOS also another case)
+    os.link(data, linked)
+    other = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(linked), check=False)
+    assert other.returncode == 2 and f'--out {linked} is the --data file' in other.stderr, other.stderr
     assert data.read_text() == before
     lithium = tmp_path / 'lithium.csv'  # a model that never saw Na: a kernel model on the Li rows, instant
     table = list(csv.DictReader(open(trained / 'train.csv')))

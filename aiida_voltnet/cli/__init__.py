@@ -165,6 +165,24 @@ def _check_output_path(path, directory: bool):
         _fail(f'--out {path}: cannot create files in {probe_dir} ({exception.strerror or exception})')
 
 
+def _has_structure_name(value: str) -> bool:
+    """Whether ``Structure.from_file`` knows a reader for the file's name (``*.cif``, ``POSCAR``, ``*.vasp``, ...;
+    a POSCAR is a formula too: P O S C Ar)."""
+    name = Path(value).name
+    try:
+        from pymatgen.io.registry import get_structure_format
+    except ImportError:  # a pymatgen before its format registry: the patterns of its Structure.from_file
+        import fnmatch
+
+        return any(fnmatch.fnmatch(name.lower(), pattern) for pattern in (
+            '*.cif*', '*.mcif*', '*poscar*', '*contcar*', '*.vasp', '*.json*', '*.yaml*', '*.xsf', '*.cssr*',
+            '*.res', '*.config*', 'vasprun*.xml*', '*.pwscf*'))
+    try:
+        return bool(get_structure_format(filename=name))
+    except ValueError:
+        return False
+
+
 def _is_structure_file(option: str, value: str) -> bool:
     """Whether ``value`` of ``--charged``/``--discharged`` names a structure file rather than a formula: it has a
     path separator or a name pymatgen reads by (``.cif``, ``POSCAR``, ...) and must then exist, or it is an existing
@@ -172,20 +190,7 @@ def _is_structure_file(option: str, value: str) -> bool:
     from pymatgen.core import Composition
 
     path = Path(value)
-    try:  # the name patterns Structure.from_file reads by (and a POSCAR is a formula too: P O S C Ar)
-        from pymatgen.io.registry import get_structure_format
-    except ImportError:  # a pymatgen before its format registry: the patterns of its Structure.from_file
-        import fnmatch
-
-        named = any(fnmatch.fnmatch(path.name.lower(), pattern) for pattern in (
-            '*.cif*', '*.mcif*', '*poscar*', '*contcar*', '*.vasp', '*.json*', '*.yaml*', '*.xsf', '*.cssr*',
-            '*.res', '*.config*', 'vasprun*.xml*', '*.pwscf*'))
-    else:
-        try:
-            named = bool(get_structure_format(filename=path.name))
-        except ValueError:
-            named = False
-    named = named or '/' in value or os.sep in value
+    named = _has_structure_name(value) or '/' in value or os.sep in value
     if named:
         if not path.is_file():
             _fail(f'{option} {value}: no such file' + (' (a directory)' if path.is_dir() else ''))
@@ -208,6 +213,9 @@ def _structure_pair_record(charged: str, discharged: str, ion: str):
 
     structures = []
     for option, path in (('--charged', charged), ('--discharged', discharged)):
+        if not _has_structure_name(path):  # pymatgen picks the reader by the name alone
+            _fail(f'{option} {path}: pymatgen reads a structure file by its name (*.cif, POSCAR, *.vasp, *.json, '
+                  '...), and this one has none of them: rename it')
         try:
             structures.append(Structure.from_file(path))
         except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
@@ -264,7 +272,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         _fail('--out goes with --data (a single pair is printed)')
     if out:
         _check_output_path(out, directory=False)
-        if data and Path(out).exists() and Path(out).resolve() == Path(data).resolve():
+        if data and Path(out).exists() and os.path.samefile(out, data):  # a link, another case on macOS, ...
             _fail(f'--out {out} is the --data file: the predictions would replace the electrodes; choose another '
                   'name')
     _check_device(device)
