@@ -40,8 +40,8 @@ class PredictWorkChain(WorkChain):
         spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,
-                              help='For `structures`: uncertainty (V) per pair name, the ensemble spread times its '
-                                   'calibration scale.')
+                              help='For `structures`: uncertainty (V) per pair name: the ensemble spread, times its '
+                                   'calibration scale where training could calibrate it; 0 for a single model.')
         spec.output_namespace('unseen_elements', valid_type=orm.List, dynamic=True,
                               help='For `structures`: per pair name, the host elements no training host had '
                                    '(empty: none; otherwise the prediction extrapolates).')
