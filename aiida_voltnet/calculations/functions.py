@@ -545,10 +545,11 @@ def _report_caught(process, caught, categories):
 
 
 def _report_warning(process, message):
-    """``process.report(message)``; the report names its caller, which reads ``[PK|train_model|warning]``."""
-    def warning():
-        process.report(message)
-    warning()
+    """``process.report(message)`` at the WARNING level: a report line headed ``[PK|train_model|warning]``, stored
+    also where a profile keeps only warnings (``verdi config set logging.db_loglevel WARNING``)."""
+    import logging
+
+    process.logger.log(logging.WARNING, f'[{process.node.pk}|{type(process).__name__}|warning]: {message}')
 
 
 def _predict(core, records):

@@ -77,6 +77,8 @@ def test_training_warnings_are_written_to_the_process_report(trained):
                                              settings={'members': 2, 'model_params': {'max_iter': 5}})
     assert sum('CalibrationWarning: the uncertainty calibration saw only' in m for m in messages(ensemble)) == 1
     assert all('|train_model|warning]' in m for m in messages(paper) + messages(ensemble))
+    # at the WARNING level: kept where a profile stores only warnings (logging.db_loglevel WARNING); REPORT is below
+    assert {log.levelname for log in orm.Log.collection.get_logs_for(paper)} == {'WARNING'}
     _, quiet = F.train_model.run_get_node(trained.train, model='krr')
     assert messages(quiet) == []
 
