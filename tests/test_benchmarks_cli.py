@@ -80,7 +80,7 @@ def test_tune_test_runs_accuracy_with_the_candidate_as_model_params(tmp_path):
     lines = (ROOT.parent / 'shared/data/mp_insertion_electrodes/electrodes.csv').read_text().splitlines(True)
     csv.write_text(''.join(lines[:121]))
     tables = {}
-    for name in ('base', 'leaf10'):
+    for name in ('base', 'leaf10', 'members10'):
         out = tmp_path / f'{name}.json'
         result = bench('tune_voltnet.py', '--test', name, '--rows', 'voltnet:leakfree:grouped', '--seeds', '0',
                        '--data', str(csv), '--json', str(out))
@@ -91,6 +91,8 @@ def test_tune_test_runs_accuracy_with_the_candidate_as_model_params(tmp_path):
     assert tables['base']['members'] == 5
     assert tables['leaf10']['model_params']['min_samples_leaf'] == 10
     assert tables['leaf10']['mae'] != tables['base']['mae']
+    assert tables['members10']['members'] == 10 and tables['members10']['model_params'] == tables['base'][
+        'model_params'] and tables['members10']['mae'] != tables['base']['mae']  # 10 members trained, not 5
     # the candidate is a voltnet ensemble: rows of other models, or a second --model-params, are refused up front
     for arguments, message in ((['--rows', 'krr:leakfree:grouped'], 'give --rows voltnet:FEATURIZER:PROTOCOL'),
                                ([], 'no --rows, i.e. every model of accuracy.py'),
