@@ -12,8 +12,8 @@ SHARED_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / 'm
 VOLTNET = str(Path(sys.executable).parent / 'voltnet')
 
 
-def run(*args, check=True, cwd=None):
-    result = subprocess.run([VOLTNET, *args], capture_output=True, text=True, timeout=600, cwd=cwd)
+def run(*args, check=True, cwd=None, env=None):
+    result = subprocess.run([VOLTNET, *args], capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
     if check and result.returncode:
         raise AssertionError(result.stdout + result.stderr)
     return result
@@ -487,6 +487,52 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
                    cwd=tmp_path, check=False)
     assert nameless.returncode == 2 and '--discharged olivine: pymatgen reads a structure file by its name' in \
         nameless.stderr and 'rename it' in nameless.stderr, nameless.stderr
+
+
+def test_predict_structure_files_in_json_or_yaml_import_no_module(trained, tmp_path):
+    """pymatgen hands a site's properties to monty's decoder, which imports whatever module an ``@module`` key names:
+    a JSON structure file made ``voltnet predict`` import (and run) any installed module. Such a file is refused,
+    naming the place; plain JSON and YAML structure files (gzipped too) still predict as the CIF pair does."""
+    import gzip
+    import json as json_module
+    import os
+
+    from ruamel.yaml import YAML
+
+    from aiida_voltnet.ml.structures import shipped_pair
+
+    charged, discharged, _ = shipped_pair('LiFePO4')
+    model = str(trained / 'model')
+    charged.to(filename=str(tmp_path / 'FePO4.cif'))
+    discharged.to(filename=str(tmp_path / 'LiFePO4.cif'))
+    expected = run('predict', '--model', model, '--charged', str(tmp_path / 'FePO4.cif'), '--discharged',
+                   str(tmp_path / 'LiFePO4.cif'), '--ion', 'Li').stdout.split(': ', 1)[1]
+    (tmp_path / 'FePO4.json').write_text(json_module.dumps(charged.as_dict()))
+    with gzip.open(tmp_path / 'LiFePO4.json.gz', 'wt') as handle:
+        handle.write(json_module.dumps(discharged.as_dict()))
+    with open(tmp_path / 'LiFePO4.yaml', 'w') as handle:
+        YAML(typ='safe', pure=True).dump(json_module.loads(json_module.dumps(discharged.as_dict())), handle)
+    for discharged_file in ('LiFePO4.json.gz', 'LiFePO4.yaml'):
+        plain = run('predict', '--model', model, '--charged', str(tmp_path / 'FePO4.json'), '--discharged',
+                    str(tmp_path / discharged_file), '--ion', 'Li')
+        assert plain.stdout.split(': ', 1)[1] == expected, plain.stdout
+
+    marker = tmp_path / 'imported'
+    module = tmp_path / 'voltnet_evil_module.py'
+    module.write_text(f'open({str(marker)!r}, "w").write("ran")\n')
+    evil = discharged.as_dict()
+    evil['sites'][0]['properties'] = {'x': {'@module': 'voltnet_evil_module', '@class': 'Anything'}}
+    (tmp_path / 'evil_LiFePO4.json').write_text(json_module.dumps(evil))
+    env = {**os.environ, 'PYTHONPATH': str(tmp_path)}
+    refused = run('predict', '--model', model, '--charged', str(tmp_path / 'FePO4.json'), '--discharged',
+                  str(tmp_path / 'evil_LiFePO4.json'), '--ion', 'Li', check=False, env=env)
+    assert refused.returncode == 2 and not marker.exists(), (refused.stdout, refused.stderr)
+    assert (f'--discharged {tmp_path / "evil_LiFePO4.json"}: sites[0].properties.x names a Python class to load '
+            '(voltnet_evil_module.Anything)') in refused.stderr, refused.stderr
+    (tmp_path / 'molecule.json').write_text(json_module.dumps({**charged.as_dict(), '@class': 'Molecule'}))
+    other = run('predict', '--model', model, '--charged', str(tmp_path / 'molecule.json'), '--discharged',
+                str(tmp_path / 'LiFePO4.yaml'), '--ion', 'Li', check=False)
+    assert other.returncode == 2 and 'not a pymatgen Structure' in other.stderr, other.stderr
 
 
 def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_ion(trained, tmp_path):

@@ -204,6 +204,54 @@ def _is_structure_file(option: str, value: str) -> bool:
     return False
 
 
+def _class_names(value, where: str):
+    """Where a parsed JSON/YAML document names a Python class or module (``@module``/``@class`` keys) below its
+    top level: ``(place, name)`` pairs."""
+    if isinstance(value, dict):
+        if where and ('@module' in value or '@class' in value):
+            yield where, f"{value.get('@module', '')}.{value.get('@class', '')}".strip('.')
+        for key, item in value.items():
+            yield from _class_names(item, f'{where}.{key}' if where else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _class_names(item, f'{where}[{index}]')
+
+
+def _read_structure_file(option: str, path: str):
+    """``Structure.from_file``, except that a JSON or YAML file is parsed here first and refused where it names a
+    Python class below its top level: pymatgen hands site properties to monty's decoder, which imports whatever
+    module an ``@module`` key names (a file could make ``voltnet predict`` import and run any installed module)."""
+    from pymatgen.core import IStructure, Structure
+    from pymatgen.io.registry import get_structure_format
+
+    try:
+        fmt = get_structure_format(filename=Path(path).name).name
+    except ValueError:
+        fmt = None
+    if fmt not in ('json', 'yaml'):
+        return Structure.from_file(path)
+    from monty.io import zopen
+
+    with zopen(path, mode='rt', encoding='utf-8') as handle:
+        text = handle.read()
+    if fmt == 'json':
+        document = json.loads(text)
+    else:
+        from ruamel.yaml import YAML
+
+        document = YAML(typ='safe', pure=True).load(text)
+    if not isinstance(document, dict):
+        raise ValueError(f'the file holds a {type(document).__name__}, not the dictionary of a structure')
+    known = {(f'{cls.__module__}', cls.__name__) for cls in (Structure, IStructure)}
+    top = (document.get('@module'), document.get('@class'))
+    if top != (None, None) and top not in known:
+        _fail(f'{option} {path}: the file is a {".".join(filter(None, top))}, not a pymatgen Structure')
+    for where, name in _class_names(document, ''):
+        _fail(f'{option} {path}: {where} names a Python class to load ({name}); a structure file may not '
+              '(pymatgen would import that module): refused')
+    return Structure.from_dict(document)
+
+
 def _structure_pair_record(charged: str, discharged: str, ion: str):
     """The record of a pair of structure files (:func:`~aiida_voltnet.ml.structures.record_from_structures`), or
     exit with the file pymatgen could not read."""
@@ -217,7 +265,7 @@ def _structure_pair_record(charged: str, discharged: str, ion: str):
             _fail(f'{option} {path}: pymatgen reads a structure file by its name (*.cif, POSCAR, *.vasp, *.json, '
                   '...), and this one has none of them: rename it')
         try:
-            structures.append(Structure.from_file(path))
+            structures.append(_read_structure_file(option, path))
         except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
             _fail(f'{option} {path}: not a structure file pymatgen can read ({type(exception).__name__}: '
                   f'{exception})')
