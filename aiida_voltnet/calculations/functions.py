@@ -120,20 +120,35 @@ def _value(node):
     return node.value if isinstance(node, orm.BaseType) else node
 
 
+def lacks_ports(ctx, names) -> bool:
+    """Whether the namespace ``ctx`` a validator is called for lacks one of the ports ``names``: a work chain that
+    exposes these inputs with ``exclude`` (it supplies those itself, as outputs of its own steps) gets a copy of the
+    validator, which must then leave the check to the launch of the process that owns the ports."""
+    return ctx is not None and any(name not in ctx for name in names)
+
+
 def _validated_by(validator):
     """Attach ``validator(inputs) -> error message | None`` to the process spec of a process function.
 
     plumpy validates inputs before aiida-core creates the process node, so a failing validator stores nothing.
-    Exceptions from the checks become the message (their text names row, battery and field).
+    Exceptions from the checks become the message (their text names row, battery and field). In a namespace that
+    exposes the function's inputs with some left out (:func:`lacks_ports`), the check waits for the function's
+    own launch.
     """
-    def validate(inputs, _ctx=None):
+    ports = []
+
+    def validate(inputs, ctx=None):
+        if lacks_ports(ctx, ports):
+            return None
         try:
             return validator(inputs)
         except Exception as exception:  # noqa: BLE001 - the message is what the user needs
             return f'{type(exception).__name__}: {exception}'
 
     def attach(function):
-        function.process_class.spec().inputs.validator = validate
+        namespace = function.process_class.spec().inputs
+        ports.extend(name for name in namespace if name != 'metadata')
+        namespace.validator = validate
         return function
 
     return attach

@@ -21,6 +21,10 @@ class PredictWorkChain(WorkChain):
     def define(cls, spec):
         super().define(spec)
         spec.expose_inputs(predict_voltages.process_class, include=('model', 'dataset'))
+        # the calculation function's namespace is dynamic (any Data): a misspelt input ('datset') was stored and
+        # ignored; and its help is the function's, not this chain's
+        spec.inputs.dynamic = False
+        spec.inputs.help = 'A model, and electrodes to predict: a `dataset`, `structures`, or both.'
         spec.inputs['dataset'].required = False
         spec.inputs['dataset'].help = 'Electrodes to predict in one batch (a screen of 10^4-10^5 is one process).'
         spec.inputs['model'].help = 'The trained model (a VoltageModelData, e.g. the `model` output of voltnet.train).'
@@ -51,8 +55,11 @@ class PredictWorkChain(WorkChain):
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
 
     @classmethod
-    def validate_inputs(cls, inputs, _ctx=None):
-        """Everything that can be refused is refused here, before any node is stored."""
+    def validate_inputs(cls, inputs, ctx=None):
+        """Everything that can be refused is refused here, before any node is stored (where this chain's inputs
+        are exposed with some left out, when this chain is launched)."""
+        if functions.lacks_ports(ctx, ('model', 'dataset', 'structures')):
+            return None
         if 'dataset' not in inputs and not inputs.get('structures'):
             return 'give a `dataset`, `structures`, or both'
         model = inputs['model']

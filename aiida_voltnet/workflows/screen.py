@@ -149,7 +149,9 @@ class ScreenWorkChain(WorkChain):
         return records
 
     @classmethod
-    def validate_inputs(cls, inputs, _ctx=None):
+    def validate_inputs(cls, inputs, ctx=None):
+        if functions.lacks_ports(ctx, ('model', 'candidates', 'selection')):  # exposed with some left out: checked
+            return None  # when this chain is launched
         clashes = sorted(set(inputs.get('candidates') or {}) & cls.reserved_candidate_names())
         if clashes:
             return (f'candidates: rename {", ".join(map(repr, clashes))}: a candidate may not be named '

@@ -88,8 +88,11 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                                'trained on: {message}')
 
     @classmethod
-    def validate_inputs(cls, inputs, _ctx=None):
-        """Exactly one of csv/dataset; a CSV is parsed here so that a bad row is refused before anything runs."""
+    def validate_inputs(cls, inputs, ctx=None):
+        """Exactly one of csv/dataset; a CSV is parsed here so that a bad row is refused before anything runs (where
+        this chain's inputs are exposed without the data, when this chain is launched)."""
+        if functions.lacks_ports(ctx, ('csv', 'dataset')):
+            return None
         if ('csv' in inputs) == ('dataset' in inputs):
             return 'give exactly one of `csv` and `dataset`'
         for namespace in ('split', 'train'):

@@ -530,3 +530,65 @@ def test_a_screen_retrain_with_another_model_leaves_out_inherited_settings_it_ca
         == {'members': 1}
     same = retrain_inputs(trees, {'dataset': trained.train, 'model': orm.Str('voltnet_large')})
     assert same['settings'].uuid == trees.creator.inputs.settings.uuid
+
+
+def _wrapper(process, exclude, supply):
+    """A user's work chain that exposes ``process``'s inputs without ``exclude``, supplies those from its own step
+    (``supply(self) -> dict``, as a relaxation's outputs would be) and runs it."""
+    from aiida.engine import ToContext, WorkChain
+
+    class Wrapper(WorkChain):
+        @classmethod
+        def define(cls, spec):
+            super().define(spec)
+            spec.expose_inputs(process, namespace='inner', exclude=exclude)
+            spec.outline(cls.launch, cls.finish)
+            spec.exit_code(400, 'ERROR_INNER', message='the inner process failed')
+
+        def launch(self):
+            inputs = {**self.exposed_inputs(process, namespace='inner'), **supply(self)}
+            return ToContext(inner=self.submit(process, **inputs))
+
+        def finish(self):
+            return None if self.ctx.inner.is_finished_ok else self.exit_codes.ERROR_INNER
+
+    return Wrapper
+
+
+def test_a_users_work_chain_can_expose_the_inputs_less_those_it_supplies(trained, shipped_nodes):
+    """expose_inputs copies a namespace's validator into the exposing one: PredictWorkChain's ('give a dataset,
+    structures, or both'), TrainWorkChain's ('exactly one of csv and dataset') and the calculation functions' (a
+    KeyError of 'charged') refused every wrapper that excluded the ports it supplies itself, the usual way of
+    nesting a prediction behind a user's relaxations. The checks now run when the inner process is launched."""
+    charged, discharged, ion = shipped_nodes['LiFePO4']
+    pair = {'lfp': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}}
+    predict = _wrapper(PredictWorkChain, ('structures', 'dataset'), lambda self: {'structures': pair})
+    _, node = run_get_node(predict, inner={'model': trained.model})
+    assert node.is_finished_ok, node.exit_status
+    inner = node.called[0]
+    assert inner.outputs.voltages.lfp.creator.inputs.charged.uuid == charged.uuid
+
+    train = _wrapper(TrainWorkChain, ('csv', 'dataset'), lambda self: {'dataset': trained.dataset})
+    _, node = run_get_node(train, inner={**FAST_MLP, 'split': {'kind': orm.Str('random')}})
+    assert node.is_finished_ok, node.exit_status
+    assert node.called[0].outputs.model.model_version
+
+    pair_function = F.predict_structure_pair
+    wrapper = _wrapper(pair_function.process_class, ('charged', 'discharged'),
+                       lambda self: {'charged': charged, 'discharged': discharged})
+    _, node = run_get_node(wrapper, inner={'model': trained.model, 'working_ion': orm.Str(ion)})
+    assert node.is_finished_ok, node.exit_status
+    # the launch of the inner process still refuses what it refused, before storing anything of its own
+    bad = _wrapper(PredictWorkChain, ('structures', 'dataset'), lambda self: {})
+    with pytest.raises(ValueError, match='give a `dataset`, `structures`, or both'):
+        run_get_node(bad, inner={'model': trained.model})
+
+
+def test_predict_workchain_refuses_a_misspelt_input(trained):
+    """Its namespace was the calculation function's dynamic one: ``datset=`` was stored and ignored, and the chain
+    finished without predicting anything."""
+    before = count_nodes()
+    with pytest.raises(ValueError, match='datset'):
+        run_get_node(PredictWorkChain, model=trained.model, datset=trained.test)
+    assert count_nodes() == before
+    assert 'dataset' in PredictWorkChain.spec().inputs.help
