@@ -748,3 +748,58 @@ def test_train_overrides_of_a_model_that_is_no_torch_network_are_refused(records
                                              r'apply to it; its hyper-parameters go in model_params \(voltnet train '
                                              r'--model-param\)'):
             train_voltage_model(records[:50], model=model, members=1, train_overrides={'epochs': 3})
+
+
+@pytest.mark.parametrize('featurizer', ['leakfree', 'paper'])
+def test_resigned_featurizer_state_weights_and_deep_json_are_refused_on_load(records, tmp_path, featurizer):
+    """A re-signed model whose featurizer options or arrays no longer agree (extra_columns added, a mean twice as
+    long, 'fitted' false) loaded, and its predictions failed with a numpy broadcasting error blamed on the records
+    (or a RuntimeError); a re-signed weights file that is no safetensors file, and a config.json nested too deeply
+    for json, gave tracebacks instead of a damaged-model error."""
+    import hashlib
+    import warnings as warnings_module
+
+    from safetensors.numpy import load_file
+
+    with warnings_module.catch_warnings():
+        warnings_module.simplefilter('ignore')  # the paper featurizer's leak warning
+        model = train_voltage_model(records[:120], featurizer=featurizer, model='krr', members=1, calibrate=False,
+                                    device='cpu')
+    model.save(tmp_path / 'm')
+    config_path = tmp_path / 'm' / 'config.json'
+    saved = json.loads(config_path.read_text())
+    arrays = dict(load_file(str(tmp_path / 'm' / 'arrays.safetensors')))
+    first = 'featurizer.mean' if featurizer == 'leakfree' else 'featurizer.pca_mean'
+
+    def resign(change=lambda config: None, new_arrays=None, weights_bytes=None):
+        config = json.loads(json.dumps(saved))
+        change(config)
+        if weights_bytes is not None:
+            (tmp_path / 'm' / 'arrays.safetensors').write_bytes(weights_bytes)
+        else:
+            _resave_with_hashes(tmp_path / 'm', new_arrays or arrays)
+        config['arrays_sha256'] = hashlib.sha256((tmp_path / 'm' / 'arrays.safetensors').read_bytes()).hexdigest()
+        config['model_version'] = VoltageModel.version_hash(config)
+        config_path.write_text(json.dumps(config))
+
+    doubled = {**arrays, first: np.concatenate([arrays[first], arrays[first]])}
+    missing = {k: v for k, v in arrays.items() if k != first}
+    cases = [
+        (dict(change=lambda c: c['featurizer'].update(fitted=False)), 'the saved state is not fitted'),
+        (dict(new_arrays=doubled), f"fitted array '{first.split('.', 1)[1]}' has shape"),
+        (dict(new_arrays=missing), f"fitted array '{first.split('.', 1)[1]}' is missing"),
+        (dict(weights_bytes=(tmp_path / 'm' / 'arrays.safetensors').read_bytes()[:200]), 'not a safetensors file'),
+        (dict(weights_bytes=bytes(100)), 'not a safetensors file'),
+    ]
+    if featurizer == 'leakfree':
+        cases.append((dict(change=lambda c: c['featurizer']['options'].update(extra_columns=['num_steps'])),
+                      f'where its options make {model.featurizer.n_features + 1} raw features'))
+    for arguments, message in cases:
+        resign(**arguments)
+        with pytest.raises(ModelIntegrityError, match=message):
+            VoltageModel.load(tmp_path / 'm')
+    resign()  # as saved: loads and predicts as before
+    assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])
+    config_path.write_text('[' * 100_000 + ']' * 100_000)
+    with pytest.raises(ModelIntegrityError, match='not valid JSON \\(nested too deeply\\)'):
+        VoltageModel.load(tmp_path / 'm')

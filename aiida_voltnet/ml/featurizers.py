@@ -508,6 +508,32 @@ class Featurizer:
         return None
 
     # -- state ---------------------------------------------------------------------------------------------------
+    def check_state(self) -> None:
+        """Refuse a loaded state this featurizer cannot transform with: not fitted, or fitted arrays missing or of
+        another width than the raw features its options make (a config re-signed after its options or arrays
+        were edited transformed into a numpy broadcasting error, blamed on the records).
+
+        :raises ValueError: naming the array.
+        """
+        if not self.fitted:
+            raise ValueError(f'featurizer {self.name!r}: the saved state is not fitted')
+        expected = self._state_shapes()
+        for name, shape in expected.items():
+            if name not in self.arrays:
+                raise ValueError(f'featurizer {self.name!r}: fitted array {name!r} is missing')
+        width = self.raw([_probe_record()]).shape[1]
+        for name, shape in expected.items():
+            shape = tuple(width if dim == 'raw' else dim for dim in shape)
+            actual = tuple(self.arrays[name].shape)
+            if len(actual) != len(shape) or any(want is not None and want != got for want, got in zip(shape, actual)):
+                wanted = '(' + ', '.join('*' if dim is None else str(dim) for dim in shape) + (',)' if len(shape) == 1 else ')')
+                raise ValueError(f'featurizer {self.name!r}: fitted array {name!r} has shape {actual}, where its '
+                                 f'options make {width} raw features (expected {wanted})')
+
+    def _state_shapes(self) -> dict[str, tuple]:
+        """The fitted arrays and their shapes: an int, ``'raw'`` (the raw feature width) or ``None`` (any)."""
+        return {}
+
     def get_config(self) -> dict[str, Any]:
         return {'name': self.name, 'version': self.version, 'options': dict(self.options),
                 'leaks_target': self.leaks_target, 'fitted': self.fitted}
@@ -605,6 +631,12 @@ class PaperFeaturizer(Featurizer):
         low, high = projected.min(axis=0), projected.max(axis=0)
         scale = np.where(high > low, high - low, 1.0)
         self.arrays.update(pca_components=pca.components_, pca_mean=pca.mean_, minmax_low=low, minmax_scale=scale)
+
+    def _state_shapes(self):
+        components = self.arrays.get('pca_components')
+        kept = components.shape[0] if components is not None and components.ndim == 2 else None
+        return {'space_group_embedding': (N_SPACE_GROUPS, self.EMBEDDING_DIM), 'pca_mean': ('raw',),
+                'pca_components': (kept, 'raw'), 'minmax_low': (kept,), 'minmax_scale': (kept,)}
 
     def _transform_raw(self, raw):
         projected = (raw - self.arrays['pca_mean']) @ self.arrays['pca_components'].T
@@ -845,6 +877,9 @@ class LeakFreeFeaturizer(Featurizer):
         std = raw.std(axis=0)
         self.arrays.update(mean=mean, scale=np.where(std > 1e-12, std, 1.0))
 
+    def _state_shapes(self):
+        return {'mean': ('raw',), 'scale': ('raw',)}
+
     def _transform_raw(self, raw):
         standardized = raw - self.arrays['mean']
         standardized /= self.arrays['scale']  # in place: the same numbers as (raw - mean) / scale, one array less
@@ -862,6 +897,18 @@ class LeakFreeFeaturizer(Featurizer):
         start = len(WORKING_IONS) + element_property_table().shape[1] + 9 + 5  # the blocks before the fractions
         fractions = self.arrays['mean'][start:start + N_ELEMENTS]
         return frozenset(_element(int(z)).symbol for z in np.flatnonzero(fractions > 0) + 1)
+
+
+def _probe_record() -> ElectrodeRecord:
+    """A record with every field a featurizer may read (FePO4 -> LiFePO4, numbers of the right kind): its raw
+    feature width is that of every record, for :meth:`Featurizer.check_state`."""
+    import dataclasses
+
+    record = ElectrodeRecord(battery_id='probe', formula_charge='FePO4', formula_discharge='LiFePO4',
+                             working_ion='Li', num_steps=1, charge_crystal_system='Orthorhombic',
+                             charge_space_group_number=62, discharge_crystal_system='Orthorhombic',
+                             discharge_space_group_number=62)
+    return dataclasses.replace(record, **{column: 1.0 for column in FLOAT_COLUMNS})
 
 
 FEATURIZERS: dict[str, type[Featurizer]] = {cls.name: cls for cls in (PaperFeaturizer, LeakFreeFeaturizer)}

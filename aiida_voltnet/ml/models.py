@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.numpy import load_file
 from safetensors.numpy import save as save_safetensors
 
@@ -698,6 +699,8 @@ class VoltageModel:
             config = json.loads(config_path.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as exception:
             raise ModelIntegrityError(f'{config_path}: not valid JSON ({exception})') from None
+        except RecursionError:
+            raise ModelIntegrityError(f'{config_path}: not valid JSON (nested too deeply)') from None
         if not isinstance(config, dict):
             raise ModelIntegrityError(f'{config_path}: expected a JSON object, got {type(config).__name__}')
         missing = [key for key in ('format_version', 'arrays_sha256', 'model_version') if key not in config]
@@ -712,7 +715,11 @@ class VoltageModel:
         try:
             if config.get('model_version') != cls.version_hash(config):
                 raise ModelIntegrityError(f'{config_path}: config was altered after saving (model version mismatch)')
-            return cls.from_config_arrays(config, load_file(str(arrays_path)))
+            try:
+                arrays = load_file(str(arrays_path))
+            except SafetensorError as exception:  # re-signed after an edit: the hash matches what is there
+                raise ModelIntegrityError(f'{arrays_path}: not a safetensors file ({exception})') from None
+            return cls.from_config_arrays(config, arrays)
         except ModelIntegrityError:
             raise
         except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exception:
@@ -729,6 +736,10 @@ class VoltageModel:
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
         featurizer = featurizer_from_state(config['featurizer'], prefixed('featurizer.'))
+        try:
+            featurizer.check_state()
+        except ValueError as exception:
+            raise ModelIntegrityError(str(exception)) from None
         if not isinstance(config['members'], list) or not config['members']:
             raise ModelIntegrityError(f'"members" must be a non-empty list, got {config["members"]!r:.80}')
         members = []
