@@ -562,3 +562,28 @@ def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_i
                   str(tmp_path / 'o.csv'), check=False)
     assert refused.returncode == 2 and refused.stderr.startswith(f'Error: {data}: line '), refused.stderr
     assert 'never saw' in refused.stderr and not (tmp_path / 'o.csv').exists()
+    # --out among the model's files: the weights were replaced by the predictions (the model then refused to load)
+    import shutil
+
+    shutil.copytree(tmp_path / 'li_model', tmp_path / 'victim')
+    weights = (tmp_path / 'victim' / 'arrays.safetensors').read_bytes()
+    for out in (tmp_path / 'victim' / 'arrays.safetensors', tmp_path / 'victim' / 'predictions.csv'):
+        inside = run('predict', '--model', str(tmp_path / 'victim'), '--data', str(lithium), '--out', str(out),
+                     check=False)
+        assert inside.returncode == 2 and 'is inside the --model directory' in inside.stderr, inside.stderr
+    assert (tmp_path / 'victim' / 'arrays.safetensors').read_bytes() == weights
+
+
+def test_train_records_the_sha256_of_the_bytes_it_trained_on(trained, tmp_path):
+    """--data was read twice, to parse and to hash: from a pipe (bash's <(...)) the model recorded the sha256 of
+    nothing (e3b0c442...), and a file changed during training was recorded as its new bytes."""
+    import hashlib
+
+    table = (trained / 'train.csv').read_bytes()
+    lines = table.decode().splitlines(keepends=True)
+    small = ''.join(lines[:41]).encode()
+    result = subprocess.run(['bash', '-c', f'{VOLTNET} train --data <(cat {trained / "train.csv"} | head -41) '
+                             f'--out {tmp_path / "m"} --model krr'], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    recorded = json.loads((tmp_path / 'm' / 'config.json').read_text())['metadata']['training_data']
+    assert recorded['sha256'] == hashlib.sha256(small).hexdigest()

@@ -92,12 +92,18 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
     from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model
-    from aiida_voltnet.ml.records import ElectrodeDataError, file_sha256, read_electrodes_csv
+    import hashlib
+
+    from aiida_voltnet.ml.records import ElectrodeDataError, decode_csv, read_electrodes_csv
 
     _check_output_path(out, directory=True)
     _check_device(device)
+    try:  # read once: the sha256 recorded in the model is that of the bytes trained on (a pipe reads only once,
+        content = Path(data).read_bytes()  # and a file may change while the model trains)
+    except OSError as exception:
+        _fail(f'--data {data}: cannot read it: {exception.strerror or exception}')
     try:
-        records = read_electrodes_csv(data)
+        records = read_electrodes_csv(io.StringIO(decode_csv(content, data), newline=''), source=data)
     except ElectrodeDataError as exception:
         _fail(str(exception))
     if featurizer == 'paper':
@@ -130,7 +136,7 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         if str(warning.message).startswith('the uncertainty calibration') \
                 or issubclass(warning.category, RoundedAmountsWarning):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
-    model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': file_sha256(data)}
+    model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': hashlib.sha256(content).hexdigest()}
     if (Path(out) / 'config.json').is_file():
         click.echo(f'Replacing the model in {out}', err=True)
     try:
@@ -323,6 +329,9 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         if data and Path(out).exists() and os.path.samefile(out, data):  # a link, another case on macOS, ...
             _fail(f'--out {out} is the --data file: the predictions would replace the electrodes; choose another '
                   'name')
+        if Path(out).resolve().parent == Path(model_dir).resolve():
+            _fail(f'--out {out} is inside the --model directory {model_dir}: the predictions would sit among (or '
+                  'replace) the model\'s files; choose a path outside it')
     _check_device(device)
     model = _read_model(model_dir)
     target = model.metadata.get('target', 'average_voltage')
