@@ -68,6 +68,15 @@ def test_row_parses_into_typed_fields():
     ('1.0266', '-50', 'average_voltage'),
     (',236.28,242.58,', ',-236.28,242.58,', 'capacity_grav'),
     ('242.58,934.5', '242.58,-934.5', 'capacity_vol'),
+    # Python's number spellings: float('1_5') is 15.0 and int-like digits of other scripts were read too
+    ('1.0266,mp', '1_0,mp', 'average_voltage'),  # read as 10 V
+    (',Tetragonal,136,', ',Tetragonal,13_6,', 'charge_space_group_number'),
+    (',Monoclinic,3', ',Monoclinic,\u0663', 'discharge_space_group_number'),
+    ('max_delta_volume=0.11', 'max_delta_volume=1_1', 'adj_pairs'),
+    ('max_delta_volume=0.11', 'max_delta_volume=0x11', 'adj_pairs'),
+    # the space group and the crystal system are both features: a row where they disagree is a typo
+    (',Tetragonal,136,', ',Cubic,136,', 'charge_crystal_system'),
+    (',Monoclinic,3', ',Triclinic,3', 'discharge_crystal_system'),
 ])
 def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert old in ROW

@@ -23,6 +23,7 @@ import io
 import json
 import logging
 import math
+import re
 import os
 import re
 import warnings
@@ -288,10 +289,21 @@ STEP_FIELDS = {
 }
 
 
+@functools.lru_cache(maxsize=16)
+def _may_hold_python_only_numbers(source: str) -> bool:
+    """Whether a cell could hold a number literal only Python reads (``1_5``, ``0x1F``, ``0o7``, ``0b1``): the
+    per-number check of its text (slow) runs only then."""
+    return re.search(r'\d_\d|\b0[xXoObB]', source) is not None
+
+
 def _literal(node: ast.AST, source: str) -> Any:
     """Turn one whitelisted syntax node into a Python value without evaluating anything."""
     if isinstance(node, ast.Constant) and isinstance(node.value, (int, float, str)) and not isinstance(
             node.value, bool):
+        text = ast.get_source_segment(source, node) if not isinstance(node.value, str) and \
+            _may_hold_python_only_numbers(source) else None
+        if text is not None and not _number_text(text):  # Python's 1_5, 0x1F, ...: no number a table writes
+            raise ValueError(f'{text!r} at column {node.col_offset} is not a plain decimal number')
         return node.value
     if isinstance(node, ast.Constant) and node.value is None:
         return None
@@ -379,6 +391,17 @@ def _fail(message, record: ElectrodeRecord | None = None, field_name=None, line=
                              line=line if line is not None else (record.line if record else None), source=source)
 
 
+@functools.lru_cache(maxsize=None)
+def space_group_crystal_system(number: int) -> str:
+    """The crystal system of space group ``number`` (1..230), by pymatgen, as the CSV writes it (``Orthorhombic``)."""
+    from types import SimpleNamespace
+
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    # the property reads only int_number: called on it alone, without building the group's operations (5 ms each)
+    return SpaceGroup.crystal_system.fget(SimpleNamespace(int_number=number)).capitalize()
+
+
 def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:
     """Check one record; return it with derived fields (framework formula) filled in."""
     with warnings.catch_warnings():
@@ -451,6 +474,9 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
                 fail(f'crystal system {system!r} is not one of {", ".join(CRYSTAL_SYSTEMS)}', f'{side}_crystal_system')
             if normalized != system:
                 updates[f'{side}_crystal_system'] = normalized
+            if number is not None and normalized != space_group_crystal_system(number):  # both are features
+                fail(f'space group {number} is {space_group_crystal_system(number)}, not {normalized} (the columns '
+                     f'{side}_space_group_number and {side}_crystal_system disagree)', f'{side}_crystal_system')
     if record.num_steps is not None and (not isinstance(record.num_steps, int) or record.num_steps < 1):
         fail(f'num_steps must be a positive integer, got {record.num_steps!r}', 'num_steps')
     if record.num_steps is not None and record.steps and record.num_steps != len(record.steps):
@@ -486,11 +512,22 @@ def is_validated(record: ElectrodeRecord) -> bool:
     return getattr(record, '__dict__', {}).get(_VALIDATED) is True
 
 
+#: A number as a CSV writes it: ASCII digits, a point, an exponent (``float`` alone also takes ``1_5`` as 15 and
+#: other scripts' digits, so a typo became another value); nan and inf are read to be refused as not finite.
+_NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)', re.ASCII | re.IGNORECASE)
+
+
+def _number_text(value: str) -> bool:
+    return _NUMBER.fullmatch(value) is not None
+
+
 def _parse_int(value: str, name: str) -> int | None:
     value = value.strip()
     if not value:
         return None
     try:
+        if not _number_text(value):
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise ValueError(f'{name} must be an integer, got {value!r}') from None
@@ -506,6 +543,8 @@ def _parse_float(value: str, name: str) -> float | None:
     if not value:
         return None
     try:
+        if not _number_text(value):
+            raise ValueError(value)
         number = float(value)
     except ValueError:
         raise ValueError(f'{name} must be a number, got {value!r}') from None
