@@ -107,6 +107,20 @@ def test_structure_pair_with_different_frameworks_is_refused():
         record_from_structures(charged, discharged, 'Li')
 
 
+def test_a_structure_without_symmetry_names_its_side_and_pair():
+    """Two atoms on one site: spglib finds no symmetry and pymatgen's bare 'Unable to determine symmetry' named
+    neither the structure nor the pair (voltnet predict printed it for two files)."""
+    from aiida_voltnet.ml.records import ElectrodeDataError
+
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    overlapping = discharged.copy()
+    overlapping.append(discharged[0].species, discharged[0].frac_coords)
+    with pytest.raises(ElectrodeDataError, match="battery_id 'FePO4.cif->LiFePO4.json', field "
+                                                 "'discharge_space_group_number': the discharged structure .*its "
+                                                 "symmetry could not be determined"):
+        record_from_structures(charged, overlapping, ion, battery_id='FePO4.cif->LiFePO4.json')
+
+
 def test_vectorized_leak_free_rows_are_bit_identical_to_the_per_record_rows():
     """``LeakFreeFeaturizer.raw`` (a block of records at a time) gives exactly ``_row`` of every record (the
     per-record computation it replaced) on every row of the shared CSV, with extra columns too, and in blocks

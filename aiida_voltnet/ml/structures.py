@@ -103,8 +103,16 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
             f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
             f'host formula unit than the charged one ({charged.composition.reduced_formula})',
             battery_id=label, field='structures')
-    sg_charge, system_charge = symmetry_of(charged, symprec)
-    sg_discharge, system_discharge = symmetry_of(discharged, symprec)
+    symmetry = {}
+    for side, structure in (('charge', charged), ('discharge', discharged)):
+        try:
+            symmetry[side] = symmetry_of(structure, symprec)
+        except ValueError as exception:  # spglib found none: pymatgen's bare 'Unable to determine symmetry'
+            raise ElectrodeDataError(
+                f'the {side}d structure ({structure.composition.reduced_formula}): its symmetry could not be '
+                f'determined ({exception}; atoms closer than symprec {symprec} A to each other?)',
+                battery_id=label, field=f'{side}_space_group_number') from None
+    (sg_charge, system_charge), (sg_discharge, system_discharge) = symmetry['charge'], symmetry['discharge']
     record = ElectrodeRecord(
         battery_id=label,
         formula_charge=_formula(charged_comp, working_ion),
