@@ -142,33 +142,49 @@ def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dic
 #: A warning of the package in a training process's log: ``CalibrationWarning: ...`` (a ``train_model`` report
 #: reads ``[PK|train_model|warning]: CalibrationWarning: ...``; the training CalcJob's parser logs the bare line).
 _WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', re.DOTALL)
+#: TrainWorkChain's repetition of them in its own report.
+_REPEATED_WARNING_LOG = re.compile(r'^(?:\[[^\]]*\]: )?the training warned: ([A-Z]\w*Warning: .*)$', re.DOTALL)
 
 
 def training_warnings(training: orm.ProcessNode | None) -> list[str]:
     """The package's warnings that the process which trained a model logged (``verdi process report PK``), e.g.
     ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order, also those in a
     training CalcJob's ``metrics`` output and those of the processes it was cloned from when it was taken from the
-    cache (the chain of cache sources, as far as they still exist); ``[]`` when none (or for a model trained before
-    they were logged)."""
+    cache (the chain of cache sources, as far as they still exist) and those the training's work chain repeated in
+    its report (``the training warned: ...``); ``[]`` when none (or for a model trained before they were logged).
+    Where the chain of cache sources breaks at a process not in the profile and nothing else tells, one line says
+    the warnings are unknown."""
     if training is None:
         return []
-    processes, seen = [training], {training.uuid}
+    processes, seen, lost = [training], {training.uuid}, None
     while (source := processes[-1].base.caching.get_cache_source()) is not None and source not in seen:
         seen.add(source)  # a process taken from the cache has no logs of its own: those of its source (and its)
         try:
             processes.append(orm.load_node(source))
-        except Exception:  # noqa: BLE001 - the cache source may have been deleted since
+        except Exception:  # noqa: BLE001 - the cache source may have been deleted since, or was not exported
+            lost = source
             break
     found = []
+
+    def add(messages, pattern):
+        for message in messages:
+            match = pattern.match(message)
+            if match and match.group(1) not in found:
+                found.append(match.group(1))
+
     for process in processes:
         messages = [log.message for log in sorted(orm.Log.collection.get_logs_for(process), key=lambda log: log.pk)]
         metrics = process.outputs.metrics if 'metrics' in process.outputs else None  # voltnet-train's metrics.json
         if isinstance(metrics, orm.Dict):
             messages += [str(line) for line in metrics.get('warnings') or []]
-        for message in messages:
-            match = _WARNING_LOG.match(message)
-            if match and match.group(1) not in found:
-                found.append(match.group(1))
+        add(messages, _WARNING_LOG)
+    workflow = training_workflow(training)  # TrainWorkChain repeated them when it ran, while the source existed
+    if workflow is not None:
+        add([log.message for log in sorted(orm.Log.collection.get_logs_for(workflow), key=lambda log: log.pk)],
+            _REPEATED_WARNING_LOG)
+    if lost is not None and not found:
+        found.append(f'unknown: the training was taken from the cache of process {lost}, which is not in this '
+                     'profile (deleted, or not exported), and its report with it')
     return found
 
 

@@ -200,3 +200,36 @@ def test_origin_follows_report_folds_and_verified_records_back_to_the_csv(traine
         with pytest.raises(ValueError, match=match):
             call()
     assert count_nodes() == before
+
+
+def test_training_warnings_when_the_cache_source_is_gone(trained):
+    """A training taken from the cache reads its warnings from its cache source; once that is gone (deleted, or
+    not in an imported archive) they were [] as if there had been none. TrainWorkChain's own report repeats them
+    ('the training warned: ...'), which is read too; where nothing tells, one line says they are unknown."""
+    from aiida.engine import run_get_node
+    from aiida.manage.caching import enable_caching
+    from aiida.tools import delete_nodes
+
+    from aiida_voltnet.provenance import training_warnings
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    seed = 4712  # this test's own trainings
+    inputs = {'dataset': trained.dataset, 'split': {'kind': orm.Str('random')},
+              'train': {'featurizer': orm.Str('paper'), 'model': orm.Str('krr'), 'seed': orm.Int(seed)}}
+    _, first = run_get_node(TrainWorkChain, **inputs)
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        _, second = run_get_node(TrainWorkChain, **inputs)
+        bare = F.train_model(trained.train, featurizer='paper', model='krr', seed=seed + 1)
+        clone = F.train_model(trained.train, featurizer='paper', model='krr', seed=seed + 1)
+    second_training = second.outputs.model.creator
+    source = first.outputs.model.creator
+    assert second_training.base.caching.get_cache_source() == source.uuid
+    assert clone.creator.base.caching.get_cache_source() == bare.creator.uuid
+    expected = training_warnings(source)
+    assert expected and expected[0].startswith('TargetLeakWarning')
+    bare_uuid = bare.creator.uuid
+    delete_nodes([source.pk, bare.creator.pk], dry_run=False)
+    assert training_warnings(second_training) == expected  # from the second TrainWorkChain's report
+    lost = training_warnings(clone.creator)  # no work chain: nothing else tells
+    assert lost == [f'unknown: the training was taken from the cache of process {bare_uuid}, which is not '
+                    'in this profile (deleted, or not exported), and its report with it']
