@@ -281,7 +281,9 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
 
 def list_predictions(model: VoltageModelData | int | str, ion: str | None = None, min_voltage: float | None = None,
                      max_voltage: float | None = None) -> list[dict[str, Any]]:
-    """Every prediction made by ``model`` (by finished processes), one row per predicted electrode.
+    """Every prediction made by ``model`` (by finished processes), one row per predicted electrode: by this node and
+    by every other node of its ``model_version`` (the same trained model, made again by a training taken from the
+    cache).
 
     :param ion: keep only this working ion.
     :param min_voltage: keep only predicted voltages >= this (V).
@@ -312,8 +314,11 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
         model = orm.load_node(model)
     if not isinstance(model, VoltageModelData):
         raise TypeError(f'{type(model).__name__}<{model.pk}> is not a voltage model (VoltageModelData)')
-    query = orm.QueryBuilder()
-    query.append(VoltageModelData, filters={'id': model.pk}, tag='model')
+    query = orm.QueryBuilder()  # every node of the model's version: a training taken from the cache (or a
+    # re-import) made another node of the same model, whose predictions are this model's too
+    query.append(VoltageModelData, filters={'or': [{'id': model.pk},
+                                                   {'attributes.model_version': model.model_version}]}
+                 if model.model_version else {'id': model.pk}, tag='model')
     query.append(orm.CalcFunctionNode, with_incoming='model', tag='process', project=['id', 'ctime'],
                  filters={'process_type': {'in': list(PREDICTION_PROCESS_TYPES)}, 'attributes.exit_status': 0})
     query.append(orm.Data, with_incoming='process', edge_project=['label'], project=['*'], tag='output',

@@ -80,6 +80,27 @@ def _load_node(identifier, profile, node_class=None):
     return node
 
 
+def _model_by_version(identifier, profile):
+    """The first-made model node whose ``model_version`` starts with ``identifier`` (8 or more hex digits, not a
+    pk), None if there is none; exit where the prefix names several versions."""
+    import re
+
+    if not re.fullmatch(r'[0-9a-f]{8,64}', identifier or '') or identifier.isdigit():
+        return None
+    _load_profile(profile)
+    from aiida import orm
+
+    from aiida_voltnet.data.model import VoltageModelData
+
+    query = orm.QueryBuilder().append(VoltageModelData, filters={'attributes.model_version': {'like': f'{identifier}%'}},
+                                      project=['*', 'attributes.model_version', 'ctime'])
+    rows = query.all()
+    versions = sorted({version for _, version, _ in rows})
+    if len(versions) > 1:
+        _fail(f'model version {identifier!r} is ambiguous: {", ".join(versions)}', EXIT_BAD_INPUT)
+    return min(rows, key=lambda row: row[2])[0] if rows else None
+
+
 @cli.command()
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
               help='Training CSV (default: $VOLTNET_DATA if set, else the shared MP insertion-electrode CSV).')
@@ -194,7 +215,8 @@ def _print_tree(data, indent=0):
 
 
 @cli.command()
-@click.option('--model', 'model_id', required=True, help='pk or uuid of a voltage model node.')
+@click.option('--model', 'model_id', required=True,
+              help='pk or uuid of a voltage model node, or its model version (the hex hash, or its first 8+ digits).')
 @click.option('--ion', default=None, help='Only this working ion.')
 @click.option('--min-voltage', type=float, default=None, help='Only predictions at or above this voltage (V).')
 @click.option('--max-voltage', type=float, default=None, help='Only predictions at or below this voltage (V).')
@@ -205,8 +227,9 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     The extrapolation column says `yes` where the host has an element that no training host had, the ion
     content lies outside the training electrodes' range for that ion, or the record lists the ion-rich end member
     as charged, `-` for predictions stored before those
-    flags existed."""
-    model = _load_node(model_id, profile)
+    flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
+    makes another node of the same model)."""
+    model = _model_by_version(model_id, profile) or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 
     try:

@@ -233,3 +233,28 @@ def test_training_warnings_when_the_cache_source_is_gone(trained):
     lost = training_warnings(clone.creator)  # no work chain: nothing else tells
     assert lost == [f'unknown: the training was taken from the cache of process {bare_uuid}, which is not '
                     'in this profile (deleted, or not exported), and its report with it']
+
+
+def test_predictions_of_a_model_version_include_those_of_its_cache_clones(trained, aiida_profile):
+    """With caching on, a second training of the same model makes another node of the same model_version; its
+    predictions were listed only under that node, and `voltnet predictions --model VERSION` found no node."""
+    from aiida.manage.caching import enable_caching
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+    from aiida_voltnet.provenance import list_predictions
+
+    seed = 4713
+    original = F.train_model(trained.train, model='krr', seed=seed)
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        clone = F.train_model(trained.train, model='krr', seed=seed)
+    assert clone.pk != original.pk and clone.model_version == original.model_version
+    first = F.predict_voltages(original, trained.test)
+    second = F.predict_voltages(clone, trained.test)
+    for model in (original, clone):
+        nodes = {row['node_pk'] for row in list_predictions(model)}
+        assert nodes == {first.pk, second.pk}
+    result = CliRunner().invoke(cli, ['predictions', '--model', original.model_version[:12], '--profile',
+                                      aiida_profile.name])
+    assert result.exit_code == 0, result.output
+    assert f'ArrayData<{first.pk}>' in result.output and f'ArrayData<{second.pk}>' in result.output
