@@ -529,6 +529,28 @@ def test_predict_structure_files_in_json_or_yaml_import_no_module(trained, tmp_p
     assert refused.returncode == 2 and not marker.exists(), (refused.stdout, refused.stderr)
     assert (f'--discharged {tmp_path / "evil_LiFePO4.json"}: sites[0].properties.x names a Python class to load '
             '(voltnet_evil_module.Anything)') in refused.stderr, refused.stderr
+    # YAML's !!pairs loads as a list of tuples, which pymatgen re-encodes into the same @module dictionary
+    yaml_text = (tmp_path / 'LiFePO4.yaml').read_text()
+    (tmp_path / 'evil_LiFePO4.yaml').write_text(yaml_text.replace(
+        'properties: {}', "properties: {x: !!pairs [{a: {'@module': voltnet_evil_module, '@class': X}}]}", 1))
+    assert (tmp_path / 'evil_LiFePO4.yaml').read_text() != yaml_text
+    refused = run('predict', '--model', model, '--charged', str(tmp_path / 'FePO4.json'), '--discharged',
+                  str(tmp_path / 'evil_LiFePO4.yaml'), '--ion', 'Li', check=False, env=env)
+    assert refused.returncode == 2 and not marker.exists() and 'names a Python class' in refused.stderr, \
+        (refused.stdout, refused.stderr)
+    # what monty's dumpfn writes for numpy site properties (ASE's velocities) and non-collinear moments still reads
+    import numpy as np
+    from monty.serialization import dumpfn
+    from pymatgen.electronic_structure.core import Magmom
+
+    rich = discharged.copy()
+    rich.add_site_property('velocities', [np.zeros(3) for _ in rich])
+    rich.add_site_property('magmom', [Magmom([0, 0, 1]) for _ in rich])
+    dumpfn(rich, str(tmp_path / 'rich_LiFePO4.json'))
+    assert '"@module": "numpy"' in (tmp_path / 'rich_LiFePO4.json').read_text()
+    rich_run = run('predict', '--model', model, '--charged', str(tmp_path / 'FePO4.json'), '--discharged',
+                   str(tmp_path / 'rich_LiFePO4.json'), '--ion', 'Li')
+    assert rich_run.stdout.split(': ', 1)[1] == expected, rich_run.stdout
     (tmp_path / 'molecule.json').write_text(json_module.dumps({**charged.as_dict(), '@class': 'Molecule'}))
     other = run('predict', '--model', model, '--charged', str(tmp_path / 'molecule.json'), '--discharged',
                 str(tmp_path / 'LiFePO4.yaml'), '--ion', 'Li', check=False)

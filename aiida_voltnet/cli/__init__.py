@@ -215,25 +215,42 @@ def _class_names(value, where: str):
     top level: ``(place, name)`` pairs."""
     if isinstance(value, dict):
         if where and ('@module' in value or '@class' in value):
-            yield where, f"{value.get('@module', '')}.{value.get('@class', '')}".strip('.')
+            name = f"{value.get('@module', '')}.{value.get('@class', '')}".strip('.')
+            if name not in _DECODED_CLASSES_ALLOWED:
+                yield where, name
         for key, item in value.items():
             yield from _class_names(item, f'{where}.{key}' if where else str(key))
-    elif isinstance(value, list):
+    elif isinstance(value, (list, tuple, set, frozenset)):  # YAML's !!pairs loads as a list of tuples
         for index, item in enumerate(value):
             yield from _class_names(item, f'{where}[{index}]')
+    elif not (value is None or isinstance(value, (str, int, float, bool))):
+        yield where, f'a YAML {type(value).__name__}'
+
+
+#: What monty's decoder may build from a structure file's site properties: numpy arrays (``dumpfn`` writes
+#: ASE's velocities so) and pymatgen's non-collinear magnetic moments; nothing else is imported.
+_DECODED_CLASSES_ALLOWED = frozenset({'numpy.array', 'pymatgen.electronic_structure.core.Magmom'})
 
 
 def _read_structure_file(option: str, path: str):
     """``Structure.from_file``, except that a JSON or YAML file is parsed here first and refused where it names a
     Python class below its top level: pymatgen hands site properties to monty's decoder, which imports whatever
     module an ``@module`` key names (a file could make ``voltnet predict`` import and run any installed module)."""
+    import fnmatch
+
     from pymatgen.core import IStructure, Structure
-    from pymatgen.io.registry import get_structure_format
 
     try:
-        fmt = get_structure_format(filename=Path(path).name).name
-    except ValueError:
-        fmt = None
+        from pymatgen.io.registry import get_structure_format
+    except ImportError:  # a pymatgen before its format registry: the patterns its Structure.from_file goes by
+        name = Path(path).name.lower()
+        fmt = next((fmt for fmt, patterns in (('json', ('*.json*', '*.mson*')), ('yaml', ('*.yaml*', '*.yml*')))
+                    if any(fnmatch.fnmatch(name, pattern) for pattern in patterns)), None)
+    else:
+        try:
+            fmt = get_structure_format(filename=Path(path).name).name
+        except ValueError:
+            fmt = None
     if fmt not in ('json', 'yaml'):
         return Structure.from_file(path)
     from monty.io import zopen
@@ -329,7 +346,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         if data and Path(out).exists() and os.path.samefile(out, data):  # a link, another case on macOS, ...
             _fail(f'--out {out} is the --data file: the predictions would replace the electrodes; choose another '
                   'name')
-        if Path(out).resolve().parent == Path(model_dir).resolve():
+        if Path(out).resolve().parent.is_dir() and os.path.samefile(Path(out).resolve().parent, model_dir):
             _fail(f'--out {out} is inside the --model directory {model_dir}: the predictions would sit among (or '
                   'replace) the model\'s files; choose a path outside it')
     _check_device(device)

@@ -80,6 +80,18 @@ def _load_node(identifier, profile, node_class=None):
     return node
 
 
+def _node_exists(identifier, profile) -> bool:
+    """Whether ``identifier`` (a pk or uuid, or a prefix of one) names exactly one node: a uuid is read first."""
+    _load_profile(profile)
+    from aiida.orm import load_node
+
+    try:
+        load_node(identifier)
+    except Exception:  # noqa: BLE001 - NotExistent, MultipleObjectsError, ValueError: _load_node says which
+        return False
+    return True
+
+
 def _model_by_version(identifier, profile):
     """The first-made model node whose ``model_version`` starts with ``identifier`` (8 or more hex digits, not a
     pk), None if there is none; exit where the prefix names several versions."""
@@ -216,7 +228,8 @@ def _print_tree(data, indent=0):
 
 @cli.command()
 @click.option('--model', 'model_id', required=True,
-              help='pk or uuid of a voltage model node, or its model version (the hex hash, or its first 8+ digits).')
+              help='pk or uuid of a voltage model node, or its model version (the hex hash, or its first 8+ '
+                   'digits; a pk or uuid is read first).')
 @click.option('--ion', default=None, help='Only this working ion.')
 @click.option('--min-voltage', type=float, default=None, help='Only predictions at or above this voltage (V).')
 @click.option('--max-voltage', type=float, default=None, help='Only predictions at or below this voltage (V).')
@@ -229,7 +242,8 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     as charged, `-` for predictions stored before those
     flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
     makes another node of the same model)."""
-    model = _model_by_version(model_id, profile) or _load_node(model_id, profile)
+    model = _model_by_version(model_id, profile) if not _node_exists(model_id, profile) else None
+    model = model or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 
     try:

@@ -23,7 +23,6 @@ import io
 import json
 import logging
 import math
-import re
 import os
 import re
 import warnings
@@ -398,8 +397,10 @@ def space_group_crystal_system(number: int) -> str:
 
     from pymatgen.symmetry.groups import SpaceGroup
 
-    # the property reads only int_number: called on it alone, without building the group's operations (5 ms each)
-    return SpaceGroup.crystal_system.fget(SimpleNamespace(int_number=number)).capitalize()
+    try:  # the property reads only int_number: called on it alone, without building the group (5 ms each)
+        return SpaceGroup.crystal_system.fget(SimpleNamespace(int_number=number)).capitalize()
+    except AttributeError:  # a pymatgen whose property reads more of the group
+        return SpaceGroup.from_int_number(number).crystal_system.capitalize()
 
 
 def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:

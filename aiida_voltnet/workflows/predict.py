@@ -23,7 +23,8 @@ class PredictWorkChain(WorkChain):
         spec.expose_inputs(predict_voltages.process_class, include=('model', 'dataset'))
         # the calculation function's namespace is dynamic (any Data): a misspelt input ('datset') was stored and
         # ignored; and its help is the function's, not this chain's
-        spec.inputs.dynamic = False
+        spec.inputs.valid_type = None  # not dynamic (valid_type Data, copied from the function, made it so
+        spec.inputs.dynamic = False  # again in a work chain that exposes this one)
         spec.inputs.help = 'A model, and electrodes to predict: a `dataset`, `structures`, or both.'
         spec.inputs['dataset'].required = False
         spec.inputs['dataset'].help = 'Electrodes to predict in one batch (a screen of 10^4-10^5 is one process).'

@@ -592,3 +592,8 @@ def test_predict_workchain_refuses_a_misspelt_input(trained):
         run_get_node(PredictWorkChain, model=trained.model, datset=trained.test)
     assert count_nodes() == before
     assert 'dataset' in PredictWorkChain.spec().inputs.help
+    # nor where a work chain exposes it (valid_type Data, copied from the function, made that namespace dynamic)
+    wrapper = _wrapper(PredictWorkChain, ('structures', 'dataset'), lambda self: {'dataset': trained.test})
+    assert not wrapper.spec().inputs['inner'].dynamic
+    with pytest.raises(ValueError, match='datset'):
+        run_get_node(wrapper, inner={'model': trained.model, 'datset': trained.test})
