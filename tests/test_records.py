@@ -91,7 +91,7 @@ def test_lines_are_file_lines_past_blank_lines_and_multiline_fields():
     """A row's line is where it starts in the file: DictReader skips blank lines and a quoted field may span
     lines, so counting rows named the wrong line (and the wrong line of a duplicate's first occurrence)."""
     second = ROW.replace('mp-2657_Li', 'mp-2_Li')
-    multiline = ROW.replace('mp-2657_Li,Li0-0.75TiO2', 'mp-3_Li,"Li0-0.75\nTiO2"')
+    multiline = ROW.replace('mp-2657_Li', 'mp-3_Li').replace('max_delta_volume=0.11, ', 'max_delta_volume=0.11,\n')
     records = load('\n\n' + ROW + '\n\n' + multiline + '\n' + second)
     assert [(r.battery_id, r.line) for r in records] == [('mp-2657_Li', 4), ('mp-3_Li', 6), ('mp-2_Li', 8)]
     with pytest.raises(ElectrodeDataError) as info:
@@ -247,3 +247,16 @@ def test_an_element_without_electronegativity_validates_without_pymatgen_noise(r
     record = validate_record(ElectrodeRecord(battery_id='og', formula_charge='OgFePO4', formula_discharge='LiOgFePO4',
                                              working_ion='Li'))
     assert record.framework_formula and not [w for w in recwarn if 'electronegativity' in str(w.message)]
+
+
+@pytest.mark.parametrize('old, new, field, code', [
+    ('mp-2657_Li,', '"mp-2657\nLi",', 'battery_id', 'U+000A'),  # a quoted newline: it would split a printed line
+    ('mp-2657_Li,', 'mp-2657\x00_Li,', 'battery_id', 'U+0000'),  # a NUL, which PostgreSQL refuses to store
+    (',mp-2657,mp-558256,', ',mp-2657\x1b[2J,mp-558256,', 'id_charge', 'U+001B'),  # a terminal escape
+    ('mp-2657_Li,Li0-0.75TiO2,', 'mp-2657_Li,Li0-0.75\u2028TiO2,', 'battery_formula', 'U+2028'),
+])
+def test_identifiers_with_control_characters_are_refused_by_field(old, new, field, code):
+    assert old in ROW
+    with pytest.raises(ElectrodeDataError) as info:
+        load(ROW.replace(old, new))
+    assert info.value.field == field and code in str(info.value) and 'control character' in str(info.value)

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -403,6 +404,15 @@ def space_group_crystal_system(number: int) -> str:
         return SpaceGroup.from_int_number(number).crystal_system.capitalize()
 
 
+def _control_character(text: str) -> str | None:
+    """Why ``text`` cannot be an identifier: a control character or a line/paragraph separator (a NUL, which
+    PostgreSQL refuses to store, a newline, which would split a printed line or a log), or None."""
+    for position, char in enumerate(text, 1):
+        if unicodedata.category(char) in ('Cc', 'Zl', 'Zp'):
+            return f'contains a control character (U+{ord(char):04X} at character {position})'
+    return None
+
+
 def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:
     """Check one record; return it with derived fields (framework formula) filled in."""
     with warnings.catch_warnings():
@@ -416,6 +426,10 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
     fail = lambda message, name: _fail(message, record, name, source=source)  # noqa: E731
     if not record.battery_id:
         fail('battery_id is empty', 'battery_id')
+    for name in ('battery_id', 'battery_formula', 'id_charge', 'id_discharge'):
+        control = _control_character(getattr(record, name) or '')
+        if control:
+            fail(control, name)
     if record.working_ion not in WORKING_IONS:
         fail(f'working ion {record.working_ion!r} is not one of {", ".join(WORKING_IONS)}', 'working_ion')
     compositions = {}
