@@ -143,6 +143,7 @@ def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dic
 #: reads ``[PK|train_model|warning]: CalibrationWarning: ...``; the training CalcJob's parser logs the bare line).
 _WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', re.DOTALL)
 #: TrainWorkChain's repetition of them in its own report.
+NO_TRAINING_WARNINGS = 'the training warned nothing'
 _REPEATED_WARNING_LOG = re.compile(r'^(?:\[[^\]]*\]: )?the training warned: ([A-Z]\w*Warning: .*)$', re.DOTALL)
 
 
@@ -152,8 +153,8 @@ def training_warnings(training: orm.ProcessNode | None) -> list[str]:
     training CalcJob's ``metrics`` output and those of the processes it was cloned from when it was taken from the
     cache (the chain of cache sources, as far as they still exist) and those the training's work chain repeated in
     its report (``the training warned: ...``); ``[]`` when none (or for a model trained before they were logged).
-    Where the chain of cache sources breaks at a process not in the profile and nothing else tells, one line says
-    the warnings are unknown."""
+    Where the chain of cache sources breaks at a process not in the profile and nothing else tells (TrainWorkChain
+    says ``the training warned nothing`` when there were none), one line says the warnings are unknown."""
     if training is None:
         return []
     processes, seen, lost = [training], {training.uuid}, None
@@ -179,10 +180,12 @@ def training_warnings(training: orm.ProcessNode | None) -> list[str]:
             messages += [str(line) for line in metrics.get('warnings') or []]
         add(messages, _WARNING_LOG)
     workflow = training_workflow(training)  # TrainWorkChain repeated them when it ran, while the source existed
+    told_none = False
     if workflow is not None:
-        add([log.message for log in sorted(orm.Log.collection.get_logs_for(workflow), key=lambda log: log.pk)],
-            _REPEATED_WARNING_LOG)
-    if lost is not None and not found:
+        messages = [log.message for log in sorted(orm.Log.collection.get_logs_for(workflow), key=lambda log: log.pk)]
+        add(messages, _REPEATED_WARNING_LOG)
+        told_none = any(message.endswith(NO_TRAINING_WARNINGS) for message in messages)
+    if lost is not None and not found and not told_none:
         found.append(f'unknown: the training was taken from the cache of process {lost}, which is not in this '
                      'profile (deleted, or not exported), and its report with it')
     return found

@@ -250,10 +250,13 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         """The warnings in the report of the process that trained the model (a rough uncertainty calibration, the
         paper's leak), in this work chain's report too: ``verdi process report`` of a work chain descends into its
         child work chains, not into its calculation functions or jobs."""
-        from aiida_voltnet.provenance import training_warnings
+        from aiida_voltnet.provenance import NO_TRAINING_WARNINGS, training_warnings
 
-        for line in training_warnings(self.ctx.model.creator):
+        lines = training_warnings(self.ctx.model.creator)
+        for line in lines:
             self.report(f'the training warned: {line}')
+        if not lines:  # said, so that a reader of this report knows it once the training's own report is gone
+            self.report(NO_TRAINING_WARNINGS)
 
     def should_train_with_code(self):
         return 'train_code' in self.inputs

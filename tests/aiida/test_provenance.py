@@ -233,6 +233,17 @@ def test_training_warnings_when_the_cache_source_is_gone(trained):
     lost = training_warnings(clone.creator)  # no work chain: nothing else tells
     assert lost == [f'unknown: the training was taken from the cache of process {bare_uuid}, which is not '
                     'in this profile (deleted, or not exported), and its report with it']
+    # a training that warned nothing: its TrainWorkChain said so, which stands once the cache source is gone
+    # (it was 'unknown', a false alarm)
+    quiet = {**inputs, 'train': {'model': orm.Str('krr'), 'seed': orm.Int(seed)}}
+    _, quiet_first = run_get_node(TrainWorkChain, **quiet)
+    with enable_caching(identifier='aiida.calculations:voltnet.train_model'):
+        _, quiet_second = run_get_node(TrainWorkChain, **quiet)
+    quiet_source = quiet_first.outputs.model.creator
+    assert quiet_second.outputs.model.creator.base.caching.get_cache_source() == quiet_source.uuid
+    assert training_warnings(quiet_source) == []
+    delete_nodes([quiet_source.pk], dry_run=False)
+    assert training_warnings(quiet_second.outputs.model.creator) == []
 
 
 def test_predictions_of_a_model_version_include_those_of_its_cache_clones(trained, aiida_profile):
