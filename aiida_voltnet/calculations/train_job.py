@@ -87,6 +87,20 @@ def validate_inputs(inputs, _ctx=None):
     return None
 
 
+def remote_sources_differ(node: orm.CalcJobNode, remote: str | None) -> str | None:
+    """Why the model of the training job ``node`` comes from other plugin code than the one that submitted it:
+    ``remote``, the fingerprint ``voltnet-train`` wrote in ``metrics.json``, against the job's
+    ``cache_version.sources``; None when they agree, or when the job recorded none (submitted before the
+    fingerprint was: its hash matches no submission of today's code anyway)."""
+    recorded = node.base.attributes.get(VoltnetTrainCalculation.KEY_CACHE_VERSION, {}).get(SOURCES_KEY)
+    if recorded is None or remote == recorded:
+        return None
+    ran = remote or 'not recorded: older than this check'
+    return (f'voltnet-train on the computer ran other aiida-voltnet code (sources {ran}) than the installation '
+            f'that submitted the job (sources {recorded}): the model is that code\'s, and the job is not offered '
+            'to the cache; install the same aiida-voltnet on both')
+
+
 class VoltnetTrainCalculation(CalcJob):
     """Train a voltage model (featurizer + regressor ensemble) on an ``ElectrodeDataset`` on a (GPU) computer."""
 
@@ -161,6 +175,18 @@ class VoltnetTrainCalculation(CalcJob):
                        message='The training loss became NaN/inf at epoch {epoch}.')
         spec.exit_code(420, 'ERROR_CUDA_OUT_OF_MEMORY', invalidates_cache=True,
                        message='CUDA ran out of memory (batch_size {batch_size}): {message}')
+
+    @classmethod
+    def is_valid_cache(cls, node: orm.ProcessNode) -> bool:
+        """Also not a cache source when ``voltnet-train`` on the computer ran other plugin code than the submitting
+        installation's: the hash covers the submitter's fingerprint (``cache_version.sources``), the model is the
+        remote code's (``metrics.sources``), so a later submission would reuse a model its own code would not
+        make. A job whose metrics carry no fingerprint ran a ``voltnet-train`` older than this check."""
+        if not super().is_valid_cache(node):
+            return False
+        if 'metrics' not in node.outputs:
+            return True  # a failed job, judged by its exit code above
+        return remote_sources_differ(node, node.outputs.metrics.get('sources')) is None
 
     def _setup_version_info(self):
         """Add the fingerprint of the plugin's computing code to ``cache_version``, which the node's hash covers

@@ -6,8 +6,9 @@ electrode records of an ``ElectrodeDataset``, JSON, no pickle), trains with ``tr
 
 - ``model/`` (``config.json`` + ``arrays.safetensors``, the format of ``VoltageModel.save``), written as soon as
   training ends;
-- ``metrics.json`` (fit on the training records, device, whether and from where the run resumed, and
-  ``warnings``: the package's own warnings of the training, such as a rough uncertainty calibration);
+- ``metrics.json`` (fit on the training records, device, whether and from where the run resumed,
+  ``warnings``: the package's own warnings of the training, such as a rough uncertainty calibration, and
+  ``sources``: the fingerprint of the installed plugin code that trained, see ``calculations/sources.py``);
 - ``status.json`` (``{"status": ..., "message": ..., "epoch": ...}``) and ``train.log``;
 - ``checkpoint/`` while training (removed once the model and metrics are written): see "Checkpoints" below.
 
@@ -283,6 +284,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         metrics['resume_rejected'] = rejected
     if said:
         metrics['warnings'] = said
+    from aiida_voltnet.calculations.sources import sources_fingerprint
+    metrics['sources'] = sources_fingerprint()  # the code that trained, which the parser compares with the job's
 
     def safe(value):
         if isinstance(value, dict):

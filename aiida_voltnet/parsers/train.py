@@ -110,6 +110,10 @@ class VoltnetTrainParser(Parser):
         model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu')}
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))
+        from aiida_voltnet.calculations.train_job import remote_sources_differ
+        differ = remote_sources_differ(self.node, metrics.get('sources'))
+        if differ:
+            self.logger.warning(differ)
         return ExitCode(0)  # explicit: a complete model overrides a walltime kill reported by the scheduler
 
     def _last_words(self, names, read, lines: int = 3) -> str:

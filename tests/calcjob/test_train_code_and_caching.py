@@ -126,3 +126,53 @@ def test_train_workchain_passes_disable_cache_on(csv_60):
     assert cached_steps(again) == {'assemble': True, 'split': True, 'train': True, 'evaluate': True}
     assert cached_steps(fresh_train) == {'assemble': True, 'split': True, 'train': False, 'evaluate': False}
     assert cached_steps(fresh_all) == {'assemble': False, 'split': False, 'train': False, 'evaluate': False}
+
+
+def test_a_job_whose_computer_runs_other_plugin_code_is_not_a_cache_source(train_code, aiida_code_installed,
+                                                                           csv_60, tmp_path):
+    """The job hashes the submitting installation's code fingerprint, but the model is made by the
+    `voltnet-train` installed on the computer. A computer with other aiida-voltnet code (here a real copy of the
+    package with one changed file, run through a wrapper) gets a warning in the job's report, and the job is not
+    offered to the cache: a later submission would have reused a model its own code would not make."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    import aiida_voltnet
+    from aiida_voltnet.calculations.sources import sources_fingerprint
+
+    package = Path(aiida_voltnet.__file__).parent
+    copy = tmp_path / 'other' / 'aiida_voltnet'
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns('__pycache__'))
+    with (copy / 'ml' / 'metrics.py').open('a') as handle:
+        handle.write('\n# another release of the training code\n')
+    wrapper = tmp_path / 'voltnet-train-other'
+    wrapper.write_text(f'#!/bin/bash\nPYTHONPATH={tmp_path / "other"} exec {sys.executable} '
+                       '-m aiida_voltnet.cli.train_entry "$@"\n')
+    wrapper.chmod(0o755)
+    other_code = aiida_code_installed(label='voltnet-train-other', filepath_executable=str(wrapper),
+                                      default_calc_job_plugin='voltnet.train')
+
+    def train(code):
+        builder = TrainWorkChain.get_builder()
+        builder.csv = orm.SinglefileData(csv_60)
+        builder.split.kind = orm.Str('random')
+        builder.train.model = orm.Str('krr')
+        builder.train_code = code
+        results, node = run_get_node(builder)
+        assert node.is_finished_ok, (node.exit_status, node.exit_message)
+        return results['model'].creator
+
+    with enable_caching(identifier='aiida.calculations:voltnet.train'):
+        other = train(other_code)
+        assert other.outputs.metrics['sources'] not in (None, sources_fingerprint())
+        assert not other.base.caching.is_valid_cache
+        logs = [log.message for log in orm.Log.collection.get_logs_for(other)]
+        assert any('ran other aiida-voltnet code' in message and sources_fingerprint() in message
+                   for message in logs), logs
+        # the same training through this installation's code: not taken from the other job
+        same = train(train_code)
+        assert not same.base.caching.is_created_from_cache
+        assert same.outputs.metrics['sources'] == sources_fingerprint() and same.base.caching.is_valid_cache
+        again = train(train_code)  # and one of matching code is a cache source as before
+    assert again.base.caching.get_cache_source() == same.uuid
