@@ -316,7 +316,9 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         metrics = self.ctx.metrics.get_dict()
         target = self.ctx.model.base.attributes.get('target', 'average_voltage')
         unit = ' V' if target == 'average_voltage' else f' ({target})'  # max_delta_volume is a fraction, no volts
-        self.report(f'held-out MAE {metrics["mae"]:.3f}{unit}, R2 {metrics["r2"]:.3f} on {metrics["n"]} records')
+        # R2 is undefined (stored as None) for a single test record or test records of one voltage
+        r2 = 'undefined' if metrics.get('r2') is None else f'{metrics["r2"]:.3f}'
+        self.report(f'held-out MAE {metrics["mae"]:.3f}{unit}, R2 {r2} on {metrics["n"]} records')
         return None
 
     def results(self):

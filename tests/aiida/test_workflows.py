@@ -114,6 +114,19 @@ def test_train_workchain_from_dataset(trained):
     assert results['test_dataset'].n_records == 45
 
 
+def test_train_workchain_with_a_single_test_record_reports_r2_undefined(trained):
+    """R2 of one test record is undefined (stored as None); the report's format of it raised a TypeError after
+    training, and the chain excepted without its metrics (the grouped default on a CSV of 14 rows or fewer)."""
+    from aiida.cmdline.utils.common import get_workchain_report
+
+    results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
+                                 split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.005)},
+                                 train={'model': orm.Str('krr')})
+    assert node.is_finished_ok, (node.process_state, node.exit_message)
+    assert results['test_dataset'].n_records == 1 and results['metrics']['r2'] is None
+    assert 'R2 undefined on 1 records' in get_workchain_report(node, 'REPORT')
+
+
 def test_train_workchain_does_not_call_a_failure_inside_training_a_refusal(trained, monkeypatch):
     """A ValueError raised while train_model runs (after its validator passed: its node is stored) is not bad
     input: the chain excepts with it instead of reporting "refused its inputs" and exit 300. (The failure is
