@@ -127,6 +127,9 @@ class ScreenWorkChain(WorkChain):
                        message='every selected candidate that was submitted failed its verification; see the '
                                'summary output')
         spec.exit_code(303, 'ERROR_RETRAIN_FAILED', message='retraining on the verified electrodes failed: {message}')
+        spec.exit_code(304, 'ERROR_METAL_REFERENCE_FAILED',
+                       message='no verification could run: the DFT of a working-ion metal reference failed: '
+                               '{message}')
 
     @classmethod
     def reserved_candidate_names(cls) -> set[str]:
@@ -381,6 +384,8 @@ class ScreenWorkChain(WorkChain):
             if not summary['n_failed']:  # none could be submitted: no verification failed
                 reasons = sorted({row['status'][len('not verified: '):] for row in summary['rows']
                                   if row['selected'] and row['status'].startswith('not verified: ')})
+                if summary['failed_references']:  # a failed DFT job, not a family that cannot serve
+                    return self.exit_codes.ERROR_METAL_REFERENCE_FAILED.format(message='; '.join(reasons))
                 return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message='; '.join(reasons))
             return self.exit_codes.ERROR_ALL_VERIFICATIONS_FAILED
         return None

@@ -177,6 +177,26 @@ def test_screen_reports_when_every_verification_fails(pw, small_model):
     assert not [c for c in node.called if c.process_label in ('VerifyWorkChain', 'PwBaseWorkChain')]
 
 
+def test_screen_reports_a_failed_metal_reference_as_a_dft_failure(aiida_localhost, pw, small_model):
+    """The Li metal job fails (a pw code whose executable exits 1 at once): no candidate of Li is submitted. That
+    is a failed DFT job, exit 304 naming it; it was exit 201 ERROR_UNKNOWN_PSEUDO_FAMILY, which sends the user to
+    the pseudopotential family."""
+    from aiida_voltnet.dft import pw_code
+
+    model, _ = small_model
+    broken = pw_code(aiida_localhost, label='pw-exits-1', executable='/bin/false')
+    coo2, licoo2 = layered_oxide_pair('Co')
+    verify = VerifyWorkChain.get_protocol_inputs('ci')
+    results, node = run_get_node(ScreenWorkChain, model=model, candidates={'LiCoO2': _pair(coo2, licoo2)},
+                                 verify={'code': broken, 'settings': orm.Dict(verify['settings'])})
+    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_METAL_REFERENCE_FAILED.status, node.exit_message
+    assert 'Li metal reference PwBaseWorkChain<' in node.exit_message
+    summary = results['summary'].get_dict()
+    assert list(summary['failed_references']) == ['Li']
+    assert (summary['n_selected'], summary['n_verified'], summary['n_not_verified']) == (1, 0, 1)
+    assert not [c for c in node.called if c.process_label == 'VerifyWorkChain']
+
+
 def test_screen_reports_candidates_whose_host_elements_no_training_host_had(pw, small_model):
     """SrFeO3/LiSrFeO3 (no Sr in the 150 training rows) is predicted, flagged as extrapolation in the prediction
     array and the report; the window selects nothing, so no pw.x job starts."""
