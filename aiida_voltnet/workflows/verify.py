@@ -307,7 +307,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         # a Str as every other input is, or a plain 'Li' (orm.Str of a Str stored its repr as the ion)
         builder.working_ion = working_ion if isinstance(working_ion, orm.Str) else orm.Str(working_ion)
         builder.settings = orm.Dict(inputs.pop('settings'))
-        builder.pseudo_family = orm.Str(inputs.pop('pseudo_family'))
+        family = inputs.pop('pseudo_family')  # a Str override as it is (orm.Str of a Str stored its repr)
+        builder.pseudo_family = family if isinstance(family, orm.Str) else orm.Str(family)
         for key, value in inputs.items():
             builder[key] = value
         return builder

@@ -62,6 +62,9 @@ def test_protocols():
     merged = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {
         'settings': orm.Dict({'device': 'cpu'})}})
     assert merged.train.settings.get_dict() == {'members': 2, 'device': 'cpu'}
+    stored = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {
+        'settings': orm.Dict({'device': 'cpu'}).store()}})  # stored or not (a stored one replaced them)
+    assert stored.train.settings.get_dict() == {'members': 2, 'device': 'cpu'}
     # the fast protocol's 2 members are for the tree ensemble: a kernel model (identical members) drops them, unless
     # the user asked for them, which the launch then refuses
     krr = TrainWorkChain.get_builder_from_protocol(CSV_150, overrides={'train': {'model': 'krr'}})

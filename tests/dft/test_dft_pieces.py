@@ -173,6 +173,26 @@ def test_verify_settings_validator(pw):
                                                   overrides={'settings': {'relax_type': 'everything'}})
 
 
+def test_verify_protocol_takes_node_overrides_as_their_values(pw):
+    """A Str pseudo_family override was wrapped in another Str (its value the repr of the node, so the launch said
+    the family was not installed), and a stored Dict of settings replaced the protocol's where an unstored one was
+    merged into them (the launch then refused the settings it lacked)."""
+    from aiida import orm
+
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    charged, discharged = layered_oxide_pair('Co')
+    protocol = VerifyWorkChain.get_protocol_inputs('ci')
+    family = orm.Str(protocol['pseudo_family'])
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                        overrides={'pseudo_family': family})
+    assert builder.pseudo_family.value == protocol['pseudo_family']
+    for settings in (orm.Dict({'kpoints_distance': 0.3}), orm.Dict({'kpoints_distance': 0.3}).store()):
+        builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                            overrides={'settings': settings})
+        assert builder.settings.get_dict() == {**protocol['settings'], 'kpoints_distance': 0.3}
+
+
 def test_verify_refuses_codes_that_are_no_pw_or_contradict_withmpi(pw, aiida_localhost, quantum_espresso, tmp_path):
     """Found by a review: any code was accepted (three jobs ran and failed with 402); dft-setup's code was stored
     with with_mpi=False, so the documented override {'withmpi': True} was silently dropped; and dft-setup with

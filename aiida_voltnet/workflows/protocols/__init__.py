@@ -29,8 +29,10 @@ def recursive_merge(left: dict, right: dict) -> dict:
 
     merged = _copy(left)
     for key, value in right.items():
-        if isinstance(value, orm.Dict) and not value.is_stored and isinstance(merged.get(key), dict):
-            value = value.get_dict()  # merged like the plain dict it holds (it replaced the protocol's whole dict)
+        if isinstance(value, orm.Dict) and isinstance(merged.get(key), dict):
+            # merged like the plain dict it holds, stored or not (it replaced the protocol's whole dict, and a stored
+            # one still did, so that the launch refused settings the protocol would have filled in)
+            value = value.get_dict()
         if isinstance(value, dict) and isinstance(merged.get(key), dict):
             merged[key] = recursive_merge(merged[key], value)
         else:
