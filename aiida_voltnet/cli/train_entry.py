@@ -208,7 +208,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
 
     from aiida_voltnet.ml.metrics import regression_metrics
     from aiida_voltnet.ml.models import spec_train_setting, train_voltage_model
-    from aiida_voltnet.ml.training import CheckpointError, TrainingCheckpoint, TrainingDiverged, TrainingInterrupted
+    from aiida_voltnet.ml.training import (CheckpointError, TrainingCheckpoint, TrainingDiverged, TrainingInterrupted,
+                                           _atomic_write)
 
     arguments = {**settings}
     arguments.setdefault('device', 'auto')
@@ -298,7 +299,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             return None
         return value
 
-    (output / 'metrics.json').write_text(json.dumps(safe(metrics), indent=1, sort_keys=True))
+    text = json.dumps(safe(metrics), indent=1, sort_keys=True)
+    _atomic_write(output / 'metrics.json', lambda path: path.write_text(text))  # a kill leaves none, not half
     if checkpoint.directory.is_dir():
         shutil.rmtree(checkpoint.directory)  # the model is complete: nothing to resume, nothing to retrieve
     return _finish(output, 'OK', f'trained {config["model"]} on {len(records)} records')

@@ -80,8 +80,17 @@ class VoltnetTrainParser(Parser):
             return self.exit_codes.ERROR_OUT_OF_WALLTIME.format(reason=status.get('reason', '?'), where=where)
 
         missing = [f'model/{n}' for n in ('config.json', 'arrays.safetensors') if n not in model_names]
+        metrics = None
         if 'metrics.json' not in names:
             missing.append('metrics.json')
+        else:  # written after the model, not atomically: a kill while writing leaves it cut short
+            try:
+                metrics = json.loads(read('metrics.json'))
+            except ValueError as exception:
+                missing.append(f'metrics.json (unreadable, not JSON: {exception})')
+            else:
+                if not isinstance(metrics, dict):
+                    missing.append(f'metrics.json (a JSON {type(metrics).__name__}, not an object)')
         if missing:
             if kind is None:  # killed before it could report: its last checkpoint is what is left
                 self._expose_checkpoint(names)
@@ -96,7 +105,6 @@ class VoltnetTrainParser(Parser):
 
         from aiida_voltnet.ml.models import VoltageModel
 
-        metrics = json.loads(read('metrics.json'))
         try:
             with tempfile.TemporaryDirectory() as directory:
                 for name in ('config.json', 'arrays.safetensors'):

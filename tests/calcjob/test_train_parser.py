@@ -152,3 +152,28 @@ def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_
     metrics.store()
     assert not orm.Log.collection.get_logs_for(quiet)
     assert training_warnings(quiet) == logs
+
+
+def test_an_unreadable_metrics_file_is_a_failed_job_not_a_parser_exception(aiida_localhost, csv_60, tmp_path):
+    """metrics.json is written after the model, not atomically: a job killed while writing it left a file cut
+    short, and the parser raised (the job excepted, and its restart work chain with it). It is now reported as
+    an output file that could not be read; a walltime kill reported by the scheduler stays 120."""
+    from aiida_voltnet.cli import train_entry
+    from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
+
+    with csv_60.open(newline='') as handle:
+        (tmp_path / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
+    (tmp_path / 'config.json').write_text(json.dumps({'featurizer': 'leakfree', 'model': 'krr', 'seed': 0,
+                                                      'settings': {}}))
+    assert train_entry.main(['--config', str(tmp_path / 'config.json'), '--records', str(tmp_path / 'records.json'),
+                             '--output', str(tmp_path)]) == 0
+    files = {name: (tmp_path / name).read_bytes() for name in ('model/config.json', 'model/arrays.safetensors')}
+    metrics = (tmp_path / 'metrics.json').read_bytes()
+    for content, said in [(metrics[:len(metrics) // 2], 'metrics.json (unreadable, not JSON: '),
+                          (b'[1, 2]', 'metrics.json (a JSON list, not an object)')]:
+        _, calcfunction = _parse(aiida_localhost, {**files, 'metrics.json': content})
+        assert calcfunction.exit_status == EXIT.ERROR_MISSING_OUTPUT_FILES.status
+        assert said in calcfunction.exit_message, calcfunction.exit_message
+    _, calcfunction = _parse(aiida_localhost, {**files, 'metrics.json': metrics[:10]},
+                             scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
+    assert calcfunction.exit_status == 120
