@@ -21,6 +21,20 @@ class StructurePairsNamespace(PortNamespace):
         super().__init__(name, help=help, required=required, dynamic=True,
                          valid_type=(orm.StructureData, orm.Str))
 
+    def validate(self, port_values=None, breadcrumbs=()):
+        """Refuse a pair name that cannot be a link label before anything is stored: ``a__b`` came back as nested
+        outputs (``voltages.a.b``, ``__`` being the namespace separator of link labels) and ``a-b`` as aiida-core's
+        bare 'invalid link label' error."""
+        from plumpy.ports import PortValidationError, breadcrumbs_to_port
+
+        for name in port_values or {}:
+            if not (isinstance(name, str) and name.isidentifier() and '__' not in name
+                    and not name.startswith('_') and not name.endswith('_')):
+                return PortValidationError(
+                    f'{name!r} cannot name a pair: use letters, digits and single underscores inside (it becomes '
+                    'the link label of its inputs and outputs)', breadcrumbs_to_port((*breadcrumbs, self.name)))
+        return super().validate(port_values, breadcrumbs)
+
     def serialize(self, mapping, breadcrumbs=()):
         mapping = super().serialize(mapping, breadcrumbs)
         if not mapping:

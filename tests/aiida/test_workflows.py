@@ -396,6 +396,11 @@ def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
     with pytest.raises(ValueError, match="structures: rename 'metadata'"):
         run_get_node(PredictWorkChain, model=model, structures={
             'metadata': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
+    # a name that cannot be a link label: 'a__b' came back nested (voltages.a.b), 'a-b' as a bare aiida error
+    for name in ('Li__FePO4', 'Li-FePO4', '_LiFePO4', 'LiFePO4_', '1LiFePO4'):
+        with pytest.raises(ValueError, match=f"'{name}' cannot name a pair: use letters, digits and single"):
+            run_get_node(PredictWorkChain, model=model, structures={
+                name: {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
     assert count_nodes() == before
 
 
