@@ -30,10 +30,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .ml.evaluation import EvaluationResult, evaluate
-from .ml.featurizers import get_featurizer_class, hull_leak_check
+from .ml.featurizers import TargetLeakWarning, get_featurizer_class, hull_leak_check
 from .ml.metrics import interval_coverage, regression_metrics
 from .ml.models import MODEL_SPECS, min_training_rows, train_voltage_model
-from .ml.records import ElectrodeRecord, file_sha256, parse_formula, read_electrodes_csv
+from .ml.records import ElectrodeDataError, ElectrodeRecord, file_sha256, parse_formula, read_electrodes_csv
 from .ml.splits import cap_per_voltage_interval, kfold_splits, make_split
 
 __all__ = ['ReportSettings', 'build_report', 'DEFAULT_CSV', 'PUBLISHED_S2', 'PUBLISHED_S3', 'PUBLISHED_S4',
@@ -535,6 +535,32 @@ def load_profile_for_report(profile: str | None) -> tuple[bool, str]:
 
 
 # -- the report --------------------------------------------------------------------------------------------------------
+def check_report_data(records: Sequence[ElectrodeRecord], settings: ReportSettings) -> None:
+    """Refuse data the report cannot run on, naming what is wrong, before anything is trained or stored: it
+    refused them minutes later, after training the main rows (and, in provenance mode, storing processes).
+
+    :raises ElectrodeDataError: a row without the voltage (every row is trained and tested on), or without a column
+        of the paper featurizer (the paper-protocol rows).
+    :raises ValueError: a training part of the splits smaller than the voltnet trees can split.
+    """
+    for record in records:
+        if record.average_voltage is None:
+            raise ElectrodeDataError('the report trains and tests on every row: it needs the voltage',
+                                     field='average_voltage', battery_id=record.battery_id, line=record.line)
+    with warnings.catch_warnings():  # making the paper featurizer warns of its leak, which the report exposes
+        warnings.simplefilter('ignore', TargetLeakWarning)
+        get_featurizer_class('paper')().check_records(records)
+    least = min_training_rows('voltnet')
+    for seed in settings.seeds:
+        sizes = {'random 90/10': len(make_split(records, 'random', seed=seed, test_fraction=0.1)[0])}
+        for fold, (train_idx, _) in enumerate(kfold_splits(records, k=settings.folds, grouped=True, seed=seed)):
+            sizes[f'grouped fold {fold}'] = len(train_idx)
+        where, smallest = min(sizes.items(), key=lambda item: item[1])
+        if smallest < least:
+            raise ValueError(f'{len(records)} rows are too few for the report: the training part of the {where} '
+                             f'split (seed {seed}) has {smallest} rows, and voltnet needs at least {least}')
+
+
 def build_report(out: str | Path, settings: ReportSettings, data: str | Path | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Run every evaluation, write ``report.md``, ``report.json`` and the figures into ``out``; return the JSON."""
@@ -547,8 +573,9 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
         all_records = read_electrodes_csv(data)  # before out is created: bad data leaves nothing behind
-    out.mkdir(parents=True, exist_ok=True)
     records = subsample(all_records, settings.rows)
+    check_report_data(records, settings)  # before anything is trained, written or stored
+    out.mkdir(parents=True, exist_ok=True)
     log(f'{len(records)} of {len(all_records)} records from {data}')
     report = {'settings': asdict(settings), 'data': {'path': str(data), 'sha256': file_sha256(data),
                                                       'n_rows_file': len(all_records), 'n_rows_used': len(records)},

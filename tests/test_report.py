@@ -79,7 +79,8 @@ def test_report_refuses_repeated_seeds_and_too_few_rows_without_leaving_a_direct
     result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'small'), '--quick', '--no-provenance',
                                       '--data', str(small)])
     assert result.exit_code == 2, result.output + repr(result.exception)
-    assert 'needs at least 40 training rows' in result.output
+    assert '20 rows are too few for the report: the training part of the ' in result.output
+    assert 'and voltnet needs at least 40' in result.output
     assert not (tmp_path / 'small').exists()
 
 

@@ -77,3 +77,37 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
     provenance_section = markdown.split(HEADINGS[8], 1)[1].split('\n## ', 1)[0]
     for entry in analyses:
         assert f'{entry["pk"]} ({entry["uuid"]})' in provenance_section
+
+
+def test_report_refuses_bad_data_before_it_trains_or_stores_anything(aiida_profile, tmp_path):
+    """Found by a docs walk: in provenance mode, a CSV without the paper featurizer's columns trained and stored the
+    main rows and then died with two tracebacks (exit 1); too few rows, or a row without the voltage, stored the
+    CSV, dataset and split processes and then printed aiida-core's 'Error occurred validating port' (no line)."""
+    import csv
+
+    rows = list(csv.DictReader(DEFAULT_CSV.open(newline='')))[:400]
+    minimal = ['battery_id', 'formula_charge', 'formula_discharge', 'framework_formula', 'working_ion',
+               'average_voltage']
+
+    def write(name, table, columns):
+        path = tmp_path / name
+        with path.open('w', newline='') as handle:
+            writer = csv.DictWriter(handle, columns, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows(table)
+        return path
+
+    no_voltage = [dict(row) for row in rows]
+    no_voltage[6]['average_voltage'] = ''
+    cases = [(write('minimal.csv', rows, minimal),
+              f"line 2, battery_id '{rows[0]['battery_id']}', field 'capacity_grav': the paper featurizer needs"),
+             (write('no_voltage.csv', no_voltage, list(rows[0])),
+              f"line 8, battery_id '{rows[6]['battery_id']}', field 'average_voltage': the report trains and tests"),
+             (write('r43.csv', rows[:43], list(rows[0])), '43 rows are too few for the report')]
+    before = orm.QueryBuilder().append(orm.Node).count()
+    for path, message in cases:
+        result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / path.stem), '--quick', '--data', str(path),
+                                          '--profile', aiida_profile.name])
+        assert result.exit_code == 2 and message in result.output, result.output + repr(result.exception)
+        assert not (tmp_path / path.stem).exists()
+    assert orm.QueryBuilder().append(orm.Node).count() == before
