@@ -520,17 +520,20 @@ def analysis_plan(settings: ReportSettings) -> dict:
 
 
 def load_profile_for_report(profile: str | None) -> tuple[bool, str]:
-    """Load ``profile`` (or the default one, else ``voltnet-quickstart``); ``(loaded, message)``."""
+    """Load ``profile`` (or the default one, else ``voltnet-quickstart``) and open its storage (it opens lazily: a
+    missing SQLite file surfaced mid-report as a FileNotFoundError); ``(loaded, message)``."""
     from aiida import load_profile
+    from aiida.manage import get_manager
 
     candidates = [profile] if profile else [None, 'voltnet-quickstart']
     errors = []
     for name in candidates:
         try:
             loaded = load_profile(name, allow_switch=True)
+            get_manager().get_profile_storage()
             return True, f'AiiDA profile {loaded.name!r}'
         except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here
-            errors.append(f'{name or "(default)"}: {exception}')
+            errors.append(f'{name or "(default)"}: {type(exception).__name__}: {exception}')
     return False, 'no loadable AiiDA profile (' + '; '.join(errors) + ')'
 
 

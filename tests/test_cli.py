@@ -385,6 +385,27 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
                           timeout=600)
     assert gone.returncode == 2 and "cannot open the storage of AiiDA profile 'gone': FileNotFoundError" \
         in gone.stderr and 'Traceback' not in gone.stderr, gone.stderr
+    # quickstart reusing it said 'Reusing ...' and then printed a FileNotFoundError traceback (exit 1)
+    reused = subprocess.run([VOLTNET, 'quickstart', '--data', str(tiny.parent / 'minimal.csv'), '--profile', 'gone',
+                             '--protocol', 'fast'], capture_output=True, text=True, env=env, timeout=600)
+    assert reused.returncode == 2 and "cannot open the storage of AiiDA profile 'gone': FileNotFoundError" \
+        in reused.stderr and 'Traceback' not in reused.stderr, reused.stderr
+    # voltnet report blamed the CSV ('...database.sqlite: no such file; pass --data CSV')
+    full = tmp_path / 'full.csv'
+    full.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:151]) + '\n')
+    report = subprocess.run([VOLTNET, 'report', '--out', str(tmp_path / 'report'), '--quick', '--data', str(full),
+                             '--profile', 'gone'], capture_output=True, text=True, env=env, timeout=600)
+    assert report.returncode == 2 and '--profile gone: no loadable AiiDA profile (gone: FileNotFoundError: ' \
+        in report.stderr and 'pass --data' not in report.stderr, report.stderr
+    # a profile name verdi refuses: it was added to the configuration (verdi could then neither use nor delete it)
+    # and the run died with a logging traceback; '' used the default profile while saying 'Reusing profile ''
+    config = tmp_path / 'aiida' / '.aiida' / 'config.json'
+    profiles = json.loads(config.read_text())['profiles'].keys()
+    for name in ('a/b', ''):
+        named = subprocess.run([VOLTNET, 'quickstart', '--data', str(tiny.parent / 'minimal.csv'), '--profile', name],
+                               capture_output=True, text=True, env=env, timeout=600)
+        assert named.returncode == 2 and "Invalid value for '--profile'" in named.stderr, named.stderr
+        assert json.loads(config.read_text())['profiles'].keys() == profiles
 
 
 def test_provenance_tree_prints_lists_of_records_as_items(capsys):

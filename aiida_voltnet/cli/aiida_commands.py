@@ -40,7 +40,7 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
         config.store()
         echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services'
              + (', now the default profile)' if default else ')'))
-    return load_profile(name, allow_switch=True)
+    return _open_storage(load_profile(name, allow_switch=True))
 
 
 def _load_profile(profile, hint: str = ''):
@@ -54,9 +54,15 @@ def _load_profile(profile, hint: str = ''):
         loaded = load_profile(profile, allow_switch=True)
     except Exception as exception:  # noqa: BLE001 - aiida raises several kinds here
         _fail(f'cannot load AiiDA profile {profile or "(default)"}: {exception}')
+    return _open_storage(loaded)
+
+
+def _open_storage(loaded):
+    """Open the storage of the loaded profile ``loaded`` and return it, or exit with a message: it opens lazily,
+    and a missing SQLite file or an unreachable database surfaced as a traceback at the first query."""
     from aiida.manage import get_manager
 
-    try:  # the storage opens lazily: a missing SQLite file or an unreachable database surfaced as a traceback
+    try:
         get_manager().get_profile_storage()
     except Exception as exception:  # noqa: BLE001 - each storage backend raises its own kinds
         _fail(f'cannot open the storage of AiiDA profile {loaded.name!r}: {type(exception).__name__}: {exception} '
@@ -113,10 +119,18 @@ def _model_by_version(identifier, profile):
     return min(rows, key=lambda row: row[2])[0] if rows else None
 
 
+def _profile_name(ctx, param, value):
+    """verdi's rule for a profile name (aiida-core's ``LabelStringType``: letters, digits, ``_``, ``.``, ``-``; not
+    empty): ``a/b`` made a profile verdi could neither use nor delete, and ``''`` used the default profile."""
+    from aiida.cmdline.params.types import LabelStringType  # here: importing it costs every command ~70 ms
+
+    return LabelStringType().convert(value, param, ctx)
+
+
 @cli.command()
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
               help='Training CSV (default: $VOLTNET_DATA if set, else the shared MP insertion-electrode CSV).')
-@click.option('--profile', default=QUICKSTART_PROFILE, show_default=True,
+@click.option('--profile', default=QUICKSTART_PROFILE, show_default=True, callback=_profile_name,
               help='AiiDA profile to create or reuse (SQLite-backed, no services).')
 @click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),
               help='Training protocol ("paper" trains the leaky paper protocol and predicts no structure pair: '

@@ -69,8 +69,10 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     except (ElectrodeDataError, FileNotFoundError, ValueError) as exception:
         if created and Path(out).is_dir() and not any(Path(out).iterdir()):
             Path(out).rmdir()  # made for this report, which wrote nothing: not left behind empty
-        if isinstance(exception, FileNotFoundError):  # the CSV (by default the shared one beside the repository)
+        if isinstance(exception, FileNotFoundError) and data is None:  # the shared CSV beside the repository
             _fail(f'{exception.filename}: no such file; pass --data CSV')
+        if isinstance(exception, FileNotFoundError):  # not the CSV, which click found: say what is missing
+            _fail(f'{exception.filename}: no such file ({exception.strerror})')
         _fail(str(exception))  # e.g. too few rows of --data for the folds' training parts
     s2 = result['table_s2']
     click.echo(f'Table S2 of {out}/report.md ({time.perf_counter() - started:.0f} s), MAE in V, leak-free first; '
