@@ -25,14 +25,19 @@ class StructurePairsNamespace(PortNamespace):
         """Refuse a pair name that cannot be a link label before anything is stored: ``a__b`` came back as nested
         outputs (``voltages.a.b``, ``__`` being the namespace separator of link labels) and ``a-b`` as aiida-core's
         bare 'invalid link label' error."""
+        from aiida.common.links import validate_link_label
         from plumpy.ports import PortValidationError, breadcrumbs_to_port
 
         for name in port_values or {}:
-            if not (isinstance(name, str) and name.isidentifier() and '__' not in name
-                    and not name.startswith('_') and not name.endswith('_')):
+            try:
+                validate_link_label(name)  # aiida-core's rule, which lets '__' through
+                if '__' in name:
+                    raise ValueError('a double underscore separates namespaces')
+            except (TypeError, ValueError) as exception:
                 return PortValidationError(
                     f'{name!r} cannot name a pair: use letters, digits and single underscores inside (it becomes '
-                    'the link label of its inputs and outputs)', breadcrumbs_to_port((*breadcrumbs, self.name)))
+                    f'the link label of its inputs and outputs: {exception})',
+                    breadcrumbs_to_port((*breadcrumbs, self.name)))
         return super().validate(port_values, breadcrumbs)
 
     def serialize(self, mapping, breadcrumbs=()):
