@@ -142,8 +142,9 @@ def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dic
 #: A warning of the package in a training process's log: ``CalibrationWarning: ...`` (a ``train_model`` report
 #: reads ``[PK|train_model|warning]: CalibrationWarning: ...``; the training CalcJob's parser logs the bare line).
 _WARNING_LOG = re.compile(r'^(?:\[[^\]]*\|warning\]: )?([A-Z]\w*Warning: .*)$', re.DOTALL)
-#: TrainWorkChain's repetition of them in its own report.
+#: What TrainWorkChain reports when its training warned nothing (read where the training's own report is gone).
 NO_TRAINING_WARNINGS = 'the training warned nothing'
+#: TrainWorkChain's repetition of them in its own report.
 _REPEATED_WARNING_LOG = re.compile(r'^(?:\[[^\]]*\]: )?the training warned: ([A-Z]\w*Warning: .*)$', re.DOTALL)
 
 
