@@ -118,18 +118,23 @@ def test_altered_checkpoint_is_not_exposed(aiida_localhost, interrupted_checkpoi
     assert calcfunction.exit_status == 120 and 'checkpoint' not in results
 
 
-def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_60, tmp_path):
-    """metrics.json's ``warnings`` (the voltnet-train script's record of the package's own warnings) are written to
-    the calculation's log, where ``verdi process report`` shows them, and stay in the ``metrics`` output."""
+def _train_krr(csv_60, output, featurizer: str) -> None:
+    """Run the real voltnet-train script (a krr on 30 records) into ``output``, as a job's working directory."""
     from aiida_voltnet.cli import train_entry
     from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
 
     with csv_60.open(newline='') as handle:
-        (tmp_path / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
-    (tmp_path / 'config.json').write_text(json.dumps({'featurizer': 'paper', 'model': 'krr', 'seed': 0,
-                                                      'settings': {}}))
-    assert train_entry.main(['--config', str(tmp_path / 'config.json'), '--records', str(tmp_path / 'records.json'),
-                             '--output', str(tmp_path)]) == 0
+        (output / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
+    (output / 'config.json').write_text(json.dumps({'featurizer': featurizer, 'model': 'krr', 'seed': 0,
+                                                    'settings': {}}))
+    assert train_entry.main(['--config', str(output / 'config.json'), '--records', str(output / 'records.json'),
+                             '--output', str(output)]) == 0
+
+
+def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_60, tmp_path):
+    """metrics.json's ``warnings`` (the voltnet-train script's record of the package's own warnings) are written to
+    the calculation's log, where ``verdi process report`` shows them, and stay in the ``metrics`` output."""
+    _train_krr(csv_60, tmp_path, 'paper')
     files = {name: (tmp_path / name).read_bytes()
              for name in ('status.json', 'metrics.json', 'model/config.json', 'model/arrays.safetensors')}
     results, calcfunction = _parse(aiida_localhost, files)
@@ -158,15 +163,7 @@ def test_an_unreadable_metrics_file_is_a_failed_job_not_a_parser_exception(aiida
     """metrics.json is written after the model, not atomically: a job killed while writing it left a file cut
     short, and the parser raised (the job excepted, and its restart work chain with it). It is now reported as
     an output file that could not be read; a walltime kill reported by the scheduler stays 120."""
-    from aiida_voltnet.cli import train_entry
-    from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
-
-    with csv_60.open(newline='') as handle:
-        (tmp_path / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
-    (tmp_path / 'config.json').write_text(json.dumps({'featurizer': 'leakfree', 'model': 'krr', 'seed': 0,
-                                                      'settings': {}}))
-    assert train_entry.main(['--config', str(tmp_path / 'config.json'), '--records', str(tmp_path / 'records.json'),
-                             '--output', str(tmp_path)]) == 0
+    _train_krr(csv_60, tmp_path, 'leakfree')
     files = {name: (tmp_path / name).read_bytes() for name in ('model/config.json', 'model/arrays.safetensors')}
     metrics = (tmp_path / 'metrics.json').read_bytes()
     for content, said in [(metrics[:len(metrics) // 2], 'metrics.json (unreadable, not JSON: '),
