@@ -119,36 +119,41 @@ def select_candidates(predictions: orm.ArrayData, selection: orm.Dict):
 @record_sources
 @calcfunction
 def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: orm.Dict, **verified):
-    """The ML-vs-DFT table of a screen: one row per candidate predicted (``predictions``), with the DFT voltage of
-    the verified ones (``verified``: ``{battery_id: Float}``) and why the others failed (``outcomes``:
-    ``{battery_id: message}`` from the work chain).
+    """The ML-vs-DFT table of a screen: one row per selected candidate, with its prediction (from ``predictions``),
+    the DFT voltage of the verified ones (``verified``: ``{battery_id: Float}``) and why the others failed
+    (``outcomes``: ``{battery_id: message}`` from the work chain). The candidates predicted and not selected have no
+    row: their voltage and uncertainty are in ``predictions`` alone, so that the summary's size is bounded by the
+    selection (``top_k``), not by the number of candidates screened.
 
-    :returns: ``Dict`` with ``rows`` (battery_id, working_ion, ml_voltage, ml_uncertainty, selected, dft_voltage,
-        difference, status), ``rejected`` (candidates that could not be predicted, with why),
-        ``failed_references`` (``{ion: message}`` of a failed metal reference), ``n_candidates``, ``n_selected``,
+    :returns: ``Dict`` with ``rows`` (battery_id, working_ion, ml_voltage, ml_uncertainty, dft_voltage, difference,
+        status), ``rejected`` (candidates that could not be predicted, with why), ``failed_references``
+        (``{ion: message}`` of a failed metal reference), ``n_candidates``, ``n_predicted``, ``n_selected``,
         ``n_verified``, ``n_not_verified`` (selected but not submitted: its status says why), ``n_failed``
         (submitted and failed) and ``mae_verified``.
     """
     mean, std = predictions.get_array('mean'), predictions.get_array('std')
     ids, ions = predictions.get_array('battery_ids'), predictions.get_array('working_ions')
     chosen, messages = set(selected.get_list()), outcomes.get_dict()
-    rows, errors = [], []
     predicted = [str(battery_id) for battery_id in ids]
+    unknown = sorted(chosen - set(predicted))
+    if unknown:
+        raise ValueError(f'selected candidate(s) {", ".join(map(repr, unknown))} are not among the predictions')
+    rows, errors = [], []
     for i, battery_id in enumerate(predicted):
+        if battery_id not in chosen:
+            continue
         row = {'battery_id': battery_id, 'working_ion': str(ions[i]), 'ml_voltage': float(mean[i]),
-               'ml_uncertainty': float(std[i]), 'selected': battery_id in chosen, 'dft_voltage': None,
-               'difference': None, 'status': 'not selected'}
+               'ml_uncertainty': float(std[i]), 'dft_voltage': None, 'difference': None,
+               'status': messages.get(battery_id, 'failed')}
         if battery_id in verified:
             row['dft_voltage'] = verified[battery_id].value
             row['difference'] = row['ml_voltage'] - row['dft_voltage']
             row['status'] = 'verified'
             errors.append(abs(row['difference']))
-        elif battery_id in chosen:
-            row['status'] = messages.get(battery_id, 'failed')
         rows.append(row)
     # selected but never submitted (VerifyWorkChain would have refused it, or its metal reference failed): not a
     # failed verification
-    not_verified = sum(1 for row in rows if row['selected'] and row['status'].startswith('not verified'))
+    not_verified = sum(1 for row in rows if row['status'].startswith('not verified'))
     known = set(predicted)
     # the work chain's failed metal references are keyed 'metal:<ion>': not candidates, so not 'rejected'
     references = {name[len('metal:'):]: message for name, message in messages.items() if name.startswith('metal:')}
@@ -158,11 +163,12 @@ def summarize_screen(predictions: orm.ArrayData, selected: orm.List, outcomes: o
         'rows': rows,
         'rejected': rejected,
         'failed_references': references,
-        'n_candidates': len(rows) + len(rejected),
-        'n_selected': len(chosen),
+        'n_candidates': len(predicted) + len(rejected),
+        'n_predicted': len(predicted),
+        'n_selected': len(rows),
         'n_verified': len(errors),
         'n_not_verified': not_verified,
-        'n_failed': len(chosen) - len(errors) - not_verified,
+        'n_failed': len(rows) - len(errors) - not_verified,
         'mae_verified': sum(errors) / len(errors) if errors else None,
     })
 

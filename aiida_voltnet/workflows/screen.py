@@ -383,7 +383,7 @@ class ScreenWorkChain(WorkChain):
         if summary['n_selected'] and not summary['n_verified']:
             if not summary['n_failed']:  # none could be submitted: no verification failed
                 reasons = sorted({row['status'][len('not verified: '):] for row in summary['rows']
-                                  if row['selected'] and row['status'].startswith('not verified: ')})
+                                  if row['status'].startswith('not verified: ')})
                 if summary['failed_references']:  # a failed DFT job, not a family that cannot serve
                     return self.exit_codes.ERROR_METAL_REFERENCE_FAILED.format(message='; '.join(reasons))
                 return self.exit_codes.ERROR_UNKNOWN_PSEUDO_FAMILY.format(message='; '.join(reasons))

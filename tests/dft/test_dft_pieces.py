@@ -2,6 +2,8 @@
 electrode energies, selection and summary calculation functions, the protocols and the pw.x builders."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 from aiida import orm
@@ -102,13 +104,32 @@ def test_summarize_screen_rows(aiida_profile):
                                orm.Dict({'c2': 'failed: exit 202', 'bad': 'rejected: host frameworks differ',
                                          'metal:Na': 'Na metal reference PwBaseWorkChain<7> failed'}),
                                c0=orm.Float(3.5)).get_dict()
-    assert summary['n_candidates'] == 4 and summary['n_selected'] == 2
+    assert (summary['n_candidates'], summary['n_predicted'], summary['n_selected']) == (4, 3, 2)
     assert (summary['n_verified'], summary['n_not_verified'], summary['n_failed']) == (1, 0, 1)
     assert summary['mae_verified'] == pytest.approx(0.4)
+    # a row per selected candidate only: c1's prediction is in the predictions array, not repeated here
     status = {row['battery_id']: row['status'] for row in summary['rows']}
-    assert status == {'c0': 'verified', 'c1': 'not selected', 'c2': 'failed: exit 202'}
+    assert status == {'c0': 'verified', 'c2': 'failed: exit 202'}
+    c2 = next(row for row in summary['rows'] if row['battery_id'] == 'c2')
+    assert (c2['ml_voltage'], c2['ml_uncertainty'], c2['dft_voltage']) == (pytest.approx(4.4), pytest.approx(0.3), None)
     assert summary['rejected'] == {'bad': 'rejected: host frameworks differ'}  # the metal reference is no candidate
     assert summary['failed_references'] == {'Na': 'Na metal reference PwBaseWorkChain<7> failed'}
+
+
+def test_summarize_screen_size_follows_the_selection(aiida_profile):
+    """A screen of many candidates: the summary holds the selected ones, not a row per candidate (5,000 rows were
+    about 1 MB of attributes, 50,000 about 10 MB)."""
+    n = 5000
+    predictions = _predictions([2.0 + i / n for i in range(n)], [0.1] * n)
+    summary = summarize_screen(predictions, orm.List(['c4999', 'c4998']), orm.Dict(), c4999=orm.Float(3.0))
+    assert summary['n_candidates'] == n and summary['n_predicted'] == n and summary['n_selected'] == 2
+    assert [row['battery_id'] for row in summary['rows']] == ['c4998', 'c4999']
+    assert len(json.dumps(summary.get_dict())) < 2000
+
+
+def test_summarize_screen_refuses_a_selection_not_predicted(aiida_profile):
+    with pytest.raises(ValueError, match="selected candidate.s. 'c7' are not among the predictions"):
+        summarize_screen(_predictions([3.9], [0.1]), orm.List(['c0', 'c7']), orm.Dict())
 
 
 def test_add_verified_records_targets_the_dft_voltage(aiida_profile):
