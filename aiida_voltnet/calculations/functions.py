@@ -404,7 +404,9 @@ def check_training_targets(dataset: ElectrodeDataset | list, settings: dict, pur
     the target value), or None."""
     target = settings.get('target', 'average_voltage')
     records = dataset if isinstance(dataset, list) else dataset_records(dataset)
-    missing = [r.battery_id for r in records if getattr(r, target) is None]
+    # a record read from a CSV is named by its line too, as the reader names a malformed row
+    missing = [f'line {r.line} (battery_id {r.battery_id!r})' if r.line is not None else r.battery_id
+               for r in records if getattr(r, target) is None]
     if missing:
         return f'{len(missing)} record(s) have no {target} to {purpose}, e.g. {", ".join(missing[:3])}'
     return None

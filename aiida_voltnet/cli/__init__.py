@@ -91,7 +91,7 @@ def _model_param(ctx, param, values) -> dict:
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
-    from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model
+    from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model, training_targets
     import hashlib
 
     from aiida_voltnet.ml.records import ElectrodeDataError, decode_csv, read_electrodes_csv
@@ -121,6 +121,10 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
                                n_rows=len(records), model_params=model_params or None)
     except ValueError as exception:
         _fail(str(exception))
+    try:  # a row without the voltage, named by its line, before the training is announced
+        training_targets(records)
+    except ElectrodeDataError as exception:
+        _fail(f'{data}: {exception}')
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
     try:
         with warnings.catch_warnings(record=True) as caught:  # the leak was said above; library noise is dropped

@@ -994,9 +994,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
                            seed=seed, model=model, n_rows=len(records), model_params=model_params)
     if model_params is not None:
         model_params = check_model_params(model, model_params)  # as plain JSON values
-    if records and all(getattr(r, target) is None for r in records):
-        raise ElectrodeDataError(f'none of the {len(records)} records has a value of {target} to train on: the '
-                                 'data lack the column', field=target)
+    y = training_targets(records, target)
     spec = MODEL_SPECS[model]
     started = time.perf_counter()
     if isinstance(featurizer, str):
@@ -1004,7 +1002,6 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
             if featurizer == 'paper':
                 warnings.simplefilter('always')
             featurizer = get_featurizer(featurizer, **(featurizer_options or {}))
-    y = np.array([_target(r, target) for r in records], dtype=np.float64)
     X = featurizer.fit_transform(records)
     n_members = members if members is not None else spec['members']
     fit = dict(spec=spec, n_members=n_members, seed=seed, device=device, train_overrides=train_overrides,
@@ -1117,6 +1114,18 @@ def _calibrate_spread(records, X, y, fit, seed) -> dict | None:
     return {'scale': scale, 'n_rows': int(len(held)), 'method': 'grouped 10% of training frameworks, 68.27% '
             'quantile of |error|/spread', 'coverage_1sigma_after': float(np.mean(ratio <= scale)),
             'coverage_2sigma_after': float(np.mean(ratio <= 2 * scale))}
+
+
+def training_targets(records: Sequence[ElectrodeRecord], target: str = 'average_voltage') -> np.ndarray:
+    """The ``target`` values of ``records``, to train on.
+
+    :raises ElectrodeDataError: naming the column when no record has the target, else the first record without a
+        finite value (its battery_id and line).
+    """
+    if records and all(getattr(r, target) is None for r in records):
+        raise ElectrodeDataError(f'none of the {len(records)} records has a value of {target} to train on: the '
+                                 'data lack the column', field=target)
+    return np.array([_target(r, target) for r in records], dtype=np.float64)
 
 
 def _target(record: ElectrodeRecord, target: str) -> float:
