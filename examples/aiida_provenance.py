@@ -42,6 +42,14 @@ def main(argv=None):
         print(f'cannot load profile {args.profile!r} ({type(exception).__name__}: {exception}); run `voltnet '
               'quickstart` first, or give an existing profile with --profile', file=sys.stderr)
         return 1
+    from aiida.manage import get_manager
+
+    try:  # the storage opens lazily: a deleted SQLite file or an unreachable database raised at the first query
+        get_manager().get_profile_storage()
+    except Exception as exception:  # noqa: BLE001 - each storage backend raises its own kinds
+        print(f'cannot open the storage of profile {args.profile!r} ({type(exception).__name__}: {exception}); '
+              f'check it with `verdi -p {args.profile} status`', file=sys.stderr)
+        return 1
 
     from aiida_voltnet.data.model import VoltageModelData
     from aiida_voltnet.provenance import list_predictions, prediction_provenance

@@ -390,6 +390,11 @@ def test_aiida_commands_without_a_profile_or_with_bad_data_store_nothing(trained
                              '--protocol', 'fast'], capture_output=True, text=True, env=env, timeout=600)
     assert reused.returncode == 2 and "cannot open the storage of AiiDA profile 'gone': FileNotFoundError" \
         in reused.stderr and 'Traceback' not in reused.stderr, reused.stderr
+    script = Path(__file__).resolve().parents[1] / 'examples' / 'aiida_provenance.py'
+    example = subprocess.run([sys.executable, str(script), '--profile', 'gone'], capture_output=True, text=True,
+                             env=env, timeout=600)
+    assert example.returncode == 1 and "cannot open the storage of profile 'gone' (FileNotFoundError" \
+        in example.stderr and 'Traceback' not in example.stderr, example.stderr
     # voltnet report blamed the CSV ('...database.sqlite: no such file; pass --data CSV')
     full = tmp_path / 'full.csv'
     full.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:151]) + '\n')
