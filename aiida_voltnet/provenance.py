@@ -132,8 +132,13 @@ def dataset_origin(dataset: ElectrodeDataset) -> dict[str, Any]:
 
 def _dataset_summary(dataset: ElectrodeDataset, battery_ids: bool = True) -> dict[str, Any]:
     summary = {**_ref(dataset), 'n_records': dataset.n_records, 'working_ions': dataset.working_ions,
-               'source': dataset.source, 'source_sha256': dataset.source_sha256,
-               'mp_database_version': dataset.mp_database_version, 'origin': dataset_origin(dataset)}
+               'source': dataset.source}
+    # the fingerprint of the source, where it has one: a CSV file's sha256, the Materials Project's database version
+    # (the other's key was printed as None for every dataset)
+    for key, value in (('source_sha256', dataset.source_sha256), ('mp_database_version', dataset.mp_database_version)):
+        if value is not None:
+            summary[key] = value
+    summary['origin'] = dataset_origin(dataset)
     if battery_ids:
         summary['battery_ids'] = dataset.battery_ids()
     return summary

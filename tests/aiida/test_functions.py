@@ -199,6 +199,11 @@ def test_assemble_from_mp(monkeypatch):
     assert seen == {'max_entries': 4}
     assert dataset.source == 'materials_project' and dataset.mp_database_version == '2025.09.25'
     assert dataset.base.attributes.get('mp_n_material_ids') == 2
+    from aiida_voltnet.provenance import _dataset_summary
+
+    summary = _dataset_summary(dataset)  # the MP's fingerprint is the database version; it has no file's sha256
+    assert summary['mp_database_version'] == '2025.09.25' and 'source_sha256' not in summary
+    assert summary['origin']['database_version'] == '2025.09.25'
     assert 'x' * 32 not in str(dataset.creator.inputs.query.get_dict())
     # the live database changes under the same query: with caching on, the query runs again (no cloned dataset)
     from aiida.manage.caching import enable_caching

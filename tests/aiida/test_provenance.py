@@ -35,6 +35,7 @@ def test_batch_prediction_answer(trained, predictions):
         training = answer['training_dataset']
         assert training['uuid'] == trained.train.uuid and training['source'] == 'csv'
         assert training['source_sha256'] == file_sha256(CSV_150)
+        assert 'mp_database_version' not in training  # a CSV's: it was printed as None
         origin = training['origin']
         assert origin['kind'] == 'csv' and origin['sha256'] == file_sha256(CSV_150) and origin['in_graph']
         assert origin['file']['uuid'] == trained.csv.uuid and origin['dataset']['uuid'] == trained.dataset.uuid
