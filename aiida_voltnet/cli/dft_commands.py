@@ -87,6 +87,7 @@ def verify(model_id, pair, protocol, code_label, profile):
         message = check_voltage_model(model)  # before any pw.x job, as VerifyWorkChain's validator would
         if message:
             _fail(f'--model {model_id}: {message}')
+    given = code_label is not None
     if code_label is None:  # the code dft-setup made, on whichever computer it was given
         codes = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': 'pw-debian'}).all(flat=True)
         if len(codes) > 1:
@@ -96,6 +97,16 @@ def verify(model_id, pair, protocol, code_label, profile):
     try:
         code = orm.load_code(code_label)
     except Exception as exception:  # noqa: BLE001 - NotExistent and friends
+        if given:  # a pk or uuid of another kind of node was said to be 'no Code found'
+            try:
+                other = orm.load_node(code_label)
+            except Exception:  # noqa: BLE001 - no node of that identifier either: the code's message stands
+                other = None
+            if other is not None and not isinstance(other, orm.AbstractCode):
+                _fail(f'--code {code_label}: node {code_label} is {type(other).__name__}<{other.pk}>, not a Code '
+                      '(`verdi code list` lists the codes)')
+            _fail(f'--code {code_label}: {exception} (`verdi code list` lists the codes; `voltnet dft-setup` '
+                  'creates pw-debian@localhost)')
         _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
     if code.default_calc_job_plugin != 'quantumespresso.pw':
         _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '

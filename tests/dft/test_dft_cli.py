@@ -41,6 +41,15 @@ def test_verify_refuses_a_code_that_is_no_pw_before_any_job(aiida_profile, aiida
     assert result.exit_code == 2, result.output
     assert "--code bash-not-pw@localhost: its default plugin is 'core.arithmetic.add', not quantumespresso.pw" \
         in result.output
+    # the pk of a node that is no code was answered 'no Code found with ID<pk>'
+    number = orm.Int(3).store()
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', str(number.pk)])
+    assert result.exit_code == 2, result.output
+    assert f'--code {number.pk}: node {number.pk} is Int<{number.pk}>, not a Code' in result.output
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', 'nosuch@localhost'])
+    assert result.exit_code == 2 and '--code nosuch@localhost: no Code found' in result.output, result.output
 
 
 def test_dft_setup_names_a_missing_pw(aiida_profile):
