@@ -9,7 +9,7 @@ import click
 from . import _check_device, _check_output_path, _fail, cli
 
 
-@cli.command(short_help="Reproduce the paper's Tables S1-S4 and Figs S3-S5, with and without its leak.")
+@cli.command()
 @click.option('--out', 'out', required=True, type=click.Path(file_okay=False),
               help='Directory for report.md, report.json and the PNG figures.')
 @click.option('--quick', is_flag=True, help='Smoke settings (1 seed, 3 folds, few epochs, 1500 rows): < 5 min.')
@@ -32,7 +32,7 @@ from . import _check_device, _check_output_path, _fail, cli
 @click.option('--threads', default=1, show_default=True, type=click.IntRange(min=1), hidden=True,
               help='CPU threads for torch and OpenMP (1 avoids oversubscription on a shared CPU).')
 def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs, folds, threads):
-    """Reproduce the paper's Tables S1-S4 and Figs. S3-S5 with and without its target leak."""
+    """Reproduce the paper's Tables S1-S4 and Figures S3-S5, with and without its target leak."""
     from aiida_voltnet.ml.models import MAX_SEED
     from aiida_voltnet.ml.records import ElectrodeDataError
     from aiida_voltnet.report import ReportSettings, build_report
