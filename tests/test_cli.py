@@ -226,6 +226,27 @@ def test_a_structurally_edited_model_config_is_a_bad_model(trained, tmp_path, ed
     assert bad.returncode == 3 and message in bad.stderr and 'Traceback' not in bad.stderr, bad.stderr
 
 
+def test_train_replaces_a_model_but_not_a_users_files(tmp_path):
+    """--out a directory with the user's own config.json: it was overwritten, with 'Replacing the model in ...'."""
+    data = tmp_path / 'train.csv'
+    data.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:61]) + '\n')
+    project = tmp_path / 'project'
+    project.mkdir()
+    (project / 'config.json').write_text('{"my": "project settings"}')
+    (tmp_path / 'weights').mkdir()
+    (tmp_path / 'weights' / 'arrays.safetensors').write_bytes(b'not mine to replace')
+    for out, why in ((project, 'its config.json is no voltnet model config'),
+                     (tmp_path / 'weights', 'it holds arrays.safetensors without a config.json')):
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        bad = run('train', '--data', str(data), '--out', str(out), '--model', 'krr', check=False)
+        assert bad.returncode == 2 and f'--out {out}: {why}' in bad.stderr, bad.stderr
+        assert 'Training ' not in bad.stderr and {p.name: p.read_bytes() for p in out.iterdir()} == before
+    model = tmp_path / 'model'
+    run('train', '--data', str(data), '--out', str(model), '--model', 'krr')
+    again = run('train', '--data', str(data), '--out', str(model), '--model', 'krr', '--seed', '1')
+    assert f'Replacing the model in {model}' in again.stderr
+
+
 def test_a_training_row_without_a_voltage_is_named_with_its_file(tmp_path):
     lines = SHARED_CSV.read_text().splitlines()
     header = lines[0].split(',')

@@ -97,6 +97,7 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     from aiida_voltnet.ml.records import ElectrodeDataError, decode_csv, read_electrodes_csv
 
     _check_output_path(out, directory=True)
+    _check_replaceable_model(out)
     _check_device(device)
     try:  # read once: the sha256 recorded in the model is that of the bytes trained on (a pipe reads only once,
         content = Path(data).read_bytes()  # and a file may change while the model trains)
@@ -150,6 +151,28 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     config = json.loads((directory / 'config.json').read_text())
     click.echo(f'Wrote {directory} (model version {config["model_version"][:16]}, '
                f'{model.n_parameters} parameters, {model.metadata["wall_time_s"]:.1f} s)')
+
+
+def _check_replaceable_model(out):
+    """Fail before any work when directory ``out`` holds a ``config.json`` or ``arrays.safetensors`` that is not a
+    voltnet model's: the training writes both there, and a user's own ``config.json`` was overwritten with 'Replacing
+    the model'."""
+    config, weights = Path(out) / 'config.json', Path(out) / 'arrays.safetensors'
+    if not config.exists() and not weights.exists():
+        return
+    why = None
+    if not config.is_file():
+        why = f'it holds {weights.name} without a config.json'
+    else:
+        try:
+            content = json.loads(config.read_bytes())
+        except (OSError, ValueError):  # not JSON, not UTF-8, unreadable
+            content = None
+        if not isinstance(content, dict) or not {'format_version', 'model_version'} <= set(content):
+            why = 'its config.json is no voltnet model config (no format_version and model_version)'
+    if why:
+        _fail(f'--out {out}: {why}; voltnet train writes config.json and arrays.safetensors there and would '
+              'overwrite them: choose another directory')
 
 
 def _check_output_path(path, directory: bool):
