@@ -69,8 +69,23 @@ def test_every_model_trains_saves_and_reloads_identically(records, tmp_path, nam
     again = VoltageModel.load(tmp_path / name)
     mean2, std2 = again.predict(records[:20], device='cpu')
     assert np.array_equal(mean, mean2) and np.array_equal(std, std2)
+    # no records, no rows: a numpy broadcast error before
+    assert [a.shape for a in again.predict([], device='cpu')] == [(0,), (0,)]
+    assert again.featurizer.transform([]).shape == (0, again.featurizer.n_features)
     config = json.loads((tmp_path / name / 'config.json').read_text())
     assert config['n_parameters'] == model.n_parameters > 0 and len(config['model_version']) == 64
+
+
+def test_a_featurizer_is_not_fitted_on_no_records():
+    from aiida_voltnet.ml.featurizers import get_featurizer
+
+    for name in ('leakfree', 'paper'):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            featurizer = get_featurizer(name)
+        for fit in (featurizer.fit, featurizer.fit_transform):
+            with pytest.raises(ValueError, match='a featurizer cannot be fitted on no records'):
+                fit([])
 
 
 def test_training_is_deterministic_on_cpu(records):

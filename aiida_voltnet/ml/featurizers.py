@@ -452,6 +452,13 @@ def _refuse_unknown_options(name: str, options: dict, known: Sequence[str]) -> N
                          f'{", ".join(known)}')
 
 
+def _records_to_fit(records: Sequence[ElectrodeRecord]) -> list[ElectrodeRecord]:
+    records = list(records)
+    if not records:
+        raise ValueError('a featurizer cannot be fitted on no records')
+    return records
+
+
 class Featurizer:
     """Base class: ``fit`` on training records, ``transform`` any records, state as arrays + JSON config."""
 
@@ -478,17 +485,20 @@ class Featurizer:
         """
 
     def fit(self, records: Sequence[ElectrodeRecord]) -> 'Featurizer':
-        self._fit_raw(self.raw(records))
+        self._fit_raw(self.raw(_records_to_fit(records)))
         self.fitted = True
         return self
 
     def transform(self, records: Sequence[ElectrodeRecord]) -> np.ndarray:
         if not self.fitted:
             raise RuntimeError(f'featurizer {self.name!r} is not fitted')
+        records = list(records)
+        if not records:  # no rows, the fitted columns (raw() of nothing has no column count to transform)
+            return np.zeros((0, self.n_features), dtype=np.float32)
         return self._transform_raw(self.raw(records)).astype(np.float32)
 
     def fit_transform(self, records: Sequence[ElectrodeRecord]) -> np.ndarray:
-        raw = self.raw(records)
+        raw = self.raw(_records_to_fit(records))
         self._fit_raw(raw)
         self.fitted = True
         return self._transform_raw(raw).astype(np.float32)

@@ -628,6 +628,9 @@ class VoltageModel:
                 check_ions: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Mean and uncertainty (V): the ensemble's standard deviation times its calibration scale (0 for a single
         model)."""
+        records = list(records)
+        if not records:  # nothing to predict (a filtered list came out empty): no rows, not a shape error
+            return np.zeros(0), np.zeros(0)
         if check_ions:
             self.check_records(records)
         return self.predict_features(self.featurizer.transform(records), device=device)
