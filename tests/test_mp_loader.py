@@ -410,6 +410,15 @@ def test_record_from_doc_rejects_non_finite_numbers():
     with pytest.raises(ElectrodeDataError) as info:
         record_from_mp_doc(doc)
     assert (info.value.battery_id, info.value.field) == ('mp-1111695_K', 'adj_pairs')
+    # an integer beyond the float range (mp-api's JSON decoder refuses one; a Python caller may not) raised
+    # OverflowError
+    for field, edit in (('capacity_grav', lambda d: d.update(capacity_grav=10 ** 400)),
+                        ('adj_pairs', lambda d: d['adj_pairs'][0].update(average_voltage=10 ** 400))):
+        doc = copy.deepcopy(load_fixture('insertion_electrodes.json')['data'][2])
+        edit(doc)
+        with pytest.raises(ElectrodeDataError, match='expected a finite number, got an integer of 401 digits') as info:
+            record_from_mp_doc(doc)
+        assert (info.value.battery_id, info.value.field) == ('mp-1111695_K', field)
 
 
 def test_record_from_doc_without_symmetry(csv_records):

@@ -408,7 +408,10 @@ def _as_number(value: Any, fail) -> float | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         fail(f'expected a number, got {value!r}')
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond the float range: 10**400
+        fail(f'expected a finite number, got an integer of {len(str(abs(value)))} digits')
     if not math.isfinite(value):
         fail(f'expected a finite number, got {value!r}')
     return value
