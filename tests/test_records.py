@@ -77,6 +77,13 @@ def test_row_parses_into_typed_fields():
     # the space group and the crystal system are both features: a row where they disagree is a typo
     (',Tetragonal,136,', ',Cubic,136,', 'charge_crystal_system'),
     (',Monoclinic,3', ',Triclinic,3', 'discharge_crystal_system'),
+    # a step's own numbers: max_delta_volume is a training target (Fig. S5), and a fraction is in 0..1
+    ('max_delta_volume=0.11', 'max_delta_volume=-5', 'adj_pairs'),
+    ('fracA_discharge=0.2', 'fracA_discharge=7', 'adj_pairs'),
+    ('fracA_charge=0.0', 'fracA_charge=-0.1', 'adj_pairs'),
+    ('capacity_grav=236.3', 'capacity_grav=-236.3', 'adj_pairs'),
+    ('average_voltage=1.03', 'average_voltage=1030', 'adj_pairs'),
+    ('average_voltage=1.03', 'average_voltage=None', 'adj_pairs'),
 ])
 def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert old in ROW

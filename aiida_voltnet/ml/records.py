@@ -506,6 +506,10 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
     if record.average_voltage is not None and abs(record.average_voltage) > MAX_ABS_VOLTAGE:
         fail(f'average_voltage {record.average_voltage:g} V lies beyond +/-{MAX_ABS_VOLTAGE} V, which no insertion '
              'electrode reaches (a value in mV?)', 'average_voltage')
+    for index, step in enumerate(record.steps):  # as the row's own columns; max_delta_volume is also a target
+        problem = _step_problem(step)
+        if problem:
+            fail(f'step {index}: {problem}', 'adj_pairs')
     if updates:
         checked = dataclasses.replace(record, **updates)
         for name in ('composition_charge', 'composition_discharge'):  # same formulas: keep the parsed ones
@@ -515,6 +519,25 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
         checked = record
     checked.__dict__[_VALIDATED] = True  # immutable record (frozen), so it stays valid; see is_validated
     return checked
+
+
+def _step_problem(step: VoltageStep) -> str | None:
+    """What is impossible in one voltage step (``adj_pairs`` element): a negative capacity or volume change, an ion
+    fraction outside 0..1, a voltage no insertion electrode reaches; or None."""
+    for name in ('capacity_grav', 'capacity_vol', 'max_delta_volume'):
+        value = getattr(step, name)
+        if value is not None and value < 0:
+            return f'{name} must not be negative, got {value!r}'
+    for name, key in (('frac_charge', 'fracA_charge'), ('frac_discharge', 'fracA_discharge')):
+        value = getattr(step, name)
+        if value is not None and not 0 <= value <= 1:
+            return f'{key} is the fraction of the working ion, in 0..1, got {value!r}'
+    if step.average_voltage is None:  # InsertionVoltagePairDoc(average_voltage=None)
+        return 'average_voltage is missing'
+    if abs(step.average_voltage) > MAX_ABS_VOLTAGE:
+        return (f'average_voltage {step.average_voltage:g} V lies beyond +/-{MAX_ABS_VOLTAGE} V, which no insertion '
+                'electrode reaches')
+    return None
 
 
 #: Key in a record's ``__dict__`` set by :func:`validate_record` (not a field: equality, hashing, ``to_dict``,
