@@ -84,6 +84,9 @@ def test_row_parses_into_typed_fields():
     ('capacity_grav=236.3', 'capacity_grav=-236.3', 'adj_pairs'),
     ('average_voltage=1.03', 'average_voltage=1030', 'adj_pairs'),
     ('average_voltage=1.03', 'average_voltage=None', 'adj_pairs'),
+    # pymatgen drops a zero count: the host was featurized without the element (only the ion may be absent)
+    ('Li0TiO2,Li0.75TiO2', 'Li0TiO2Sr0,Li0.75TiO2', 'formula_charge'),
+    ('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.75TiO2Fe0.000000001', 'formula_discharge'),
 ])
 def test_malformed_row_names_line_battery_and_field(old, new, field):
     assert old in ROW

@@ -212,6 +212,10 @@ MAX_ABS_VOLTAGE = 20
 MAX_FORMULA_AMOUNT = 10_000
 
 
+#: An element symbol in a formula's text (pymatgen's formula grammar: a capital and an optional small letter).
+_ELEMENT_SYMBOL = re.compile(r'[A-Z][a-z]?')
+
+
 def parse_formula(formula: str) -> Composition:
     """Parse a formula with pymatgen, keeping explicit zero counts (``Li0CoO2``) and refusing dummy species."""
     if not isinstance(formula, str) or not formula.strip():
@@ -450,6 +454,12 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
     if x_charge == 0 and x_discharge == 0:
         fail(f'working ion {ion} is in neither formula ({record.formula_charge}, {record.formula_discharge})',
              'working_ion')
+    for name in ('formula_charge', 'formula_discharge'):  # pymatgen drops a zero count: 'Fe0PO4' is PO4 to it
+        formula = getattr(record, name)
+        absent = sorted(set(_ELEMENT_SYMBOL.findall(formula)) - {str(el) for el in compositions[name]} - {ion})
+        if absent:
+            fail(f'formula {formula!r} gives {", ".join(absent)} no atoms (a zero or vanishing count): only the '
+                 f'working ion {ion} may be absent from a formula (as in Li0CoO2)', name)
     if math.isclose(x_charge, x_discharge, abs_tol=1e-9):
         fail(f'charged and discharged formulas hold the same amount of {ion} per host atom', 'formula_discharge')
     # x_discharge < x_charge happens in 22 Materials Project rows (e.g. mp-760302_Li, battery formula
