@@ -302,13 +302,9 @@ def _read_structure_file(option: str, path: str):
     return Structure.from_dict(document)
 
 
-def _structure_pair_record(charged: str, discharged: str, ion: str):
-    """The record of a pair of structure files (:func:`~aiida_voltnet.ml.structures.record_from_structures`), or
-    exit with the file pymatgen could not read."""
-    from pymatgen.core import Structure
-
-    from aiida_voltnet.ml.structures import record_from_structures
-
+def read_structure_pair(charged: str, discharged: str) -> list:
+    """The pymatgen ``Structure``s of the files ``charged`` and ``discharged``, or exit naming the option and the
+    file pymatgen could not read."""
     structures = []
     for option, path in (('--charged', charged), ('--discharged', discharged)):
         if not _has_structure_name(path):  # pymatgen picks the reader by the name alone
@@ -319,7 +315,15 @@ def _structure_pair_record(charged: str, discharged: str, ion: str):
         except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
             _fail(f'{option} {path}: not a structure file pymatgen can read ({type(exception).__name__}: '
                   f'{exception})')
-    return record_from_structures(*structures, ion, battery_id=f'{charged}->{discharged}')
+    return structures
+
+
+def _structure_pair_record(charged: str, discharged: str, ion: str):
+    """The record of a pair of structure files (:func:`~aiida_voltnet.ml.structures.record_from_structures`), or
+    exit with the file pymatgen could not read."""
+    from aiida_voltnet.ml.structures import record_from_structures
+
+    return record_from_structures(*read_structure_pair(charged, discharged), ion, battery_id=f'{charged}->{discharged}')
 
 
 def _check_device(device):

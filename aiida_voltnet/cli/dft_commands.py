@@ -62,14 +62,29 @@ def dft_setup(profile, embedded, computer_label, pw_executable):
 
 @cli.command()
 @click.option('--model', 'model_id', default=None, help='pk or uuid of a voltage model to compare with.')
-@click.option('--pair', default='LiCoO2', show_default=True, type=click.Choice(['LiCoO2', 'LiNiO2']),
-              help='Built-in layered-oxide pair (R-3m, Li removed for the charged cell).')
+@click.option('--pair', default=None, type=click.Choice(['LiCoO2', 'LiNiO2']),
+              help='Built-in layered-oxide pair (R-3m, Li removed for the charged cell)  [default: LiCoO2, unless '
+                   '--charged/--discharged are given]')
+@click.option('--charged', type=click.Path(exists=True, dir_okay=False),
+              help='Structure file of your own charged (ion-poor) member: CIF, POSCAR, ... whatever pymatgen reads; '
+                   'with --discharged and --ion, instead of --pair.')
+@click.option('--discharged', type=click.Path(exists=True, dir_okay=False),
+              help='Structure file of the discharged (ion-rich) member, the same host framework.')
+@click.option('--ion', default=None, help='Working ion of --charged/--discharged, e.g. Li.')
 @click.option('--protocol', default='balanced', show_default=True, type=click.Choice(['ci', 'balanced', 'precise']),
               help='DFT settings (see docs/dft.md).')
 @click.option('--code', 'code_label', default=None, help='pw.x code label (default: the one voltnet dft-setup made).')
+@click.option('--pseudo-family', default=None,
+              help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup, which "
+                   'has Li, Co, Fe, Ni and O only).')
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
-def verify(model_id, pair, protocol, code_label, profile):
-    """DFT-verify a built-in pair with Quantum ESPRESSO (runs here, in this interpreter) beside the ML prediction."""
+def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseudo_family, profile):
+    """DFT-verify a pair with Quantum ESPRESSO (runs here, in this interpreter) beside the ML prediction.
+
+    The pair is a built-in one (--pair) or your own two structure files (--charged, --discharged, --ion), which
+    become the StructureData inputs of VerifyWorkChain: ci and balanced take the cells as given (bring relaxed
+    ones), precise relaxes both first.
+    """
     import time
 
     from aiida import orm
@@ -80,6 +95,18 @@ def verify(model_id, pair, protocol, code_label, profile):
 
     from aiida_voltnet.data.model import VoltageModelData
 
+    files = [option for option, value in (('--charged', charged), ('--discharged', discharged), ('--ion', ion))
+             if value is not None]
+    if files and pair is not None:
+        _fail(f'--pair {pair} and {", ".join(files)}: give a built-in pair or your own structure files, not both')
+    if files and len(files) < 3:
+        missing = sorted({'--charged', '--discharged', '--ion'} - set(files))
+        _fail(f'{", ".join(files)} without {", ".join(missing)}: your own pair needs --charged, --discharged and --ion')
+    structures = None
+    if files:  # read before the profile: a file pymatgen cannot read stops here
+        from . import read_structure_pair
+
+        structures = read_structure_pair(charged, discharged)
     model = _load_node(model_id, profile, VoltageModelData) if model_id else _load_profile(profile)
     if model_id:
         from aiida_voltnet.calculations.functions import check_voltage_model
@@ -111,10 +138,15 @@ def verify(model_id, pair, protocol, code_label, profile):
     if code.default_calc_job_plugin != 'quantumespresso.pw':
         _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '
               '(a pw.x code; `voltnet dft-setup` creates pw-debian@localhost)')
-    charged, discharged = layered_oxide_pair(pair[2:4])
-    overrides = {'model': model} if model_id else {}
-    builder = VerifyWorkChain.get_builder_from_protocol(code, charged, discharged, 'Li', protocol=protocol,
-                                                        overrides=overrides)
+    if structures is not None:
+        cells = [orm.StructureData(pymatgen=structure) for structure in structures]
+        name = f'{structures[1].composition.reduced_formula} / {structures[0].composition.reduced_formula} ({ion})'
+    else:
+        pair = pair or 'LiCoO2'
+        cells, ion, name = layered_oxide_pair(pair[2:4]), 'Li', pair
+    overrides = {**({'model': model} if model_id else {}),
+                 **({'pseudo_family': orm.Str(pseudo_family)} if pseudo_family else {})}
+    builder = VerifyWorkChain.get_builder_from_protocol(code, *cells, ion, protocol=protocol, overrides=overrides)
     started = time.perf_counter()
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
     try:
@@ -129,7 +161,7 @@ def verify(model_id, pair, protocol, code_label, profile):
         _fail(f'refused before any pw.x job: {exception}')
     if not node.is_finished_ok:
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
-    line = f'{pair}: DFT {results["dft_voltage"].value:.3f} V'
+    line = f'{name}: DFT {results["dft_voltage"].value:.3f} V'
     if 'ml_voltage' in results:
         spread = f' +/- {results["ml_uncertainty"].value:.3f}' if 'ml_uncertainty' in results else ''
         line += f', ML {results["ml_voltage"].value:.3f}{spread} V, ML - DFT {results["difference"].value:+.3f} V'

@@ -172,12 +172,16 @@ def _cells(inputs, make_metal=None) -> dict:
 def launch_refusal(inputs) -> tuple[str, dict] | None:
     """What no DFT run can fix, as (exit code label, the arguments of its message), or None: a pair that is not one
     electrode (201), an element without a pseudopotential (202), a family that is not installed or lacks the cutoff
-    stringency (203), a model that refuses the pair (204).
+    stringency (203), a model that refuses the pair (204), a cell with partial occupancies or vacancies (205).
 
     ``VerifyWorkChain.validate_inputs`` refuses these at launch, before anything is stored, and ``setup`` checks
     again when the step runs. In ``voltnet.screen``'s ``verify`` namespace (no pair) only the family is checked.
     """
     pair = all(key in inputs for key in ('charged', 'discharged', 'working_ion'))
+    for which in ('charged', 'discharged', 'ion_metal'):  # a pw.x cell: one element per site, every site occupied
+        structure = inputs.get(which)
+        if structure is not None and (structure.is_alloy or structure.has_vacancies):
+            return 'ERROR_DISORDERED_STRUCTURE', {'which': which, 'formula': structure.get_formula()}
     if pair:
         try:
             record = functions.pair_record(inputs['charged'], inputs['discharged'],
@@ -266,6 +270,10 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
                        message='pseudopotential family {family} has no pseudopotential for {elements} ({where})')
         spec.exit_code(203, 'ERROR_UNKNOWN_PSEUDO_FAMILY', message='{message}')
         spec.exit_code(204, 'ERROR_PREDICTION_REFUSED', message='the ML prediction was refused: {message}')
+        spec.exit_code(205, 'ERROR_DISORDERED_STRUCTURE',
+                       message='the {which} cell {formula} has partial occupancies or vacancies; pw.x needs an '
+                               "ordered cell (order it first, e.g. with pymatgen's "
+                               'OrderDisorderedStructureTransformation)')
         spec.exit_code(401, 'ERROR_DFT_FAILED',
                        message='the DFT calculation of the {which} cell failed: {process}<{pk}> exit status '
                                '{status}: {message}')

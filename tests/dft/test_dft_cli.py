@@ -137,3 +137,54 @@ def test_verify_does_not_call_an_exception_in_a_step_a_launch_refusal(aiida_prof
     assert result.exit_code == 1, result.output
     assert 'refused before any pw.x job' not in result.output
     assert 'excepted: ValueError: raised in a step (verdi process report ' in result.output
+
+
+def test_verify_runs_a_pair_of_the_users_structure_files(aiida_profile, pw, small_model, tmp_path):
+    """`voltnet verify` ran the two built-in layered oxides only; a user's own pair (structure files and an ion)
+    is now read as `voltnet predict` reads it and run by the same VerifyWorkChain, the cells as its inputs."""
+    from aiida import orm
+
+    from aiida_voltnet.dft import layered_oxide_pair
+    from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    model, _ = small_model
+    charged, discharged = (cell.get_pymatgen() for cell in layered_oxide_pair('Co'))
+    charged.to(filename=str(tmp_path / 'CoO2.cif'))
+    discharged.to(filename=str(tmp_path / 'POSCAR'), fmt='poscar')
+    own = ['verify', '--profile', aiida_profile.name, '--protocol', 'ci', '--code', pw.full_label]
+    files = ['--charged', str(tmp_path / 'CoO2.cif'), '--discharged', str(tmp_path / 'POSCAR'), '--ion', 'Li']
+    result = CliRunner().invoke(cli, [*own, '--model', str(model.pk), *files])
+    assert result.exit_code == 0, result.output
+    match = re.search(r'LiCoO2 / CoO2 \(Li\): DFT (\d\.\d+) V, ML (\d\.\d+) \+/- 0\.000 V, ML - DFT ([+-]\d\.\d+) V '
+                      r' +\(VerifyWorkChain<(\d+)>', result.output)
+    assert match, result.output
+    node = orm.load_node(int(match.group(4)))
+    assert node.process_class is VerifyWorkChain and node.is_finished_ok
+    assert node.inputs.working_ion.value == 'Li' and node.inputs.model.uuid == model.uuid
+    assert node.inputs.charged.get_formula() == 'CoO2' and node.inputs.discharged.get_formula() == 'CoLiO2'
+    assert 3.0 < float(match.group(1)) < 4.0  # the ci protocol's LiCoO2 voltage (3.42 V in docs/dft.md)
+
+    # refused before anything is stored: each names what is wrong
+    lfp = shipped_structure_pairs()['LiFePO4']
+    lfp['charged'].get_pymatgen().to(filename=str(tmp_path / 'FePO4.cif'))
+    lfp['discharged'].get_pymatgen().to(filename=str(tmp_path / 'LiFePO4.cif'))
+    mixed = discharged.copy()
+    mixed.replace_species({'Co': {'Co': 0.5, 'Ni': 0.5}})
+    mixed.to(filename=str(tmp_path / 'mixed.cif'))
+    (tmp_path / 'notes.txt').write_text('not a structure')
+    before = orm.QueryBuilder().append(orm.Node).count()
+    for arguments, message in [
+        (['--pair', 'LiNiO2', *files], '--pair LiNiO2 and --charged, --discharged, --ion: give a built-in pair or'),
+        (files[:4], '--charged, --discharged without --ion: your own pair needs --charged, --discharged and --ion'),
+        (['--charged', str(tmp_path / 'FePO4.cif'), '--discharged', str(tmp_path / 'LiFePO4.cif'), '--ion', 'Li'],
+         'pseudopotential family voltnet/debian/PBEsol has no pseudopotential for P'),
+        (['--charged', str(tmp_path / 'CoO2.cif'), '--discharged', str(tmp_path / 'mixed.cif'), '--ion', 'Li'],
+         'the discharged cell LiO2{Co0.50Ni0.50} has partial occupancies or vacancies; pw.x needs an ordered cell'),
+        ([*files, '--pseudo-family', 'no/such/family'], "pseudopotential family 'no/such/family' is not installed"),
+        (['--charged', str(tmp_path / 'notes.txt'), *files[2:]], 'pymatgen reads a structure file by its name'),
+    ]:
+        refused = CliRunner().invoke(cli, [*own, *arguments])
+        assert refused.exit_code == 2 and message in refused.output, (arguments, refused.output)
+        assert 'Traceback' not in refused.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
