@@ -302,20 +302,23 @@ def _read_structure_file(option: str, path: str):
     return Structure.from_dict(document)
 
 
+def read_structure_file(where: str, path: str):
+    """The pymatgen ``Structure`` of file ``path``, or exit naming ``where`` it was given (an option, a line of a
+    file) and why pymatgen could not read it."""
+    if not _has_structure_name(path):  # pymatgen picks the reader by the name alone
+        _fail(f'{where} {path}: pymatgen reads a structure file by its name (*.cif, POSCAR, *.vasp, *.json, '
+              '...), and this one has none of them: rename it')
+    try:
+        return _read_structure_file(where, path)
+    except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
+        _fail(f'{where} {path}: not a structure file pymatgen can read ({type(exception).__name__}: {exception})')
+
+
 def read_structure_pair(charged: str, discharged: str) -> list:
     """The pymatgen ``Structure``s of the files ``charged`` and ``discharged``, or exit naming the option and the
     file pymatgen could not read."""
-    structures = []
-    for option, path in (('--charged', charged), ('--discharged', discharged)):
-        if not _has_structure_name(path):  # pymatgen picks the reader by the name alone
-            _fail(f'{option} {path}: pymatgen reads a structure file by its name (*.cif, POSCAR, *.vasp, *.json, '
-                  '...), and this one has none of them: rename it')
-        try:
-            structures.append(_read_structure_file(option, path))
-        except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
-            _fail(f'{option} {path}: not a structure file pymatgen can read ({type(exception).__name__}: '
-                  f'{exception})')
-    return structures
+    return [read_structure_file(option, path)
+            for option, path in (('--charged', charged), ('--discharged', discharged))]
 
 
 def _structure_pair_record(charged: str, discharged: str, ion: str):

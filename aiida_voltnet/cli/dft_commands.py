@@ -60,6 +60,37 @@ def dft_setup(profile, embedded, computer_label, pw_executable):
         _fail(str(exception))
 
 
+def _pw_code(code_label: str | None):
+    """The pw.x code ``code_label``, or the one ``voltnet dft-setup`` made; or exit naming what is wrong."""
+    from aiida import orm
+
+    given = code_label is not None
+    if code_label is None:  # the code dft-setup made, on whichever computer it was given
+        codes = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': 'pw-debian'}).all(flat=True)
+        if len(codes) > 1:
+            _fail(f'several pw.x codes from `voltnet dft-setup` ({", ".join(c.full_label for c in codes)}): choose '
+                  'one with --code')
+        code_label = codes[0].full_label if codes else 'pw-debian@localhost'
+    try:
+        code = orm.load_code(code_label)
+    except Exception as exception:  # noqa: BLE001 - NotExistent and friends
+        if given:  # a pk or uuid of another kind of node was said to be 'no Code found'
+            try:
+                other = orm.load_node(code_label)
+            except Exception:  # noqa: BLE001 - no node of that identifier either: the code's message stands
+                other = None
+            if other is not None and not isinstance(other, orm.AbstractCode):
+                _fail(f'--code {code_label}: node {code_label} is {type(other).__name__}<{other.pk}>, not a Code '
+                      '(`verdi code list` lists the codes)')
+            _fail(f'--code {code_label}: {exception} (`verdi code list` lists the codes; `voltnet dft-setup` '
+                  'creates pw-debian@localhost)')
+        _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
+    if code.default_calc_job_plugin != 'quantumespresso.pw':
+        _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '
+              '(a pw.x code; `voltnet dft-setup` creates pw-debian@localhost)')
+    return code
+
+
 @cli.command()
 @click.option('--model', 'model_id', default=None, help='pk or uuid of a voltage model to compare with.')
 @click.option('--pair', default=None, type=click.Choice(['LiCoO2', 'LiNiO2']),
@@ -114,30 +145,7 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         message = check_voltage_model(model)  # before any pw.x job, as VerifyWorkChain's validator would
         if message:
             _fail(f'--model {model_id}: {message}')
-    given = code_label is not None
-    if code_label is None:  # the code dft-setup made, on whichever computer it was given
-        codes = orm.QueryBuilder().append(orm.InstalledCode, filters={'label': 'pw-debian'}).all(flat=True)
-        if len(codes) > 1:
-            _fail(f'several pw.x codes from `voltnet dft-setup` ({", ".join(c.full_label for c in codes)}): choose '
-                  'one with --code')
-        code_label = codes[0].full_label if codes else 'pw-debian@localhost'
-    try:
-        code = orm.load_code(code_label)
-    except Exception as exception:  # noqa: BLE001 - NotExistent and friends
-        if given:  # a pk or uuid of another kind of node was said to be 'no Code found'
-            try:
-                other = orm.load_node(code_label)
-            except Exception:  # noqa: BLE001 - no node of that identifier either: the code's message stands
-                other = None
-            if other is not None and not isinstance(other, orm.AbstractCode):
-                _fail(f'--code {code_label}: node {code_label} is {type(other).__name__}<{other.pk}>, not a Code '
-                      '(`verdi code list` lists the codes)')
-            _fail(f'--code {code_label}: {exception} (`verdi code list` lists the codes; `voltnet dft-setup` '
-                  'creates pw-debian@localhost)')
-        _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
-    if code.default_calc_job_plugin != 'quantumespresso.pw':
-        _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '
-              '(a pw.x code; `voltnet dft-setup` creates pw-debian@localhost)')
+    code = _pw_code(code_label)
     if structures is not None:
         cells = [orm.StructureData(pymatgen=structure) for structure in structures]
         name = f'{structures[1].composition.reduced_formula} / {structures[0].composition.reduced_formula} ({ion})'
@@ -172,3 +180,173 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         click.echo('Warning: the ML prediction is extrapolation: '
                    + '; '.join(([f'the host has {", ".join(unseen)}, which no training host had'] if unseen else [])
                                + outside), err=True)
+
+
+#: The columns of a `voltnet screen` candidates file.
+CANDIDATE_COLUMNS = ('name', 'charged', 'discharged', 'working_ion')
+
+
+def read_candidates(path: str) -> dict[str, dict]:
+    """The candidates of a CSV file with the columns :data:`CANDIDATE_COLUMNS` (structure file paths relative to
+    the CSV's folder), as ``{name: {charged, discharged: pymatgen Structure, working_ion: str}}``; or exit naming
+    the line and the column of what is wrong."""
+    import csv
+
+    folder = Path(path).resolve().parent
+    try:
+        text = Path(path).read_text(encoding='utf-8-sig')
+    except (OSError, UnicodeDecodeError) as exception:
+        _fail(f'--candidates {path}: cannot read it ({exception})')
+    reader = csv.DictReader(text.splitlines())
+    header = [name.strip() for name in reader.fieldnames or []]
+    missing = [name for name in CANDIDATE_COLUMNS if name not in header]
+    if missing:
+        _fail(f'--candidates {path}: missing column(s) {", ".join(missing)}; the header must name '
+              f'{",".join(CANDIDATE_COLUMNS)}')
+    from . import read_structure_file
+
+    candidates, lines = {}, {}
+    for row in reader:
+        line = reader.line_num
+        row = {(key or '').strip(): (value or '').strip() for key, value in row.items() if key is not None}
+        empty = [name for name in CANDIDATE_COLUMNS if not row.get(name)]
+        if empty:
+            _fail(f'--candidates {path}, line {line}: {", ".join(empty)} empty')
+        name = row['name']
+        from aiida_voltnet.workflows.ports import pair_name_problem
+
+        problem = pair_name_problem(name)
+        if problem:
+            _fail(f'--candidates {path}, line {line}, name: {problem}')
+        if name in candidates:
+            _fail(f'--candidates {path}, line {line}: name {name!r} is given twice (first on line {lines[name]})')
+        lines[name] = line
+        structures = {}
+        for column in ('charged', 'discharged'):
+            file = Path(row[column]) if Path(row[column]).is_absolute() else folder / row[column]
+            where = f'--candidates {path}, line {line}, {column}'
+            if not file.is_file():
+                _fail(f'{where}: {file} is not a file')
+            structures[column] = read_structure_file(where + ':', str(file))
+        candidates[name] = {**structures, 'working_ion': row['working_ion']}
+    if not candidates:
+        _fail(f'--candidates {path}: no candidate rows below the header')
+    return candidates
+
+
+@cli.command()
+@click.option('--model', 'model_id', required=True, help='pk or uuid of the voltage model that screens.')
+@click.option('--candidates', 'candidates_file', required=True, type=click.Path(exists=True, dir_okay=False),
+              help='CSV with the columns name,charged,discharged,working_ion: a candidate a row, its two structure '
+                   'files (paths relative to the CSV) and its working ion. A name becomes the battery_id and a '
+                   'link label (letters, digits, single underscores).')
+@click.option('--top-k', default=1, show_default=True, type=click.IntRange(min=1),
+              help='How many candidates to verify with DFT.')
+@click.option('--mode', default='window', show_default=True, type=click.Choice(['window', 'uncertainty']),
+              help='window: the top-k highest predicted voltages; uncertainty: the top-k largest ensemble spreads '
+                   '(both within --voltage-min..--voltage-max).')
+@click.option('--voltage-min', type=float, default=None, help='Only candidates predicted at or above this (V).')
+@click.option('--voltage-max', type=float, default=None, help='Only candidates predicted at or below this (V).')
+@click.option('--protocol', default='balanced', show_default=True, type=click.Choice(['ci', 'balanced', 'precise']),
+              help='DFT settings of every verification (see docs/dft.md).')
+@click.option('--code', 'code_label', default=None, help='pw.x code label (default: the one voltnet dft-setup made).')
+@click.option('--pseudo-family', default=None,
+              help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup).")
+@click.option('--retrain-dataset', default=None,
+              help='pk or uuid of an ElectrodeDataset (e.g. the records the model was trained on): retrain on it '
+                   'plus the verified candidates, with the screened model\'s recipe (one active-learning round).')
+@click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
+def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, protocol, code_label, pseudo_family,
+           retrain_dataset, profile):
+    """Screen candidate electrodes with a model and DFT-verify the best (ScreenWorkChain, run in this interpreter).
+
+    One batch prediction with uncertainty, a selection, one working-ion metal reference per ion, a VerifyWorkChain
+    per selected candidate; prints the ML-vs-DFT table of the selected. Exit 1 when the work chain failed (its
+    table is printed where it has one).
+    """
+    import math
+    import time
+
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    from aiida_voltnet.calculations.dft import check_selection
+    from aiida_voltnet.data import ElectrodeDataset
+    from aiida_voltnet.data.model import VoltageModelData
+    from aiida_voltnet.workflows.screen import ScreenWorkChain
+    from aiida_voltnet.workflows.verify import VerifyWorkChain
+
+    selection = {'mode': mode, 'top_k': top_k}
+    for key, value in (('voltage_min', voltage_min), ('voltage_max', voltage_max)):
+        if value is not None:
+            if not math.isfinite(value):
+                _fail(f'--{key.replace("_", "-")} must be a finite number of volts, got {value}')
+            selection[key] = value
+    message = check_selection(selection)
+    if message:
+        _fail(message)
+    candidates = read_candidates(candidates_file)  # before the profile: a bad file stops here
+    model = _load_node(model_id, profile, VoltageModelData)
+    from aiida_voltnet.calculations.functions import check_voltage_model
+
+    message = check_voltage_model(model)
+    if message:
+        _fail(f'--model {model_id}: {message}')
+    dataset = _load_node(retrain_dataset, profile, ElectrodeDataset) if retrain_dataset else None
+    code = _pw_code(code_label)
+    inputs = VerifyWorkChain.get_protocol_inputs(protocol)
+    builder = ScreenWorkChain.get_builder()
+    builder.model = model
+    builder.candidates = {name: {'charged': orm.StructureData(pymatgen=pair['charged']),
+                                 'discharged': orm.StructureData(pymatgen=pair['discharged']),
+                                 'working_ion': orm.Str(pair['working_ion'])} for name, pair in candidates.items()}
+    builder.selection = orm.Dict(selection)
+    builder.verify = {'code': code, 'settings': orm.Dict(inputs['settings']), 'options': inputs['options'],
+                      'pseudo_family': orm.Str(pseudo_family or inputs['pseudo_family'])}
+    if dataset is not None:
+        builder.retrain = {'dataset': dataset}
+    started = time.perf_counter()
+    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
+    try:
+        results, node = run_get_node(builder)
+    except ValueError as exception:
+        ran = orm.QueryBuilder().append(ScreenWorkChain, filters={'id': {'>': newest or 0}}, project='id').first()
+        if ran:
+            _fail(f'ScreenWorkChain<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
+                  f'(verdi process report {ran[0]})', 1)
+        _fail(f'refused before any pw.x job: {exception}')
+    _echo_screen(results, node, time.perf_counter() - started)
+    if not node.is_finished_ok:
+        _fail(f'ScreenWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
+
+
+def _echo_screen(results: dict, node, seconds: float) -> None:
+    """The screen's summary: counts, the rejected candidates, the table of the selected and the MAE."""
+    if 'summary' not in results:
+        return
+    summary = results['summary'].get_dict()
+    click.echo(f'{summary["n_predicted"]} of {summary["n_candidates"]} candidate(s) predicted, '
+               f'{summary["n_selected"]} selected for DFT, {summary["n_verified"]} verified, '
+               f'{summary["n_not_verified"]} not submitted, {summary["n_failed"]} failed')
+    for name, why in summary['rejected'].items():
+        click.echo(f'  not predicted: {name}: {why}')
+    for ion, why in summary['failed_references'].items():
+        click.echo(f'  {ion} metal reference: {why}')
+    if summary['rows']:
+        width = max(len('candidate'), *(len(row['battery_id']) for row in summary['rows']))
+        ml = [f'{row["ml_voltage"]:.3f} +/- {row["ml_uncertainty"]:.3f}' for row in summary['rows']]
+        ml_width = max(len('ML (V)'), *map(len, ml))
+        click.echo(f'  {"candidate":<{width}}  ion  {"ML (V)":<{ml_width}}  DFT (V)  ML-DFT (V)  status')
+        for row, prediction in zip(summary['rows'], ml):
+            dft = f'{row["dft_voltage"]:7.3f}' if row['dft_voltage'] is not None else f'{"-":>7}'
+            difference = f'{row["difference"]:+10.3f}' if row['difference'] is not None else f'{"-":>10}'
+            click.echo(f'  {row["battery_id"]:<{width}}  {row["working_ion"]:<3}  {prediction:<{ml_width}}  {dft}  '
+                       f'{difference}  {row["status"]}')
+    mae = summary['mae_verified']
+    click.echo((f'ML-DFT MAE of the verified: {mae:.3f} V  ' if mae is not None else '')
+               + f'(ScreenWorkChain<{node.pk}>, {seconds:.0f} s; the table: verdi node attributes '
+               f'{results["summary"].pk})')
+    if 'retrained_model' in results:
+        model = results['retrained_model']
+        click.echo(f'retrained: VoltageModelData<{model.pk}> version {model.model_version[:12]} on '
+                   f'{results["augmented_dataset"].n_records} records')

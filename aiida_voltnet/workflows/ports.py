@@ -6,7 +6,21 @@ from collections.abc import Mapping
 from aiida import orm
 from aiida.engine.processes.ports import PortNamespace
 
-__all__ = ('StructurePairsNamespace',)
+__all__ = ('StructurePairsNamespace', 'pair_name_problem')
+
+
+def pair_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot name a structure pair (it becomes a link label), or None."""
+    from aiida.common.links import validate_link_label
+
+    try:
+        validate_link_label(name)  # aiida-core's rule, which lets '__' through
+        if '__' in name:
+            raise ValueError('a double underscore separates namespaces')
+    except (TypeError, ValueError) as exception:
+        return (f'{name!r} cannot name a pair: use letters, digits and single underscores inside (it becomes the '
+                f'link label of its inputs and outputs: {exception})')
+    return None
 
 
 class StructurePairsNamespace(PortNamespace):
@@ -25,19 +39,12 @@ class StructurePairsNamespace(PortNamespace):
         """Refuse a pair name that cannot be a link label before anything is stored: ``a__b`` came back as nested
         outputs (``voltages.a.b``, ``__`` being the namespace separator of link labels) and ``a-b`` as aiida-core's
         bare 'invalid link label' error."""
-        from aiida.common.links import validate_link_label
         from plumpy.ports import PortValidationError, breadcrumbs_to_port
 
         for name in port_values or {}:
-            try:
-                validate_link_label(name)  # aiida-core's rule, which lets '__' through
-                if '__' in name:
-                    raise ValueError('a double underscore separates namespaces')
-            except (TypeError, ValueError) as exception:
-                return PortValidationError(
-                    f'{name!r} cannot name a pair: use letters, digits and single underscores inside (it becomes '
-                    f'the link label of its inputs and outputs: {exception})',
-                    breadcrumbs_to_port((*breadcrumbs, self.name)))
+            problem = pair_name_problem(name)
+            if problem:
+                return PortValidationError(problem, breadcrumbs_to_port((*breadcrumbs, self.name)))
         return super().validate(port_values, breadcrumbs)
 
     def serialize(self, mapping, breadcrumbs=()):

@@ -188,3 +188,62 @@ def test_verify_runs_a_pair_of_the_users_structure_files(aiida_profile, pw, smal
         assert refused.exit_code == 2 and message in refused.output, (arguments, refused.output)
         assert 'Traceback' not in refused.output
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_model, tmp_path):
+    """`voltnet screen`: ScreenWorkChain from the command line, on a CSV of the user's structure-file pairs."""
+    from aiida import orm
+
+    from aiida_voltnet.dft import layered_oxide_pair
+    from aiida_voltnet.workflows.screen import ScreenWorkChain
+
+    model, _ = small_model
+    for metal in ('Co', 'Ni'):
+        charged, discharged = (cell.get_pymatgen() for cell in layered_oxide_pair(metal))
+        charged.to(filename=str(tmp_path / f'{metal}O2.cif'))
+        discharged.to(filename=str(tmp_path / f'Li{metal}O2.cif'))
+    (tmp_path / 'cells').mkdir()
+    (tmp_path / 'LiNiO2.cif').rename(tmp_path / 'cells' / 'LiNiO2.cif')
+    table = tmp_path / 'candidates.csv'
+    table.write_text('name,charged,discharged,working_ion\n'
+                     'LiCoO2,CoO2.cif,LiCoO2.cif,Li\n'
+                     f'LiNiO2,NiO2.cif,{tmp_path / "cells" / "LiNiO2.cif"},Li\n'  # an absolute path too
+                     'mixed,CoO2.cif,cells/LiNiO2.cif,Li\n')
+    base = ['screen', '--profile', aiida_profile.name, '--model', str(model.pk), '--protocol', 'ci',
+            '--code', pw.full_label]
+    result = CliRunner().invoke(cli, [*base, '--candidates', str(table), '--top-k', '1'])
+    assert result.exit_code == 0, result.output
+    assert '2 of 3 candidate(s) predicted, 1 selected for DFT, 1 verified, 0 not submitted, 0 failed' in result.output
+    assert re.search(r'not predicted: mixed: .*host frameworks differ', result.output), result.output
+    match = re.search(r'\n  (LiCoO2|LiNiO2) +Li +(\d\.\d+) \+/- +(\d\.\d+) +(\d\.\d+) +([+-]\d\.\d+)  verified\n',
+                      result.output)
+    assert match, result.output
+    ml, dft, difference = float(match.group(2)), float(match.group(4)), float(match.group(5))
+    assert difference == pytest.approx(ml - dft, abs=2e-3) and 3.0 < dft < 4.5
+    node = orm.load_node(int(re.search(r'ScreenWorkChain<(\d+)>', result.output).group(1)))
+    assert node.process_class is ScreenWorkChain and node.is_finished_ok
+    assert sorted(node.inputs.candidates) == ['LiCoO2', 'LiNiO2', 'mixed']
+    assert node.outputs.selected.get_list() == [match.group(1)]
+
+    # refused before anything is stored, naming the file, line and column
+    (tmp_path / 'notes.txt').write_text('no structure')
+    before = orm.QueryBuilder().append(orm.Node).count()
+    for text, arguments, message in [
+        ('name,charged,discharged\nx,CoO2.cif,LiCoO2.cif\n', [], 'missing column(s) working_ion'),
+        ('name,charged,discharged,working_ion\n', [], 'no candidate rows below the header'),
+        ('name,charged,discharged,working_ion\na,CoO2.cif,LiCoO2.cif,Li\na,NiO2.cif,cells/LiNiO2.cif,Li\n', [],
+         "line 3: name 'a' is given twice (first on line 2)"),
+        ('name,charged,discharged,working_ion\na,CoO2.cif,gone.cif,Li\n', [], 'line 2, discharged: '),
+        ('name,charged,discharged,working_ion\na,notes.txt,LiCoO2.cif,Li\n', [],
+         'pymatgen reads a structure file by its name'),
+        ('name,charged,discharged,working_ion\na,CoO2.cif,,Li\n', [], 'line 2: discharged empty'),
+        ('name,charged,discharged,working_ion\na-b,CoO2.cif,LiCoO2.cif,Li\n', [],
+         "line 2, name: 'a-b' cannot name a pair"),
+        ('name,charged,discharged,working_ion\na,CoO2.cif,LiCoO2.cif,Li\n',
+         ['--voltage-min', '5', '--voltage-max', '4'], 'selection voltage_min (5.0) must be below voltage_max (4.0)'),
+    ]:
+        table.write_text(text)
+        refused = CliRunner().invoke(cli, [*base, '--candidates', str(table), *arguments])
+        assert refused.exit_code == 2 and message in refused.output, (text, refused.output)
+        assert 'Traceback' not in refused.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
