@@ -197,7 +197,7 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
     from aiida_voltnet.dft import layered_oxide_pair
     from aiida_voltnet.workflows.screen import ScreenWorkChain
 
-    model, _ = small_model
+    model, dataset = small_model
     for metal in ('Co', 'Ni'):
         charged, discharged = (cell.get_pymatgen() for cell in layered_oxide_pair(metal))
         charged.to(filename=str(tmp_path / f'{metal}O2.cif'))
@@ -211,7 +211,8 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
                      'mixed,CoO2.cif,cells/LiNiO2.cif,Li\n')
     base = ['screen', '--profile', aiida_profile.name, '--model', str(model.pk), '--protocol', 'ci',
             '--code', pw.full_label]
-    result = CliRunner().invoke(cli, [*base, '--candidates', str(table), '--top-k', '1'])
+    result = CliRunner().invoke(cli, [*base, '--candidates', str(table), '--top-k', '1',
+                                      '--retrain-dataset', str(dataset.pk)])
     assert result.exit_code == 0, result.output
     assert '2 of 3 candidate(s) predicted, 1 selected for DFT, 1 verified, 0 not submitted, 0 failed' in result.output
     assert re.search(r'not predicted: mixed: .*host frameworks differ', result.output), result.output
@@ -224,6 +225,9 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
     assert node.process_class is ScreenWorkChain and node.is_finished_ok
     assert sorted(node.inputs.candidates) == ['LiCoO2', 'LiNiO2', 'mixed']
     assert node.outputs.selected.get_list() == [match.group(1)]
+    retrained = node.outputs.retrained_model  # one active-learning round: the dataset plus the verified one
+    assert f'retrained: VoltageModelData<{retrained.pk}> version {retrained.model_version[:12]} on ' \
+           f'{dataset.n_records + 1} records' in result.output
 
     # refused before anything is stored, naming the file, line and column
     (tmp_path / 'notes.txt').write_text('no structure')
