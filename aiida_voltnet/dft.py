@@ -130,12 +130,17 @@ def pw_code(computer: orm.Computer, label: str = 'pw-debian', executable: str = 
 
     OpenMPI refuses to run as root unless told; the prepend text allows it (harmless for other users).
     """
-    from aiida.common.exceptions import NotExistent
+    from aiida.common.exceptions import MultipleObjectsError, NotExistent
 
     try:
         code = orm.load_code(f'{label}@{computer.label}')
     except NotExistent:
         pass
+    except MultipleObjectsError:  # `verdi code create` run twice: which one to use is the user's choice
+        pks = orm.QueryBuilder().append(orm.Computer, filters={'id': computer.pk}, tag='computer').append(
+            orm.InstalledCode, with_computer='computer', filters={'label': label}, project='id').all(flat=True)
+        raise ValueError(f'several codes {label}@{computer.label} (pks {", ".join(map(str, sorted(pks)))}): delete '
+                         'all but one (`verdi code delete PK`)') from None
     else:
         if str(code.get_executable()) != str(executable):
             raise ValueError(f'code {code.full_label} exists and runs {code.get_executable()}, not {executable}: '

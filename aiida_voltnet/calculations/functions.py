@@ -176,6 +176,13 @@ def check_code_plugin(code, plugin: str, name: str, hint: str) -> str | None:
     default = code.default_calc_job_plugin if code is not None else None
     if code is not None and default != plugin:
         return f'{name} {code.full_label} has the default plugin {default!r}, not {plugin}: {hint}'
+    computer = getattr(code, 'computer', None)
+    if computer is not None:  # its jobs excepted at upload, after the work chain had stored its first steps
+        user = orm.User.collection.get_default()
+        if not computer.is_user_configured(user):
+            return (f'{name} {code.full_label}: its computer {computer.label!r} is not configured for user '
+                    f'{user.email} (a computer imported from an archive is not): `verdi computer configure '
+                    f'{computer.transport_type} {computer.label}`')
     return None
 
 

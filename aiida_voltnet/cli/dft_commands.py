@@ -36,6 +36,14 @@ def setup_dft(computer_label: str = 'localhost', workdir: str | None = None, pw_
         computer.set_minimum_job_poll_interval(0.0)
         computer.configure()
         echo(f'computer {computer.label}: core.direct scheduler, work directory {workdir}')
+    else:
+        user = orm.User.collection.get_default()
+        if not computer.is_user_configured(user):  # e.g. imported from an archive, which carries no configuration
+            if computer.transport_type != 'core.local':
+                raise ValueError(f'computer {computer.label} is not configured for user {user.email}: `verdi '
+                                 f'computer configure {computer.transport_type} {computer.label}` first')
+            computer.configure(user=user)
+            echo(f'computer {computer.label}: configured for user {user.email} (it was not)')
     code = pw_code(computer, executable=pw_executable)
     echo(f'code {code.full_label}: {code.get_executable()}')
     return family, code
@@ -154,7 +162,10 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         cells, ion, name = layered_oxide_pair(pair[2:4]), 'Li', pair
     overrides = {**({'model': model} if model_id else {}),
                  **({'pseudo_family': orm.Str(pseudo_family)} if pseudo_family else {})}
-    builder = VerifyWorkChain.get_builder_from_protocol(code, *cells, ion, protocol=protocol, overrides=overrides)
+    try:  # the builder validates each input as it is set (the code's computer, say)
+        builder = VerifyWorkChain.get_builder_from_protocol(code, *cells, ion, protocol=protocol, overrides=overrides)
+    except ValueError as exception:
+        _fail(f'refused before any pw.x job: {exception}')
     started = time.perf_counter()
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
     try:
@@ -296,15 +307,19 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     code = _pw_code(code_label)
     inputs = VerifyWorkChain.get_protocol_inputs(protocol)
     builder = ScreenWorkChain.get_builder()
-    builder.model = model
-    builder.candidates = {name: {'charged': orm.StructureData(pymatgen=pair['charged']),
-                                 'discharged': orm.StructureData(pymatgen=pair['discharged']),
-                                 'working_ion': orm.Str(pair['working_ion'])} for name, pair in candidates.items()}
-    builder.selection = orm.Dict(selection)
-    builder.verify = {'code': code, 'settings': orm.Dict(inputs['settings']), 'options': inputs['options'],
-                      'pseudo_family': orm.Str(pseudo_family or inputs['pseudo_family'])}
-    if dataset is not None:
-        builder.retrain = {'dataset': dataset}
+    try:  # the builder validates each input as it is set (the code's computer, say)
+        builder.model = model
+        builder.candidates = {name: {'charged': orm.StructureData(pymatgen=pair['charged']),
+                                     'discharged': orm.StructureData(pymatgen=pair['discharged']),
+                                     'working_ion': orm.Str(pair['working_ion'])}
+                              for name, pair in candidates.items()}
+        builder.selection = orm.Dict(selection)
+        builder.verify = {'code': code, 'settings': orm.Dict(inputs['settings']), 'options': inputs['options'],
+                          'pseudo_family': orm.Str(pseudo_family or inputs['pseudo_family'])}
+        if dataset is not None:
+            builder.retrain = {'dataset': dataset}
+    except ValueError as exception:
+        _fail(f'refused before any pw.x job: {exception}')
     started = time.perf_counter()
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
     try:

@@ -251,3 +251,36 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
         assert refused.exit_code == 2 and message in refused.output, (text, refused.output)
         assert 'Traceback' not in refused.output
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_a_computer_that_is_not_configured_is_named_before_any_job(aiida_profile, quantum_espresso, tmp_path):
+    """A computer imported from an archive is not configured: dft-setup said nothing and verify launched, its pw.x
+    jobs excepted at upload ('not configured for user') and left a failed work chain. Now verify refuses the code
+    at launch, storing nothing, and dft-setup configures a local computer it finds unconfigured."""
+    from aiida import orm
+
+    from aiida_voltnet.dft import pw_code
+
+    computer = orm.Computer(label='voltnet-imported', hostname='localhost', transport_type='core.local',
+                            scheduler_type='core.direct', workdir=str(tmp_path)).store()  # no configure()
+    code = pw_code(computer, executable=quantum_espresso)
+    from aiida_voltnet.dft import install_debian_pbesol_family
+
+    install_debian_pbesol_family()
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', code.full_label])
+    assert result.exit_code == 2, result.output
+    assert f"code {code.full_label}: its computer 'voltnet-imported' is not configured for user" in result.output
+    assert 'verdi computer configure core.local voltnet-imported' in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+    setup = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--computer', 'voltnet-imported',
+                                     '--pw', quantum_espresso])
+    assert setup.exit_code == 0 and 'computer voltnet-imported: configured for user' in setup.output, setup.output
+    assert computer.is_user_configured(orm.User.collection.get_default())
+    # `verdi code create` twice: pw_code raised MultipleObjectsError
+    orm.InstalledCode(label='pw-debian', computer=computer, filepath_executable=quantum_espresso,
+                      default_calc_job_plugin='quantumespresso.pw').store()
+    twice = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--computer', 'voltnet-imported',
+                                     '--pw', quantum_espresso])
+    assert twice.exit_code == 2 and 'several codes pw-debian@voltnet-imported (pks ' in twice.output, twice.output
