@@ -58,9 +58,11 @@ TRAINING_JOB_WRAPPERS = ('aiida.workflows:voltnet.train_base',)
 def training_workflow(training: orm.ProcessNode | None) -> orm.WorkflowNode | None:
     """The workflow that asked for the model a ``training`` process made (``TrainWorkChain``, which holds the
     held-out test set and metrics; ``ScreenWorkChain`` for a retrain), past the ``voltnet.train_base`` wrapper of a
-    model trained through a code: one level up was that wrapper, not the TrainWorkChain. None if none called it."""
+    model trained through a code: one level up was that wrapper, not the TrainWorkChain. The wrapper itself where
+    nothing called it (``VoltnetTrainBaseWorkChain`` submitted alone, as docs/production.md's recipe does: it was
+    answered None). None if no workflow called the training."""
     caller = training.caller if training is not None else None
-    while caller is not None and caller.process_type in TRAINING_JOB_WRAPPERS:
+    while caller is not None and caller.process_type in TRAINING_JOB_WRAPPERS and caller.caller is not None:
         caller = caller.caller
     return caller
 

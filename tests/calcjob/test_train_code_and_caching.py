@@ -54,6 +54,22 @@ def test_train_workchain_through_a_code(train_code, csv_60):
     assert training_workflow(results['model'].creator).uuid == node.uuid
 
 
+def test_a_training_job_wrapper_run_alone_is_the_training_workflow(train_code, dataset_60):
+    """VoltnetTrainBaseWorkChain submitted alone (docs/production.md's recipe): the provenance of the model's
+    predictions named no training workflow ('training_workflow: None'), though the wrapper called the job."""
+    from aiida_voltnet.calculations.functions import predict_voltages
+    from aiida_voltnet.provenance import prediction_provenance
+
+    builder = VoltnetTrainBaseWorkChain.get_builder_from_protocol(
+        train_code, dataset_60, protocol='cpu',
+        overrides={'train': {'model': 'mlp', 'settings': FAST_MLP['settings']}})
+    results, node = run_get_node(builder)
+    assert node.is_finished_ok, (node.exit_status, node.exit_message)
+    answer = prediction_provenance(predict_voltages(results['model'], dataset_60))
+    assert answer['training_workflow']['uuid'] == node.uuid, answer['training_workflow']
+    assert answer['training_process']['process_type'] == 'aiida.calculations:voltnet.train'
+
+
 def test_train_options_need_a_code(csv_60):
     import pytest
 
