@@ -656,3 +656,27 @@ def test_train_records_the_sha256_of_the_bytes_it_trained_on(trained, tmp_path):
     assert result.returncode == 0, result.stderr
     recorded = json.loads((tmp_path / 'm' / 'config.json').read_text())['metadata']['training_data']
     assert recorded['sha256'] == hashlib.sha256(small).hexdigest()
+
+
+def test_quickstart_interrupted_names_what_it_stopped_without_a_traceback(tmp_path):
+    """Ctrl-C during the training ended in about 90 lines of plumpy's KilledError traceback."""
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida'), 'OMP_NUM_THREADS': '1'}
+    process = subprocess.Popen([VOLTNET, 'quickstart', '--data', str(SHARED_CSV), '--protocol', 'fast'],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    seen = []
+    deadline = time.monotonic() + 300
+    for line in process.stdout:  # the split is reported just before the training starts
+        seen.append(line)
+        if '|split]: split ' in line or time.monotonic() > deadline:
+            break
+    time.sleep(1.0)
+    process.send_signal(signal.SIGINT)
+    rest, _ = process.communicate(timeout=300)
+    output = ''.join(seen) + rest
+    assert process.returncode == 130, output
+    assert 'Error: interrupted: ' in output and 'TrainWorkChain<' in output, output
+    assert 'Traceback' not in output and 'KilledError' not in output, output

@@ -1,6 +1,7 @@
 """``voltnet`` commands that work on an AiiDA profile: quickstart, provenance, predictions."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -178,8 +179,13 @@ def quickstart(data, profile, protocol):
             {orm.ProcessNode: {'id': 'desc'}}).limit(1).first(flat=True)
 
     before = last_process()
+    from plumpy.exceptions import KilledError
+
     try:
-        result = run_quickstart(data, protocol=protocol, echo=click.echo)
+        with _console_without_tracebacks():
+            result = run_quickstart(data, protocol=protocol, echo=click.echo)
+    except (KeyboardInterrupt, KilledError):  # Ctrl-C: aiida's runner kills the running process and raises
+        _fail_interrupted(before)
     except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
         _fail(str(exception), 1)
     except ValueError as exception:
@@ -194,6 +200,47 @@ def quickstart(data, profile, protocol):
         _fail(f'the run stopped after its training: a later launch was refused: {exception}', 1)
     click.echo(f'\nquickstart finished in {time.perf_counter() - started:.0f} s')
     return result
+
+
+class _NoTraceback:
+    """A console-handler filter: leaves out a process report that holds a traceback (a work chain's ``on_except``),
+    which the process keeps in its log for ``verdi process report``; the command says which process to ask."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return 'Traceback (most recent call last)' not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _console_without_tracebacks():
+    """:class:`_NoTraceback` on aiida's console handlers while the block runs (its database log handler, which
+    stores the reports, is left alone)."""
+    import logging
+
+    from aiida.orm.utils.log import DBLogHandler
+
+    handlers = [handler for handler in logging.getLogger('aiida').handlers
+                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, DBLogHandler)]
+    for handler in handlers:
+        handler.addFilter(_NoTraceback)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(_NoTraceback)
+
+
+def _fail_interrupted(before: int | None) -> None:
+    """Exit 130 after Ctrl-C, naming the processes the interrupt left killed or excepted (those after pk
+    ``before``): the run ended in some 90 lines of plumpy's KilledError traceback."""
+    from aiida import orm
+
+    left = orm.QueryBuilder().append(orm.ProcessNode, project=['id', 'attributes.process_label'], filters={
+        'id': {'>': before or 0}, 'attributes.process_state': {'in': ['killed', 'excepted']}}).order_by(
+        {orm.ProcessNode: {'id': 'asc'}}).all()
+    named = ', '.join(f'{label}<{pk}>' for pk, label in left)
+    _fail('interrupted' + (f': {named} stopped as killed or excepted; what finished before stays stored '
+                           '(verdi process list -a)' if named else ''), 130)
 
 
 @cli.command()
