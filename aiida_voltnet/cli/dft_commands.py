@@ -99,6 +99,23 @@ def _pw_code(code_label: str | None):
     return code
 
 
+def _run_in_interpreter(builder, process_class):
+    """``run_get_node(builder)``; or exit: 2 for inputs refused at launch (nothing stored, e.g. a model that never
+    saw the ion), 1 for a ``ValueError`` raised by a step once the work chain ran (named, with its pk)."""
+    from aiida import orm
+    from aiida.engine import run_get_node
+
+    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
+    try:
+        return run_get_node(builder)
+    except ValueError as exception:
+        ran = orm.QueryBuilder().append(process_class, filters={'id': {'>': newest or 0}}, project='id').first()
+        if ran:
+            _fail(f'{process_class.__name__}<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
+                  f'(verdi process report {ran[0]})', 1)
+        _fail(f'refused before any pw.x job: {exception}')
+
+
 @cli.command()
 @click.option('--model', 'model_id', default=None, help='pk or uuid of a voltage model to compare with.')
 @click.option('--pair', default=None, type=click.Choice(['LiCoO2', 'LiNiO2']),
@@ -127,7 +144,6 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
     import time
 
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_voltnet.dft import layered_oxide_pair
     from aiida_voltnet.workflows.verify import VerifyWorkChain
@@ -167,17 +183,7 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
     except ValueError as exception:
         _fail(f'refused before any pw.x job: {exception}')
     started = time.perf_counter()
-    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
-    try:
-        results, node = run_get_node(builder)
-    except ValueError as exception:
-        # refused at launch, nothing stored (e.g. a model that never saw Li); or raised by a step of the work
-        # chain once it ran, which has a node and was not refused before its pw.x jobs
-        ran = orm.QueryBuilder().append(VerifyWorkChain, filters={'id': {'>': newest or 0}}, project='id').first()
-        if ran:
-            _fail(f'VerifyWorkChain<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
-                  f'(verdi process report {ran[0]})', 1)
-        _fail(f'refused before any pw.x job: {exception}')
+    results, node = _run_in_interpreter(builder, VerifyWorkChain)
     if not node.is_finished_ok:
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
     line = f'{name}: DFT {results["dft_voltage"].value:.3f} V'
@@ -279,7 +285,6 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     import time
 
     from aiida import orm
-    from aiida.engine import run_get_node
 
     from aiida_voltnet.calculations.dft import check_selection
     from aiida_voltnet.data import ElectrodeDataset
@@ -321,15 +326,7 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     except ValueError as exception:
         _fail(f'refused before any pw.x job: {exception}')
     started = time.perf_counter()
-    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
-    try:
-        results, node = run_get_node(builder)
-    except ValueError as exception:
-        ran = orm.QueryBuilder().append(ScreenWorkChain, filters={'id': {'>': newest or 0}}, project='id').first()
-        if ran:
-            _fail(f'ScreenWorkChain<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
-                  f'(verdi process report {ran[0]})', 1)
-        _fail(f'refused before any pw.x job: {exception}')
+    results, node = _run_in_interpreter(builder, ScreenWorkChain)
     _echo_screen(results, node, time.perf_counter() - started)
     if not node.is_finished_ok:
         _fail(f'ScreenWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
