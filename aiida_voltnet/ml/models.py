@@ -471,7 +471,8 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
             'params': {'method': 'krr', 'alpha': 0.1}},
     # Ours (default): 5 gradient-boosted tree models on the leak-free features, differing by seed through
     # per-split feature subsampling; chosen over row subsampling and over a k-NN blend by MAE on validation rows
-    # carved from the training rows (never the test rows). Their calibrated spread is the uncertainty.
+    # carved from seed 0's training rows (never its own test rows, but rows that other seeds and the grouped folds
+    # test on: docs/results.md, "Validation rows outside every test set"). Their calibrated spread is the uncertainty.
     'voltnet': {'kind': 'trees', 'members': 5,
                 'description': 'ensemble of 5 gradient-boosted tree models (ours, default)',
                 'params': {'loss': 'absolute_error', 'max_iter': 250, 'learning_rate': 0.2, 'subsample': 1.0,
