@@ -28,6 +28,8 @@ def bench(script, *arguments):
     ('symmetry.py', ['--folds', '1'], "argument --folds: must be an integer >= 2, got '1'"),
     ('predict_throughput.py', ['--n', '0'], "argument --n: must be an integer >= 1, got '0'"),
     ('tune_voltnet.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),
+    ('nested_grouped.py', ['--inner-folds', '1'], "argument --inner-folds: must be an integer >= 2, got '1'"),
+    ('nested_grouped.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),
     # hyper-parameters and members for every row, checked against each row's model before any training
     ('accuracy.py', ['--model-params', '[1]'], "a JSON object of hyper-parameters is needed, got '[1]'"),
     ('accuracy.py', ['--rows', 'voltnet:leakfree:grouped', '--model-params', '{"max_iter": "x"}'],
@@ -100,3 +102,24 @@ def test_tune_test_runs_accuracy_with_the_candidate_as_model_params(tmp_path):
                                 "--model-params and --members are the candidate 'base'")):
         refused = bench('tune_voltnet.py', '--test', 'base', *arguments, '--seeds', '0', '--data', str(csv))
         assert refused.returncode == 2 and message in refused.stderr, refused.stderr
+
+
+def test_nested_grouped_chooses_inside_each_outer_fold(tmp_path):
+    """The nested estimate: a candidate chosen per outer fold from inner folds of its training rows, the default
+    scored on the same folds; too few host frameworks for the folds is named."""
+    import json
+
+    data = tmp_path / 'small.csv'
+    data.write_text('\n'.join((ROOT / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv')
+                              .read_text().splitlines()[:241]) + '\n')
+    result = bench('nested_grouped.py', '--data', str(data), '--folds', '2', '--inner-folds', '2', '--candidates',
+                   'base', 'lr0.1x500', '--json', str(tmp_path / 'n.json'))
+    assert result.returncode == 0, result.stderr
+    folds = [r for r in json.loads((tmp_path / 'n.json').read_text())['results'] if 'fold' in r]
+    assert [r['fold'] for r in folds] == [0, 1] and sum(r['n_test'] for r in folds) == 240
+    for r in folds:
+        assert r['chosen'] == min(r['inner_mae'], key=r['inner_mae'].get)
+        assert r['chosen'] != 'base' or r['test_mae_chosen'] == r['test_mae_default']
+    assert 'nested MAE (V)' in result.stdout
+    few = bench('nested_grouped.py', '--data', str(data), '--folds', '50', '--inner-folds', '10')
+    assert few.returncode == 2 and 'too few for 50 outer x 10 inner grouped folds' in few.stderr, few.stderr
