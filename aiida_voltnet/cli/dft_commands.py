@@ -100,20 +100,147 @@ def _pw_code(code_label: str | None):
 
 
 def _run_in_interpreter(builder, process_class):
-    """``run_get_node(builder)``; or exit: 2 for inputs refused at launch (nothing stored, e.g. a model that never
-    saw the ion), 1 for a ``ValueError`` raised by a step once the work chain ran (named, with its pk)."""
+    """Run ``builder`` in this interpreter and return ``(outputs, node)``; or exit: 2 for inputs refused at launch
+    (nothing stored, e.g. a model that never saw the ion), 1 for a ``ValueError`` raised by a step once the work
+    chain ran (named, with its pk), 130 for Ctrl-C or SIGTERM (see :func:`_stop_interrupted`).
+
+    As aiida-core's ``run_get_node``, with its own signal handling: aiida's handler asked the work chain to kill
+    itself, which without a broker cannot reach the children it runs, so Ctrl-C printed a traceback (or a thousand
+    lines of ``DetachedInstanceError`` and did not return) and left processes 'Waiting' for good. An interrupt
+    while the process and its inputs are being stored waits until they are (no unlinked inputs left).
+    """
+    import signal
+
     from aiida import orm
-    from aiida.engine import run_get_node
+    from aiida.engine.utils import loop_scope
+    from aiida.manage import get_manager
 
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
+    runner = get_manager().get_runner()
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.getsignal(number) for number in signals}
+    deferred = []
+
+    def defer(number, _frame):
+        deferred.append(number)
+
+    def stop(_number, _frame):
+        raise KeyboardInterrupt
+
+    from aiida.engine.processes import functions
+
     try:
-        return run_get_node(builder)
+        for number in signals:
+            signal.signal(number, defer)
+        # a calculation function run inside the work chain binds SIGINT to killing itself while it runs (aiida-core's
+        # functions.py, for runs outside a daemon): an interrupt then killed only it and the work chain went on.
+        # It sees a stand-in of the signal module here, which leaves the handler to this function.
+        functions.signal = _SignalsKept
+        with loop_scope(runner.loop):
+            process = runner.instantiate_process(builder)  # validates (a refusal stores nothing), then stores
+            if deferred:
+                raise KeyboardInterrupt
+            for number in signals:
+                signal.signal(number, stop)
+            process.execute()
+        return process.outputs, process.node
+    except KeyboardInterrupt:
+        for number in signals:  # a second Ctrl-C must not cut the clean-up short
+            signal.signal(number, signal.SIG_IGN)
+        _quiet_loop(runner.loop)
+        _stop_interrupted(newest)
     except ValueError as exception:
         ran = orm.QueryBuilder().append(process_class, filters={'id': {'>': newest or 0}}, project='id').first()
         if ran:
             _fail(f'{process_class.__name__}<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
                   f'(verdi process report {ran[0]})', 1)
         _fail(f'refused before any pw.x job: {exception}')
+    finally:
+        functions.signal = signal
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _quiet_loop(loop) -> None:
+    """The interrupted loop's tasks: the interrupt's own exception marked as seen, the rest cancelled, and asyncio's
+    report of what is left at exit silenced (it printed 'Task exception was never retrieved' with a traceback)."""
+    import asyncio
+
+    loop.set_exception_handler(lambda _loop, _context: None)
+    for task in asyncio.all_tasks(loop):
+        if task.done():
+            if not task.cancelled():
+                task.exception()
+        else:
+            task.cancel()
+
+
+class _SignalsKept:
+    """The part of the signal module that aiida-core's process functions use, leaving the handlers as they are
+    (see :func:`_run_in_interpreter`): ``getsignal`` answers None, so that nothing is restored afterwards."""
+
+    import signal as _signal
+
+    SIGINT = _signal.SIGINT
+
+    @staticmethod
+    def getsignal(_number):
+        return None
+
+    @staticmethod
+    def signal(_number, _handler):
+        return None
+
+
+def _stop_interrupted(newest: int | None) -> None:
+    """After an interrupt: every process stored after node ``newest`` that has not terminated is marked killed
+    (state, status, sealed) and the scheduler job of a calculation that has one is cancelled; exit 130 naming them.
+    They ran in this interpreter, which is ending: left as they were, they stayed 'Waiting' or 'Running' for good,
+    and a profile without a broker cannot kill them (`verdi process kill` needs one)."""
+    from aiida import orm
+    from aiida.engine import ProcessState
+    from aiida.manage import get_manager
+
+    try:  # the interrupt may have cut a database transaction short
+        get_manager().get_profile_storage().get_session().rollback()
+    except Exception:  # noqa: BLE001 - a storage without a session has nothing to roll back
+        pass
+    active = [ProcessState.CREATED.value, ProcessState.WAITING.value, ProcessState.RUNNING.value]
+    left = orm.QueryBuilder().append(orm.ProcessNode, filters={
+        'id': {'>': newest or 0},
+        'or': [{'attributes.process_state': {'in': active}}, {'attributes': {'!has_key': 'process_state'}}]},
+        project='*').order_by({orm.ProcessNode: {'id': 'asc'}}).all(flat=True)
+    stopped, jobs = [], []
+    for node in left:
+        if isinstance(node, orm.CalcJobNode) and node.get_job_id():
+            jobs.append(_cancel_job(node))
+        try:
+            node.set_process_state(ProcessState.KILLED)
+            node.set_process_status('killed: the command that ran it was interrupted')
+            node.seal()
+        except Exception:  # noqa: BLE001 - sealed meanwhile: it terminated on its own
+            continue
+        stopped.append(f'{node.process_label}<{node.pk}>')
+    message = 'interrupted'
+    if stopped:
+        message += f': marked killed {", ".join(stopped[:6])}' + (f' and {len(stopped) - 6} more' if len(stopped) > 6
+                                                                  else '')
+    if jobs:
+        message += f'; {"; ".join(jobs)}'
+    _fail(message + ' (what finished before stays stored: verdi process list -a)', 130)
+
+
+def _cancel_job(node) -> str:
+    """Cancel the scheduler job of calculation ``node`` (its pw.x, say); a sentence saying what happened."""
+    job_id = node.get_job_id()
+    try:
+        with node.computer.get_transport() as transport:
+            scheduler = node.computer.get_scheduler()
+            scheduler.set_transport(transport)
+            scheduler.kill_job(job_id)
+    except Exception as exception:  # noqa: BLE001 - the job may have ended; say so rather than fail the clean-up
+        return f'job {job_id} of {node.process_label}<{node.pk}> could not be cancelled ({exception})'
+    return f"sent the scheduler's kill to job {job_id} of {node.process_label}<{node.pk}>"
 
 
 @cli.command()
@@ -203,11 +330,17 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
 CANDIDATE_COLUMNS = ('name', 'charged', 'discharged', 'working_ion')
 
 
-def read_candidates(path: str) -> dict[str, dict]:
+def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
     """The candidates of a CSV file with the columns :data:`CANDIDATE_COLUMNS` (structure file paths relative to
-    the CSV's folder), as ``{name: {charged, discharged: pymatgen Structure, working_ion: str}}``; or exit naming
-    the line and the column of what is wrong."""
+    the CSV's folder): ``({name: {charged, discharged: resolved file Path, working_ion: str}}, {file: pymatgen
+    Structure})``, each file read once however many rows name it. Or exit naming the line and the column of what is
+    wrong, a pair that is not one electrode of its ion included (reversed, the same cell twice, an ion in neither)."""
     import csv
+
+    from aiida_voltnet.ml.structures import record_from_structures
+    from aiida_voltnet.workflows.ports import pair_name_problem
+
+    from . import read_structure_file
 
     folder = Path(path).resolve().parent
     try:
@@ -220,9 +353,7 @@ def read_candidates(path: str) -> dict[str, dict]:
     if missing:
         _fail(f'--candidates {path}: missing column(s) {", ".join(missing)}; the header must name '
               f'{",".join(CANDIDATE_COLUMNS)}')
-    from . import read_structure_file
-
-    candidates, lines = {}, {}
+    candidates, lines, structures = {}, {}, {}
     for row in reader:
         line = reader.line_num
         row = {(key or '').strip(): (value or '').strip() for key, value in row.items() if key is not None}
@@ -230,25 +361,30 @@ def read_candidates(path: str) -> dict[str, dict]:
         if empty:
             _fail(f'--candidates {path}, line {line}: {", ".join(empty)} empty')
         name = row['name']
-        from aiida_voltnet.workflows.ports import pair_name_problem
-
         problem = pair_name_problem(name)
         if problem:
             _fail(f'--candidates {path}, line {line}, name: {problem}')
         if name in candidates:
             _fail(f'--candidates {path}, line {line}: name {name!r} is given twice (first on line {lines[name]})')
         lines[name] = line
-        structures = {}
+        files = {}
         for column in ('charged', 'discharged'):
-            file = Path(row[column]) if Path(row[column]).is_absolute() else folder / row[column]
+            file = (Path(row[column]) if Path(row[column]).is_absolute() else folder / row[column]).resolve()
             where = f'--candidates {path}, line {line}, {column}'
             if not file.is_file():
                 _fail(f'{where}: {file} is not a file')
-            structures[column] = read_structure_file(where + ':', str(file))
-        candidates[name] = {**structures, 'working_ion': row['working_ion']}
+            if file not in structures:
+                structures[file] = read_structure_file(where + ':', str(file))
+            files[column] = file
+        try:  # as voltnet verify refuses it; the screen would only list it as not predicted, after storing it
+            record_from_structures(structures[files['charged']], structures[files['discharged']], row['working_ion'],
+                                   battery_id=name)
+        except ValueError as exception:
+            _fail(f'--candidates {path}, line {line}: {exception}')
+        candidates[name] = {**files, 'working_ion': row['working_ion']}
     if not candidates:
         _fail(f'--candidates {path}: no candidate rows below the header')
-    return candidates
+    return candidates, structures
 
 
 @cli.command()
@@ -301,7 +437,7 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     message = check_selection(selection)
     if message:
         _fail(message)
-    candidates = read_candidates(candidates_file)  # before the profile: a bad file stops here
+    candidates, structures = read_candidates(candidates_file)  # before the profile: a bad file stops here
     model = _load_node(model_id, profile, VoltageModelData)
     from aiida_voltnet.calculations.functions import check_voltage_model
 
@@ -314,9 +450,10 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     builder = ScreenWorkChain.get_builder()
     try:  # the builder validates each input as it is set (the code's computer, say)
         builder.model = model
-        builder.candidates = {name: {'charged': orm.StructureData(pymatgen=pair['charged']),
-                                     'discharged': orm.StructureData(pymatgen=pair['discharged']),
-                                     'working_ion': orm.Str(pair['working_ion'])}
+        cells = {file: _structure_node(file, structure) for file, structure in structures.items()}  # one a file
+        ions = {ion: orm.Str(ion) for ion in {pair['working_ion'] for pair in candidates.values()}}  # one an ion
+        builder.candidates = {name: {'charged': cells[pair['charged']], 'discharged': cells[pair['discharged']],
+                                     'working_ion': ions[pair['working_ion']]}
                               for name, pair in candidates.items()}
         builder.selection = orm.Dict(selection)
         builder.verify = {'code': code, 'settings': orm.Dict(inputs['settings']), 'options': inputs['options'],
@@ -327,12 +464,25 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
         _fail(f'refused before any pw.x job: {exception}')
     started = time.perf_counter()
     results, node = _run_in_interpreter(builder, ScreenWorkChain)
-    _echo_screen(results, node, time.perf_counter() - started)
+    _echo_screen(results, node, time.perf_counter() - started, retrain=dataset is not None)
     if not node.is_finished_ok:
         _fail(f'ScreenWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
 
 
-def _echo_screen(results: dict, node, seconds: float) -> None:
+def _structure_node(file: Path, structure):
+    """The ``StructureData`` of a structure file: labelled with the file's name, described by its path and sha256,
+    so that the graph says which file a cell came from."""
+    import hashlib
+
+    from aiida import orm
+
+    node = orm.StructureData(pymatgen=structure)
+    node.label = file.name[:255]
+    node.description = f'{file} (sha256 {hashlib.sha256(file.read_bytes()).hexdigest()})'
+    return node
+
+
+def _echo_screen(results: dict, node, seconds: float, retrain: bool = False) -> None:
     """The screen's summary: counts, the rejected candidates, the table of the selected and the MAE."""
     if 'summary' not in results:
         return
@@ -362,3 +512,5 @@ def _echo_screen(results: dict, node, seconds: float) -> None:
         model = results['retrained_model']
         click.echo(f'retrained: VoltageModelData<{model.pk}> version {model.model_version[:12]} on '
                    f'{results["augmented_dataset"].n_records} records')
+    elif retrain and not summary['n_verified']:
+        click.echo('not retrained: no candidate was verified (--retrain-dataset needs at least one DFT voltage)')
