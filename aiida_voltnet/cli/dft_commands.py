@@ -107,7 +107,9 @@ def _run_in_interpreter(builder, process_class):
     As aiida-core's ``run_get_node``, with its own signal handling: aiida's handler asked the work chain to kill
     itself, which without a broker cannot reach the children it runs, so Ctrl-C printed a traceback (or a thousand
     lines of ``DetachedInstanceError`` and did not return) and left processes 'Waiting' for good. An interrupt
-    while the process and its inputs are being stored waits until they are (no unlinked inputs left).
+    while the process and its inputs are being stored waits until they are (no unlinked inputs left); once it runs,
+    the interrupt stops the event loop between two of its callbacks, never inside a database write (raised there,
+    it left the session unusable for the clean-up); a second one stops at once.
     """
     import signal
 
@@ -124,8 +126,15 @@ def _run_in_interpreter(builder, process_class):
     def defer(number, _frame):
         deferred.append(number)
 
+    def interrupt():
+        raise KeyboardInterrupt  # from a loop callback: asyncio lets it through, between two callbacks
+
     def stop(_number, _frame):
-        raise KeyboardInterrupt
+        if deferred:  # the second interrupt: do not wait for the loop (a long calculation function blocks it)
+            raise KeyboardInterrupt
+        deferred.append(_number)
+        click.echo('Interrupted: stopping at the next step (Ctrl-C again to stop at once) ...', err=True)
+        runner.loop.call_soon_threadsafe(interrupt)
 
     from aiida.engine.processes import functions
 
@@ -201,10 +210,15 @@ def _stop_interrupted(newest: int | None) -> None:
     from aiida.engine import ProcessState
     from aiida.manage import get_manager
 
-    try:  # the interrupt may have cut a database transaction short
-        get_manager().get_profile_storage().get_session().rollback()
+    try:  # a second interrupt may have cut a database transaction short
+        session = get_manager().get_profile_storage().get_session()
     except Exception:  # noqa: BLE001 - a storage without a session has nothing to roll back
-        pass
+        session = None
+    for step in ('rollback', 'close'):  # close: a session left mid-commit refuses even a rollback's next query
+        try:
+            getattr(session, step)()
+        except Exception:  # noqa: BLE001 - the best the session allows
+            pass
     active = [ProcessState.CREATED.value, ProcessState.WAITING.value, ProcessState.RUNNING.value]
     left = orm.QueryBuilder().append(orm.ProcessNode, filters={
         'id': {'>': newest or 0},
