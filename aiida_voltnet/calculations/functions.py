@@ -172,7 +172,8 @@ def _check_model_and_ions(model, ions, records=()):
 
 def check_code_plugin(code, plugin: str, name: str, hint: str) -> str | None:
     """Why ``code`` (the input ``name``) cannot run a ``plugin`` job: another default plugin (such a code ran its
-    jobs and failed, or failed when the job was built); ``hint`` says which code to give. None if it can."""
+    jobs and failed, or failed when the job was built; ``hint`` says which code to give), or a computer that is not
+    configured for the default user. None if it can."""
     default = code.default_calc_job_plugin if code is not None else None
     if code is not None and default != plugin:
         return f'{name} {code.full_label} has the default plugin {default!r}, not {plugin}: {hint}'

@@ -3,6 +3,7 @@ files, a localhost computer and a pw.x code), and ``voltnet verify``: the DFT vo
 prediction."""
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import click
@@ -111,8 +112,6 @@ def _run_in_interpreter(builder, process_class):
     the interrupt stops the event loop between two of its callbacks, never inside a database write (raised there,
     it left the session unusable for the clean-up); a second one stops at once.
     """
-    import signal
-
     from aiida import orm
     from aiida.engine.utils import loop_scope
     from aiida.manage import get_manager
@@ -188,9 +187,7 @@ class _SignalsKept:
     """The part of the signal module that aiida-core's process functions use, leaving the handlers as they are
     (see :func:`_run_in_interpreter`): ``getsignal`` answers None, so that nothing is restored afterwards."""
 
-    import signal as _signal
-
-    SIGINT = _signal.SIGINT
+    SIGINT = signal.SIGINT
 
     @staticmethod
     def getsignal(_number):
@@ -367,7 +364,7 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
     if missing:
         _fail(f'--candidates {path}: missing column(s) {", ".join(missing)}; the header must name '
               f'{",".join(CANDIDATE_COLUMNS)}')
-    candidates, lines, structures = {}, {}, {}
+    candidates, lines, structures, checked = {}, {}, {}, set()
     for row in reader:
         line = reader.line_num
         row = {(key or '').strip(): (value or '').strip() for key, value in row.items() if key is not None}
@@ -390,11 +387,13 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
             if file not in structures:
                 structures[file] = read_structure_file(where + ':', str(file))
             files[column] = file
-        try:  # as voltnet verify refuses it; the screen would only list it as not predicted, after storing it
-            record_from_structures(structures[files['charged']], structures[files['discharged']], row['working_ion'],
-                                   battery_id=name)
-        except ValueError as exception:
-            _fail(f'--candidates {path}, line {line}: {exception}')
+        pair = (files['charged'], files['discharged'], row['working_ion'])
+        if pair not in checked:  # once a pair: rows repeating it would repeat its symmetry analysis
+            try:  # as voltnet verify refuses it; the screen would only list it as not predicted, after storing it
+                record_from_structures(structures[pair[0]], structures[pair[1]], pair[2], battery_id=name)
+            except ValueError as exception:
+                _fail(f'--candidates {path}, line {line}: {exception}')
+            checked.add(pair)
         candidates[name] = {**files, 'working_ion': row['working_ion']}
     if not candidates:
         _fail(f'--candidates {path}: no candidate rows below the header')
