@@ -18,8 +18,13 @@ seed)``):
 
 MAE is pooled over the outer folds of a seed, then mean +/- std (ddof=0) over seeds, as in ``accuracy.py``.
 
+``--split random`` does the same for the random 90/10 protocol: the outer split of each seed is ``accuracy.py``'s
+(``make_split(records, 'random', seed, test_fraction=0.1)``, so the default's figure is that of
+``--rows voltnet:leakfree:random``), and the inner folds are random k-folds of its training rows (seed + 100).
+
     OMP_NUM_THREADS=1 python benchmarks/nested_grouped.py --seeds 0            # about 15 min on one core
     OMP_NUM_THREADS=1 python benchmarks/nested_grouped.py --seeds 0 1 2 --json nested.json
+    OMP_NUM_THREADS=1 python benchmarks/nested_grouped.py --split random --seeds 0 1 2 3 4
 """
 from __future__ import annotations
 
@@ -34,7 +39,7 @@ from common import DEFAULT_CSV, InputError, at_least, existing_file, git_commit,
 from tune_voltnet import BASE, BASE_MEMBERS, CANDIDATES, leakfree_arrays
 
 from aiida_voltnet.ml.models import GradientBoostedTrees
-from aiida_voltnet.ml.splits import kfold_splits
+from aiida_voltnet.ml.splits import kfold_splits, make_split
 
 #: The candidates scored inside each outer fold by default: the default, the round-1/2 winners (voltnet_large is
 #: ``leaf10_lr0.1x500``) and the pool's best (round 5). Fixed before this script was first run.
@@ -52,11 +57,12 @@ def fit_and_score(train, test, name: str, seed: int, members: int | None = None)
     return float(np.sum(np.abs(mean - y_test))), len(test)
 
 
-def choose(train, names, seed: int, inner_folds: int, inner_members: int) -> tuple[str, dict[str, float]]:
-    """The candidate with the lowest mean MAE over ``inner_folds`` grouped folds of ``train`` (and every
-    candidate's mean inner MAE); ties keep the order of ``names``."""
+def choose(train, names, seed: int, inner_folds: int, inner_members: int,
+           grouped: bool = True) -> tuple[str, dict[str, float]]:
+    """The candidate with the lowest mean MAE over ``inner_folds`` folds of ``train`` (grouped by host framework,
+    or random) and every candidate's mean inner MAE; ties keep the order of ``names``."""
     scores = {name: [] for name in names}
-    for inner_train_idx, val_idx in kfold_splits(train, k=inner_folds, grouped=True, seed=seed + 100):
+    for inner_train_idx, val_idx in kfold_splits(train, k=inner_folds, grouped=grouped, seed=seed + 100):
         inner_train, val = [train[i] for i in inner_train_idx], [train[i] for i in val_idx]
         for name in names:
             total, n = fit_and_score(inner_train, val, name, seed, members=inner_members)
@@ -69,8 +75,12 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
     parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0])
-    parser.add_argument('--folds', type=at_least(2), default=5, help='outer grouped folds (default 5)')
-    parser.add_argument('--inner-folds', type=at_least(2), default=3, help='inner grouped folds (default 3)')
+    parser.add_argument('--split', choices=('grouped', 'random'), default='grouped',
+                        help='grouped: outer and inner folds grouped by host framework (default); random: the outer '
+                             'split is accuracy.py\'s random 90/10 of each seed, the inner folds random')
+    parser.add_argument('--folds', type=at_least(2), default=5, help='outer grouped folds (default 5; --split '
+                                                                     'grouped only)')
+    parser.add_argument('--inner-folds', type=at_least(2), default=3, help='inner folds (default 3)')
     parser.add_argument('--inner-members', type=positive_int, default=1,
                         help='members of each candidate inside the inner folds (default 1: a proxy)')
     parser.add_argument('--candidates', nargs='+', default=list(DEFAULT_CANDIDATES), choices=CANDIDATES,
@@ -79,20 +89,25 @@ def main():
     parser.add_argument('--json', type=new_file, default=None, help='write the per-fold results here')
     args = parser.parse_args()
     records = read_data(args.data)
+    grouped = args.split == 'grouped'
     groups = len({r.framework_formula for r in records})
-    if groups < args.folds * args.inner_folds:
+    if grouped and groups < args.folds * args.inner_folds:
         raise InputError(f'--data has {groups} host framework(s): too few for {args.folds} outer x '
                          f'{args.inner_folds} inner grouped folds')
-    print(f'nested grouped CV: {len(records)} records, {args.folds} outer x {args.inner_folds} inner grouped folds, '
+    outer = f'{args.folds} outer x {args.inner_folds} inner grouped folds' if grouped else \
+        f'random 90/10 outer split x {args.inner_folds} inner random folds'
+    print(f'nested {args.split} CV: {len(records)} records, {outer}, '
           f'candidates {", ".join(args.candidates)} ({args.inner_members} member(s) inside), commit {git_commit()}',
           flush=True)
     results = []
     for seed in args.seeds:
         nested, default = [0.0, 0], [0.0, 0]
-        for fold, (train_idx, test_idx) in enumerate(kfold_splits(records, k=args.folds, grouped=True, seed=seed)):
+        outer_splits = kfold_splits(records, k=args.folds, grouped=True, seed=seed) if grouped else \
+            [make_split(records, 'random', seed=seed, test_fraction=0.1)]
+        for fold, (train_idx, test_idx) in enumerate(outer_splits):
             started = time.perf_counter()
             train, test = [records[i] for i in train_idx], [records[i] for i in test_idx]
-            chosen, inner = choose(train, args.candidates, seed, args.inner_folds, args.inner_members)
+            chosen, inner = choose(train, args.candidates, seed, args.inner_folds, args.inner_members, grouped)
             total, n = fit_and_score(train, test, chosen, seed)
             base_total, _ = (total, n) if chosen == 'base' else fit_and_score(train, test, 'base', seed)
             nested = [nested[0] + total, nested[1] + n]

@@ -123,3 +123,23 @@ def test_nested_grouped_chooses_inside_each_outer_fold(tmp_path):
     assert 'nested MAE (V)' in result.stdout
     few = bench('nested_grouped.py', '--data', str(data), '--folds', '50', '--inner-folds', '10')
     assert few.returncode == 2 and 'too few for 50 outer x 10 inner grouped folds' in few.stderr, few.stderr
+
+
+def test_nested_random_uses_the_benchmark_split(tmp_path):
+    """``--split random``: one outer split per seed, accuracy.py's random 90/10, with random inner folds."""
+    import json
+
+    from aiida_voltnet.ml.records import read_electrodes_csv
+    from aiida_voltnet.ml.splits import make_split
+
+    data = tmp_path / 'small.csv'
+    data.write_text('\n'.join((ROOT / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv')
+                              .read_text().splitlines()[:241]) + '\n')
+    result = bench('nested_grouped.py', '--data', str(data), '--split', 'random', '--inner-folds', '2',
+                   '--candidates', 'base', 'lr0.1x500', '--seeds', '3', '--json', str(tmp_path / 'n.json'))
+    assert result.returncode == 0, result.stderr
+    assert 'random 90/10 outer split x 2 inner random folds' in result.stdout
+    folds = [r for r in json.loads((tmp_path / 'n.json').read_text())['results'] if 'fold' in r]
+    _train, test = make_split(read_electrodes_csv(data), 'random', seed=3, test_fraction=0.1)
+    assert [r['fold'] for r in folds] == [0] and folds[0]['n_test'] == len(test) == 24
+    assert folds[0]['chosen'] == min(folds[0]['inner_mae'], key=folds[0]['inner_mae'].get)
