@@ -179,13 +179,15 @@ def quickstart(data, profile, protocol):
             {orm.ProcessNode: {'id': 'desc'}}).limit(1).first(flat=True)
 
     before = last_process()
-    from plumpy.exceptions import KilledError
+    from .running import Interrupted, run_interruptible
 
     try:
         with _console_without_tracebacks():
-            result = run_quickstart(data, protocol=protocol, echo=click.echo)
-    except (KeyboardInterrupt, KilledError):  # Ctrl-C: aiida's runner kills the running process and raises
-        _fail_interrupted(before)
+            result = run_quickstart(data, protocol=protocol, echo=click.echo, run=run_interruptible)
+    except Interrupted as exception:  # Ctrl-C or SIGTERM during a work chain: what it stopped, named
+        _fail(str(exception), 130)
+    except KeyboardInterrupt:  # between the work chains: nothing was running
+        _fail('interrupted (what finished before stays stored: verdi process list -a)', 130)
     except RuntimeError as exception:  # a work chain that failed: its exit status and message, no traceback
         _fail(str(exception), 1)
     except ValueError as exception:
@@ -228,19 +230,6 @@ def _console_without_tracebacks():
     finally:
         for handler in handlers:
             handler.removeFilter(_NoTraceback)
-
-
-def _fail_interrupted(before: int | None) -> None:
-    """Exit 130 after Ctrl-C, naming the processes the interrupt left killed or excepted (those after pk
-    ``before``): the run ended in some 90 lines of plumpy's KilledError traceback."""
-    from aiida import orm
-
-    left = orm.QueryBuilder().append(orm.ProcessNode, project=['id', 'attributes.process_label'], filters={
-        'id': {'>': before or 0}, 'attributes.process_state': {'in': ['killed', 'excepted']}}).order_by(
-        {orm.ProcessNode: {'id': 'asc'}}).all()
-    named = ', '.join(f'{label}<{pk}>' for pk, label in left)
-    _fail('interrupted' + (f': {named} stopped as killed or excepted; what finished before stays stored '
-                           '(verdi process list -a)' if named else ''), 130)
 
 
 @cli.command()

@@ -3,7 +3,6 @@ files, a localhost computer and a pw.x code), and ``voltnet verify``: the DFT vo
 prediction."""
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 
 import click
@@ -101,157 +100,25 @@ def _pw_code(code_label: str | None):
 
 
 def _run_in_interpreter(builder, process_class):
-    """Run ``builder`` in this interpreter and return ``(outputs, node)``; or exit: 2 for inputs refused at launch
-    (nothing stored, e.g. a model that never saw the ion), 1 for a ``ValueError`` raised by a step once the work
-    chain ran (named, with its pk), 130 for Ctrl-C or SIGTERM (see :func:`_stop_interrupted`).
-
-    As aiida-core's ``run_get_node``, with its own signal handling: aiida's handler asked the work chain to kill
-    itself, which without a broker cannot reach the children it runs, so Ctrl-C printed a traceback (or a thousand
-    lines of ``DetachedInstanceError`` and did not return) and left processes 'Waiting' for good. An interrupt
-    while the process and its inputs are being stored waits until they are (no unlinked inputs left); once it runs,
-    the interrupt stops the event loop between two of its callbacks, never inside a database write (raised there,
-    it left the session unusable for the clean-up); a second one stops at once.
-    """
+    """Run ``builder`` in this interpreter (:func:`~aiida_voltnet.cli.running.run_interruptible`) and return
+    ``(outputs, node)``; or exit: 2 for inputs refused at launch (nothing stored, e.g. a model that never saw the
+    ion), 1 for a ``ValueError`` raised by a step once the work chain ran (named, with its pk), 130 for Ctrl-C or
+    SIGTERM (the unfinished processes marked killed, named)."""
     from aiida import orm
-    from aiida.engine.utils import loop_scope
-    from aiida.manage import get_manager
+
+    from .running import Interrupted, run_interruptible
 
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
-    runner = get_manager().get_runner()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    previous = {number: signal.getsignal(number) for number in signals}
-    deferred = []
-
-    def defer(number, _frame):
-        deferred.append(number)
-
-    def interrupt():
-        raise KeyboardInterrupt  # from a loop callback: asyncio lets it through, between two callbacks
-
-    def stop(_number, _frame):
-        if deferred:  # the second interrupt: do not wait for the loop (a long calculation function blocks it)
-            raise KeyboardInterrupt
-        deferred.append(_number)
-        click.echo('Interrupted: stopping at the next step (Ctrl-C again to stop at once) ...', err=True)
-        runner.loop.call_soon_threadsafe(interrupt)
-
-    from aiida.engine.processes import functions
-
     try:
-        for number in signals:
-            signal.signal(number, defer)
-        # a calculation function run inside the work chain binds SIGINT to killing itself while it runs (aiida-core's
-        # functions.py, for runs outside a daemon): an interrupt then killed only it and the work chain went on.
-        # It sees a stand-in of the signal module here, which leaves the handler to this function.
-        functions.signal = _SignalsKept
-        with loop_scope(runner.loop):
-            process = runner.instantiate_process(builder)  # validates (a refusal stores nothing), then stores
-            if deferred:
-                raise KeyboardInterrupt
-            for number in signals:
-                signal.signal(number, stop)
-            process.execute()
-        return process.outputs, process.node
-    except KeyboardInterrupt:
-        for number in signals:  # a second Ctrl-C must not cut the clean-up short
-            signal.signal(number, signal.SIG_IGN)
-        _quiet_loop(runner.loop)
-        _stop_interrupted(newest)
+        return run_interruptible(builder)
+    except Interrupted as exception:
+        _fail(str(exception), 130)
     except ValueError as exception:
         ran = orm.QueryBuilder().append(process_class, filters={'id': {'>': newest or 0}}, project='id').first()
         if ran:
             _fail(f'{process_class.__name__}<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
                   f'(verdi process report {ran[0]})', 1)
         _fail(f'refused before any pw.x job: {exception}')
-    finally:
-        functions.signal = signal
-        for number, handler in previous.items():
-            signal.signal(number, handler)
-
-
-def _quiet_loop(loop) -> None:
-    """The interrupted loop's tasks: the interrupt's own exception marked as seen, the rest cancelled, and asyncio's
-    report of what is left at exit silenced (it printed 'Task exception was never retrieved' with a traceback)."""
-    import asyncio
-
-    loop.set_exception_handler(lambda _loop, _context: None)
-    for task in asyncio.all_tasks(loop):
-        if task.done():
-            if not task.cancelled():
-                task.exception()
-        else:
-            task.cancel()
-
-
-class _SignalsKept:
-    """The part of the signal module that aiida-core's process functions use, leaving the handlers as they are
-    (see :func:`_run_in_interpreter`): ``getsignal`` answers None, so that nothing is restored afterwards."""
-
-    SIGINT = signal.SIGINT
-
-    @staticmethod
-    def getsignal(_number):
-        return None
-
-    @staticmethod
-    def signal(_number, _handler):
-        return None
-
-
-def _stop_interrupted(newest: int | None) -> None:
-    """After an interrupt: every process stored after node ``newest`` that has not terminated is marked killed
-    (state, status, sealed) and the scheduler job of a calculation that has one is cancelled; exit 130 naming them.
-    They ran in this interpreter, which is ending: left as they were, they stayed 'Waiting' or 'Running' for good,
-    and a profile without a broker cannot kill them (`verdi process kill` needs one)."""
-    from aiida import orm
-    from aiida.engine import ProcessState
-    from aiida.manage import get_manager
-
-    try:  # a second interrupt may have cut a database transaction short
-        session = get_manager().get_profile_storage().get_session()
-    except Exception:  # noqa: BLE001 - a storage without a session has nothing to roll back
-        session = None
-    for step in ('rollback', 'close'):  # close: a session left mid-commit refuses even a rollback's next query
-        try:
-            getattr(session, step)()
-        except Exception:  # noqa: BLE001 - the best the session allows
-            pass
-    active = [ProcessState.CREATED.value, ProcessState.WAITING.value, ProcessState.RUNNING.value]
-    left = orm.QueryBuilder().append(orm.ProcessNode, filters={
-        'id': {'>': newest or 0},
-        'or': [{'attributes.process_state': {'in': active}}, {'attributes': {'!has_key': 'process_state'}}]},
-        project='*').order_by({orm.ProcessNode: {'id': 'asc'}}).all(flat=True)
-    stopped, jobs = [], []
-    for node in left:
-        if isinstance(node, orm.CalcJobNode) and node.get_job_id():
-            jobs.append(_cancel_job(node))
-        try:
-            node.set_process_state(ProcessState.KILLED)
-            node.set_process_status('killed: the command that ran it was interrupted')
-            node.seal()
-        except Exception:  # noqa: BLE001 - sealed meanwhile: it terminated on its own
-            continue
-        stopped.append(f'{node.process_label}<{node.pk}>')
-    message = 'interrupted'
-    if stopped:
-        message += f': marked killed {", ".join(stopped[:6])}' + (f' and {len(stopped) - 6} more' if len(stopped) > 6
-                                                                  else '')
-    if jobs:
-        message += f'; {"; ".join(jobs)}'
-    _fail(message + ' (what finished before stays stored: verdi process list -a)', 130)
-
-
-def _cancel_job(node) -> str:
-    """Cancel the scheduler job of calculation ``node`` (its pw.x, say); a sentence saying what happened."""
-    job_id = node.get_job_id()
-    try:
-        with node.computer.get_transport() as transport:
-            scheduler = node.computer.get_scheduler()
-            scheduler.set_transport(transport)
-            scheduler.kill_job(job_id)
-    except Exception as exception:  # noqa: BLE001 - the job may have ended; say so rather than fail the clean-up
-        return f'job {job_id} of {node.process_label}<{node.pk}> could not be cancelled ({exception})'
-    return f"sent the scheduler's kill to job {job_id} of {node.process_label}<{node.pk}>"
 
 
 @cli.command()

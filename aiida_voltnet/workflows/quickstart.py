@@ -57,8 +57,11 @@ def _provenance_line(answer: dict) -> str:
 
 
 def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Callable[[str], Any] = print,
-                   overrides: dict | None = None) -> dict[str, Any]:
+                   overrides: dict | None = None, run: Callable = run_get_node) -> dict[str, Any]:
     """Train on ``csv_path`` with ``protocol`` and predict the shipped pairs; needs a loaded profile.
+
+    ``run`` runs each work chain and returns ``(outputs, node)`` (aiida-core's ``run_get_node`` by default;
+    ``voltnet quickstart`` passes :func:`aiida_voltnet.cli.running.run_interruptible`).
 
     :returns: ``{'train_workchain', 'model', 'metrics', 'predict_workchain', 'predictions', 'skipped'}``;
         ``predictions[name]`` has ``voltage``, ``uncertainty`` (V), ``working_ion`` and ``provenance`` (the
@@ -68,7 +71,7 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
     csv = orm.SinglefileData(os.path.abspath(csv_path))
     builder = TrainWorkChain.get_builder_from_protocol(csv, protocol=protocol, overrides=overrides)
     echo(f'Training with protocol {protocol!r} on {os.path.basename(str(csv_path))} ...')
-    outputs, train_node = run_get_node(builder)
+    outputs, train_node = run(builder)
     if not train_node.is_finished_ok:
         raise RuntimeError(f'TrainWorkChain<{train_node.pk}> failed with exit status {train_node.exit_status}: '
                            f'{train_node.exit_message}')
@@ -95,7 +98,7 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
     predict_node = None
     if pairs:
         structures = {port: {k: v for k, v in pair.items() if k != 'name'} for port, pair in pairs.items()}
-        results, predict_node = run_get_node(PredictWorkChain, model=model, structures=structures)
+        results, predict_node = run(PredictWorkChain, model=model, structures=structures)
         if not predict_node.is_finished_ok:
             raise RuntimeError(f'PredictWorkChain<{predict_node.pk}> failed: {predict_node.exit_message}')
         for port, pair in pairs.items():
