@@ -203,6 +203,24 @@ def check_job_options(options: dict, process_class) -> str | None:
     return None
 
 
+def check_job_resources(options: dict, code) -> str | None:
+    """Why the ``resources`` of job ``options`` do not fit the scheduler of ``code``'s computer (e.g. 5 MPI
+    processes on 1 machine x 1 per machine), or None; aiida-core checks it when the job is launched, after a work
+    chain had stored its earlier steps."""
+    resources = (options or {}).get('resources')
+    computer = getattr(code, 'computer', None)
+    if not resources or computer is None:
+        return None
+    resources = dict(resources)  # preprocess_resources fills in defaults in place
+    scheduler = computer.get_scheduler()
+    try:
+        scheduler.preprocess_resources(resources, computer.get_default_mpiprocs_per_machine())
+        scheduler.validate_resources(**resources)
+    except (ValueError, TypeError) as exception:
+        return f'resources {options["resources"]} do not fit the {scheduler} scheduler of {computer.label}: {exception}'
+    return None
+
+
 def check_voltage_model(model) -> str | None:
     """Why ``model`` cannot make voltage predictions: one trained for another target (``max_delta_volume``) gives
     numbers that are no volts, which the prediction functions and work chains would store and report as voltages;

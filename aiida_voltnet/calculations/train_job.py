@@ -68,11 +68,17 @@ def validate_restart_folder(folder, _ctx=None):
     return None
 
 
-def validate_inputs(inputs, _ctx=None):
-    """Featurizer, model and settings must be known and every record must have the target (the same checks as
+def validate_inputs(inputs, ctx=None):
+    """aiida-core's own checks of a calculation job (resources that fit the scheduler, the code's computer), then:
+    featurizer, model and settings must be known and every record must have the target (the same checks as
     ``train_model``), before the job waits in a queue only to fail remotely."""
+    from aiida.engine.processes.calcjobs.calcjob import validate_calc_job
+
     from aiida_voltnet.calculations import functions
 
+    message = validate_calc_job(inputs, ctx) if ctx is not None else None  # the validator this one replaced
+    if message:
+        return message
     try:
         settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
         # members, train_overrides (keys and values), device name, target: whether CUDA is there is the remote

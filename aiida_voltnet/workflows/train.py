@@ -109,7 +109,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                                                   'give a `voltnet-train` code')
             if message:
                 return message
-            message = functions.check_job_options(inputs.get('train_options') or {}, VoltnetTrainCalculation)
+            message = (functions.check_job_options(inputs.get('train_options') or {}, VoltnetTrainCalculation)
+                       or functions.check_job_resources(inputs.get('train_options') or {}, inputs['train_code']))
             if message:
                 return f'train_options: {message}'
         try:

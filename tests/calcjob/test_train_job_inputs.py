@@ -222,3 +222,21 @@ def test_protocols_and_overrides(slurm_code, dataset_60):
     inputs = {'train': {**builder.train, 'restart_fodler': orm.Int(1)}}
     with pytest.raises(ValueError, match='restart_fodler'):  # nor a launch
         run_get_node(VoltnetTrainBaseWorkChain, **inputs)
+
+
+def test_resources_that_do_not_fit_the_scheduler_are_refused_at_launch(train_code, dataset_60):
+    """The job's own input validator replaced aiida-core's, so resources its scheduler cannot run (5 MPI processes
+    on 1 machine x 1) stored the job and excepted at submission; the train work chain stored its dataset and split
+    first."""
+    from aiida.engine import run
+
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    bad = {'num_machines': 1, 'num_mpiprocs_per_machine': 1, 'tot_num_mpiprocs': 5}
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValueError, match='is not valid for the `DirectScheduler` scheduler'):
+        run(VoltnetTrainCalculation, code=train_code, dataset=dataset_60, model=orm.Str('krr'),
+            metadata={'options': {'resources': bad}})
+    with pytest.raises(ValueError, match='train_options: resources .* do not fit the DirectScheduler scheduler of localhost'):
+        run(TrainWorkChain, dataset=dataset_60, train_code=train_code, train_options={'resources': bad})
+    assert orm.QueryBuilder().append(orm.Node).count() == before
