@@ -589,6 +589,14 @@ class PaperFeaturizer(Featurizer):
 
     def __init__(self, seed: int = 0, pca_variance: float = 0.99, _quiet: bool = False, **options):
         _refuse_unknown_options(self.name, options, ('seed', 'pca_variance'))
+        # checked here, where a bad value is named: PCA raised its own error at fit time, once a calculation
+        # function had stored its inputs
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f'paper featurizer option seed must be an integer >= 0, got {seed!r}')
+        if isinstance(pca_variance, bool) or not isinstance(pca_variance, (int, float, np.floating)) \
+                or not 0 < pca_variance < 1:
+            raise ValueError(f'paper featurizer option pca_variance must be a fraction of the variance, '
+                             f'0 < pca_variance < 1, got {pca_variance!r}')
         super().__init__(seed=seed, pca_variance=pca_variance)
         if not _quiet:
             warnings.warn('the paper featurizer includes capacity_grav and energy_grav; their ratio IS the average '

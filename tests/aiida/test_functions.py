@@ -331,6 +331,14 @@ def test_bad_settings_refused(trained):
     _refused(lambda: F.train_model(trained.train, model='krr',
                                    settings={'featurizer_options': {'extra_colums': ['capacity_vol']}}),
              "unknown option.s. 'extra_colums' of featurizer 'leakfree'")
+    # a bad value of a known option failed inside the body (scikit-learn's PCA), with the inputs stored
+    for value in (2.0, 0.0, 'x', True):
+        _refused(lambda: F.train_model(trained.train, featurizer='paper', model='krr',
+                                       settings={'featurizer_options': {'pca_variance': value}}),
+                 'paper featurizer option pca_variance must be a fraction of the variance')
+    _refused(lambda: F.train_model(trained.train, featurizer='paper', model='krr',
+                                   settings={'featurizer_options': {'seed': 'x'}}),
+             "paper featurizer option seed must be an integer >= 0, got 'x'")
     _refused(lambda: F.dft_voltage(-1.0, -2.0, -0.5, 0.0, 1), 'delta_ions must be positive')
     # AiiDA refused a non-finite Float only on storing it, after the finite ones were stored
     _refused(lambda: F.dft_voltage(-10.0, -15.0, -2.0, float('inf')), 'delta_ions must be a finite number')
