@@ -12,7 +12,7 @@ from typing import Any, Sequence
 from aiida.orm import Data
 
 from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, is_validated, records_from_json,
-                                      records_to_json)
+                                      records_to_json, validate_record)
 
 from ._empty import RefusesEmpty
 
@@ -67,6 +67,8 @@ class ElectrodeDataset(RefusesEmpty, Data):
             raise TypeError('records must be aiida_voltnet.ml.records.ElectrodeRecord instances')
         if source not in SOURCES:
             raise ValueError(f'source must be one of {", ".join(SOURCES)}, not {source!r}')
+        # a record built by hand (not by a reader) is checked here: stored unchecked, every reader refused the node
+        records = [r if is_validated(r) else validate_record(r) for r in records]
         ids = [r.battery_id for r in records]
         if len(set(ids)) != len(ids):
             duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
@@ -116,22 +118,39 @@ class ElectrodeDataset(RefusesEmpty, Data):
         recorded one), or, for a dataset built in this process from records that ``validate_record`` returned,
         those same records once the file is verified to be the one written from them (the records equal what
         parsing the file gives; only their ``line``, which the file does not hold, is kept)."""
-        content = self.base.repository.get_object_content(self.RECORDS_FILENAME, mode='rb')
+        label = f'ElectrodeDataset<{self.pk if self.is_stored else "unstored"}>'
         recorded = self.base.attributes.get('records_sha256', None)
+        if recorded is None:  # every dataset with records has it: one without was altered (or never given records)
+            raise ElectrodeDataError(f'{label}: attribute records_sha256 is missing, so {self.RECORDS_FILENAME} '
+                                     'cannot be checked; refusing to read it')
+        try:
+            content = self.base.repository.get_object_content(self.RECORDS_FILENAME, mode='rb')
+        except FileNotFoundError:
+            raise ElectrodeDataError(f'{label}: the repository has no {self.RECORDS_FILENAME}') from None
         actual = hashlib.sha256(content).hexdigest()
-        if recorded is not None and actual != recorded:
-            raise ElectrodeDataError(f'ElectrodeDataset<{self.pk}>: {self.RECORDS_FILENAME} does not match the '
-                                     'sha256 recorded when the node was created')
+        if actual != recorded:
+            raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} does not match the sha256 recorded when the '
+                                     'node was created')
         checked = getattr(self, '_checked_records', None)
         if checked is not None and checked[0] == actual == recorded:
             return list(checked[1])
-        records = records_from_json(content.decode())
+        try:
+            records = records_from_json(content.decode())
+        except ElectrodeDataError as exception:
+            raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME}: {exception}') from None
+        except (ValueError, TypeError, AttributeError, KeyError) as exception:  # JSON, UTF-8 or shape
+            raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} is not a list of electrode records '
+                                     f'({type(exception).__name__}: {exception})') from None
+        ids = [r.battery_id for r in records]
+        if len(set(ids)) != len(ids):
+            duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
+            raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} repeats battery_id(s) {", ".join(duplicated)}')
         # the queryable attributes must say what the file holds (an edited n_records fed add_verified_records'
         # count of the verified records, and queries select on them)
         expected = {'n_records': len(records), 'working_ions': sorted({r.working_ion for r in records})}
         altered = sorted(key for key, value in expected.items() if self.base.attributes.get(key, None) != value)
         if altered:
-            raise ElectrodeDataError(f'ElectrodeDataset<{self.pk}>: attribute(s) {", ".join(altered)} differ from '
+            raise ElectrodeDataError(f'{label}: attribute(s) {", ".join(altered)} differ from '
                                      f'{self.RECORDS_FILENAME}')
         return records
 

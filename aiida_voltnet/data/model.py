@@ -143,11 +143,18 @@ class VoltageModelData(RefusesEmpty, Data):
                 if name not in names:
                     raise ModelIntegrityError(f'{label}: the repository has no {name}')
                 (directory / name).write_bytes(self.base.repository.get_object_content(name, mode='rb'))
+            # read with a default: a node from an archive may lack them (deleted), which is an alteration too
+            recorded_sha256 = self.base.attributes.get('arrays_sha256', None)
+            recorded_version = self.base.attributes.get('model_version', None)
+            for key, value in (('arrays_sha256', recorded_sha256), ('model_version', recorded_version)):
+                if not isinstance(value, str):
+                    raise ModelIntegrityError(f'{label}: attribute {key} is {"missing" if value is None else repr(value)}'
+                                              ', not the hash recorded at creation; refusing to load it')
             actual = file_sha256(directory / 'arrays.safetensors')
-            if actual != self.arrays_sha256:
+            if actual != recorded_sha256:
                 raise ModelIntegrityError(
                     f'{label}: weights file arrays.safetensors was altered (sha256 {actual[:12]}..., the node '
-                    f'recorded {str(self.arrays_sha256)[:12]}...); refusing to load it')
+                    f'recorded {recorded_sha256[:12]}...); refusing to load it')
             try:
                 config = json.loads((directory / 'config.json').read_text())
             except (json.JSONDecodeError, UnicodeDecodeError) as exception:
@@ -155,16 +162,21 @@ class VoltageModelData(RefusesEmpty, Data):
                     from None
             if not isinstance(config, dict):
                 raise ModelIntegrityError(f'{label}: config.json is no JSON object; refusing to load it')
-            if config.get('model_version') != self.model_version:
+            if config.get('model_version') != recorded_version:
                 raise ModelIntegrityError(f'{label}: config.json does not belong to model version '
-                                          f'{self.model_version[:12]}...')
+                                          f'{recorded_version[:12]}...')
             # The attributes are what queries select on: they must say what the files say (a clone whose
             # attributes were edited before storing would otherwise be found, and trusted, as another model).
             stored = self.base.attributes.all
             # a missing attribute counts as altered where every stored model has it (a model without `target`
             # was taken for a voltage model, one without `model_name` broke `voltnet provenance`); the others
             # came later, and older models lack them
-            altered = sorted(key for key, value in _attributes_of(config).items()
+            try:
+                described = _attributes_of(config)
+            except (KeyError, TypeError, AttributeError, ValueError) as exception:
+                raise ModelIntegrityError(f'{label}: config.json lacks or mangles what describes the model '
+                                          f'({type(exception).__name__}: {exception}); refusing to load it') from None
+            altered = sorted(key for key, value in described.items()
                              if (key in stored or key in ALWAYS_STORED_ATTRIBUTES) and stored.get(key) != value)
             if altered:
                 raise ModelIntegrityError(f'{label}: attribute(s) {", ".join(altered)} differ from the model\'s '

@@ -128,3 +128,91 @@ def test_model_params_are_a_queryable_attribute(records):
                                       project='uuid').all(flat=True)
     assert tuned.uuid in found and plain.uuid not in found
     tuned.load_model()
+
+
+def test_dataset_refuses_records_that_no_reader_would_take(records):
+    """Records built by hand were stored unchecked: the node stored, then every reader refused it."""
+    import dataclasses
+
+    from aiida_voltnet.ml.records import ElectrodeRecord
+
+    raw = ElectrodeRecord(battery_id='x1', formula_charge='FePO4', formula_discharge='LiFePO4', working_ion='Xx')
+    with pytest.raises(ElectrodeDataError, match="working_ion.*'Xx'|'Xx'.*working"):
+        ElectrodeDataset([raw])
+    with pytest.raises(ElectrodeDataError):
+        ElectrodeDataset([dataclasses.replace(raw, working_ion='Li', average_voltage=float('nan'))])
+    node = ElectrodeDataset([dataclasses.replace(raw, working_ion='Li', average_voltage=3.4)]).store()
+    assert orm.load_node(node.pk).records()[0].framework_formula == 'FePO4'
+
+
+@pytest.mark.parametrize('content, match', [
+    (b'not json', r'records.json is not a list of electrode records \(JSONDecodeError'),
+    (b'\xff\xfe', r'records.json is not a list of electrode records \(UnicodeDecodeError'),
+    (b'{"a": 1}', 'records.json is not a list of electrode records'),
+    (b'null', 'records.json is not a list of electrode records'),
+    (b'[{"battery_id": "x"}]', 'records.json is not a list of electrode records'),
+])
+def test_dataset_names_a_records_file_that_is_no_records(records, content, match):
+    """A records.json whose sha256 matches (an archive made so) but whose content is no records raised bare
+    JSON, Unicode or TypeErrors."""
+    import hashlib
+
+    clone = ElectrodeDataset(records[:2]).clone()
+    clone.base.repository.put_object_from_bytes(content, 'records.json')
+    clone.base.attributes.set('records_sha256', hashlib.sha256(content).hexdigest())
+    with pytest.raises(ElectrodeDataError, match=f'ElectrodeDataset<unstored>: {match}'):
+        clone.records()
+
+
+def test_dataset_without_its_hash_or_file_is_refused(records):
+    """A dataset whose records_sha256 was deleted (from an archive) skipped the check: edited records loaded."""
+    import json
+
+    clone = ElectrodeDataset(records[:2]).clone()
+    edited = json.loads(clone.base.repository.get_object_content('records.json'))
+    edited[0]['average_voltage'] = 9.99
+    clone.base.repository.put_object_from_bytes(json.dumps(edited).encode(), 'records.json')
+    clone.base.attributes.delete('records_sha256')
+    with pytest.raises(ElectrodeDataError, match='attribute records_sha256 is missing'):
+        clone.records()
+    other = ElectrodeDataset(records[:2]).clone()
+    other.base.repository.delete_object('records.json')
+    with pytest.raises(ElectrodeDataError, match='the repository has no records.json'):
+        other.records()
+    twice = ElectrodeDataset(records[:2]).clone()
+    doubled = json.loads(twice.base.repository.get_object_content('records.json')) * 2
+    content = json.dumps(doubled).encode()
+    twice.base.repository.put_object_from_bytes(content, 'records.json')
+    import hashlib
+    twice.base.attributes.set('records_sha256', hashlib.sha256(content).hexdigest())
+    with pytest.raises(ElectrodeDataError, match='repeats battery_id'):
+        twice.records()
+
+
+@pytest.mark.parametrize('change, match', [
+    (lambda node: node.base.attributes.delete('model_version'), 'attribute model_version is missing'),
+    (lambda node: node.base.attributes.delete('arrays_sha256'), 'attribute arrays_sha256 is missing'),
+    (lambda node: node.base.attributes.set('model_version', 123), 'attribute model_version is 123'),
+])
+def test_model_without_its_hashes_is_refused(core_model, change, match):
+    """A model node from an archive without model_version or arrays_sha256 raised AttributeError (a validator
+    said 'AttributeError: model_version'); a non-string version a TypeError."""
+    clone = VoltageModelData(core_model).clone()
+    change(clone)
+    with pytest.raises(ModelIntegrityError, match=match):
+        clone.load_model()
+
+
+@pytest.mark.parametrize('edit', [lambda c: c.pop('architecture'), lambda c: c.pop('n_parameters'),
+                                  lambda c: c.__setitem__('metadata', []), lambda c: c.__setitem__('featurizer', 'x'),
+                                  lambda c: c.__setitem__('n_parameters', 'abc')])
+def test_model_config_without_what_describes_it_is_refused(core_model, edit):
+    """config.json keeping its model_version but losing a field raised KeyError, AttributeError or ValueError."""
+    import json
+
+    clone = VoltageModelData(core_model).clone()
+    config = json.loads(clone.base.repository.get_object_content('config.json'))
+    edit(config)
+    clone.base.repository.put_object_from_bytes(json.dumps(config).encode(), 'config.json')
+    with pytest.raises(ModelIntegrityError, match='config.json'):
+        clone.load_model()
