@@ -126,6 +126,17 @@ def test_a_formula_amount_beyond_reason_is_refused_by_name(amount):
     assert record.ion_fractions == (0, 3333)
 
 
+@pytest.mark.parametrize('charge, discharge, field, shown', [
+    ('Ti02', 'Li0.75TiO2', 'formula_charge', "'TiO2'"), ('Li0TiO2', 'Li0.75Ti02', 'formula_discharge', "'Li0.75TiO2'")])
+def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, shown):
+    """pymatgen reads Ti02 as Ti2 (and FeP04 as FeP4): a typo of TiO2 was predicted as another compound."""
+    with pytest.raises(ElectrodeDataError, match=f'leading zero .*a zero typed for the letter O, {shown}') as info:
+        load(ROW.replace('Li0TiO2,Li0.75TiO2', f'{charge},{discharge}'))
+    assert (info.value.line, info.value.field) == (2, field)
+    (record,) = load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.05TiO2'))  # 0 and 0.05 are amounts
+    assert record.formula_discharge == 'Li0.05TiO2'
+
+
 def test_column_names_are_read_without_spaces_and_a_near_miss_is_named(caplog):
     """' discharge_space_group_number' (a space after the comma) was dropped in silence, and with it the
     symmetry; a misspelt column is still left out, with a warning naming the column it is close to."""

@@ -215,11 +215,20 @@ MAX_FORMULA_AMOUNT = 10_000
 #: An element symbol in a formula's text (pymatgen's formula grammar: a capital and an optional small letter).
 _ELEMENT_SYMBOL = re.compile(r'[A-Z][a-z]?')
 
+#: An amount written with a leading zero (``Co02``, ``FeP04``): pymatgen reads ``02`` as 2, so a zero typed for the
+#: letter O gave another compound and a prediction for it. A lone ``0`` (``Li0CoO2``) and ``0.5`` are amounts.
+_LEADING_ZERO_AMOUNT = re.compile(r'(?<![\d.])0\d')
+
 
 def parse_formula(formula: str) -> Composition:
     """Parse a formula with pymatgen, keeping explicit zero counts (``Li0CoO2``) and refusing dummy species."""
     if not isinstance(formula, str) or not formula.strip():
         raise ValueError('empty formula')
+    typo = _LEADING_ZERO_AMOUNT.search(formula)
+    if typo:
+        letter = formula[:typo.start()] + 'O' + formula[typo.start() + 1:]
+        raise ValueError(f'formula {formula!r} has an amount with a leading zero ({formula[typo.start():]!r}): a '
+                         f'zero typed for the letter O, {letter!r}? (pymatgen would read it as another compound)')
     try:
         composition = Composition(formula.strip())
     except Exception as exception:  # pymatgen raises ValueError or its own errors on garbage
