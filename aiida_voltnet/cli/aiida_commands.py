@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -293,6 +294,9 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
     makes another node of the same model)."""
     model = _model_by_version(model_id, profile) if not _node_exists(model_id, profile) else None
+    if model is None and re.fullmatch(r'[0-9a-f]{1,7}', model_id) and not model_id.isdigit() \
+            and not _node_exists(model_id, profile):
+        _fail(f'no node {model_id!r}: a model version prefix needs 8 or more hex digits, a pk only digits', EXIT_BAD_INPUT)
     model = model or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 

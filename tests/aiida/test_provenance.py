@@ -270,3 +270,8 @@ def test_predictions_of_a_model_version_include_those_of_its_cache_clones(traine
                                       aiida_profile.name])
     assert result.exit_code == 0, result.output
     assert f'ArrayData<{first.pk}>' in result.output and f'ArrayData<{second.pk}>' in result.output
+    short = original.model_version[:7]  # too short to be a version prefix: said so (before: "no Node ... UUID<e963>")
+    if not short.isdigit():
+        result = CliRunner().invoke(cli, ['predictions', '--model', short, '--profile', aiida_profile.name])
+        assert result.exit_code == 2 and 'a model version prefix needs 8 or more hex digits' in result.output, \
+            result.output
