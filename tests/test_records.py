@@ -137,6 +137,17 @@ def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, show
     assert record.formula_discharge == 'Li0.05TiO2'
 
 
+def test_rows_of_empty_fields_are_blank_lines():
+    """A spreadsheet's ',,,,' row below the data (or a line of spaces) stopped the whole file ('required value is
+    missing', 'the row has 1 fields'); a row with one value left is still refused."""
+    commas = ',' * (HEADER.count(','))
+    records = load(ROW + '\n' + commas + '\n   \n' + commas.replace(',', ' ,', 3))
+    assert [r.battery_id for r in records] == ['mp-2657_Li']
+    with pytest.raises(ElectrodeDataError, match='required value is missing') as info:
+        load(ROW + '\n' + 'x' + commas)
+    assert info.value.line == 3
+
+
 def test_column_names_are_read_without_spaces_and_a_near_miss_is_named(caplog):
     """' discharge_space_group_number' (a space after the comma) was dropped in silence, and with it the
     symmetry; a misspelt column is still left out, with a warning naming the column it is close to."""

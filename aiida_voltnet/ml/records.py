@@ -475,12 +475,15 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
     # Li4-1...): real MP data listing the end members the other way round. They are kept and reported by
     # read_electrodes_csv (see ElectrodeRecord.end_members_reversed).
     if not _almost_equal_amounts(amounts_charge, amounts_discharge, rtol=1e-3, atol=1e-6):
-        frame_charge, frame_discharge = Composition(amounts_charge), Composition(amounts_discharge)
-        if frame_charge.reduced_composition != frame_discharge.reduced_composition:
-            # MP reduces each end member separately: compare the frameworks per formula unit of the host.
-            if not frame_charge.reduced_composition.almost_equals(frame_discharge.reduced_composition, rtol=1e-3):
-                fail(f'charged and discharged host frameworks differ ({frame_charge.reduced_formula} vs '
-                     f'{frame_discharge.reduced_formula})', 'formula_discharge')
+        # MP reduces each end member separately, and a user may write them in other formula units (Ni0.5Mn1.5O4
+        # with Li2NiMn3O8): compare the frameworks per host atom (pymatgen's reduced composition leaves fractional
+        # amounts as written, so Mn1.5Ni0.5O4 and Mn3NiO8 differed there)
+        fractions_charge = {el: amount / atoms_charge for el, amount in amounts_charge.items()}
+        fractions_discharge = {el: amount / atoms_discharge for el, amount in amounts_discharge.items()}
+        if not _almost_equal_amounts(fractions_charge, fractions_discharge, rtol=1e-3, atol=1e-6):
+            frame_charge, frame_discharge = Composition(amounts_charge), Composition(amounts_discharge)
+            fail(f'charged and discharged host frameworks differ ({frame_charge.reduced_formula} vs '
+                 f'{frame_discharge.reduced_formula})', 'formula_discharge')
     updates = {}
     if not record.framework_formula:
         updates['framework_formula'] = framework_key(Composition(amounts_discharge))
@@ -664,6 +667,8 @@ def _rows_of_header_width(reader: csv.DictReader, width: int,
     than the header (DictReader would file the extra ones under ``None`` and fill missing ones with ``None``: a row
     cut short after ``adj_pairs`` would load with no voltage and no symmetry)."""
     for row in reader:
+        if all(not (value or '').strip() for value in [*row.values(), *(row.get(None) or ())] if isinstance(value, str)):
+            continue  # a row of empty fields (',,,,' as spreadsheets write below the data, or spaces): a blank line
         line = reader.line_num - sum(value.count('\n') for value in row.values() if isinstance(value, str)) \
             - sum(value.count('\n') for value in row.get(None) or ())
         if None in row or None in row.values():
