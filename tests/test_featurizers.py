@@ -237,6 +237,61 @@ def test_structure_pair_keeps_the_exact_ion_content():
     assert record.ion_fractions[1] == pytest.approx(1 / 9, rel=1e-12)  # 6 digits were 1e-6 off
 
 
+def _layered(occupancy, lithiated: bool):
+    from pymatgen.core import Lattice, Structure
+
+    cell = Structure.from_spacegroup('R-3m', Lattice.hexagonal(2.82, 14.05), ['Li', occupancy, 'O'],
+                                     [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.24]])
+    if not lithiated:
+        cell.remove_species(['Li'])
+    return cell
+
+
+def test_structure_pairs_with_rounded_or_nearly_equal_occupancies():
+    """Found by review: NMC111 cells with occupancies 0.33/0.33/0.34 were read as a 300-atom formula unit with no
+    warning (the same host as a formula warns), and written Li100.00000000000287...; a charged cell with 0.3333
+    against an exact 1/3 discharged one was refused ('host frameworks differ'), where formulas take them."""
+    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
+
+    rounded = {'Ni': 0.33, 'Mn': 0.33, 'Co': 0.34}
+    with pytest.warns(RoundedAmountsWarning, match="charged structure's partial occupancies look rounded: its host "
+                                                   r'is read as 300 atoms .* where MnCoNiO6 .* has 9'):
+        record = record_from_structures(_layered(rounded, False), _layered(rounded, True), 'Li')
+    assert record.formula_discharge.startswith('Li100Mn')
+    exact = {'Ni': 1 / 3, 'Mn': 1 / 3, 'Co': 1 / 3}
+    with warnings.catch_warnings():
+        warnings.simplefilter('error', RoundedAmountsWarning)  # exact fractions: no warning
+        assert record_from_structures(_layered(exact, False), _layered(exact, True), 'Li').formula_discharge == \
+            'Li3Mn1Co1Ni1O6'
+    with pytest.warns(RoundedAmountsWarning, match="charged structure's .* 30000 atoms"):  # 4 digits are rounded too
+        near = record_from_structures(_layered({'Ni': 0.3333, 'Mn': 0.3333, 'Co': 0.3334}, False),
+                                      _layered(exact, True), 'Li')
+    assert near.framework_formula == 'MnCoNiO6' and near.formula_discharge == 'Li3Mn1Co1Ni1O6'
+    assert near.composition_charge['Co'] == pytest.approx(1.0002)
+    with pytest.raises(Exception, match='host frameworks differ'):
+        record_from_structures(_layered({'Ni': 0.5, 'Mn': 0.5}, False), _layered(exact, True), 'Li')
+
+
+def test_a_pair_of_formulas_in_different_fractional_formula_units():
+    """Ni0.5Mn1.5O4 with Li2NiMn3O8 was refused ('host frameworks differ (Mn1.5Ni0.5O4 vs Mn3NiO8)'): pymatgen's
+    reduced composition keeps fractional amounts as written. The same host per atom is one framework."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    def record(charged, discharged):
+        return validate_record(ElectrodeRecord(battery_id='x', formula_charge=charged, formula_discharge=discharged,
+                                               working_ion='Li'))
+
+    pairs = [('Ni0.5Mn1.5O4', 'Li2NiMn3O8'), ('NiMn3O8', 'LiNi0.5Mn1.5O4'), ('Ni0.5Mn1.5O4', 'LiNi0.5Mn1.5O4'),
+             ('Fe0.5P0.5O2', 'LiFePO4')]
+    records = [record(*pair) for pair in pairs]
+    assert [r.framework_formula for r in records] == ['Mn3NiO8', 'Mn3NiO8', 'Mn3NiO8', 'FePO4']
+    featurizer = LeakFreeFeaturizer().fit(records)
+    raw = featurizer.raw(records)
+    assert np.array_equal(raw[0], raw[1]) and np.array_equal(raw[1], raw[2])
+    with pytest.raises(Exception, match='host frameworks differ'):
+        record('Ni0.5Mn1.5O4', 'Li2NiMn2O8')
+
+
 def test_leak_free_features_do_not_depend_on_the_formula_unit_written():
     """FePO4 -> LiFePO4 written per two formula units (Fe2P2O8 -> Li2Fe2P2O8) is the same electrode: one feature
     was the log of the host's atom count as written, so the two spellings were predicted different voltages

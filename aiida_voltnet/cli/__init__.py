@@ -371,6 +371,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
                                           write_files_atomically)
 
     single = any(v is not None for v in (charged, discharged, ion))
+    from_structures: list[str] = []
     if single == bool(data):
         _fail('give either --data CSV --out OUT.csv, or --charged F --discharged F --ion ION')
     if single and out:
@@ -401,7 +402,8 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
                     _fail('--charged and --discharged are both structure files or both formulas: '
                           f'{charged if files[0] else discharged} is a file, {discharged if files[0] else charged} '
                           'is none')
-                records = [_structure_pair_record(charged, discharged, ion)]
+                with rounded_amounts_collected() as from_structures:  # occupancies such as 0.33 for 1/3
+                    records = [_structure_pair_record(charged, discharged, ion)]
                 from pymatgen.core import Composition
 
                 charged = f'{Composition(records[0].formula_charge).reduced_formula} ({charged})'  # formula (file)
@@ -424,7 +426,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
             mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:  # e.g. an ion the model never saw: the file, as above
         _fail(f'{data}: {exception}' if data and not str(exception).startswith(str(data)) else str(exception))
-    for message in rounded:
+    for message in [*from_structures, *rounded]:
         click.echo(f'Warning: {message}', err=True)
     warning = model.extrapolation_warning(records)
     if warning:

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
+from collections import defaultdict
+from fractions import Fraction
 
 from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
+from .featurizers import ROUNDING_DENOMINATOR, ROUNDING_TOLERANCE, RoundedAmountsWarning
 from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, framework_key, validate_record
 
 __all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_PAIRS', 'shipped_pair']
@@ -53,10 +57,45 @@ def _formula(composition: Composition, working_ion: str) -> str:
     amounts = composition.get_el_amt_dict()
     ion_amount = amounts.pop(working_ion, 0.0)
     rest = Composition(amounts).formula.replace(' ', '')
+    nearest = round(ion_amount, 9)  # 100.00000000000287 (float noise of the scaling) is 100
+    if abs(nearest - ion_amount) <= 1e-12 * max(1.0, abs(ion_amount)):
+        ion_amount = nearest
     count = f'{ion_amount:g}'
     if float(count) != ion_amount:  # 1/3 is not 0.333333: the shortest text that reads back as the same number
         count = repr(ion_amount)
     return f'{working_ion}{count}{rest}'
+
+
+def _rounded_occupancies(structure: Structure, working_ion: str, name: str) -> str | None:
+    """Why the partial occupancies of ``structure`` look rounded (0.33 for 1/3, as CIFs of NMC111 often give
+    them), or None: as for a formula such as ``Ni0.33Mn0.33Co0.34O2`` (``featurizers.RoundedAmountsWarning``), the
+    host's smallest integer formula unit is then far larger than with the simple fractions, and so are the
+    features that count atoms per formula unit. Each occupancy is compared with the nearest fraction of
+    denominator up to ``ROUNDING_DENOMINATOR``."""
+    snapped, changed = defaultdict(float), False
+    for site in structure:
+        for species, occupancy in site.species.items():
+            amount = occupancy
+            if occupancy < 1:
+                fraction = Fraction(occupancy).limit_denominator(ROUNDING_DENOMINATOR)
+                if fraction <= 0 or abs(float(fraction) - occupancy) > ROUNDING_TOLERANCE:
+                    return None  # not near a simple fraction: a composition as meant
+                amount, changed = float(fraction), changed or float(fraction) != occupancy
+            snapped[species.symbol] += amount
+    if not changed:
+        return None
+    written = host_framework(structure.composition.element_composition, working_ion)
+    simple = host_framework(Composition(snapped), working_ion)
+    (_, written_units), (formula, simple_units) = (written.get_integer_formula_and_factor(),
+                                                   simple.get_integer_formula_and_factor())
+    written_atoms, simple_atoms = written.num_atoms / written_units, simple.num_atoms / simple_units
+    if written_atoms < 4 * simple_atoms:
+        return None
+    return (f'the {name} structure\'s partial occupancies look rounded: its host is read as {written_atoms:.0f} '
+            f'atoms per integer formula unit, where {Composition(formula).reduced_formula} (the occupancies as '
+            f'simple fractions) has {simple_atoms:.0f}. The features count atoms per integer formula unit, so a '
+            'rounded host is featurized unlike the electrode it stands for: give the exact fractions (0.333333, '
+            'not 0.33)')
 
 
 def record_from_structures(charged: Structure, discharged: Structure, working_ion: str,
@@ -91,13 +130,25 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     # its ordered 2x1x1 supercell one): pymatgen's reduced composition leaves fractional amounts as they are.
     (formula_charged, units), (formula_discharged, units_discharged) = (
         host_charged.get_integer_formula_and_factor(), host_discharged.get_integer_formula_and_factor())
-    if Composition(formula_charged) != Composition(formula_discharged):
+    if Composition(formula_charged) == Composition(formula_discharged):
+        charged_comp = compositions['charged'] / units
+        discharged_comp = compositions['discharged'] / units_discharged
+    elif host_charged.fractional_composition.almost_equals(host_discharged.fractional_composition, rtol=1e-3):
+        # the same host within the tolerance formulas get (occupancies 0.3333 in one cell, 1/3 in the other):
+        # both written per the discharged host's integer formula unit, by their host atoms
+        atoms = Composition(formula_discharged).num_atoms
+        charged_comp = compositions['charged'] * (atoms / host_charged.num_atoms)
+        discharged_comp = compositions['discharged'] * (atoms / host_discharged.num_atoms)
+        formula_charged = formula_discharged
+    else:
         raise ElectrodeDataError(
             f'host frameworks differ: charged {Composition(formula_charged).reduced_formula}, discharged '
             f'{Composition(formula_discharged).reduced_formula} (both must be the same framework with different '
             f'{working_ion} content)', battery_id=label, field='structures')
-    charged_comp = compositions['charged'] / units
-    discharged_comp = compositions['discharged'] / units_discharged
+    for name, structure in (('charged', charged), ('discharged', discharged)):
+        rounded = _rounded_occupancies(structure, working_ion, name)
+        if rounded:
+            warnings.warn(f'{label}: {rounded}', RoundedAmountsWarning, stacklevel=2)
     if discharged_comp[working_ion] <= charged_comp[working_ion] + 1e-9:
         raise ElectrodeDataError(
             f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
