@@ -272,6 +272,20 @@ def test_structure_pairs_with_rounded_or_nearly_equal_occupancies():
         record_from_structures(_layered({'Ni': 0.5, 'Mn': 0.5}, False), _layered(exact, True), 'Li')
 
 
+def test_symmetry_ignores_oxidation_states():
+    """A cell whose equivalent Fe sites were decorated Fe2+ and Fe3+ got a lower space group than the same atoms
+    bare (the Materials Project's symmetry, which the model learnt, sees elements)."""
+    from aiida_voltnet.ml.structures import symmetry_of
+
+    _charged, discharged, _ = shipped_pair('LiFePO4')
+    decorated = discharged.copy()
+    iron = [k for k, site in enumerate(decorated) if site.specie.symbol == 'Fe']
+    for n, k in enumerate(iron):
+        decorated.replace(k, f'Fe{2 + n % 2}+', decorated[k].frac_coords)
+    assert symmetry_of(decorated) == symmetry_of(discharged) == (62, 'Orthorhombic')
+    assert decorated[iron[1]].specie.oxi_state == 3  # the caller's structure is left as it was
+
+
 def test_a_pair_of_formulas_in_different_fractional_formula_units():
     """Ni0.5Mn1.5O4 with Li2NiMn3O8 was refused ('host frameworks differ (Mn1.5Ni0.5O4 vs Mn3NiO8)'): pymatgen's
     reduced composition keeps fractional amounts as written. The same host per atom is one framework."""

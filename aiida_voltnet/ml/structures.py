@@ -32,6 +32,11 @@ def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
     message = _symprec_problem(symprec)
     if message:
         raise ValueError(message)
+    if any(getattr(species, 'oxi_state', None) for species in structure.composition):
+        # Fe2+ and Fe3+ on sites of one orbit are one element to the Materials Project's symmetry (its structures
+        # carry no oxidation states): a cell decorated per site had a lower space group than the same atoms bare
+        structure = structure.copy()
+        structure.remove_oxidation_states()
     analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
     return analyzer.get_space_group_number(), analyzer.get_crystal_system().capitalize()
 
