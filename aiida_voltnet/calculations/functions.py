@@ -98,8 +98,10 @@ def _structure_key(node):
     return node.uuid if node.is_stored else None
 
 
-def pair_record(charged: orm.StructureData, discharged: orm.StructureData, working_ion: str, battery_id=None):
-    """The electrode record of a (charged, discharged) pair of ``StructureData``.
+def pair_record(charged: orm.StructureData, discharged: orm.StructureData, working_ion: str, battery_id=None,
+                report: bool = False):
+    """The electrode record of a (charged, discharged) pair of ``StructureData``; ``report``: warn the
+    ``RoundedAmountsWarning`` of partial occupancies that look rounded (silent otherwise, as in the validators).
 
     :raises ValueError: for a structure that is not periodic in all three directions (a slab, a wire or a
         molecule is not a bulk electrode, and the model knows only bulk ones).
@@ -111,9 +113,22 @@ def pair_record(charged: orm.StructureData, discharged: orm.StructureData, worki
                              'crystal is periodic along all three')
     keys = (_structure_key(charged), _structure_key(discharged))
     key = None if None in keys else (*keys, working_ion, battery_id)
-    return _PAIR_CACHE.get(key, lambda: record_from_structures(charged.get_pymatgen_structure(),
-                                                               discharged.get_pymatgen_structure(), working_ion,
-                                                               battery_id=battery_id))
+
+    def make():
+        with warnings.catch_warnings(record=True) as caught:  # kept with the record: the validators run first
+            warnings.simplefilter('always', RoundedAmountsWarning)
+            record = record_from_structures(charged.get_pymatgen_structure(), discharged.get_pymatgen_structure(),
+                                            working_ion, battery_id=battery_id)
+        for warning in caught:
+            if not issubclass(warning.category, RoundedAmountsWarning):
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+        return record, tuple(str(w.message) for w in caught if issubclass(w.category, RoundedAmountsWarning))
+
+    record, rounded = _PAIR_CACHE.get(key, make)
+    if report:  # occupancies such as 0.33 for 1/3, warned to whoever asks (a process body reports them)
+        for message in rounded:
+            warnings.warn(message, RoundedAmountsWarning, stacklevel=2)
+    return record
 
 
 def _value(node):
@@ -318,8 +333,9 @@ def assemble_dataset_from_structures(**pairs):
     :param pairs: one namespace per electrode, ``{name: {'charged': StructureData, 'discharged': StructureData,
         'working_ion': Str}}``; ``name`` becomes the record's battery_id.
     """
-    records = [pair_record(charged, discharged, ion, battery_id=name)
-               for name, (charged, discharged, ion) in _pairs(pairs).items()]
+    with _warnings_reported(RoundedAmountsWarning):
+        records = [pair_record(charged, discharged, ion, battery_id=name, report=True)
+                   for name, (charged, discharged, ion) in _pairs(pairs).items()]
     return ElectrodeDataset(records, source='structures')
 
 
@@ -628,7 +644,8 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
         electrodes' range for that working ion (each empty when not; a non-empty one marks the prediction as an
         extrapolation).
     """
-    record = pair_record(charged, discharged, working_ion.value)
+    with _warnings_reported(RoundedAmountsWarning):
+        record = pair_record(charged, discharged, working_ion.value, report=True)
     core = load_model(model)
     mean, std = _predict(core, [record])
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),

@@ -63,6 +63,33 @@ def test_a_rounded_host_is_written_to_the_process_report(trained):
     assert not any('RoundedAmountsWarning' in m for m in messages(exact_process))
 
 
+def test_rounded_occupancies_of_structures_are_written_to_the_process_report(trained):
+    """Structure files with occupancies 0.33/0.33/0.34 were read as a 300-atom host with no word; now the
+    prediction's process report says so, as for the same host written as a formula (and the exact cell says
+    nothing), though the validator built the record first."""
+    import warnings
+
+    from pymatgen.core import Lattice, Structure
+
+    def layered(occupancy, lithiated):
+        cell = Structure.from_spacegroup('R-3m', Lattice.hexagonal(2.82, 14.05), ['Li', occupancy, 'O'],
+                                         [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.24]])
+        if not lithiated:
+            cell.remove_species(['Li'])
+        return orm.StructureData(pymatgen=cell)
+
+    def messages(occupancy):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            _, process = F.predict_structure_pair.run_get_node(trained.model, layered(occupancy, False),
+                                                               layered(occupancy, True), orm.Str('Li'))
+        return [log.message for log in orm.Log.collection.get_logs_for(process)]
+
+    assert any("RoundedAmountsWarning: structure pair: the charged structure's partial occupancies look rounded"
+               in m for m in messages({'Ni': 0.33, 'Mn': 0.33, 'Co': 0.34}))
+    assert not any('RoundedAmountsWarning' in m for m in messages({'Ni': 1 / 3, 'Mn': 1 / 3, 'Co': 1 / 3}))
+
+
 def test_training_warnings_are_written_to_the_process_report(trained):
     """The paper featurizer's leak warning and a rough uncertainty calibration (too few held-out rows) went to the
     interpreter's stderr as bare Python warnings, lost to the provenance graph: each is in the report of the
