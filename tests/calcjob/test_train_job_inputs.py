@@ -163,7 +163,7 @@ def test_records_without_the_target_are_refused_before_the_queue(slurm_code, dat
     records = list(dataset_60.records())
     candidates = ElectrodeDataset([dataclasses.replace(records[0], average_voltage=None, steps=(), num_steps=None)]
                                   + records[1:]).store()
-    with pytest.raises(ValueError, match=f'1 record.s. have no average_voltage to train on, e.g. {records[0].battery_id}'):
+    with pytest.raises(ValueError, match=f"1 record.s. have no average_voltage to train on, e.g. line {records[0].line} \\(battery_id '{records[0].battery_id}'\\)"):
         run(VoltnetTrainCalculation, code=slurm_code, dataset=candidates)
     with pytest.raises(ValueError, match='1 record.s. have no max_delta_volume to train on'):
         run(VoltnetTrainCalculation, code=slurm_code, dataset=candidates,
