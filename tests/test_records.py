@@ -292,3 +292,16 @@ def test_identifiers_with_control_characters_are_refused_by_field(old, new, fiel
     with pytest.raises(ElectrodeDataError) as info:
         load(ROW.replace(old, new))
     assert info.value.field == field and code in str(info.value) and 'control character' in str(info.value)
+
+
+@pytest.mark.parametrize('missing', ['NaN', 'nan', 'NA', 'N/A', '#N/A', 'null', 'None', '<NA>', ' NaN '])
+def test_missing_numbers_as_pandas_and_r_write_them_are_missing(missing):
+    """A candidate list exported with na_rep='NaN' (pandas) or NA (R) in average_voltage was refused ('must be
+    finite, got nan', 'must be a number, got NA'); it is a list without voltages, as pandas.read_csv reads it."""
+    (record,) = load(ROW.replace(',1.0266,', f',{missing},').replace(',Monoclinic,3', f',Monoclinic,{missing}'))
+    assert record.average_voltage is None and record.discharge_space_group_number is None
+    assert record.energy_grav == 242.58  # the other numbers of the row are read
+    for bad in ('inf', '-Infinity', 'NaNa', 'n.a.'):
+        with pytest.raises(ElectrodeDataError, match='average_voltage') as info:
+            load(ROW.replace(',1.0266,', f',{bad},'))
+        assert info.value.line == 2

@@ -573,7 +573,7 @@ def is_validated(record: ElectrodeRecord) -> bool:
 
 
 #: A number as a CSV writes it: ASCII digits, a point, an exponent (``float`` alone also takes ``1_5`` as 15 and
-#: other scripts' digits, so a typo became another value); nan and inf are read to be refused as not finite.
+#: other scripts' digits, so a typo became another value); inf is read to be refused as not finite (nan is missing).
 _NUMBER = re.compile(r'[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?|[+-]?(nan|inf|infinity)', re.ASCII | re.IGNORECASE)
 
 
@@ -581,9 +581,18 @@ def _number_text(value: str) -> bool:
     return _NUMBER.fullmatch(value) is not None
 
 
+#: How spreadsheets, pandas (``na_rep``) and R write a missing number: read as an empty field, as ``pandas.read_csv``
+#: reads them (a candidate list exported with ``NaN`` or ``NA`` in ``average_voltage`` is a list without voltages).
+_MISSING = frozenset({'nan', '-nan', 'na', 'n/a', '#n/a', '<na>', 'null', 'none'})
+
+
+def _missing_text(value: str) -> bool:
+    return not value or value.lower() in _MISSING
+
+
 def _parse_int(value: str, name: str) -> int | None:
     value = value.strip()
-    if not value:
+    if _missing_text(value):
         return None
     try:
         if not _number_text(value):
@@ -600,7 +609,7 @@ def _parse_int(value: str, name: str) -> int | None:
 
 def _parse_float(value: str, name: str) -> float | None:
     value = value.strip()
-    if not value:
+    if _missing_text(value):
         return None
     try:
         if not _number_text(value):
