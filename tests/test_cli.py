@@ -534,6 +534,20 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
                    cwd=tmp_path, check=False)
     assert nameless.returncode == 2 and '--discharged olivine: pymatgen reads a structure file by its name' in \
         nameless.stderr and 'rename it' in nameless.stderr, nameless.stderr
+    # pymatgen's CIF parser warns of what it guessed (here: no symmetry operations, the H-M symbol used), twice, and
+    # the CLI printed both raw with pymatgen's source line; now once, naming the option and the file
+    bare = tmp_path / 'bare.cif'
+    bare.write_text(files['FePO4.cif'].read_text().replace(
+        "loop_\n _symmetry_equiv_pos_site_id\n _symmetry_equiv_pos_as_xyz\n  1  'x, y, z'\n", ''))
+    assert bare.read_text() != files['FePO4.cif'].read_text()
+    guessed = run('predict', '--model', model, '--charged', str(bare), '--discharged', str(files['LiFePO4.cif']),
+                  '--ion', 'Li')
+    assert guessed.stdout.split(':')[1] == named.stdout.split(':')[1], guessed.stdout  # the same voltage
+    lines = [line for line in guessed.stderr.splitlines() if 'symmetry_equiv_pos_as_xyz' in line]
+    assert lines == [f'Warning: --charged {bare}: Issues encountered while parsing CIF: No '
+                     '_symmetry_equiv_pos_as_xyz type key found. Spacegroup from _symmetry_space_group_name_H-M used.'], \
+        guessed.stderr
+    assert 'UserWarning' not in guessed.stderr and 'warnings.warn' not in guessed.stderr, guessed.stderr
 
 
 def test_predict_structure_files_in_json_or_yaml_import_no_module(trained, tmp_path):

@@ -309,9 +309,23 @@ def read_structure_file(where: str, path: str):
         _fail(f'{where} {path}: pymatgen reads a structure file by its name (*.cif, POSCAR, *.vasp, *.json, '
               '...), and this one has none of them: rename it')
     try:
-        return _read_structure_file(where, path)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            structure = _read_structure_file(where, path)
     except Exception as exception:  # noqa: BLE001 - pymatgen raises many kinds for a file it cannot read
         _fail(f'{where} {path}: not a structure file pymatgen can read ({type(exception).__name__}: {exception})')
+    for message in _reader_warnings(caught):
+        click.echo(f'Warning: {where} {path}: {message}', err=True)
+    return structure
+
+
+def _reader_warnings(caught) -> list[str]:
+    """What a structure reader warned of, once each, without library deprecation noise: pymatgen's CIF parser
+    warns an issue, then again inside "Issues encountered while parsing CIF: ...", and printed both raw, with its
+    source line (``.../pymatgen/io/cif.py:1290: UserWarning: ... warnings.warn(``)."""
+    noise = (DeprecationWarning, PendingDeprecationWarning, FutureWarning, ImportWarning, ResourceWarning)
+    messages = list(dict.fromkeys(str(w.message).strip() for w in caught if not issubclass(w.category, noise)))
+    return [m for m in messages if m and not any(m != other and m in other for other in messages)]
 
 
 def read_structure_pair(charged: str, discharged: str) -> list:
