@@ -93,9 +93,12 @@ def _pw_code(code_label: str | None):
             _fail(f'--code {code_label}: {exception} (`verdi code list` lists the codes; `voltnet dft-setup` '
                   'creates pw-debian@localhost)')
         _fail(f'no pw.x code: {exception}; run `voltnet dft-setup` first')
-    if code.default_calc_job_plugin != 'quantumespresso.pw':
-        _fail(f'--code {code_label}: its default plugin is {code.default_calc_job_plugin!r}, not quantumespresso.pw '
-              '(a pw.x code; `voltnet dft-setup` creates pw-debian@localhost)')
+    from aiida_voltnet.calculations.functions import check_code_plugin
+
+    problem = check_code_plugin(code, 'quantumespresso.pw', '--code',
+                                'give a pw.x code (`voltnet dft-setup` creates pw-debian@localhost)')
+    if problem:  # the work chains' own launch check, said before anything else is read
+        _fail(problem)
     return code
 
 

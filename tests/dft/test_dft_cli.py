@@ -39,8 +39,8 @@ def test_verify_refuses_a_code_that_is_no_pw_before_any_job(aiida_profile, aiida
     result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
                                       '--code', 'bash-not-pw@localhost'])
     assert result.exit_code == 2, result.output
-    assert "--code bash-not-pw@localhost: its default plugin is 'core.arithmetic.add', not quantumespresso.pw" \
-        in result.output
+    assert ("--code bash-not-pw@localhost has the default plugin 'core.arithmetic.add', not quantumespresso.pw: "
+            'give a pw.x code') in result.output
     # the pk of a node that is no code was answered 'no Code found with ID<pk>'
     number = orm.Int(3).store()
     result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
