@@ -270,6 +270,12 @@ def test_structure_pairs_with_rounded_or_nearly_equal_occupancies():
     assert near.composition_charge['Co'] == pytest.approx(1.0002)
     with pytest.raises(Exception, match='host frameworks differ'):
         record_from_structures(_layered({'Ni': 0.5, 'Mn': 0.5}, False), _layered(exact, True), 'Li')
+    # the working ion's own occupancy (Li 0.1 / 0.9, no simple fraction) hid the rounded host from the check
+    partly = [_layered(rounded, True) for _ in range(2)]
+    for cell, lithium in zip(partly, (0.1, 0.9)):
+        cell.replace_species({'Li': {'Li': lithium}})
+    with pytest.warns(RoundedAmountsWarning, match="charged structure's partial occupancies look rounded"):
+        assert record_from_structures(*partly, 'Li').formula_charge.startswith('Li10Mn33')
 
 
 def test_symmetry_ignores_oxidation_states():

@@ -80,6 +80,8 @@ def _rounded_occupancies(structure: Structure, working_ion: str, name: str) -> s
     snapped, changed = defaultdict(float), False
     for site in structure:
         for species, occupancy in site.species.items():
+            if species.symbol == working_ion:  # the ion's content is free (Li0.1); only the host's amounts count
+                continue
             amount = occupancy
             if occupancy < 1:
                 fraction = Fraction(occupancy).limit_denominator(ROUNDING_DENOMINATOR)
