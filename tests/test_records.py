@@ -135,6 +135,11 @@ def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, show
     assert (info.value.line, info.value.field) == (2, field)
     (record,) = load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0TiO2,Li0.05TiO2'))  # 0 and 0.05 are amounts
     assert record.formula_discharge == 'Li0.05TiO2'
+    from aiida_voltnet.ml.records import parse_formula
+
+    assert parse_formula('Li1e-05CoO2')['Li'] == pytest.approx(1e-5)  # an exponent, no typo
+    with pytest.raises(ValueError, match="a zero typed for the letter O, 'CeO2'"):
+        parse_formula('Ce02')
 
 
 def test_rows_of_empty_fields_are_blank_lines():

@@ -216,8 +216,9 @@ MAX_FORMULA_AMOUNT = 10_000
 _ELEMENT_SYMBOL = re.compile(r'[A-Z][a-z]?')
 
 #: An amount written with a leading zero (``Co02``, ``FeP04``): pymatgen reads ``02`` as 2, so a zero typed for the
-#: letter O gave another compound and a prediction for it. A lone ``0`` (``Li0CoO2``) and ``0.5`` are amounts.
-_LEADING_ZERO_AMOUNT = re.compile(r'(?<![\d.])0\d')
+#: letter O gave another compound and a prediction for it. A lone ``0`` (``Li0CoO2``) and ``0.5`` are amounts, and
+#: so is an exponent's (``Li1e-05CoO2``); ``Ce02`` is still a typo of CeO2.
+_LEADING_ZERO_AMOUNT = re.compile(r'(?<![\d.])(?<!\d[eE])(?<!\d[eE][+-])0\d')
 
 
 def parse_formula(formula: str) -> Composition:
