@@ -100,6 +100,21 @@ def _node_exists(identifier, profile) -> bool:
     return True
 
 
+def _no_node(identifier, profile) -> bool:
+    """Whether no node has ``identifier`` as its pk, uuid or uuid prefix (a prefix several share is not missing)."""
+    _load_profile(profile)
+    from aiida.common.exceptions import NotExistent
+    from aiida.orm import load_node
+
+    try:
+        load_node(identifier)
+    except NotExistent:
+        return True
+    except Exception:  # noqa: BLE001 - MultipleObjectsError and friends: _load_node says which
+        return False
+    return False
+
+
 def _model_by_version(identifier, profile):
     """The first-made model node whose ``model_version`` starts with ``identifier`` (8 or more hex digits, not a
     pk), None if there is none; exit where the prefix names several versions."""
@@ -295,7 +310,7 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     makes another node of the same model)."""
     model = _model_by_version(model_id, profile) if not _node_exists(model_id, profile) else None
     if model is None and re.fullmatch(r'[0-9a-f]{1,7}', model_id) and not model_id.isdigit() \
-            and not _node_exists(model_id, profile):
+            and _no_node(model_id, profile):
         _fail(f'no node {model_id!r}: a model version prefix needs 8 or more hex digits, a pk only digits', EXIT_BAD_INPUT)
     model = model or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions

@@ -275,3 +275,17 @@ def test_predictions_of_a_model_version_include_those_of_its_cache_clones(traine
         result = CliRunner().invoke(cli, ['predictions', '--model', short, '--profile', aiida_profile.name])
         assert result.exit_code == 2 and 'a model version prefix needs 8 or more hex digits' in result.output, \
             result.output
+    # a prefix that several nodes share is ambiguous, not missing: aiida-core's message says so
+    from collections import Counter
+
+    from aiida import orm
+
+    while True:
+        firsts = Counter(u[0] for u in orm.QueryBuilder().append(orm.Node, project='uuid').all(flat=True))
+        shared = [c for c in 'abcdef' if firsts[c] > 1]
+        if shared:
+            break
+        orm.Int(1).store()
+    result = CliRunner().invoke(cli, ['predictions', '--model', shared[0], '--profile', aiida_profile.name])
+    assert result.exit_code != 0 and 'needs 8 or more' not in result.output and 'ultiple' in result.output, \
+        result.output
