@@ -88,20 +88,9 @@ def _load_node(identifier, profile, node_class=None):
     return node
 
 
-def _node_exists(identifier, profile) -> bool:
-    """Whether ``identifier`` (a pk or uuid, or a prefix of one) names exactly one node: a uuid is read first."""
-    _load_profile(profile)
-    from aiida.orm import load_node
-
-    try:
-        load_node(identifier)
-    except Exception:  # noqa: BLE001 - NotExistent, MultipleObjectsError, ValueError: _load_node says which
-        return False
-    return True
-
-
-def _no_node(identifier, profile) -> bool:
-    """Whether no node has ``identifier`` as its pk, uuid or uuid prefix (a prefix several share is not missing)."""
+def _node_lookup(identifier, profile) -> str:
+    """How many nodes ``identifier`` (a pk or uuid, or a prefix of one; a uuid is read first) names: ``'one'``,
+    ``'none'``, or ``'several'`` (a prefix several share, or anything else ``_load_node`` will name)."""
     _load_profile(profile)
     from aiida.common.exceptions import NotExistent
     from aiida.orm import load_node
@@ -109,10 +98,10 @@ def _no_node(identifier, profile) -> bool:
     try:
         load_node(identifier)
     except NotExistent:
-        return True
-    except Exception:  # noqa: BLE001 - MultipleObjectsError and friends: _load_node says which
-        return False
-    return False
+        return 'none'
+    except Exception:  # noqa: BLE001 - MultipleObjectsError, ValueError: _load_node says which
+        return 'several'
+    return 'one'
 
 
 def _model_by_version(identifier, profile):
@@ -308,9 +297,9 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     as charged, `-` for predictions stored before those
     flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
     makes another node of the same model)."""
-    model = _model_by_version(model_id, profile) if not _node_exists(model_id, profile) else None
-    if model is None and re.fullmatch(r'[0-9a-f]{1,7}', model_id) and not model_id.isdigit() \
-            and _no_node(model_id, profile):
+    found = _node_lookup(model_id, profile)
+    model = _model_by_version(model_id, profile) if found != 'one' else None
+    if model is None and re.fullmatch(r'[0-9a-f]{1,7}', model_id) and not model_id.isdigit() and found == 'none':
         _fail(f'no node {model_id!r}: a model version prefix needs 8 or more hex digits, a pk only digits', EXIT_BAD_INPUT)
     model = model or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
