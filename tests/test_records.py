@@ -310,3 +310,21 @@ def test_missing_numbers_as_pandas_and_r_write_them_are_missing(missing):
         with pytest.raises(ElectrodeDataError, match='average_voltage') as info:
             load(ROW.replace(',1.0266,', f',{bad},'))
         assert info.value.line == 2
+
+
+@pytest.mark.parametrize('missing', ['NaN', 'NA', '#N/A', '<NA>', '+nan'])
+def test_missing_texts_as_pandas_and_r_write_them_are_missing(missing):
+    """The same export writes a missing MP id, crystal system or step list as NaN / NA: read as absent, as the
+    number columns are, instead of keeping 'NA' as an MP id or refusing it as a crystal system or an adj_pairs."""
+    pairs = ROW[ROW.index('"['):ROW.index(']"') + 2]
+    row = (ROW.replace(',mp-2657,mp-558256,Tetragonal,', f',{missing},{missing},{missing},')
+              .replace(pairs, missing))
+    (record,) = load(row)
+    assert record.id_charge is None and record.id_discharge is None and record.charge_crystal_system is None
+    assert record.steps == () and record.energy_grav == 242.58
+    assert record.discharge_crystal_system == 'Monoclinic'
+
+
+def test_a_battery_formula_na_is_sodium_not_missing():
+    (record,) = load(ROW.replace('mp-2657_Li,Li0-0.75TiO2,', 'mp-2657_Li,Na,'))
+    assert record.battery_formula == 'Na'

@@ -78,6 +78,7 @@ class ElectrodeDataError(ValueError):
 
     def __init__(self, message: str, *, field: str | None = None, battery_id: str | None = None,
                  line: int | None = None, source: str | None = None):
+        self.reason = message  # the message without the prefix naming the place
         self.field = field
         self.battery_id = battery_id
         self.line = line
@@ -584,7 +585,7 @@ def _number_text(value: str) -> bool:
 
 #: How spreadsheets, pandas (``na_rep``) and R write a missing number: read as an empty field, as ``pandas.read_csv``
 #: reads them (a candidate list exported with ``NaN`` or ``NA`` in ``average_voltage`` is a list without voltages).
-_MISSING = frozenset({'nan', '-nan', 'na', 'n/a', '#n/a', '<na>', 'null', 'none'})
+_MISSING = frozenset({'nan', '-nan', '+nan', 'na', 'n/a', '#n/a', '<na>', 'null', 'none'})
 
 
 def _missing_text(value: str) -> bool:
@@ -655,7 +656,11 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
             for name in ('battery_formula', 'id_charge', 'id_discharge', 'charge_crystal_system',
                          'discharge_crystal_system'):
                 current = name
-                values[name] = (row.get(name) or '').strip() or None
+                text = (row.get(name) or '').strip()
+                # a pandas or R export writes a missing text as NaN or NA, as it does a missing number; a battery
+                # formula 'Na' is sodium, not a gap, so that column keeps its text
+                missing = _missing_text(text) and not (name == 'battery_formula' and text.lower() == 'na')
+                values[name] = None if missing else text
             for name in ('num_steps', 'charge_space_group_number', 'discharge_space_group_number'):
                 current = name
                 values[name] = _parse_int(row.get(name) or '', name)
@@ -663,7 +668,8 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
                 current = name
                 values[name] = _parse_float(row.get(name) or '', name)
             current = 'adj_pairs'
-            values['steps'] = parse_adj_pairs(row.get('adj_pairs') or '')
+            text = (row.get('adj_pairs') or '').strip()
+            values['steps'] = parse_adj_pairs('' if _missing_text(text) else text)
         except ValueError as exception:
             _fail(str(exception), field_name=current, line=line, source=source, battery_id=battery_id)
         records.append(validate_record(ElectrodeRecord(**values), source=source))
