@@ -137,25 +137,27 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     # its ordered 2x1x1 supercell one): pymatgen's reduced composition leaves fractional amounts as they are.
     (formula_charged, units), (formula_discharged, units_discharged) = (
         host_charged.get_integer_formula_and_factor(), host_discharged.get_integer_formula_and_factor())
+    rounded = {name: _rounded_occupancies(structure, working_ion, name)
+               for name, structure in (('charged', charged), ('discharged', discharged))}
     if Composition(formula_charged) == Composition(formula_discharged):
         charged_comp = compositions['charged'] / units
         discharged_comp = compositions['discharged'] / units_discharged
     elif host_charged.fractional_composition.almost_equals(host_discharged.fractional_composition, rtol=1e-3):
         # the same host within the tolerance formulas get (occupancies 0.3333 in one cell, 1/3 in the other):
-        # both written per the discharged host's integer formula unit, by their host atoms
-        atoms = Composition(formula_discharged).num_atoms
+        # both written per the smaller of the two integer formula units (the exact cell's), by their host atoms,
+        # whichever of the two cells is the rounded one
+        formula_charged = min(formula_charged, formula_discharged, key=lambda formula: Composition(formula).num_atoms)
+        atoms = Composition(formula_charged).num_atoms
         charged_comp = compositions['charged'] * (atoms / host_charged.num_atoms)
         discharged_comp = compositions['discharged'] * (atoms / host_discharged.num_atoms)
-        formula_charged = formula_discharged
+        rounded = {}  # written per the exact cell's formula unit: the rounding moves amounts by 1e-4, no more
     else:
+        hint = ''.join(f'; {message}' for message in rounded.values() if message)
         raise ElectrodeDataError(
             f'host frameworks differ: charged {Composition(formula_charged).reduced_formula}, discharged '
             f'{Composition(formula_discharged).reduced_formula} (both must be the same framework with different '
-            f'{working_ion} content)', battery_id=label, field='structures')
-    for name, structure in (('charged', charged), ('discharged', discharged)):
-        rounded = _rounded_occupancies(structure, working_ion, name)
-        if rounded:
-            warnings.warn(f'{label}: {rounded}', RoundedAmountsWarning, stacklevel=2)
+            f'{working_ion} content){hint}', battery_id=label, field='structures')
+    rounded_messages = [message for message in rounded.values() if message]
     if discharged_comp[working_ion] <= charged_comp[working_ion] + 1e-9:
         raise ElectrodeDataError(
             f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
@@ -183,7 +185,16 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
         discharge_crystal_system=system_discharge,
         num_steps=1,
     )
-    return validate_record(record)
+    try:
+        record = validate_record(record)
+    except ElectrodeDataError as exception:  # e.g. 0.3333 occupancies read as a 30000-atom unit with 20000 O
+        if not rounded_messages:
+            raise
+        raise ElectrodeDataError(f'{exception.reason}; {"; ".join(rounded_messages)}', battery_id=label,
+                                 field=exception.field) from None
+    for message in rounded_messages:
+        warnings.warn(f'{label}: {message}', RoundedAmountsWarning, stacklevel=2)
+    return record
 
 
 #: Example pairs built from structures that ship with pymatgen (``pymatgen/util/structures``): the discharged
