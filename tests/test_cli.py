@@ -95,6 +95,35 @@ def test_a_data_row_with_its_end_members_swapped_is_called_extrapolation(trained
     assert swapped.returncode == 2 and 'swap them' in swapped.stderr
 
 
+def test_the_extrapolation_column_flags_every_such_row(trained, tmp_path):
+    """Found by review: the warning named only the first of several extrapolated rows, and OUT.csv said nothing of
+    them; --extrapolation-column adds a column with each row's reasons (off by default: the three-column contract)."""
+    data, out = tmp_path / 'mixed.csv', tmp_path / 'out.csv'
+    data.write_text('battery_id,formula_charge,formula_discharge,working_ion\nfwd,FePO4,LiFePO4,Li\n'
+                    'sr,SrFeO3,LiSrFeO3,Li\nrev,LiFePO4,FePO4,Li\nrich,FePO4,Li100FePO4,Li\n')
+    plain = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out))
+    assert list(next(csv.DictReader(open(out)))) == ['battery_id', 'predicted_voltage', 'uncertainty']
+    assert '--extrapolation-column flags each such row' in plain.stderr
+    run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out),
+        '--extrapolation-column')
+    flags = {row['battery_id']: row['extrapolation'] for row in csv.DictReader(open(out))}
+    assert flags['fwd'] == '' and flags['sr'] == 'unseen host elements Sr' and flags['rev'] == 'end members reversed'
+    assert flags['rich'].startswith('Li ions per host atom 16.7 (training ')
+    single = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFePO4',
+                 '--ion', 'Li', '--extrapolation-column', check=False)
+    assert single.returncode == 2 and '--extrapolation-column goes with --data' in single.stderr
+
+
+def test_a_single_member_model_says_its_uncertainty_is_no_error_bar(tmp_path):
+    train_csv = tmp_path / 'train.csv'
+    train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')
+    run('train', '--data', str(train_csv), '--out', str(tmp_path / 'svr'), '--model', 'svr')
+    result = run('predict', '--model', str(tmp_path / 'svr'), '--charged', 'FePO4', '--discharged', 'LiFePO4',
+                 '--ion', 'Li')
+    assert '+/- 0.000 V' in result.stdout
+    assert 'is a single svr model, no ensemble: its uncertainty is 0, not an error bar' in result.stderr
+
+
 def test_bad_inputs_exit_nonzero_with_a_message(trained):
     bad = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFeXx4',
               '--ion', 'Li', check=False)

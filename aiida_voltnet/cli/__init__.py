@@ -375,10 +375,16 @@ def _read_model(path):
 @click.option('--discharged', help='The discharged (ion-rich) member: a formula, e.g. LiFePO4, or a structure file.')
 @click.option('--ion', help='Working ion, e.g. Li.')
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
-def predict(model_dir, data, out, charged, discharged, ion, device):
+@click.option('--extrapolation-column', is_flag=True,
+              help='With --data: add a fourth column, extrapolation, to OUT.csv: empty, or why that row\'s '
+                   'prediction is extrapolation (unseen host elements, ion content outside the training range, end '
+                   'members reversed).')
+def predict(model_dir, data, out, charged, discharged, ion, device, extrapolation_column):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas or structure files.
 
     A pair given as formulas has no symmetry (the model was trained with it; a pair of structure files has it).
+    The uncertainty is the ensemble's calibrated spread; a one-member model (svr, krr, --members 1) has none and
+    writes 0, with a warning.
     """
     from aiida_voltnet.ml.featurizers import rounded_amounts_collected
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
@@ -390,6 +396,8 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         _fail('give either --data CSV --out OUT.csv, or --charged F --discharged F --ion ION')
     if single and out:
         _fail('--out goes with --data (a single pair is printed)')
+    if single and extrapolation_column:
+        _fail('--extrapolation-column goes with --data (a single pair prints its warning)')
     if out:
         _check_output_path(out, directory=False)
         if data and Path(out).exists() and os.path.samefile(out, data):  # a link, another case on macOS, ...
@@ -444,16 +452,22 @@ def predict(model_dir, data, out, charged, discharged, ion, device):
         click.echo(f'Warning: {message}', err=True)
     warning = model.extrapolation_warning(records)
     if warning:
-        click.echo(f'Warning: {warning}', err=True)
+        hint = '' if single or extrapolation_column else ' (--extrapolation-column flags each such row in --out)'
+        click.echo(f'Warning: {warning}{hint}', err=True)
+    if len(model.members) == 1:
+        click.echo(f'Warning: {model_dir} is a single {model.model_name} model, no ensemble: its uncertainty is 0, '
+                   'not an error bar (train an ensemble, such as the default voltnet model or --members 5, for '
+                   'one)', err=True)
     if single:
         click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
                    f'(model {model.saved_version[:16]})')
         return
     table = io.StringIO(newline='')
     writer = csv.writer(table)
-    writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'])
-    for record, m, s in zip(records, mean, std):
-        writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'])
+    flags = model.extrapolation_flags(records) if extrapolation_column else None
+    writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'] + (['extrapolation'] if flags is not None else []))
+    for index, (record, m, s) in enumerate(zip(records, mean, std)):
+        writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'] + ([flags[index]] if flags is not None else []))
     try:
         write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
     except OSError as exception:

@@ -578,6 +578,19 @@ class VoltageModel:
             phrases.append(', '.join(parts))
         return phrases
 
+    def extrapolation_flags(self, records: Sequence[ElectrodeRecord]) -> list[str]:
+        """Per record, ``''`` or why its prediction is extrapolation (the reasons of :meth:`extrapolation_warning`,
+        joined by ``'; '``): ``unseen host elements Sr``, ``Li ions per host atom 0.9 (training 0-0.5)``,
+        ``end members reversed``."""
+        unseen, outside = self.unseen_host_elements(records), self.ion_content_outside(records)
+        flags = []
+        for record, elements, phrase in zip(records, unseen, outside):
+            reasons = [f'unseen host elements {" ".join(elements)}'] if elements else []
+            reasons += [phrase] if phrase else []
+            reasons += ['end members reversed'] if record.end_members_reversed else []
+            flags.append('; '.join(reasons))
+        return flags
+
     def extrapolation_warning(self, records: Sequence[ElectrodeRecord]) -> str | None:
         """A sentence for the records the model extrapolates to, or ``None``: hosts with elements no training host
         had, ion contents outside the training electrodes' range for that working ion, and end members listed the
