@@ -328,3 +328,15 @@ def test_missing_texts_as_pandas_and_r_write_them_are_missing(missing):
 def test_a_battery_formula_na_is_sodium_not_missing():
     (record,) = load(ROW.replace('mp-2657_Li,Li0-0.75TiO2,', 'mp-2657_Li,Na,'))
     assert record.battery_formula == 'Na'
+
+
+@pytest.mark.parametrize('delimiter, name', [(';', 'semicolons'), ('\t', 'tabs')])
+def test_a_csv_separated_by_semicolons_or_tabs_is_named(delimiter, name):
+    """A spreadsheet in a comma-decimal locale saves 'CSV' with semicolons; the error listed every required column
+    as missing, which they are not."""
+    text = delimiter.join(HEADER.split(',')) + '\n'
+    with pytest.raises(ElectrodeDataError, match=f'missing required column.*separated by {name}, not commas'):
+        read_electrodes_csv(io.StringIO(text), source='test.csv')
+    with pytest.raises(ElectrodeDataError) as info:  # a header that simply lacks a column gets no such hint
+        read_electrodes_csv(io.StringIO(HEADER.replace('working_ion', 'ion') + '\n'), source='test.csv')
+    assert 'separated by' not in str(info.value)

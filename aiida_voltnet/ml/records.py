@@ -766,7 +766,14 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
                     LOGGER.warning('%s: column %r is not read (did you mean %r?)', source, name, close[0])
         missing = [c for c in REQUIRED_COLUMNS if c not in header]
         if missing:
-            raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}', source=source, line=1)
+            hint = ''
+            for delimiter, name in ((';', 'semicolons'), ('\t', 'tabs')):  # a spreadsheet's regional CSV, a TSV
+                if any(delimiter in column and sum(c in column for c in missing) >= 2 for column in header):
+                    hint = (f' (the header is separated by {name}, not commas: save the file as comma-separated '
+                            'values)')
+                    break
+            raise ElectrodeDataError(f'missing required column(s): {", ".join(missing)}{hint}', source=source,
+                                     line=1)
         repeated = sorted({c for c in header if c and header.count(c) > 1})  # unnamed ones are not read (Excel
         # writes empty columns after the last one)
         if repeated:  # DictReader would keep the last of them
