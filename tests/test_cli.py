@@ -540,7 +540,9 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
             ((files['FePO4.cif'], 'LiFePO4'), f'--charged and --discharged are both structure files or both formulas: '
                                               f'{files["FePO4.cif"]} is a file, LiFePO4 is none'),
             ((junk, files['LiFePO4.cif']), f'--charged {junk}: not a structure file pymatgen can read'),
-            ((files['LiFePO4.cif'], files['FePO4.cif']), 'the discharged structure (FePO4) must hold more Li'),
+            ((files['LiFePO4.cif'], files['FePO4.cif']), 'the discharged structure (FePO4) must hold more Li per host '
+                                                         'formula unit than the charged one (LiFePO4): the charged '
+                                                         'member is the ion-poor one, swap them'),
             ((tmp_path / 'FePO4.vasp', files['LiFePO4.cif']), f'--charged {tmp_path / "FePO4.vasp"}: no such file'),
             (('FePO4', 'structures/LiFePO4.cif'), '--discharged structures/LiFePO4.cif: no such file')):
         refused = run('predict', '--model', model, '--charged', str(arguments[0]), '--discharged',

@@ -161,7 +161,9 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     if discharged_comp[working_ion] <= charged_comp[working_ion] + 1e-9:
         raise ElectrodeDataError(
             f'the discharged structure ({discharged.composition.reduced_formula}) must hold more {working_ion} per '
-            f'host formula unit than the charged one ({charged.composition.reduced_formula})',
+            f'host formula unit than the charged one ({charged.composition.reduced_formula}): the charged member is '
+            'the ion-poor one' + (', swap them' if charged_comp[working_ion] > discharged_comp[working_ion] + 1e-9
+                                  else ''),
             battery_id=label, field='structures')
     symmetry = {}
     for side, structure in (('charge', charged), ('discharge', discharged)):
