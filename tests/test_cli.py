@@ -103,9 +103,11 @@ def test_the_extrapolation_column_flags_every_such_row(trained, tmp_path):
                     'sr,SrFeO3,LiSrFeO3,Li\nrev,LiFePO4,FePO4,Li\nrich,FePO4,Li100FePO4,Li\n')
     plain = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out))
     assert list(next(csv.DictReader(open(out)))) == ['battery_id', 'predicted_voltage', 'uncertainty']
+    assert plain.stdout.strip() == f'Wrote 4 predictions to {out}'
     assert '--extrapolation-column flags each such row' in plain.stderr
-    run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out),
-        '--extrapolation-column')
+    again = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out),
+                '--extrapolation-column')
+    assert again.stdout.strip() == f'Wrote 4 predictions to {out} (it replaces the file that was there)'
     flags = {row['battery_id']: row['extrapolation'] for row in csv.DictReader(open(out))}
     assert flags['fwd'] == '' and flags['sr'] == 'unseen host elements Sr' and flags['rev'] == 'end members reversed'
     assert flags['rich'].startswith('Li ions per host atom 16.7 (training ')

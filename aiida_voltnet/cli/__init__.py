@@ -468,11 +468,13 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
     writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'] + (['extrapolation'] if flags is not None else []))
     for index, (record, m, s) in enumerate(zip(records, mean, std)):
         writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'] + ([flags[index]] if flags is not None else []))
+    replaced = Path(out).exists()
     try:
         write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
     except OSError as exception:
         _fail(f'--out {out}: cannot write: {exception.strerror or exception}')
-    click.echo(f'Wrote {len(records)} predictions to {out}')
+    click.echo(f'Wrote {len(records)} predictions to {out}' + (' (it replaces the file that was there)' if replaced
+                                                               else ''))
 
 
 from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)
