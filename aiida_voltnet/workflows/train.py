@@ -21,6 +21,10 @@ from .protocols import ProtocolMixin
 
 __all__ = ('TrainWorkChain',)
 
+#: The training job's resources when ``train_options`` gives none: one process on one machine, as the
+#: ``voltnet.train`` CalcJob's own default (schedulers that want a parallel environment, such as SGE, need theirs).
+DEFAULT_JOB_RESOURCES = {'num_machines': 1, 'num_mpiprocs_per_machine': 1}
+
 
 def _value(node):
     return node.value if isinstance(node, orm.BaseType) else node
@@ -109,10 +113,14 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
                                                   'give a `voltnet-train` code')
             if message:
                 return message
-            message = (functions.check_job_options(inputs.get('train_options') or {}, VoltnetTrainCalculation)
-                       or functions.check_job_resources(inputs.get('train_options') or {}, inputs['train_code']))
+            options = inputs.get('train_options') or {}
+            message = (functions.check_job_options(options, VoltnetTrainCalculation)
+                       or functions.check_job_resources({'resources': DEFAULT_JOB_RESOURCES, **options},
+                                                        inputs['train_code']))
             if message:
-                return f'train_options: {message}'
+                given = 'resources' in options
+                return f'train_options: {message}' + ('' if given else ' (the default resources, as none were '
+                                                      'given: set train_options["resources"] for this scheduler)')
         try:
             if 'csv' in inputs:
                 records, _ = functions.csv_records(inputs['csv'])
@@ -266,7 +274,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         from .train_restart import VoltnetTrainBaseWorkChain
 
         train = self.exposed_inputs(train_model.process_class, namespace='train')
-        job_metadata = {'options': {'resources': {'num_machines': 1, 'num_mpiprocs_per_machine': 1}, 'withmpi': False}}
+        job_metadata = {'options': {'resources': dict(DEFAULT_JOB_RESOURCES), 'withmpi': False}}
         job_metadata['options'].update(self.inputs.get('train_options', {}) or {})
         namespace_metadata = train.pop('metadata', None)
         if self._no_cache(namespace_metadata):

@@ -10,6 +10,7 @@ import pytest
 from aiida import orm
 from aiida.engine import run_get_node
 
+from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
 from aiida_voltnet.workflows.train_restart import VoltnetTrainBaseWorkChain
 
@@ -240,3 +241,24 @@ def test_resources_that_do_not_fit_the_scheduler_are_refused_at_launch(train_cod
     with pytest.raises(ValueError, match='train_options: resources .* do not fit the DirectScheduler scheduler of localhost'):
         run(TrainWorkChain, dataset=dataset_60, train_code=train_code, train_options={'resources': bad})
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_the_default_resources_are_checked_against_the_scheduler_too(aiida_computer, dataset_60):
+    """An SGE computer wants a parallel environment: the default resources (1 machine x 1) that the work chain gives
+    a job without train_options were not checked, so the launch stored the dataset and split, then excepted."""
+    from aiida.engine import run
+
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    computer = aiida_computer(label='sge-cluster', hostname='sge.example.org', scheduler_type='core.sge',
+                              transport_type='core.local')
+    computer.configure()
+    code = orm.InstalledCode(label='voltnet-train-sge', computer=computer, filepath_executable='/opt/bin/voltnet-train',
+                             default_calc_job_plugin='voltnet.train').store()
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValueError, match=r'train_options: resources .* do not fit the .*sge-cluster.*\(the default '
+                                         r'resources, as none were given: set train_options\["resources"\]'):
+        run(TrainWorkChain, dataset=dataset_60, train_code=code)
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+    fitting = {'parallel_env': 'smp', 'tot_num_mpiprocs': 1}
+    assert functions.check_job_resources({'resources': fitting}, code) is None
