@@ -76,7 +76,7 @@ def expand_records(records, n: int):
 
 
 class _quiet_logger:
-    """Silence one logger (read_electrodes_csv reports the 22 reversed MP rows on every read)."""
+    """Silence one logger (read_electrodes_csv may report rows on every read)."""
 
     def __init__(self, name):
         import logging

@@ -340,3 +340,34 @@ def test_a_csv_separated_by_semicolons_or_tabs_is_named(delimiter, name):
     with pytest.raises(ElectrodeDataError) as info:  # a header that simply lacks a column gets no such hint
         read_electrodes_csv(io.StringIO(HEADER.replace('working_ion', 'ion') + '\n'), source='test.csv')
     assert 'separated by' not in str(info.value)
+
+
+def test_rounded_formula_columns_take_the_exact_ion_content_of_adj_pairs():
+    """The CSV's formula columns are emmet's battery-formula text ('{:.2f}', zeros stripped): 1/8 read 0.12 and a
+    count of 10 read 1, so 22 Li rows listed the ion-rich member as charged and 201 rows had the wrong ion content.
+    The steps' own formulas give it; the capacities agree with them, not with the columns."""
+    from pymatgen.core import Composition
+
+    records = {r.battery_id: r for r in read_electrodes_csv(SHARED_CSV)}
+    assert not any(r.end_members_reversed for r in records.values())
+    assert (records['mp-760302_Li'].formula_charge, records['mp-760302_Li'].formula_discharge) == \
+        ('Li4Fe3Co3(NiO8)2', 'Li10Fe3Co3(NiO8)2')
+    assert records['mp-758915_Li'].formula_charge == 'Li0.125FeBO3'  # the column says Li0.12FeBO3
+    assert records['mp-2657_Li'].formula_charge == 'Li0TiO2'  # agreeing columns are kept as written
+    valence = {'Li': 1, 'Na': 1, 'K': 1, 'Rb': 1, 'Cs': 1, 'Mg': 2, 'Ca': 2, 'Zn': 2, 'Al': 3, 'Y': 3}
+    worst = 0.0
+    for record in records.values():  # mAh/g of the ion content change, per mass of the discharged member
+        charged, discharged = Composition(record.formula_charge), Composition(record.formula_discharge)
+        host = [sum(v for k, v in c.get_el_amt_dict().items() if k != record.working_ion)
+                for c in (charged, discharged)]
+        discharged = discharged * (host[0] / host[1])
+        capacity = ((discharged[record.working_ion] - charged[record.working_ion]) * valence[record.working_ion]
+                    * 26801.48 / discharged.weight)
+        worst = max(worst, abs(capacity - record.capacity_grav) / record.capacity_grav)
+    assert worst < 0.01, worst  # 43 rows were more than 5 % off with the columns' formulas
+
+
+def test_a_formula_column_that_disagrees_otherwise_is_kept_as_written():
+    """Only emmet's rounding of the steps' count is taken for theirs: another count is the user's formula."""
+    (record,) = load(ROW.replace(',Li0.75TiO2,', ',Li0.5TiO2,'))
+    assert record.formula_discharge == 'Li0.5TiO2'

@@ -545,8 +545,8 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
         ``battery_ids``, ``working_ions``, ``unseen_elements`` (True where the record's host has an element no
         training host had) and ``ion_content_outside`` (True where its ion content lies outside the training
         electrodes' range for its working ion; all False for a model that did not record the ranges) and
-        ``end_members_reversed`` (True where the record lists the ion-rich member as charged, as 22 MP rows do:
-        predicted unlike the usual order), each marking an extrapolation; attributes ``model_version``, ``n_predictions``,
+        ``end_members_reversed`` (True where the record lists the ion-rich member as charged, which no
+        Materials Project electrode does: predicted unlike the usual order), each marking an extrapolation; attributes ``model_version``, ``n_predictions``,
         ``n_unseen_elements``, ``n_ion_content_outside`` and ``n_end_members_reversed``.
     """
     core = load_model(model)

@@ -617,9 +617,9 @@ class VoltageModel:
         flagged = [i for i, record in enumerate(records) if record.end_members_reversed]
         if flagged:
             sentences.append(f'{len(flagged)} of {len(records)} record(s) list the ion-rich end member as charged '
-                             f'(the first is {_where(records[flagged[0]])}), as only a few Materials Project rows '
-                             '(22 Li electrodes of the shared data) do, and are predicted unlike the same pair in the '
-                             'usual order: swap the formulas unless that order is meant')
+                             f'(the first is {_where(records[flagged[0]])}), as no Materials Project electrode does, '
+                             'and are predicted unlike the same pair in the usual order: swap '
+                             'the formulas unless that order is meant')
         if not sentences:
             return None
         return '; '.join(sentences) + (': their predictions are extrapolation, check them with DFT before '

@@ -31,7 +31,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
-                      validate_record)
+                      end_members_from_steps, validate_record)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -182,6 +182,12 @@ def record_from_mp_doc(doc, symmetry: Mapping[str, Mapping[str, Any]] | None = N
     for name in _RECORD_FLOATS:
         values[name] = reader.number(name)
     values['steps'] = reader.steps('adj_pairs')
+    # the same end members as the CSV reader gives (a document whose formulas are emmet's rounded battery-formula
+    # text, as the seed-format CSV's are, takes the steps' exact ion content)
+    exact = end_members_from_steps(values['formula_charge'], values['formula_discharge'], values['working_ion'],
+                                   values['steps'])
+    if exact:
+        values['formula_charge'], values['formula_discharge'] = exact
     for side in ('charge', 'discharge'):
         material_id = values[f'id_{side}']
         block = symmetry.get(material_id) if material_id else None

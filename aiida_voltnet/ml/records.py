@@ -165,7 +165,9 @@ class ElectrodeRecord:
 
     @property
     def end_members_reversed(self) -> bool:
-        """True where the source lists the ion-rich member as 'charged' (a quirk of 22 MP rows)."""
+        """True where the source lists the ion-rich member as 'charged' (no Materials Project electrode
+        does; the seed CSV's formula columns seemed to in 22 rows, an artefact of their rounding, see
+        :func:`end_members_from_steps`)."""
         x_charge, x_discharge = self.ion_fractions
         return x_discharge < x_charge
 
@@ -624,6 +626,64 @@ def _parse_float(value: str, name: str) -> float | None:
     return number
 
 
+def _ion_per_host_atom(composition: Composition, ion: str) -> tuple[float, Composition]:
+    amounts = composition.get_el_amt_dict()
+    ion_amount = amounts.pop(ion, 0.0)
+    host = Composition(amounts)
+    return (ion_amount / host.num_atoms if host.num_atoms else math.nan), host
+
+
+def end_members_from_steps(formula_charge: str, formula_discharge: str, working_ion: str,
+                           steps: Sequence[VoltageStep]) -> tuple[str, str] | None:
+    """The end-member formulas, their ion content taken from the voltage steps, where the CSV's own formula
+    columns disagree with them; None where they agree (or the steps name no formulas or another host).
+
+    The seed-format CSV writes ``formula_charge`` / ``formula_discharge`` from ``battery_formula`` (emmet's
+    ``'{:.2f}'`` text with its zeros stripped), so 1/8 reads 0.12 and 7/8 0.88, and a count of 10 loses its zero:
+    ``Li0-10Fe5Co3O16`` became ``Li0-1...``, so 22 Li rows came to list the ion-rich member as charged. The steps
+    of ``adj_pairs`` carry the Materials Project's own reduced formulas of the end members (the first step's charged
+    member, the last step's discharged one), which the capacities agree with. The returned formulas keep the
+    columns' host amount and change only the working ion's count (``Li0.12FeBO3`` -> ``Li0.125FeBO3``).
+    """
+    if not steps or not steps[0].formula_charge or not steps[-1].formula_discharge:
+        return None
+    try:
+        columns = [Composition(formula_charge), Composition(formula_discharge)]
+        members = [Composition(steps[0].formula_charge), Composition(steps[-1].formula_discharge)]
+    except Exception:  # noqa: BLE001 - the columns are checked by validate_record, the steps' text is informative
+        return None
+    formulas, changed = [], False
+    for text, column, member in zip((formula_charge, formula_discharge), columns, members):
+        x_column, host_column = _ion_per_host_atom(column, working_ion)
+        x_member, host_member = _ion_per_host_atom(member, working_ion)
+        if not (host_column.num_atoms and host_member.num_atoms and host_column.fractional_composition.almost_equals(
+                host_member.fractional_composition, rtol=1e-3, atol=1e-6)):
+            return None  # another host: not a rounding of the same electrode
+        if math.isclose(x_column, x_member, rel_tol=1e-6, abs_tol=1e-9):
+            formulas.append(text)
+            continue
+        exact = x_member * host_column.num_atoms
+        # only the text emmet's battery_formula makes of the exact count ('{:.2f}', '.00' dropped, then trailing
+        # zeros: 10 -> '1'); any other disagreement is the user's own formula, checked as written
+        if not math.isclose(x_column * host_column.num_atoms, float(_battery_formula_subscript(exact)),
+                            rel_tol=1e-9, abs_tol=1e-9):
+            return None
+        changed = True
+        count = f'{exact:.12g}'
+        match = re.match(rf'{working_ion}(?![a-z])(\d+\.?\d*|\.\d+)?', text)
+        if match:  # the column's own text, but for the ion's count
+            formulas.append(f'{working_ion}{count}{text[match.end():]}')
+        else:
+            formulas.append(f'{working_ion}{count}{host_column.formula.replace(" ", "")}')
+    return tuple(formulas) if changed else None
+
+
+def _battery_formula_subscript(amount: float) -> str:
+    """The working ion's count as emmet's ``get_battery_formula`` writes it (emmet.core.electrode)."""
+    text = re.sub('.00$', '', f'{amount:.2f}')
+    return text if text == '0' else text.rstrip('0')
+
+
 def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
                       first_line: int = 2) -> list[ElectrodeRecord]:
     """Convert CSV-like rows (text values) into validated records.
@@ -636,7 +696,7 @@ def records_from_rows(rows: Iterable[dict[str, str]], source: str | None = None,
 def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str]]],
                                 source: str | None) -> list[ElectrodeRecord]:
     """:func:`records_from_rows` for ``(file line, row)`` pairs."""
-    records = []
+    records, corrected = [], []
     seen: dict[str, int] = {}
     for line, row in numbered_rows:
         battery_id = (row.get('battery_id') or '').strip()
@@ -672,7 +732,16 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
             values['steps'] = parse_adj_pairs('' if _missing_text(text) else text)
         except ValueError as exception:
             _fail(str(exception), field_name=current, line=line, source=source, battery_id=battery_id)
+        exact = end_members_from_steps(values['formula_charge'], values['formula_discharge'], values['working_ion'],
+                                       values['steps'])
+        if exact:
+            values['formula_charge'], values['formula_discharge'] = exact
+            corrected.append(battery_id)
         records.append(validate_record(ElectrodeRecord(**values), source=source))
+    if corrected:
+        LOGGER.info('%s: %d row(s) take the end members\' ion content from adj_pairs, where formula_charge / '
+                    'formula_discharge were rounded (0.12 for 1/8) or lost a zero (Li1 for Li10): %s', source,
+                    len(corrected), ', '.join(corrected[:5]) + (' ...' if len(corrected) > 5 else ''))
     return records
 
 
