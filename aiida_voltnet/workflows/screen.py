@@ -78,7 +78,7 @@ class ScreenWorkChain(WorkChain):
                         'voltage_max) or `uncertainty` (top_k largest ensemble spreads within the window).')
         spec.expose_inputs(VerifyWorkChain, namespace='verify',
                            exclude=('charged', 'discharged', 'working_ion', 'model', 'ml_voltage', 'ion_metal',
-                                    'ion_energy'),
+                                    'ion_energy', 'cutoff_elements'),
                            namespace_options={'help': 'DFT settings of every verification (see voltnet.verify; '
                                                       'VerifyWorkChain.get_protocol_inputs gives them per protocol).'})
         spec.expose_inputs(train_model.process_class, namespace='retrain', exclude=RECIPE,
@@ -174,6 +174,15 @@ class ScreenWorkChain(WorkChain):
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
         if retrain:  # train_model's own checks, now rather than after hours of pw.x, on what it will be given
+            try:  # a verified candidate joins as 'dft:<name>': a dataset of an earlier round may hold it already
+                held = {record.battery_id for record in functions.dataset_records(retrain['dataset'])}
+            except Exception as exception:  # noqa: BLE001 - the dataset's own error names it
+                return f'retrain.dataset: {type(exception).__name__}: {exception}'
+            again = sorted(name for name in pairs if f'dft:{name}' in held)
+            if again:
+                return (f'retrain.dataset already holds the verified record(s) {", ".join(f"dft:{n}" for n in again)} '
+                        '(an earlier round\'s augmented dataset?): rename those candidates, or leave them out, so '
+                        'that their new DFT voltages can join the retraining')
             retrain = retrain_inputs(inputs['model'], retrain)
             try:
                 message = functions._validate_train(retrain)
@@ -276,6 +285,12 @@ class ScreenWorkChain(WorkChain):
             if name not in self.ctx.outcomes:
                 ion_nodes.setdefault(self.ctx.valid[name]['working_ion'].value, self.ctx.valid[name]['working_ion'])
         ions = sorted(ion_nodes)
+        # the metal reference of an ion is subtracted from each of its candidates: all at the same cutoffs, the
+        # highest that any of their elements needs
+        self.ctx.cutoff_elements = {ion: sorted({ion}.union(*(
+            self.ctx.valid[name][side].get_symbols_set() for name in self.ctx.selected.get_list()
+            if name not in self.ctx.outcomes and self.ctx.valid[name]['working_ion'].value == ion
+            for side in ('charged', 'discharged')))) for ion in ions}
         self.ctx.ion_metals = {}
         for ion in ions:
             if ion not in family.elements:
@@ -283,7 +298,8 @@ class ScreenWorkChain(WorkChain):
             metal = ion_metal_cell(ion_nodes[ion], metadata={'call_link_label': f'ion_metal_cell_{ion}'})
             relax = 'positions_cell' if settings['relax_type'] == 'positions_cell' else 'none'
             builder = pw_builder(inputs['code'], metal, settings, dict(inputs.get('options') or {}),
-                                 inputs['pseudo_family'].value, relax=relax)
+                                 inputs['pseudo_family'].value, relax=relax,
+                                 cutoff_elements=self.ctx.cutoff_elements[ion])
             builder.metadata.call_link_label = f'dft_metal_{ion}'
             node = self.submit(builder)
             self.ctx.ion_metals[ion] = metal
@@ -320,6 +336,7 @@ class ScreenWorkChain(WorkChain):
                 self.report(f'verification of {name!r} cannot run ({message}); going on with the others')
                 continue
             node = self.submit(VerifyWorkChain, **inputs, **pair, **extra, model=self.inputs.model,
+                               cutoff_elements=orm.List(self.ctx.cutoff_elements[ion]),
                                metadata={'call_link_label': f'verify_{name}'})
             self.report(f'verifying {name!r}: VerifyWorkChain<{node.pk}>')
             running[f'verify_{name}'] = node

@@ -66,11 +66,15 @@ def _is_magnetic(structure: orm.StructureData) -> bool:
 
 
 def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: dict, options: dict,
-               pseudo_family: str, relax: str = 'none'):
+               pseudo_family: str, relax: str = 'none', cutoff_elements=None):
     """A ``PwBaseWorkChain`` (``relax == 'none'``) or ``PwRelaxWorkChain`` builder for ``structure`` with the
     verification ``settings``: aiida-quantumespresso's ``fast`` protocol, then our cutoffs (the family's recommended
     ones at ``cutoff_stringency``), k-point distance, smearing and convergence threshold on top. ``options`` update
-    the job options of our default protocol (serial pw.x, one process)."""
+    the job options of our default protocol (serial pw.x, one process).
+
+    :param cutoff_elements: the elements whose recommended cutoffs are taken (the highest of them), default the
+        structure's: the cells whose energies are subtracted must share them (charged, discharged and metal), and a
+        family such as SSSP recommends other cutoffs per element."""
     from aiida_quantumespresso.common.types import RelaxType, SpinType
     from aiida_quantumespresso.workflows.pw.base import PwBaseWorkChain
     from aiida_quantumespresso.workflows.pw.relax import PwRelaxWorkChain
@@ -80,12 +84,14 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
     conflict = _withmpi_conflict(code, options)
     if conflict:  # VerifyWorkChain refuses this at launch
         raise ValueError(conflict)
-    options = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
+    options = job_options(options)
     if getattr(code, 'with_mpi', None) is not None:
         options['withmpi'] = bool(code.with_mpi)
     family = load_pseudo_family(pseudo_family)
-    ecutwfc, ecutrho = family.get_recommended_cutoffs(structure=structure, stringency=settings['cutoff_stringency'],
-                                                      unit='Ry')
+    elements = tuple(sorted(set(cutoff_elements) | structure.get_symbols_set())) if cutoff_elements else None
+    ecutwfc, ecutrho = family.get_recommended_cutoffs(
+        **({'elements': elements} if elements else {'structure': structure}),
+        stringency=settings['cutoff_stringency'], unit='Ry')
     base = {
         'pseudo_family': pseudo_family,
         'kpoints_distance': settings['kpoints_distance'],
@@ -107,6 +113,16 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
     return PwRelaxWorkChain.get_builder_from_protocol(
         code, structure, protocol='fast', overrides={'base_relax': base, 'base_init_relax': base},
         relax_type=relax_type, options=options, **spin)
+
+
+def job_options(options: dict | None) -> dict:
+    """The pw.x jobs' ``metadata.options``: the protocol's, updated by ``options``, whose ``resources`` replace the
+    protocol's whole (merged, ``{'num_machines': 1, 'tot_num_mpiprocs': 4}`` kept the protocol's
+    ``num_mpiprocs_per_machine: 1``, which contradicts it: the job excepted after the chain had stored its cells)."""
+    merged = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
+    if (options or {}).get('resources'):
+        merged['resources'] = dict(options['resources'])
+    return merged
 
 
 def _withmpi_conflict(code, options) -> str | None:
@@ -240,6 +256,10 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.input('ion_energy', valid_type=orm.Float, required=False,
                    help='Energy per atom (eV) of the working-ion metal computed with the same settings; when given, '
                         'the metal calculation is skipped (voltnet.screen shares one per ion).')
+        spec.input('cutoff_elements', valid_type=orm.List, serializer=orm.to_aiida_type, required=False,
+                   help='More elements whose recommended cutoffs count: every cell takes the highest cutoffs of the '
+                        'elements of the charged and discharged cells, the working ion and these (voltnet.screen '
+                        'gives those of every candidate of the ion, whose metal reference shares them).')
         spec.inputs.validator = cls.validate_inputs
         spec.outline(
             cls.setup,
@@ -297,6 +317,10 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         message = _withmpi_conflict(inputs.get('code'), inputs.get('options'))
         if message:
             return message
+        if inputs.get('code') is not None:  # aiida-core checks them when each job is launched, after the cells
+            message = functions.check_job_resources(job_options(inputs.get('options')), inputs['code'])
+            if message:
+                return f'options: {message}'
         refusal = launch_refusal(inputs)  # the pair, the model's verdict on it, the pseudopotentials: before any storing
         if refusal:
             label, arguments = refusal
@@ -305,11 +329,21 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
 
     @classmethod
     def get_builder_from_protocol(cls, code, charged, discharged, working_ion: str | orm.Str,
-                                  protocol: str | None = None, overrides: dict | None = None, **_):
+                                  protocol: str | None = None, overrides: dict | None = None,
+                                  options: dict | None = None):
         """A builder with the ``settings``, ``options`` and ``pseudo_family`` of ``protocol`` (``ci``, ``balanced``,
         ``precise``; None: ``balanced``), updated by ``overrides`` (e.g. ``{'settings': {'relax_type':
-        'positions'}, 'model': model}``)."""
+        'positions'}, 'model': model}``).
+
+        :param options: the pw.x jobs' ``metadata.options`` over the protocol's, as aiida-quantumespresso's builders
+            take them (the same as ``overrides={'options': ...}``; ``resources`` given here replace the protocol's
+            whole). Any other keyword is refused (a misspelt ``protocl`` ran the default protocol)."""
+        if options:
+            overrides = {**(overrides or {}), 'options': {**((overrides or {}).get('options') or {}), **options}}
         inputs = cls.get_protocol_inputs(protocol, overrides)
+        given = ((overrides or {}).get('options') or {}).get('resources')
+        if given:  # replace the protocol's whole, as pw_builder does
+            inputs['options']['resources'] = dict(given)
         builder = cls.get_builder()
         builder.code, builder.charged, builder.discharged = code, charged, discharged
         # a Str as every other input is, or a plain 'Li' (orm.Str of a Str stored its repr as the ion)
@@ -358,11 +392,15 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         options = dict(self.inputs.get('options') or {})
         relax = settings['relax_type']
         running = {}
+        # one pair of cutoffs for all cells, whose energies are subtracted: the highest any of their elements needs
+        elements = set(self.inputs.cutoff_elements.get_list() if 'cutoff_elements' in self.inputs else ())
+        elements |= self.inputs.charged.get_symbols_set() | self.inputs.discharged.get_symbols_set()
+        elements.add(self.inputs.working_ion.value)
         for which, structure in self.ctx.cells.items():
             # A one-atom metal cell has no positions to relax; relax its cell only with positions_cell.
             cell_relax = relax if which != 'ion_metal' or relax == 'positions_cell' else 'none'
             builder = pw_builder(self.inputs.code, structure, settings, options, self.inputs.pseudo_family.value,
-                                 relax=cell_relax)
+                                 relax=cell_relax, cutoff_elements=elements)
             builder.metadata.call_link_label = f'dft_{which}'
             node = self.submit(builder)
             self.report(f'{which} cell {structure.get_formula()}: {node.process_label}<{node.pk}>')

@@ -185,6 +185,33 @@ def test_debian_family_and_builders(pseudo_family, pw):
         VerifyWorkChain.get_protocol_inputs('tiny')
 
 
+def test_the_cells_of_one_voltage_share_the_highest_cutoffs(pseudo_family, pw):
+    """Found by review: each cell took its own elements' recommended cutoffs, the same only because the Debian
+    family recommends one cutoff for all; with per-element cutoffs (as SSSP's) the Li metal ran at 40 Ry and the
+    oxides at 50, and their energies were subtracted. Every cell now takes the highest of all their elements."""
+    from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY
+    from aiida_voltnet.workflows.verify import VerifyWorkChain, pw_builder
+
+    cutoffs = {'Li': 40.0, 'Co': 45.0, 'Fe': 45.0, 'Ni': 45.0, 'O': 50.0}
+    pseudo_family.set_cutoffs({element: {'cutoff_wfc': wfc, 'cutoff_rho': 8 * wfc} for element, wfc in cutoffs.items()},
+                              'per_element', unit='Ry')
+    try:
+        settings = {**VerifyWorkChain.get_protocol_inputs('ci')['settings'], 'cutoff_stringency': 'per_element'}
+        charged, discharged = layered_oxide_pair('Co')
+        metal = ion_metal_structure('Li')
+
+        def ecut(structure, elements=None):
+            system = pw_builder(pw, structure, settings, {}, DEBIAN_PBESOL_FAMILY,
+                                cutoff_elements=elements).pw.parameters.get_dict()['SYSTEM']
+            return system['ecutwfc'], system['ecutrho']
+
+        assert ecut(metal) == (40.0, 320.0)  # alone, the metal's own
+        elements = charged.get_symbols_set() | discharged.get_symbols_set() | {'Li'}
+        assert {ecut(cell, elements) for cell in (charged, discharged, metal)} == {(50.0, 400.0)}
+    finally:
+        pseudo_family.delete_cutoffs('per_element')
+
+
 def test_verify_settings_validator(pw):
     from aiida_voltnet.workflows.verify import VerifyWorkChain
 
@@ -212,6 +239,35 @@ def test_verify_protocol_takes_node_overrides_as_their_values(pw):
         builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
                                                             overrides={'settings': settings})
         assert builder.settings.get_dict() == {**protocol['settings'], 'kpoints_distance': 0.3}
+
+
+def test_verify_job_resources_replace_the_protocols_and_are_checked_at_launch(pw):
+    """Found by review: given resources were merged into the protocol's ({'num_machines': 1, 'tot_num_mpiprocs': 4}
+    kept num_mpiprocs_per_machine 1, which contradicts it), never checked at launch, so the chain excepted after
+    storing its cells; options= (aiida-quantumespresso's keyword) and a misspelt protocl= were swallowed."""
+    from aiida.engine import run_get_node
+
+    from aiida_voltnet.workflows.verify import pw_builder
+
+    charged, discharged = layered_oxide_pair('Co')
+    four = {'num_machines': 1, 'tot_num_mpiprocs': 4}
+    builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                        options={'resources': four, 'withmpi': True})
+    assert builder.options['resources'] == four and builder.options['withmpi'] is True
+    same = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                     overrides={'options': {'resources': four}})
+    assert same.options['resources'] == four
+    settings = VerifyWorkChain.get_protocol_inputs('ci')['settings']
+    assert pw_builder(pw, charged, settings, {'resources': four},
+                      builder.pseudo_family.value).pw.metadata.options.resources == four
+    with pytest.raises(TypeError, match='protocl'):
+        VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocl='ci')
+    before = orm.QueryBuilder().append(orm.Node).count()
+    contradicting = {'num_machines': 1, 'num_mpiprocs_per_machine': 1, 'tot_num_mpiprocs': 4}
+    with pytest.raises(ValueError, match='options: resources .* do not fit the .*scheduler of localhost'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                               options={'resources': contradicting}))
+    assert orm.QueryBuilder().append(orm.Node).count() == before
 
 
 def test_verify_refuses_codes_that_are_no_pw_or_contradict_withmpi(pw, aiida_localhost, quantum_espresso, tmp_path):
