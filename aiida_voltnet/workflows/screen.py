@@ -170,6 +170,11 @@ class ScreenWorkChain(WorkChain):
         message = check_selection(inputs['selection'].get_dict())
         if message:
             return message
+        if inputs['selection'].get_dict().get('mode') == 'uncertainty' and \
+                inputs['model'].base.attributes.get('n_members', 2) < 2:
+            return (f'selection mode uncertainty ranks by the ensemble spread, and model {inputs["model"].model_name} '
+                    '(one member) has none: every spread is 0, so it would pick the first candidates; use mode '
+                    'window or an ensemble model')
         retrain = inputs.get('retrain') or {}
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'

@@ -128,6 +128,12 @@ def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
                      verify={'code': pw, 'settings': orm.Dict(settings)},
                      retrain={'dataset': dataset, 'model': orm.Str('krr'),
                               'settings': orm.Dict({'target': 'max_delta_volume'})})
+    # ranking by the ensemble spread of a one-member model (this MLP) picked the first candidates (review)
+    with pytest.raises(ValueError, match='selection mode uncertainty ranks by the ensemble spread, and model mlp '
+                                         r'\(one member\) has none'):
+        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                     selection=orm.Dict({'mode': 'uncertainty', 'top_k': 1}),
+                     verify={'code': pw, 'settings': orm.Dict(settings)})
     # a second active-learning round on round 1's augmented dataset: the candidate verified then joins as
     # 'dft:LiCoO2' again, which add_verified_records refused with exit 303 after the DFT of this round (review)
     from aiida_voltnet.calculations.dft import add_verified_records
