@@ -11,6 +11,32 @@ from . import _fail, cli
 from .aiida_commands import QUICKSTART_PROFILE, _load_node, _load_profile, ensure_embedded_profile
 
 
+def _pw_path(pw_executable: str, computer_label: str) -> str:
+    """The pw.x path to store in the code: on a local computer an absolute path that exists (``pw.x`` is looked up
+    on PATH, ``bin/pw.x`` made absolute: stored as given, every job looked for it in its own work directory); on a
+    remote one an absolute path, which is not checked here."""
+    import os
+    import shutil
+    from pathlib import PurePosixPath
+
+    from aiida import orm
+    from aiida.common.exceptions import NotExistent
+
+    try:
+        local = orm.load_computer(computer_label).transport_type == 'core.local'
+    except NotExistent:
+        local = True  # created below on localhost
+    if not local:
+        if not PurePosixPath(pw_executable).is_absolute():
+            raise ValueError(f'--pw {pw_executable}: give the absolute path of pw.x on computer {computer_label}')
+        return pw_executable
+    found = shutil.which(pw_executable) if os.sep not in pw_executable else pw_executable
+    if not found or not Path(found).is_file():
+        raise FileNotFoundError(f'{pw_executable} not found: install Quantum ESPRESSO (bash scripts/dft.sh installs '
+                                "Debian's quantum-espresso) or pass --pw")
+    return os.path.abspath(found)  # not resolved: /usr/bin/pw.x stays the path codes were stored with
+
+
 def setup_dft(computer_label: str = 'localhost', workdir: str | None = None, pw_executable: str = '/usr/bin/pw.x',
               echo=click.echo):
     """Install the Debian PBEsol family, and a ``core.direct`` localhost computer and a pw.x code when missing, in
@@ -21,9 +47,7 @@ def setup_dft(computer_label: str = 'localhost', workdir: str | None = None, pw_
 
     from aiida_voltnet.dft import install_debian_pbesol_family, pw_code
 
-    if not Path(pw_executable).is_file():
-        raise FileNotFoundError(f'{pw_executable} not found: install Quantum ESPRESSO (bash scripts/dft.sh installs '
-                                "Debian's quantum-espresso) or pass --pw")
+    pw_executable = _pw_path(pw_executable, computer_label)
     family = install_debian_pbesol_family()
     echo(f'pseudopotential family {family.label}: {", ".join(sorted(family.elements))} '
          f'(cutoff stringencies {", ".join(family.get_cutoff_stringencies())})')

@@ -58,6 +58,27 @@ def test_dft_setup_names_a_missing_pw(aiida_profile):
     assert '/nonexistent/pw.x not found: install Quantum ESPRESSO' in result.output
 
 
+def test_dft_setup_stores_an_absolute_pw_path(aiida_profile, aiida_localhost, aiida_computer, quantum_espresso,
+                                              monkeypatch):
+    """Found by review: `--pw bin/pw.x` was stored as given, so every job looked for it in its own work directory,
+    and `--pw pw.x` (on PATH) was refused as not found; a remote computer's path was checked on this disk."""
+    import os
+    import shutil
+
+    from aiida_voltnet.cli.dft_commands import _pw_path
+
+    assert _pw_path('pw.x', aiida_localhost.label) == os.path.abspath(shutil.which('pw.x'))
+    folder, name = os.path.split(os.path.abspath(quantum_espresso))
+    monkeypatch.chdir(os.path.dirname(folder))
+    assert _pw_path(os.path.join(os.path.basename(folder), name), aiida_localhost.label) == \
+        os.path.abspath(quantum_espresso)
+    remote = aiida_computer(label='remote-cluster', hostname='cluster.example.org', transport_type='core.ssh')
+    assert _pw_path('/opt/qe/bin/pw.x', remote.label) == '/opt/qe/bin/pw.x'  # not on this disk: not checked here
+    result = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--computer', remote.label,
+                                      '--pw', 'bin/pw.x'])
+    assert result.exit_code == 2 and 'give the absolute path of pw.x on computer remote-cluster' in result.output
+
+
 def test_verify_names_a_model_pk_that_is_no_model(aiida_profile):
     """It ended in a traceback deep inside the work chain's port validation."""
     from aiida import orm
