@@ -380,9 +380,14 @@ def test_invalid_arguments(recorded_mp):
         fetch_mp_electrodes(TEST_KEY, working_ion='Xx')
     with pytest.raises(ValueError, match='max_entries'):
         fetch_mp_electrodes(TEST_KEY, max_entries=0)
-    with pytest.raises(ValueError, match='lists'):
+    with pytest.raises(ValueError, match='battery_ids must be a list of strings'):
         fetch_mp_electrodes(TEST_KEY, battery_ids='mp-2657_Li')
+    with pytest.raises(ValueError, match="battery_ids: 'mp-2657' is no Materials Project battery id"):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657'])  # a material id, not an electrode's
+    with pytest.raises(ValueError, match="elements: 'fe' is not a chemical element symbol"):
+        fetch_mp_electrodes(TEST_KEY, elements=['fe'])
     assert recorded_mp.requests == []
+    fetch_mp_electrodes(TEST_KEY, battery_ids=['mvc-11882_Al'])  # MP's other id prefix is a battery id too
 
 
 # ------------------------------------------------------------------------------------------------ unit tests
@@ -531,3 +536,21 @@ def test_live_api_against_recorded_fixtures(monkeypatch):
         target.mkdir(parents=True, exist_ok=True)
         for name, body in adapter.bodies.items():
             (target / name).write_text(json.dumps(body, indent=1) + '\n', encoding='utf-8')
+
+
+def test_the_api_key_is_read_as_mp_api_reads_it(monkeypatch):
+    """Found by review: a key in ~/.config/.pmgrc.yaml (PMG_MAPI_KEY), which mp-api's own MPRester() takes, was
+    refused as missing, and a key pasted with its newline failed mp-api's 32-character check."""
+    import pymatgen.core
+
+    from aiida_voltnet.ml.mp_loader import configured_api_key
+
+    monkeypatch.setenv('MP_API_KEY', f' {TEST_KEY}\n')
+    assert configured_api_key() == TEST_KEY
+    monkeypatch.delenv('MP_API_KEY')
+    monkeypatch.setitem(pymatgen.core.SETTINGS, 'PMG_MAPI_KEY', TEST_KEY)
+    assert configured_api_key() == TEST_KEY
+    monkeypatch.delitem(pymatgen.core.SETTINGS, 'PMG_MAPI_KEY')
+    assert configured_api_key() is None
+    with pytest.raises(MissingAPIKeyError, match='PMG_MAPI_KEY'):
+        fetch_mp_electrodes(max_entries=1)

@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import io
 import math
-import os
 import warnings
 
 import numpy as np
@@ -26,8 +25,8 @@ from aiida_voltnet.data.model import VoltageModelData, json_safe
 from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, TargetLeakWarning, get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import CHECKED_SETTINGS, CalibrationWarning, check_training_options, train_voltage_model
-from aiida_voltnet.ml.mp_loader import fetch_mp_electrodes
-from aiida_voltnet.ml.records import WORKING_IONS, decode_csv, read_electrodes_csv
+from aiida_voltnet.ml.mp_loader import check_fetch_arguments, configured_api_key, fetch_mp_electrodes
+from aiida_voltnet.ml.records import decode_csv, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
 from aiida_voltnet.ml.structures import record_from_structures
 from aiida_voltnet.ml.training import resolve_device
@@ -274,10 +273,11 @@ def _mp_arguments(query: dict) -> dict:
 
 def _validate_mp(inputs):
     arguments = _mp_arguments(inputs['query'].get_dict())
-    ion = arguments.get('working_ion')
-    if ion is not None and ion not in WORKING_IONS:
-        return f'working_ion must be one of {", ".join(WORKING_IONS)}, got {ion!r}'
-    if not os.environ.get('MP_API_KEY'):
+    try:  # everything the loader would refuse, before the calcfunction is stored (it excepted, with its query)
+        check_fetch_arguments(**arguments)
+    except ValueError as exception:
+        return f'query: {exception}'
+    if not configured_api_key():
         return 'no Materials Project API key: set the MP_API_KEY environment variable (it is never stored in a node)'
     return None
 
@@ -298,6 +298,9 @@ def assemble_dataset_from_mp(query: orm.Dict):
 
     Process.current().node.base.caching.is_valid_cache = False
     records, provenance = fetch_mp_electrodes(**_mp_arguments(query.get_dict()))
+    if not records:  # a dataset needs records; say which query found none (database version on the day)
+        raise ValueError(f'the query {query.get_dict()} matched no insertion electrode of the Materials Project '
+                         f'(database version {provenance.get("database_version")})')
     return ElectrodeDataset(records, source='materials_project', mp_provenance=provenance)
 
 

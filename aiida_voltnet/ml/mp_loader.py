@@ -30,6 +30,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+from pymatgen.core import Element
+
 from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
                       end_members_from_steps, validate_record)
 
@@ -99,21 +101,17 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
     :raises ElectrodeDataError: for a document that cannot be converted (names the battery id and the field).
     :raises ValueError: for invalid arguments.
     """
-    if working_ion is not None and working_ion not in WORKING_IONS:
-        raise ValueError(f'working_ion must be one of {", ".join(WORKING_IONS)}, got {working_ion!r}')
-    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, int)
-                                    or max_entries < 1):
-        raise ValueError(f'max_entries must be a positive integer, got {max_entries!r}')
-    if isinstance(elements, str) or isinstance(battery_ids, str):
-        raise ValueError('elements and battery_ids must be lists of strings')
+    check_fetch_arguments(working_ion=working_ion, elements=elements, battery_ids=battery_ids,
+                          max_entries=max_entries)
     arguments = dict(working_ion=working_ion, elements=list(elements) if elements else None,
                      battery_ids=list(battery_ids) if battery_ids else None, max_entries=max_entries)
     if rester is not None:
         return _fetch(rester, **arguments)
-    key = api_key or os.environ.get('MP_API_KEY')
+    key = (api_key or '').strip() or configured_api_key()
     if not key:
         raise MissingAPIKeyError('no Materials Project API key: pass api_key=... or set the MP_API_KEY environment '
-                                 'variable (get a key at https://next-gen.materialsproject.org/api)')
+                                 'variable (or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml, as mp-api reads it; get a key at '
+                                 'https://next-gen.materialsproject.org/api)')
     try:
         from mp_api.client import MPRester
     except ImportError as exception:  # pragma: no cover - depends on the installation
@@ -121,6 +119,48 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
                           'pip install "aiida-voltnet[mp]"') from exception
     with MPRester(key, use_document_model=False) as client:
         return _fetch(client, **arguments)
+
+
+def configured_api_key() -> str | None:
+    """The Materials Project API key of the environment: ``MP_API_KEY``, else pymatgen's ``PMG_MAPI_KEY`` setting
+    (``~/.config/.pmgrc.yaml`` or the environment), which mp-api's own ``MPRester()`` reads; surrounding white space
+    (a key pasted with its newline) dropped. None without one."""
+    key = (os.environ.get('MP_API_KEY') or '').strip()
+    if not key:
+        try:
+            from pymatgen.core import SETTINGS
+        except ImportError:  # pragma: no cover - pymatgen is a dependency
+            SETTINGS = {}
+        key = str(SETTINGS.get('PMG_MAPI_KEY') or '').strip()
+    return key or None
+
+
+#: A battery id as the Materials Project writes them: a material id and the working ion (mp-2657_Li).
+_BATTERY_ID = re.compile(r'(mp|mvc)-\d+_([A-Z][a-z]?)')
+
+
+def check_fetch_arguments(working_ion=None, elements=None, battery_ids=None, max_entries=None) -> None:
+    """Refuse arguments of :func:`fetch_mp_electrodes` that no query can serve, before anything is fetched.
+
+    :raises ValueError: naming the argument and the value.
+    """
+    if working_ion is not None and working_ion not in WORKING_IONS:
+        raise ValueError(f'working_ion must be one of {", ".join(WORKING_IONS)}, got {working_ion!r}')
+    if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, int)
+                                    or max_entries < 1):
+        raise ValueError(f'max_entries must be a positive integer, got {max_entries!r}')
+    for name, values in (('elements', elements), ('battery_ids', battery_ids)):
+        if values is not None and (isinstance(values, str) or not isinstance(values, (list, tuple))
+                                   or not all(isinstance(value, str) for value in values)):
+            raise ValueError(f'{name} must be a list of strings, got {values!r:.80}')
+    for element in elements or ():
+        if not Element.is_valid_symbol(element):
+            raise ValueError(f'elements: {element!r} is not a chemical element symbol')
+    for battery_id in battery_ids or ():
+        match = _BATTERY_ID.fullmatch(battery_id)
+        if not match or match.group(2) not in WORKING_IONS:
+            raise ValueError(f'battery_ids: {battery_id!r} is no Materials Project battery id (a material id and '
+                             f'a working ion, e.g. mp-2657_Li; ions: {", ".join(WORKING_IONS)})')
 
 
 def battery_id_of(doc: Mapping[str, Any]) -> str:

@@ -222,6 +222,24 @@ def test_assemble_from_mp(monkeypatch):
     monkeypatch.setenv('MP_API_KEY', 'x' * 32)
     with pytest.raises(ValueError, match='unknown MP query key'):
         F.assemble_dataset_from_mp({'api_key': 'secret'})
+    # what the loader refuses is refused before anything is stored (an excepted node with its query, before)
+    for query, message in [({'max_entries': 0}, 'max_entries must be a positive integer'),
+                           ({'battery_ids': 'mp-2657_Li'}, 'battery_ids must be a list of strings'),
+                           ({'elements': 'Fe'}, 'elements must be a list of strings'),
+                           ({'elements': ['Fe', 'Xx']}, "'Xx' is not a chemical element"),
+                           ({'battery_ids': ['not-an-id']}, "'not-an-id' is no Materials Project battery id"),
+                           ({'battery_ids': ['mp-2657_Ag']}, "'mp-2657_Ag' is no Materials Project battery id"),
+                           ({'working_ion': 'Ag'}, 'working_ion must be one of')]:
+        before = count_nodes()
+        with pytest.raises(ValueError, match=f'query: (elements: |battery_ids: )?{message}'):
+            F.assemble_dataset_from_mp(query)
+        assert count_nodes() == before, query
+    empty = {'database_version': '2025.09.25', 'material_ids': [], 'query': {}, 'battery_ids': []}
+    monkeypatch.setattr(F, 'fetch_mp_electrodes', lambda **arguments: ([], empty))
+    with pytest.raises(ValueError, match=r"the query \{'battery_ids': \['mp-999999999_Li'\]\} matched no insertion "
+                                         r'electrode of the Materials Project \(database version 2025.09.25\)'):
+        F.assemble_dataset_from_mp({'battery_ids': ['mp-999999999_Li']})
+    monkeypatch.setattr(F, 'fetch_mp_electrodes', fake_fetch)
     dataset = F.assemble_dataset_from_mp({'max_entries': 4})
     assert seen == {'max_entries': 4}
     assert dataset.source == 'materials_project' and dataset.mp_database_version == '2025.09.25'
