@@ -88,7 +88,9 @@ class ElectrodeDataset(RefusesEmpty, Data):
         if mp_provenance is not None:
             text = json.dumps(mp_provenance, sort_keys=True, indent=1, default=str)
             self.base.repository.put_object_from_bytes(text.encode(), self.MP_PROVENANCE_FILENAME)
-            self.base.attributes.set('mp_database_version', str(mp_provenance.get('database_version')))
+            version = mp_provenance.get('database_version')
+            if version:  # the heartbeat may not say (403, a mirror): no attribute rather than the text 'None'
+                self.base.attributes.set('mp_database_version', str(version))
             self.base.attributes.set('mp_n_material_ids', len(mp_provenance.get('material_ids') or []))
 
     # -- queryable properties ---------------------------------------------------------------------------------------

@@ -49,6 +49,10 @@ def test_dataset_from_mp_provenance(records):
     assert node.mp_database_version == '2025.09.25'
     assert node.base.attributes.get('mp_n_material_ids') == 3
     assert orm.load_node(node.pk).mp_provenance() == provenance
+    # a heartbeat that gave no version (a 403, say): no version, not the text 'None' (review)
+    unknown = ElectrodeDataset(records[:3], source='materials_project',
+                               mp_provenance={**provenance, 'database_version': None}).store()
+    assert unknown.mp_database_version is None and 'mp_database_version' not in unknown.base.attributes.all
 
 
 def test_dataset_refuses_bad_content(records):
