@@ -47,16 +47,26 @@ def retrain_inputs(model: VoltageModelData, retrain) -> dict:
     """The inputs of the retraining: ``retrain`` over the screened ``model``'s training recipe. When ``retrain``
     names a model of another kind and no settings, the inherited settings lose what that model cannot take (a new
     ``Dict``): the torch ``train_overrides`` unless it is a torch network, the ``model_params`` of another
-    regressor (trees, svr, krr)."""
+    regressor (trees, svr, krr), ``members`` for svr and krr (deterministic: one member). Inherited settings also
+    lose a ``device`` ``cuda...`` where torch sees no CUDA device (the screened model trained on a GPU machine)."""
     recipe = training_recipe(model)
     inputs = {**recipe, **dict(retrain)}
-    if 'settings' in recipe and 'settings' not in retrain and 'model' in retrain:
-        new, old = (regressor_family(getattr(name, 'value', name))
-                    for name in (retrain['model'], recipe.get('model', 'voltnet')))
+    if 'settings' in recipe and 'settings' not in retrain:
         settings = recipe['settings'].get_dict()
         foreign = set()
-        if new is not None and new != old:
-            foreign = {'model_params'} | ({'train_overrides'} if new != 'torch' else set())
+        if 'model' in retrain:
+            new, old = (regressor_family(getattr(name, 'value', name))
+                        for name in (retrain['model'], recipe.get('model', 'voltnet')))
+            if new is not None and new != old:
+                foreign = {'model_params'} | ({'train_overrides'} if new != 'torch' else set())
+            if new in ('svr', 'krr') and (settings.get('members') or 1) > 1:  # deterministic: one member only
+                foreign.add('members')
+        device = str(settings.get('device') or 'auto')
+        if device.startswith('cuda'):  # the screened model trained on a GPU machine; this one may have none
+            import torch
+
+            if not torch.cuda.is_available():
+                foreign.add('device')
         if foreign & set(settings):
             inputs['settings'] = orm.Dict({key: value for key, value in settings.items() if key not in foreign})
     return inputs

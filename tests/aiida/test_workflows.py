@@ -555,6 +555,24 @@ def test_a_screen_retrain_with_another_model_leaves_out_inherited_settings_it_ca
     assert same['settings'].uuid == trees.creator.inputs.settings.uuid
 
 
+def test_a_screen_retrain_leaves_out_members_a_kernel_model_refuses_and_a_cuda_device_not_here(monkeypatch):
+    """Found by review: an ensemble's `members: 2` was handed to a krr retraining (refused: deterministic), and a
+    `device: cuda` of a model trained on a GPU machine was refused on a CPU one; the docs promise the screened
+    model's settings less what the new model cannot take."""
+    import torch
+
+    from aiida_voltnet.workflows import screen
+
+    recipe = {'model': orm.Str('mlp'), 'settings': orm.Dict({'members': 2, 'device': 'cuda'})}
+    monkeypatch.setattr(screen, 'training_recipe', lambda model: recipe)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    dataset = orm.Str('stands for the dataset')
+    assert screen.retrain_inputs(None, {'dataset': dataset, 'model': orm.Str('krr')})['settings'].get_dict() == {}
+    assert screen.retrain_inputs(None, {'dataset': dataset})['settings'].get_dict() == {'members': 2}
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # a GPU machine keeps the device
+    assert screen.retrain_inputs(None, {'dataset': dataset})['settings'] is recipe['settings']
+
+
 def _wrapper(process, exclude, supply):
     """A user's work chain that exposes ``process``'s inputs without ``exclude``, supplies those from its own step
     (``supply(self) -> dict``, as a relaxation's outputs would be) and runs it."""
