@@ -56,9 +56,15 @@ def load_pseudo_family(label: str, stringency: str | None = None):
 
 
 def _is_magnetic_symbol(symbol: str) -> bool:
+    """Whether atoms of ``symbol`` start with a magnetic moment: transition metals and rare earths, except those
+    without open d or f shells in any compound or metal here: group 12 (Zn, Cd, Hg: d10) and Sc, Y (only ever 3+,
+    d0; both working ions or their metal references, which docs/dft.md says get no spin)."""
     from pymatgen.core import Element
 
-    return Element(symbol).is_transition_metal or Element(symbol).is_rare_earth
+    element = Element(symbol)
+    if element.group == 12 or symbol in ('Sc', 'Y'):
+        return False
+    return element.is_transition_metal or element.is_rare_earth
 
 
 def _is_magnetic(structure: orm.StructureData) -> bool:

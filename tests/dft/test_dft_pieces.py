@@ -312,3 +312,13 @@ def test_screen_validator_names_the_malformed_candidate(aiida_profile):
     assert message.startswith("candidates: pair 'x' must be a namespace with exactly charged, discharged")
     assert ScreenWorkChain.validate_inputs({'candidates': {}, 'selection': selection}) == \
         'candidates: give at least one structure pair'
+
+
+def test_zinc_and_yttrium_start_without_a_magnetic_moment():
+    """Found by review: pymatgen counts Zn and Y as transition metals (Y as a rare earth too), so a Zn or Y metal
+    reference and the ion sites of their electrodes started spin-polarized, where docs/dft.md says the metal
+    reference gets no spin."""
+    from aiida_voltnet.workflows.verify import _is_magnetic_symbol
+
+    assert not any(_is_magnetic_symbol(symbol) for symbol in ('Zn', 'Cd', 'Y', 'Sc', 'Li', 'Mg', 'Al'))
+    assert all(_is_magnetic_symbol(symbol) for symbol in ('Co', 'Fe', 'Ni', 'Mn', 'Cu', 'Ce'))
