@@ -225,6 +225,9 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
     click.echo(f'{line}  (VerifyWorkChain<{node.pk}>, {time.perf_counter() - started:.0f} s)')
     unseen = results['ml_unseen_elements'].get_list() if 'ml_unseen_elements' in results else []
     outside = results['ml_ion_content_outside'].get_list() if 'ml_ion_content_outside' in results else []
+    if 'ml_uncertainty' in results and model.base.attributes.get('n_members', 2) < 2:  # as `voltnet predict` says
+        click.echo(f'Warning: model {model.model_name} has one member, no ensemble: its +/- 0 is no error bar',
+                   err=True)
     if unseen or outside:  # as `voltnet predict` warns for the same prediction
         click.echo('Warning: the ML prediction is extrapolation: '
                    + '; '.join(([f'the host has {", ".join(unseen)}, which no training host had'] if unseen else [])
@@ -411,6 +414,9 @@ def _echo_screen(results: dict, node, seconds: float, retrain: bool = False) -> 
             difference = f'{row["difference"]:+10.3f}' if row['difference'] is not None else f'{"-":>10}'
             click.echo(f'  {row["battery_id"]:<{width}}  {row["working_ion"]:<3}  {prediction:<{ml_width}}  {dft}  '
                        f'{difference}  {row["status"]}')
+    screened = node.inputs.model
+    if summary['rows'] and screened.base.attributes.get('n_members', 2) < 2:  # as `voltnet predict` says
+        click.echo(f'  (model {screened.model_name} has one member, no ensemble: its +/- 0 is no error bar)')
     mae = summary['mae_verified']
     click.echo((f'ML-DFT MAE of the verified: {mae:.3f} V  ' if mae is not None else '')
                + f'(ScreenWorkChain<{node.pk}>, {seconds:.0f} s; the table: verdi node attributes '
