@@ -554,3 +554,20 @@ def test_the_api_key_is_read_as_mp_api_reads_it(monkeypatch):
     assert configured_api_key() is None
     with pytest.raises(MissingAPIKeyError, match='PMG_MAPI_KEY'):
         fetch_mp_electrodes(max_entries=1)
+
+
+def test_an_asked_battery_id_that_emmet_would_spell_otherwise_is_kept(recorded_mp, csv_records):
+    """Found by review: the shared CSV has mvc-11882_Al and mvc-14772_Zn, ids MP stores although emmet's rule skips
+    mvc- material ids; asking for one returned the electrode as mp-..._Al and logged it as missing. The asked id is
+    kept where it names one of the document's materials and its working ion."""
+    doc = copy.deepcopy(load_fixture('insertion_electrodes.json')['data'][0])
+    ion = doc['working_ion']
+    renamed = f'mvc-99_{ion}'
+    doc['material_ids'] = [*doc['material_ids'], 'mvc-99']
+    rester = SimpleNamespace(materials=SimpleNamespace(
+        insertion_electrodes=SimpleNamespace(search=lambda **query: [copy.deepcopy(doc)]),
+        summary=SimpleNamespace(search=lambda **query: [])), get_database_version=lambda: '2025.09.25')
+    (record,), provenance = fetch_mp_electrodes(battery_ids=[renamed], rester=rester)
+    assert record.battery_id == renamed and provenance['battery_ids'] == [renamed]
+    (plain,), _ = fetch_mp_electrodes(battery_ids=[emmet_battery_id(doc)], rester=rester)  # the usual spelling
+    assert plain.battery_id == emmet_battery_id(doc)

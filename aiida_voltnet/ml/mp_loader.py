@@ -264,6 +264,15 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
     if max_entries is not None:
         docs = docs[:max_entries]
 
+    if battery_ids:  # the id asked for where emmet's rule gives another: MP stores some as mvc-... (mvc-11882_Al)
+        asked = {tuple(battery_id.rsplit('_', 1)): battery_id for battery_id in battery_ids}
+        for doc in docs:
+            if not isinstance(doc, Mapping) or doc.get('battery_id') or not isinstance(doc.get('material_ids'), list):
+                continue
+            ion = str(doc.get('working_ion'))
+            matches = {asked[(str(i), ion)] for i in doc['material_ids'] if (str(i), ion) in asked}
+            if len(matches) == 1 and battery_id_of(doc) not in battery_ids:
+                doc['battery_id'] = matches.pop()
     seen: set[str] = set()
     for doc in docs:
         battery_id = battery_id_of(doc) if isinstance(doc, Mapping) else None
