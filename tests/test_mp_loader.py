@@ -373,6 +373,8 @@ def test_malformed_doc_names_battery_and_field(recorded_mp, case):
     assert error.battery_id == battery_id
     assert error.field == field
     assert repr(battery_id) in str(error) and repr(field) in str(error)
+    if 'crystal_system' not in field and 'space_group' not in field:  # the document itself: no summary fetched
+        assert recorded_mp.calls(SUMMARY_PATH) == []  # (review: after every summary was downloaded)
 
 
 def test_invalid_arguments(recorded_mp):

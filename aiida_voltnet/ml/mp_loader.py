@@ -286,6 +286,8 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
         if missing:
             LOGGER.warning('the Materials Project has no insertion electrode(s) %s', ', '.join(missing))
 
+    for doc in docs:  # a document that cannot be a record fails now, not after every summary was downloaded
+        record_from_mp_doc(doc, {})
     end_members = sorted({str(doc.get(name)) for doc in docs if isinstance(doc, Mapping)
                           for name in ('id_charge', 'id_discharge') if doc.get(name)})
     symmetry = _fetch_symmetry(rester, end_members)
