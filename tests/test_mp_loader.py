@@ -213,9 +213,12 @@ def test_fetch_gives_the_csv_records(recorded_mp, csv_records):
     assert [r.battery_id for r in records] == sorted(BATTERY_IDS)
     assert _as_dicts(records) == _as_dicts(csv_records[b] for b in sorted(BATTERY_IDS))
     assert records == [csv_records[b] for b in sorted(BATTERY_IDS)]
-    # the fixture writes the seed CSV's formula columns, emmet's rounded battery-formula text: Li4-10 lost its
-    # zero (Li4-1...), so the ion-rich member looked charged; both readers take the exact content of the steps
+    # the documents carry MP's own reduced formulas (TiO2, Li3Ti4O8), written as the CSV writes them (Li0TiO2,
+    # Li0.75TiO2); the CSV's columns are emmet's rounded battery-formula text, where Li4-10 lost its zero (Li4-1...)
+    # and the ion-rich member looked charged: both readers give the exact ion content of the steps
     assert not any(r.end_members_reversed for r in records)
+    (titania,) = [r for r in records if r.battery_id == 'mp-2657_Li']
+    assert (titania.formula_charge, titania.formula_discharge) == ('Li0TiO2', 'Li0.75TiO2')
     (reread,) = [r for r in records if r.battery_id == 'mp-760302_Li']
     assert (reread.formula_charge, reread.formula_discharge) == ('Li4Fe3Co3(NiO8)2', 'Li10Fe3Co3(NiO8)2')
 

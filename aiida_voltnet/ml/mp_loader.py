@@ -222,6 +222,8 @@ def record_from_mp_doc(doc, symmetry: Mapping[str, Mapping[str, Any]] | None = N
     for name in _RECORD_FLOATS:
         values[name] = reader.number(name)
     values['steps'] = reader.steps('adj_pairs')
+    for name in ('formula_charge', 'formula_discharge'):  # MP's reduced formulas, written as the seed CSV writes them
+        values[name] = _csv_style_formula(values[name], values['working_ion'])
     # the same end members as the CSV reader gives (a document whose formulas are emmet's rounded battery-formula
     # text, as the seed-format CSV's are, takes the steps' exact ion content)
     exact = end_members_from_steps(values['formula_charge'], values['formula_discharge'], values['working_ion'],
@@ -244,6 +246,23 @@ def record_from_mp_doc(doc, symmetry: Mapping[str, Mapping[str, Any]] | None = N
 
 
 # ------------------------------------------------------------------------------------------------ internals
+
+def _csv_style_formula(formula: str, working_ion: str) -> str:
+    """An end member's formula as the seed CSV writes it: the working ion first with its count per reduced host
+    formula unit, then that formula (emmet's ``battery_formula`` convention): MP's ``TiO2`` and ``Li3Ti4O8`` are
+    ``Li0TiO2`` and ``Li0.75TiO2``. A formula that does not parse is left for the record's validation to name."""
+    from pymatgen.core import Composition
+
+    try:
+        amounts = Composition(formula).get_el_amt_dict()
+    except Exception:  # noqa: BLE001 - validate_record names the field
+        return formula
+    ion_amount = amounts.pop(working_ion, 0.0)
+    if not amounts:
+        return formula
+    reduced, factor = Composition(amounts).get_reduced_composition_and_factor()
+    return f'{working_ion}{ion_amount / factor:.12g}{reduced.reduced_formula}'
+
 
 def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[list[ElectrodeRecord], dict]:
     query: dict[str, Any] = {}
