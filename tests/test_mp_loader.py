@@ -576,3 +576,6 @@ def test_an_asked_battery_id_that_emmet_would_spell_otherwise_is_kept(recorded_m
     assert record.battery_id == renamed and provenance['battery_ids'] == [renamed]
     (plain,), _ = fetch_mp_electrodes(battery_ids=[emmet_battery_id(doc)], rester=rester)  # the usual spelling
     assert plain.battery_id == emmet_battery_id(doc)
+    doc['material_ids'] = ['mvc-99']  # no id emmet's rule takes: the asked one names it
+    (only,), _ = fetch_mp_electrodes(battery_ids=[renamed], rester=rester)
+    assert only.battery_id == renamed

@@ -371,3 +371,22 @@ def test_a_formula_column_that_disagrees_otherwise_is_kept_as_written():
     """Only emmet's rounding of the steps' count is taken for theirs: another count is the user's formula."""
     (record,) = load(ROW.replace(',Li0.75TiO2,', ',Li0.5TiO2,'))
     assert record.formula_discharge == 'Li0.5TiO2'
+
+
+def test_only_emmets_own_rounding_of_the_steps_is_taken_for_theirs():
+    """Found by review: the exact count was computed by another float path than emmet's, so a .xx5 boundary
+    (3/40 = 0.075, which emmet writes 0.07) was missed and 0.08 taken instead; a host emmet never writes (not
+    reduced) was rewritten; an ion not written first gave 'Fe1B1O3'."""
+    from aiida_voltnet.ml.records import VoltageStep, end_members_from_steps
+
+    def steps(charged, discharged):
+        return (VoltageStep(average_voltage=1.0, formula_charge=charged, formula_discharge=discharged),)
+
+    assert end_members_from_steps('Li0.07TiO2', 'Li0.5TiO2', 'Li', steps('Li3Ti40O80', 'LiTi2O4')) == \
+        ('Li0.075TiO2', 'Li0.5TiO2')
+    assert end_members_from_steps('Li0.08TiO2', 'Li0.5TiO2', 'Li', steps('Li3Ti40O80', 'LiTi2O4')) is None
+    assert end_members_from_steps('Li0FeO2', 'Li1Fe100O200', 'Li', steps('FeO2', 'LiFeO2')) is None
+    assert end_members_from_steps('FeLi0.12BO3', 'FeBO3Li0.88', 'Li', steps('LiFe8(BO3)8', 'Li7Fe8(BO3)8')) == \
+        ('Li0.125FeBO3', 'Li0.875FeBO3')
+    assert end_members_from_steps('Li0Fe5Co3O16', 'Li1Fe5Co3O16', 'Li', steps('Fe5Co3O16', 'Li10Fe5Co3O16')) == \
+        ('Li0Fe5Co3O16', 'Li10Fe5Co3O16')

@@ -278,7 +278,8 @@ def _validate_mp(inputs):
     except ValueError as exception:
         return f'query: {exception}'
     if not configured_api_key():
-        return 'no Materials Project API key: set the MP_API_KEY environment variable (it is never stored in a node)'
+        return ('no Materials Project API key: set the MP_API_KEY environment variable, or PMG_MAPI_KEY in '
+                '~/.config/.pmgrc.yaml (it is never stored in a node)')
     return None
 
 

@@ -290,7 +290,13 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
                 continue
             ion = str(doc.get('working_ion'))
             matches = {asked[(str(i), ion)] for i in doc['material_ids'] if (str(i), ion) in asked}
-            if len(matches) == 1 and battery_id_of(doc) not in battery_ids:
+            if len(matches) != 1:
+                continue
+            try:
+                ruled = battery_id_of(doc)
+            except ElectrodeDataError:  # only mvc- material ids: emmet's rule names none, the asked id does
+                ruled = None
+            if ruled not in battery_ids:
                 doc['battery_id'] = matches.pop()
     seen: set[str] = set()
     for doc in docs:

@@ -662,9 +662,13 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
         if math.isclose(x_column, x_member, rel_tol=1e-6, abs_tol=1e-9):
             formulas.append(text)
             continue
-        exact = x_member * host_column.num_atoms
-        # only the text emmet's battery_formula makes of the exact count ('{:.2f}', '.00' dropped, then trailing
-        # zeros: 10 -> '1'); any other disagreement is the user's own formula, checked as written
+        # only the text emmet's battery_formula makes of the exact count: per the member's reduced host, computed as
+        # emmet computes it (the float path decides a .xx5 rounding), '{:.2f}', '.00' dropped, then trailing zeros
+        # (10 -> '1'); any other disagreement, or a host emmet would not write (not reduced), is the user's own
+        reduced, factor = host_member.get_reduced_composition_and_factor()
+        if not host_column.almost_equals(reduced, rtol=1e-6, atol=1e-9):
+            return None
+        exact = member.get_el_amt_dict().get(working_ion, 0.0) / factor
         if not math.isclose(x_column * host_column.num_atoms, float(_battery_formula_subscript(exact)),
                             rel_tol=1e-9, abs_tol=1e-9):
             return None
@@ -674,7 +678,7 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
         if match:  # the column's own text, but for the ion's count
             formulas.append(f'{working_ion}{count}{text[match.end():]}')
         else:
-            formulas.append(f'{working_ion}{count}{host_column.formula.replace(" ", "")}')
+            formulas.append(f'{working_ion}{count}{reduced.reduced_formula}')
     return tuple(formulas) if changed else None
 
 

@@ -147,6 +147,15 @@ def _validate_code(code, _):
                                        'give a pw.x code (`voltnet dft-setup` creates pw-debian@localhost)')
 
 
+def _validate_cutoff_elements(elements, _ctx=None):
+    from pymatgen.core import Element
+
+    wrong = [value for value in elements.get_list() if not (isinstance(value, str) and Element.is_valid_symbol(value))]
+    if wrong:
+        return f'cutoff_elements must be element symbols (Li, Co, ...), got {", ".join(map(repr, wrong))}'
+    return None
+
+
 def _validate_options(options, _ctx=None):
     """The pw.x jobs' ``metadata.options``: keys and value types a PwCalculation takes."""
     from aiida.plugins import CalculationFactory
@@ -227,6 +236,12 @@ def launch_refusal(inputs) -> tuple[str, dict] | None:
                 return 'ERROR_MISSING_PSEUDO', {
                     'family': family.label, 'elements': ', '.join(missing),
                     'where': f'{which} cell {structure.get_formula()}; the family has {", ".join(sorted(family.elements))}'}
+    extra = inputs.get('cutoff_elements')  # get_recommended_cutoffs would raise once the cells were stored
+    missing = sorted(set(extra.get_list()) - set(family.elements)) if extra is not None else []
+    if missing:
+        return 'ERROR_MISSING_PSEUDO', {
+            'family': family.label, 'elements': ', '.join(map(str, missing)),
+            'where': f'cutoff_elements; the family has {", ".join(sorted(family.elements))}'}
     return None
 
 
@@ -263,6 +278,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
                    help='Energy per atom (eV) of the working-ion metal computed with the same settings; when given, '
                         'the metal calculation is skipped (voltnet.screen shares one per ion).')
         spec.input('cutoff_elements', valid_type=orm.List, serializer=orm.to_aiida_type, required=False,
+                   validator=_validate_cutoff_elements,
                    help='More elements whose recommended cutoffs count: every cell takes the highest cutoffs of the '
                         'elements of the charged and discharged cells, the working ion and these (voltnet.screen '
                         'gives those of every candidate of the ion, whose metal reference shares them).')

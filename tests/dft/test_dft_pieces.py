@@ -210,6 +210,16 @@ def test_the_cells_of_one_voltage_share_the_highest_cutoffs(pseudo_family, pw):
         assert {ecut(cell, elements) for cell in (charged, discharged, metal)} == {(50.0, 400.0)}
     finally:
         pseudo_family.delete_cutoffs('per_element')
+    # cutoff_elements the family has no pseudopotential for, or that are no symbols: refused at launch (review)
+    from aiida.engine import run_get_node
+
+    before = orm.QueryBuilder().append(orm.Node).count()
+    for extra, message in ((['P'], 'has no pseudopotential for P'), (['li'], "must be element symbols .*'li'")):
+        builder = VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci')
+        with pytest.raises(ValueError, match=message):  # a builder checks the input as it is set
+            builder.cutoff_elements = orm.List(extra)
+            run_get_node(builder)
+    assert orm.QueryBuilder().append(orm.Node).count() == before
 
 
 def test_verify_settings_validator(pw):
