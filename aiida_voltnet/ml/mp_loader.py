@@ -33,7 +33,7 @@ from typing import Any
 from pymatgen.core import Element
 
 from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
-                      end_members_from_steps, validate_record)
+                      _framework_of, end_members_from_steps, validate_record)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -254,14 +254,14 @@ def _csv_style_formula(formula: str, working_ion: str) -> str:
     from pymatgen.core import Composition
 
     try:
-        amounts = Composition(formula).get_el_amt_dict()
+        composition = Composition(formula)
     except Exception:  # noqa: BLE001 - validate_record names the field
         return formula
-    ion_amount = amounts.pop(working_ion, 0.0)
-    if not amounts:
+    host = _framework_of(composition, working_ion)
+    if not host.num_atoms:
         return formula
-    reduced, factor = Composition(amounts).get_reduced_composition_and_factor()
-    return f'{working_ion}{ion_amount / factor:.12g}{reduced.reduced_formula}'
+    reduced, factor = host.get_reduced_composition_and_factor()
+    return f'{working_ion}{composition[working_ion] / factor:.12g}{reduced.reduced_formula}'
 
 
 def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[list[ElectrodeRecord], dict]:

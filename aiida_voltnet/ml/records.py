@@ -627,10 +627,8 @@ def _parse_float(value: str, name: str) -> float | None:
 
 
 def _ion_per_host_atom(composition: Composition, ion: str) -> tuple[float, Composition]:
-    amounts = composition.get_el_amt_dict()
-    ion_amount = amounts.pop(ion, 0.0)
-    host = Composition(amounts)
-    return (ion_amount / host.num_atoms if host.num_atoms else math.nan), host
+    host = _framework_of(composition, ion)
+    return (composition[ion] / host.num_atoms if host.num_atoms else math.nan), host
 
 
 def end_members_from_steps(formula_charge: str, formula_discharge: str, working_ion: str,
@@ -668,7 +666,7 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
         reduced, factor = host_member.get_reduced_composition_and_factor()
         if not host_column.almost_equals(reduced, rtol=1e-6, atol=1e-9):
             return None
-        exact = member.get_el_amt_dict().get(working_ion, 0.0) / factor
+        exact = member[working_ion] / factor
         if not math.isclose(x_column * host_column.num_atoms, float(_battery_formula_subscript(exact)),
                             rel_tol=1e-9, abs_tol=1e-9):
             return None
