@@ -121,11 +121,14 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
         relax_type=relax_type, options=options, **spin)
 
 
-def job_options(options: dict | None) -> dict:
-    """The pw.x jobs' ``metadata.options``: the protocol's, updated by ``options``, whose ``resources`` replace the
-    protocol's whole (merged, ``{'num_machines': 1, 'tot_num_mpiprocs': 4}`` kept the protocol's
-    ``num_mpiprocs_per_machine: 1``, which contradicts it: the job excepted after the chain had stored its cells)."""
-    merged = recursive_merge(VerifyWorkChain.get_protocol_inputs()['options'], options or {})
+def job_options(options: dict | None, protocol_options: dict | None = None) -> dict:
+    """The pw.x jobs' ``metadata.options``: ``protocol_options`` (default: the default protocol's), updated by
+    ``options``, whose ``resources`` replace the protocol's whole (merged, ``{'num_machines': 1, 'tot_num_mpiprocs':
+    4}`` kept the protocol's ``num_mpiprocs_per_machine: 1``, which contradicts it: the job excepted after the chain
+    had stored its cells)."""
+    if protocol_options is None:
+        protocol_options = VerifyWorkChain.get_protocol_inputs()['options']
+    merged = recursive_merge(protocol_options, options or {})
     if (options or {}).get('resources'):
         merged['resources'] = dict(options['resources'])
     return merged
@@ -363,9 +366,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         if options:
             overrides = {**(overrides or {}), 'options': {**((overrides or {}).get('options') or {}), **options}}
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        given = ((overrides or {}).get('options') or {}).get('resources')
-        if given:  # replace the protocol's whole, as pw_builder does
-            inputs['options']['resources'] = dict(given)
+        inputs['options'] = job_options((overrides or {}).get('options'), inputs['options'])  # given resources whole
         builder = cls.get_builder()
         builder.code, builder.charged, builder.discharged = code, charged, discharged
         # a Str as every other input is, or a plain 'Li' (orm.Str of a Str stored its repr as the ion)
