@@ -87,6 +87,9 @@ def test_a_data_row_with_its_end_members_swapped_is_called_extrapolation(trained
                     'rev,LiFePO4,FePO4,Li\n')
     result = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(out))
     assert len(list(csv.DictReader(open(out)))) == 2
+    data.write_text('battery_id,formula_charge,formula_discharge,working_ion\nfwd,FePO4,LiFePO4,Li\n')
+    one = run('predict', '--model', str(trained / 'model'), '--data', str(data), '--out', str(tmp_path / 'one.csv'))
+    assert one.stdout.strip() == f'Wrote 1 prediction to {tmp_path / "one.csv"}'  # not '1 predictions'
     assert ("Warning: 1 of 2 record(s) list the ion-rich end member as charged (the first is battery_id 'rev', "
             "line 3)") in result.stderr and 'swap the formulas' in result.stderr, result.stderr
     assert 'kept as given' not in result.stderr and result.stderr.count('ion-rich') == 1, result.stderr

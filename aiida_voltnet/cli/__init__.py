@@ -473,7 +473,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
         write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
     except OSError as exception:
         _fail(f'--out {out}: cannot write: {exception.strerror or exception}')
-    click.echo(f'Wrote {len(records)} predictions to {out}' + (' (it replaces the file that was there)' if replaced
+    click.echo(f'Wrote {len(records)} prediction{"" if len(records) == 1 else "s"} to {out}' + (' (it replaces the file that was there)' if replaced
                                                                else ''))
 
 
