@@ -22,7 +22,7 @@ from aiida.engine import BaseRestartWorkChain, ProcessHandlerReport, process_han
 from aiida_voltnet.calculations.train_job import VoltnetTrainCalculation
 from aiida_voltnet.ml.models import spec_train_setting
 
-from .protocols import ProtocolMixin, recursive_merge
+from .protocols import ProtocolMixin, merge_job_options, recursive_merge
 
 __all__ = ('VoltnetTrainBaseWorkChain',)
 
@@ -55,16 +55,26 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
 
     @classmethod
     def get_builder_from_protocol(cls, code, dataset, protocol: str | None = None, overrides: dict | None = None,
-                                  options: dict | None = None, **_):
+                                  options: dict | None = None):
         """A populated builder: the protocol's inputs, then ``overrides``, then ``options`` (``metadata.options``).
 
         :param code: the ``InstalledCode`` of ``voltnet-train`` on the (GPU) computer.
         :param dataset: the ``ElectrodeDataset`` to train on.
         :param protocol: ``gpu`` (default), ``gpu_long`` or ``cpu``.
+        :param options: the job's ``metadata.options`` over the protocol's (the same as ``overrides={'train':
+            {'metadata': {'options': ...}}}``); ``resources`` given in either replace the protocol's whole, so that
+            ``{'parallel_env': 'smp', 'tot_num_mpiprocs': 8}`` for SGE does not keep the protocol's
+            ``num_machines``. Any other keyword is refused (a misspelt ``protocl`` ran the default protocol).
         """
-        inputs = cls.get_protocol_inputs(protocol, overrides)
+        asked = (((overrides or {}).get('train') or {}).get('metadata') or {}).get('options') or {}
         if options:
-            inputs = recursive_merge(inputs, {'train': {'metadata': {'options': options}}})
+            asked = merge_job_options(asked, options)
+            overrides = recursive_merge(overrides or {}, {'train': {'metadata': {'options': options}}})
+        inputs = cls.get_protocol_inputs(protocol, overrides)
+        if asked:
+            metadata = inputs.setdefault('train', {}).setdefault('metadata', {})
+            metadata['options'] = merge_job_options(cls.get_protocol_inputs(protocol)['train']['metadata']['options'],
+                                                    asked)
         options = inputs.get('train', {}).get('metadata', {}).get('options', {})
         if not options.get('custom_scheduler_commands'):
             options.pop('custom_scheduler_commands', None)

@@ -19,7 +19,7 @@ from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure, missing_pseudos
 
-from .protocols import ProtocolMixin, recursive_merge
+from .protocols import ProtocolMixin, merge_job_options
 
 __all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family')
 
@@ -122,16 +122,11 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
 
 
 def job_options(options: dict | None, protocol_options: dict | None = None) -> dict:
-    """The pw.x jobs' ``metadata.options``: ``protocol_options`` (default: the default protocol's), updated by
-    ``options``, whose ``resources`` replace the protocol's whole (merged, ``{'num_machines': 1, 'tot_num_mpiprocs':
-    4}`` kept the protocol's ``num_mpiprocs_per_machine: 1``, which contradicts it: the job excepted after the chain
-    had stored its cells)."""
+    """The pw.x jobs' ``metadata.options``: ``options`` over ``protocol_options`` (default: the default protocol's),
+    by :func:`~aiida_voltnet.workflows.protocols.merge_job_options` (given ``resources`` replace the protocol's whole)."""
     if protocol_options is None:
         protocol_options = VerifyWorkChain.get_protocol_inputs()['options']
-    merged = recursive_merge(protocol_options, options or {})
-    if (options or {}).get('resources'):
-        merged['resources'] = dict(options['resources'])
-    return merged
+    return merge_job_options(protocol_options, options)
 
 
 def _withmpi_conflict(code, options) -> str | None:

@@ -225,6 +225,30 @@ def test_protocols_and_overrides(slurm_code, dataset_60):
         run_get_node(VoltnetTrainBaseWorkChain, **inputs)
 
 
+def test_given_resources_replace_the_protocols_whole(slurm_code, dataset_60):
+    """Merged into the protocol's {num_machines, num_mpiprocs_per_machine: 1, num_cores_per_mpiproc: 8}, resources
+    of another shape ({tot_num_mpiprocs: 4}, SGE's parallel_env) kept keys that contradict them or that the
+    scheduler refuses, as VerifyWorkChain's once did; the rest of the options still merge with the protocol's."""
+    resources = {'num_machines': 1, 'tot_num_mpiprocs': 4}
+    for kwargs in ({'options': {'resources': resources}},
+                   {'overrides': {'train': {'metadata': {'options': {'resources': resources}}}}}):
+        options = VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, protocol='gpu',
+                                                                      **kwargs).train.metadata.options
+        assert options.resources == resources, kwargs
+        assert options.max_wallclock_seconds == 3600 and options.custom_scheduler_commands == '#SBATCH --gres=gpu:1'
+    both = VoltnetTrainBaseWorkChain.get_builder_from_protocol(
+        slurm_code, dataset_60, overrides={'train': {'metadata': {'options': {
+            'resources': {'num_machines': 2}, 'environment_variables': {'A': '1'}}}}},
+        options={'resources': resources, 'environment_variables': {'B': '2'}}).train.metadata.options
+    assert both.resources == resources  # options= wins over overrides=, as documented
+    assert both.environment_variables == {'CUBLAS_WORKSPACE_CONFIG': ':4096:8', 'A': '1', 'B': '2'}
+    plain = VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, options={'queue_name': 'q'})
+    assert plain.train.metadata.options.resources == {'num_machines': 1, 'num_mpiprocs_per_machine': 1,
+                                                      'num_cores_per_mpiproc': 8}
+    with pytest.raises(TypeError, match='protocl'):  # a misspelt keyword was swallowed and the default protocol ran
+        VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, protocl='cpu')
+
+
 def test_resources_that_do_not_fit_the_scheduler_are_refused_at_launch(train_code, dataset_60):
     """The job's own input validator replaced aiida-core's, so resources its scheduler cannot run (5 MPI processes
     on 1 machine x 1) stored the job and excepted at submission; the train work chain stored its dataset and split

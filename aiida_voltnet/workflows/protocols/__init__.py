@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ('ProtocolMixin', 'recursive_merge', 'check_overrides')
+__all__ = ('ProtocolMixin', 'recursive_merge', 'check_overrides', 'merge_job_options')
 
 
 def _copy(value):
@@ -37,6 +37,17 @@ def recursive_merge(left: dict, right: dict) -> dict:
             merged[key] = recursive_merge(merged[key], value)
         else:
             merged[key] = _copy(value)
+    return merged
+
+
+def merge_job_options(protocol_options: dict, options: dict | None) -> dict:
+    """A job's ``metadata.options``: ``protocol_options`` updated recursively by ``options``, whose ``resources``, if
+    given, replace the protocol's whole. Merged, ``{'num_machines': 1, 'tot_num_mpiprocs': 4}`` kept the protocol's
+    ``num_mpiprocs_per_machine: 1``, which contradicts it, and an SGE ``{'parallel_env': 'smp', 'tot_num_mpiprocs':
+    8}`` kept its ``num_machines``, which SGE refuses: the job excepted after the work chain had started."""
+    merged = recursive_merge(protocol_options or {}, options or {})
+    if (options or {}).get('resources'):
+        merged['resources'] = _copy(dict(options['resources']))
     return merged
 
 
