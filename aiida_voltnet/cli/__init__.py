@@ -26,6 +26,12 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
     sys.exit(code)
 
 
+def single_member_warning(model: str, name: str) -> str:
+    """What ``voltnet predict``, ``verify`` and ``screen`` say of a one-member model's ``+/- 0``."""
+    return (f'{model} is a single {name} model, no ensemble: its uncertainty is 0, not an error bar (train an '
+            'ensemble, such as the default voltnet model or --members 5, for one)')
+
+
 @click.group(context_settings={'help_option_names': ['-h', '--help']})
 @click.version_option(package_name='aiida-voltnet')
 @click.option('-v', '--verbose', is_flag=True, help='Show info-level log messages.')
@@ -455,9 +461,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
         hint = '' if single or extrapolation_column else ' (--extrapolation-column flags each such row in --out)'
         click.echo(f'Warning: {warning}{hint}', err=True)
     if len(model.members) == 1:
-        click.echo(f'Warning: {model_dir} is a single {model.model_name} model, no ensemble: its uncertainty is 0, '
-                   'not an error bar (train an ensemble, such as the default voltnet model or --members 5, for '
-                   'one)', err=True)
+        click.echo(f'Warning: {single_member_warning(model_dir, model.model_name)}', err=True)
     if single:
         click.echo(f'{discharged} / {charged} ({ion}): {mean[0]:.3f} +/- {std[0]:.3f} V '
                    f'(model {model.saved_version[:16]})')

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from . import _fail, cli
+from . import _fail, cli, single_member_warning
 from .aiida_commands import QUICKSTART_PROFILE, _load_node, _load_profile, ensure_embedded_profile
 
 
@@ -226,8 +226,7 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
     unseen = results['ml_unseen_elements'].get_list() if 'ml_unseen_elements' in results else []
     outside = results['ml_ion_content_outside'].get_list() if 'ml_ion_content_outside' in results else []
     if 'ml_uncertainty' in results and model.base.attributes.get('n_members', 2) < 2:  # as `voltnet predict` says
-        click.echo(f'Warning: model {model.model_name} has one member, no ensemble: its +/- 0 is no error bar',
-                   err=True)
+        click.echo(f'Warning: {single_member_warning(f"model<{model.pk}>", model.model_name)}', err=True)
     if unseen or outside:  # as `voltnet predict` warns for the same prediction
         click.echo('Warning: the ML prediction is extrapolation: '
                    + '; '.join(([f'the host has {", ".join(unseen)}, which no training host had'] if unseen else [])
@@ -416,7 +415,7 @@ def _echo_screen(results: dict, node, seconds: float, retrain: bool = False) -> 
                        f'{difference}  {row["status"]}')
     screened = node.inputs.model
     if summary['rows'] and screened.base.attributes.get('n_members', 2) < 2:  # as `voltnet predict` says
-        click.echo(f'  (model {screened.model_name} has one member, no ensemble: its +/- 0 is no error bar)')
+        click.echo(f'Warning: {single_member_warning(f"model<{screened.pk}>", screened.model_name)}', err=True)
     mae = summary['mae_verified']
     click.echo((f'ML-DFT MAE of the verified: {mae:.3f} V  ' if mae is not None else '')
                + f'(ScreenWorkChain<{node.pk}>, {seconds:.0f} s; the table: verdi node attributes '

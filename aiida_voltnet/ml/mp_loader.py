@@ -33,7 +33,7 @@ from typing import Any
 from pymatgen.core import Element
 
 from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
-                      _framework_of, end_members_from_steps, validate_record)
+                      end_members_from_steps, host_framework, validate_record)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def _csv_style_formula(formula: str, working_ion: str) -> str:
         composition = Composition(formula)
     except Exception:  # noqa: BLE001 - validate_record names the field
         return formula
-    host = _framework_of(composition, working_ion)
+    host = host_framework(composition, working_ion)
     if not host.num_atoms:
         return formula
     reduced, factor = host.get_reduced_composition_and_factor()

@@ -249,13 +249,14 @@ def parse_formula(formula: str) -> Composition:
     return composition
 
 
-def _framework_of(composition: Composition, ion: str) -> Composition:
+def host_framework(composition: Composition, ion: str) -> Composition:
+    """``composition`` without the working ``ion``: the host framework, in the formula unit as written."""
     amounts = {el: amt for el, amt in composition.get_el_amt_dict().items() if el != ion}
     return Composition(amounts)
 
 
 def _framework_amounts(composition: Composition, ion: str) -> tuple[dict[str, float], float]:
-    """``(amounts, num_atoms)`` of ``_framework_of(composition, ion)`` without building the Composition: the same
+    """``(amounts, num_atoms)`` of ``host_framework(composition, ion)`` without building the Composition: the same
     numbers (pymatgen keeps amounts >= ``Composition.amount_tolerance`` and sums their absolute values in order)."""
     tolerance = Composition.amount_tolerance
     amounts = {el: amt for el, amt in composition.get_el_amt_dict().items() if el != ion and abs(amt) >= tolerance}
@@ -456,7 +457,7 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
         except ValueError as exception:
             fail(str(exception), name)
     ion = record.working_ion
-    # The frameworks as amount dicts (the same numbers as _framework_of's Compositions, which are only built
+    # The frameworks as amount dicts (the same numbers as host_framework's Compositions, which are only built
     # where pymatgen's reduction is needed: frameworks that differ per formula unit, and a missing framework_formula).
     amounts_charge, atoms_charge = _framework_amounts(compositions['formula_charge'], ion)
     amounts_discharge, atoms_discharge = _framework_amounts(compositions['formula_discharge'], ion)
@@ -627,7 +628,7 @@ def _parse_float(value: str, name: str) -> float | None:
 
 
 def _ion_per_host_atom(composition: Composition, ion: str) -> tuple[float, Composition]:
-    host = _framework_of(composition, ion)
+    host = host_framework(composition, ion)
     return (composition[ion] / host.num_atoms if host.num_atoms else math.nan), host
 
 

@@ -12,7 +12,8 @@ from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from .featurizers import ROUNDING_DENOMINATOR, ROUNDING_TOLERANCE, RoundedAmountsWarning
-from .records import WORKING_IONS, ElectrodeDataError, ElectrodeRecord, framework_key, validate_record
+from .records import (WORKING_IONS, ElectrodeDataError, ElectrodeRecord, framework_key, host_framework,
+                      validate_record)
 
 __all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_PAIRS', 'shipped_pair']
 
@@ -39,10 +40,6 @@ def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
         structure.remove_oxidation_states()
     analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
     return analyzer.get_space_group_number(), analyzer.get_crystal_system().capitalize()
-
-
-def host_framework(composition: Composition, working_ion: str) -> Composition:
-    return Composition({el: amt for el, amt in composition.get_el_amt_dict().items() if el != working_ion})
 
 
 def _element_composition(structure: Structure, name: str, label: str) -> Composition:

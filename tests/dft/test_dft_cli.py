@@ -26,6 +26,9 @@ def test_dft_setup_then_verify(aiida_profile, aiida_localhost, quantum_espresso,
     assert result.exit_code == 0, result.output
     match = re.search(r'LiNiO2: DFT (\d\.\d+) V, ML (\d\.\d+) \+/- 0\.000 V, ML - DFT ([+-]\d\.\d+) V', result.output)
     assert match, result.output
+    # the 3-epoch MLP has one member: said as `voltnet predict` says it (one wording, on stderr, for all three)
+    assert f'Warning: model<{small_model[0].pk}> is a single mlp model, no ensemble: its uncertainty is 0, not an ' \
+           'error bar' in result.output
     dft, ml, difference = map(float, match.groups())
     assert difference == pytest.approx(ml - dft, abs=2e-3)
 
@@ -236,6 +239,7 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
                                       '--retrain-dataset', str(dataset.pk)])
     assert result.exit_code == 0, result.output
     assert '3 of 3 candidate(s) predicted, 1 selected for DFT, 1 verified, 0 not submitted, 0 failed' in result.output
+    assert f'Warning: model<{model.pk}> is a single mlp model, no ensemble' in result.output
     match = re.search(r'\n  (LiCoO2|LiNiO2) +Li +(\d\.\d+) \+/- +(\d\.\d+) +(\d\.\d+) +([+-]\d\.\d+)  verified\n',
                       result.output)
     assert match, result.output
