@@ -1,3 +1,19 @@
 """Shared pytest configuration: the aiida-core fixtures (a temporary ``core.sqlite_dos`` profile without broker,
 loaded automatically for the session; tests that do not touch AiiDA simply ignore it)."""
+import pytest
+
 pytest_plugins = ['aiida.tools.pytest_fixtures']
+
+
+@pytest.fixture
+def cobalt_oxide_frameworks():
+    """(CoO2 of LiCoO2's layered R-3m framework, rutile CoO2, layered LiCoO2): the same host composition twice."""
+    from pymatgen.core import Lattice, Structure
+
+    layered = Structure.from_spacegroup('R-3m', Lattice.hexagonal(2.82, 14.05), ['Li', 'Co', 'O'],
+                                        [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.24]]).get_primitive_structure()
+    host = layered.copy()
+    host.remove_species(['Li'])
+    rutile = Structure.from_spacegroup('P4_2/mnm', Lattice.tetragonal(4.5, 2.9), ['Co', 'O'],
+                                       [[0, 0, 0], [0.3, 0.3, 0]])
+    return host, rutile, layered

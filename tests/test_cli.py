@@ -519,7 +519,7 @@ def test_train_example_prints_the_calibration_warning_of_a_small_csv(tmp_path):
     assert 'warning: the uncertainty calibration saw only' in run.stdout, run.stdout
 
 
-def test_predict_a_pair_of_structure_files(trained, tmp_path):
+def test_predict_a_pair_of_structure_files(trained, tmp_path, cobalt_oxide_frameworks):
     """``--charged``/``--discharged`` take structure files (a relaxed DFT cell): 'FePO4.cif' was parsed as a formula
     and refused. The files' pair is the record ``record_from_structures`` builds, with its symmetry, so the voltage
     is the core's for the same structures; a file beside a formula, an unreadable file and a reversed pair are
@@ -539,6 +539,14 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path):
                      str(files[discharged_file]), '--ion', 'Li')
         assert result.stdout.startswith(f'LiFePO4 ({files[discharged_file]}) / FePO4 ({files["FePO4.cif"]}) (Li): '
                                         f'{mean[0]:.3f} +/- {std[0]:.3f} V'), result.stdout
+    assert 'Warning' not in result.stderr, result.stderr
+    _, rutile, layered = cobalt_oxide_frameworks  # one host composition, two frameworks: said, predicted
+    rutile.to(filename=str(tmp_path / 'rutile.cif'))
+    layered.to(filename=str(tmp_path / 'layered.cif'))
+    two = run('predict', '--model', model, '--charged', str(tmp_path / 'rutile.cif'), '--discharged',
+              str(tmp_path / 'layered.cif'), '--ion', 'Li')
+    assert 'structures are not one host framework (pymatgen StructureMatcher, Li ignored' in two.stderr, two.stderr
+    assert two.stdout.startswith('LiCoO2 ('), two.stdout
     junk = tmp_path / 'junk.cif'
     junk.write_text('not a cif\n')
     for arguments, message in (

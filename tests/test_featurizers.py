@@ -107,6 +107,35 @@ def test_structure_pair_with_different_frameworks_is_refused():
         record_from_structures(charged, discharged, 'Li')
 
 
+def test_a_structure_pair_of_two_frameworks_is_warned_about(cobalt_oxide_frameworks):
+    """Found by review: the pair check compared compositions only, so rutile CoO2 with layered LiCoO2 made a
+    record, and a DFT 'voltage' that holds the rutile-to-layered energy of CoO2, with no word. The pair is still
+    read (delithiation may change the stacking), with a FrameworkMismatchWarning; one framework says nothing, a
+    strained and shaken charged cell included."""
+    import warnings
+
+    from aiida_voltnet.ml.structures import FrameworkMismatchWarning, same_framework
+
+    host, rutile, layered = cobalt_oxide_frameworks
+    with pytest.warns(FrameworkMismatchWarning, match=r'pair: the charged \(CoO2, space group 136\) and discharged '
+                                                      r'\(LiCoO2, space group 166\) structures are not one host '
+                                                      'framework'):
+        record = record_from_structures(rutile, layered, 'Li', battery_id='pair')
+    assert (record.formula_charge, record.formula_discharge) == ('Li0Co1O2', 'Li1Co1O2')
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    strained = charged.copy()
+    strained.apply_strain([0.05, -0.02, 0.03])
+    strained.perturb(0.1, min_distance=0.05)
+    for pair in ((host, layered, 'Li'), (charged, discharged, ion), (strained, discharged, ion)):
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', FrameworkMismatchWarning)
+            record_from_structures(*pair)
+    assert same_framework(rutile, layered, 'Li') is False and same_framework(host, layered, 'Li') is True
+    disordered = layered.copy()
+    disordered.replace_species({'Co': {'Co': 0.5, 'Ni': 0.5}})
+    assert same_framework(rutile, disordered, 'Li') is None  # partial occupancies: not compared
+
+
 def test_a_structure_without_symmetry_names_its_side_and_pair():
     """Two atoms on one site: spglib finds no symmetry and pymatgen's bare 'Unable to determine symmetry' named
     neither the structure nor the pair (voltnet predict printed it for two files)."""

@@ -22,7 +22,7 @@ from aiida.engine import calcfunction
 from aiida_voltnet.calculations.sources import record_sources
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData, json_safe
-from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, TargetLeakWarning, get_featurizer
+from aiida_voltnet.ml.featurizers import InputWarning, TargetLeakWarning, get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import CHECKED_SETTINGS, CalibrationWarning, check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import check_fetch_arguments, configured_api_key, fetch_mp_electrodes
@@ -99,8 +99,9 @@ def _structure_key(node):
 
 def pair_record(charged: orm.StructureData, discharged: orm.StructureData, working_ion: str, battery_id=None,
                 report: bool = False):
-    """The electrode record of a (charged, discharged) pair of ``StructureData``; ``report``: warn the
-    ``RoundedAmountsWarning`` of partial occupancies that look rounded (silent otherwise, as in the validators).
+    """The electrode record of a (charged, discharged) pair of ``StructureData``; ``report``: warn its
+    ``InputWarning``s (partial occupancies that look rounded, two hosts that are not one framework; silent
+    otherwise, as in the validators).
 
     :raises ValueError: for a structure that is not periodic in all three directions (a slab, a wire or a
         molecule is not a bulk electrode, and the model knows only bulk ones).
@@ -115,18 +116,18 @@ def pair_record(charged: orm.StructureData, discharged: orm.StructureData, worki
 
     def make():
         with warnings.catch_warnings(record=True) as caught:  # kept with the record: the validators run first
-            warnings.simplefilter('always', RoundedAmountsWarning)
+            warnings.simplefilter('always', InputWarning)
             record = record_from_structures(charged.get_pymatgen_structure(), discharged.get_pymatgen_structure(),
                                             working_ion, battery_id=battery_id)
         for warning in caught:
-            if not issubclass(warning.category, RoundedAmountsWarning):
+            if not issubclass(warning.category, InputWarning):
                 warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-        return record, tuple(str(w.message) for w in caught if issubclass(w.category, RoundedAmountsWarning))
+        return record, tuple((w.category, str(w.message)) for w in caught if issubclass(w.category, InputWarning))
 
-    record, rounded = _PAIR_CACHE.get(key, make)
+    record, said = _PAIR_CACHE.get(key, make)
     if report:  # occupancies such as 0.33 for 1/3, warned to whoever asks (a process body reports them)
-        for message in rounded:
-            warnings.warn(message, RoundedAmountsWarning, stacklevel=2)
+        for category, message in said:
+            warnings.warn(message, category, stacklevel=2)
     return record
 
 
@@ -337,7 +338,7 @@ def assemble_dataset_from_structures(**pairs):
     :param pairs: one namespace per electrode, ``{name: {'charged': StructureData, 'discharged': StructureData,
         'working_ion': Str}}``; ``name`` becomes the record's battery_id.
     """
-    with _warnings_reported(RoundedAmountsWarning):
+    with _warnings_reported(InputWarning):
         records = [pair_record(charged, discharged, ion, battery_id=name, report=True)
                    for name, (charged, discharged, ion) in _pairs(pairs).items()]
     return ElectrodeDataset(records, source='structures')
@@ -486,7 +487,7 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
     arguments = _train_arguments(featurizer.value, model.value, settings.get_dict())
     arguments.setdefault('device', 'auto')
     records = dataset_records(dataset)
-    with _warnings_reported(TargetLeakWarning, CalibrationWarning, RoundedAmountsWarning):
+    with _warnings_reported(TargetLeakWarning, CalibrationWarning, InputWarning):
         core = train_voltage_model(records, seed=seed.value, **arguments)
         mean, _ = core.predict(records)
     target = arguments.get('target', 'average_voltage')
@@ -616,9 +617,9 @@ def _report_warning(process, message):
 
 
 def _predict(core, records):
-    """``core.predict(records)``, with a ``RoundedAmountsWarning`` (a host such as ``Ni0.33Mn0.33Co0.34O2``, read
-    as written) also written to the report of the running process (:func:`_warnings_reported`)."""
-    with _warnings_reported(RoundedAmountsWarning):
+    """``core.predict(records)``, with an ``InputWarning`` (a host such as ``Ni0.33Mn0.33Co0.34O2``, read as
+    written) also written to the report of the running process (:func:`_warnings_reported`)."""
+    with _warnings_reported(InputWarning):
         return core.predict(records)
 
 
@@ -648,7 +649,7 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
         electrodes' range for that working ion (each empty when not; a non-empty one marks the prediction as an
         extrapolation).
     """
-    with _warnings_reported(RoundedAmountsWarning):
+    with _warnings_reported(InputWarning):
         record = pair_record(charged, discharged, working_ion.value, report=True)
     core = load_model(model)
     mean, std = _predict(core, [record])

@@ -96,7 +96,7 @@ def _model_param(ctx, param, values) -> dict:
                    'gamma; krr: alpha, gamma). Recorded in the model. Repeat for several.')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
-    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning
+    from aiida_voltnet.ml.featurizers import InputWarning
     from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model, training_targets
     import hashlib
 
@@ -145,7 +145,7 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         _fail(str(exception))
     for warning in caught:
         if str(warning.message).startswith('the uncertainty calibration') \
-                or issubclass(warning.category, RoundedAmountsWarning):
+                or issubclass(warning.category, InputWarning):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
     model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': hashlib.sha256(content).hexdigest()}
     if (Path(out) / 'config.json').is_file():
@@ -392,7 +392,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
     The uncertainty is the ensemble's calibrated spread; a one-member model (svr, krr, --members 1) has none and
     writes 0, with a warning.
     """
-    from aiida_voltnet.ml.featurizers import rounded_amounts_collected
+    from aiida_voltnet.ml.featurizers import input_warnings_collected
     from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record,
                                           write_files_atomically)
 
@@ -430,7 +430,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
                     _fail('--charged and --discharged are both structure files or both formulas: '
                           f'{charged if files[0] else discharged} is a file, {discharged if files[0] else charged} '
                           'is none')
-                with rounded_amounts_collected() as from_structures:  # occupancies such as 0.33 for 1/3
+                with input_warnings_collected() as from_structures:  # occupancies such as 0.33 for 1/3
                     records = [_structure_pair_record(charged, discharged, ion)]
                 from pymatgen.core import Composition
 
@@ -450,7 +450,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
     except (ElectrodeDataError, ValueError) as exception:
         _fail(str(exception))
     try:
-        with rounded_amounts_collected() as rounded:
+        with input_warnings_collected() as rounded:
             mean, std = model.predict(records, device=device)
     except (ElectrodeDataError, ValueError) as exception:  # e.g. an ion the model never saw: the file, as above
         _fail(f'{data}: {exception}' if data and not str(exception).startswith(str(data)) else str(exception))

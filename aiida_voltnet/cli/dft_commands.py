@@ -194,6 +194,16 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         from . import read_structure_pair
 
         structures = read_structure_pair(charged, discharged)
+        from aiida_voltnet.ml.featurizers import input_warnings_collected
+        from aiida_voltnet.ml.structures import record_from_structures
+
+        with input_warnings_collected() as said:  # two hosts that are not one framework, rounded occupancies
+            try:
+                record_from_structures(*structures, ion, battery_id=f'{charged} -> {discharged}')
+            except ValueError:
+                pass  # VerifyWorkChain refuses the pair at launch, before anything is stored, and says why
+        for message in said:
+            click.echo(f'Warning: {message}', err=True)
     model = _load_node(model_id, profile, VoltageModelData) if model_id else _load_profile(profile)
     if model_id:
         from aiida_voltnet.calculations.functions import check_voltage_model
@@ -244,6 +254,7 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
     wrong, a pair that is not one electrode of its ion included (reversed, the same cell twice, an ion in neither)."""
     import csv
 
+    from aiida_voltnet.ml.featurizers import input_warnings_collected
     from aiida_voltnet.ml.structures import record_from_structures
     from aiida_voltnet.workflows.ports import pair_name_problem
 
@@ -286,9 +297,12 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
         pair = (files['charged'], files['discharged'], row['working_ion'])
         if pair not in checked:  # once a pair: rows repeating it would repeat its symmetry analysis
             try:  # as voltnet verify refuses it; the screen would only list it as not predicted, after storing it
-                record_from_structures(structures[pair[0]], structures[pair[1]], pair[2], battery_id=name)
+                with input_warnings_collected() as said:  # two hosts that are not one framework, say
+                    record_from_structures(structures[pair[0]], structures[pair[1]], pair[2], battery_id=name)
             except ValueError as exception:
                 _fail(f'--candidates {path}, line {line}: {exception}')
+            for message in said:
+                click.echo(f'Warning: --candidates {path}, line {line}: {message}', err=True)
             checked.add(pair)
         candidates[name] = {**files, 'working_ion': row['working_ion']}
     if not candidates:
@@ -344,7 +358,9 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
                 _fail(f'--{key.replace("_", "-")} must be a finite number of volts, got {value}')
             selection[key] = value
     message = check_selection(selection)
-    if message:
+    if message:  # in the options' names, not the selection Dict's keys
+        for key in ('voltage_min', 'voltage_max'):  # --top-k and --mode are checked by click
+            message = message.replace(f'selection {key}', key).replace(key, f'--{key.replace("_", "-")}')
         _fail(message)
     candidates, structures = read_candidates(candidates_file)  # before the profile: a bad file stops here
     model = _load_node(model_id, profile, VoltageModelData)

@@ -96,10 +96,10 @@ def _voltnet_warnings_logged(said: list[str]):
     Other warnings that pass the filters are shown as Python shows them."""
     import warnings
 
-    from aiida_voltnet.ml.featurizers import RoundedAmountsWarning, TargetLeakWarning
+    from aiida_voltnet.ml.featurizers import InputWarning, TargetLeakWarning
     from aiida_voltnet.ml.models import CalibrationWarning
 
-    categories = (CalibrationWarning, TargetLeakWarning, RoundedAmountsWarning)
+    categories = (CalibrationWarning, TargetLeakWarning, InputWarning)
     with warnings.catch_warnings(record=True) as caught:
         for category in categories:
             warnings.simplefilter('always', category)

@@ -116,23 +116,28 @@ def _element(z: int) -> Element:
     return Element.from_Z(z)
 
 
-class RoundedAmountsWarning(UserWarning):
+class InputWarning(UserWarning):
+    """An input that is read as written but may not be what its author meant (a rounded host, a pair of structures
+    that are not one host framework): the CLI prints these, a calculation function writes them to its report."""
+
+
+class RoundedAmountsWarning(InputWarning):
     """A host's amounts look rounded (``Ni0.33Mn0.33Co0.34O2`` for ``NiMnCoO6``): read as written, its smallest
     integer formula unit is far larger than that of the nearby simple fractions, and the features that count atoms
     per formula unit differ with it."""
 
 
 @contextlib.contextmanager
-def rounded_amounts_collected():
-    """Collect the messages of ``RoundedAmountsWarning`` (each once, in order) raised inside the block, for a caller
+def input_warnings_collected():
+    """Collect the messages of :class:`InputWarning` (each once, in order) raised inside the block, for a caller
     that reports them its own way (the CLI, a process report); other warnings are shown as Python shows them. The
     list is filled when the block ends."""
     messages: list[str] = []
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always', RoundedAmountsWarning)
+        warnings.simplefilter('always', InputWarning)
         yield messages
     for warning in caught:
-        if not issubclass(warning.category, RoundedAmountsWarning):
+        if not issubclass(warning.category, InputWarning):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         elif str(warning.message) not in messages:
             messages.append(str(warning.message))

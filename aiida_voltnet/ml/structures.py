@@ -11,11 +11,12 @@ from fractions import Fraction
 from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-from .featurizers import ROUNDING_DENOMINATOR, ROUNDING_TOLERANCE, RoundedAmountsWarning
+from .featurizers import ROUNDING_DENOMINATOR, ROUNDING_TOLERANCE, InputWarning, RoundedAmountsWarning
 from .records import (WORKING_IONS, ElectrodeDataError, ElectrodeRecord, framework_key, host_framework,
                       validate_record)
 
-__all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'SHIPPED_PAIRS', 'shipped_pair']
+__all__ = ['record_from_structures', 'symmetry_of', 'host_framework', 'same_framework', 'FrameworkMismatchWarning',
+           'SHIPPED_PAIRS', 'shipped_pair']
 
 
 def _symprec_problem(symprec) -> str | None:
@@ -100,6 +101,28 @@ def _rounded_occupancies(structure: Structure, working_ion: str, name: str) -> s
             f'simple fractions) has {simple_atoms:.0f}. The features count atoms per integer formula unit, so a '
             'rounded host is featurized unlike the electrode it stands for: give the exact fractions (0.333333, '
             'not 0.33)')
+
+
+class FrameworkMismatchWarning(InputWarning):
+    """The charged and discharged structures have the same host composition but are not one host framework:
+    pymatgen's ``StructureMatcher`` (the working ion ignored, volumes scaled, supercells tried) finds no match, as
+    between rutile and layered CoO2. A voltage between them includes the energy of a phase change of the host, as no
+    Materials Project insertion electrode's does (and so no training row's)."""
+
+
+def same_framework(charged: Structure, discharged: Structure, working_ion: str) -> bool | None:
+    """Whether ``charged`` and ``discharged`` are one host framework (see :class:`FrameworkMismatchWarning`); None
+    where they are not compared: disordered cells (partial occupancies have no one arrangement to match) and cells
+    that the matcher fails on."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    if not (charged.is_ordered and discharged.is_ordered):
+        return None
+    matcher = StructureMatcher(ignored_species=[working_ion], scale=True, attempt_supercell=True)
+    try:
+        return bool(matcher.fit(charged, discharged))
+    except Exception:  # noqa: BLE001 - a matcher failure is no finding about the pair
+        return None
 
 
 def record_from_structures(charged: Structure, discharged: Structure, working_ion: str,
@@ -193,6 +216,14 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
                                  field=exception.field) from None
     for message in rounded_messages:
         warnings.warn(f'{label}: {message}', RoundedAmountsWarning, stacklevel=2)
+    if same_framework(charged, discharged, working_ion) is False:
+        warnings.warn(
+            f'{label}: the charged ({charged.composition.reduced_formula}, space group {sg_charge}) and discharged '
+            f'({discharged.composition.reduced_formula}, space group {sg_discharge}) structures are not one host '
+            f'framework (pymatgen StructureMatcher, {working_ion} ignored, volumes scaled): a voltage between them '
+            'includes a phase change of the host, unlike any Materials Project insertion electrode the model learnt '
+            f'from; give two members of one framework (the charged cell made from the discharged one by removing '
+            f'{working_ion}, say, then relaxed)', FrameworkMismatchWarning, stacklevel=2)
     return record
 
 

@@ -19,7 +19,7 @@ from aiida_voltnet.calculations.dft import (add_verified_records, check_selectio
 from aiida_voltnet.calculations.functions import assemble_dataset_from_structures, predict_voltages, train_model
 from aiida_voltnet.data.dataset import ElectrodeDataset
 from aiida_voltnet.data.model import VoltageModelData
-from aiida_voltnet.ml.featurizers import get_featurizer
+from aiida_voltnet.ml.featurizers import InputWarning, get_featurizer
 from aiida_voltnet.ml.models import regressor_family
 
 from .ports import StructurePairsNamespace
@@ -70,6 +70,14 @@ def retrain_inputs(model: VoltageModelData, retrain) -> dict:
         if foreign & set(settings):
             inputs['settings'] = orm.Dict({key: value for key, value in settings.items() if key not in foreign})
     return inputs
+
+
+def dropped_settings_note(dropped, model: str, device: str | None) -> str:
+    """Why the retraining left out inherited ``settings`` keys (``retrain_inputs``): those ``model`` cannot take,
+    and a ``device`` because torch sees no CUDA device here (which ``model`` could take)."""
+    foreign = [key for key in dropped if key != 'device']
+    return ((f"; without its {', '.join(foreign)}, which model {model} cannot take" if foreign else '')
+            + (f'; without its device {device}: torch sees no CUDA device here' if 'device' in dropped else ''))
 
 
 class ScreenWorkChain(WorkChain):
@@ -189,15 +197,10 @@ class ScreenWorkChain(WorkChain):
         if retrain and 'dataset' not in retrain:
             return 'retrain needs `retrain.dataset`, the records the verified electrodes join'
         if retrain:  # train_model's own checks, now rather than after hours of pw.x, on what it will be given
-            try:  # a verified candidate joins as 'dft:<name>': a dataset of an earlier round may hold it already
-                held = {record.battery_id for record in functions.dataset_records(retrain['dataset'])}
+            try:
+                functions.dataset_records(retrain['dataset'])
             except Exception as exception:  # noqa: BLE001 - the dataset's own error names it
                 return f'retrain.dataset: {type(exception).__name__}: {exception}'
-            again = sorted(name for name in pairs if f'dft:{name}' in held)
-            if again:
-                return (f'retrain.dataset already holds the verified record(s) {", ".join(f"dft:{n}" for n in again)} '
-                        '(an earlier round\'s augmented dataset?): rename those candidates, or leave them out, so '
-                        'that their new DFT voltages can join the retraining')
             retrain = retrain_inputs(inputs['model'], retrain)
             try:
                 message = functions._validate_train(retrain)
@@ -228,10 +231,21 @@ class ScreenWorkChain(WorkChain):
         self.ctx.outcomes = {}
         self.ctx.valid = {}
         self.ctx.dft_voltages = {}
+        retrain = self.inputs.get('retrain') or {}
+        # a verified candidate joins the retraining as 'dft:<name>': one an earlier round verified (its augmented
+        # dataset given as retrain.dataset) is left out, so that the rest of the pool can be screened again
+        held = {record.battery_id for record in functions.dataset_records(retrain['dataset'])} if retrain else set()
         for name, pair in self.inputs.candidates.items():
-            try:
-                record = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
-                                               battery_id=name)
+            if f'dft:{name}' in held:
+                message = (f'already verified: retrain.dataset holds dft:{name} (an earlier round\'s); rename the '
+                           'candidate to verify it again')
+                self.ctx.outcomes[name] = f'rejected: {message}'
+                self.report(f'candidate {name!r} left out: {message}')
+                continue
+            try:  # what the pair's input warns of (two hosts that are not one framework) goes to the report
+                with functions._warnings_reported(InputWarning):
+                    record = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
+                                                   battery_id=name, report=True)
                 message = functions._check_model_and_ions(self.inputs.model, {record.working_ion}, [record])
             except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names pair and field
                 message = f'{type(exception).__name__}: {exception}'
@@ -393,8 +407,8 @@ class ScreenWorkChain(WorkChain):
                 if 'settings' in inherited else []
             self.report(f"retraining with the screened model's {', '.join(inherited)} "
                         f'({self.inputs.model.creator.process_label}<{self.inputs.model.creator.pk}>)'
-                        + (f"; without its {', '.join(dropped)}, which model {retrain['model'].value} cannot take"
-                           if dropped else ''))
+                        + dropped_settings_note(dropped, retrain['model'].value,
+                                                recipe['settings'].get_dict().get('device')))
         metadata = {'call_link_label': 'retrain'}
         if (retrain.pop('metadata', None) or {}).get('disable_cache'):  # passed on, not dropped
             metadata['disable_cache'] = True

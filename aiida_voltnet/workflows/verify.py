@@ -18,6 +18,7 @@ from aiida_voltnet.calculations.dft import compare_voltages, electrode_energies,
 from aiida_voltnet.calculations.functions import dft_voltage, predict_structure_pair
 from aiida_voltnet.data.model import VoltageModelData
 from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure, missing_pseudos
+from aiida_voltnet.ml.featurizers import InputWarning
 
 from .protocols import ProtocolMixin, merge_job_options
 
@@ -381,6 +382,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         if refusal:
             label, arguments = refusal
             return self.exit_codes[label].format(**arguments)
+        with functions._warnings_reported(InputWarning):  # two hosts that are not one framework, rounded occupancies
+            functions.pair_record(self.inputs.charged, self.inputs.discharged, self.inputs.working_ion.value,
+                                  report=True)
         self.ctx.cells = _cells(self.inputs, make_metal=lambda: ion_metal_cell(  # by a process: linked in the graph
             self.inputs.working_ion, metadata={'call_link_label': 'ion_metal_cell'}))
         return None

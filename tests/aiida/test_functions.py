@@ -90,6 +90,23 @@ def test_rounded_occupancies_of_structures_are_written_to_the_process_report(tra
     assert not any('RoundedAmountsWarning' in m for m in messages({'Ni': 1 / 3, 'Mn': 1 / 3, 'Co': 1 / 3}))
 
 
+def test_a_pair_of_two_frameworks_is_written_to_the_process_report(trained, cobalt_oxide_frameworks):
+    """A pair whose hosts share their composition but not their structure (rutile CoO2, layered LiCoO2) is
+    predicted, and its process report says so (review: it said nothing)."""
+    import warnings
+
+    host, rutile, layered = cobalt_oxide_frameworks
+    for charged, said in ((rutile, True), (host, False)):
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore')
+            _, process = F.predict_structure_pair.run_get_node(trained.model, orm.StructureData(pymatgen=charged),
+                                                               orm.StructureData(pymatgen=layered), orm.Str('Li'))
+        logs = [log.message for log in orm.Log.collection.get_logs_for(process)]
+        assert process.is_finished_ok
+        assert any('FrameworkMismatchWarning: structure pair: the charged (CoO2, space group 136)' in m
+                   for m in logs) is said, logs
+
+
 def test_training_warnings_are_written_to_the_process_report(trained):
     """The paper featurizer's leak warning and a rough uncertainty calibration (too few held-out rows) went to the
     interpreter's stderr as bare Python warnings, lost to the provenance graph: each is in the report of the

@@ -571,6 +571,12 @@ def test_a_screen_retrain_leaves_out_members_a_kernel_model_refuses_and_a_cuda_d
     assert screen.retrain_inputs(None, {'dataset': dataset})['settings'].get_dict() == {'members': 2}
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)  # a GPU machine keeps the device
     assert screen.retrain_inputs(None, {'dataset': dataset})['settings'] is recipe['settings']
+    # the report gave every dropped key the reason of the first kind ("which model voltnet cannot take": review)
+    assert screen.dropped_settings_note(['device'], 'mlp', 'cuda') == \
+        '; without its device cuda: torch sees no CUDA device here'
+    assert screen.dropped_settings_note(['device', 'members'], 'krr', 'cuda:1') == \
+        '; without its members, which model krr cannot take; without its device cuda:1: torch sees no CUDA device here'
+    assert screen.dropped_settings_note([], 'krr', None) == ''
 
 
 def _wrapper(process, exclude, supply):

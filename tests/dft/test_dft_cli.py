@@ -55,6 +55,28 @@ def test_verify_refuses_a_code_that_is_no_pw_before_any_job(aiida_profile, aiida
     assert result.exit_code == 2 and '--code nosuch@localhost: no Code found' in result.output, result.output
 
 
+def test_verify_and_screen_say_when_a_pair_is_two_frameworks(aiida_profile, tmp_path, cobalt_oxide_frameworks,
+                                                              capsys):
+    """A pair of one host composition and two structures (rutile CoO2, layered LiCoO2) was verified with no word,
+    though its DFT voltage holds a phase change of the host (review): both commands now warn, before any job."""
+    from aiida_voltnet.cli.dft_commands import read_candidates
+
+    _, rutile, layered = cobalt_oxide_frameworks
+    rutile.to(filename=str(tmp_path / 'CoO2.cif'))
+    layered.to(filename=str(tmp_path / 'LiCoO2.cif'))
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci', '--charged',
+                                      str(tmp_path / 'CoO2.cif'), '--discharged', str(tmp_path / 'LiCoO2.cif'),
+                                      '--ion', 'Li', '--code', 'nosuch@localhost'])
+    assert result.exit_code == 2 and '--code nosuch@localhost: no Code found' in result.output, result.output
+    assert 'Warning: ' in result.output and 'structures are not one host framework' in result.output, result.output
+    table = tmp_path / 'candidates.csv'
+    table.write_text('name,charged,discharged,working_ion\nrutile,CoO2.cif,LiCoO2.cif,Li\n')
+    candidates, _ = read_candidates(str(table))
+    assert list(candidates) == ['rutile']
+    assert f'Warning: --candidates {table}, line 2: rutile: the charged (CoO2, space group 136)' in \
+        capsys.readouterr().err
+
+
 def test_dft_setup_names_a_missing_pw(aiida_profile):
     result = CliRunner().invoke(cli, ['dft-setup', '--profile', aiida_profile.name, '--pw', '/nonexistent/pw.x'])
     assert result.exit_code == 2
@@ -276,7 +298,7 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
         ('name,charged,discharged,working_ion\na-b,CoO2.cif,LiCoO2.cif,Li\n', [],
          "line 2, name: 'a-b' cannot name a pair"),
         ('name,charged,discharged,working_ion\na,CoO2.cif,LiCoO2.cif,Li\n',
-         ['--voltage-min', '5', '--voltage-max', '4'], 'selection voltage_min (5.0) must be below voltage_max (4.0)'),
+         ['--voltage-min', '5', '--voltage-max', '4'], '--voltage-min (5.0) must be below --voltage-max (4.0)'),
     ]:
         table.write_text(text)
         refused = CliRunner().invoke(cli, [*base, '--candidates', str(table), *arguments])

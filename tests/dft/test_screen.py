@@ -134,16 +134,18 @@ def test_screen_refuses_what_would_fail_only_after_the_dft(pw, small_model):
         run_get_node(ScreenWorkChain, model=model, candidates=candidates,
                      selection=orm.Dict({'mode': 'uncertainty', 'top_k': 1}),
                      verify={'code': pw, 'settings': orm.Dict(settings)})
-    # a second active-learning round on round 1's augmented dataset: the candidate verified then joins as
-    # 'dft:LiCoO2' again, which add_verified_records refused with exit 303 after the DFT of this round (review)
+    # a second active-learning round on round 1's augmented dataset: the candidate verified then would join as
+    # 'dft:LiCoO2' again, which add_verified_records refused with exit 303 after the DFT of this round (review);
+    # then the whole screen was refused at launch, though only that candidate was verified (review): now it is
+    # left out with the reason, and the rest of the pool goes on (here there is no rest, so nothing is predicted)
     from aiida_voltnet.calculations.dft import add_verified_records
 
     round1 = add_verified_records(dataset, LiCoO2={**_pair(coo2, licoo2), 'dft_voltage': orm.Float(3.42)})
-    before = count(orm.ProcessNode)
-    with pytest.raises(ValueError, match=r'retrain.dataset already holds the verified record\(s\) dft:LiCoO2'):
-        run_get_node(ScreenWorkChain, model=model, candidates=candidates,
-                     verify={'code': pw, 'settings': orm.Dict(settings)}, retrain={'dataset': round1})
-    assert count(orm.ProcessNode) == before
+    _, node = run_get_node(ScreenWorkChain, model=model, candidates=candidates,
+                           verify={'code': pw, 'settings': orm.Dict(settings)}, retrain={'dataset': round1})
+    assert node.exit_status == ScreenWorkChain.exit_codes.ERROR_NO_VALID_CANDIDATES.status
+    assert 'already verified: retrain.dataset holds dft:LiCoO2' in node.exit_message
+    assert not [n for n in node.called if n.process_label == 'VerifyWorkChain']
     # a candidate named like an argument of summarize_screen/add_verified_records replaced that argument and its
     # DFT result was dropped (exit 302 after a successful verification, or a retrain without it)
     for name in ('outcomes', 'dataset', 'selected', 'predictions', 'metadata'):
