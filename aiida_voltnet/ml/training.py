@@ -501,9 +501,16 @@ class TrainingCheckpoint:
 
     @staticmethod
     def files(state: dict) -> list[str]:
-        """The array files a checkpoint's ``state.json`` names."""
+        """The array files a checkpoint's ``state.json`` names: plain file names in the checkpoint's folder. A path
+        (``/etc/x``, ``../x``, ``a/b``) raises :class:`CheckpointError`: a retrieved ``state.json`` comes from the
+        remote side, and its names were once opened for writing by the parser before they were checked."""
         entries = list(state['members'].values()) + ([state['current']] if state.get('current') else [])
-        return [entry['file'] for entry in entries]
+        names = [entry['file'] for entry in entries]
+        for name in names:
+            if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name or '\\' in name:
+                raise CheckpointError(f'{CHECKPOINT_STATE} names {name!r}, which is no plain file name in the '
+                                      'checkpoint folder')
+        return names
 
     def resume(self, directory) -> dict:
         """Continue from the checkpoint in ``directory`` (copied into this checkpoint's directory); raises

@@ -8,6 +8,8 @@ Handlers (``BaseRestartWorkChain`` process handlers, highest priority first):
   resume from the calculation's ``checkpoint`` output when there is one (``restart_folder``: finished ensemble
   members are kept, the interrupted torch member continues after its last saved epoch); else reuse a complete
   retrieved ``model/``; else run again from scratch with the same inputs;
+- 140 (the scheduler says the node failed): resume from the ``checkpoint`` output when there is one, else run again
+  with the same inputs;
 - 300 (no model and no report: killed without the scheduler saying why, e.g. preempted, or under a scheduler that
   reports no walltime): resume from its ``checkpoint`` output when it left one; otherwise the failure stands.
 """
@@ -97,7 +99,9 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         return spec_train_setting(self.ctx.inputs.model.value if 'model' in self.ctx.inputs else 'voltnet', key)
 
     def _set_override(self, settings: dict, key, value) -> None:
-        settings.setdefault('train_overrides', {})[key] = value
+        if not settings.get('train_overrides'):  # absent, or given as null (which the validators accept)
+            settings['train_overrides'] = {}
+        settings['train_overrides'][key] = value
         self.ctx.inputs.settings = orm.Dict(settings)
 
     # -- handlers ---------------------------------------------------------------------------------------------------
@@ -105,7 +109,7 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     def handle_out_of_memory(self, node):
         """CUDA out of memory: halve the batch size and run again."""
         settings = self._settings()
-        current = settings.get('train_overrides', {}).get('batch_size') or self._spec_train_value('batch_size')
+        current = (settings.get('train_overrides') or {}).get('batch_size') or self._spec_train_value('batch_size')
         if current is None or current < 2:
             message = f'CUDA out of memory with batch_size {current}; cannot halve it further'
             self.report(message)
@@ -120,7 +124,7 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
     def handle_loss_diverged(self, node):
         """NaN/inf loss: halve the learning rate and run again."""
         settings = self._settings()
-        current = settings.get('train_overrides', {}).get('lr') or self._spec_train_value('lr')
+        current = (settings.get('train_overrides') or {}).get('lr') or self._spec_train_value('lr')
         if current is None:
             message = f'model {self.ctx.inputs.model.value} has no learning rate to reduce'
             return ProcessHandlerReport(True, self.exit_codes.ERROR_CANNOT_REDUCE_FURTHER.format(message=message))
@@ -151,6 +155,21 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
             start = 'its restart_folder' if 'restart_folder' in self.ctx.inputs else 'scratch'
             self.report(f'{node.process_label}<{node.pk}> ran out of walltime before any checkpoint: '
                         f'running again with the same inputs (from {start})')
+        return ProcessHandlerReport(True)
+
+    @process_handler(priority=350, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_SCHEDULER_NODE_FAILURE])
+    def handle_node_failure(self, node):
+        """The scheduler says the node failed (140), which is no fault of the training: resume from the checkpoint
+        the parser exposed, or with none run the same inputs again (``max_iterations`` bounds the tries)."""
+        if 'checkpoint' in node.outputs:
+            checkpoint = node.outputs.checkpoint
+            self.ctx.inputs.restart_folder = checkpoint
+            self.report(f'{node.process_label}<{node.pk}> was lost with its node: resuming from its checkpoint '
+                        f'{checkpoint.__class__.__name__}<{checkpoint.pk}>')
+        else:
+            start = 'its restart_folder' if 'restart_folder' in self.ctx.inputs else 'scratch'
+            self.report(f'{node.process_label}<{node.pk}> was lost with its node before any checkpoint: running '
+                        f'again with the same inputs (from {start})')
         return ProcessHandlerReport(True)
 
     @process_handler(priority=300, exit_codes=[VoltnetTrainCalculation.exit_codes.ERROR_MISSING_OUTPUT_FILES])

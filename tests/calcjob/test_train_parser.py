@@ -174,3 +174,16 @@ def test_an_unreadable_metrics_file_is_a_failed_job_not_a_parser_exception(aiida
     _, calcfunction = _parse(aiida_localhost, {**files, 'metrics.json': metrics[:10]},
                              scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
     assert calcfunction.exit_status == 120
+
+
+def test_a_checkpoint_naming_a_path_writes_nothing_outside(aiida_localhost, tmp_path):
+    """Found by review: the parser copied every file the retrieved state.json named before checking the names,
+    so a name such as /abs/path (from the remote side) was written on the AiiDA host, then the checkpoint refused."""
+    target = tmp_path / 'outside'
+    for name in (str(target), f'../{target.name}', 'a/b'):
+        state = {'members': {'final.0': {'file': name, 'sha256': 'x'}}, 'current': None}
+        files = {'status.json': _status('TIME_LIMIT', reason='r', member='final.0', epoch=None), 'train.log': 'x',
+                 'checkpoint/state.json': json.dumps(state), f'checkpoint/{name.lstrip("/")}': b'from the remote side'}
+        results, calcfunction = _parse(aiida_localhost, files)
+        assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status and 'checkpoint' not in results
+        assert not target.exists()

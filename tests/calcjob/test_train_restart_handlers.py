@@ -146,3 +146,33 @@ def test_success_finishes(workchain, fake_child, slurm_code):
     _plant(process, fake_child(0, slurm_code.computer))
     result = process.inspect_process()
     assert (result is None or result.status == 0) and process.ctx.is_finished
+
+
+def test_a_node_failure_resumes_from_its_checkpoint_or_runs_again(workchain, fake_child, slurm_code):
+    """Found by review: the parser keeps the scheduler's 140 (node failure) and exposes the checkpoint, but no
+    handler took 140, so the work chain failed with 402 and the checkpoint went unused."""
+    process = workchain()
+    checkpoint = orm.FolderData()
+    checkpoint.base.repository.put_object_from_bytes(b'{}', 'state.json')
+    node = _plant(process, fake_child(EXIT.ERROR_SCHEDULER_NODE_FAILURE.status, slurm_code.computer,
+                                      {'train.log': b'epoch 7'}, {'checkpoint': checkpoint}))
+    result = process.inspect_process()
+    assert result is None or result.status == 0
+    assert process.ctx.inputs.restart_folder.uuid == node.outputs.checkpoint.uuid
+    process = workchain()
+    _plant(process, fake_child(EXIT.ERROR_SCHEDULER_NODE_FAILURE.status, slurm_code.computer, {'train.log': b''}))
+    result = process.inspect_process()
+    assert (result is None or result.status == 0) and 'restart_folder' not in process.ctx.inputs
+
+
+def test_null_train_overrides_are_halved_like_absent_ones(workchain, fake_child, slurm_code):
+    """Found by review: settings {'train_overrides': None} pass the validators, and both handlers then raised
+    AttributeError (the work chain excepted instead of halving)."""
+    process = workchain({'train_overrides': None})
+    node = _plant(process, fake_child(EXIT.ERROR_CUDA_OUT_OF_MEMORY.status, slurm_code.computer))
+    assert process.handle_out_of_memory(node).exit_code.status == 0
+    assert process.ctx.inputs.settings['train_overrides']['batch_size'] >= 1
+    process = workchain({'train_overrides': None})
+    node = _plant(process, fake_child(EXIT.ERROR_LOSS_DIVERGED.status, slurm_code.computer))
+    assert process.handle_loss_diverged(node).exit_code.status == 0
+    assert process.ctx.inputs.settings['train_overrides']['lr'] > 0
