@@ -37,11 +37,12 @@ walltime) stops the run with a checkpoint when the next epoch or member would en
 SIGTERM or SIGUSR1 (Slurm's warning before the walltime kill) stops it at the end of the current epoch or member.
 
 Resuming (``--resume DIR``): a checkpoint is used when its ``state.json`` and the sha256 of every file check out
-and it was written by the same training (featurizer, model, seed, settings except ``device``, and the sha256 of
-``records.json``); finished members are then restored instead of retrained and the interrupted member continues
+and it was written by the same training (featurizer, model, seed, settings except ``device``, the sha256 of
+``records.json`` and the fingerprint of the package's sources); finished members are then restored instead of retrained and the interrupted member continues
 after its saved epoch, which gives the same model as an uninterrupted run (bit for bit on CPU). A ``DIR`` holding a
-complete model of the same training (``config.json`` + ``arrays.safetensors``) is reused as it is. Anything else is
-reported in the log and ``metrics.json`` (``resume_rejected``) and the training starts from scratch.
+complete model of the same training (``config.json`` + ``arrays.safetensors``) is reused as it is. Anything else (a
+saved loop state this code cannot restore included) is reported in the log and ``metrics.json``
+(``resume_rejected``) and the training starts from scratch.
 """
 from __future__ import annotations
 
@@ -195,6 +196,11 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         # input (exit 2) rather than an exception in the middle of training
         check_training_options(seed=config['seed'], model=config['model'], n_rows=len(records),
                                **{k: settings[k] for k in CHECKED_SETTINGS if k in settings})
+        from aiida_voltnet.ml.featurizers import get_featurizer
+
+        # the featurizer and its options too: a config of a newer install than this one is bad input, not an
+        # exception in the middle of training (exit 1, which the work chain cannot tell from a crash)
+        get_featurizer(config['featurizer'], _quiet=True, **(settings.get('featurizer_options') or {}))
         options = dict(checkpoint_options or {})
         unknown = sorted(set(options) - set(CHECKPOINT_OPTIONS))
         if unknown:
@@ -217,9 +223,13 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     LOGGER.info('training %s (featurizer %s, seed %d) on %d records, device %s, torch %s, cuda available: %s',
                 config['model'], config['featurizer'], config['seed'], len(records), arguments['device'],
                 torch.__version__, torch.cuda.is_available())
+    from aiida_voltnet.calculations.sources import sources_fingerprint
+
+    # the code that trains is part of what a checkpoint belongs to: a cluster install updated between two runs of
+    # one job would otherwise mix members of two versions (a changed default) in one model, with no word
     training = {'featurizer': config['featurizer'], 'model': config['model'], 'seed': config['seed'],
                 'settings': {k: v for k, v in settings.items() if k not in NOT_IDENTITY},
-                'records_sha256': records_sha256}
+                'records_sha256': records_sha256, 'sources': sources_fingerprint()}
     checkpoint = TrainingCheckpoint(output / checkpoint_dir, training, started=started, **options)
     resume = resume or (pathlib.Path(config['resume']) if config.get('resume') else None)
     model, resumed_from, rejected = None, None, None
@@ -236,17 +246,37 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     reused_model = model is not None
     resumed = reused_model or resumed_from is not None
     said: list[str] = []  # the voltnet warnings of the training, 'Category: message', for metrics.json
+
+    def progress(message):
+        LOGGER.info('%s', message)
+
+    def out_of_memory(exception, when=''):
+        LOGGER.error('CUDA out of memory%s: %s', when, exception)
+        return _finish(output, 'CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
+                       batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
+                       or spec_train_setting(config['model'], 'batch_size'))
+
+    def fit():
+        with _stop_on_signals(checkpoint), _voltnet_warnings_logged(said):
+            return train_voltage_model(records, featurizer=config['featurizer'], model=config['model'],
+                                       seed=config['seed'], progress=progress, checkpoint=checkpoint, **arguments)
+
     try:
         if reused_model:
             LOGGER.info('resuming: reusing the complete model in %s', resume)
         else:
-            def progress(message):
-                LOGGER.info('%s', message)
-
-            with _stop_on_signals(checkpoint), _voltnet_warnings_logged(said):
-                model = train_voltage_model(records, featurizer=config['featurizer'], model=config['model'],
-                                            seed=config['seed'], progress=progress, checkpoint=checkpoint,
-                                            **arguments)
+            try:
+                model = fit()
+            except CheckpointError as exception:  # a loop state that cannot be restored: as any unusable one
+                if resumed_from is None:
+                    raise
+                rejected = f'the checkpoint could not be restored ({exception})'
+                LOGGER.warning('not resuming: %s; training from scratch', rejected)
+                shutil.rmtree(checkpoint.directory, ignore_errors=True)
+                checkpoint = TrainingCheckpoint(output / checkpoint_dir, training, started=started, **options)
+                resumed_from, resumed = None, False
+                said.clear()
+                model = fit()
     except TrainingInterrupted as exception:
         LOGGER.warning('%s', exception)
         return _finish(output, 'TIME_LIMIT', str(exception), reason=exception.reason, **exception.where,
@@ -255,52 +285,54 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         LOGGER.error('training diverged: %s', exception)
         return _finish(output, 'LOSS_DIVERGED', str(exception), epoch=exception.epoch)
     except torch.cuda.OutOfMemoryError as exception:
-        LOGGER.error('CUDA out of memory: %s', exception)
-        return _finish(output, 'CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
-                       batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
-                       or spec_train_setting(config['model'], 'batch_size'))
+        return out_of_memory(exception)
     except Exception as exception:  # noqa: BLE001 - reported through status.json and the exit code
         LOGGER.error('trainer raised:\n%s', traceback.format_exc())
         return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')
 
-    model_dir = output / 'model'
-    if not reused_model:
-        model.save(model_dir)
-        (model_dir / TRAINING_FILE).write_text(json.dumps(training, indent=1, sort_keys=True))
-    elif resume.resolve() != model_dir.resolve():
-        model_dir.mkdir(exist_ok=True)
-        for name in ('config.json', 'arrays.safetensors', TRAINING_FILE):
-            shutil.copyfile(resume / name, model_dir / name)
-    LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
-    with _voltnet_warnings_logged(said):  # a reused model's records warn here (rounded host amounts), if at all
-        mean, _ = model.predict(records)
-    devices = sorted({h['device'] for h in model.metadata.get('train_history', []) if h.get('device')})
-    metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
-               'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
-               'resumed': resumed, 'wall_time_s': round(time.monotonic() - started, 3),
-               'checkpoints_written': checkpoint.saves}
-    if resumed_from is not None:
-        metrics['resumed_from'] = resumed_from
-    if rejected is not None:
-        metrics['resume_rejected'] = rejected
-    if said:
-        metrics['warnings'] = said
-    from aiida_voltnet.calculations.sources import sources_fingerprint
-    metrics['sources'] = sources_fingerprint()  # the code that trained, which the parser compares with the job's
+    try:  # a failure here (CUDA memory in the prediction, a full disk) keeps the exit-code contract
+        model_dir = output / 'model'
+        if not reused_model:
+            model.save(model_dir)
+            (model_dir / TRAINING_FILE).write_text(json.dumps(training, indent=1, sort_keys=True))
+        elif resume.resolve() != model_dir.resolve():
+            model_dir.mkdir(exist_ok=True)
+            for name in ('config.json', 'arrays.safetensors', TRAINING_FILE):
+                shutil.copyfile(resume / name, model_dir / name)
+        LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
+        with _voltnet_warnings_logged(said):  # a reused model's records warn here (rounded host amounts), if at all
+            mean, _ = model.predict(records)
+        devices = sorted({h['device'] for h in model.metadata.get('train_history', []) if h.get('device')})
+        metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
+                   'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
+                   'resumed': resumed, 'wall_time_s': round(time.monotonic() - started, 3),
+                   'checkpoints_written': checkpoint.saves}
+        if resumed_from is not None:
+            metrics['resumed_from'] = resumed_from
+        if rejected is not None:
+            metrics['resume_rejected'] = rejected
+        if said:
+            metrics['warnings'] = said
+        metrics['sources'] = sources_fingerprint()  # the code that trained, which the parser compares with the job's
 
-    def safe(value):
-        if isinstance(value, dict):
-            return {str(k): safe(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [safe(v) for v in value]
-        if isinstance(value, (np.floating, np.integer)):
-            value = value.item()
-        if isinstance(value, float) and not np.isfinite(value):
-            return None
-        return value
+        def safe(value):
+            if isinstance(value, dict):
+                return {str(k): safe(v) for k, v in value.items()}
+            if isinstance(value, (list, tuple)):
+                return [safe(v) for v in value]
+            if isinstance(value, (np.floating, np.integer)):
+                value = value.item()
+            if isinstance(value, float) and not np.isfinite(value):
+                return None
+            return value
 
-    text = json.dumps(safe(metrics), indent=1, sort_keys=True)
-    _atomic_write(output / 'metrics.json', lambda path: path.write_text(text))  # a kill leaves none, not half
+        text = json.dumps(safe(metrics), indent=1, sort_keys=True)
+        _atomic_write(output / 'metrics.json', lambda path: path.write_text(text))  # a kill leaves none, not half
+    except torch.cuda.OutOfMemoryError as exception:
+        return out_of_memory(exception, ' after training')
+    except Exception as exception:  # noqa: BLE001 - reported through status.json and the exit code
+        LOGGER.error('writing the outputs raised:\n%s', traceback.format_exc())
+        return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')
     if checkpoint.directory.is_dir():
         shutil.rmtree(checkpoint.directory)  # the model is complete: nothing to resume, nothing to retrieve
     return _finish(output, 'OK', f'trained {config["model"]} on {len(records)} records')

@@ -448,8 +448,9 @@ class TrainingCheckpoint:
     which :meth:`should_stop` answers: ``request_stop`` was called (e.g. on SIGTERM), the next step would end after
     ``max_seconds``, or the test hooks ``stop_after_epochs`` / ``stop_after_members`` (counted in this run) are met.
 
-    :param training: what identifies the training (featurizer, model, seed, settings, records' sha256): a
-        checkpoint is only resumed by a training with the same ``training``.
+    :param training: what identifies the training (featurizer, model, seed, settings, records' sha256 and, as
+        ``voltnet-train`` adds it, the code's sources fingerprint): a checkpoint is only resumed by a training with
+        the same ``training``.
     """
 
     def __init__(self, directory, training: dict, *, every_epochs: int | None = None,

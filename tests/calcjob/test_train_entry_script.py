@@ -128,3 +128,40 @@ def test_a_complete_model_of_other_records_or_settings_is_not_reused(workdir, tm
     (path / 'restart25' / 'training.json').unlink()  # no record of what made it: not reused either
     assert _main(workdir(resume=str(path / 'restart25'))) == 0
     assert json.loads((path / 'metrics.json').read_text())['resumed'] is False
+
+
+def test_a_featurizer_this_install_lacks_is_bad_input(workdir):
+    """Found by review: the featurizer and its options were checked only inside the training, so a config of a
+    newer install than the cluster's was exit 1 (the trainer raised), not 2 (bad input)."""
+    for config, message in (({'featurizer': 'nope'}, "unknown featurizer 'nope'"),
+                            ({'settings': {'featurizer_options': {'bogus': 1}}}, 'bogus')):
+        path = workdir(**config)
+        assert _main(path) == train_entry.EXIT_BAD_INPUT
+        status = json.loads((path / 'status.json').read_text())
+        assert status['status'] == 'BAD_INPUT' and message in status['message'], status
+
+
+def test_a_failure_after_training_keeps_the_exit_code_contract(workdir, monkeypatch):
+    """Found by review: saving, predicting and the metrics ran outside every handler, so CUDA memory running out
+    in the prediction on the training rows left no status.json, no marker and a traceback (exit 300 and resumed
+    into the same failure)."""
+    import torch
+
+    from aiida_voltnet.ml.models import VoltageModel
+
+    def oom(*args, **kwargs):
+        raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 1.00 GiB')
+
+    monkeypatch.setattr(VoltageModel, 'predict', oom)
+    path = workdir()
+    assert _main(path) == train_entry.EXIT_OOM
+    assert json.loads((path / 'status.json').read_text())['status'] == 'CUDA_OUT_OF_MEMORY'
+    assert 'VOLTNET_STATUS CUDA_OUT_OF_MEMORY' in (path / 'train.log').read_text()
+
+    def boom(*args, **kwargs):
+        raise OSError('No space left on device')
+
+    monkeypatch.setattr(VoltageModel, 'predict', boom)
+    path = workdir()
+    assert _main(path) == train_entry.EXIT_EXCEPTION
+    assert json.loads((path / 'status.json').read_text())['message'] == 'OSError: No space left on device'

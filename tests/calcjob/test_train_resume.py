@@ -261,3 +261,42 @@ def test_sigterm_stops_at_the_end_of_the_epoch_with_a_checkpoint(job):
 
 if __name__ == '__main__':  # pragma: no cover
     sys.exit(pytest.main([__file__, '-q']))
+
+
+def test_a_checkpoint_of_other_code_or_an_unrestorable_loop_trains_from_scratch(job, monkeypatch):
+    """Found by review: a checkpoint identified its training by data and settings only, so a cluster install updated
+    between two runs of one job resumed it (members of two versions in one model, no word); and a loop state that
+    the new code could not restore ended the job with an exception (exit 1, no handler) where the docs promise a
+    fresh start recorded as ``resume_rejected``."""
+    from aiida_voltnet.calculations import sources
+    from aiida_voltnet.ml import models
+
+    config = {'model': 'voltnet', 'settings': {'members': 2}}
+    first = job('first', **config)
+    assert _main(first, '--stop-after-members', 1) == train_entry.EXIT_TIME_LIMIT
+    fresh = job('fresh', **config)
+    assert _main(fresh) == 0
+
+    real = sources.sources_fingerprint()
+    monkeypatch.setattr(sources, 'sources_fingerprint', lambda: 'another install')
+    updated = job('updated', **config)
+    assert _main(updated, '--resume', first / 'checkpoint') == 0
+    metrics = json.loads((updated / 'metrics.json').read_text())
+    assert metrics['resumed'] is False and 'differs in sources' in metrics['resume_rejected']
+    monkeypatch.setattr(sources, 'sources_fingerprint', lambda: real)
+
+    train, calls = models.train_voltage_model, []
+
+    def loop_state_refused_once(*args, **kwargs):
+        calls.append(kwargs['checkpoint'].resumed_from)
+        if len(calls) == 1:
+            raise CheckpointError('the saved loop state belongs to training settings {...}')
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(models, 'train_voltage_model', loop_state_refused_once)
+    refused = job('refused', **config)
+    assert _main(refused, '--resume', first / 'checkpoint') == 0
+    metrics = json.loads((refused / 'metrics.json').read_text())
+    assert calls[0] is not None and calls[1] is None  # resumed, then a fresh checkpoint
+    assert metrics['resumed'] is False and 'could not be restored' in metrics['resume_rejected']
+    assert _model(refused) == _model(fresh)  # the same model as a training that never stopped
