@@ -478,10 +478,10 @@ MODEL_SPECS: dict[str, dict[str, Any]] = {
                 'params': {'loss': 'absolute_error', 'max_iter': 250, 'learning_rate': 0.2, 'subsample': 1.0,
                            'max_features': 0.5}},
     # The validation winner of benchmarks/tune_voltnet.py (rounds 2 and 3; confirmed on the tuning pool, rows no
-    # benchmark test set holds): twice the trees at half the learning rate, min_samples_leaf 10. About 1 % lower
-    # MAE than the default on the test rows
-    # (random 90/10 0.3305 vs 0.334 V, grouped 0.393 vs 0.398 V), for about 2x the training and 2-2.5x the
-    # prediction time, which is why it is not the default (docs/results.md).
+    # random-split benchmark test set holds): twice the trees at half the learning rate, min_samples_leaf 10.
+    # About 1 % lower MAE than the default on the test rows (random 90/10 0.3305 vs 0.334 V, grouped 0.393 vs
+    # 0.398 V), for about 2x the training and 2-2.5x the prediction time, which is why it is not the default
+    # (docs/results.md).
     'voltnet_large': {'kind': 'trees', 'members': 5,
                       'description': 'voltnet with 500 trees per member at learning rate 0.1 (about 1 % more '
                                      'accurate, 2x slower)',
