@@ -16,7 +16,8 @@ SPLIT_KINDS = ('grouped', 'random', 'ion')
 
 def framework_groups(records: Sequence[ElectrodeRecord]) -> np.ndarray:
     """Group label per record: the reduced host framework. Rows of one framework (other ions, other ion contents)
-    never straddle a grouped split."""
+    never straddle a grouped split. One material may be an end member of two frameworks' electrodes (3 of the shared
+    data's, 6 rows; docs/paper.md): those rows may."""
     return np.array([r.framework_formula for r in records])
 
 
