@@ -330,7 +330,8 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
               help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup).")
 @click.option('--retrain-dataset', default=None,
               help='pk or uuid of an ElectrodeDataset (e.g. the records the model was trained on): retrain on it '
-                   'plus the verified candidates, with the screened model\'s recipe (one active-learning round).')
+                   'plus the verified candidates, with the screened model\'s recipe (one active-learning round). '
+                   'A candidate it already holds as dft:<name> (verified by an earlier round) is left out.')
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
 def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, protocol, code_label, pseudo_family,
            retrain_dataset, profile):
