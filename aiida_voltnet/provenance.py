@@ -332,18 +332,28 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
                  if model.model_version else {'id': model.pk}, tag='model')
     query.append(orm.CalcFunctionNode, with_incoming='model', tag='process', project=['id', 'ctime'],
                  filters={'process_type': {'in': list(PREDICTION_PROCESS_TYPES)}, 'attributes.exit_status': 0})
-    query.append(orm.Data, with_incoming='process', edge_project=['label'], project=['*'], tag='output',
-                 edge_tag='link', edge_filters={'type': LinkType.CREATE.value})
+    # the outputs' columns, not their nodes: a profile of 100k predictions must not hold 400k nodes in the session
+    # (each later query then re-processed all of them); a batch's ArrayData is loaded when its rows are read
+    query.append(orm.Data, with_incoming='process', edge_project=['label'], tag='output', edge_tag='link',
+                 project=['id', 'uuid', 'node_type', 'attributes'], edge_filters={'type': LinkType.CREATE.value})
     by_process: dict[int, dict] = {}
     for row in query.iterdict():
         process_pk, ctime = row['process']['id'], row['process']['ctime']
         entry = by_process.setdefault(process_pk, {'ctime': ctime, 'outputs': {}})
-        entry['outputs'][row['link']['label']] = row['output']['*']
+        entry['outputs'][row['link']['label']] = row['output']
+    pairs = {}  # a structure pair's voltage filter first, then its inputs for all pairs in two queries
+    for process_pk, entry in by_process.items():
+        outputs = entry['outputs']
+        if not _is_array(outputs.get('result')) and 'voltage' in outputs:
+            value = outputs['voltage']['attributes'].get('value')
+            if (min_voltage is None or value >= min_voltage) and (max_voltage is None or value <= max_voltage):
+                pairs[process_pk] = {}
+    pairs.update(_pair_inputs(list(pairs), ion))  # those of another ion stay empty: left out below
     rows = []
     for process_pk, entry in sorted(by_process.items(), key=lambda item: item[1]['ctime']):
         outputs = entry['outputs']
-        if 'result' in outputs and isinstance(outputs['result'], orm.ArrayData):
-            array = outputs['result']
+        if _is_array(outputs.get('result')):
+            array = orm.load_node(outputs['result']['id'])
             mean, std = array.get_array('mean'), array.get_array('std')
             ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
             names = array.get_arraynames()
@@ -364,25 +374,43 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
                          'node': f'ArrayData<{array.pk}>[{int(index[i])}]', 'node_uuid': array.uuid,
                          'node_pk': array.pk, 'index': int(index[i]), 'process_pk': process_pk}
                         for i in np.flatnonzero(keep))
-        elif 'voltage' in outputs:
-            process = orm.load_node(process_pk)
-            inputs = _inputs(process)
-            voltage = outputs['voltage']
-            row_ion = inputs['working_ion'].value
-            if ion is not None and row_ion != ion:
-                continue
-            if min_voltage is not None and voltage.value < min_voltage:
-                continue
-            if max_voltage is not None and voltage.value > max_voltage:
-                continue
-            label = f'{inputs["charged"].get_formula(mode="hill_compact")} -> ' \
-                    f'{inputs["discharged"].get_formula(mode="hill_compact")}'
-            rows.append({'battery_id': label, 'label': label, 'working_ion': row_ion, 'voltage': voltage.value,
-                         'uncertainty': outputs['uncertainty'].value if 'uncertainty' in outputs else None,
-                         'extrapolation': (bool(outputs['unseen_elements'].get_list()
-                                                or ('ion_content_outside' in outputs
-                                                    and outputs['ion_content_outside'].get_list()))
-                                           if 'unseen_elements' in outputs else None),
-                         'node': f'Float<{voltage.pk}>', 'node_uuid': voltage.uuid, 'node_pk': voltage.pk,
+        elif pairs.get(process_pk):
+            inputs, voltage = pairs[process_pk], outputs['voltage']
+            label = f'{inputs["charged"]} -> {inputs["discharged"]}'
+            flags = [outputs[name]['attributes'].get('list') or [] for name in ('unseen_elements', 'ion_content_outside')
+                     if name in outputs]
+            rows.append({'battery_id': label, 'label': label, 'working_ion': inputs['working_ion'],
+                         'voltage': voltage['attributes']['value'],
+                         'uncertainty': outputs['uncertainty']['attributes']['value'] if 'uncertainty' in outputs
+                         else None,
+                         'extrapolation': any(flags) if 'unseen_elements' in outputs else None,
+                         'node': f'Float<{voltage["id"]}>', 'node_uuid': voltage['uuid'], 'node_pk': voltage['id'],
                          'index': None, 'process_pk': process_pk})
     return rows
+
+
+def _is_array(output: dict | None) -> bool:
+    """Whether a projected output (``node_type`` column) is an ``ArrayData`` (or a subclass)."""
+    return output is not None and output['node_type'].startswith('data.core.array.')
+
+
+def _pair_inputs(process_pks: list[int], ion: str | None) -> dict[int, dict]:
+    """``{process pk: {'working_ion': 'Li', 'charged': formula, 'discharged': formula}}`` of structure-pair
+    predictions, in two queries whatever their number (the ions, then the structures of those of ``ion``); the
+    formulas are ``StructureData.get_formula(mode='hill_compact')``."""
+    result: dict[int, dict] = {}
+    for chunk in (process_pks[start:start + 10000] for start in range(0, len(process_pks), 10000)):
+        query = orm.QueryBuilder().append(orm.CalcFunctionNode, filters={'id': {'in': chunk}}, tag='p',
+                                          project=['id'])
+        query.append(orm.Str, with_outgoing='p', edge_filters={'label': 'working_ion'},
+                     project=['attributes.value'])
+        ions = {pk: value for pk, value in query.all() if ion is None or value == ion}
+        if not ions:
+            continue
+        query = orm.QueryBuilder().append(orm.CalcFunctionNode, filters={'id': {'in': list(ions)}}, tag='p',
+                                          project=['id'])
+        query.append(orm.StructureData, with_outgoing='p', edge_filters={'label': {'in': ['charged', 'discharged']}},
+                     edge_project=['label'], project=['*'])
+        for pk, structure, label in query.all():
+            result.setdefault(pk, {'working_ion': ions[pk]})[label] = structure.get_formula(mode='hill_compact')
+    return {pk: inputs for pk, inputs in result.items() if {'charged', 'discharged'} <= set(inputs)}

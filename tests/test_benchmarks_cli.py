@@ -27,6 +27,7 @@ def bench(script, *arguments):
     ('epoch_speed.py', ['--threads', '-1'], "argument --threads: must be an integer >= 1, got '-1'"),
     ('symmetry.py', ['--folds', '1'], "argument --folds: must be an integer >= 2, got '1'"),
     ('predict_throughput.py', ['--n', '0'], "argument --n: must be an integer >= 1, got '0'"),
+    ('list_predictions.py', ['--sizes', '0'], "argument --sizes: must be an integer >= 1, got '0'"),
     ('tune_voltnet.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),
     ('nested_grouped.py', ['--inner-folds', '1'], "argument --inner-folds: must be an integer >= 2, got '1'"),
     ('nested_grouped.py', ['--candidates', 'nope'], "argument --candidates: invalid choice: 'nope'"),

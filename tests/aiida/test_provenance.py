@@ -146,6 +146,15 @@ def test_list_predictions(trained, predictions):
     assert array.get_array('ion_content_outside').any()  # held-out rows beyond the training rows' ion contents
     assert [row['extrapolation'] for row in batch] == flagged.tolist()
     shipped = {s['voltage'].uuid for s in singles.values()}
+    # a pair's row from the projected columns and two batched queries (it was two queries a row over loaded nodes)
+    by_node = {row['node_uuid']: row for row in pair_rows}
+    for outputs in singles.values():
+        row, process = by_node[outputs['voltage'].uuid], outputs['voltage'].creator
+        assert (row['voltage'], row['uncertainty']) == (outputs['voltage'].value, outputs['uncertainty'].value)
+        assert row['label'] == row['battery_id'] == (f"{process.inputs.charged.get_formula(mode='hill_compact')} -> "
+                                                     f"{process.inputs.discharged.get_formula(mode='hill_compact')}")
+        assert (row['working_ion'], row['process_pk'], row['node_pk'], row['index']) == \
+            (process.inputs.working_ion.value, process.pk, outputs['voltage'].pk, None)
     # the shipped pairs' host elements were all trained on
     assert {row['extrapolation'] for row in pair_rows if row['node_uuid'] in shipped} == {False}
     with pytest.raises(TypeError, match='not a voltage model'):
