@@ -135,7 +135,9 @@ class ElectrodeDataset(RefusesEmpty, Data):
                                      'node was created')
         checked = getattr(self, '_checked_records', None)
         if checked is not None and checked[0] == actual == recorded:
-            return list(checked[1])
+            records = list(checked[1])
+            self._check_attributes(records, label)  # set by hand since: refused here too, not only elsewhere
+            return records
         try:
             records = records_from_json(content.decode())
         except ElectrodeDataError as exception:
@@ -147,14 +149,29 @@ class ElectrodeDataset(RefusesEmpty, Data):
         if len(set(ids)) != len(ids):
             duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} repeats battery_id(s) {", ".join(duplicated)}')
-        # the queryable attributes must say what the file holds (an edited n_records fed add_verified_records'
-        # count of the verified records, and queries select on them)
+        self._check_attributes(records, label)
+        return records
+
+    def _check_attributes(self, records, label: str) -> None:
+        """The queryable attributes must say what the file holds (an edited ``n_records`` fed
+        add_verified_records' count of the verified records, and queries select on them)."""
         expected = {'n_records': len(records), 'working_ions': sorted({r.working_ion for r in records})}
         altered = sorted(key for key, value in expected.items() if self.base.attributes.get(key, None) != value)
         if altered:
             raise ElectrodeDataError(f'{label}: attribute(s) {", ".join(altered)} differ from '
                                      f'{self.RECORDS_FILENAME}')
-        return records
+
+    def _validate(self) -> bool:
+        """Refuse to store a dataset whose records cannot be read back or whose attributes contradict them: once
+        stored as a process input, every later reader (``voltnet provenance`` included) would fail on it."""
+        super()._validate()
+        try:
+            self.records()
+        except ElectrodeDataError as exception:
+            from aiida.common.exceptions import ValidationError
+
+            raise ValidationError(str(exception)) from None
+        return True
 
     def battery_ids(self) -> list[str]:
         return [r.battery_id for r in self.records()]

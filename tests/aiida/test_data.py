@@ -220,3 +220,20 @@ def test_model_config_without_what_describes_it_is_refused(core_model, edit):
     clone.base.repository.put_object_from_bytes(json.dumps(config).encode(), 'config.json')
     with pytest.raises(ModelIntegrityError, match='config.json'):
         clone.load_model()
+
+
+def test_a_dataset_whose_attributes_contradict_its_records_is_refused_in_its_own_process_too(records):
+    """Found by review: a dataset built in this process returned its records before the attribute check, so one
+    with n_records/working_ions set by hand was taken by validators and calculation bodies and stored as an input;
+    every later reader (voltnet provenance included) then refused it, and queries on working_ions lied."""
+    from aiida.common.exceptions import ValidationError
+
+    node = ElectrodeDataset(records[:10])
+    node.base.attributes.set('n_records', 3)
+    node.base.attributes.set('working_ions', ['Na'])
+    with pytest.raises(ElectrodeDataError, match=r'attribute\(s\) n_records, working_ions differ from records.json'):
+        node.records()
+    before = orm.QueryBuilder().append(ElectrodeDataset).count()
+    with pytest.raises(ValidationError, match='differ from records.json'):
+        node.store()
+    assert orm.QueryBuilder().append(ElectrodeDataset).count() == before
