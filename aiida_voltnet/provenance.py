@@ -155,14 +155,19 @@ NO_TRAINING_WARNINGS = 'the training warned nothing'
 _REPEATED_WARNING_LOG = re.compile(r'^(?:\[[^\]]*\]: )?the training warned: ([A-Z]\w*Warning: .*)$', re.DOTALL)
 
 
-def training_warnings(training: orm.ProcessNode | None) -> list[str]:
-    """The package's warnings that the process which trained a model logged (``verdi process report PK``), e.g.
+def training_warnings(training: orm.ProcessNode | None, model: VoltageModelData | None = None) -> list[str]:
+    """The package's warnings of the training of ``model``: those its node holds (``metrics['warnings']``, which a
+    training taken from the cache and an archive carry), for a model stored before they were, or without ``model``:
+    the warnings that the process which trained a model logged (``verdi process report PK``), e.g.
     ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order, also those in a
     training CalcJob's ``metrics`` output and those of the processes it was cloned from when it was taken from the
     cache (the chain of cache sources, as far as they still exist) and those the training's work chain repeated in
     its report (``the training warned: ...``); ``[]`` when none (or for a model trained before they were logged).
     Where the chain of cache sources breaks at a process not in the profile and nothing else tells (TrainWorkChain
     says ``the training warned nothing`` when there were none), one line says the warnings are unknown."""
+    held = (model.base.attributes.get('metrics', None) or {}).get('warnings') if model is not None else None
+    if isinstance(held, list):
+        return [str(line) for line in held]
     if training is None:
         return []
     processes, seen, lost = [training], {training.uuid}, None
@@ -209,7 +214,7 @@ def _model_summary(model: VoltageModelData) -> dict[str, Any]:
         'model_version': model.model_version,
         'training_process': _ref(training),
         'training_workflow': _ref(training_workflow(training)),
-        'training_warnings': training_warnings(training),
+        'training_warnings': training_warnings(training, model),
         'training_dataset': None,
     }
     if training is not None:

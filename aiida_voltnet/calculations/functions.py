@@ -487,14 +487,17 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
     arguments = _train_arguments(featurizer.value, model.value, settings.get_dict())
     arguments.setdefault('device', 'auto')
     records = dataset_records(dataset)
-    with _warnings_reported(TargetLeakWarning, CalibrationWarning, InputWarning):
+    with _warnings_reported(TargetLeakWarning, CalibrationWarning, InputWarning) as said:
         core = train_voltage_model(records, seed=seed.value, **arguments)
         mean, _ = core.predict(records)
     target = arguments.get('target', 'average_voltage')
     # The device each member trained on, as the core reports it (torch members; tree and kernel models say none).
     devices = sorted({h['device'] for h in core.metadata.get('train_history', []) if h.get('device')})
     metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
-               'device': devices[0] if len(devices) == 1 else (devices or 'cpu')}
+               'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
+               # on the model node too, not only in this process's report: a training taken from the cache has no
+               # report of its own, and an archive does not say which process it was cloned from
+               'warnings': said}
     return VoltageModelData(core, metrics=metrics)
 
 
@@ -582,30 +585,33 @@ def _warnings_reported(*categories):
     """Warnings of ``categories`` raised inside the block (each message once, in order) go to the report of the
     running process (``verdi process report PK``), where they stay with its node in the provenance graph and a user
     of a work chain sees them, prefixed with the category's name; outside a process they are warned as usual. Other
-    warnings that pass the filters are shown as Python shows them."""
+    warnings that pass the filters are shown as Python shows them. Yields a list that holds, once the block has
+    ended, each reported warning as ``'Category: message'``."""
     from aiida.engine import Process
 
-    caught = []
+    caught, said = [], []
     try:
         with warnings.catch_warnings(record=True) as caught:
             for category in categories:
                 warnings.simplefilter('always', category)
-            yield
+            yield said
     finally:  # also when the block raises: the warnings that came before the error are part of the story
-        _report_caught(Process.current(), caught, categories)
+        said.extend(_report_caught(Process.current(), caught, categories))
 
 
-def _report_caught(process, caught, categories):
-    seen = set()
+def _report_caught(process, caught, categories) -> list[str]:
+    seen, said = set(), []
     for warning in caught:
         if not issubclass(warning.category, categories):
             warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
         elif (key := (warning.category, str(warning.message))) not in seen:
             seen.add(key)
+            said.append(f'{warning.category.__name__}: {warning.message}')
             if process is not None:
-                _report_warning(process, f'{warning.category.__name__}: {warning.message}')
+                _report_warning(process, said[-1])
             else:
                 warnings.warn(warning.message, warning.category, stacklevel=4)
+    return said
 
 
 def _report_warning(process, message):

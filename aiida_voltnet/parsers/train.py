@@ -115,7 +115,8 @@ class VoltnetTrainParser(Parser):
             return self.exit_codes.ERROR_INVALID_MODEL.format(exception=f'{type(exception).__name__}: {exception}')
         for line in metrics.get('warnings') or []:  # the training's own warnings, in the calculation's log
             self.logger.warning(str(line))
-        model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu')}
+        model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu'),
+                         'warnings': [str(line) for line in metrics.get('warnings') or []]}
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))
         from aiida_voltnet.calculations.train_job import remote_sources_differ

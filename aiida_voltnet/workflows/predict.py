@@ -89,7 +89,7 @@ class PredictWorkChain(WorkChain):
         report, where the predictions' user reads it; :func:`~aiida_voltnet.provenance.training_warnings`."""
         from aiida_voltnet.provenance import training_warnings
 
-        for line in training_warnings(self.inputs.model.creator):
+        for line in training_warnings(self.inputs.model.creator, self.inputs.model):
             self.report(f"the model's training warned: {line}")
 
     def has_dataset(self):

@@ -261,7 +261,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         child work chains, not into its calculation functions or jobs."""
         from aiida_voltnet.provenance import NO_TRAINING_WARNINGS, training_warnings
 
-        lines = training_warnings(self.ctx.model.creator)
+        lines = training_warnings(self.ctx.model.creator, self.ctx.model)
         for line in lines:
             self.report(f'the training warned: {line}')
         if not lines:  # said, so that a reader of this report knows it once the training's own report is gone

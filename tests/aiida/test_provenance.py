@@ -237,10 +237,20 @@ def test_training_warnings_when_the_cache_source_is_gone(trained):
     assert clone.creator.base.caching.get_cache_source() == bare.creator.uuid
     expected = training_warnings(source)
     assert expected and expected[0].startswith('TargetLeakWarning')
+    # the model node holds them (review: an archive strips the cache-source extra, so an imported clone's training
+    # said [], and the leak warning was lost): the clone's node carries its source's
+    held = bare.metrics['warnings']
+    assert held and held[0].startswith('TargetLeakWarning') and clone.metrics['warnings'] == held
+    assert training_warnings(bare.creator, bare) == held == training_warnings(bare.creator)
     bare_uuid = bare.creator.uuid
     delete_nodes([source.pk, bare.creator.pk], dry_run=False)
+    clone.creator.base.extras.delete('_aiida_cached_from')  # as an archive import leaves it
+    assert training_warnings(clone.creator, clone) == held
+    assert prediction_provenance(F.predict_voltages(clone, trained.test))['training_warnings'] == held
     assert training_warnings(second_training) == expected  # from the second TrainWorkChain's report
-    lost = training_warnings(clone.creator)  # no work chain: nothing else tells
+    # a model stored before its node held them: no work chain, nothing else tells
+    clone.creator.base.extras.set('_aiida_cached_from', bare_uuid)
+    lost = training_warnings(clone.creator)
     assert lost == [f'unknown: the training was taken from the cache of process {bare_uuid}, which is not '
                     'in this profile (deleted, or not exported), and its report with it']
     # a training that warned nothing: its TrainWorkChain said so, which stands once the cache source is gone
