@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import re
@@ -204,6 +205,16 @@ def training_warnings(training: orm.ProcessNode | None, model: VoltageModelData 
     return found
 
 
+def _cached_model_summary(model: VoltageModelData, summaries: dict | None) -> dict[str, Any]:
+    """:func:`_model_summary`, computed once per model node in ``summaries`` (a copy each time: the answers of a
+    work chain's predictions must not share dicts that a caller could edit)."""
+    if summaries is None:
+        return _model_summary(model)
+    if model.pk not in summaries:
+        summaries[model.pk] = _model_summary(model)
+    return copy.deepcopy(summaries[model.pk])
+
+
 def _model_summary(model: VoltageModelData) -> dict[str, Any]:
     training = _creator(model)
     summary: dict[str, Any] = {
@@ -244,7 +255,7 @@ def _predict_process(node: orm.Node) -> orm.CalcFunctionNode:
     return process
 
 
-def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
+def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = None) -> dict[str, Any]:
     """Everything the graph knows about how a prediction was made (see the module docstring).
 
     :param node: the ``ArrayData`` of ``predict_voltages``, a ``Float`` output of ``predict_structure_pair``, one of
@@ -267,8 +278,9 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
         if not processes:
             raise ValueError(f'{node.__class__.__name__}<{node.pk}> ({node.process_type}) called no voltnet '
                              'prediction process')
+        summaries: dict = {}  # the model's part once per model, not once per prediction (100 pairs took 15 s)
         return {'workflow': _ref(node),
-                'predictions': [prediction_provenance(p) for p in sorted(processes, key=lambda p: p.ctime)]}
+                'predictions': [prediction_provenance(p, summaries) for p in sorted(processes, key=lambda p: p.ctime)]}
     process = _predict_process(node)
     if not process.is_finished_ok:
         state = 'excepted' if process.is_excepted else f'is not finished ok (exit status {process.exit_status})'
@@ -280,7 +292,7 @@ def prediction_provenance(node: orm.Node | int | str) -> dict[str, Any]:
         'prediction': _ref(node) if isinstance(node, orm.Data) else None,
         'outputs': {label: _ref(out) for label, out in sorted(outputs.items())},
         'process': _ref(process),
-        **_model_summary(inputs['model']),
+        **_cached_model_summary(inputs['model'], _summaries),
     }
     if process.process_type == PREDICT_BATCH:
         result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
