@@ -118,20 +118,29 @@ def test_walltime_without_checkpoint_restarts_with_the_same_inputs(workchain, fa
     assert dict(process.ctx.inputs) == before
 
 
-def test_killed_without_report_resumes_from_its_checkpoint(workchain, fake_child, slurm_code):
+@pytest.mark.parametrize('exit_code, without_checkpoint', [
+    (EXIT.ERROR_MISSING_OUTPUT_FILES, 'unhandled'), (EXIT.ERROR_SCHEDULER_NODE_FAILURE, 'again')])
+def test_killed_without_report_resumes_from_its_checkpoint(workchain, fake_child, slurm_code, exit_code,
+                                                           without_checkpoint):
     """Exit 300 (no model, no report, no walltime code from the scheduler) with a checkpoint output: resumed,
-    not aborted; without a checkpoint the failure stands."""
+    not aborted; without a checkpoint the failure stands. The scheduler's 140 (node failure), which the parser
+    keeps while it exposes the checkpoint, had no handler (402, the checkpoint unused: review): resumed the same
+    way, and without a checkpoint run again with the same inputs."""
     process = workchain()
     checkpoint = orm.FolderData()
     checkpoint.base.repository.put_object_from_bytes(b'{}', 'state.json')
-    node = _plant(process, fake_child(EXIT.ERROR_MISSING_OUTPUT_FILES.status, slurm_code.computer,
+    node = _plant(process, fake_child(exit_code.status, slurm_code.computer,
                                       {'train.log': b'epoch 7'}, {'checkpoint': checkpoint}))
     result = process.inspect_process()
     assert result is None or result.status == 0
     assert process.ctx.inputs.restart_folder.uuid == node.outputs.checkpoint.uuid
     process = workchain()
-    _plant(process, fake_child(EXIT.ERROR_MISSING_OUTPUT_FILES.status, slurm_code.computer, {'train.log': b''}))
-    assert process.inspect_process() == VoltnetTrainBaseWorkChain.exit_codes.ERROR_UNHANDLED_FAILURE
+    _plant(process, fake_child(exit_code.status, slurm_code.computer, {'train.log': b''}))
+    result = process.inspect_process()
+    if without_checkpoint == 'unhandled':
+        assert result == VoltnetTrainBaseWorkChain.exit_codes.ERROR_UNHANDLED_FAILURE
+    else:
+        assert (result is None or result.status == 0) and 'restart_folder' not in process.ctx.inputs
 
 
 def test_unhandled_failure_aborts(workchain, fake_child, slurm_code):
@@ -146,23 +155,6 @@ def test_success_finishes(workchain, fake_child, slurm_code):
     _plant(process, fake_child(0, slurm_code.computer))
     result = process.inspect_process()
     assert (result is None or result.status == 0) and process.ctx.is_finished
-
-
-def test_a_node_failure_resumes_from_its_checkpoint_or_runs_again(workchain, fake_child, slurm_code):
-    """Found by review: the parser keeps the scheduler's 140 (node failure) and exposes the checkpoint, but no
-    handler took 140, so the work chain failed with 402 and the checkpoint went unused."""
-    process = workchain()
-    checkpoint = orm.FolderData()
-    checkpoint.base.repository.put_object_from_bytes(b'{}', 'state.json')
-    node = _plant(process, fake_child(EXIT.ERROR_SCHEDULER_NODE_FAILURE.status, slurm_code.computer,
-                                      {'train.log': b'epoch 7'}, {'checkpoint': checkpoint}))
-    result = process.inspect_process()
-    assert result is None or result.status == 0
-    assert process.ctx.inputs.restart_folder.uuid == node.outputs.checkpoint.uuid
-    process = workchain()
-    _plant(process, fake_child(EXIT.ERROR_SCHEDULER_NODE_FAILURE.status, slurm_code.computer, {'train.log': b''}))
-    result = process.inspect_process()
-    assert (result is None or result.status == 0) and 'restart_folder' not in process.ctx.inputs
 
 
 def test_null_train_overrides_are_halved_like_absent_ones(workchain, fake_child, slurm_code):
