@@ -394,8 +394,8 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
         elif pairs.get(process_pk):
             inputs, voltage = pairs[process_pk], outputs['voltage']
             label = f'{inputs["charged"]} -> {inputs["discharged"]}'
-            flags = [outputs[name]['attributes'].get('list') or [] for name in ('unseen_elements', 'ion_content_outside')
-                     if name in outputs]
+            flags = [outputs[name]['attributes'].get('list') or []
+                     for name in ('unseen_elements', 'ion_content_outside') if name in outputs]
             rows.append({'battery_id': label, 'label': label, 'working_ion': inputs['working_ion'],
                          'voltage': voltage['attributes']['value'],
                          'uncertainty': outputs['uncertainty']['attributes']['value'] if 'uncertainty' in outputs

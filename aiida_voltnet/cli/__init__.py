@@ -477,8 +477,8 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
         write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
     except OSError as exception:
         _fail(f'--out {out}: cannot write: {exception.strerror or exception}')
-    click.echo(f'Wrote {len(records)} prediction{"" if len(records) == 1 else "s"} to {out}' + (' (it replaces the file that was there)' if replaced
-                                                               else ''))
+    click.echo(f'Wrote {len(records)} prediction{"" if len(records) == 1 else "s"} to {out}'
+               + (' (it replaces the file that was there)' if replaced else ''))
 
 
 from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)

@@ -38,11 +38,11 @@ SIGTERM or SIGUSR1 (Slurm's warning before the walltime kill) stops it at the en
 
 Resuming (``--resume DIR``): a checkpoint is used when its ``state.json`` and the sha256 of every file check out
 and it was written by the same training (featurizer, model, seed, settings except ``device``, the sha256 of
-``records.json`` and the fingerprint of the package's sources); finished members are then restored instead of retrained and the interrupted member continues
-after its saved epoch, which gives the same model as an uninterrupted run (bit for bit on CPU). A ``DIR`` holding a
-complete model of the same training (``config.json`` + ``arrays.safetensors``) is reused as it is. Anything else (a
-saved loop state this code cannot restore included) is reported in the log and ``metrics.json``
-(``resume_rejected``) and the training starts from scratch.
+``records.json`` and the fingerprint of the package's sources); finished members are then restored instead of
+retrained and the interrupted member continues after its saved epoch, which gives the same model as an
+uninterrupted run (bit for bit on CPU). A ``DIR`` holding a complete model of the same training (``config.json`` +
+``arrays.safetensors``) is reused as it is. Anything else (a saved loop state this code cannot restore included)
+is reported in the log and ``metrics.json`` (``resume_rejected``) and the training starts from scratch.
 """
 from __future__ import annotations
 
@@ -313,7 +313,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             metrics['resume_rejected'] = rejected
         if said:
             metrics['warnings'] = said
-        metrics['sources'] = sources_fingerprint()  # the code that trained, which the parser compares with the job's
+        metrics['sources'] = training['sources']  # the code that trained, which the parser compares with the job's
 
         def safe(value):
             if isinstance(value, dict):

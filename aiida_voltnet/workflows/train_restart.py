@@ -73,10 +73,9 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
             asked = merge_job_options(asked, options)
             overrides = recursive_merge(overrides or {}, {'train': {'metadata': {'options': options}}})
         inputs = cls.get_protocol_inputs(protocol, overrides)
-        if asked:
+        if asked:  # over the merged options: given resources replace the protocol's whole, the rest is merged already
             metadata = inputs.setdefault('train', {}).setdefault('metadata', {})
-            metadata['options'] = merge_job_options(cls.get_protocol_inputs(protocol)['train']['metadata']['options'],
-                                                    asked)
+            metadata['options'] = merge_job_options(metadata.get('options'), asked)
         options = inputs.get('train', {}).get('metadata', {}).get('options', {})
         if not options.get('custom_scheduler_commands'):
             options.pop('custom_scheduler_commands', None)

@@ -124,7 +124,8 @@ def pw_builder(code: orm.AbstractCode, structure: orm.StructureData, settings: d
 
 def job_options(options: dict | None, protocol_options: dict | None = None) -> dict:
     """The pw.x jobs' ``metadata.options``: ``options`` over ``protocol_options`` (default: the default protocol's),
-    by :func:`~aiida_voltnet.workflows.protocols.merge_job_options` (given ``resources`` replace the protocol's whole)."""
+    by :func:`~aiida_voltnet.workflows.protocols.merge_job_options` (given ``resources`` replace the protocol's
+    whole)."""
     if protocol_options is None:
         protocol_options = VerifyWorkChain.get_protocol_inputs()['options']
     return merge_job_options(protocol_options, options)
