@@ -24,7 +24,8 @@ from typing import Any, Sequence
 import numpy as np
 from pymatgen.core import Composition, Element
 
-from .records import CRYSTAL_SYSTEMS, FLOAT_COLUMNS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord
+from .records import (CRYSTAL_SYSTEMS, FLOAT_COLUMNS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord,
+                      battery_formula_subscript)
 
 __all__ = [
     'metastability_voltage',
@@ -278,6 +279,19 @@ def _integer_counts(composition: Composition) -> np.ndarray:
     for el, fraction in fractions.items():
         vector[Element(el).Z - 1] = int(fraction * multiplier)
     return vector
+
+
+def _seed_text_composition(composition: Composition, ion: str) -> Composition:
+    """``composition`` with the working ion's count as the seed CSV writes it: emmet's ``battery_formula`` text,
+    ``'{:.2f}'`` with its zeros stripped (:func:`~aiida_voltnet.ml.records.battery_formula_subscript`), so 1/8
+    reads 0.12 and a count of 10 reads 1; the host's amounts as written. The seed counted elements in that text."""
+    amount = composition[ion]
+    written = float(battery_formula_subscript(amount))
+    if written == amount:
+        return composition
+    amounts = composition.get_el_amt_dict()
+    amounts[ion] = written
+    return Composition({element: value for element, value in amounts.items() if value})
 
 
 def _one_hot(value, vocabulary: Sequence, unknown_slot: bool = False) -> np.ndarray:
@@ -576,7 +590,9 @@ class Featurizer:
 class PaperFeaturizer(Featurizer):
     """The seed paper's features, exactly as its notebook builds them (see ``docs/paper.md``).
 
-    Per row: integer element counts of the charged and the discharged formula (118 + 118), a 10-dimensional
+    Per row: integer element counts of the charged and the discharged formula as the seed read them (118 + 118;
+    the working ion's count as the seed CSV writes it, 1/8 as 0.12, see :func:`_seed_text_composition`), a
+    10-dimensional
     random (untrained, seeded, stored) embedding of each space-group number (10 + 10), one-hot working ion (10),
     one-hot number of steps (1..10), one-hot crystal systems (7 + 7), ``capacity_grav`` and ``energy_grav``.
     Then PCA keeping 99 % of the variance and min-max scaling, both fitted on training rows only.
@@ -587,7 +603,13 @@ class PaperFeaturizer(Featurizer):
     """
 
     name = 'paper'
-    version = 1
+    #: 2: element counts of the formulas as the seed read them, the working ion's count written as the seed CSV
+    #: writes it (:func:`_seed_text_composition`; on the shared CSV, the counts of its own formula columns, row for
+    #: row); 1 (models saved before 2026-12-07, still read and featurized as they were trained): counts of the
+    #: records' exact formulas, which since 2026-12-06 take the ion content of the 201 rounded rows from
+    #: ``adj_pairs``.
+    version = 2
+    readable_versions = (1, 2)
     leaks_target = True
     MAX_STEPS = 10
     EMBEDDING_DIM = 10
@@ -631,11 +653,12 @@ class PaperFeaturizer(Featurizer):
     def raw(self, records):
         self.check_records(records)
         embedding = self.arrays['space_group_embedding']
+        as_read = _seed_text_composition if self.version >= 2 else (lambda composition, ion: composition)
         rows = []
         for record in records:
             rows.append(np.concatenate([
-                _integer_counts(record.composition_charge),
-                _integer_counts(record.composition_discharge),
+                _integer_counts(as_read(record.composition_charge, record.working_ion)),
+                _integer_counts(as_read(record.composition_discharge, record.working_ion)),
                 embedding[record.charge_space_group_number - 1],
                 embedding[record.discharge_space_group_number - 1],
                 _one_hot(record.working_ion, WORKING_IONS),

@@ -668,7 +668,7 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
         if not host_column.almost_equals(reduced, rtol=1e-6, atol=1e-9):
             return None
         exact = member[working_ion] / factor
-        if not math.isclose(x_column * host_column.num_atoms, float(_battery_formula_subscript(exact)),
+        if not math.isclose(x_column * host_column.num_atoms, float(battery_formula_subscript(exact)),
                             rel_tol=1e-9, abs_tol=1e-9):
             return None
         changed = True
@@ -681,7 +681,7 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
     return tuple(formulas) if changed else None
 
 
-def _battery_formula_subscript(amount: float) -> str:
+def battery_formula_subscript(amount: float) -> str:
     """The working ion's count as emmet's ``get_battery_formula`` writes it (emmet.core.electrode)."""
     text = re.sub('.00$', '', f'{amount:.2f}')
     return text if text == '0' else text.rstrip('0')
