@@ -34,6 +34,44 @@ def test_paper_featurizer_warns_and_matches_the_seed(records):
     assert featurizer.n_features == X.shape[1] < raw.shape[1]  # PCA(0.99)
 
 
+def test_paper_featurizer_counts_the_formulas_as_the_seed_read_them():
+    """The seed counted elements in the CSV's formula columns, which write the working ion's count as emmet's
+    ``battery_formula`` does (1/8 as 0.12, 10 as 1). The records carry the exact count since the reader's fix
+    (201 rows of the shared CSV differ), so version 2 writes the count back as the seed read it: on every row of
+    the shared CSV its counts are those of the columns as written, and its PCA at 99 % keeps the 7 components the
+    seed's pipeline had, where the exact counts (version 1) leave 2. A version-1 state still counts as it did."""
+    import csv
+
+    from pymatgen.core import Composition
+
+    from aiida_voltnet.ml.featurizers import _integer_counts
+
+    all_records = read_electrodes_csv(SHARED_CSV)
+    with open(SHARED_CSV, newline='') as handle:
+        columns = {row['battery_id']: (row['formula_charge'], row['formula_discharge'])
+                   for row in csv.DictReader(handle)}
+    assert sum((r.formula_charge, r.formula_discharge) != columns[r.battery_id] for r in all_records) == 201
+    as_written = np.array([np.concatenate([_integer_counts(Composition(text)) for text in columns[r.battery_id]])
+                           for r in all_records])
+    featurizer = PaperFeaturizer(seed=0, _quiet=True)
+    assert featurizer.version == 2
+    np.testing.assert_array_equal(featurizer.raw(all_records)[:, :236], as_written)
+    featurizer.fit(all_records)
+    assert featurizer.n_features == 7
+    config, arrays = featurizer.get_state()
+    old = PaperFeaturizer.from_state({**config, 'version': 1}, arrays)
+    assert old.get_config()['version'] == 1
+    lifebo3 = [r for r in all_records if (r.formula_charge, r.formula_discharge) != columns[r.battery_id]
+               and r.working_ion == 'Li'][0]
+    exact = np.concatenate([_integer_counts(lifebo3.composition_charge),
+                            _integer_counts(lifebo3.composition_discharge)])
+    np.testing.assert_array_equal(old.raw([lifebo3])[0, :236], exact)
+    assert not np.array_equal(exact, featurizer.raw([lifebo3])[0, :236])
+    exact_counts = PaperFeaturizer(seed=0, _quiet=True)
+    exact_counts.version = 1
+    assert exact_counts.fit(all_records).n_features == 2
+
+
 def test_leak_free_refuses_leaking_columns():
     for column in ('energy_grav', 'energy_vol', 'average_voltage', 'adj_pairs', 'steps', 'max_delta_volume',
                    'stability_charge', 'stability_discharge'):
