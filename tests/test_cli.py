@@ -689,6 +689,9 @@ def test_predict_refuses_to_overwrite_its_data_and_names_the_file_of_an_unseen_i
                   str(tmp_path / 'o.csv'), check=False)
     assert refused.returncode == 2 and refused.stderr.startswith(f'Error: {data}: line '), refused.stderr
     assert 'never saw' in refused.stderr and not (tmp_path / 'o.csv').exists()
+    unseen = sum(row['working_ion'] != 'Li' for row in csv.DictReader(open(data)))
+    total = sum(1 for _ in csv.DictReader(open(data)))
+    assert f': {unseen} of {total} records; leave them out' in refused.stderr, refused.stderr
     # --out among the model's files: the weights were replaced by the predictions (the model then refused to load)
     import shutil
 

@@ -541,11 +541,14 @@ class VoltageModel:
         """Refuse working ions the model never saw in training (its predictions there are extrapolation)."""
         known = set(self.metadata.get('training_ions') or [])
         if known:
-            unseen = sorted({r.working_ion for r in records} - known)
-            if unseen:
-                first = next(r for r in records if r.working_ion in unseen)
+            counts = collections.Counter(r.working_ion for r in records if r.working_ion not in known)
+            if counts:
+                first = next(r for r in records if r.working_ion in counts)
+                per_ion = ', '.join(f'{ion} ({n} record{"s" if n != 1 else ""})' for ion, n in sorted(counts.items()))
                 raise ElectrodeDataError(f'this model was trained on {", ".join(sorted(known))} and never saw '
-                                         f'working ion(s) {", ".join(unseen)} (this is the first such record)',
+                                         f'working ion(s) {per_ion}: {sum(counts.values())} of {len(records)} '
+                                         f'records; leave them out, or predict them with a model trained on those '
+                                         f'ions (this is the first such record)',
                                          field='working_ion', battery_id=first.battery_id, line=first.line)
 
     def unseen_host_elements(self, records: Sequence[ElectrodeRecord]) -> list[list[str]]:
