@@ -592,9 +592,9 @@ class PaperFeaturizer(Featurizer):
 
     Per row: integer element counts of the charged and the discharged formula as the seed read them (118 + 118;
     the working ion's count as the seed CSV writes it, 1/8 as 0.12, see :func:`_seed_text_composition`), a
-    10-dimensional
-    random (untrained, seeded, stored) embedding of each space-group number (10 + 10), one-hot working ion (10),
-    one-hot number of steps (1..10), one-hot crystal systems (7 + 7), ``capacity_grav`` and ``energy_grav``.
+    10-dimensional random (untrained, seeded, stored) embedding of each space-group number (10 + 10), one-hot
+    working ion (10), one-hot number of steps (1..10), one-hot crystal systems (7 + 7), ``capacity_grav`` and
+    ``energy_grav``.
     Then PCA keeping 99 % of the variance and min-max scaling, both fitted on training rows only.
 
     Differences from the seed, on purpose: formulas are parsed with pymatgen, so parenthesised groups such as
