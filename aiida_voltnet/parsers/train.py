@@ -113,10 +113,10 @@ class VoltnetTrainParser(Parser):
                 core = VoltageModel.load(directory)
         except Exception as exception:  # noqa: BLE001 - reported as the exit message
             return self.exit_codes.ERROR_INVALID_MODEL.format(exception=f'{type(exception).__name__}: {exception}')
-        for line in metrics.get('warnings') or []:  # the training's own warnings, in the calculation's log
-            self.logger.warning(str(line))
-        model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu'),
-                         'warnings': [str(line) for line in metrics.get('warnings') or []]}
+        said = [str(line) for line in metrics.get('warnings') or []]
+        for line in said:  # the training's own warnings, in the calculation's log
+            self.logger.warning(line)
+        model_metrics = {'train': metrics.get('train', {}), 'device': metrics.get('device', 'cpu'), 'warnings': said}
         self.out('model', VoltageModelData(core, metrics=model_metrics))
         self.out('metrics', orm.Dict(json_safe(metrics)))
         from aiida_voltnet.calculations.train_job import remote_sources_differ
