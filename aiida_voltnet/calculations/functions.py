@@ -169,19 +169,20 @@ def _validated_by(validator):
     return attach
 
 
-def _check_model_and_ions(model, ions, records=()):
-    """Why ``model`` cannot predict ``records`` (of working ``ions``): an ion it never saw, or a field its
-    featurizer needs that a record lacks (the paper featurizer's capacity of a structure pair, say); None if it can."""
+def _check_model_can_predict(model, records):
+    """Why ``model`` cannot predict ``records``: a working ion it never saw (:meth:`VoltageModel.check_records`, which
+    counts them), or a field its featurizer needs that a record lacks (the paper featurizer's capacity of a structure
+    pair, say); None if it can."""
     core = load_model(model)
-    known = set(core.metadata.get('training_ions') or [])
-    unseen = sorted(set(ions) - known) if known else []
-    if unseen:
-        return (f'model {model.model_name} (version {model.model_version[:12]}) was trained on '
-                f'{", ".join(sorted(known))} and never saw working ion(s) {", ".join(unseen)}')
+    label = f'model {model.model_name} (version {model.model_version[:12]})'
+    try:
+        core.check_records(records)
+    except ValueError as exception:
+        return f'{label}: {exception}'
     try:
         core.featurizer.check_records(records)
     except ValueError as exception:
-        return f'model {model.model_name} (version {model.model_version[:12]}) cannot featurize: {exception}'
+        return f'{label} cannot featurize: {exception}'
     return None
 
 
@@ -503,7 +504,7 @@ def train_model(dataset: ElectrodeDataset, featurizer: orm.Str = 'leakfree', mod
 
 def _validate_model_dataset(inputs):
     records = dataset_records(inputs['dataset'])
-    return _check_model_and_ions(inputs['model'], {r.working_ion for r in records}, records)
+    return _check_model_can_predict(inputs['model'], records)
 
 
 def _validate_evaluate(inputs):
@@ -635,7 +636,7 @@ def _validate_pair(inputs):
         return message
     ion = _value(inputs['working_ion'])
     record = pair_record(inputs['charged'], inputs['discharged'], ion)
-    return _check_model_and_ions(inputs['model'], {record.working_ion}, [record])
+    return _check_model_can_predict(inputs['model'], [record])
 
 
 @_validated_by(_validate_pair)

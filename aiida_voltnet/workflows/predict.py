@@ -77,7 +77,7 @@ class PredictWorkChain(WorkChain):
             for name, (charged, discharged, ion) in functions._pairs(inputs.get('structures', {})).items() \
                     if inputs.get('structures') else ():
                 record = functions.pair_record(charged, discharged, ion, battery_id=name)
-                message = functions._check_model_and_ions(model, {record.working_ion}, [record])
+                message = functions._check_model_can_predict(model, [record])
                 if message:
                     return f'pair {name!r}: {message}'
         except Exception as exception:  # noqa: BLE001 - the message names the pair and the problem

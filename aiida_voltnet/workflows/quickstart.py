@@ -79,15 +79,14 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
     echo(f'Model<{model.pk}> {model.model_name} version {model.model_version[:12]}: held-out MAE '
          f'{metrics["mae"]:.3f} V on {metrics["n"]} records')
 
-    from aiida_voltnet.calculations.functions import _check_model_and_ions, pair_record
+    from aiida_voltnet.calculations.functions import _check_model_can_predict, pair_record
 
     pairs, skipped = {}, {}
     for port, pair in shipped_structure_pairs().items():
         ion = pair['working_ion'].value
         # the checks PredictWorkChain makes: an ion the model never saw; a field its featurizer needs that a
         # structure pair has not (the paper featurizer's capacity_grav and energy_grav)
-        reason = _check_model_and_ions(model, [ion], [pair_record(pair['charged'], pair['discharged'], ion,
-                                                                  pair['name'])])
+        reason = _check_model_can_predict(model, [pair_record(pair['charged'], pair['discharged'], ion, pair['name'])])
         if reason:
             skipped[pair['name']] = reason
         if pair['name'] in skipped:

@@ -246,7 +246,7 @@ class ScreenWorkChain(WorkChain):
                 with functions._warnings_reported(InputWarning):
                     record = functions.pair_record(pair['charged'], pair['discharged'], pair['working_ion'].value,
                                                    battery_id=name, report=True)
-                message = functions._check_model_and_ions(self.inputs.model, {record.working_ion}, [record])
+                message = functions._check_model_can_predict(self.inputs.model, [record])
             except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names pair and field
                 message = f'{type(exception).__name__}: {exception}'
             if message:

@@ -220,7 +220,7 @@ def launch_refusal(inputs) -> tuple[str, dict] | None:
         except Exception as exception:  # noqa: BLE001 - ElectrodeDataError names the problem
             return 'ERROR_HOST_MISMATCH', {'message': str(exception)}
         if 'model' in inputs:
-            message = functions._check_model_and_ions(inputs['model'], {record.working_ion}, [record])
+            message = functions._check_model_can_predict(inputs['model'], [record])
             if message:
                 return 'ERROR_PREDICTION_REFUSED', {'message': message}
     if 'pseudo_family' not in inputs or 'settings' not in inputs:
