@@ -374,6 +374,59 @@ def test_symmetry_ignores_oxidation_states():
     assert decorated[iron[1]].specie.oxi_state == 3  # the caller's structure is left as it was
 
 
+def test_oxidation_states_do_not_make_two_frameworks():
+    """Found by review: StructureMatcher compared species, so Li+ was not the ignored Li and Fe2+ not the Fe3+ of the
+    other member; a pair decorated by oxidation-state guesses (or shipped with Li0+ V0+ sites, as pymatgen's
+    Li3V2(PO4)3) got a FrameworkMismatchWarning that the bare cells do not."""
+    import warnings
+
+    from aiida_voltnet.ml.structures import FrameworkMismatchWarning, same_framework
+
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    decorated = [structure.copy() for structure in (charged, discharged)]
+    for structure in decorated:
+        structure.add_oxidation_state_by_guess()
+    zero = [structure.copy() for structure in (charged, discharged)]
+    for structure in zero:
+        structure.add_oxidation_state_by_element({element.symbol: 0 for element in structure.composition})
+    assert str(decorated[1].composition.elements[0]).endswith('+') and str(zero[1].species[0]).endswith('0+')
+    for pair in (decorated, zero, (charged, decorated[1]), (decorated[0], discharged)):
+        assert same_framework(*pair, ion) is True
+        with warnings.catch_warnings():
+            warnings.simplefilter('error', FrameworkMismatchWarning)
+            record = record_from_structures(*pair, ion)
+        assert record.charge_space_group_number == record.discharge_space_group_number == 62
+    assert str(decorated[1].composition.elements[0]).endswith('+')  # the caller's structures are left as they were
+
+
+@pytest.mark.parametrize('where', ['lattice', 'coordinates', 'volume'])
+def test_a_structure_with_non_finite_geometry_is_refused_not_a_crash(where):
+    """Found by review: NaN in a cell (a diverged relaxation's CONTCAR) reached spglib, which killed the
+    interpreter (exit 139, no message)."""
+    from pymatgen.core import Lattice, Structure
+
+    from aiida_voltnet.ml.records import ElectrodeDataError
+    from aiida_voltnet.ml.structures import symmetry_of
+
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    matrix, coords = discharged.lattice.matrix.copy(), discharged.frac_coords.copy()
+    if where == 'lattice':
+        matrix[1, 1] = np.nan
+        message = 'its lattice vectors are not all finite numbers'
+    elif where == 'coordinates':
+        coords[3, 0] = np.inf
+        message = r'site 3 \(\w+\) has coordinates that are not finite numbers'
+    else:
+        matrix[2] = matrix[0]
+        message = 'its cell has no volume'
+    broken = Structure(Lattice(matrix), discharged.species, coords)
+    with pytest.raises(ElectrodeDataError, match=rf"battery_id 'p', field 'structures': the discharged structure "
+                                                 rf"\(LiFePO4\): {message}"):
+        record_from_structures(charged, broken, ion, battery_id='p')
+    with pytest.raises(ValueError, match=message):
+        symmetry_of(broken)
+
+
 def test_a_pair_of_formulas_in_different_fractional_formula_units():
     """Ni0.5Mn1.5O4 with Li2NiMn3O8 was refused ('host frameworks differ (Mn1.5Ni0.5O4 vs Mn3NiO8)'): pymatgen's
     reduced composition keeps fractional amounts as written. The same host per atom is one framework."""

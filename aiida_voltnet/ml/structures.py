@@ -8,6 +8,7 @@ import warnings
 from collections import defaultdict
 from fractions import Fraction
 
+import numpy as np
 from pymatgen.core import Composition, DummySpecies, Element, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
@@ -25,6 +26,26 @@ def _symprec_problem(symprec) -> str | None:
     return None
 
 
+def _bare(structure: Structure) -> Structure:
+    """``structure`` without oxidation states (a copy where it had any, Li0+ included; itself otherwise)."""
+    if any(getattr(species, 'oxi_state', None) is not None for species in structure.composition):
+        structure = structure.copy()
+        structure.remove_oxidation_states()
+    return structure
+
+
+def _geometry_problem(structure: Structure) -> str | None:
+    """Why the cell of ``structure`` cannot be analysed (spglib crashes the interpreter on NaN geometry), or None."""
+    if not np.isfinite(structure.lattice.matrix).all():
+        return 'its lattice vectors are not all finite numbers'
+    if len(structure) and not np.isfinite(structure.frac_coords).all():
+        bad = int(np.flatnonzero(~np.isfinite(structure.frac_coords).all(axis=1))[0])
+        return f'site {bad} ({structure[bad].species_string}) has coordinates that are not finite numbers'
+    if not structure.lattice.volume > 1e-8:
+        return f'its cell has no volume ({structure.lattice.volume:g} A^3)'
+    return None
+
+
 def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
     """Space-group number and crystal system (capitalized, as in MP) of ``structure``.
 
@@ -34,11 +55,12 @@ def symmetry_of(structure: Structure, symprec: float = 0.1) -> tuple[int, str]:
     message = _symprec_problem(symprec)
     if message:
         raise ValueError(message)
-    if any(getattr(species, 'oxi_state', None) for species in structure.composition):
-        # Fe2+ and Fe3+ on sites of one orbit are one element to the Materials Project's symmetry (its structures
-        # carry no oxidation states): a cell decorated per site had a lower space group than the same atoms bare
-        structure = structure.copy()
-        structure.remove_oxidation_states()
+    problem = _geometry_problem(structure)
+    if problem:
+        raise ValueError(problem)
+    # Fe2+ and Fe3+ on sites of one orbit are one element to the Materials Project's symmetry (its structures carry
+    # no oxidation states): a cell decorated per site had a lower space group than the same atoms bare
+    structure = _bare(structure)
     analyzer = SpacegroupAnalyzer(structure, symprec=symprec)
     return analyzer.get_space_group_number(), analyzer.get_crystal_system().capitalize()
 
@@ -118,6 +140,9 @@ def same_framework(charged: Structure, discharged: Structure, working_ion: str) 
 
     if not (charged.is_ordered and discharged.is_ordered):
         return None
+    # The match is between element arrangements: Li+ is the ignored Li, and Fe2+ in one member is the Fe3+ of the
+    # other (a relaxation's output decorated by oxidation-state guesses is no other framework than the bare cell)
+    charged, discharged = (_bare(structure) for structure in (charged, discharged))
     matcher = StructureMatcher(ignored_species=[working_ion], scale=True, attempt_supercell=True)
     try:
         return bool(matcher.fit(charged, discharged))
@@ -141,6 +166,11 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     message = _symprec_problem(symprec)
     if message:
         raise ElectrodeDataError(message, battery_id=label, field='symprec')
+    for name, structure in (('charged', charged), ('discharged', discharged)):
+        problem = _geometry_problem(structure)
+        if problem:
+            raise ElectrodeDataError(f'the {name} structure ({structure.composition.reduced_formula}): {problem}',
+                                     battery_id=label, field='structures')
     # Element amounts: a site of Li and one of Li+ are both Li (pymatgen's Composition[Element] sums the species of
     # a symbol, so dividing a mixed composition counted some twice).
     compositions = {name: _element_composition(structure, name, label)
