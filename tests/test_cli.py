@@ -119,6 +119,49 @@ def test_the_extrapolation_column_flags_every_such_row(trained, tmp_path):
     assert single.returncode == 2 and '--extrapolation-column goes with --data' in single.stderr
 
 
+def test_predict_out_writes_through_links_and_into_special_files(trained, tmp_path):
+    """Found by review: OUT.csv was renamed into place over whatever --out named, so a symlink became a regular file
+    (its target untouched), a device node or FIFO was replaced (as root, `--out /dev/null` would have replaced the
+    system's /dev/null), and a 250-character name failed (its temporary name was 9 characters longer)."""
+    import os
+    import threading
+
+    model, data = str(trained / 'model'), str(trained / 'predict.csv')
+    (tmp_path / 'results').mkdir()
+    real = tmp_path / 'results' / 'real.csv'
+    real.write_text('old\n')
+    link = tmp_path / 'link.csv'
+    link.symlink_to(real)
+    result = run('predict', '--model', model, '--data', data, '--out', str(link))
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert len(list(csv.DictReader(open(real)))) == 25
+    assert result.stdout.strip() == f'Wrote 25 predictions to {link} (it replaces the file that was there)'
+    dangling = tmp_path / 'dangling.csv'
+    dangling.symlink_to(tmp_path / 'results' / 'new.csv')
+    run('predict', '--model', model, '--data', data, '--out', str(dangling))
+    assert dangling.is_symlink() and len(list(csv.DictReader(open(tmp_path / 'results' / 'new.csv')))) == 25
+
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_text()))
+    reader.start()
+    result = run('predict', '--model', model, '--data', data, '--out', str(fifo))
+    reader.join(timeout=60)
+    assert fifo.exists() and not fifo.is_file()  # still the FIFO
+    assert received[0].startswith('battery_id,predicted_voltage,uncertainty\n') and received[0].count('\n') == 26
+    assert result.stdout == '' and result.stderr.strip().endswith(f'Wrote 25 predictions to {fifo}')
+    assert not list(tmp_path.glob('.*.partial')) and not list((tmp_path / 'results').glob('.*.partial'))
+
+    to_stdout = run('predict', '--model', model, '--data', data, '--out', '/dev/stdout')
+    assert to_stdout.stdout.startswith('battery_id,predicted_voltage,uncertainty\n')
+    assert to_stdout.stdout.count('\n') == 26 and 'Wrote 25 predictions to /dev/stdout' in to_stdout.stderr
+
+    long_name = tmp_path / ('p' * 246 + '.csv')
+    run('predict', '--model', model, '--data', data, '--out', str(long_name))
+    assert len(list(csv.DictReader(open(long_name)))) == 25
+
+
 def test_a_single_member_model_says_its_uncertainty_is_no_error_bar(tmp_path):
     train_csv = tmp_path / 'train.csv'
     train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')

@@ -10,6 +10,7 @@ import json
 import io
 import logging
 import os
+import stat
 import sys
 import tempfile
 import warnings
@@ -472,13 +473,23 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
     writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'] + (['extrapolation'] if flags is not None else []))
     for index, (record, m, s) in enumerate(zip(records, mean, std)):
         writer.writerow([record.battery_id, f'{m:.6f}', f'{s:.6f}'] + ([flags[index]] if flags is not None else []))
-    replaced = Path(out).exists()
     try:
-        write_files_atomically(Path(out).parent, {Path(out).name: table.getvalue().encode()})  # never half an OUT.csv
+        mode = os.stat(out).st_mode  # through links
+    except OSError:
+        mode = None
+    # /dev/stdout on a shell's `> file` is that regular file: written into too, not replaced under the shell
+    regular = mode is not None and stat.S_ISREG(mode) and not os.path.abspath(out).startswith(('/dev/', '/proc/'))
+    try:
+        if mode is not None and not regular:  # /dev/stdout, /dev/null, a FIFO: written into, as `>` would
+            with open(out, 'wb') as handle:
+                handle.write(table.getvalue().encode())
+        else:  # a link is written through (its target replaced, the link kept); never half an OUT.csv
+            final = Path(os.path.realpath(out))
+            write_files_atomically(final.parent, {final.name: table.getvalue().encode()})
     except OSError as exception:
         _fail(f'--out {out}: cannot write: {exception.strerror or exception}')
     click.echo(f'Wrote {len(records)} prediction{"" if len(records) == 1 else "s"} to {out}'
-               + (' (it replaces the file that was there)' if replaced else ''))
+               + (' (it replaces the file that was there)' if regular else ''), err=mode is not None and not regular)
 
 
 from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)

@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -907,14 +908,25 @@ def records_from_json(text: str) -> list[ElectrodeRecord]:
 
 def write_files_atomically(directory: str | os.PathLike, contents: dict[str, bytes]) -> None:
     """Write ``{file name: bytes}`` into ``directory`` whole or not at all: every file goes to a temporary name
-    first and is renamed into place only once all of them are written; what is left of a failed attempt is removed."""
+    first and is renamed into place only once all of them are written; what is left of a failed attempt is removed.
+
+    The temporary names are short and unique (``.voltnet-<random>.partial``): a name of 250 characters can be written,
+    and two writers into one directory never share a temporary file. Each is created with the permissions a plain
+    ``open`` gives (the umask's)."""
     directory = Path(directory)
     staged = []
     try:
         for name, content in contents.items():
-            partial = directory / f'.{name}.partial'
+            while True:
+                partial = directory / f'.voltnet-{secrets.token_hex(6)}.partial'
+                try:
+                    handle = open(partial, 'xb')  # noqa: SIM115 - closed below; 'x': never another's file
+                except FileExistsError:
+                    continue
+                break
             staged.append((partial, directory / name))
-            partial.write_bytes(content)
+            with handle:
+                handle.write(content)
         for partial, final in staged:
             os.replace(partial, final)
     finally:
