@@ -219,6 +219,19 @@ def test_train_model_params_reach_the_model_and_bad_ones_are_refused(tmp_path):
         assert not (tmp_path / 'x' / 'config.json').exists() and 'Training ' not in bad.stderr
 
 
+def test_model_param_values_read_as_python_numbers_never_evaluated():
+    """Found by review: values were read by JSON's grammar, so learning_rate=.1, 1., +5 and 05 were text and
+    refused, and max_iter=5e1 was the float 50.0, refused as no integer."""
+    from aiida_voltnet.cli import _model_param
+
+    given = ('a=.1', 'b=1.', 'c=+5', 'd=05', 'e=5e1', 'f=1.0', 'g=squared_error', 'h=1_000', 'i=nan', 'j=__import__')
+    assert _model_param(None, None, given) == {'a': 0.1, 'b': 1.0, 'c': 5, 'd': 5, 'e': 50, 'f': 1.0,
+                                               'g': 'squared_error', 'h': 1000, 'i': pytest.approx(float('nan'),
+                                                                                                   nan_ok=True),
+                                               'j': '__import__'}
+    assert [type(v) for v in _model_param(None, None, ('x=5e1', 'y=5.0e1', 'z=1e400')).values()] == [int, float, float]
+
+
 def test_train_offers_every_model_spec():
     """`voltnet train --model` lists its choices without importing torch; they must be the specs that exist."""
     from aiida_voltnet.cli import train
@@ -592,7 +605,12 @@ def test_predict_a_pair_of_structure_files(trained, tmp_path, cobalt_oxide_frame
     assert two.stdout.startswith('LiCoO2 ('), two.stdout
     junk = tmp_path / 'junk.cif'
     junk.write_text('not a cif\n')
+    both = tmp_path / 'both.cif'  # pymatgen read the first data block and said nothing of the second (review)
+    both.write_text(files['FePO4.cif'].read_text() + '\n' + files['LiFePO4.cif'].read_text().replace(
+        'data_LiFePO4', 'data_second', 1))
     for arguments, message in (
+            ((both, files['LiFePO4.cif']), f'--charged {both}: the file holds 2 structures (data blocks FePO4, '
+                                           'second): give one structure per file'),
             ((files['FePO4.cif'], 'LiFePO4'), f'--charged and --discharged are both structure files or both formulas: '
                                               f'{files["FePO4.cif"]} is a file, LiFePO4 is none'),
             ((junk, files['LiFePO4.cif']), f'--charged {junk}: not a structure file pymatgen can read'),

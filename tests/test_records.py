@@ -142,6 +142,18 @@ def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, show
         parse_formula('Ce02')
 
 
+def test_deuterium_and_tritium_are_read_as_hydrogen_not_as_absent_elements():
+    """Found by review: pymatgen reads D and T as H, so the check for zero counts found D in the text and not in the
+    composition and refused 'FePO4(D2O)2' as giving D no atoms. They are hydrogen, as pymatgen reads them; a zero
+    count of D is still refused by its own symbol."""
+    (record,) = load(ROW.replace('Li0TiO2,Li0.75TiO2,TiO2', 'Li0TiO2(D2O)2,Li0.75TiO2(D2O)2,TiO2(D2O)2'))
+    (plain,) = load(ROW.replace('Li0TiO2,Li0.75TiO2,TiO2', 'Li0TiO2(H2O)2,Li0.75TiO2(H2O)2,TiO2(H2O)2'))
+    assert record.composition_charge == plain.composition_charge and record.composition_charge['H'] == 4
+    with pytest.raises(ElectrodeDataError, match="'Li0TiO2T0' gives T no atoms") as info:
+        load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0TiO2T0,Li0.75TiO2'))
+    assert (info.value.line, info.value.field) == (2, 'formula_charge')
+
+
 def test_rows_of_empty_fields_are_blank_lines():
     """A spreadsheet's ',,,,' row below the data (or a line of spaces) stopped the whole file ('required value is
     missing', 'the row has 1 fields'); a row with one value left is still refused."""

@@ -9,6 +9,7 @@ import csv
 import json
 import io
 import logging
+import math
 import os
 import stat
 import sys
@@ -45,9 +46,10 @@ def cli(verbose):
 
 
 def _model_param(ctx, param, values) -> dict:
-    """``NAME=VALUE`` pairs of ``--model-param`` as a dict; a VALUE that reads as a JSON number stays a number
-    (``500``, ``0.1``), any other is text (``squared_error``). Whether the model takes them is checked by
-    training, before any work."""
+    """``NAME=VALUE`` pairs of ``--model-param`` as a dict; a VALUE that reads as a number stays a number (as
+    Python's ``int``/``float`` read it: ``500``, ``0.1``, ``.1``, ``+5``; ``1e3`` without a decimal point is the integer
+    1000), any other is text (``squared_error``). Whether the model takes them is checked by training, before any
+    work."""
     params = {}
     for value in values:
         name, sep, text = value.partition('=')
@@ -55,13 +57,23 @@ def _model_param(ctx, param, values) -> dict:
             raise click.BadParameter(f'{value!r} is not NAME=VALUE (e.g. max_iter=500)', ctx=ctx, param=param)
         if name.strip() in params:
             raise click.BadParameter(f'{name.strip()} is given twice', ctx=ctx, param=param)
-        try:
-            number = json.loads(text)
-        except ValueError:
-            number = None
-        params[name.strip()] = number if isinstance(number, (int, float)) and not isinstance(number, bool) \
-            else text.strip()
+        params[name.strip()] = _number_or_text(text.strip())
     return params
+
+
+def _number_or_text(text: str):
+    """``text`` as an ``int`` or ``float`` where it reads as one, else the text itself (never evaluated)."""
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if math.isfinite(number) and number.is_integer() and '.' not in text:  # 5e1 is 50 (max_iter=5e1)
+        return int(number)
+    return number
 
 
 @cli.command()
@@ -285,6 +297,14 @@ def _read_structure_file(option: str, path: str):
             fmt = get_structure_format(filename=Path(path).name).name
         except ValueError:
             fmt = None
+    if fmt == 'cif':  # pymatgen reads the first data block of a CIF and says nothing of the others
+        from pymatgen.io.cif import CifFile
+
+        blocks = [name for name, block in CifFile.from_file(path).data.items()
+                  if {'_atom_site_fract_x', '_atom_site_Cartn_x'} & set(block.data)]
+        if len(blocks) > 1:
+            _fail(f'{option} {path}: the file holds {len(blocks)} structures (data blocks '
+                  f'{", ".join(blocks[:5])}{", ..." if len(blocks) > 5 else ""}): give one structure per file')
     if fmt not in ('json', 'yaml'):
         return Structure.from_file(path)
     from monty.io import zopen

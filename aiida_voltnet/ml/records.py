@@ -218,6 +218,8 @@ MAX_FORMULA_AMOUNT = 10_000
 
 #: An element symbol in a formula's text (pymatgen's formula grammar: a capital and an optional small letter).
 _ELEMENT_SYMBOL = re.compile(r'[A-Z][a-z]?')
+#: Symbols pymatgen reads as another element's atoms: deuterium and tritium are hydrogen to its Composition
+_ISOTOPES = {'D': 'H', 'T': 'H'}
 
 #: An amount written with a leading zero (``Co02``, ``FeP04``): pymatgen reads ``02`` as 2, so a zero typed for the
 #: letter O gave another compound and a prediction for it. A lone ``0`` (``Li0CoO2``) and ``0.5`` are amounts, and
@@ -471,7 +473,9 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
              'working_ion')
     for name in ('formula_charge', 'formula_discharge'):  # pymatgen drops a zero count: 'Fe0PO4' is PO4 to it
         formula = getattr(record, name)
-        absent = sorted(set(_ELEMENT_SYMBOL.findall(formula)) - {str(el) for el in compositions[name]} - {ion})
+        present = {str(el) for el in compositions[name]} | {ion}
+        absent = sorted(symbol for symbol in set(_ELEMENT_SYMBOL.findall(formula))
+                        if _ISOTOPES.get(symbol, symbol) not in present)
         if absent:
             fail(f'formula {formula!r} gives {", ".join(absent)} no atoms (a zero or vanishing count): only the '
                  f'working ion {ion} may be absent from a formula (as in Li0CoO2)', name)
