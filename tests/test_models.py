@@ -610,10 +610,22 @@ def test_resigned_metadata_of_another_shape_is_refused_on_load(records, tmp_path
         ({'training_ion_content': [1, 2]}, '"training_ion_content" must be an object'),
         ({'training_ion_content': {'Li': {'x': [0]}}}, '"training_ion_content" of Li must hold "x" and "delta_x"'),
         ({'training_ion_content': {'Li': {'x': [0, 'a'], 'delta_x': [0, 1]}}}, 'of Li must hold'),
+        # found by review: a reversed range loaded and printed '(training 5-1)'; a target of another shape was
+        # read as a model of another target (exit 2 in the CLI) instead of a damaged one (3)
+        ({'training_ion_content': {'Li': {'x': [5, 1], 'delta_x': [0, 1]}}}, r'of Li must hold .*\(low <= high\)'),
+        ({'target': ['x']}, r'"target" must be one of average_voltage, max_delta_volume, got \[\'x\'\]'),
+        ({'target': 'foo'}, '"target" must be one of'),
     ]
     for metadata, message in cases:
         resign(**metadata)
         with pytest.raises(ModelIntegrityError, match=message):
+            VoltageModel.load(tmp_path / 'm')
+    for version in (True, '1', 1.9):  # int() read each as format version 1
+        config = json.loads(json.dumps(saved))
+        config['format_version'] = version
+        config['model_version'] = VoltageModel.version_hash(config)
+        config_path.write_text(json.dumps(config))
+        with pytest.raises(ModelIntegrityError, match='"format_version" must be an integer'):
             VoltageModel.load(tmp_path / 'm')
     resign()  # the metadata as saved: loads and predicts as before
     assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[1], model.predict(records[:20])[1])

@@ -749,8 +749,11 @@ class VoltageModel:
 
     @classmethod
     def from_config_arrays(cls, config: dict[str, Any], arrays: dict[str, np.ndarray]) -> 'VoltageModel':
-        if int(config.get('format_version', -1)) != FORMAT_VERSION:
-            raise ValueError(f'unsupported model format version {config.get("format_version")}')
+        version = config.get('format_version', -1)
+        if not isinstance(version, int) or isinstance(version, bool):  # int() took true, "1" and 1.9 as version 1
+            raise ModelIntegrityError(f'"format_version" must be an integer, got {version!r:.40}')
+        if version != FORMAT_VERSION:
+            raise ValueError(f'unsupported model format version {version}')
 
         def prefixed(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
@@ -785,6 +788,10 @@ def _check_prediction_metadata(metadata: dict[str, Any]) -> None:
     def number(value):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
+    target = metadata.get('target', 'average_voltage')
+    if target not in TARGETS:  # a list or unknown name was read as 'trained to predict ['x']' (exit 2, not 3)
+        raise ModelIntegrityError(f'metadata "target" must be one of {", ".join(TARGETS)}, got {target!r:.80}')
+
     calibration = metadata.get('uncertainty_calibration')
     if calibration is not None and not (isinstance(calibration, dict) and number(calibration.get('scale', 1.0))
                                         and calibration.get('scale', 1.0) >= 0):
@@ -801,9 +808,9 @@ def _check_prediction_metadata(metadata: dict[str, Any]) -> None:
     for ion, known in ranges.items():
         if not (isinstance(known, dict) and all(
                 isinstance(known.get(key), list) and len(known[key]) == 2 and all(map(number, known[key]))
-                for key in ('x', 'delta_x'))):
+                and known[key][0] <= known[key][1] for key in ('x', 'delta_x'))):
             raise ModelIntegrityError(f'metadata "training_ion_content" of {ion} must hold "x" and "delta_x" as '
-                                      f'[low, high] numbers, got {known!r:.80}')
+                                      f'[low, high] numbers (low <= high), got {known!r:.80}')
 
 
 TARGETS = ('average_voltage', 'max_delta_volume')
