@@ -312,22 +312,75 @@ def analysis_parameters(settings: ReportSettings, arguments: dict) -> dict:
     return {'settings': {key: getattr(settings, key) for key in ANALYSIS_SETTINGS}, 'arguments': dict(arguments)}
 
 
+#: The arguments of the ``evaluate`` analysis (:func:`_evaluate_analysis`) and whether each is required.
+EVALUATE_ARGUMENTS = {'model': True, 'featurizer': False, 'protocol': False, 'target': False, 'drop_leak': False,
+                      'calibrate': False}
+
+
+def check_analysis(name, parameters) -> str | None:
+    """Why analysis ``name`` with ``parameters`` (``{'settings': {...}, 'arguments': {...}}``) cannot run, or None:
+    what :func:`run_analysis` would refuse, found before anything runs (``ReportWorkChain`` checks it at launch)."""
+    if name not in ANALYSES:
+        return f'unknown report analysis {name!r}; choose one of {", ".join(ANALYSES)}'
+    if not isinstance(parameters, dict) or set(parameters) - {'settings', 'arguments'}:
+        return f'report analysis {name!r}: parameters must be a dict of settings and arguments, got {parameters!r:.80}'
+    settings, arguments = parameters.get('settings', {}), parameters.get('arguments', {})
+    if not isinstance(settings, dict) or not isinstance(arguments, dict):
+        return f'report analysis {name!r}: settings and arguments must be dicts'
+    unknown = set(settings) - set(ANALYSIS_SETTINGS)
+    if unknown:
+        return (f'report analysis {name!r}: unknown setting(s) {", ".join(sorted(map(str, unknown)))}; known: '
+                f'{", ".join(ANALYSIS_SETTINGS)}')
+    seeds = settings.get('seeds', [0])
+    if not isinstance(seeds, list) or not seeds or not all(_whole(seed, 0) for seed in seeds):
+        return f'report analysis {name!r}: setting seeds must be a non-empty list of integers >= 0, got {seeds!r:.80}'
+    for key, low in (('folds', 2), ('voltnet_members', 1), ('voltnet_max_iter', 1), ('threads', 1)):
+        if key in settings and not _whole(settings[key], low):
+            return f'report analysis {name!r}: setting {key} must be an integer >= {low}, got {settings[key]!r:.80}'
+    if name != 'evaluate':
+        if arguments:
+            return f'report analysis {name!r} takes no arguments, got {", ".join(sorted(map(str, arguments)))}'
+        return None
+    unknown = set(arguments) - set(EVALUATE_ARGUMENTS)
+    missing = [key for key, required in EVALUATE_ARGUMENTS.items() if required and key not in arguments]
+    if unknown or missing:
+        return (f'report analysis {name!r}: ' + (f'unknown argument(s) {", ".join(sorted(map(str, unknown)))}'
+                                                 if unknown else f'argument(s) {", ".join(missing)} missing')
+                + f'; its arguments: {", ".join(EVALUATE_ARGUMENTS)}')
+    from .ml.evaluation import PROTOCOLS
+    from .ml.models import TARGETS
+
+    choices = {'model': MODEL_SPECS, 'protocol': PROTOCOLS, 'target': TARGETS}
+    for key, known in choices.items():
+        if key in arguments and arguments[key] not in known:
+            return f'report analysis {name!r}: {key} {arguments[key]!r:.80} is not one of {", ".join(known)}'
+    if 'featurizer' in arguments:
+        try:
+            get_featurizer_class(arguments['featurizer'])
+        except (ValueError, TypeError):
+            return f'report analysis {name!r}: unknown featurizer {arguments["featurizer"]!r:.80}'
+    for key in ('drop_leak', 'calibrate'):
+        if key in arguments and not isinstance(arguments[key], bool):
+            return f'report analysis {name!r}: {key} must be true or false, got {arguments[key]!r:.80}'
+    return None
+
+
+def _whole(value, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
 def run_analysis(records: Sequence[ElectrodeRecord], name: str, parameters: dict,
                  log: Callable[[str], None] = print) -> dict:
     """Run analysis ``name`` of :data:`ANALYSES` on ``records``: a JSON-able dict whose ``predictions`` lists hold
     the test predictions (``evaluate``: one list; ``caps``/``caps_paper``: one per cap under ``parts``)."""
-    if name not in ANALYSES:
-        raise ValueError(f'unknown report analysis {name!r}; choose one of {", ".join(ANALYSES)}')
-    unknown = set(parameters.get('settings', {})) - set(ANALYSIS_SETTINGS)
-    if unknown:
-        raise ValueError(f'report analysis {name!r}: unknown setting(s) {", ".join(sorted(unknown))}')
+    problem = check_analysis(name, parameters)
+    if problem:
+        raise ValueError(problem)
     settings = ReportSettings(**parameters.get('settings', {}))
     arguments = dict(parameters.get('arguments', {}))
     with _threads(settings.threads):
         if name == 'evaluate':
             return _evaluate_analysis(records, settings, **arguments)
-        if arguments:
-            raise ValueError(f'report analysis {name!r} takes no arguments, got {", ".join(sorted(arguments))}')
         if name == 'caps':
             return {'parts': {str(cap): part for cap, part in _capped(records, settings, log).items()}}
         if name == 'caps_paper':

@@ -18,7 +18,7 @@ __all__ = ('ReportWorkChain',)
 
 def validate_analyses(value, _ctx=None):
     """``{label: {'analysis': name, 'section': text, 'parameters': {'settings': ..., 'arguments': ...}}}``."""
-    from ..report import ANALYSES
+    from ..report import ANALYSES, check_analysis
 
     if not value.get_dict():
         return 'analyses is empty'
@@ -29,6 +29,9 @@ def validate_analyses(value, _ctx=None):
             return f'analysis {label!r}: expected the keys analysis, section, parameters'
         if entry.get('analysis') not in ANALYSES:
             return f'analysis {label!r}: {entry.get("analysis")!r} is not one of {", ".join(ANALYSES)}'
+        problem = check_analysis(entry['analysis'], entry.get('parameters', {}))
+        if problem:  # refused at launch, before any report_analysis node is stored
+            return f'analysis {label!r}: {problem}'
     return None
 
 
@@ -56,7 +59,7 @@ class ReportWorkChain(WorkChain):
             self.report(f'{label}: {entry["analysis"]} ({entry.get("section", "")})')
             try:
                 outputs = report_analysis(self.inputs.dataset, orm.Str(entry['analysis']),
-                                          orm.Dict(entry['parameters']))
+                                          orm.Dict(entry['parameters']), metadata={'call_link_label': label})
             except Exception as exception:  # noqa: BLE001 - the calcfunction node records the traceback
                 return self.exit_codes.ERROR_ANALYSIS_FAILED.format(label=label, message=str(exception))
             self.out(f'metrics.{label}', outputs['metrics'])

@@ -40,6 +40,7 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
         node = orm.load_node(entry['uuid'])
         assert node.is_finished_ok, entry
         assert node.caller.uuid == workchain.uuid
+        assert node.base.links.get_incoming(link_label_filter=entry['label']).one().node.uuid == workchain.uuid
         assert workchain.outputs.metrics[entry['label']].uuid == node.outputs.metrics.uuid
         assert node.inputs.dataset.uuid == dataset.uuid
         assert node.inputs.analysis.value == entry['analysis']
@@ -111,3 +112,48 @@ def test_report_refuses_bad_data_before_it_trains_or_stores_anything(aiida_profi
         assert result.exit_code == 2 and message in result.output, result.output + repr(result.exception)
         assert not (tmp_path / path.stem).exists()
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_report_workchain_refuses_bad_analysis_parameters_at_launch(aiida_profile):
+    """Found by review: voltnet.report checked the labels and analysis names only, so a misspelt setting or an
+    unknown model ran, stored an excepted report_analysis with a traceback and ended with exit 320. Now the launch
+    refuses it, naming the label and what is wrong, and stores nothing."""
+    import pytest
+    from aiida.engine import run_get_node
+    from aiida.plugins import WorkflowFactory
+
+    from aiida_voltnet.report import ReportSettings, analysis_parameters, check_analysis
+    from aiida_voltnet.workflows.report import validate_analyses
+
+    ReportWorkChain = WorkflowFactory('voltnet.report')
+    good = analysis_parameters(ReportSettings.make(quick=True), {'model': 'krr'})
+    assert check_analysis('evaluate', good) is None and check_analysis('caps', {**good, 'arguments': {}}) is None
+    cases = [
+        ('evaluate', {**good, 'settings': {**good['settings'], 'sedes': [0]}}, "analysis 'a': report analysis "
+         "'evaluate': unknown setting(s) sedes; known: seeds,"),
+        ('evaluate', {**good, 'arguments': {'model': 'xgboost'}}, "model 'xgboost' is not one of mha_resnet,"),
+        ('evaluate', {**good, 'arguments': {}}, 'argument(s) model missing'),
+        ('evaluate', {**good, 'arguments': {'model': 'krr', 'modle': 1}}, 'unknown argument(s) modle'),
+        ('evaluate', {**good, 'arguments': {'model': 'krr', 'protocol': 'loio'}}, "protocol 'loio' is not one of"),
+        ('evaluate', {**good, 'arguments': {'model': 'krr', 'featurizer': 'magpie'}}, "unknown featurizer 'magpie'"),
+        ('evaluate', {**good, 'arguments': {'model': 'krr', 'calibrate': 'yes'}}, 'calibrate must be true or false'),
+        ('evaluate', {**good, 'settings': {**good['settings'], 'folds': 1}}, 'setting folds must be an integer >= 2'),
+        ('evaluate', {**good, 'settings': {**good['settings'], 'seeds': []}}, 'setting seeds must be a non-empty'),
+        ('caps', good, "report analysis 'caps' takes no arguments, got model"),
+    ]
+    dataset = orm.load_node(_tiny_dataset())
+    before = orm.QueryBuilder().append(orm.Node).count()
+    for analysis, parameters, message in cases:
+        value = orm.Dict({'a': {'analysis': analysis, 'section': 's', 'parameters': parameters}})
+        assert message in validate_analyses(value), (validate_analyses(value), message)
+        with pytest.raises(ValueError, match='analyses'):
+            run_get_node(ReportWorkChain, dataset=dataset, analyses=value)
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def _tiny_dataset() -> int:
+    """pk of a stored ElectrodeDataset of the first 50 rows of the shared CSV."""
+    from aiida_voltnet.data import ElectrodeDataset
+    from aiida_voltnet.ml.records import read_electrodes_csv
+
+    return ElectrodeDataset(read_electrodes_csv(DEFAULT_CSV)[:50]).store().pk
