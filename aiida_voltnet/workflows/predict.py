@@ -9,7 +9,7 @@ from aiida.engine import WorkChain, if_
 from aiida_voltnet.calculations import functions
 from aiida_voltnet.calculations.functions import predict_structure_pair, predict_voltages
 from aiida_voltnet.workflows.ports import StructurePairsNamespace
-from aiida_voltnet.workflows.train import called
+from aiida_voltnet.workflows.train import called, step_metadata
 
 __all__ = ('PredictWorkChain',)
 
@@ -66,6 +66,9 @@ class PredictWorkChain(WorkChain):
         model = inputs['model']
         if 'metadata' in (inputs.get('structures') or {}):  # the calculation function's own metadata argument
             return "structures: rename 'metadata': a pair may not be named metadata"
+        if 'dataset' in (inputs.get('structures') or {}):  # its call label would be the dataset step's own
+            return ("structures: rename 'dataset': a pair may not be named dataset (its step would be called "
+                    "predict_dataset, the label of the dataset's prediction)")
         try:
             message = functions.check_voltage_model(model)
             if message:
@@ -101,7 +104,7 @@ class PredictWorkChain(WorkChain):
     def predict_dataset(self):
         try:
             predictions = predict_voltages(model=self.inputs.model, dataset=self.inputs.dataset,
-                                           metadata={'call_link_label': 'predict_dataset'})
+                                           metadata=step_metadata(self, 'predict_dataset'))
         except ValueError as exception:
             if called(self.node, 'predict_dataset'):
                 raise  # it ran and failed (its node excepted): not a refusal of the inputs
@@ -129,7 +132,7 @@ class PredictWorkChain(WorkChain):
             try:
                 result = predict_structure_pair(model=self.inputs.model, charged=pair['charged'],
                                                 discharged=pair['discharged'], working_ion=pair['working_ion'],
-                                                metadata={'call_link_label': f'predict_{name}'})
+                                                metadata=step_metadata(self, f'predict_{name}'))
             except ValueError as exception:
                 if called(self.node, f'predict_{name}'):
                     raise  # it ran and failed (its node excepted): not a refusal of the inputs

@@ -23,6 +23,7 @@ from aiida_voltnet.ml.featurizers import InputWarning, get_featurizer
 from aiida_voltnet.ml.models import regressor_family
 
 from .ports import StructurePairsNamespace
+from .train import step_metadata
 from .verify import VerifyWorkChain, launch_refusal, load_pseudo_family, pw_builder
 
 __all__ = ('ScreenWorkChain',)
@@ -259,9 +260,9 @@ class ScreenWorkChain(WorkChain):
         return None
 
     def predict(self):
-        dataset = assemble_dataset_from_structures(**self.ctx.valid, metadata={'call_link_label': 'assemble'})
+        dataset = assemble_dataset_from_structures(**self.ctx.valid, metadata=step_metadata(self, 'assemble'))
         self.ctx.predictions = predict_voltages(model=self.inputs.model, dataset=dataset,
-                                                metadata={'call_link_label': 'predict'})
+                                                metadata=step_metadata(self, 'predict'))
         self.out('predictions', self.ctx.predictions)
         self.report(f'predicted {len(self.ctx.valid)} candidate(s) in one batch')
         names = self.ctx.predictions.get_array('battery_ids')
@@ -275,7 +276,7 @@ class ScreenWorkChain(WorkChain):
 
     def select(self):
         self.ctx.selected = select_candidates(self.ctx.predictions, self.inputs.selection,
-                                              metadata={'call_link_label': 'select'})
+                                              metadata=step_metadata(self, 'select'))
         self.out('selected', self.ctx.selected)
         self.report(f'selected for DFT: {", ".join(self.ctx.selected.get_list()) or "none"}')
 
@@ -324,7 +325,7 @@ class ScreenWorkChain(WorkChain):
         for ion in ions:
             if ion not in family.elements:
                 continue  # each verification of this ion is then not run, naming the element
-            metal = ion_metal_cell(ion_nodes[ion], metadata={'call_link_label': f'ion_metal_cell_{ion}'})
+            metal = ion_metal_cell(ion_nodes[ion], metadata=step_metadata(self, f'ion_metal_cell_{ion}'))
             relax = 'positions_cell' if settings['relax_type'] == 'positions_cell' else 'none'
             builder = pw_builder(inputs['code'], metal, settings, dict(inputs.get('options') or {}),
                                  inputs['pseudo_family'].value, relax=relax,
@@ -342,7 +343,7 @@ class ScreenWorkChain(WorkChain):
             node = self.ctx[f'metal_{ion}']
             if node.is_finished_ok:
                 self.ctx.ion_energies[ion] = energy_per_atom(metal, node.outputs.output_parameters,
-                                                             metadata={'call_link_label': f'metal_energy_{ion}'})
+                                                             metadata=step_metadata(self, f'metal_energy_{ion}'))
             else:
                 self.ctx.outcomes[f'metal:{ion}'] = (f'{ion} metal reference {node.process_label}<{node.pk}> failed '
                                                      f'with exit status {node.exit_status}')
@@ -366,7 +367,7 @@ class ScreenWorkChain(WorkChain):
                 continue
             node = self.submit(VerifyWorkChain, **inputs, **pair, **extra, model=self.inputs.model,
                                cutoff_elements=orm.List(self.ctx.cutoff_elements[ion]),
-                               metadata={'call_link_label': f'verify_{name}'})
+                               metadata=step_metadata(self, f'verify_{name}'))
             self.report(f'verifying {name!r}: VerifyWorkChain<{node.pk}>')
             running[f'verify_{name}'] = node
         self.ctx.verifying = sorted(running)
@@ -386,7 +387,7 @@ class ScreenWorkChain(WorkChain):
     def summarize(self):
         verified = dict(self.ctx.dft_voltages)
         self.ctx.summary = summarize_screen(self.ctx.predictions, self.ctx.selected, orm.Dict(self.ctx.outcomes),
-                                            **verified, metadata={'call_link_label': 'summarize'})
+                                            **verified, metadata=step_metadata(self, 'summarize'))
         self.out('summary', self.ctx.summary)
         summary = self.ctx.summary.get_dict()
         mae = summary['mae_verified']
@@ -414,7 +415,7 @@ class ScreenWorkChain(WorkChain):
             metadata['disable_cache'] = True
         try:
             grown = add_verified_records(retrain.pop('dataset'), **verified,
-                                         metadata={'call_link_label': 'add_verified'})
+                                         metadata=step_metadata(self, 'add_verified'))
             model = train_model(dataset=grown, **retrain, metadata=metadata)
         except ValueError as exception:
             return self.exit_codes.ERROR_RETRAIN_FAILED.format(message=str(exception))

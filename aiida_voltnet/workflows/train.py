@@ -36,6 +36,14 @@ def called(node, label: str) -> bool:
     return bool(node.base.links.get_outgoing(link_label_filter=label).all())
 
 
+def step_metadata(process, label: str) -> dict:
+    """The ``metadata`` of a calculation-function step of work chain ``process``: its call link ``label``, and
+    ``disable_cache`` where the work chain's own ``metadata.disable_cache`` is set (a work chain is never taken
+    from the cache itself, so the flag means its steps)."""
+    return {'call_link_label': label, **({'disable_cache': True} if process.inputs.metadata.get('disable_cache')
+                                         else {})}
+
+
 class TrainWorkChain(ProtocolMixin, WorkChain):
     """Train a voltage model with full provenance: source -> dataset -> split -> model -> held-out metrics."""
 

@@ -21,6 +21,7 @@ from aiida_voltnet.dft import DEBIAN_PBESOL_FAMILY, ion_metal_structure, missing
 from aiida_voltnet.ml.featurizers import InputWarning
 
 from .protocols import ProtocolMixin, merge_job_options
+from .train import step_metadata
 
 __all__ = ('VerifyWorkChain', 'SETTINGS_KEYS', 'pw_builder', 'load_pseudo_family')
 
@@ -387,7 +388,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
             functions.pair_record(self.inputs.charged, self.inputs.discharged, self.inputs.working_ion.value,
                                   report=True)
         self.ctx.cells = _cells(self.inputs, make_metal=lambda: ion_metal_cell(  # by a process: linked in the graph
-            self.inputs.working_ion, metadata={'call_link_label': 'ion_metal_cell'}))
+            self.inputs.working_ion, metadata=step_metadata(self, 'ion_metal_cell')))
         return None
 
     def should_predict(self):
@@ -397,7 +398,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         try:
             result = predict_structure_pair(model=self.inputs.model, charged=self.inputs.charged,
                                             discharged=self.inputs.discharged, working_ion=self.inputs.working_ion,
-                                            metadata={'call_link_label': 'predict'})
+                                            metadata=step_metadata(self, 'predict'))
         except ValueError as exception:
             return self.exit_codes.ERROR_PREDICTION_REFUSED.format(message=str(exception))
         self.ctx.ml_voltage = result['voltage']
@@ -443,15 +444,15 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         outputs = {which: self.ctx[f'dft_{which}'].outputs.output_parameters for which in self.ctx.cells}
         energies = electrode_energies(self.inputs.charged, self.inputs.discharged, self.inputs.working_ion,
                                       outputs['charged'], outputs['discharged'],
-                                      metadata={'call_link_label': 'electrode_energies'})
+                                      metadata=step_metadata(self, 'electrode_energies'))
         if 'ion_energy' in self.inputs:
             e_metal = self.inputs.ion_energy
         else:
             e_metal = energy_per_atom(self.ctx.cells['ion_metal'], outputs['ion_metal'],
-                                      metadata={'call_link_label': 'ion_metal_energy'})
+                                      metadata=step_metadata(self, 'ion_metal_energy'))
         voltage = dft_voltage(e_charged=energies['e_charged'], e_discharged=energies['e_discharged'],
                               e_ion_metal=e_metal, delta_ions=energies['delta_ions'],
-                              ion_charge=energies['ion_charge'], metadata={'call_link_label': 'dft_voltage'})
+                              ion_charge=energies['ion_charge'], metadata=step_metadata(self, 'dft_voltage'))
         self.ctx.dft_voltage = voltage
         self.out('dft_voltage', voltage)
         self.out('delta_ions', energies['delta_ions'])
@@ -465,7 +466,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
 
     def compare(self):
         ml_voltage = self.ctx.ml_voltage if 'ml_voltage' in self.ctx else self.inputs.ml_voltage
-        difference = compare_voltages(ml_voltage, self.ctx.dft_voltage, metadata={'call_link_label': 'compare'})
+        difference = compare_voltages(ml_voltage, self.ctx.dft_voltage, metadata=step_metadata(self, 'compare'))
         self.out('ml_voltage', ml_voltage)
         self.out('difference', difference['difference'])
         self.report(f'ML {ml_voltage.value:.3f} V - DFT {self.ctx.dft_voltage.value:.3f} V = '

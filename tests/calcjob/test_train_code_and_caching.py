@@ -144,6 +144,38 @@ def test_train_workchain_passes_disable_cache_on(csv_60):
     assert cached_steps(fresh_all) == {'assemble': False, 'split': False, 'train': False, 'evaluate': False}
 
 
+def test_predict_workchain_passes_disable_cache_on(csv_60):
+    """Found by review: PredictWorkChain called its steps with their link labels only, so its own
+    `metadata.disable_cache` was dropped and the predictions came from the cache all the same. A pair may not be
+    named `dataset` either: its step's label would be the dataset step's."""
+    import pytest
+
+    from aiida_voltnet.calculations.functions import assemble_dataset_from_csv
+    from aiida_voltnet.ml.structures import shipped_pair
+    from aiida_voltnet.workflows.predict import PredictWorkChain
+
+    dataset = assemble_dataset_from_csv(orm.SinglefileData(csv_60))
+    model = train_model(dataset, model=orm.Str('krr'))
+    charged, discharged, ion = shipped_pair('LiFePO4')
+    pair = {'charged': orm.StructureData(pymatgen=charged), 'discharged': orm.StructureData(pymatgen=discharged),
+            'working_ion': orm.Str(ion)}
+
+    def cached_steps(node):
+        return {link.link_label: link.node.base.caching.is_created_from_cache
+                for link in node.base.links.get_outgoing(node_class=orm.CalcFunctionNode).all()}
+
+    with enable_caching(identifier='aiida.calculations:voltnet.*'):
+        _, first = run_get_node(PredictWorkChain, model=model, dataset=dataset, structures={'lfp': pair})
+        _, again = run_get_node(PredictWorkChain, model=model, dataset=dataset, structures={'lfp': pair})
+        _, fresh = run_get_node(PredictWorkChain, model=model, dataset=dataset, structures={'lfp': pair},
+                                metadata={'disable_cache': True})
+    assert first.is_finished_ok and again.is_finished_ok and fresh.is_finished_ok
+    assert cached_steps(again) == {'predict_dataset': True, 'predict_lfp': True}
+    assert cached_steps(fresh) == {'predict_dataset': False, 'predict_lfp': False}
+    with pytest.raises(ValueError, match="structures: rename 'dataset': a pair may not be named dataset"):
+        run_get_node(PredictWorkChain, model=model, dataset=dataset, structures={'dataset': pair})
+
+
 def test_a_job_whose_computer_runs_other_plugin_code_is_not_a_cache_source(train_code, aiida_code_installed,
                                                                            csv_60, tmp_path):
     """The job hashes the submitting installation's code fingerprint, but the model is made by the
