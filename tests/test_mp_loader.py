@@ -579,3 +579,23 @@ def test_an_asked_battery_id_that_emmet_would_spell_otherwise_is_kept(recorded_m
     doc['material_ids'] = ['mvc-99']  # no id emmet's rule takes: the asked one names it
     (only,), _ = fetch_mp_electrodes(battery_ids=[renamed], rester=rester)
     assert only.battery_id == renamed
+
+
+@pytest.mark.parametrize('ion', ['li', 'LI', 'Lithium'])
+def test_a_working_ion_in_another_spelling_is_named_not_a_key_error(ion, tmp_path):
+    """Found by review: an ion outside the ten reached pymatgen's Composition lookup before validation, in the MP
+    loader (its CSV-style formulas) and in the CSV reader (the formulas from adj_pairs): a bare KeyError or
+    IndexError instead of the error naming the battery and the field."""
+    document = copy.deepcopy(load_fixture('insertion_electrodes.json')['data'][1])
+    document['working_ion'] = ion
+    with pytest.raises(ElectrodeDataError, match=f"field 'working_ion': working ion '{ion}' is not one of Li, Na"):
+        record_from_mp_doc(document, {})
+    shared = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'mp_insertion_electrodes'
+    lines = (shared / 'electrodes.csv').read_text().splitlines()
+    row = next(line for line in lines[1:] if line.startswith('mp-2657_Li,'))
+    assert ',Li,' in row and 'InsertionVoltagePairDoc(' in row
+    path = tmp_path / 'ion.csv'
+    path.write_text(lines[0] + '\n' + row.replace(',Li,', f',{ion},', 1) + '\n')
+    with pytest.raises(ElectrodeDataError, match=f"line 2, battery_id 'mp-2657_Li', field 'working_ion': working ion "
+                                                 f"'{ion}' is not one of"):
+        read_electrodes_csv(path)

@@ -253,6 +253,8 @@ def _csv_style_formula(formula: str, working_ion: str) -> str:
     ``Li0TiO2`` and ``Li0.75TiO2``. A formula that does not parse is left for the record's validation to name."""
     from pymatgen.core import Composition
 
+    if working_ion not in WORKING_IONS:  # 'li', 'LI': validate_record names the field
+        return formula
     try:
         composition = Composition(formula)
     except Exception:  # noqa: BLE001 - validate_record names the field

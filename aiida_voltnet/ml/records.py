@@ -649,8 +649,8 @@ def end_members_from_steps(formula_charge: str, formula_discharge: str, working_
     member, the last step's discharged one), which the capacities agree with. The returned formulas keep the
     columns' host amount and change only the working ion's count (``Li0.12FeBO3`` -> ``Li0.125FeBO3``).
     """
-    if not steps or not steps[0].formula_charge or not steps[-1].formula_discharge:
-        return None
+    if not steps or not steps[0].formula_charge or not steps[-1].formula_discharge or working_ion not in WORKING_IONS:
+        return None  # an ion outside the ten ('li', 'LI'): validate_record names it
     try:
         columns = [Composition(formula_charge), Composition(formula_discharge)]
         members = [Composition(steps[0].formula_charge), Composition(steps[-1].formula_discharge)]
