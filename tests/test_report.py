@@ -84,6 +84,41 @@ def test_report_refuses_repeated_seeds_and_too_few_rows_without_leaving_a_direct
     assert not (tmp_path / 'small').exists()
 
 
+def test_report_refuses_data_without_the_volume_steps_or_a_voltage_before_it_trains(tmp_path):
+    """Found by review: a CSV without adj_pairs ran every table and then failed in Fig. S5 with scikit-learn's
+    'n_splits=3 greater than the number of samples: n_samples=0', leaving the --out parents it had made; a row
+    outside the --rows subsample without its voltage ended in a TypeError traceback (Table S1, the leak)."""
+    import csv
+
+    rows = list(csv.DictReader(DEFAULT_CSV.open(newline='')))
+    columns = list(rows[0])
+
+    def write(name, table, fields):
+        path = tmp_path / name
+        with path.open('w', newline='') as handle:
+            writer = csv.DictWriter(handle, fields, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows(table)
+        return path
+
+    no_steps = write('no_adj.csv', rows[:600], [c for c in columns if c != 'adj_pairs'])
+    out = tmp_path / 'nest' / 'a' / 'b'
+    result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--no-provenance', '--rows', '200',
+                                      '--data', str(no_steps)])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert ('Fig. S5 learns the volume change max_delta_volume, which the adj_pairs column gives: 0 of 200 rows have '
+            'it') in result.output
+    assert not (tmp_path / 'nest').exists()
+    missing = [dict(row) for row in rows[:600]]
+    missing[450]['average_voltage'] = 'NaN'
+    result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--no-provenance', '--rows', '200',
+                                      '--data', str(write('missing.csv', missing, columns))])
+    assert result.exit_code == 2, result.output + repr(result.exception)
+    assert (f"line 452, battery_id '{rows[450]['battery_id']}', field 'average_voltage': the report trains and "
+            'tests on every row: it needs the voltage') in result.output
+    assert not (tmp_path / 'nest').exists()
+
+
 def test_report_text_follows_the_epoch_budget():
     """With `--epochs 1000` the report said the MHA-ResNet had 'far fewer epochs than the paper's 1000'."""
     from types import SimpleNamespace

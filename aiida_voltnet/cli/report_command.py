@@ -63,12 +63,13 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     if folds is not None:
         settings.folds = folds
     started = time.perf_counter()
-    created = not Path(out).exists()
+    made = [path for path in (Path(out).absolute(), *Path(out).absolute().parents) if not path.exists()]
     try:
         result = build_report(out, settings, data=data, log=lambda m: click.echo(m, err=True))
     except (ElectrodeDataError, FileNotFoundError, ValueError) as exception:
-        if created and Path(out).is_dir() and not any(Path(out).iterdir()):
-            Path(out).rmdir()  # made for this report, which wrote nothing: not left behind empty
+        for path in made:  # made for this report (--out and its missing parents), which wrote nothing: not left
+            if path.is_dir() and not any(path.iterdir()):
+                path.rmdir()
         if isinstance(exception, FileNotFoundError) and data is None:  # the shared CSV beside the repository
             _fail(f'{exception.filename}: no such file; pass --data CSV')
         if isinstance(exception, FileNotFoundError):  # not the CSV, which click found: say what is missing
