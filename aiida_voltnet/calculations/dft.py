@@ -6,6 +6,8 @@ The voltage itself is ``voltnet.dft_voltage`` in :mod:`aiida_voltnet.calculation
 """
 from __future__ import annotations
 
+import math
+
 from aiida import orm
 from aiida.engine import calcfunction
 
@@ -85,9 +87,10 @@ def check_selection(selection: dict) -> str | None:
     if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
         return f'selection top_k must be a positive integer, got {top_k!r}'
     low, high = selection.get('voltage_min', float('-inf')), selection.get('voltage_max', float('inf'))
-    for key, value in (('voltage_min', low), ('voltage_max', high)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            return f'selection {key} must be a number (V), got {value!r}'
+    for key in ('voltage_min', 'voltage_max'):
+        value = selection.get(key, 0.0)  # left out: no bound; given: a finite number (the database stores no inf)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f'selection {key} must be a finite number (V; leave it out for no bound), got {value!r}'
     if not low < high:
         return f'selection voltage_min ({low}) must be below voltage_max ({high})'
     return None

@@ -216,6 +216,15 @@ def check_job_options(options: dict, process_class) -> str | None:
         error = namespace[key].validate(value)
         if error is not None:
             return f'job option {key!r}: {error.message}'
+    return walltime_problem(options)
+
+
+def walltime_problem(options: dict | None) -> str | None:
+    """Why the ``max_wallclock_seconds`` of job ``options`` is no time limit (0 or negative: aiida-core's schedulers
+    refuse it only when they write the submit script, after a work chain had stored its steps), or None."""
+    value = (options or {}).get('max_wallclock_seconds')
+    if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return f'job option \'max_wallclock_seconds\' must be a positive number of seconds, got {value!r}'
     return None
 
 

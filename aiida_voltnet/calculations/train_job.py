@@ -79,6 +79,17 @@ def validate_inputs(inputs, ctx=None):
     message = validate_calc_job(inputs, ctx) if ctx is not None else None  # the validator this one replaced
     if message:
         return message
+    if ctx is None or 'code' in ctx:
+        code = inputs.get('code')
+        if code is None and 'remote_folder' not in inputs:  # an AttributeError of aiida-core's once stored
+            return 'code: give the InstalledCode of voltnet-train (docs/production.md: verdi code create ...)'
+        default = code.default_calc_job_plugin if code is not None else 'voltnet.train'
+        if default != 'voltnet.train':  # another plugin's code ran its executable with voltnet-train's arguments
+            return (f'code {code.full_label} has the default plugin {default!r}, not voltnet.train: give the code of '
+                    'voltnet-train, created with --default-calc-job-plugin voltnet.train (docs/production.md)')
+    message = functions.walltime_problem((inputs.get('metadata') or {}).get('options'))
+    if message:
+        return message
     try:
         settings = inputs['settings'].get_dict() if 'settings' in inputs else {}
         # members, train_overrides (keys and values), device name, target: whether CUDA is there is the remote

@@ -68,6 +68,8 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
             ``{'parallel_env': 'smp', 'tot_num_mpiprocs': 8}`` for SGE does not keep the protocol's
             ``num_machines``. Any other keyword is refused (a misspelt ``protocl`` ran the default protocol).
         """
+        if not isinstance(code, orm.AbstractCode):
+            raise ValueError(f'code must be the InstalledCode of voltnet-train, got {code!r:.80} (docs/production.md)')
         asked = (((overrides or {}).get('train') or {}).get('metadata') or {}).get('options') or {}
         if options:
             asked = merge_job_options(asked, options)

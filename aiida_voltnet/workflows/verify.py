@@ -10,6 +10,8 @@ unit of the host framework, V = -[E(discharged) - E(charged) - Δx·E(metal)] / 
 """
 from __future__ import annotations
 
+import math
+
 from aiida import orm
 from aiida.engine import ToContext, WorkChain, if_
 
@@ -180,8 +182,8 @@ def _validate_settings(settings, _ctx=None):
         return f'settings.spin_polarized must be true or false, got {values["spin_polarized"]!r}'
     for key in ('kpoints_distance', 'degauss', 'conv_thr_per_atom', 'magnetic_moment'):
         value = values[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            return f'settings.{key} must be a number, got {value!r}'
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f'settings.{key} must be a finite number, got {value!r}'
         if key != 'magnetic_moment' and not value > 0:
             return f'settings.{key} must be positive, got {value}'
     if values['smearing'] not in SMEARINGS:

@@ -286,3 +286,44 @@ def test_the_default_resources_are_checked_against_the_scheduler_too(aiida_compu
     assert orm.QueryBuilder().append(orm.Node).count() == before
     fitting = {'parallel_env': 'smp', 'tot_num_mpiprocs': 1}
     assert functions.check_job_resources({'resources': fitting}, code) is None
+
+
+def test_a_code_of_another_plugin_no_code_and_no_walltime_are_refused_at_launch(slurm_code, dataset_60,
+                                                                                  aiida_computer):
+    """Found by review: the training job took a pw.x code (and ran its executable with voltnet-train's arguments:
+    exit 300, 6 nodes; 10 through the restart work chain), a missing code excepted with an AttributeError after the
+    work chain was stored, and a walltime of 0 or less was refused only when Slurm's submit script was written,
+    after the work chain had stored its dataset, split and job."""
+    from aiida.engine import run
+
+    from aiida_voltnet.workflows.train import TrainWorkChain
+
+    computer = aiida_computer(label='slurm-configured', hostname='slurm.example.org', scheduler_type='core.slurm',
+                              transport_type='core.local')
+    computer.configure()
+    configured = orm.InstalledCode(label='voltnet-train', computer=computer, filepath_executable='/opt/voltnet-train',
+                                   default_calc_job_plugin='voltnet.train').store()
+    pw = orm.InstalledCode(label='not-voltnet', computer=slurm_code.computer, filepath_executable='/usr/bin/pw.x',
+                           default_calc_job_plugin='quantumespresso.pw').store()
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValueError, match=r"code not-voltnet@\S+ has the default plugin 'quantumespresso.pw', not "
+                                         r'voltnet.train: give the code of voltnet-train'):
+        run(VoltnetTrainCalculation, code=pw, dataset=dataset_60, model=orm.Str('krr'))
+    with pytest.raises(ValueError, match='not voltnet.train'):
+        run(VoltnetTrainBaseWorkChain.get_builder_from_protocol(pw, dataset_60, protocol='cpu'))
+    with pytest.raises(ValueError, match='code: give the InstalledCode of voltnet-train'):
+        run(VoltnetTrainCalculation, dataset=dataset_60, model=orm.Str('krr'))
+    with pytest.raises(ValueError, match='code must be the InstalledCode of voltnet-train, got None'):
+        VoltnetTrainBaseWorkChain.get_builder_from_protocol(None, dataset_60, protocol='cpu')
+    for walltime in (0, -10):
+        with pytest.raises(ValueError, match=f"'max_wallclock_seconds' must be a positive number of seconds, got "
+                                             f'{walltime}'):
+            run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, model=orm.Str('krr'),
+                metadata={'options': {'max_wallclock_seconds': walltime}})
+        with pytest.raises(ValueError, match="'max_wallclock_seconds' must be a positive number of seconds"):
+            run(VoltnetTrainBaseWorkChain.get_builder_from_protocol(slurm_code, dataset_60, protocol='cpu',
+                                                                    options={'max_wallclock_seconds': walltime}))
+        with pytest.raises(ValueError, match="'max_wallclock_seconds' must be a positive number of seconds"):
+            run(TrainWorkChain, dataset=dataset_60, train_code=configured,
+                train_options={'max_wallclock_seconds': walltime})
+    assert orm.QueryBuilder().append(orm.Node).count() == before

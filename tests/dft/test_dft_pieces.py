@@ -74,8 +74,13 @@ def test_select_candidates_window_and_uncertainty(aiida_profile):
     ({'top_k': 0}, 'top_k must be a positive integer'),
     ({'voltage_min': 4, 'voltage_max': 3}, 'must be below voltage_max'),
     ({'topk': 3}, "unknown selection key(s) topk"),
-    ({'voltage_min': 'a'}, "selection voltage_min must be a number (V), got 'a'"),  # a TypeError escaped
-    ({'voltage_max': None}, 'selection voltage_max must be a number (V), got None'),
+    ({'voltage_min': 'a'}, "selection voltage_min must be a finite number (V; leave it out for no bound), got 'a'"),
+    ({'voltage_max': None}, 'selection voltage_max must be a finite number (V; leave it out for no bound), got None'),
+    # found by review: inf passed, and storing the selection failed with aiida-core's 'nan and inf/-inf can not be
+    # serialized to the database', naming no key, after the screen had stored its first node
+    ({'voltage_max': float('inf')}, 'selection voltage_max must be a finite number (V; leave it out for no bound), '
+                                    'got inf'),
+    ({'voltage_min': float('-inf')}, 'selection voltage_min must be a finite number'),
 ])
 def test_check_selection_names_the_problem(selection, message):
     assert message in check_selection(selection)
@@ -83,9 +88,10 @@ def test_check_selection_names_the_problem(selection, message):
 
 @pytest.mark.parametrize('change, message', [
     ({'spin_polarized': 'no'}, "spin_polarized must be true or false, got 'no'"),  # truthy: ran spin-polarized
-    ({'magnetic_moment': 'high'}, "magnetic_moment must be a number, got 'high'"),
-    ({'kpoints_distance': 'x'}, "kpoints_distance must be a number, got 'x'"),
-    ({'kpoints_distance': None}, 'kpoints_distance must be a number, got None'),
+    ({'magnetic_moment': 'high'}, "magnetic_moment must be a finite number, got 'high'"),
+    ({'kpoints_distance': 'x'}, "kpoints_distance must be a finite number, got 'x'"),
+    ({'kpoints_distance': None}, 'kpoints_distance must be a finite number, got None'),
+    ({'degauss': float('inf')}, 'settings.degauss must be a finite number, got inf'),  # review: stored 3 nodes first
     ({'degauss': -1}, 'degauss must be positive, got -1'),
     ({'conv_thr_per_atom': -1}, 'conv_thr_per_atom must be positive'),
     ({'smearing': 'bogus'}, "smearing must be one of pw.x's"),

@@ -113,6 +113,14 @@ def test_verify_refuses_at_launch_a_wrong_metal_or_misspelt_job_options(pw):
     with pytest.raises(ValueError, match="unknown job option.s. 'max_walclock_seconds'"):
         run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
                                                                overrides={'options': {'max_walclock_seconds': 10}}))
+    # review: a walltime of 0 was refused by a Slurm computer's submit script only, after 41 nodes were stored
+    with pytest.raises(ValueError, match="'max_wallclock_seconds' must be a positive number of seconds, got 0"):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                               overrides={'options': {'max_wallclock_seconds': 0}}))
+    # and an infinite setting reached the database ('nan and inf/-inf can not be serialized'), 3 nodes stored first
+    with pytest.raises(ValueError, match='settings.degauss must be a finite number, got inf'):
+        run_get_node(VerifyWorkChain.get_builder_from_protocol(pw, charged, discharged, 'Li', protocol='ci',
+                                                               overrides={'settings': {'degauss': float('inf')}}))
     assert _pw_jobs() == before
 
 
