@@ -17,3 +17,20 @@ def cobalt_oxide_frameworks():
     rutile = Structure.from_spacegroup('P4_2/mnm', Lattice.tetragonal(4.5, 2.9), ['Co', 'O'],
                                        [[0, 0, 0], [0.3, 0.3, 0]])
     return host, rutile, layered
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+    """``write_csv(name, rows, columns)``: the CSV ``tmp_path / name`` of the dict ``rows`` under ``columns`` (a
+    row's other keys left out); returns its path."""
+    import csv
+
+    def write(name, rows, columns):
+        path = tmp_path / name
+        with path.open('w', newline='') as handle:
+            writer = csv.DictWriter(handle, columns, extrasaction='ignore')
+            writer.writeheader()
+            writer.writerows(rows)
+        return path
+
+    return write

@@ -84,7 +84,7 @@ def test_report_refuses_repeated_seeds_and_too_few_rows_without_leaving_a_direct
     assert not (tmp_path / 'small').exists()
 
 
-def test_report_refuses_data_without_the_volume_steps_or_a_voltage_before_it_trains(tmp_path):
+def test_report_refuses_data_without_the_volume_steps_or_a_voltage_before_it_trains(tmp_path, write_csv):
     """Found by review: a CSV without adj_pairs ran every table and then failed in Fig. S5 with scikit-learn's
     'n_splits=3 greater than the number of samples: n_samples=0', leaving the --out parents it had made; a row
     outside the --rows subsample without its voltage ended in a TypeError traceback (Table S1, the leak)."""
@@ -93,13 +93,7 @@ def test_report_refuses_data_without_the_volume_steps_or_a_voltage_before_it_tra
     rows = list(csv.DictReader(DEFAULT_CSV.open(newline='')))
     columns = list(rows[0])
 
-    def write(name, table, fields):
-        path = tmp_path / name
-        with path.open('w', newline='') as handle:
-            writer = csv.DictWriter(handle, fields, extrasaction='ignore')
-            writer.writeheader()
-            writer.writerows(table)
-        return path
+    write = write_csv
 
     no_steps = write('no_adj.csv', rows[:600], [c for c in columns if c != 'adj_pairs'])
     out = tmp_path / 'nest' / 'a' / 'b'

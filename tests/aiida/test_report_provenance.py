@@ -80,7 +80,7 @@ def test_quick_report_with_provenance_links_every_number_to_a_process(aiida_prof
         assert f'{entry["pk"]} ({entry["uuid"]})' in provenance_section
 
 
-def test_report_refuses_bad_data_before_it_trains_or_stores_anything(aiida_profile, tmp_path):
+def test_report_refuses_bad_data_before_it_trains_or_stores_anything(aiida_profile, tmp_path, write_csv):
     """Found by a docs walk: in provenance mode, a CSV without the paper featurizer's columns trained and stored the
     main rows and then died with two tracebacks (exit 1); too few rows, or a row without the voltage, stored the
     CSV, dataset and split processes and then printed aiida-core's 'Error occurred validating port' (no line)."""
@@ -90,13 +90,7 @@ def test_report_refuses_bad_data_before_it_trains_or_stores_anything(aiida_profi
     minimal = ['battery_id', 'formula_charge', 'formula_discharge', 'framework_formula', 'working_ion',
                'average_voltage']
 
-    def write(name, table, columns):
-        path = tmp_path / name
-        with path.open('w', newline='') as handle:
-            writer = csv.DictWriter(handle, columns, extrasaction='ignore')
-            writer.writeheader()
-            writer.writerows(table)
-        return path
+    write = write_csv
 
     no_voltage = [dict(row) for row in rows]
     no_voltage[6]['average_voltage'] = ''
