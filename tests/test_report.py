@@ -105,10 +105,11 @@ def test_report_refuses_data_without_the_volume_steps_or_a_voltage_before_it_tra
     assert not (tmp_path / 'nest').exists()
     missing = [dict(row) for row in rows[:600]]
     missing[450]['average_voltage'] = 'NaN'
+    missing_csv = write('missing.csv', missing, columns)
     result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--no-provenance', '--rows', '200',
-                                      '--data', str(write('missing.csv', missing, columns))])
+                                      '--data', str(missing_csv)])
     assert result.exit_code == 2, result.output + repr(result.exception)
-    assert (f"line 452, battery_id '{rows[450]['battery_id']}', field 'average_voltage': the report trains and "
+    assert (f"{missing_csv}, line 452, battery_id '{rows[450]['battery_id']}', field 'average_voltage': the report trains and "
             'tests on every row: it needs the voltage') in result.output
     assert not (tmp_path / 'nest').exists()
 
