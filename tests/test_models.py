@@ -830,3 +830,45 @@ def test_resigned_featurizer_state_weights_and_deep_json_are_refused_on_load(rec
     config_path.write_text('[' * 100_000 + ']' * 100_000)
     with pytest.raises(ModelIntegrityError, match='not valid JSON \\(nested too deeply\\)'):
         VoltageModel.load(tmp_path / 'm')
+
+
+def test_notebook_calls_found_by_review(records, tmp_path):
+    """Found by review of the Python API: a numpy seed (for seed in np.arange(5)) trained and then failed to save
+    (int64 is no JSON; a torch model refused it as no integer); save() overwrote another program's config.json,
+    which the CLI refuses; the metrics broadcast a column of predictions into another answer (MAE 0.48 V for errors
+    of 0.1 V); a leave-one-ion-out split of one ion's records gave an empty training set; and a working ion the
+    model never saw, predicted with check_ions=False, was flagged as no extrapolation."""
+    from aiida_voltnet.ml.metrics import interval_coverage, mae, r2, regression_metrics
+    from aiida_voltnet.ml.splits import make_split
+
+    lithium = [r for r in records if r.working_ion == 'Li'][:80]
+    model = train_voltage_model(lithium, members=2, seed=np.int64(3), calibrate=False, model_params={'max_iter': 20})
+    assert model.metadata['seed'] == 3 and type(model.metadata['seed']) is int
+    model.save(tmp_path / 'm')
+    same = train_voltage_model(lithium, members=2, seed=3, calibrate=False, model_params={'max_iter': 20})
+    same.save(tmp_path / 'same')
+    assert VoltageModel.load(tmp_path / 'm').saved_version == VoltageModel.load(tmp_path / 'same').saved_version
+    (tmp_path / 'other').mkdir()
+    (tmp_path / 'other' / 'config.json').write_text('{"learning_rate": 0.1}')
+    with pytest.raises(FileExistsError, match='its config.json is no voltnet model config'):
+        model.save(tmp_path / 'other')
+    assert (tmp_path / 'other' / 'config.json').read_text() == '{"learning_rate": 0.1}'
+    model.save(tmp_path / 'm')  # a voltnet model is replaced, as before
+
+    y = np.array([3.0, 3.5, 4.0])
+    assert mae(y, y + 0.1) == pytest.approx(0.1) and r2(y, y + 0.1) == pytest.approx(0.94)
+    for bad in ((y + 0.1)[:, None], (y + 0.1)[:1]):
+        for function in (mae, r2, regression_metrics):
+            with pytest.raises(ValueError, match='one-dimensional|differ in length'):
+                function(y, bad)
+    with pytest.raises(ValueError, match='differ in length'):
+        interval_coverage(y, y, np.ones(2), 1.0)
+
+    with pytest.raises(ValueError, match="every record has working ion 'Li': leaving it out leaves an empty train"):
+        make_split(lithium, 'ion', ion='Li')
+    sodium = [r for r in records if r.working_ion == 'Na'][:3]
+    assert len(sodium) == 3
+    flags = model.extrapolation_flags(lithium[:2] + sodium)
+    assert flags[2:] == ['unseen working ion Na'] * 3 and not any('working ion' in f for f in flags[:2])
+    assert model.extrapolation_warning(sodium).startswith('3 of 3 record(s) have a working ion the model never saw '
+                                                          '(Na: 3; the first is battery_id')

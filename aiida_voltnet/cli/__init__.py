@@ -176,19 +176,9 @@ def _check_replaceable_model(out):
     """Fail before any work when directory ``out`` holds a ``config.json`` or ``arrays.safetensors`` that is not a
     voltnet model's: the training writes both there, and a user's own ``config.json`` was overwritten with 'Replacing
     the model'."""
-    config, weights = Path(out) / 'config.json', Path(out) / 'arrays.safetensors'
-    if not config.exists() and not weights.exists():
-        return
-    why = None
-    if not config.is_file():
-        why = f'it holds {weights.name} without a config.json'
-    else:
-        try:
-            content = json.loads(config.read_bytes())
-        except (OSError, ValueError):  # not JSON, not UTF-8, unreadable
-            content = None
-        if not isinstance(content, dict) or not {'format_version', 'model_version'} <= set(content):
-            why = 'its config.json is no voltnet model config (no format_version and model_version)'
+    from aiida_voltnet.ml.models import replaceable_model_problem
+
+    why = replaceable_model_problem(out)
     if why:
         _fail(f'--out {out}: {why}; voltnet train writes config.json and arrays.safetensors there and would '
               'overwrite them: choose another directory')

@@ -583,12 +583,16 @@ class VoltageModel:
 
     def extrapolation_flags(self, records: Sequence[ElectrodeRecord]) -> list[str]:
         """Per record, ``''`` or why its prediction is extrapolation (the reasons of :meth:`extrapolation_warning`,
-        joined by ``'; '``): ``unseen host elements Sr``, ``Li ions per host atom 0.9 (training 0-0.5)``,
+        joined by ``'; '``): ``unseen working ion Na`` (``predict(..., check_ions=False)``), ``unseen host
+        elements Sr``, ``Li ions per host atom 0.9 (training 0-0.5)``,
         ``end members reversed``."""
         unseen, outside = self.unseen_host_elements(records), self.ion_content_outside(records)
+        ions = set(self.metadata.get('training_ions') or [])
         flags = []
         for record, elements, phrase in zip(records, unseen, outside):
-            reasons = [f'unseen host elements {" ".join(elements)}'] if elements else []
+            # predict(check_ions=False) predicts an ion the model never saw (evaluate's leave-one-ion-out)
+            reasons = [f'unseen working ion {record.working_ion}'] if ions and record.working_ion not in ions else []
+            reasons += [f'unseen host elements {" ".join(elements)}'] if elements else []
             reasons += [phrase] if phrase else []
             reasons += ['end members reversed'] if record.end_members_reversed else []
             flags.append('; '.join(reasons))
@@ -604,6 +608,13 @@ class VoltageModel:
         statistics. Beyond the ion-content range, the tree models predict as at its edge.
         """
         sentences = []
+        ions = set(self.metadata.get('training_ions') or [])
+        flagged = [i for i, record in enumerate(records) if ions and record.working_ion not in ions]
+        if flagged:
+            counts = collections.Counter(records[i].working_ion for i in flagged)
+            sentences.append(f'{len(flagged)} of {len(records)} record(s) have a working ion the model never saw '
+                             f'({", ".join(f"{ion}: {n}" for ion, n in sorted(counts.items()))}; the first is '
+                             f'{_where(records[flagged[0]])})')
         unseen = self.unseen_host_elements(records)
         flagged = [i for i, elements in enumerate(unseen) if elements]
         if flagged:
@@ -688,6 +699,10 @@ class VoltageModel:
         failure leaves no half-written model (an existing model in ``directory`` is replaced as a whole).
         """
         directory = Path(directory)
+        refusal = replaceable_model_problem(directory)
+        if refusal:
+            raise FileExistsError(f'{directory}: {refusal}; save writes config.json and arrays.safetensors there and '
+                                  'would overwrite them: choose another directory')
         weights = save_safetensors(self.arrays())
         config = self.config()
         config['arrays_sha256'] = hashlib.sha256(weights).hexdigest()
@@ -814,6 +829,23 @@ def _check_prediction_metadata(metadata: dict[str, Any]) -> None:
 
 
 TARGETS = ('average_voltage', 'max_delta_volume')
+
+
+def replaceable_model_problem(directory: str | os.PathLike) -> str | None:
+    """Why saving a model into ``directory`` would overwrite files that are no voltnet model's (a ``config.json``
+    of another program, weights without a config), or None: an empty or new directory, or a voltnet model."""
+    config, weights = Path(directory) / 'config.json', Path(directory) / 'arrays.safetensors'
+    if not config.exists() and not weights.exists():
+        return None
+    if not config.is_file():
+        return f'it holds {weights.name} without a config.json'
+    try:
+        content = json.loads(config.read_bytes())
+    except (OSError, ValueError):  # not JSON, not UTF-8, unreadable
+        content = None
+    if not isinstance(content, dict) or not {'format_version', 'model_version'} <= set(content):
+        return 'its config.json is no voltnet model config (no format_version and model_version)'
+    return None
 
 
 def _where(record: ElectrodeRecord) -> str:
@@ -1019,6 +1051,7 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
     """
     check_training_options(members=members, train_overrides=train_overrides, device=device, target=target,
                            seed=seed, model=model, n_rows=len(records), model_params=model_params)
+    seed = int(seed)  # numpy's integers (for seed in np.arange(5)) are no JSON and no torch setting
     if model_params is not None:
         model_params = check_model_params(model, model_params)  # as plain JSON values
     y = training_targets(records, target)

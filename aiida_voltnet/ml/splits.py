@@ -56,6 +56,8 @@ def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: 
         mask = np.array([r.working_ion == ion for r in records])
         if not mask.any():
             raise ValueError(f'no record has working ion {ion!r}')
+        if mask.all():  # as the random and grouped splits refuse an empty side
+            raise ValueError(f'every record has working ion {ion!r}: leaving it out leaves an empty train set')
         train, test = index[~mask], index[mask]
     else:
         raise ValueError(f'unknown split kind {kind!r}; choose one of {", ".join(SPLIT_KINDS)}')
