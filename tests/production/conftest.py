@@ -158,7 +158,7 @@ def production_profile(psql_database, tmp_path_factory):
                   '--database-hostname', PG_HOST, '--database-port', str(PG_PORT),
                   '--database-username', database['user'], '--database-password', database['password'],
                   '--database-name', database['name'], '--repository-uri', f'file://{aiida_path / "repository"}')
-    profile.verdi('-p', profile.name, 'config', 'set', 'daemon.timeout', '20')
+    profile.verdi('-p', profile.name, 'config', 'set', 'daemon.timeout', '45')
     profile.verdi('-p', profile.name, 'config', 'set', 'warnings.rabbitmq_version', 'False')
     try:
         yield profile

@@ -26,7 +26,7 @@ def test_profile_uses_postgres_and_rabbitmq(running_daemon, psql_database):
     daemon = profile.verdi('-p', profile.name, 'daemon', 'status').stdout
     assert 'Active workers [2]' in daemon, daemon
     timeout = profile.verdi('-p', profile.name, 'config', 'get', 'daemon.timeout').stdout.strip()
-    assert timeout == '20'
+    assert timeout == '45'
 
     assert psql_database['locale'] == ('C.UTF-8', 'C.UTF-8')
 
