@@ -872,3 +872,24 @@ def test_notebook_calls_found_by_review(records, tmp_path):
     assert flags[2:] == ['unseen working ion Na'] * 3 and not any('working ion' in f for f in flags[:2])
     assert model.extrapolation_warning(sodium).startswith('3 of 3 record(s) have a working ion the model never saw '
                                                           '(Na: 3; the first is battery_id')
+
+
+def test_voltage_interval_caps_refuse_bad_arguments(records):
+    """Found by review: width=0 warned and kept two arbitrary rows, cap=-1 failed in numpy ('negative dimensions'),
+    cap=0 kept nothing in silence, and a training row without its voltage raised a TypeError."""
+    import dataclasses
+
+    from aiida_voltnet.ml.splits import cap_per_voltage_interval
+
+    index = np.arange(60)
+    kept = cap_per_voltage_interval(records, index, 5)
+    assert 0 < len(kept) <= 5 * 8 and set(kept) <= set(index)
+    for cap, width, message in ((0, 1.0, 'cap must be a positive integer'), (-1, 1.0, 'cap must be a positive'),
+                                (5, 0, 'width must be a positive number of volts'),
+                                (5, float('nan'), 'width must be a positive number')):
+        with pytest.raises(ValueError, match=message):
+            cap_per_voltage_interval(records, index, cap, width=width)
+    blank = [dataclasses.replace(records[0], average_voltage=None)] + list(records[1:60])
+    with pytest.raises(ValueError, match=f"1 training record.s. have no average_voltage to bin, e.g. battery_id "
+                                         f"'{records[0].battery_id}'"):
+        cap_per_voltage_interval(blank, index, 5)

@@ -236,6 +236,13 @@ def test_encodings_a_bom_is_read_and_non_utf8_is_named(tmp_path):
     bom = tmp_path / 'excel.csv'
     bom.write_bytes(b'\xef\xbb\xbf' + (HEADER + '\n' + ROW + '\n').encode())
     assert [r.battery_id for r in read_electrodes_csv(bom)] == ['mp-2657_Li']
+    # review: an open handle (encoding='utf-8' keeps the mark) read the first column as '\ufeffbattery_id' and was
+    # refused as 'missing required column(s): battery_id', its source printed as None
+    with open(bom, encoding='utf-8') as handle:
+        assert [r.battery_id for r in read_electrodes_csv(handle)] == ['mp-2657_Li']
+    with open(bom, encoding='utf-8') as handle, pytest.raises(ElectrodeDataError) as info:
+        read_electrodes_csv(io.StringIO(handle.read().replace(',Li,', ',Xx,', 1)))
+    assert str(info.value).startswith("<stream>, line 2, battery_id 'mp-2657_Li', field 'working_ion'")
     latin = tmp_path / 'latin1.csv'
     latin.write_bytes((HEADER + '\n' + ROW.replace('Tetragonal', 'T\u00e9tragonal') + '\n').encode('latin-1'))
     with pytest.raises(ElectrodeDataError, match='not UTF-8 text: byte 0xe9') as info:

@@ -830,11 +830,17 @@ def read_electrodes_csv(path: str | os.PathLike | io.TextIOBase, source: str | N
         with open(path, 'rb') as handle:
             text = decode_csv(handle.read(), source)
         return read_electrodes_csv(io.StringIO(text, newline=''), source=source, report_reversed=report_reversed)
+    if source is None:  # a handle of a file: named as the file is (it was 'None: ...')
+        name = getattr(path, 'name', None)
+        source = name if isinstance(name, str) else '<stream>'
     if isinstance(path, io.StringIO) and path.tell() == 0:  # a file's text, or a SinglefileData's
         _refuse_unclosed_quote(path.getvalue(), source)
     reader = csv.DictReader(path)
     try:
+        # a byte-order mark that the handle's encoding kept ('utf-8', not 'utf-8-sig': Excel's CSV) is no name
         header = [name.strip() for name in reader.fieldnames or []]
+        if header:
+            header[0] = header[0].lstrip('\ufeff').strip()
         reader.fieldnames = header
         for name in header:
             if name not in CSV_COLUMNS:

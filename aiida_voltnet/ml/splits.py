@@ -2,6 +2,8 @@
 paper's per-voltage-interval caps on training rows (Table S3)."""
 from __future__ import annotations
 
+import math
+
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -79,8 +81,16 @@ def cap_per_voltage_interval(records: Sequence[ElectrodeRecord], train_idx: np.n
                              width: float = 1.0, seed: int = 0) -> np.ndarray:
     """Table S3: keep at most ``cap`` training rows in each voltage interval of ``width`` volts (the paper does
     not state its intervals; 1 V bins are our reading). Rows are drawn at random with ``seed``."""
+    if isinstance(cap, bool) or not isinstance(cap, (int, np.integer)) or cap < 1:
+        raise ValueError(f'cap must be a positive integer (training rows per voltage interval), got {cap!r}')
+    if isinstance(width, bool) or not isinstance(width, (int, float)) or not 0 < width < math.inf:
+        raise ValueError(f'width must be a positive number of volts, got {width!r}')
+    missing = [records[i] for i in train_idx if records[i].average_voltage is None]
+    if missing:
+        raise ValueError(f'{len(missing)} training record(s) have no average_voltage to bin, e.g. battery_id '
+                         f'{missing[0].battery_id!r}')
     rng = np.random.default_rng(seed)
-    voltages = np.array([records[i].average_voltage for i in train_idx])
+    voltages = np.array([records[i].average_voltage for i in train_idx], dtype=float)
     bins = np.floor(voltages / width).astype(int)
     kept = []
     for value in np.unique(bins):
