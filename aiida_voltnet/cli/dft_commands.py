@@ -315,7 +315,7 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
 @click.option('--candidates', 'candidates_file', required=True, type=click.Path(exists=True, dir_okay=False),
               help='CSV with the columns name,charged,discharged,working_ion: a candidate a row, its two structure '
                    'files (paths relative to the CSV) and its working ion. A name becomes the battery_id and a '
-                   'link label (letters, digits, single underscores).')
+                   'link label (letters, digits, single underscores; at most 200 characters).')
 @click.option('--top-k', default=1, show_default=True, type=click.IntRange(min=1),
               help='How many candidates to verify with DFT.')
 @click.option('--mode', default='window', show_default=True, type=click.Choice(['window', 'uncertainty']),

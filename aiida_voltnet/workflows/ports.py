@@ -20,7 +20,15 @@ def pair_name_problem(name: str) -> str | None:
     except (TypeError, ValueError) as exception:
         return (f'{name!r} cannot name a pair: use letters, digits and single underscores inside (it becomes the '
                 f'link label of its inputs and outputs: {exception})')
+    if len(name) > MAX_PAIR_NAME:  # PostgreSQL's link-label column holds 255; outputs add 'ion_content_outside__'
+        return (f'{name[:24]!r}... cannot name a pair: {len(name)} characters, at most {MAX_PAIR_NAME} (it becomes '
+                'part of link labels, which the database holds to 255 characters with their namespace)')
     return None
+
+
+#: Longest name of a structure pair: its longest link label, ``ion_content_outside__<name>``, must fit aiida-core's
+#: 255-character link-label column (PostgreSQL enforces it; SQLite does not).
+MAX_PAIR_NAME = 200
 
 
 class StructurePairsNamespace(PortNamespace):

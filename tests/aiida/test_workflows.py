@@ -401,6 +401,11 @@ def test_predict_workchain_refuses_unseen_ion(trained, shipped_nodes):
         with pytest.raises(ValueError, match=f"'{name}' cannot name a pair: use letters, digits and single"):
             run_get_node(PredictWorkChain, model=model, structures={
                 name: {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
+    # review: a 300-character name ran on SQLite; its output labels exceed PostgreSQL's 255-character column
+    with pytest.raises(ValueError, match=r"'LiFePO4xxxxxxxxxxxxxxxxx'\.\.\. cannot name a pair: 301 characters, at "
+                                         'most 200'):
+        run_get_node(PredictWorkChain, model=model, structures={
+            'LiFePO4' + 'x' * 294: {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str(ion)}})
     assert count_nodes() == before
 
 
