@@ -645,7 +645,13 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
         warnings.simplefilter('ignore')
         all_records = read_electrodes_csv(data)  # before out is created: bad data leaves nothing behind
     records = subsample(all_records, settings.rows)
-    check_report_data(records, settings, all_records)  # before anything is trained, written or stored
+    try:  # before anything is trained, written or stored
+        check_report_data(records, settings, all_records)
+    except ElectrodeDataError as exception:  # a row of the file: named with the file, as the reader names it
+        if exception.source:
+            raise
+        raise ElectrodeDataError(exception.reason, field=exception.field, battery_id=exception.battery_id,
+                                 line=exception.line, source=str(data)) from None
     out.mkdir(parents=True, exist_ok=True)
     log(f'{len(records)} of {len(all_records)} records from {data}')
     report = {'settings': asdict(settings), 'data': {'path': str(data), 'sha256': file_sha256(data),

@@ -186,14 +186,14 @@ def _check_model_can_predict(model, records):
     return None
 
 
-def check_code_plugin(code, plugin: str, name: str, hint: str) -> str | None:
+def check_code_plugin(code, plugin: str, name: str, hint: str, check_computer: bool = True) -> str | None:
     """Why ``code`` (the input ``name``) cannot run a ``plugin`` job: another default plugin (such a code ran its
-    jobs and failed, or failed when the job was built; ``hint`` says which code to give), or a computer that is not
-    configured for the default user. None if it can."""
+    jobs and failed, or failed when the job was built; ``hint`` says which code to give), or (``check_computer``) a
+    computer that is not configured for the default user. None if it can."""
     default = code.default_calc_job_plugin if code is not None else None
     if code is not None and default != plugin:
         return f'{name} {code.full_label} has the default plugin {default!r}, not {plugin}: {hint}'
-    computer = getattr(code, 'computer', None)
+    computer = getattr(code, 'computer', None) if check_computer else None
     if computer is not None:  # its jobs excepted at upload, after the work chain had stored its first steps
         user = orm.User.collection.get_default()
         if not computer.is_user_configured(user):

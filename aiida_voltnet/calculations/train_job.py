@@ -83,10 +83,13 @@ def validate_inputs(inputs, ctx=None):
         code = inputs.get('code')
         if code is None and 'remote_folder' not in inputs:  # an AttributeError of aiida-core's once stored
             return 'code: give the InstalledCode of voltnet-train (docs/production.md: verdi code create ...)'
-        default = code.default_calc_job_plugin if code is not None else 'voltnet.train'
-        if default != 'voltnet.train':  # another plugin's code ran its executable with voltnet-train's arguments
-            return (f'code {code.full_label} has the default plugin {default!r}, not voltnet.train: give the code of '
-                    'voltnet-train, created with --default-calc-job-plugin voltnet.train (docs/production.md)')
+        # another plugin's code ran its executable with voltnet-train's arguments (the computer's configuration is
+        # aiida-core's to check, at upload)
+        message = functions.check_code_plugin(code, 'voltnet.train', 'code', 'give the code of voltnet-train, created '
+                                              'with --default-calc-job-plugin voltnet.train (docs/production.md)',
+                                              check_computer=False)
+        if message:
+            return message
     message = functions.walltime_problem((inputs.get('metadata') or {}).get('options'))
     if message:
         return message

@@ -74,10 +74,6 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
             _fail(f'{exception.filename}: no such file; pass --data CSV')
         if isinstance(exception, FileNotFoundError):  # not the CSV, which click found: say what is missing
             _fail(f'{exception.filename}: no such file ({exception.strerror})')
-        if isinstance(exception, ElectrodeDataError) and str(exception).startswith('line '):  # the file's row
-            from aiida_voltnet.report import DEFAULT_CSV
-
-            _fail(f'{data or DEFAULT_CSV}, {exception}')
         _fail(str(exception))  # e.g. too few rows of --data for the folds' training parts
     s2 = result['table_s2']
     click.echo(f'Table S2 of {out}/report.md ({time.perf_counter() - started:.0f} s), MAE in V, leak-free first; '

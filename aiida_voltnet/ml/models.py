@@ -581,17 +581,22 @@ class VoltageModel:
             phrases.append(', '.join(parts))
         return phrases
 
+    def unseen_working_ions(self, records: Sequence[ElectrodeRecord]) -> list[bool]:
+        """Per record, whether its working ion is one the model never saw in training (all False for a model saved
+        without ``training_ions``); :meth:`check_records` refuses such records, ``predict(..., check_ions=False)``
+        (evaluate's leave-one-ion-out) predicts them."""
+        known = set(self.metadata.get('training_ions') or [])
+        return [bool(known) and record.working_ion not in known for record in records]
+
     def extrapolation_flags(self, records: Sequence[ElectrodeRecord]) -> list[str]:
         """Per record, ``''`` or why its prediction is extrapolation (the reasons of :meth:`extrapolation_warning`,
         joined by ``'; '``): ``unseen working ion Na`` (``predict(..., check_ions=False)``), ``unseen host
         elements Sr``, ``Li ions per host atom 0.9 (training 0-0.5)``,
         ``end members reversed``."""
         unseen, outside = self.unseen_host_elements(records), self.ion_content_outside(records)
-        ions = set(self.metadata.get('training_ions') or [])
         flags = []
-        for record, elements, phrase in zip(records, unseen, outside):
-            # predict(check_ions=False) predicts an ion the model never saw (evaluate's leave-one-ion-out)
-            reasons = [f'unseen working ion {record.working_ion}'] if ions and record.working_ion not in ions else []
+        for record, new_ion, elements, phrase in zip(records, self.unseen_working_ions(records), unseen, outside):
+            reasons = [f'unseen working ion {record.working_ion}'] if new_ion else []
             reasons += [f'unseen host elements {" ".join(elements)}'] if elements else []
             reasons += [phrase] if phrase else []
             reasons += ['end members reversed'] if record.end_members_reversed else []
@@ -608,8 +613,7 @@ class VoltageModel:
         statistics. Beyond the ion-content range, the tree models predict as at its edge.
         """
         sentences = []
-        ions = set(self.metadata.get('training_ions') or [])
-        flagged = [i for i, record in enumerate(records) if ions and record.working_ion not in ions]
+        flagged = [i for i, new_ion in enumerate(self.unseen_working_ions(records)) if new_ion]
         if flagged:
             counts = collections.Counter(records[i].working_ion for i in flagged)
             sentences.append(f'{len(flagged)} of {len(records)} record(s) have a working ion the model never saw '
