@@ -219,6 +219,26 @@ def test_train_model_params_reach_the_model_and_bad_ones_are_refused(tmp_path):
         assert not (tmp_path / 'x' / 'config.json').exists() and 'Training ' not in bad.stderr
 
 
+def test_cuda_asked_for_a_tree_model_is_said_to_be_ignored(tmp_path, monkeypatch):
+    """A tree model fits on the CPU: on a machine with CUDA, --device cuda was accepted and ignored in silence
+    (found by review). Here torch is told that CUDA is present, as on a GPU machine; the trees never ask for it."""
+    import torch
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+
+    train_csv = tmp_path / 'train.csv'
+    train_csv.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:121]) + '\n')
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    result = CliRunner().invoke(cli, ['train', '--data', str(train_csv), '--out', str(tmp_path / 'm'), '--members',
+                                      '1', '--model-param', 'max_iter=3', '--device', 'cuda'])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    warning = "WARNING: model voltnet is fitted by scikit-learn on the CPU: device 'cuda' applies to torch models " \
+              "only (mha_resnet, mlp, lstm"
+    assert warning in result.output
+    assert result.output.index(warning) < result.output.index('Wrote ')  # said when the training starts
+
+
 def test_model_param_values_read_as_python_numbers_never_evaluated():
     """Found by review: values were read by JSON's grammar, so learning_rate=.1, 1., +5 and 05 were text and
     refused, and max_iter=5e1 was the float 50.0, refused as no integer."""
@@ -266,6 +286,9 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
          'must hold more Li per host atom than --charged LiFePO4'),
         (('report', '--out', str(tmp_path / 'r'), '--seeds', 'a,b', '--no-provenance'), '--seeds must be'),
         (('report', '--out', str(tmp_path / 'r'), '--seeds', '-1', '--no-provenance'), '--seeds must lie in 0..'),
+        # int() read '1_0' as seed 10 and '\u0663' (Arabic-Indic three) as seed 3 (found by review)
+        (('report', '--out', str(tmp_path / 'r'), '--seeds', '1_0', '--no-provenance'), '--seeds must be comma-sep'),
+        (('report', '--out', str(tmp_path / 'r'), '--seeds', '0,\u0663', '--no-provenance'), '--seeds must be comma'),
         (('report', '--out', str(tmp_path / 'r'), '--epochs', '0', '--no-provenance'), "'--epochs': 0 is not in"),
         # a profile named and missing: it went on, quietly without provenance
         (('report', '--out', str(tmp_path / 'r'), '--quick', '--profile', 'nosuch'),

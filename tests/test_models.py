@@ -866,6 +866,14 @@ def test_notebook_calls_found_by_review(records, tmp_path):
 
     with pytest.raises(ValueError, match="every record has working ion 'Li': leaving it out leaves an empty train"):
         make_split(lithium, 'ion', ion='Li')
+    # scikit-learn reads an integer as a row count: test_fraction=1 held out one row (found by review)
+    for bad in (1, 0, 1.0, np.nan, True, '0.1'):
+        for kind in ('random', 'grouped'):
+            with pytest.raises(ValueError, match=r'test_fraction must be a number between 0 and 1 \(exclusive\)'):
+                make_split(lithium, kind, test_fraction=bad)
+    assert len(make_split(lithium, 'random', test_fraction=np.float32(0.25))[1]) == 20
+    with pytest.warns(UserWarning, match="model svr is fitted by scikit-learn on the CPU: device 'cuda:1' applies"):
+        train_voltage_model(lithium, model='svr', device='cuda:1', calibrate=False)
     sodium = [r for r in records if r.working_ion == 'Na'][:3]
     assert len(sodium) == 3
     flags = model.extrapolation_flags(lithium[:2] + sodium)

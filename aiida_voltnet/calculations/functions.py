@@ -27,7 +27,7 @@ from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import CHECKED_SETTINGS, CalibrationWarning, check_training_options, train_voltage_model
 from aiida_voltnet.ml.mp_loader import check_fetch_arguments, configured_api_key, fetch_mp_electrodes
 from aiida_voltnet.ml.records import decode_csv, read_electrodes_csv
-from aiida_voltnet.ml.splits import SPLIT_KINDS, make_split
+from aiida_voltnet.ml.splits import SPLIT_KINDS, check_test_fraction, make_split
 from aiida_voltnet.ml.structures import record_from_structures
 from aiida_voltnet.ml.training import resolve_device
 
@@ -359,8 +359,7 @@ def check_split_options(kind, test_fraction) -> None:
     """The split kinds and fractions ``split_dataset`` takes (``TrainWorkChain`` checks its inputs with it too)."""
     if kind == 'ion':
         raise ValueError('the leave-one-ion-out split is not exposed here; use grouped or random')
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f'test_fraction must be a number between 0 and 1 (exclusive), got {test_fraction!r}')
+    check_test_fraction(test_fraction)
     if kind not in SPLIT_KINDS:
         raise ValueError(f'unknown split kind {kind!r}; choose grouped or random')
 

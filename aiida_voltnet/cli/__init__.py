@@ -91,7 +91,9 @@ def _number_or_text(text: str):
                    'member, about 1 % more accurate and 2x slower).')
 @click.option('--seed', default=0, show_default=True, type=click.IntRange(0, 4_000_000),
               help='Random seed (member i of an ensemble trains with seed * 1000 + i).')
-@click.option('--device', default='auto', show_default=True, help='auto (CUDA when present), cpu or cuda[:N].')
+@click.option('--device', default='auto', show_default=True,
+              help='auto (CUDA when present), cpu or cuda[:N]. Torch models only: tree and kernel models are fitted by '
+                   'scikit-learn on the CPU (a warning says so when cuda is asked for).')
 @click.option('--epochs', default=None, type=click.IntRange(min=1),
               help='Override the number of epochs of torch models (refused for tree and kernel models, which '
                    'train no epochs).')
@@ -110,7 +112,8 @@ def _number_or_text(text: str):
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import InputWarning
-    from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, train_voltage_model, training_targets
+    from aiida_voltnet.ml.models import MODEL_SPECS, check_training_options, ignored_device_message, \
+        train_voltage_model, training_targets
     import hashlib
 
     from aiida_voltnet.ml.records import ElectrodeDataError, decode_csv, read_electrodes_csv
@@ -146,6 +149,9 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     except ElectrodeDataError as exception:
         _fail(f'{data}: {exception}')
     click.echo(f'Training {model_name} ({featurizer} features) on {len(records)} electrodes from {data}', err=True)
+    ignored = ignored_device_message(model_name, device)
+    if ignored:
+        click.secho(f'WARNING: {ignored}', fg='yellow', err=True)
     try:
         with warnings.catch_warnings(record=True) as caught:  # the leak was said above; library noise is dropped
             warnings.simplefilter('always')

@@ -1,6 +1,7 @@
 """``voltnet report``: the seed paper's supplementary tables, reproduced honestly (see ``aiida_voltnet.report``)."""
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -37,11 +38,10 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     from aiida_voltnet.ml.records import ElectrodeDataError
     from aiida_voltnet.report import ReportSettings, build_report
 
-    try:
-        seed_list = [int(s) for s in seeds.split(',')] if seeds else None
-    except ValueError:
-        seed_list = None
+    parts = [part.strip() for part in seeds.split(',')] if seeds else []
+    if not all(re.fullmatch('-?[0-9]+', part) for part in parts):  # int() also read '1_0' as 10 and '٣' as 3
         _fail(f'--seeds must be comma-separated integers such as 0,1,2, got {seeds!r}')
+    seed_list = [int(part) for part in parts] or None
     if seed_list is not None and not all(0 <= seed <= MAX_SEED for seed in seed_list):
         _fail(f'--seeds must lie in 0..{MAX_SEED}, got {seeds!r}')
     if seed_list is not None and len(set(seed_list)) != len(seed_list):  # a repeat was averaged as a second seed
@@ -62,6 +62,8 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
         settings.leakfree_epochs = {}
     if folds is not None:
         settings.folds = folds
+    if (Path(out) / 'report.md').is_file():
+        click.echo(f'Replacing the report in {out}', err=True)
     started = time.perf_counter()
     made = [path for path in (Path(out).absolute(), *Path(out).absolute().parents) if not path.exists()]
     try:

@@ -981,6 +981,20 @@ def check_model_params(model: str | None, model_params) -> dict:
 CHECKED_SETTINGS = ('members', 'train_overrides', 'model_params', 'device', 'target')
 
 
+class DeviceWarning(UserWarning):
+    """A device asked for that the model does not run on (CUDA for a scikit-learn model, which runs on the CPU)."""
+
+
+def ignored_device_message(model: str, device: str | None) -> str | None:
+    """What to tell a user who asks for CUDA with a tree or kernel model (fitted by scikit-learn on the CPU), else
+    None."""
+    if MODEL_SPECS[model]['kind'] == 'torch' or device in (None, 'auto') or parse_device(device).type != 'cuda':
+        return None
+    torch_models = ', '.join(name for name, spec in MODEL_SPECS.items() if spec['kind'] == 'torch')
+    return f'model {model} is fitted by scikit-learn on the CPU: device {device!r} applies to torch models only ' \
+           f'({torch_models})'
+
+
 def check_training_options(members=None, train_overrides=None, device='auto', target='average_voltage',
                            seed=0, model=None, n_rows=None, model_params=None) -> None:
     """Refuse training options :func:`train_voltage_model` could not use, before any work: ``members`` a positive
@@ -1060,6 +1074,9 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
         model_params = check_model_params(model, model_params)  # as plain JSON values
     y = training_targets(records, target)
     spec = MODEL_SPECS[model]
+    ignored = ignored_device_message(model, device)
+    if ignored:
+        warnings.warn(ignored, DeviceWarning, stacklevel=2)
     started = time.perf_counter()
     if isinstance(featurizer, str):
         with warnings.catch_warnings():

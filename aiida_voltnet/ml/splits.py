@@ -11,7 +11,7 @@ from sklearn.model_selection import GroupKFold, GroupShuffleSplit, KFold, Shuffl
 
 from .records import ElectrodeRecord
 
-__all__ = ['SPLIT_KINDS', 'make_split', 'kfold_splits', 'cap_per_voltage_interval', 'framework_groups']
+__all__ = ['SPLIT_KINDS', 'check_test_fraction', 'make_split', 'kfold_splits', 'cap_per_voltage_interval', 'framework_groups']
 
 SPLIT_KINDS = ('grouped', 'random', 'ion')
 
@@ -21,6 +21,17 @@ def framework_groups(records: Sequence[ElectrodeRecord]) -> np.ndarray:
     never straddle a grouped split. One material may be an end member of two frameworks' electrodes (3 of the shared
     data's, 6 rows; docs/paper.md): those rows may."""
     return np.array([r.framework_formula for r in records])
+
+
+def check_test_fraction(test_fraction) -> None:
+    """A held-out share strictly between 0 and 1. scikit-learn reads an integer as a number of rows, so that
+    ``test_fraction=1`` held out one row; that meaning is refused here, where the name says fraction.
+
+    :raises ValueError: naming the value.
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float, np.integer, np.floating)) \
+            or not 0 < test_fraction < 1:
+        raise ValueError(f'test_fraction must be a number between 0 and 1 (exclusive), got {test_fraction!r}')
 
 
 def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: int = 0,
@@ -35,6 +46,8 @@ def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
         # scikit-learn's own refusal was caught below and reported as an empty split
         raise ValueError(f'split seed must be an integer in 0..{2 ** 32 - 1}, got {seed!r}')
+    if kind in ('random', 'grouped'):
+        check_test_fraction(test_fraction)
     n = len(records)
     index = np.arange(n)
     if kind == 'random':
