@@ -593,7 +593,8 @@ class PaperFeaturizer(Featurizer):
     Per row: integer element counts of the charged and the discharged formula as the seed read them (118 + 118;
     the working ion's count as the seed CSV writes it, 1/8 as 0.12, see :func:`_seed_text_composition`), a
     10-dimensional random (untrained, seeded, stored) embedding of each space-group number (10 + 10), one-hot
-    working ion (10), one-hot number of steps (1..10), one-hot crystal systems (7 + 7), ``capacity_grav`` and
+    working ion (10), one-hot number of steps (1..10), one-hot crystal systems (7 + 7), and the numeric columns the
+    seed does not drop: the two space-group numbers as numbers (1..230; version 3) and ``capacity_grav`` and
     ``energy_grav``.
     Then PCA keeping 99 % of the variance and min-max scaling, both fitted on training rows only.
 
@@ -608,8 +609,11 @@ class PaperFeaturizer(Featurizer):
     #: row); 1 (models saved before 2026-12-07, still read and featurized as they were trained): counts of the
     #: records' exact formulas, which since 2026-12-06 take the ion content of the 201 rounded rows from
     #: ``adj_pairs``.
-    version = 2
-    readable_versions = (1, 2)
+    #: 3: the two space-group numbers as numbers too, as the seed's ``preprocessing.py`` and notebook keep them
+    #: beside the embeddings (its drop list leaves them in; found by review). Unscaled before PCA, their variance
+    #: (about 5,000 and 26,000 on the shared CSV) adds a component: 8 at 99 %, as the seed's notebook printed.
+    version = 3
+    readable_versions = (1, 2, 3)
     leaks_target = True
     MAX_STEPS = 10
     EMBEDDING_DIM = 10
@@ -665,6 +669,7 @@ class PaperFeaturizer(Featurizer):
                 _one_hot(min(record.num_steps, self.MAX_STEPS), range(1, self.MAX_STEPS + 1)),
                 _one_hot(record.charge_crystal_system, CRYSTAL_SYSTEMS),
                 _one_hot(record.discharge_crystal_system, CRYSTAL_SYSTEMS),
+                [record.charge_space_group_number, record.discharge_space_group_number] if self.version >= 3 else [],
                 [record.capacity_grav, record.energy_grav],
             ]))
         return np.asarray(rows, dtype=np.float64)
