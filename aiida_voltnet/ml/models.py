@@ -584,7 +584,8 @@ class VoltageModel:
     def unseen_working_ions(self, records: Sequence[ElectrodeRecord]) -> list[bool]:
         """Per record, whether its working ion is one the model never saw in training (all False for a model saved
         without ``training_ions``); :meth:`check_records` refuses such records, ``predict(..., check_ions=False)``
-        (evaluate's leave-one-ion-out) predicts them."""
+        (as the report's and evaluate's splits do, or a leave-one-ion-out split of ``make_split(..., 'ion')``)
+        predicts them."""
         known = set(self.metadata.get('training_ions') or [])
         return [bool(known) and record.working_ion not in known for record in records]
 
