@@ -264,8 +264,8 @@ def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = 
         ``training_process``, ``training_workflow``, ``training_warnings`` (:func:`training_warnings`: a rough
         uncertainty calibration, the paper featurizer's leak), ``training_settings``, ``training_dataset`` (with its
         ``origin``), ``inputs`` (the predicted dataset with its battery ids and origin, or the two structures
-        and the working ion) and ``extrapolation`` (``n_unseen_elements``, ``n_ion_content_outside`` and
-        ``n_end_members_reversed`` of a batch, or a pair's ``unseen_elements``, the host elements no training host had, and
+        and the working ion) and ``extrapolation`` (``n_unseen_elements``, ``n_ion_content_outside``,
+        ``n_end_members_reversed`` and ``n_features_outside`` of a batch (None where the prediction predates it), or a pair's ``unseen_elements``, the host elements no training host had, and
         ``ion_content_outside``, how its ion content lies outside the training range; None for predictions stored
         before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
     """
@@ -298,7 +298,8 @@ def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = 
         result['inputs'] = {'dataset': _dataset_summary(inputs['dataset'])}
         attributes = outputs['result'].base.attributes
         result['extrapolation'] = {key: attributes.get(key) for key in ('n_unseen_elements', 'n_ion_content_outside',
-                                                                        'n_end_members_reversed')}
+                                                                        'n_end_members_reversed',
+                                                                        'n_features_outside')}
     else:
         result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
                             'working_ion': inputs['working_ion'].value}
@@ -375,7 +376,7 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
             ions, ids, index = array.get_array('working_ions'), array.get_array('battery_ids'), array.get_array('index')
             names = array.get_arraynames()
             unseen = array.get_array('unseen_elements') if 'unseen_elements' in names else None
-            for flag in ('ion_content_outside', 'end_members_reversed'):  # the other marks of an extrapolation
+            for flag in ('ion_content_outside', 'end_members_reversed', 'features_outside'):  # the other marks
                 if unseen is not None and flag in names:
                     unseen = unseen | array.get_array(flag)
             keep = np.ones(len(mean), dtype=bool)

@@ -79,6 +79,26 @@ def test_an_ion_content_beyond_the_training_range_is_called_extrapolation(traine
     assert 'Li change 16.7' in result.stderr and 'extrapolation' in result.stderr
 
 
+def test_a_trace_of_a_transition_metal_is_called_extrapolation(trained, tmp_path):
+    """Found by review: 0.05 at.% of Co in Sb2S3 gives a formal Co oxidation state of +12,000 by charge balance
+    (and a 2-member MLP predicted 324 V), with no word of extrapolation: its elements and ion content were all seen
+    in training. Features far beyond the training range are now flagged, in the warning and the column."""
+    model = str(trained / 'model')
+    trace = run('predict', '--model', model, '--charged', 'Sb1.999Co0.001S3', '--discharged', 'Li2Sb1.999Co0.001S3',
+                '--ion', 'Li')
+    assert "record(s) have features far beyond the training electrodes' range (the first is battery_id " \
+           "'Sb1.999Co0.001S3->Li2Sb1.999Co0.001S3': " in trace.stderr, trace.stderr
+    assert re.search(r'\d+ of \d+ features beyond the training range \(the farthest by [\d.e+]+ times its width\)',
+                     trace.stderr)
+    data = tmp_path / 'trace.csv'
+    data.write_text('battery_id,formula_charge,formula_discharge,working_ion\n'
+                    'plain,CrF6,K3CrF6,K\ntrace,Sb1.999Co0.001S3,Li2Sb1.999Co0.001S3,Li\n')  # plain: a training row
+    run('predict', '--model', model, '--data', str(data), '--out', str(tmp_path / 'p.csv'), '--extrapolation-column')
+    rows = list(csv.DictReader(open(tmp_path / 'p.csv')))
+    assert 'features beyond the training range' not in rows[0]['extrapolation']
+    assert 'features beyond the training range (the farthest by' in rows[1]['extrapolation']
+
+
 def test_a_data_row_with_its_end_members_swapped_is_called_extrapolation(trained, tmp_path):
     """--charged/--discharged refuses the ion-rich member as charged; a --data row is predicted as given (MP has
     22 such rows), with one warning that says so, not the reader's log line as well."""
@@ -112,7 +132,8 @@ def test_the_extrapolation_column_flags_every_such_row(trained, tmp_path):
                 '--extrapolation-column')
     assert again.stdout.strip() == f'Wrote 4 predictions to {out} (it replaces the file that was there)'
     flags = {row['battery_id']: row['extrapolation'] for row in csv.DictReader(open(out))}
-    assert flags['fwd'] == '' and flags['sr'] == 'unseen host elements Sr' and flags['rev'] == 'end members reversed'
+    assert flags['fwd'] == '' and flags['rev'] == 'end members reversed'
+    assert flags['sr'].startswith('unseen host elements Sr')  # and maybe features beyond the range: Sr's properties
     assert flags['rich'].startswith('Li ions per host atom 16.7 (training ')
     single = run('predict', '--model', str(trained / 'model'), '--charged', 'FePO4', '--discharged', 'LiFePO4',
                  '--ion', 'Li', '--extrapolation-column', check=False)

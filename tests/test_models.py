@@ -1,5 +1,6 @@
 """Models: the faithful MHA-ResNet, baselines, the ensemble, checkpoints without pickle, determinism."""
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -904,3 +905,41 @@ def test_voltage_interval_caps_refuse_bad_arguments(records):
     with pytest.raises(ValueError, match=f"1 training record.s. have no average_voltage to bin, e.g. battery_id "
                                          f"'{records[0].battery_id}'"):
         cap_per_voltage_interval(blank, index, 5)
+
+
+def test_features_far_beyond_the_training_range_are_extrapolation(records, tmp_path):
+    """Found by review: a trace of a transition metal (Sb1.999Co0.001S3: a formal Co state of +12,000 by charge
+    balance) moved a tree model by 1 V and sent an MLP to hundreds of volts, with no word of extrapolation: every
+    element and the ion content were seen in training. A feature beyond the training rows' range by more than a
+    quarter of its width now marks the record; the range is saved with the model (metadata, in the model version);
+    a model saved without it flags nothing."""
+    from aiida_voltnet.ml.models import FEATURE_RANGE_MARGIN
+    from aiida_voltnet.ml.records import ElectrodeRecord, validate_record
+
+    def pair(host):
+        return validate_record(ElectrodeRecord(battery_id=host, formula_charge=host, formula_discharge=f'Li2{host}',
+                                               working_ion='Li'))
+
+    model = train_voltage_model(records, members=2, calibrate=False, model_params={'max_iter': 20})
+    low, high = (np.array(side) for side in model.metadata['training_feature_range'])
+    X = model.featurizer.transform(records)
+    np.testing.assert_array_equal(low, X.min(axis=0)), np.testing.assert_array_equal(high, X.max(axis=0))
+    assert FEATURE_RANGE_MARGIN == 0.25
+    assert model.features_outside(records) == [''] * len(records)  # its own training rows: never
+    plain, trace = records[0], pair('Sb1.999Co0.001S3')
+    flags = model.features_outside([plain, trace])
+    assert flags[0] == '' and re.fullmatch(r'\d+ of \d+ features beyond the training range \(the farthest by '
+                                           r'[\d.e+]+ times its width\)', flags[1]), flags
+    model.predict([plain, trace])  # the same answer from the features predict computed
+    assert model.features_outside([plain, trace]) == flags
+    assert model.extrapolation_flags([plain, trace])[1].endswith(flags[1])
+    assert "1 of 2 record(s) have features far beyond the training electrodes' range (the first is battery_id " \
+        "'Sb1.999Co0.001S3'" in model.extrapolation_warning([plain, trace])
+    model.save(tmp_path / 'm')
+    loaded = VoltageModel.load(tmp_path / 'm')
+    assert loaded.features_outside([plain, trace]) == flags
+    del model.metadata['training_feature_range']  # a model saved before the ranges were recorded
+    model.save(tmp_path / 'old')
+    old = VoltageModel.load(tmp_path / 'old')
+    assert old.saved_version != loaded.saved_version  # the range is part of the model version (its integrity check)
+    assert old.features_outside([plain, trace]) == ['', '']

@@ -563,8 +563,10 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
         training host had) and ``ion_content_outside`` (True where its ion content lies outside the training
         electrodes' range for its working ion; all False for a model that did not record the ranges) and
         ``end_members_reversed`` (True where the record lists the ion-rich member as charged, which no
-        Materials Project electrode does: predicted unlike the usual order), each marking an extrapolation; attributes ``model_version``, ``n_predictions``,
-        ``n_unseen_elements``, ``n_ion_content_outside`` and ``n_end_members_reversed``.
+        Materials Project electrode does: predicted unlike the usual order) and ``features_outside`` (True where
+        features lie far beyond the training rows' range: ``VoltageModel.features_outside``; all False for a model
+        that did not record it), each marking an extrapolation; attributes ``model_version``, ``n_predictions``,
+        ``n_unseen_elements``, ``n_ion_content_outside``, ``n_end_members_reversed`` and ``n_features_outside``.
     """
     core = load_model(model)
     records = dataset_records(dataset)
@@ -579,6 +581,9 @@ def predict_voltages(model: VoltageModelData, dataset: ElectrodeDataset):
     swapped = np.array([r.end_members_reversed for r in records], dtype=bool)
     array.set_array('end_members_reversed', swapped)
     array.base.attributes.set('n_end_members_reversed', int(swapped.sum()))
+    beyond = np.array([bool(phrase) for phrase in core.features_outside(records)], dtype=bool)
+    array.set_array('features_outside', beyond)
+    array.base.attributes.set('n_features_outside', int(beyond.sum()))
     array.set_array('mean', np.asarray(mean, dtype=np.float64))
     array.set_array('std', np.asarray(std, dtype=np.float64))
     array.set_array('index', np.arange(len(records), dtype=np.int64))
@@ -662,12 +667,18 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
         ``unseen_elements``, a ``List`` of the host's elements that no training host had, and
         ``ion_content_outside``, a ``List`` with a phrase where the ion content lies outside the training
         electrodes' range for that working ion (each empty when not; a non-empty one marks the prediction as an
-        extrapolation).
+        extrapolation). Features far beyond the training range (``VoltageModel.features_outside``) are said in the
+        process's report.
     """
     with _warnings_reported(InputWarning):
         record = pair_record(charged, discharged, working_ion.value, report=True)
     core = load_model(model)
     mean, std = _predict(core, [record])
+    beyond = core.features_outside([record])[0]
+    if beyond:  # in the process's report (verdi process report), beside its node
+        from aiida.engine import Process
+
+        Process.current().report(f'extrapolation: {beyond}')
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
             'unseen_elements': orm.List(core.unseen_host_elements([record])[0]),
             'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase])}

@@ -124,6 +124,10 @@ class PredictWorkChain(WorkChain):
             self.report(f'extrapolation: {swapped} of {total} record(s) list the ion-rich end member as charged, '
                         'as only a few training electrodes did (array end_members_reversed): swap the formulas '
                         'unless that order is meant')
+        beyond = predictions.base.attributes.get('n_features_outside', 0)
+        if beyond:
+            self.report(f'extrapolation: {beyond} of {total} record(s) have features far beyond the training range '
+                        '(array features_outside)')
         return None
 
     def predict_structures(self):

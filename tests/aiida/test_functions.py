@@ -150,7 +150,7 @@ def test_batch_predict_is_one_process_one_array(trained):
     assert [link.link_label for link in outputs] == ['result']
     array = outputs[0].node
     assert set(array.get_arraynames()) == {'mean', 'std', 'index', 'battery_ids', 'working_ions', 'unseen_elements',
-                                           'ion_content_outside', 'end_members_reversed'}
+                                           'ion_content_outside', 'end_members_reversed', 'features_outside'}
     records = trained.dataset.records()
     unseen = [bool(elements) for elements in trained.model.load_model().unseen_host_elements(records)]
     assert array.get_array('unseen_elements').tolist() == unseen
@@ -161,6 +161,9 @@ def test_batch_predict_is_one_process_one_array(trained):
     swapped = [r.end_members_reversed for r in records]
     assert array.get_array('end_members_reversed').tolist() == swapped
     assert array.base.attributes.get('n_end_members_reversed') == sum(swapped)
+    beyond = [bool(phrase) for phrase in trained.model.load_model().features_outside(records)]
+    assert array.get_array('features_outside').tolist() == beyond
+    assert array.base.attributes.get('n_features_outside') == sum(beyond)
     assert array.get_array('index').tolist() == list(range(150))
     assert array.get_array('battery_ids').tolist() == [r.battery_id for r in records]
     assert array.get_array('working_ions').tolist() == [r.working_ion for r in records]

@@ -44,7 +44,8 @@ def test_batch_prediction_answer(trained, predictions):
         assert answer['inputs']['dataset']['battery_ids'] == trained.test.battery_ids()
         assert answer['extrapolation'] == {'n_unseen_elements': int(array.get_array('unseen_elements').sum()),
                                            'n_ion_content_outside': int(array.get_array('ion_content_outside').sum()),
-                                           'n_end_members_reversed': 0}
+                                           'n_end_members_reversed': 0,
+                                           'n_features_outside': int(array.get_array('features_outside').sum())}
 
 
 def test_pair_prediction_answer(trained, predictions):
