@@ -629,7 +629,7 @@ class VoltageModel:
         """Per record, ``''`` or why its prediction is extrapolation (the reasons of :meth:`extrapolation_warning`,
         joined by ``'; '``): ``unseen working ion Na`` (``predict(..., check_ions=False)``), ``unseen host
         elements Sr``, ``Li ions per host atom 0.9 (training 0-0.5)``,
-        ``end members reversed``, ``7 of 318 features beyond the training range (the farthest by 196 times its
+        ``end members reversed``, ``5 of 256 features beyond the training range (the farthest by 196 times its
         width)`` (:meth:`features_outside`)."""
         unseen, outside = self.unseen_host_elements(records), self.ion_content_outside(records)
         flags = []
