@@ -123,6 +123,16 @@ def _pw_code(code_label: str | None):
                                 'give a pw.x code (`voltnet dft-setup` creates pw-debian@localhost)')
     if problem:  # the work chains' own launch check, said before anything else is read
         _fail(problem)
+    if isinstance(code, orm.InstalledCode) and code.computer.transport_type == 'core.local':
+        # a missing executable ran the jobs into the scheduler's 'No such file or directory', which the work chain
+        # told as 'an unhandled failure' (exit 402) after storing dozens of nodes; a remote computer is not asked
+        # (its transport may need a password or an agent)
+        from aiida.common.exceptions import ValidationError
+
+        try:
+            code.validate_filepath_executable()
+        except ValidationError as exception:
+            _fail(f'--code {code.full_label}: {exception}')
     return code
 
 
@@ -213,7 +223,7 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
             _fail(f'--model {model_id}: {message}')
     code = _pw_code(code_label)
     if structures is not None:
-        cells = [orm.StructureData(pymatgen=structure) for structure in structures]
+        cells = [_structure_node(Path(file), structure) for file, structure in zip((charged, discharged), structures)]
         name = f'{structures[1].composition.reduced_formula} / {structures[0].composition.reduced_formula} ({ion})'
     else:
         pair = pair or 'LiCoO2'
@@ -397,11 +407,15 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
 
 def _structure_node(file: Path, structure):
     """The ``StructureData`` of a structure file: labelled with the file's name, described by its path and sha256,
-    so that the graph says which file a cell came from."""
+    so that the graph says which file a cell came from. Oxidation states (a CIF's ``_atom_type_oxidation_number``,
+    as pymatgen and ICSD write them) are dropped: ``StructureData`` fails on them with a TypeError, and pw.x takes
+    none (the ML prediction ignores them as well)."""
     import hashlib
 
     from aiida import orm
 
+    structure = structure.copy()
+    structure.remove_oxidation_states()
     node = orm.StructureData(pymatgen=structure)
     node.label = file.name[:255]
     node.description = f'{file} (sha256 {hashlib.sha256(file.read_bytes()).hexdigest()})'

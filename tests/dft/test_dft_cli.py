@@ -53,6 +53,17 @@ def test_verify_refuses_a_code_that_is_no_pw_before_any_job(aiida_profile, aiida
     result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
                                       '--code', 'nosuch@localhost'])
     assert result.exit_code == 2 and '--code nosuch@localhost: no Code found' in result.output, result.output
+    # a pw.x code whose executable is missing on a local computer: the jobs ran into 'No such file or directory'
+    # and the chain said 'an unhandled failure' (exit 402) after storing its nodes (found by review)
+    orm.InstalledCode(label='pw-gone', computer=aiida_localhost, filepath_executable='/nonexistent/bin/pw.x',
+                      default_calc_job_plugin='quantumespresso.pw').store()
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', 'pw-gone@localhost'])  # screen checks its code with the same call
+    assert result.exit_code == 2, result.output
+    assert '--code pw-gone@localhost: The provided remote absolute path `/nonexistent/bin/pw.x` does not exist ' \
+           'on the computer' in result.output, result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
 
 
 def test_verify_and_screen_say_when_a_pair_is_two_frameworks(aiida_profile, tmp_path, cobalt_oxide_frameworks,
@@ -194,9 +205,16 @@ def test_verify_runs_a_pair_of_the_users_structure_files(aiida_profile, pw, smal
     from aiida_voltnet.workflows.quickstart import shipped_structure_pairs
     from aiida_voltnet.workflows.verify import VerifyWorkChain
 
+    from pymatgen.io.cif import CifWriter
+
     model, _ = small_model
     charged, discharged = (cell.get_pymatgen() for cell in layered_oxide_pair('Co'))
-    charged.to(filename=str(tmp_path / 'CoO2.cif'))
+    # with oxidation states, as pymatgen and ICSD write CIFs: StructureData failed on them with a TypeError
+    # traceback (found by review), where voltnet predict reads them
+    decorated = charged.copy()
+    decorated.add_oxidation_state_by_element({'Co': 4, 'O': -2})
+    CifWriter(decorated).write_file(str(tmp_path / 'CoO2.cif'))
+    assert '_atom_type_oxidation_number' in (tmp_path / 'CoO2.cif').read_text()
     discharged.to(filename=str(tmp_path / 'POSCAR'), fmt='poscar')
     own = ['verify', '--profile', aiida_profile.name, '--protocol', 'ci', '--code', pw.full_label]
     files = ['--charged', str(tmp_path / 'CoO2.cif'), '--discharged', str(tmp_path / 'POSCAR'), '--ion', 'Li']
@@ -209,6 +227,9 @@ def test_verify_runs_a_pair_of_the_users_structure_files(aiida_profile, pw, smal
     assert node.process_class is VerifyWorkChain and node.is_finished_ok
     assert node.inputs.working_ion.value == 'Li' and node.inputs.model.uuid == model.uuid
     assert node.inputs.charged.get_formula() == 'CoO2' and node.inputs.discharged.get_formula() == 'CoLiO2'
+    # the graph says which file each cell came from, as voltnet screen's cells do
+    assert (node.inputs.charged.label, node.inputs.discharged.label) == ('CoO2.cif', 'POSCAR')
+    assert node.inputs.charged.description.startswith(f'{tmp_path / "CoO2.cif"} (sha256 ')
     assert 3.0 < float(match.group(1)) < 4.0  # the ci protocol's LiCoO2 voltage (3.42 V in docs/dft.md)
 
     # refused before anything is stored: each names what is wrong
