@@ -63,6 +63,16 @@ class _Cache:
         return value
 
 
+def _profile_key() -> str | None:
+    """The loaded profile's uuid: a node's uuid is kept by ``verdi archive import``, so the same uuid can name two
+    nodes of two profiles that one interpreter switches between (``load_profile(..., allow_switch=True)``); a
+    tampered copy in one profile was served the other's checked model from the cache (found by review)."""
+    from aiida.manage import get_manager
+
+    profile = get_manager().get_profile()
+    return getattr(profile, 'uuid', None) or getattr(profile, 'name', None)
+
+
 _CSV_CACHE = _Cache(2)
 _MODEL_CACHE = _Cache(4)
 _RECORDS_CACHE = _Cache(4)
@@ -82,7 +92,7 @@ def csv_records(csv: orm.SinglefileData):
 
 def load_model(model: VoltageModelData):
     """The core model of ``model`` (hash-checked; cached for stored nodes, which cannot change)."""
-    key = f'{model.uuid}:{model.arrays_sha256}' if model.is_stored else None
+    key = f'{_profile_key()}:{model.uuid}:{model.arrays_sha256}' if model.is_stored else None
     return _MODEL_CACHE.get(key, model.load_model)
 
 
@@ -90,7 +100,7 @@ def dataset_records(dataset: ElectrodeDataset):
     # Keyed by content hash too, so that an unstored dataset checked by the validator is not parsed again by the
     # body (records() re-verifies the hash, so a repository file changed behind the attribute still fails).
     key = (dataset.uuid, dataset.base.attributes.get('records_sha256', None))
-    return _RECORDS_CACHE.get(key if key[1] else None, dataset.records)
+    return _RECORDS_CACHE.get((_profile_key(), *key) if key[1] else None, dataset.records)
 
 
 def _structure_key(node):
@@ -112,7 +122,7 @@ def pair_record(charged: orm.StructureData, discharged: orm.StructureData, worki
                              f'{sum(structure.pbc)} of 3 directions (pbc {tuple(structure.pbc)}): a bulk electrode '
                              'crystal is periodic along all three')
     keys = (_structure_key(charged), _structure_key(discharged))
-    key = None if None in keys else (*keys, working_ion, battery_id)
+    key = None if None in keys else (_profile_key(), *keys, working_ion, battery_id)
 
     def make():
         with warnings.catch_warnings(record=True) as caught:  # kept with the record: the validators run first

@@ -487,3 +487,22 @@ def test_model_params_are_an_input_of_train_model_and_of_its_hash(trained):
     default = F.train_model(trained.train, settings={'members': 1})
     assert {m.hyper['max_iter'] for m in F.load_model(default).members} == {250}
     assert few.creator.base.caching.get_hash() != default.creator.base.caching.get_hash()
+
+
+def test_cached_models_and_records_are_per_profile(trained, monkeypatch):
+    """An archive import keeps uuids, so one uuid names a node in each of two profiles that one interpreter switches
+    between: a copy with tampered attributes in the second profile was served the first profile's checked model
+    from the cache, and a prediction was stored with it (found by review). The caches key on the profile too."""
+    profile = ['first']
+    monkeypatch.setattr(F, '_profile_key', lambda: profile[0])
+    loads, reads = [], []
+    monkeypatch.setattr(VoltageModelData, 'load_model', lambda self, _real=VoltageModelData.load_model:
+                        loads.append(self.uuid) or _real(self))
+    monkeypatch.setattr(ElectrodeDataset, 'records', lambda self, _real=ElectrodeDataset.records:
+                        reads.append(self.uuid) or _real(self))
+    for _ in range(2):
+        F.load_model(trained.model), F.dataset_records(trained.test)
+    assert len(loads) == 1 and len(reads) == 1  # cached within a profile
+    profile[0] = 'second'
+    F.load_model(trained.model), F.dataset_records(trained.test)
+    assert len(loads) == 2 and len(reads) == 2  # checked again in the other
