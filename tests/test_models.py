@@ -943,3 +943,25 @@ def test_features_far_beyond_the_training_range_are_extrapolation(records, tmp_p
     old = VoltageModel.load(tmp_path / 'old')
     assert old.saved_version != loaded.saved_version  # the range is part of the model version (its integrity check)
     assert old.features_outside([plain, trace]) == ['', '']
+
+
+def test_evaluate_names_a_row_without_its_target_and_grouped_folds_count_frameworks(records):
+    """Found by review: a test row without its voltage ended evaluate() in a bare TypeError after the training (and
+    NaN in the metrics before that); grouped folds over fewer frameworks than folds said 'n_samples=3', counting
+    frameworks as samples."""
+    import dataclasses
+
+    from aiida_voltnet.ml.evaluation import evaluate
+    from aiida_voltnet.ml.records import ElectrodeDataError, validate_record
+    from aiida_voltnet.ml.splits import kfold_splits
+
+    rows = list(records[:120])
+    rows[7] = validate_record(dataclasses.replace(rows[7], average_voltage=None))
+    with pytest.raises(ElectrodeDataError, match=f"battery_id '{rows[7].battery_id}'.*average_voltage.*no value"):
+        evaluate(rows, model='krr', protocol='random', seeds=[0], members=1)
+    three = [r for r in records if r.framework_formula in {records[0].framework_formula}][:1] + \
+        [r for r in records if r.framework_formula != records[0].framework_formula][:2]
+    frameworks = len({r.framework_formula for r in three})
+    with pytest.raises(ValueError, match=f'5 folds grouped by host framework need at least 5 frameworks; the 3 '
+                                         f'record\\(s\\) have {frameworks}'):
+        list(kfold_splits(three, k=5))

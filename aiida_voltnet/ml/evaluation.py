@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .metrics import regression_metrics
-from .models import train_voltage_model
+from .models import train_voltage_model, training_targets
 from .records import ElectrodeRecord
 from .splits import kfold_splits, make_split
 
@@ -65,6 +65,9 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f'unknown protocol {protocol!r}; choose one of {", ".join(PROTOCOLS)}')
+    # every record is trained or tested on: one without its target, named here (a test row's None was a TypeError
+    # after training, and NaN in the metrics before that: found by review)
+    training_targets(records, target)
     started = time.perf_counter()
     result = EvaluationResult(featurizer, model, protocol, list(seeds))
     for seed in seeds:

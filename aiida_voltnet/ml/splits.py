@@ -84,6 +84,10 @@ def kfold_splits(records: Sequence[ElectrodeRecord], k: int = 5, grouped: bool =
     """k folds, grouped by host framework by default (shuffled group assignment, seeded)."""
     index = np.arange(len(records))
     if grouped:
+        n_groups = len(set(framework_groups(records)))
+        if n_groups < k:  # scikit-learn's words count 'samples', which are frameworks here
+            raise ValueError(f'{k} folds grouped by host framework need at least {k} frameworks; the {len(records)} '
+                             f'record(s) have {n_groups}')
         splitter = GroupKFold(n_splits=k, shuffle=True, random_state=seed)
         yield from splitter.split(index, groups=framework_groups(records))
     else:
