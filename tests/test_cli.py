@@ -297,10 +297,13 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
     model, data = str(trained / 'model'), str(trained / 'train.csv')
     not_a_dir = tmp_path / 'plain.txt'
     not_a_dir.write_text('x')
+    (tmp_path / 'dangling').symlink_to(tmp_path / 'missing')
     cases = [
         (('train', '--data', data, '--out', str(tmp_path / 'm'), '--members', '0'), "'--members': 0 is not in the range"),
         (('train', '--data', data, '--out', str(not_a_dir / 'm')), 'is a file, not a directory'),
         (('train', '--data', data, '--out', str(tmp_path / 'm'), '--device', 'foo'), "unknown device 'foo'"),
+        # a dangling link trained in full, then failed with 'File exists' (found by review)
+        (('train', '--data', data, '--out', str(tmp_path / 'dangling')), 'dangling: a symbolic link to '),
         (('predict', '--model', model, '--data', data, '--out', str(tmp_path / 'nodir' / 'p.csv')),
          'does not exist'),
         (('predict', '--model', model, '--charged', 'LiFePO4', '--discharged', 'FePO4', '--ion', 'Li'),
@@ -322,7 +325,7 @@ def test_bad_arguments_are_refused_before_any_work(trained, tmp_path):
     for args, message in cases:
         result = run(*args, check=False)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ['plain.txt']
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['dangling', 'plain.txt']
 
 
 def test_model_config_that_is_not_an_object_is_a_bad_model(trained, tmp_path):
@@ -846,3 +849,37 @@ def test_quickstart_interrupted_names_what_it_stopped_without_a_traceback(tmp_pa
     assert process.returncode == 130, output
     assert 'Error: interrupted: ' in output and 'TrainWorkChain<' in output, output
     assert 'Traceback' not in output and 'KilledError' not in output, output
+
+
+def test_a_ctrl_c_while_the_quickstart_profile_is_made_leaves_a_usable_profile(tmp_path):
+    """Found by review: a Ctrl-C a few seconds into the first quickstart left a storage folder without a profile
+    (every later run: a StorageMigrationError traceback) or a profile without its default user. The signal now acts
+    once the profile is whole; here it arrives in the middle of create_profile."""
+    import os
+
+    script = tmp_path / 'interrupt.py'
+    script.write_text('''
+import os, signal, time
+import aiida.manage.configuration as configuration
+from aiida_voltnet.cli import aiida_commands
+
+real = configuration.create_profile
+def create_profile(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGINT)
+    time.sleep(0.1)  # the handler would run here
+    return real(*args, **kwargs)
+configuration.create_profile = create_profile
+try:
+    aiida_commands.ensure_embedded_profile('qs')
+except KeyboardInterrupt:
+    print('interrupted after the profile was made')
+''')
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida')}
+    interrupted = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert 'interrupted after the profile was made' in interrupted.stdout, interrupted.stdout + interrupted.stderr
+    again = subprocess.run([sys.executable, '-c', 'from aiida_voltnet.cli import aiida_commands\n'
+                            'aiida_commands.ensure_embedded_profile("qs")\n'
+                            'from aiida import orm; print("user", orm.User.collection.get_default().email)'],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 0 and "Reusing AiiDA profile 'qs'" in again.stdout, again.stdout + again.stderr
+    assert 'user voltnet@localhost' in again.stdout

@@ -196,6 +196,9 @@ def _check_output_path(path, directory: bool):
     target = Path(path)
     if target.exists() and target.is_dir() != directory:
         _fail(f'--out {path}: exists and is {"a file" if directory else "a directory"}')
+    if directory and target.is_symlink() and not target.exists():  # the save's mkdir said 'File exists', after
+        _fail(f'--out {path}: a symbolic link to {os.readlink(target)}, which does not exist: create that '  # training
+              'directory or choose another --out')
     parent = target.parent
     while not parent.exists():
         parent = parent.parent

@@ -32,14 +32,29 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
         echo(f'Reusing AiiDA profile {name!r} ({profile.storage_backend}, '
              f'{"broker " + profile.process_control_backend if profile.process_control_backend else "no broker"})')
     except ProfileConfigurationError:
+        import shutil
+
+        from aiida_voltnet.ml.records import _termination_deferred
+
         folder = Path(config.dirpath) / 'repository' / f'sqlite_dos_{name}'
-        profile = create_profile(config, storage_backend='core.sqlite_dos', storage_config={'filepath': str(folder)},
-                                 broker_backend=None, name=name, email='voltnet@localhost')
-        config.set_option('runner.poll.interval', 1, scope=name)
-        default = config.default_profile_name is None  # the first profile: let load_profile() and verdi find it
-        if default:
-            config.set_default_profile(name)
-        config.store()
+        existed = folder.exists()
+        # Whole or not at all: a Ctrl-C a few seconds in left a storage folder without a profile (every later run: a
+        # StorageMigrationError traceback) or a profile without its default user ('the user cannot be None'; found
+        # by review). SIGINT and SIGTERM act once the profile is made; a failure removes the folder it made.
+        with _termination_deferred():
+            try:
+                profile = create_profile(config, storage_backend='core.sqlite_dos',
+                                         storage_config={'filepath': str(folder)}, broker_backend=None, name=name,
+                                         email='voltnet@localhost')
+                config.set_option('runner.poll.interval', 1, scope=name)
+                default = config.default_profile_name is None  # the first profile: let load_profile() and verdi find it
+                if default:
+                    config.set_default_profile(name)
+                config.store()
+            except BaseException:
+                if not existed:
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
         echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services'
              + (', now the default profile)' if default else ')'))
     return _open_storage(load_profile(name, allow_switch=True))
