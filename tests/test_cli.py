@@ -883,3 +883,29 @@ except KeyboardInterrupt:
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 0 and "Reusing AiiDA profile 'qs'" in again.stdout, again.stdout + again.stderr
     assert 'user voltnet@localhost' in again.stdout
+
+
+def test_ctrl_c_of_train_exits_130_and_leaves_the_previous_model(trained, tmp_path):
+    """Found by review: a Ctrl-C printed click's bare 'Aborted!' and exited 1."""
+    import os
+    import shutil
+    import signal
+    import time
+
+    out = tmp_path / 'model'
+    shutil.copytree(trained / 'model', out)
+    before = {name: (out / name).read_bytes() for name in ('config.json', 'arrays.safetensors')}
+    process = subprocess.Popen([VOLTNET, 'train', '--data', str(SHARED_CSV), '--out', str(out), '--model', 'mlp',
+                                '--epochs', '500'], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    deadline = time.monotonic() + 120
+    for line in process.stderr:  # 'Training mlp ...' comes before the epochs
+        if line.startswith('Training ') or time.monotonic() > deadline:
+            break
+    time.sleep(2)
+    process.send_signal(signal.SIGINT)
+    _, rest = process.communicate(timeout=120)
+    assert process.returncode == 130, rest
+    assert 'Error: interrupted: --out holds what it held before, or the whole new model' in rest, rest
+    assert 'Aborted!' not in rest and 'Traceback' not in rest
+    assert {name: (out / name).read_bytes() for name in before} == before

@@ -28,6 +28,22 @@ def _fail(message: str, code: int = EXIT_BAD_INPUT):
     sys.exit(code)
 
 
+def _interrupt_exits_130(what: str):
+    """A command's Ctrl-C exits 130 (as the shell's own convention and ``voltnet quickstart``), saying ``what`` it
+    left, not click's bare 'Aborted!' and exit 1 (found by review)."""
+    import functools
+
+    def decorate(command):
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            try:
+                return command(*args, **kwargs)
+            except KeyboardInterrupt:
+                _fail(f'interrupted: {what}', 130)
+        return wrapper
+    return decorate
+
+
 def single_member_warning(model: str, name: str) -> str:
     """What ``voltnet predict``, ``verify`` and ``screen`` say of a one-member model's ``+/- 0``."""
     return (f'{model} is a single {name} model, no ensemble: its uncertainty is 0, not an error bar (train an '
@@ -109,6 +125,8 @@ def _number_or_text(text: str):
                    '--model-param learning_rate=0.1 (voltnet, voltnet_large: loss, max_iter, learning_rate, '
                    'max_leaf_nodes, min_samples_leaf, l2_regularization, subsample, max_features; svr: C, epsilon, '
                    'gamma; krr: alpha, gamma). Recorded in the model. Repeat for several.')
+@_interrupt_exits_130('--out holds what it held before, or the whole new model if the signal came as it was '
+                      'renamed into place (the renames hold Ctrl-C back): never a mix')
 def train(data, out, featurizer, model_name, seed, device, epochs, members, precision, model_params):
     """Train on all rows of a CSV and write a model directory."""
     from aiida_voltnet.ml.featurizers import InputWarning
@@ -405,6 +423,7 @@ def _read_model(path):
               help='With --data: add a fourth column, extrapolation, to OUT.csv: empty, or why that row\'s '
                    'prediction is extrapolation (unseen host elements, ion content outside the training range, end '
                    'members reversed).')
+@_interrupt_exits_130('--out, if given, holds what it held before or all of the new predictions, never a part')
 def predict(model_dir, data, out, charged, discharged, ion, device, extrapolation_column):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas or structure files.
 
