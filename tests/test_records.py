@@ -200,6 +200,12 @@ def test_missing_required_column():
 def test_duplicate_battery_id():
     with pytest.raises(ElectrodeDataError, match='duplicate battery_id'):
         load(ROW + '\n' + ROW)
+    # 'é' written as one code point and as 'e' + a combining accent print alike (found by review)
+    composed, decomposed = ROW.replace('mp-2657_Li', 'caf\u00e9'), ROW.replace('mp-2657_Li', 'cafe\u0301')
+    with pytest.raises(ElectrodeDataError, match=r'duplicate battery_id \(first seen on line 2, spelt with other '
+                                                  r'Unicode code points for the same text\)'):
+        load(composed + '\n' + decomposed)
+    assert [r.battery_id for r in load(composed)] == ['caf\u00e9']  # kept as written
 
 
 def test_round_trips(tmp_path):

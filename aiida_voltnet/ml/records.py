@@ -708,15 +708,19 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
     """:func:`records_from_rows` for ``(file line, row)`` pairs."""
     records, corrected = [], []
     seen: dict[str, int] = {}
+    seen_as_written: set[str] = set()
     for line, row in numbered_rows:
         battery_id = (row.get('battery_id') or '').strip()
         for name in REQUIRED_COLUMNS:
             if not (row.get(name) or '').strip():
                 _fail('required value is missing', field_name=name, line=line, source=source, battery_id=battery_id)
-        if battery_id in seen:
-            _fail(f'duplicate battery_id (first seen on line {seen[battery_id]})', field_name='battery_id', line=line,
+        same = unicodedata.normalize('NFC', battery_id)  # 'é' and 'e' + U+0301 print alike: one id (review)
+        if same in seen:
+            spelt = '' if battery_id in seen_as_written else ', spelt with other Unicode code points for the same text'
+            _fail(f'duplicate battery_id (first seen on line {seen[same]}{spelt})', field_name='battery_id', line=line,
                   source=source, battery_id=battery_id)
-        seen[battery_id] = line
+        seen[same] = line
+        seen_as_written.add(battery_id)
         values: dict[str, Any] = {'battery_id': battery_id, 'line': line}
         current = None
         try:
