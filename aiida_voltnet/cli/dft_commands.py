@@ -450,7 +450,9 @@ def _echo_screen(results: dict, node, seconds: float, retrain: bool = False) -> 
     mae = summary['mae_verified']
     click.echo((f'ML-DFT MAE of the verified: {mae:.3f} V  ' if mae is not None else '')
                + f'(ScreenWorkChain<{node.pk}>, {seconds:.0f} s; the table: verdi node attributes '
-               f'{results["summary"].pk})')
+               f'{results["summary"].pk}'
+               + (f'; every candidate\'s ML voltage: ArrayData<{results["predictions"].pk}>'
+                  if 'predictions' in results else '') + ')')
     if 'retrained_model' in results:
         model = results['retrained_model']
         click.echo(f'retrained: VoltageModelData<{model.pk}> version {model.model_version[:12]} on '
