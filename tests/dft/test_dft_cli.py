@@ -290,6 +290,7 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
     assert difference == pytest.approx(ml - dft, abs=2e-3) and 3.0 < dft < 4.5
     node = orm.load_node(int(re.search(r'ScreenWorkChain<(\d+)>', result.output).group(1)))
     assert node.process_class is ScreenWorkChain and node.is_finished_ok
+    assert f"every candidate's ML voltage: ArrayData<{node.outputs.predictions.pk}>)" in result.output
     assert sorted(node.inputs.candidates) == ['LiCoO2', 'LiCoO2_again', 'LiNiO2']
     again, first = node.inputs.candidates.LiCoO2_again, node.inputs.candidates.LiCoO2
     assert again.charged.uuid == first.charged.uuid and again.discharged.uuid == first.discharged.uuid
