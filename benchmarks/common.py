@@ -19,8 +19,15 @@ DEFAULT_CSV = ROOT / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'ele
 
 
 def git_commit() -> str:
-    """The repository's commit, 12 hex digits, plus ``' (+ uncommitted changes)'`` when tracked files differ from
-    it; ``'unknown'`` without git or outside a git checkout."""
+    """The commit the benchmark started at (when this module was imported: the code it runs), 12 hex digits, plus
+    ``' (+ uncommitted changes)'`` when tracked files differed from it; ``'unknown'`` without git or outside a git
+    checkout. Where the checkout moved during the run, ``'; HEAD <commit> when it ended'`` follows: a run of an hour
+    printed the commit of its end, not of its code (found when this session's paper-protocol run did)."""
+    now = _git_commit_now()
+    return _STARTED_AT if now == _STARTED_AT else f'{_STARTED_AT}; HEAD {now} when it ended'
+
+
+def _git_commit_now() -> str:
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=ROOT, capture_output=True, text=True,
                                 check=True).stdout.strip()
@@ -31,6 +38,9 @@ def git_commit() -> str:
     if not commit:
         return 'unknown'
     return commit + (' (+ uncommitted changes)' if dirty else '')
+
+
+_STARTED_AT = _git_commit_now()
 
 
 # -- argparse types: each raises ArgumentTypeError naming the value, which argparse prints as one line with exit 2

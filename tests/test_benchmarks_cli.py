@@ -144,3 +144,17 @@ def test_nested_random_uses_the_benchmark_split(tmp_path):
     _train, test = make_split(read_electrodes_csv(data), 'random', seed=3, test_fraction=0.1)
     assert [r['fold'] for r in folds] == [0] and folds[0]['n_test'] == len(test) == 24
     assert folds[0]['chosen'] == min(folds[0]['inner_mae'], key=folds[0]['inner_mae'].get)
+
+
+def test_the_commit_a_benchmark_prints_is_that_of_its_start(monkeypatch):
+    """An hour-long run printed the commit of HEAD when it ended, which later commits had moved past its code."""
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        import common
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    monkeypatch.setattr(common, '_STARTED_AT', 'aaaaaaaaaaaa')
+    monkeypatch.setattr(common, '_git_commit_now', lambda: 'aaaaaaaaaaaa')
+    assert common.git_commit() == 'aaaaaaaaaaaa'
+    monkeypatch.setattr(common, '_git_commit_now', lambda: 'bbbbbbbbbbbb')
+    assert common.git_commit() == 'aaaaaaaaaaaa; HEAD bbbbbbbbbbbb when it ended'
