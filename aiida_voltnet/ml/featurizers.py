@@ -611,7 +611,8 @@ class PaperFeaturizer(Featurizer):
     #: ``adj_pairs``.
     #: 3: the two space-group numbers as numbers too, as the seed's ``preprocessing.py`` and notebook keep them
     #: beside the embeddings (its drop list leaves them in; found by review). Unscaled before PCA, their variance
-    #: (about 5,000 and 26,000 on the shared CSV) adds a component: 8 at 99 %, as the seed's notebook printed.
+    #: (about 5,100 each on the shared CSV) adds components: 9 at 99 % on all its rows (the seed's preprocessing
+    #: keeps 8 or 9 by split; its notebook printed 8), against 7 without them.
     version = 3
     readable_versions = (1, 2, 3)
     leaks_target = True
