@@ -1012,13 +1012,21 @@ def test_files_are_renamed_into_place_with_termination_held_back_and_keep_their_
 
     from aiida_voltnet.ml.records import _termination_deferred, write_files_atomically
 
+    import threading
+
+    # another thread in the process, as torch's and AiiDA's are: blocking SIGINT in the main thread alone let the
+    # kernel hand it to this one, and Python ran the handler in the main thread all the same (a CI run found it)
+    other = threading.Thread(target=time.sleep, args=(0.5,))
+    other.start()
     order = []
     with pytest.raises(KeyboardInterrupt):
         with _termination_deferred():
             os.kill(os.getpid(), signal.SIGINT)
-            time.sleep(0.05)  # Python would run the handler here, were the signal not blocked
+            time.sleep(0.05)  # Python would run the handler here, were the signal not held
             order.append('renamed')
+    other.join()
     assert order == ['renamed']
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
     (tmp_path / 'p.csv').write_text('old')
     os.chmod(tmp_path / 'p.csv', 0o600)
     write_files_atomically(tmp_path, {'p.csv': b'new', 'q.csv': b'other'})

@@ -963,20 +963,31 @@ def write_files_atomically(directory: str | os.PathLike, contents: dict[str, byt
 
 @contextlib.contextmanager
 def _termination_deferred():
-    """SIGINT and SIGTERM blocked for the block (in the main thread, where Python runs its handlers); one that
-    arrives meanwhile is delivered when the block ends."""
+    """SIGINT and SIGTERM held back for the block and raised again when it ends, to the handlers that were there
+    (a Ctrl-C then raises KeyboardInterrupt, a SIGTERM without a handler ends the process). Python runs signal
+    handlers in the main thread whichever thread the kernel gave the signal to, so holding handlers are installed
+    there; blocking the signal in the main thread alone let another thread of the process (torch's, AiiDA's) take
+    it. Elsewhere than in the main thread, or for a handler not set from Python, nothing is held."""
     import signal
     import threading
 
-    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, 'pthread_sigmask'):
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {signal.SIGINT, signal.SIGTERM}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {}
+    for number in (signal.SIGINT, signal.SIGTERM):
+        handler = signal.getsignal(number)
+        if handler is not None:  # None: set outside Python, which could not be put back
+            previous[number] = handler
+            signal.signal(number, lambda signum, frame: caught.append(signum))
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        for number in dict.fromkeys(caught):
+            signal.raise_signal(number)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
