@@ -1010,7 +1010,7 @@ def test_files_are_renamed_into_place_with_termination_held_back_and_keep_their_
     import signal
     import stat
 
-    from aiida_voltnet.ml.records import _termination_deferred, write_files_atomically
+    from aiida_voltnet.ml.records import termination_deferred, write_files_atomically
 
     import threading
 
@@ -1020,7 +1020,7 @@ def test_files_are_renamed_into_place_with_termination_held_back_and_keep_their_
     other.start()
     order = []
     with pytest.raises(KeyboardInterrupt):
-        with _termination_deferred():
+        with termination_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.05)  # Python would run the handler here, were the signal not held
             order.append('renamed')

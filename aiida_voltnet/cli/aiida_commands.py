@@ -34,14 +34,14 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
     except ProfileConfigurationError:
         import shutil
 
-        from aiida_voltnet.ml.records import _termination_deferred
+        from aiida_voltnet.ml.records import termination_deferred
 
         folder = Path(config.dirpath) / 'repository' / f'sqlite_dos_{name}'
         existed = folder.exists()
         # Whole or not at all: a Ctrl-C a few seconds in left a storage folder without a profile (every later run: a
         # StorageMigrationError traceback) or a profile without its default user ('the user cannot be None'; found
         # by review). SIGINT and SIGTERM act once the profile is made; a failure removes the folder it made.
-        with _termination_deferred():
+        with termination_deferred():
             try:
                 profile = create_profile(config, storage_backend='core.sqlite_dos',
                                          storage_config={'filepath': str(folder)}, broker_backend=None, name=name,

@@ -790,14 +790,12 @@ class VoltageModel:
         directory = Path(directory)
         config_path, arrays_path = directory / 'config.json', directory / 'arrays.safetensors'
 
-        for attempt in range(3):
+        for _ in range(2):
             try:
                 return cls._load_once(directory, config_path, arrays_path)
             except _MismatchedFiles:
-                if attempt == 2:
-                    raise
                 time.sleep(0.05)  # maybe replaced while read: read it again
-        raise AssertionError('unreachable')
+        return cls._load_once(directory, config_path, arrays_path)
 
     @classmethod
     def _load_once(cls, directory: Path, config_path: Path, arrays_path: Path) -> 'VoltageModel':

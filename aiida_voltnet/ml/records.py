@@ -707,8 +707,7 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
                                 source: str | None) -> list[ElectrodeRecord]:
     """:func:`records_from_rows` for ``(file line, row)`` pairs."""
     records, corrected = [], []
-    seen: dict[str, int] = {}
-    seen_as_written: set[str] = set()
+    seen: dict[str, tuple[int, str]] = {}  # NFC form of each battery_id -> (its line, the id as written)
     for line, row in numbered_rows:
         battery_id = (row.get('battery_id') or '').strip()
         for name in REQUIRED_COLUMNS:
@@ -716,11 +715,11 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
                 _fail('required value is missing', field_name=name, line=line, source=source, battery_id=battery_id)
         same = unicodedata.normalize('NFC', battery_id)  # 'é' and 'e' + U+0301 print alike: one id (review)
         if same in seen:
-            spelt = '' if battery_id in seen_as_written else ', spelt with other Unicode code points for the same text'
-            _fail(f'duplicate battery_id (first seen on line {seen[same]}{spelt})', field_name='battery_id', line=line,
+            first, written = seen[same]
+            spelt = '' if written == battery_id else ', spelt with other Unicode code points for the same text'
+            _fail(f'duplicate battery_id (first seen on line {first}{spelt})', field_name='battery_id', line=line,
                   source=source, battery_id=battery_id)
-        seen[same] = line
-        seen_as_written.add(battery_id)
+        seen[same] = (line, battery_id)
         values: dict[str, Any] = {'battery_id': battery_id, 'line': line}
         current = None
         try:
@@ -953,7 +952,7 @@ def write_files_atomically(directory: str | os.PathLike, contents: dict[str, byt
                 mode = None
             if mode is not None and stat.S_ISREG(mode):
                 os.chmod(partial, stat.S_IMODE(mode))
-        with _termination_deferred():
+        with termination_deferred():
             for partial, final in staged:
                 os.replace(partial, final)
     finally:
@@ -962,7 +961,7 @@ def write_files_atomically(directory: str | os.PathLike, contents: dict[str, byt
 
 
 @contextlib.contextmanager
-def _termination_deferred():
+def termination_deferred():
     """SIGINT and SIGTERM held back for the block and raised again when it ends, to the handlers that were there
     (a Ctrl-C then raises KeyboardInterrupt, a SIGTERM without a handler ends the process). Python runs signal
     handlers in the main thread whichever thread the kernel gave the signal to, so holding handlers are installed
