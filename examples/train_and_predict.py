@@ -6,6 +6,8 @@ as the charged cell (``shipped_pair`` + ``record_from_structures``, which also f
 systems).
 
     python examples/train_and_predict.py [--data electrodes.csv] [--save model_dir/]
+
+``--data`` defaults to ``$VOLTNET_DATA`` if set, else the shared CSV.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import time
 import warnings
 from pathlib import Path
 
-from aiida_voltnet.ml.models import DEFAULT_FEATURIZER, DEFAULT_MODEL, train_voltage_model
+from aiida_voltnet.ml.models import DEFAULT_FEATURIZER, DEFAULT_MODEL, replaceable_model_problem, train_voltage_model
 from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, read_electrodes_csv, validate_record
 from aiida_voltnet.ml.structures import record_from_structures, shipped_pair
 
@@ -24,7 +26,8 @@ DEFAULT_CSV = Path(__file__).resolve().parents[1] / '..' / 'shared' / 'data' / '
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--data', default=str(DEFAULT_CSV.resolve()), help='training CSV (default: the shared MP CSV)')
+    parser.add_argument('--data', default=os.environ.get('VOLTNET_DATA') or str(DEFAULT_CSV.resolve()),
+                        help='training CSV (default: $VOLTNET_DATA, else the shared MP CSV)')
     parser.add_argument('--save', default=None, help='also write the model to this directory')
     args = parser.parse_args(argv)
     if args.save:  # checked before the training: a directory it cannot write was found only after it
@@ -36,6 +39,10 @@ def main(argv=None):
             parser.error(f'--save {args.save}: {existing} is not a directory')
         if not os.access(existing, os.W_OK | os.X_OK):
             parser.error(f'--save {args.save}: cannot write in {existing}')
+        why = replaceable_model_problem(target) if target.is_dir() else None
+        if why:  # a config.json of its own: found only after the training (review)
+            parser.error(f'--save {args.save}: {why}; the model\'s config.json and arrays.safetensors would replace '
+                         'them: choose another directory')
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')

@@ -6,14 +6,16 @@ with the run time of each verification.
 Needs ``bash scripts/dft.sh`` (installs pw.x and the UPF files) once. Uses an SQLite-backed profile without services
 (``voltnet-dft-example`` unless ``--profile``), installs the pseudopotential family and a pw.x code in it
 (``voltnet dft-setup``), and trains a model with the ``fast`` protocol on the shared CSV unless the profile already
-has one (or ``--model PK`` names one).
+has one (or ``--model PK`` names one). ``--data`` (default: ``$VOLTNET_DATA`` if set, else the shared CSV, as for
+``voltnet quickstart``) is that CSV and the source of the Materials Project column; it is checked before any DFT.
 
-    python examples/verify_layered_oxides.py [--protocol balanced|ci|precise] [--pairs Co Ni] [--profile NAME]
+    python examples/verify_layered_oxides.py [--protocol balanced|ci|precise] [--pairs Co Ni] [--profile NAME] [--data CSV]
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,10 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CSV = ROOT.parent / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 
 
-def mp_values(framework: str, ion: str = 'Li') -> list[dict]:
-    """Rows of the shared MP CSV for the full-range electrode of ``framework`` (charged end member with zero ion)
+def mp_values(data: Path, framework: str, ion: str = 'Li') -> list[dict]:
+    """Rows of the MP CSV ``data`` for the full-range electrode of ``framework`` (charged end member with zero ion)
     whose discharged end member holds one ion per formula unit."""
-    with SHARED_CSV.open(newline='') as handle:
+    with data.open(newline='') as handle:
         return [row for row in csv.DictReader(handle)
                 if row['framework_formula'] == framework and row['working_ion'] == ion
                 and row['formula_charge'] == f'{ion}0{framework}' and row['formula_discharge'] == f'{ion}1{framework}']
@@ -70,7 +72,13 @@ def main(argv=None):
     parser.add_argument('--protocol', default='balanced', choices=['ci', 'balanced', 'precise'])
     parser.add_argument('--pairs', nargs='+', default=['Co', 'Ni'], choices=['Co', 'Ni'])
     parser.add_argument('--model', type=int, default=None, help='pk of a voltage model (default: latest or train one)')
+    parser.add_argument('--data', default=os.environ.get('VOLTNET_DATA') or str(SHARED_CSV.resolve()),
+                        help='MP CSV: training data when a model is trained, and the MP column (default: '
+                             '$VOLTNET_DATA, else the shared CSV)')
     args = parser.parse_args(argv)
+    data = Path(args.data)
+    if not data.is_file():  # before any DFT: found missing after the verifications had run, with no table printed
+        parser.error(f'--data {args.data}: no such file (set --data or VOLTNET_DATA to the MP insertion-electrode CSV)')
 
     from aiida_voltnet.cli.aiida_commands import ensure_embedded_profile
 
@@ -89,8 +97,8 @@ def main(argv=None):
     _, code = setup_dft()
     model = model or latest_model(orm)
     if model is None:
-        print('training a model (protocol fast) on the shared MP CSV ...', flush=True)
-        outputs, _ = run_get_node(TrainWorkChain.get_builder_from_protocol(str(SHARED_CSV), protocol='fast'))
+        print(f'training a model (protocol fast) on {data} ...', flush=True)
+        outputs, _ = run_get_node(TrainWorkChain.get_builder_from_protocol(str(data), protocol='fast'))
         model = outputs['model']
     trained_on = set()  # a model without a creator (imported from a model directory) has no recorded training set
     training = [] if model.creator is None else \
@@ -111,7 +119,7 @@ def main(argv=None):
         if not node.is_finished_ok:
             print(f'{name}: VerifyWorkChain<{node.pk}> failed ({node.exit_status}): {node.exit_message}')
             continue
-        mp = mp_values(f'{metal}O2')
+        mp = mp_values(data, f'{metal}O2')
         mp_text = ', '.join(f'{float(r["average_voltage"]):.2f} ({r["battery_id"]}'
                             + (', in the training set' if r['battery_id'] in trained_on else '') + ')' for r in mp)
         rows.append((name, results['ml_voltage'].value, results['ml_uncertainty'].value, results['dft_voltage'].value,

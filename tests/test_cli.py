@@ -606,6 +606,13 @@ def test_train_example_checks_its_save_directory_before_training(tmp_path, capsy
         with pytest.raises(SystemExit) as exit_info:
             example.main(['--save', str(target)])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
+    foreign = tmp_path / 'foreign'  # review: a config.json of its own was found only after the training
+    foreign.mkdir()
+    (foreign / 'config.json').write_text('{"mine": true}')
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(['--save', str(foreign)])
+    assert exit_info.value.code == 2 and 'its config.json is no voltnet model config' in capsys.readouterr().err
+    assert (foreign / 'config.json').read_text() == '{"mine": true}'
 
 
 def test_train_example_prints_the_calibration_warning_of_a_small_csv(tmp_path):

@@ -31,7 +31,9 @@ pytest.importorskip('mp_api.client')
 from aiida_voltnet.ml import mp_loader  # noqa: E402
 from aiida_voltnet.ml.mp_loader import (  # noqa: E402
     ELECTRODE_FIELDS,
+    InvalidAPIKeyError,
     MissingAPIKeyError,
+    MPRequestError,
     battery_id_of,
     fetch_mp_electrodes,
     record_from_mp_doc,
@@ -40,7 +42,7 @@ from aiida_voltnet.ml.records import ElectrodeDataError, ElectrodeRecord, read_e
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / 'fixtures' / 'mp'
-SHARED_CSV = Path('/work/shared/data/mp_insertion_electrodes/electrodes.csv')
+SHARED_CSV = ROOT.parent / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 BATTERY_IDS = ['mp-752954_Li', 'mp-2657_Li', 'mp-1111695_K', 'mp-760302_Li']
 TEST_KEY = 'fake' + '0' * 28  # mp-api accepts only 32-character keys; the recorded API only checks one is sent
 
@@ -272,6 +274,26 @@ def test_key_from_environment(recorded_mp, monkeypatch):
     assert {r.headers['x-api-key'] for r in recorded_mp.calls(ELECTRODES_PATH)} == {ENV_KEY}
 
 
+def test_a_key_of_another_length_is_refused_before_any_request(recorded_mp):
+    with pytest.raises(InvalidAPIKeyError, match='API key has 5 characters, not 32'):
+        fetch_mp_electrodes('short', battery_ids=BATTERY_IDS)
+    assert recorded_mp.requests == []
+
+
+def test_a_refused_request_is_named(recorded_mp, monkeypatch):
+    """Review: a key the server refuses, or no network, gave mp-api's or requests' own exception."""
+    replay = recorded_mp.send
+
+    def refuse(request, *args, **kwargs):
+        if urlsplit(request.url).path == ELECTRODES_PATH:
+            return recorded_mp._respond(request, 403, {'detail': 'Invalid API key'})
+        return replay(request, *args, **kwargs)
+
+    monkeypatch.setattr(recorded_mp, 'send', refuse)
+    with pytest.raises(MPRequestError, match=r'the Materials Project request failed \(MPRestError\): .*403'):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=BATTERY_IDS)
+
+
 def test_missing_key_is_a_clear_error(recorded_mp):
     with pytest.raises(MissingAPIKeyError, match='MP_API_KEY'):
         fetch_mp_electrodes(battery_ids=BATTERY_IDS)
@@ -290,6 +312,20 @@ def test_elements_filter(recorded_mp):
     records, _ = fetch_mp_electrodes(TEST_KEY, elements=['Cr'])
     assert [r.battery_id for r in records] == ['mp-1111695_K', 'mp-752954_Li']
     assert recorded_mp.calls(ELECTRODES_PATH)[0].params['elements'] == 'Cr'
+
+
+def test_ids_not_returned_are_named_apart_from_those_max_entries_left_out(recorded_mp, caplog):
+    """Review: ids that max_entries kept out were logged as electrodes the Materials Project does not have."""
+    with caplog.at_level('WARNING'):
+        records, _ = fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li', 'mp-1111695_K'], max_entries=1)
+    assert len(records) == 1
+    assert 'max_entries=1 reached: not fetched (they may exist beyond it)' in caplog.text
+    assert 'has no insertion electrode' not in caplog.text
+    caplog.clear()
+    with caplog.at_level('WARNING'):
+        records, _ = fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li', 'mp-99999999_Li'], max_entries=5)
+    assert [record.battery_id for record in records] == ['mp-2657_Li']
+    assert 'the Materials Project has no insertion electrode(s) mp-99999999_Li' in caplog.text
 
 
 def test_max_entries(recorded_mp):
@@ -391,6 +427,9 @@ def test_invalid_arguments(recorded_mp):
         fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657'])  # a material id, not an electrode's
     with pytest.raises(ValueError, match="elements: 'fe' is not a chemical element symbol"):
         fetch_mp_electrodes(TEST_KEY, elements=['fe'])
+    for name in ('battery_ids', 'elements'):  # review: an empty list meant no filter, so every electrode
+        with pytest.raises(ValueError, match=f'{name} is empty'):
+            fetch_mp_electrodes(TEST_KEY, **{name: []})
     assert recorded_mp.requests == []
     fetch_mp_electrodes(TEST_KEY, battery_ids=['mvc-11882_Al'])  # MP's other id prefix is a battery id too
 

@@ -40,6 +40,8 @@ LOGGER = logging.getLogger(__name__)
 __all__ = [
     'ELECTRODE_FIELDS',
     'SUMMARY_FIELDS',
+    'InvalidAPIKeyError',
+    'MPRequestError',
     'MissingAPIKeyError',
     'fetch_mp_electrodes',
     'battery_id_of',
@@ -79,6 +81,27 @@ class MissingAPIKeyError(RuntimeError):
     """No Materials Project API key was given and ``MP_API_KEY`` is not set."""
 
 
+class InvalidAPIKeyError(ValueError):
+    """A Materials Project API key that mp-api refuses before any request (not 32 characters)."""
+
+
+class MPRequestError(RuntimeError):
+    """The Materials Project could not be reached, or refused a request (a wrong key, a server error)."""
+
+
+#: The length of every Materials Project API key; mp-api refuses others before sending anything.
+API_KEY_LENGTH = 32
+
+
+def api_key_problem(key: str) -> str | None:
+    """Why mp-api would refuse ``key`` before any request, naming where keys come from; None for a usable one."""
+    if len(key) != API_KEY_LENGTH:
+        return (f'the Materials Project API key has {len(key)} characters, not {API_KEY_LENGTH} (from api_key=..., '
+                'else MP_API_KEY, else PMG_MAPI_KEY in ~/.config/.pmgrc.yaml); copy it again from '
+                'https://next-gen.materialsproject.org/api')
+    return None
+
+
 # ------------------------------------------------------------------------------------------------ public API
 
 def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None = None,
@@ -98,6 +121,8 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
         ``battery_ids``, ``material_ids`` (sorted unique ids of all end members, of the electrodes and of their
         voltage steps), ``mp_api_version`` and ``fetched_at`` (ISO 8601, UTC).
     :raises MissingAPIKeyError: without ``rester``, ``api_key`` and ``MP_API_KEY``.
+    :raises InvalidAPIKeyError: for a key that is not 32 characters long (before any request).
+    :raises MPRequestError: when the Materials Project cannot be reached or refuses a request (a wrong key).
     :raises ElectrodeDataError: for a document that cannot be converted (names the battery id and the field).
     :raises ValueError: for invalid arguments.
     """
@@ -112,13 +137,22 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
         raise MissingAPIKeyError('no Materials Project API key: pass api_key=... or set the MP_API_KEY environment '
                                  'variable (or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml, as mp-api reads it; get a key at '
                                  'https://next-gen.materialsproject.org/api)')
+    problem = api_key_problem(key)
+    if problem:
+        raise InvalidAPIKeyError(problem)
     try:
+        import requests
         from mp_api.client import MPRester
+        from mp_api.client.core.client import MPRestError
     except ImportError as exception:  # pragma: no cover - depends on the installation
         raise ImportError('fetching from the Materials Project needs the mp-api client: '
                           'pip install "aiida-voltnet[mp]"') from exception
-    with MPRester(key, use_document_model=False) as client:
-        return _fetch(client, **arguments)
+    try:
+        with MPRester(key, use_document_model=False) as client:
+            return _fetch(client, **arguments)
+    except (MPRestError, requests.exceptions.RequestException) as exception:
+        raise MPRequestError(f'the Materials Project request failed ({type(exception).__name__}): '
+                             f'{str(exception)[:500]}') from exception
 
 
 def configured_api_key() -> str | None:
@@ -153,6 +187,8 @@ def check_fetch_arguments(working_ion=None, elements=None, battery_ids=None, max
         if values is not None and (isinstance(values, str) or not isinstance(values, (list, tuple))
                                    or not all(isinstance(value, str) for value in values)):
             raise ValueError(f'{name} must be a list of strings, got {values!r:.80}')
+        if values is not None and not values:  # not "no filter": an empty id list would fetch every electrode
+            raise ValueError(f'{name} is empty: pass None (no filter) or at least one value')
     for element in elements or ():
         if not Element.is_valid_symbol(element):
             raise ValueError(f'elements: {element!r} is not a chemical element symbol')
@@ -282,6 +318,8 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
         query['chunk_size'], query['num_chunks'] = math.ceil(max_entries / chunks), chunks
 
     docs = [_plain(doc) for doc in (rester.materials.insertion_electrodes.search(**query) or [])]
+    # max_entries reached: the electrodes asked for and not returned may exist beyond it, not be "missing"
+    capped = max_entries is not None and len(docs) >= max_entries
     if max_entries is not None:
         docs = docs[:max_entries]
 
@@ -310,7 +348,10 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
             seen.add(battery_id)
     if battery_ids:
         missing = sorted(set(battery_ids) - seen)
-        if missing:
+        if missing and capped:
+            LOGGER.warning('max_entries=%d reached: not fetched (they may exist beyond it): %s', max_entries,
+                           ', '.join(missing))
+        elif missing:
             LOGGER.warning('the Materials Project has no insertion electrode(s) %s', ', '.join(missing))
 
     for doc in docs:  # a document that cannot be a record fails now, not after every summary was downloaded

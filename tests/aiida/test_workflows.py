@@ -530,6 +530,10 @@ def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, c
             example.main(['--profile', profile, '--model', str(pk)])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
+    # review: a CSV missing (a checkout without ../shared) was found after every verification had run
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(['--profile', profile, '--data', str(Path(csv_node.filename).with_name('absent.csv'))])
+    assert exit_info.value.code == 2 and 'absent.csv: no such file' in capsys.readouterr().err
     latest = example.latest_model(orm)
     assert latest is None or latest.pk != volume.pk  # the newest voltnet model predicts volumes: not picked
     voltage = train_model(dataset, model='voltnet', settings=orm.Dict({'members': 2}))
