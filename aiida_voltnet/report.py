@@ -21,6 +21,7 @@ import json
 import math
 import platform
 import subprocess
+import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +34,8 @@ from .ml.evaluation import EvaluationResult, evaluate
 from .ml.featurizers import TargetLeakWarning, get_featurizer_class, hull_leak_check
 from .ml.metrics import interval_coverage, regression_metrics
 from .ml.models import MODEL_SPECS, min_training_rows, train_voltage_model
-from .ml.records import ElectrodeDataError, ElectrodeRecord, file_sha256, parse_formula, read_electrodes_csv
+from .ml.records import (ElectrodeDataError, ElectrodeRecord, file_sha256, parse_formula, read_electrodes_csv,
+                         write_files_atomically)
 from .ml.splits import cap_per_voltage_interval, kfold_splits, make_split
 
 __all__ = ['ReportSettings', 'build_report', 'DEFAULT_CSV', 'PUBLISHED_S2', 'PUBLISHED_S3', 'PUBLISHED_S4',
@@ -632,6 +634,36 @@ def check_report_data(records: Sequence[ElectrodeRecord], settings: ReportSettin
                              'column')
 
 
+#: What a report writes into its ``--out`` directory, all at once at the end (``write_files_atomically``).
+REPORT_FILES = ('report.md', 'report.json', *FIGURES)
+
+
+def report_output_problem(out: str | Path) -> str | None:
+    """Why the report's files cannot go into directory ``out``, or None: one of :data:`REPORT_FILES` there is a
+    directory or another non-file (found only when the run wrote it, at the end), or a ``report.md`` that no voltnet
+    report wrote (no ``report.json`` of one beside it) would be replaced."""
+    import os
+    import stat
+
+    out = Path(out)
+    for name in REPORT_FILES:
+        try:
+            mode = os.lstat(out / name).st_mode
+        except OSError:
+            continue
+        if not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
+            return f'{out / name} exists and is not a file; the report writes {name} there'
+    if (out / 'report.md').exists():
+        try:
+            previous = json.loads((out / 'report.json').read_bytes())
+        except (OSError, ValueError):
+            previous = None
+        if not isinstance(previous, dict) or not {'settings', 'table_s2'} <= set(previous):
+            return (f'{out / "report.md"} is no voltnet report (no report.json of one beside it) and would be '
+                    'replaced: choose another directory')
+    return None
+
+
 def build_report(out: str | Path, settings: ReportSettings, data: str | Path | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Run every evaluation, write ``report.md``, ``report.json`` and the figures into ``out``; return the JSON."""
@@ -640,6 +672,9 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     matplotlib.use('Agg')
     started = time.perf_counter()
     out = Path(out)
+    problem = report_output_problem(out)
+    if problem:
+        raise ValueError(problem)
     data = Path(data or DEFAULT_CSV).resolve()
     with warnings.catch_warnings():
         warnings.simplefilter('ignore')
@@ -800,10 +835,17 @@ def build_report(out: str | Path, settings: ReportSettings, data: str | Path | N
     # Table S1
     report['table_s1'] = _table_s1(all_records, records, preds, settings.seeds)
 
-    _figures(out, all_records, grouped_result, s3, volume_result, curve, report['calibration'], s3_paper)
+    # Every file at once at the end (review: a figure that failed left the new figures beside an old report.md)
+    with tempfile.TemporaryDirectory(prefix='voltnet-report-') as figures:
+        _figures(Path(figures), all_records, grouped_result, s3, volume_result, curve, report['calibration'],
+                 s3_paper)
+        contents = {path.name: path.read_bytes() for path in sorted(Path(figures).iterdir())}
     report['timings_s']['total'] = round(time.perf_counter() - started, 1)
-    (out / 'report.json').write_text(json.dumps(report, indent=1, default=str))
-    (out / 'report.md').write_text(_markdown(report, settings))
+    contents['report.json'] = json.dumps(report, indent=1, default=str).encode()
+    contents['report.md'] = _markdown(report, settings).encode()
+    if set(contents) != set(REPORT_FILES):  # pragma: no cover - FIGURES is what _figures draws
+        raise RuntimeError(f'the report made {sorted(contents)}, REPORT_FILES names {sorted(REPORT_FILES)}')
+    write_files_atomically(out, contents)
     log(f'wrote {out / "report.md"} ({report["timings_s"]["total"]:.0f} s)')
     return report
 
@@ -1035,7 +1077,8 @@ def _figures(out, all_records, grouped, s3, volume, curve, calibration, s3_paper
     fig.savefig(out / 'parity.png', dpi=110)
     plt.close(fig)
 
-    # calibration
+    # calibration: every seed's out-of-fold predictions pooled, as report.md's coverages (review: seed 0's only)
+    y, mean, std = (np.array([p[k] for p in grouped.predictions]) for k in ('y', 'mean', 'std'))
     zs = np.linspace(0, 3, 31)
     observed = [interval_coverage(y, mean, std, z) for z in zs]
     expected = [math.erf(z / math.sqrt(2)) for z in zs]
@@ -1045,7 +1088,8 @@ def _figures(out, all_records, grouped, s3, volume, curve, calibration, s3_paper
     for z, target in ((1, 0.683), (2, 0.954)):
         ax.plot(math.erf(z / math.sqrt(2)), interval_coverage(y, mean, std, z), 's', ms=8,
                 label=f'±{z}σ: {interval_coverage(y, mean, std, z):.2f} (target {target:.2f})')
-    ax.set(xlabel='expected coverage (Gaussian)', ylabel='observed coverage', title='uncertainty calibration')
+    ax.set(xlabel='expected coverage (Gaussian)', ylabel='observed coverage',
+           title=f'uncertainty calibration, grouped CV, seeds {", ".join(map(str, grouped.seeds))} pooled')
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / 'calibration.png', dpi=110)
@@ -1111,8 +1155,11 @@ def _figures(out, all_records, grouped, s3, volume, curve, calibration, s3_paper
     plt.close(fig)
 
     # The leak
-    v = np.array([r.average_voltage for r in all_records if r.capacity_grav])
-    ratio = np.array([r.energy_grav / r.capacity_grav for r in all_records if r.capacity_grav])
+    # the rows report['leak'] counts (review: a row without energy_grav outside --rows raised a TypeError here, at
+    # the end of the run); the paper rows' check keeps at least the subsample's in
+    leaky = [r for r in all_records if r.energy_grav is not None and r.capacity_grav]
+    v = np.array([r.average_voltage for r in leaky])
+    ratio = np.array([r.energy_grav / r.capacity_grav for r in leaky])
     fig, ax = plt.subplots(figsize=(5, 4.5))
     ax.scatter(ratio, v, s=4, alpha=0.5)
     ax.set(xlabel='energy_grav / capacity_grav (paper features)', ylabel='average_voltage (target)',
@@ -1219,7 +1266,7 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               'unchanged. The SI\'s numbers are MHA-ResNet under the leaking paper protocol.', '',
               '| max training rows per interval | training rows (mean) | MAE | RMSE | R² | SI MAE / RMSE / R² |',
               '|---|---|---|---|---|---|']
-    lines += _s3_rows(report['table_s3'], '— (all)')
+    lines += _s3_rows(report['table_s3'], f'— (all; = Table S2 voltnet leak-free grouped row, seeds {seeds})')
     lines += ['', f'![Fig. S3](fig_s3_residuals.png) (residuals of seed {s.seeds[0]})', '']
 
     # S4
@@ -1237,9 +1284,10 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
               f'Target `max_delta_volume` (largest fractional volume change over the steps, {v["n_records"]} rows '
               f'with a value), leak-free voltnet, {proto_grouped}: MAE {_fmt(v["summary"], "mae")}, RMSE '
               f'{_fmt(v["summary"], "rmse")}, R² {_fmt(v["summary"], "r2")}; median absolute error {v["median_abs_error"]:.3f}. '
-              f'The target is heavy-tailed: {v["n_above_1"]} rows above 1 (a >100 % volume change), maximum '
-              f'{v["max"]:.1f}; these dominate RMSE and R². The SI gives no numbers for this target, only its Fig. '
-              'S5.', '', '![Fig. S5](fig_s5_volume.png)', '']
+              + (f'The target is heavy-tailed: {v["n_above_1"]} rows above 1 (a >100 % volume change), maximum '
+                 f'{v["max"]:.1f}; these dominate RMSE and R². ' if v['n_above_1'] else
+                 f'No row is above 1 (a >100 % volume change) here; maximum {v["max"]:.2f}. ')
+              + 'The SI gives no numbers for this target, only its Fig. S5.', '', '![Fig. S5](fig_s5_volume.png)', '']
 
     # S1
     lines += [HEADINGS[5], '',
@@ -1363,7 +1411,8 @@ def _markdown(report: dict, settings: ReportSettings) -> str:
                      + ', '.join(f'{n} over the {protocol} splits' for protocol, n in dropped.items())
                      + '. The other rows computed by `evaluate` (the model and featurizer comparisons, the volume '
                      'target) leave such rows out too; the caps (Table S3) and the learning curve predict them, so '
-                     'that every cap and fraction is scored on the same test rows.')
+                     'that every cap and fraction is scored on the same test rows (the "— (all)" row of Table S3 '
+                     'is the main row, without them).')
     lines += ['- In provenance mode the main leak-free voltnet rows store their models (`train_model`); the other '
               'analyses (`report_analysis`) store their metrics and test predictions, not the models they trained.',
               '- Only the main leak-free voltnet rows calibrate the ensemble spread (it doubles the training cost); '

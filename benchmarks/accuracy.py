@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_CSV, existing_file, git_commit, positive_int, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, existing_file, git_commit, new_file, positive_int, read_data, run, seed_int
 
 from aiida_voltnet.ml.evaluation import PROTOCOLS, evaluate
 from aiida_voltnet.ml.featurizers import FEATURIZERS
@@ -79,7 +79,7 @@ def main():
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
     parser.add_argument('--rows', type=row_spec, nargs='+', default=DEFAULT_ROWS,
                         help='model:featurizer:protocol entries')
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2, 3, 4])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2, 3, 4])
     parser.add_argument('--mha-epochs', type=positive_int, default=TORCH_EPOCHS['mha_resnet'])
     parser.add_argument('--mha-patience', type=positive_int, default=None,
                         help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, none: all "
@@ -88,7 +88,9 @@ def main():
     parser.add_argument('--quick', action='store_true',
                         help=f'2 seeds and {QUICK_EPOCHS} epochs per torch model: a smoke run of every row, whose '
                              'torch rows are under-trained (not numbers to quote)')
-    parser.add_argument('--json', type=str, default=None, help='write the table as JSON here')
+    parser.add_argument('--json', type=new_file, default=None,
+                        help='write the table as JSON here, with the data sha256, seeds, commit, versions and device '
+                             '(checked before the run)')
     parser.add_argument('--calibrate', action='store_true',
                         help='also calibrate ensemble spreads (2x the cost; MAE/RMSE/R2 do not depend on it)')
     parser.add_argument('--model-params', type=model_params_json, default=None, metavar='JSON',
@@ -132,9 +134,10 @@ def main():
         print(f'{row}: MAE {summary["mae"]:.3f} +/- {summary["mae_std"]:.3f} V '
               f'({time.perf_counter() - started:.0f} s)', flush=True)
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() and args.device != 'cpu' else 'CPU'
+    sha256, commit = file_sha256(args.data), git_commit()
     print()
-    print(f'data {args.data} (sha256 {file_sha256(args.data)[:16]}, {len(records)} rows); seeds {seeds}; '
-          f'commit {git_commit()}; torch {torch.__version__}; python {platform.python_version()}; {device}')
+    print(f'data {args.data} (sha256 {sha256[:16]}, {len(records)} rows); seeds {seeds}; '
+          f'commit {commit}; torch {torch.__version__}; python {platform.python_version()}; {device}')
     print(f'{"model":<12} {"features":<9} {"protocol":<8} {"MAE (V)":>14} {"RMSE (V)":>14} {"R2":>14}  leaks?')
     for s in table:
         leak = 'YES' if s['featurizer'] == 'paper' else 'no'
@@ -142,7 +145,11 @@ def main():
               f'{s["mae"]:7.3f}+/-{s["mae_std"]:.3f} {s["rmse"]:7.3f}+/-{s["rmse_std"]:.3f} '
               f'{s["r2"]:7.3f}+/-{s["r2_std"]:.3f}  {leak}')
     if args.json:
-        Path(args.json).write_text(json.dumps({'commit': git_commit(), 'seeds': seeds, 'table': table}, indent=1))
+        Path(args.json).write_text(json.dumps({
+            'commit': commit, 'seeds': seeds, 'table': table,
+            'data': {'path': str(args.data), 'sha256': sha256, 'n_rows': len(records)},
+            'versions': {'torch': torch.__version__, 'python': platform.python_version()}, 'device': device},
+            indent=1))
 
 
 if __name__ == '__main__':

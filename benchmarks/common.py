@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,20 @@ _STARTED_AT = _git_commit_now()
 
 
 def _integer(value: str) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise argparse.ArgumentTypeError(f'{value!r} is not an integer') from None
+    if not re.fullmatch(r'\s*[+-]?[0-9]+\s*', value):  # int() also reads '1_0' as 10 and '٣' as 3 (review)
+        raise argparse.ArgumentTypeError(f'{value!r} is not an integer')
+    return int(value)
+
+
+class Distinct(argparse.Action):
+    """An argparse action for a list option (``nargs='+'``): each value once. A repeated seed was averaged as a
+    second seed, counting its test rows twice and printing a spread of 0 (review; ``voltnet report`` refuses it too)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        repeated = sorted({value for value in values if values.count(value) > 1})
+        if repeated:
+            parser.error(f'argument {option_string}: repeats {", ".join(map(str, repeated))}: give each once')
+        setattr(namespace, self.dest, values)
 
 
 def at_least(minimum: int) -> Callable[[str], int]:

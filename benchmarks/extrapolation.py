@@ -19,7 +19,7 @@ import time
 import warnings
 
 import numpy as np
-from common import DEFAULT_CSV, at_least, existing_file, git_commit, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, at_least, existing_file, git_commit, read_data, run, seed_int
 
 from aiida_voltnet.ml.models import train_voltage_model
 from aiida_voltnet.ml.splits import kfold_splits
@@ -28,7 +28,7 @@ from aiida_voltnet.ml.splits import kfold_splits
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2])
     parser.add_argument('--folds', type=at_least(2), default=5)
     args = parser.parse_args()
     records = read_data(args.data)

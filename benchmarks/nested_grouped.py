@@ -34,8 +34,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_CSV, InputError, at_least, existing_file, git_commit, new_file, positive_int, read_data, \
-    run, seed_int
+from common import (DEFAULT_CSV, Distinct, InputError, at_least, existing_file, git_commit, new_file, positive_int,
+                    read_data, run, seed_int)
 from tune_voltnet import BASE, BASE_MEMBERS, CANDIDATES, leakfree_arrays
 
 from aiida_voltnet.ml.models import GradientBoostedTrees
@@ -74,7 +74,7 @@ def choose(train, names, seed: int, inner_folds: int, inner_members: int,
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0])
     parser.add_argument('--split', choices=('grouped', 'random'), default='grouped',
                         help='grouped: outer and inner folds grouped by host framework (default); random: the outer '
                              'split is accuracy.py\'s random 90/10 of each seed, the inner folds random')

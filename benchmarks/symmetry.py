@@ -20,7 +20,7 @@ import time
 import warnings
 
 import numpy as np
-from common import DEFAULT_CSV, at_least, existing_file, git_commit, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, at_least, existing_file, git_commit, read_data, run, seed_int
 
 from aiida_voltnet.ml.models import train_voltage_model
 from aiida_voltnet.ml.splits import kfold_splits
@@ -36,7 +36,7 @@ def without_symmetry(records):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1])
     parser.add_argument('--folds', type=at_least(2), default=5)
     args = parser.parse_args()
     records = read_data(args.data)

@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, existing_file, read_data, run, seed_int
 
 from aiida_voltnet.ml.featurizers import get_featurizer
 from aiida_voltnet.ml.models import GradientBoostedTrees
@@ -136,7 +136,7 @@ def main():
         return run_test(test.test, rest)
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2])
     parser.add_argument('--candidates', nargs='+', default=list(CANDIDATES), choices=CANDIDATES, metavar='NAME',
                         help=f'candidates to score (default: all): {", ".join(CANDIDATES)}')
     parser.add_argument('--json', default=None, help='write {candidate: {seed: mae}} here')

@@ -20,7 +20,7 @@ import logging
 import time
 
 import numpy as np
-from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, existing_file, read_data, run, seed_int
 from tune_voltnet import BASE, CANDIDATES, PROTOCOLS, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml.models import MODEL_SPECS, GradientBoostedTrees, build_regressor
@@ -54,7 +54,7 @@ def step_rows(record):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='validation rows: pool (outside every benchmark test set, default) or '
                              'seed-train (the protocol of the earlier tables; see tune_voltnet.py)')

@@ -36,7 +36,7 @@ import numpy as np
 import scipy.constants
 from pymatgen.core import Composition, Element
 from pymatgen.symmetry.groups import SpaceGroup
-from common import DEFAULT_CSV, existing_file, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, existing_file, read_data, run, seed_int
 from tune_voltnet import BASE, CANDIDATES, PROTOCOLS, leakfree_arrays, validation_splits
 
 from aiida_voltnet.ml import featurizers
@@ -239,7 +239,7 @@ CANDIDATES_FEATURES = {
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
-    parser.add_argument('--seeds', type=seed_int, nargs='+', default=[0, 1, 2, 3, 4])
+    parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2, 3, 4])
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='validation rows: pool (outside every benchmark test set, default) or '
                              'seed-train (the protocol of the earlier tables; see tune_voltnet.py)')

@@ -22,6 +22,12 @@ def bench(script, *arguments):
     ('accuracy.py', ['--rows', 'krr:leakfree'], "bad row 'krr:leakfree': give model:featurizer:protocol"),
     ('accuracy.py', ['--seeds'], 'argument --seeds: expected at least one argument'),
     ('accuracy.py', ['--seeds', '-1'], "argument --seeds: must be an integer >= 0, got '-1'"),
+    # review: a repeated seed was averaged as two (spread 0); int() read '1_0' as 10; --json failed after the run
+    ('accuracy.py', ['--seeds', '0', '0'], 'argument --seeds: repeats 0: give each once'),
+    ('symmetry.py', ['--seeds', '1', '2', '1'], 'argument --seeds: repeats 1: give each once'),
+    ('accuracy.py', ['--seeds', '1_0'], "argument --seeds: '1_0' is not an integer"),
+    ('accuracy.py', ['--json', '/no/such/dir/acc.json'],
+     "argument --json: no such directory: '/no/such/dir' (for '/no/such/dir/acc.json')"),
     ('accuracy.py', ['--data', '/no/such.csv'], "argument --data: no such file: '/no/such.csv'"),
     ('epoch_speed.py', ['--rows', '0'], "argument --rows: must be an integer >= 2, got '0'"),
     ('epoch_speed.py', ['--threads', '-1'], "argument --threads: must be an integer >= 1, got '-1'"),

@@ -48,6 +48,11 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
         _fail(f'--seeds {seeds!r} repeats a seed: each seed once (a repeat counted its test rows twice and gave a '
               'spread of 0)')
     _check_output_path(out, directory=True)
+    from aiida_voltnet.report import report_output_problem
+
+    problem = report_output_problem(out)
+    if problem:
+        _fail(f'--out {out}: {problem}')
     _check_device(device)
     if profile is not None and not no_provenance:  # a profile asked for by name: missing is an error, not a
         from aiida_voltnet.report import load_profile_for_report  # quiet fall back to a report without provenance
