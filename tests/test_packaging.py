@@ -48,3 +48,14 @@ def test_every_entry_point_is_named_in_the_docs(page):
     missing = sorted({name for items in PYPROJECT['entry-points'].values() for name in items
                       if f'`{name}`' not in text})
     assert not missing, f'{page} does not name {missing}'
+
+
+def test_the_cli_runs_as_a_module():
+    """``python -m aiida_voltnet.cli`` (review: 'No module named aiida_voltnet.cli.__main__') is the voltnet command."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, '-m', 'aiida_voltnet.cli', '--help'], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('Usage: voltnet [OPTIONS] COMMAND') and 'predict' in result.stdout
