@@ -638,3 +638,46 @@ def test_a_working_ion_in_another_spelling_is_named_not_a_key_error(ion, tmp_pat
     with pytest.raises(ElectrodeDataError, match=f"line 2, battery_id 'mp-2657_Li', field 'working_ion': working ion "
                                                  f"'{ion}' is not one of"):
         read_electrodes_csv(path)
+
+
+# ------------------------------------------------------------------------------------------- voltnet fetch-mp
+
+def test_fetch_mp_writes_the_records_as_a_seed_csv_with_their_provenance(recorded_mp, csv_records, tmp_path,
+                                                                           monkeypatch):
+    """``voltnet fetch-mp`` writes what the loader fetched as a seed-format CSV that reads back into the same
+    records (the shared CSV's own rows), with the query, database version and material ids beside it."""
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+
+    out = tmp_path / 'mp.csv'
+    runner = CliRunner()
+    result = runner.invoke(cli, ['fetch-mp', '--out', str(out), '--battery-id', 'mp-2657_Li'])
+    assert result.exit_code == 2 and 'no Materials Project API key' in result.output, result.output
+    assert recorded_mp.requests == [] and not out.exists()
+    monkeypatch.setenv('MP_API_KEY', 'short')
+    result = runner.invoke(cli, ['fetch-mp', '--out', str(out), '--battery-id', 'mp-2657_Li'])
+    assert result.exit_code == 2 and 'API key has 5 characters, not 32' in result.output, result.output
+    monkeypatch.setenv('MP_API_KEY', TEST_KEY)
+    for options, message in ((['--ion', 'li'], 'working_ion must be one of'),
+                             (['--elements', 'Fe,,P'], 'without empty items'),
+                             (['--battery-id', 'mp-2657'], "'mp-2657' is no Materials Project battery id")):
+        result = runner.invoke(cli, ['fetch-mp', '--out', str(out), *options])
+        assert result.exit_code == 2 and message in result.output, (options, result.output)
+    assert recorded_mp.requests == [] and not out.exists()
+
+    result = runner.invoke(cli, ['fetch-mp', '--out', str(out), *[f'--battery-id={i}' for i in BATTERY_IDS]])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert f'Wrote 4 electrode(s) (K, Li) to {out}, MP database version' in result.output
+    assert read_electrodes_csv(out) == [csv_records[i] for i in sorted(BATTERY_IDS)]
+    provenance = json.loads((tmp_path / 'mp.csv.mp.json').read_text())
+    assert provenance['battery_ids'] == sorted(BATTERY_IDS) and provenance['database_version']
+    assert TEST_KEY not in out.read_text() + json.dumps(provenance)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ['mp.csv', 'mp.csv.mp.json']
+
+    result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'k.csv'), '--ion', 'K', '--elements', 'Cr'])
+    assert result.exit_code == 0, result.output
+    assert [r.battery_id for r in read_electrodes_csv(tmp_path / 'k.csv')] == ['mp-1111695_K']
+    result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'none.csv'), '--ion', 'K', '--elements', 'Fe'])
+    assert result.exit_code == 1 and 'the query matched no insertion electrode' in result.output, result.output
+    assert not (tmp_path / 'none.csv').exists()

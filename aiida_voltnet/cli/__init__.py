@@ -533,3 +533,4 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
 from . import aiida_commands  # noqa: E402,F401  (registers quickstart, provenance, predictions)
 from . import report_command  # noqa: E402,F401  (registers report)
 from . import dft_commands  # noqa: E402,F401  (registers dft-setup, verify)
+from . import mp_command  # noqa: E402,F401  (registers fetch-mp)
