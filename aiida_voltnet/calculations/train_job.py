@@ -90,6 +90,14 @@ def validate_inputs(inputs, ctx=None):
                                               check_computer=False)
         if message:
             return message
+        restart = inputs.get('restart_folder')
+        if isinstance(restart, orm.RemoteData) and code is not None and restart.computer is not None \
+                and code.computer is not None and restart.computer.uuid != code.computer.uuid:
+            # aiida-core cannot copy between two computers: the job was stored, then its upload failed five times
+            # and it waited paused for good (review)
+            return (f'restart_folder: a RemoteData on computer {restart.computer.label!r}, but the code runs on '
+                    f'{code.computer.label!r}; AiiDA copies remote folders only within one computer: give the '
+                    'checkpoint output (a FolderData) of the interrupted job instead')
     message = functions.walltime_problem((inputs.get('metadata') or {}).get('options'))
     if message:
         return message
@@ -157,7 +165,8 @@ class VoltnetTrainCalculation(CalcJob):
         spec.input('restart_folder', valid_type=(orm.RemoteData, orm.FolderData), required=False,
                    validator=validate_restart_folder,
                    help='What to resume from: the `checkpoint` output of an interrupted run (or its retrieved '
-                        'folder, or its remote working directory, whose `checkpoint/` is copied). voltnet-train '
+                        'folder, or its remote working directory on the code\'s computer, whose `checkpoint/` is '
+                        'copied). voltnet-train '
                         'uses it when it checks out and belongs to this same training, else trains from scratch. '
                         'A folder with a complete `model/` of the same training is reused as it is.')
         spec.input('checkpointing', valid_type=orm.Dict, required=False, serializer=orm.to_aiida_type,

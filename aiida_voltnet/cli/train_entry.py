@@ -115,6 +115,10 @@ def _voltnet_warnings_logged(said: list[str]):
                     LOGGER.warning('%s', line)
 
 
+#: The keys of the training config (``config.json``) that ``VoltnetTrainCalculation`` writes.
+CONFIG_KEYS = ('featurizer', 'model', 'seed', 'settings', 'resume')
+
+
 def _finish(output: pathlib.Path, status: str, message: str = '', **extra) -> int:
     (output / 'status.json').write_text(json.dumps({'status': status, 'message': message, **extra}, indent=1))
     LOGGER.info('%s %s %s', MARKER, status, json.dumps({'message': message, **extra}))
@@ -180,6 +184,11 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     output.mkdir(parents=True, exist_ok=True)
     try:
         config = json.loads(config_path.read_text())
+        if not isinstance(config, dict):
+            raise ValueError(f'the config must be a JSON object, got a JSON {type(config).__name__}')
+        unknown = sorted(set(config) - set(CONFIG_KEYS))  # a misspelt 'modle' trained the default model (review)
+        if unknown:
+            raise ValueError(f'unknown config key(s) {", ".join(unknown)}; known: {", ".join(CONFIG_KEYS)}')
         settings = dict(config.get('settings') or {})
         unknown = sorted(set(settings) - set(SETTINGS_KEYS))
         if unknown:
@@ -245,6 +254,11 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
             rejected = f'{resume} holds no usable checkpoint or complete model of this training'
     reused_model = model is not None
     resumed = reused_model or resumed_from is not None
+
+    def finish(status, message='', **extra):
+        """``_finish`` with the reason a resume was refused, for every status (review: only metrics.json of a
+        finished job had it, so a refused checkpoint of an interrupted run was said nowhere the user looks)."""
+        return _finish(output, status, message, **extra, **({'resume_rejected': rejected} if rejected else {}))
     said: list[str] = []  # the voltnet warnings of the training, 'Category: message', for metrics.json
 
     def progress(message):
@@ -252,7 +266,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
 
     def out_of_memory(exception, when=''):
         LOGGER.error('CUDA out of memory%s: %s', when, exception)
-        return _finish(output, 'CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
+        return finish('CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
                        batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
                        or spec_train_setting(config['model'], 'batch_size'))
 
@@ -279,16 +293,16 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
                 model = fit()
     except TrainingInterrupted as exception:
         LOGGER.warning('%s', exception)
-        return _finish(output, 'TIME_LIMIT', str(exception), reason=exception.reason, **exception.where,
+        return finish('TIME_LIMIT', str(exception), reason=exception.reason, **exception.where,
                        checkpoint=str(checkpoint_dir), serial=checkpoint.serial)
     except TrainingDiverged as exception:
         LOGGER.error('training diverged: %s', exception)
-        return _finish(output, 'LOSS_DIVERGED', str(exception), epoch=exception.epoch)
+        return finish('LOSS_DIVERGED', str(exception), epoch=exception.epoch)
     except torch.cuda.OutOfMemoryError as exception:
         return out_of_memory(exception)
     except Exception as exception:  # noqa: BLE001 - reported through status.json and the exit code
         LOGGER.error('trainer raised:\n%s', traceback.format_exc())
-        return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')
+        return finish('EXCEPTION', f'{type(exception).__name__}: {exception}')
 
     try:  # a failure here (CUDA memory in the prediction, a full disk) keeps the exit-code contract
         model_dir = output / 'model'
@@ -301,7 +315,13 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
                 shutil.copyfile(resume / name, model_dir / name)
         LOGGER.info('model written to %s (%.1f s)', model_dir, time.monotonic() - started)
         with _voltnet_warnings_logged(said):  # a reused model's records warn here (rounded host amounts), if at all
-            mean, _ = model.predict(records)
+            try:
+                mean, _ = model.predict(records)
+            except torch.cuda.OutOfMemoryError as exception:  # the model is saved: score it on the CPU (review:
+                LOGGER.warning('CUDA out of memory scoring the training records (%s); scoring them on the CPU',
+                               str(exception).splitlines()[0] if str(exception) else '')  # it was retrained with
+                torch.cuda.empty_cache()  # ever smaller batches, which cannot change the scoring's memory)
+                mean, _ = model.predict(records, device='cpu')
         devices = sorted({h['device'] for h in model.metadata.get('train_history', []) if h.get('device')})
         metrics = {'train': regression_metrics([getattr(r, target) for r in records], mean),
                    'device': devices[0] if len(devices) == 1 else (devices or 'cpu'),
@@ -332,10 +352,10 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         return out_of_memory(exception, ' after training')
     except Exception as exception:  # noqa: BLE001 - reported through status.json and the exit code
         LOGGER.error('writing the outputs raised:\n%s', traceback.format_exc())
-        return _finish(output, 'EXCEPTION', f'{type(exception).__name__}: {exception}')
+        return finish('EXCEPTION', f'{type(exception).__name__}: {exception}')
     if checkpoint.directory.is_dir():
         shutil.rmtree(checkpoint.directory)  # the model is complete: nothing to resume, nothing to retrieve
-    return _finish(output, 'OK', f'trained {config["model"]} on {len(records)} records')
+    return finish('OK', f'trained {config["model"]} on {len(records)} records')
 
 
 def main(argv=None) -> int:

@@ -63,6 +63,9 @@ class VoltnetTrainParser(Parser):
         status = read_status(names, read)
         scheduler_exit = self.node.exit_status  # set by the scheduler output parser, e.g. 120 (walltime)
         kind = (status or {}).get('status')
+        if (status or {}).get('resume_rejected'):  # said in train.log only, before (review)
+            self.logger.warning(f'restart_folder not resumed from, the job trained from scratch: '
+                                f'{status["resume_rejected"]}')
         if kind == 'LOSS_DIVERGED':
             return self.exit_codes.ERROR_LOSS_DIVERGED.format(epoch=status.get('epoch', '?'))
         if kind == 'CUDA_OUT_OF_MEMORY':

@@ -144,6 +144,14 @@ class VoltnetTrainBaseWorkChain(ProtocolMixin, BaseRestartWorkChain):
         names = set()
         if retrieved is not None and 'model' in retrieved.base.repository.list_object_names():
             names = set(retrieved.base.repository.list_object_names('model'))
+        if retrieved is not None:  # a refused restart_folder: this run started over (review: said in train.log only)
+            from aiida_voltnet.parsers.train import read_status
+
+            status = read_status(set(retrieved.base.repository.list_object_names()),
+                                 retrieved.base.repository.get_object_content) or {}
+            if status.get('resume_rejected'):
+                self.report(f'{node.process_label}<{node.pk}> did not resume from its restart_folder, it trained '
+                            f'from scratch: {status["resume_rejected"]}')
         if 'checkpoint' in node.outputs:
             checkpoint = node.outputs.checkpoint
             self.ctx.inputs.restart_folder = checkpoint

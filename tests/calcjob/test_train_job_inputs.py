@@ -96,6 +96,22 @@ def test_remote_restart_folder_copies_its_checkpoint(slurm_code, dataset_60, gen
     assert '--resume' in calcinfo.codes_info[0].cmdline_params
 
 
+def test_a_remote_restart_folder_on_another_computer_is_refused_at_launch(slurm_code, dataset_60, aiida_computer):
+    """Review: AiiDA cannot copy between two computers; the job was stored, its upload failed five times and it
+    waited paused for good."""
+    from aiida.engine import run
+
+    other = aiida_computer(label='other-cluster', hostname='other.example.org', scheduler_type='core.slurm',
+                           transport_type='core.ssh')
+    remote = orm.RemoteData(computer=other, remote_path='/scratch/aiida/ab/cd/ef').store()
+    before = orm.QueryBuilder().append(orm.ProcessNode).count()
+    with pytest.raises(ValueError, match="restart_folder: a RemoteData on computer 'other-cluster', but the code runs "
+                                         f"on '{slurm_code.computer.label}'"):
+        run(VoltnetTrainCalculation, code=slurm_code, dataset=dataset_60, restart_folder=remote,
+            metadata={'options': {'resources': {'num_machines': 1}}})
+    assert orm.QueryBuilder().append(orm.ProcessNode).count() == before
+
+
 def test_a_restart_folder_without_checkpoint_or_model_is_refused(slurm_code, dataset_60):
     from aiida.engine import run
 

@@ -187,3 +187,15 @@ def test_a_checkpoint_naming_a_path_writes_nothing_outside(aiida_localhost, tmp_
         results, calcfunction = _parse(aiida_localhost, files)
         assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status and 'checkpoint' not in results
         assert not target.exists()
+
+
+def test_a_refused_restart_folder_is_said_in_the_log(aiida_localhost, caplog):
+    """Review: voltnet-train said in train.log only that it could not resume from the restart_folder and trained
+    from scratch; the work chain still reported 'resuming'."""
+    status = _status('TIME_LIMIT', reason='time limit', member='final.0', epoch=3,
+                     resume_rejected='the checkpoint is of another training: it differs in sources')
+    with caplog.at_level('WARNING'):
+        _, calcfunction = _parse(aiida_localhost, {'status.json': status})
+    assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status
+    assert ('restart_folder not resumed from, the job trained from scratch: the checkpoint is of another training: '
+            'it differs in sources') in caplog.text

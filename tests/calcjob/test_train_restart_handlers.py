@@ -3,6 +3,8 @@ instantiate the work chain, plant a finished fake ``CalcJobNode`` with the exit 
 handler and ``inspect_process``."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from aiida import orm
 from aiida.engine import ProcessHandlerReport
@@ -79,6 +81,21 @@ def test_walltime_resumes_from_a_retrieved_checkpoint(workchain, fake_child, slu
     report = process.handle_out_of_walltime(node)
     assert report.do_break and report.exit_code.status == 0
     assert process.ctx.inputs.restart_folder.uuid == node.outputs.retrieved.uuid
+
+
+def test_walltime_reports_a_restart_folder_the_job_did_not_resume_from(workchain, fake_child, slurm_code,
+                                                                        monkeypatch):
+    """Review: a job that refused its restart_folder (an updated install) and trained from scratch was reported as
+    'resuming' only."""
+    process = workchain()
+    said = []
+    monkeypatch.setattr(process, 'report', said.append)
+    status = json.dumps({'status': 'TIME_LIMIT', 'resume_rejected': 'it differs in sources'}).encode()
+    node = _plant(process, fake_child(EXIT.ERROR_OUT_OF_WALLTIME.status, slurm_code.computer,
+                                      {'train.log': b'...', 'status.json': status}))
+    process.handle_out_of_walltime(node)
+    assert f'{node.process_label}<{node.pk}> did not resume from its restart_folder, it trained from scratch: ' \
+           'it differs in sources' in said
 
 
 @pytest.mark.parametrize('exit_code', [EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME, EXIT.ERROR_OUT_OF_WALLTIME])

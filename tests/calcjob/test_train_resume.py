@@ -141,6 +141,11 @@ def test_a_checkpoint_of_another_training_or_altered_is_not_used(job):
     other_settings = job('other_settings', model='voltnet', settings={'members': 2, 'target': 'max_delta_volume'})
     assert _main(other_settings, '--resume', checkpoint, '--stop-after-members', 1) == train_entry.EXIT_TIME_LIMIT
     assert 'differs in settings' in (other_settings / 'train.log').read_text()
+    # review: an interrupted run's status did not say that its restart_folder was refused (the parser and the
+    # restart work chain say it from there)
+    assert 'differs in settings' in _status(other_settings)['resume_rejected']
+    assert _status(other_seed)['status'] == 'OK' and 'differs in seed' in _status(other_seed)['resume_rejected']
+    assert 'resume_rejected' not in _status(first)
 
     altered = job('altered_source', **config)
     shutil.copytree(checkpoint, altered / 'restart')
@@ -300,3 +305,41 @@ def test_a_checkpoint_of_other_code_or_an_unrestorable_loop_trains_from_scratch(
     assert calls[0] is not None and calls[1] is None  # resumed, then a fresh checkpoint
     assert metrics['resumed'] is False and 'could not be restored' in metrics['resume_rejected']
     assert _model(refused) == _model(fresh)  # the same model as a training that never stopped
+
+
+def test_a_config_key_it_does_not_know_is_bad_input(job):
+    """Review: a hand-written config with 'modle' trained the default model and exited 0."""
+    typo = job('typo', modle='voltnet_mlp')
+    assert _main(typo) == train_entry.STATUS_EXIT['BAD_INPUT']
+    status = _status(typo)
+    assert status['status'] == 'BAD_INPUT' and 'unknown config key(s) modle' in status['message']
+    assert not (typo / 'model').exists()
+    listed = job('listed')
+    (listed / 'config.json').write_text('[]')
+    assert _main(listed) == train_entry.STATUS_EXIT['BAD_INPUT']
+    assert 'must be a JSON object' in _status(listed)['message']
+
+
+def test_cuda_memory_running_out_scoring_the_saved_model_scores_it_on_the_cpu(job, monkeypatch):
+    """Review: the metrics' prediction after training ran out of CUDA memory with the status of a training that
+    did, so the restart work chain threw complete models away and retrained with halved batches until it gave up.
+    The saved model is now scored on the CPU (simulated: the default device's prediction raises CUDA's error)."""
+    import torch
+
+    from aiida_voltnet.ml import models
+
+    predict = models.VoltageModel.predict
+    devices = []
+
+    def scarce(self, records, *args, device='auto', **kwargs):
+        devices.append(device)
+        if device != 'cpu':
+            raise torch.cuda.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB')
+        return predict(self, records, *args, device=device, **kwargs)
+
+    monkeypatch.setattr(models.VoltageModel, 'predict', scarce)
+    directory = job('scored', model='voltnet', settings={'members': 2})
+    assert _main(directory) == 0, _status(directory)
+    assert devices[-2:] == ['auto', 'cpu'] and _status(directory)['status'] == 'OK'
+    assert 'scoring them on the CPU' in (directory / 'train.log').read_text()
+    assert json.loads((directory / 'metrics.json').read_text())['train']['mae'] >= 0
