@@ -182,7 +182,13 @@ def test_a_structure_pair_of_two_frameworks_is_warned_about(cobalt_oxide_framewo
     assert same_framework(rutile, layered, 'Li') is False and same_framework(host, layered, 'Li') is True
     disordered = layered.copy()
     disordered.replace_species({'Co': {'Co': 0.5, 'Ni': 0.5}})
-    assert same_framework(rutile, disordered, 'Li') is None  # partial occupancies: not compared
+    assert same_framework(rutile, disordered, 'Li') is None  # partial occupancies of the host: not compared
+    # review: half-filled Li sites (Li0.5CoO2) switched the check off; the ion is left out of the comparison
+    half = layered.copy()
+    half.replace_species({'Li': {'Li': 0.5}})
+    assert same_framework(rutile, half, 'Li') is False and same_framework(host, half, 'Li') is True
+    with pytest.warns(FrameworkMismatchWarning, match='are not one host framework'):
+        record_from_structures(rutile, half, 'Li')
 
 
 def test_a_structure_without_symmetry_names_its_side_and_pair():
@@ -353,10 +359,12 @@ def test_structure_pairs_with_rounded_or_nearly_equal_occupancies():
         warnings.simplefilter('error', RoundedAmountsWarning)
         near = record_from_structures(_layered(four, False), _layered(exact, True), 'Li')
         turned = record_from_structures(_layered(exact, False), _layered(four, True), 'Li')
-    assert near.framework_formula == 'MnCoNiO6' and near.formula_discharge == 'Li3Mn1Co1Ni1O6'
-    assert near.composition_charge['Co'] == pytest.approx(1.0002)
-    assert turned.framework_formula == 'MnCoNiO6' and turned.formula_charge == 'Li0Mn1Co1Ni1O6'
-    assert turned.composition_discharge['Li'] == 3 and turned.composition_discharge['Co'] == pytest.approx(1.0002)
+    # and both hosts ARE the exact cell's formula (review: the rounded discharged host stayed Mn0.9999Co1.0002Ni0.9999,
+    # read by the featurizer as a 30000-atom unit, with a warning about a formula nobody wrote): the record of the
+    # exact pair, either way round
+    for record in (near, turned):
+        assert (record.framework_formula, record.formula_charge, record.formula_discharge) == \
+            ('MnCoNiO6', 'Li0Mn1Co1Ni1O6', 'Li3Mn1Co1Ni1O6')
     # 0.33 against 1/3 is another host, refused; the refusal says which cell looks rounded
     with pytest.raises(Exception, match="host frameworks differ.*discharged structure's partial occupancies look "
                                         'rounded'):

@@ -326,6 +326,16 @@ def test_ids_not_returned_are_named_apart_from_those_max_entries_left_out(record
         records, _ = fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li', 'mp-99999999_Li'], max_entries=5)
     assert [record.battery_id for record in records] == ['mp-2657_Li']
     assert 'the Materials Project has no insertion electrode(s) mp-99999999_Li' in caplog.text
+    caplog.clear()  # review: an electrode the elements filter left out was said to be missing from MP
+    with caplog.at_level('WARNING'):
+        records, _ = fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-1111695_K', 'mp-752954_Li'], elements=['Cr'])
+    assert len(records) == 2 and 'not returned' not in caplog.text
+    with caplog.at_level('WARNING'):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li', 'mp-752954_Li'], elements=['Cr'])
+    assert ('not returned: mp-2657_Li (not in the Materials Project, or without all of the elements Cr in their '
+            'framework)') in caplog.text and 'has no insertion' not in caplog.text
+    with pytest.raises(ValueError, match="'mp-1111695_K' is an electrode of K, and working_ion is Li"):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-1111695_K'], working_ion='Li')
 
 
 def test_max_entries(recorded_mp):

@@ -138,6 +138,19 @@ def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, show
     from aiida_voltnet.ml.records import parse_formula
 
     assert parse_formula('Li1e-05CoO2')['Li'] == pytest.approx(1e-5)  # an exponent, no typo
+
+
+def test_a_hydrate_written_with_a_dot_is_refused():
+    """Review: pymatgen reads FePO4.2H2O as Fe1 P1 O5.2 H2, which was predicted with no word."""
+    from aiida_voltnet.ml.records import parse_formula
+
+    with pytest.raises(ElectrodeDataError, match=r"'\.2H2O'.*a hydrate written with a dot\? write 'Li0FePO4\(H2O\)2'") \
+            as info:
+        load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0FePO4.2H2O,LiFePO4(H2O)2'))
+    assert (info.value.line, info.value.field) == (2, 'formula_charge')
+    with pytest.raises(ValueError, match=r"write 'MnO2\(H2O\)0\.5'"):
+        parse_formula('MnO2.0.5H2O')
+    assert parse_formula('FePO4(H2O)2')['O'] == 6 and parse_formula('Li0.5CoO2')['Li'] == 0.5
     with pytest.raises(ValueError, match="a zero typed for the letter O, 'CeO2'"):
         parse_formula('Ce02')
 

@@ -197,6 +197,9 @@ def check_fetch_arguments(working_ion=None, elements=None, battery_ids=None, max
         if not match or match.group(2) not in WORKING_IONS:
             raise ValueError(f'battery_ids: {battery_id!r} is no Materials Project battery id (a material id and '
                              f'a working ion, e.g. mp-2657_Li; ions: {", ".join(WORKING_IONS)})')
+        if working_ion is not None and match.group(2) != working_ion:  # no electrode can pass both filters
+            raise ValueError(f'battery_ids: {battery_id!r} is an electrode of {match.group(2)}, and working_ion is '
+                             f'{working_ion}: the query could return none')
 
 
 def battery_id_of(doc: Mapping[str, Any]) -> str:
@@ -351,6 +354,9 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
         if missing and capped:
             LOGGER.warning('max_entries=%d reached: not fetched (they may exist beyond it): %s', max_entries,
                            ', '.join(missing))
+        elif missing and elements:  # review: said 'MP has no ...' of electrodes the elements filter left out
+            LOGGER.warning('not returned: %s (not in the Materials Project, or without all of the elements %s in '
+                           'their framework)', ', '.join(missing), ', '.join(elements))
         elif missing:
             LOGGER.warning('the Materials Project has no insertion electrode(s) %s', ', '.join(missing))
 

@@ -229,6 +229,10 @@ _ISOTOPES = {'D': 'H', 'T': 'H'}
 _LEADING_ZERO_AMOUNT = re.compile(r'(?<![\d.])(?<!\d[eE])(?<!\d[eE][+-])0\d')
 
 
+#: A hydrate written with a dot (``FePO4.2H2O``): pymatgen reads ``4.2`` as a decimal amount, Fe1 P1 O5.2 H2.
+_DOTTED_HYDRATE = re.compile(r'(?<=\d)\.(\d+(?:\.\d+)?)(H2O)')
+
+
 def parse_formula(formula: str) -> Composition:
     """Parse a formula with pymatgen, keeping explicit zero counts (``Li0CoO2``) and refusing dummy species."""
     if not isinstance(formula, str) or not formula.strip():
@@ -238,6 +242,11 @@ def parse_formula(formula: str) -> Composition:
         letter = formula[:typo.start()] + 'O' + formula[typo.start() + 1:]
         raise ValueError(f'formula {formula!r} has an amount with a leading zero ({formula[typo.start():]!r}): a '
                          f'zero typed for the letter O, {letter!r}? (pymatgen would read it as another compound)')
+    hydrate = _DOTTED_HYDRATE.search(formula)
+    if hydrate:  # review: predicted for O5.2 H2 with no word
+        explicit = formula[:hydrate.start()] + f'(H2O){hydrate.group(1)}' + formula[hydrate.end():]
+        raise ValueError(f'formula {formula!r} has a decimal amount followed by H2O ({hydrate.group(0)!r}), which '
+                         f'pymatgen reads as one number: a hydrate written with a dot? write {explicit!r}')
     try:
         composition = Composition(formula.strip())
     except Exception as exception:  # pymatgen raises ValueError or its own errors on garbage

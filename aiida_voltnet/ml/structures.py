@@ -132,18 +132,27 @@ class FrameworkMismatchWarning(InputWarning):
     Materials Project insertion electrode's does (and so no training row's)."""
 
 
+def _host_sublattice(structure: Structure, working_ion: str) -> Structure:
+    """``structure`` without oxidation states and without the working ion (a copy): the host framework's sites."""
+    host = _bare(structure).copy()
+    host.remove_species([working_ion])
+    return host
+
+
 def same_framework(charged: Structure, discharged: Structure, working_ion: str) -> bool | None:
     """Whether ``charged`` and ``discharged`` are one host framework (see :class:`FrameworkMismatchWarning`); None
-    where they are not compared: disordered cells (partial occupancies have no one arrangement to match) and cells
-    that the matcher fails on."""
+    where they are not compared: a disordered host (partial occupancies of the host's own sites have no one
+    arrangement to match), an empty one, and cells that the matcher fails on. Partial occupancies of the working
+    ion's sites alone (``Li0.5CoO2`` written as half-filled Li sites) do not stop the comparison: the ion is left out
+    of it (review: such a cell switched the check off)."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    if not (charged.is_ordered and discharged.is_ordered):
+    # The match is between element arrangements of the host: Li+ is the Li left out, and Fe2+ in one member is the
+    # Fe3+ of the other (a relaxation's output decorated by oxidation-state guesses is no other framework)
+    charged, discharged = (_host_sublattice(structure, working_ion) for structure in (charged, discharged))
+    if not (len(charged) and len(discharged) and charged.is_ordered and discharged.is_ordered):
         return None
-    # The match is between element arrangements: Li+ is the ignored Li, and Fe2+ in one member is the Fe3+ of the
-    # other (a relaxation's output decorated by oxidation-state guesses is no other framework than the bare cell)
-    charged, discharged = (_bare(structure) for structure in (charged, discharged))
-    matcher = StructureMatcher(ignored_species=[working_ion], scale=True, attempt_supercell=True)
+    matcher = StructureMatcher(scale=True, attempt_supercell=True)
     try:
         return bool(matcher.fit(charged, discharged))
     except Exception:  # noqa: BLE001 - a matcher failure is no finding about the pair
@@ -196,11 +205,14 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
         # the same host within the tolerance formulas get (occupancies 0.3333 in one cell, 1/3 in the other):
         # both written per the smaller of the two integer formula units (the exact cell's), by their host atoms,
         # whichever of the two cells is the rounded one
+        # ... and both hosts written AS the exact cell's integer formula (review: only the scale was taken from it,
+        # so a rounded discharged host stayed Mn0.9999Co1.0002Ni0.9999O6 and was featurized as a 30000-atom unit)
         formula_charged = min(formula_charged, formula_discharged, key=lambda formula: Composition(formula).num_atoms)
-        atoms = Composition(formula_charged).num_atoms
-        charged_comp = compositions['charged'] * (atoms / host_charged.num_atoms)
-        discharged_comp = compositions['discharged'] * (atoms / host_discharged.num_atoms)
-        rounded = {}  # written per the exact cell's formula unit: the rounding moves amounts by 1e-4, no more
+        exact = Composition(formula_charged)
+        charged_comp, discharged_comp = (
+            exact + Composition({working_ion: compositions[name][working_ion] * exact.num_atoms / host.num_atoms})
+            for name, host in (('charged', host_charged), ('discharged', host_discharged)))
+        rounded = {}  # both hosts are the exact cell's formula unit: the rounded cell's amounts are not used
     else:
         hint = ''.join(f'; {message}' for message in rounded.values() if message)
         raise ElectrodeDataError(
