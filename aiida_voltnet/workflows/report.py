@@ -8,10 +8,11 @@ outputs ``metrics.<label>`` are the numbers printed, ``predictions.<label>`` the
 from __future__ import annotations
 
 from aiida import orm
-from aiida.engine import WorkChain
+from aiida.engine import WorkChain, while_
 
 from ..calculations.report import report_analysis
 from ..data.dataset import ElectrodeDataset
+from .train import StepBoundaries, step_boundary
 
 __all__ = ('ReportWorkChain',)
 
@@ -35,7 +36,7 @@ def validate_analyses(value, _ctx=None):
     return None
 
 
-class ReportWorkChain(WorkChain):
+class ReportWorkChain(StepBoundaries, WorkChain):
     """Run the analyses of ``voltnet report`` on one dataset (one ``voltnet.report_analysis`` per entry)."""
 
     @classmethod
@@ -46,23 +47,32 @@ class ReportWorkChain(WorkChain):
         spec.input('analyses', valid_type=orm.Dict, validator=validate_analyses,
                    help='label -> {analysis: evaluate|caps|caps_paper|learning_curve, section: the report section, '
                         'parameters: {settings: {...}, arguments: {...}}}; each label names its outputs.')
-        spec.outline(cls.run_analyses)
+        spec.outline(cls.setup, while_(cls.has_next)(cls.run_next))
         spec.output_namespace('metrics', valid_type=orm.Dict, dynamic=True,
                               help='Per label: the numbers the report prints (summaries, per-run metrics, ...).')
         spec.output_namespace('predictions', valid_type=orm.ArrayData, dynamic=True, required=False,
                               help='Per label, where the analysis keeps them: the test predictions behind metrics.')
         spec.exit_code(320, 'ERROR_ANALYSIS_FAILED', message='report_analysis {label} failed: {message}')
 
-    def run_analyses(self):
-        """Each analysis in turn (they are independent; a calcfunction runs in this process)."""
-        for label, entry in self.inputs.analyses.get_dict().items():
-            self.report(f'{label}: {entry["analysis"]} ({entry.get("section", "")})')
-            try:
-                outputs = report_analysis(self.inputs.dataset, orm.Str(entry['analysis']),
-                                          orm.Dict(entry['parameters']), metadata={'call_link_label': label})
-            except Exception as exception:  # noqa: BLE001 - the calcfunction node records the traceback
-                return self.exit_codes.ERROR_ANALYSIS_FAILED.format(label=label, message=str(exception))
-            self.out(f'metrics.{label}', outputs['metrics'])
-            if 'predictions' in outputs:
-                self.out(f'predictions.{label}', outputs['predictions'])
-        return None
+    def setup(self):
+        self.ctx.pending = list(self.inputs.analyses.get_dict())
+
+    def has_next(self):
+        return bool(self.ctx.pending)
+
+    def run_next(self):
+        """One analysis (they are independent; a calcfunction runs in this process), then a step boundary: a kill
+        or pause sent meanwhile is handled before the next one (it waited for all of them, as one step)."""
+        label = self.ctx.pending.pop(0)
+        entry = self.inputs.analyses.get_dict()[label]
+        self.report(f'{label}: {entry["analysis"]} ({entry.get("section", "")})')
+        try:
+            outputs, node = report_analysis.run_get_node(self.inputs.dataset, orm.Str(entry['analysis']),
+                                                         orm.Dict(entry['parameters']),
+                                                         metadata={'call_link_label': label})
+        except Exception as exception:  # noqa: BLE001 - the calcfunction node records the traceback
+            return self.exit_codes.ERROR_ANALYSIS_FAILED.format(label=label, message=str(exception))
+        self.out(f'metrics.{label}', outputs['metrics'])
+        if 'predictions' in outputs:
+            self.out(f'predictions.{label}', outputs['predictions'])
+        return step_boundary(node, label)

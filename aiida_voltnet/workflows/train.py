@@ -36,6 +36,35 @@ def called(node, label: str) -> bool:
     return bool(node.base.links.get_outgoing(link_label_filter=label).all())
 
 
+#: Prefix of the context keys of :func:`step_boundary`.
+STEP_BOUNDARY = '_step_'
+#: How long a work chain waits at a step boundary before it goes on (s): the broker's message reader needs a few
+#: turns of the event loop to hand a kill or pause that came during the step to the process (with aiida-core's own
+#: ``call_soon`` resumption the chain went on to its next step first, in a daemon test).
+STEP_BOUNDARY_SECONDS = 0.2
+
+
+def step_boundary(node: orm.ProcessNode, key: str) -> ToContext:
+    """What a work chain step returns after running the calculation function ``node`` inline: a wait on that
+    finished node (see :class:`StepBoundaries`). A calculation function runs inside the worker's event loop and a
+    chain of them never gave that loop a turn, so ``verdi process kill`` or ``pause`` sent while one ran was handled
+    only once the whole chain had ended ('Problem killing Process', then ``Finished [0]``: review)."""
+    return ToContext(**{f'{STEP_BOUNDARY}{key}': node})
+
+
+class StepBoundaries:
+    """Mixin of a work chain whose steps end in :func:`step_boundary`: the chain goes on
+    :data:`STEP_BOUNDARY_SECONDS` after the step, so that a kill or pause that came meanwhile takes effect before the
+    next step starts (a killed chain calls nothing more; a paused one waits for ``verdi process play``)."""
+
+    def _on_awaitable_finished(self, awaitable) -> None:
+        if not str(getattr(awaitable, 'key', '')).startswith(STEP_BOUNDARY):
+            super()._on_awaitable_finished(awaitable)
+            return
+        finish = super()._on_awaitable_finished  # resumes only a chain still waiting (not a killed one)
+        self.loop.call_later(STEP_BOUNDARY_SECONDS, finish, awaitable)
+
+
 def step_metadata(process, label: str) -> dict:
     """The ``metadata`` of a calculation-function step of work chain ``process``: its call link ``label``, and
     ``disable_cache`` where the work chain's own ``metadata.disable_cache`` is set (a work chain is never taken
@@ -44,7 +73,7 @@ def step_metadata(process, label: str) -> dict:
                                          else {})}
 
 
-class TrainWorkChain(ProtocolMixin, WorkChain):
+class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
     """Train a voltage model with full provenance: source -> dataset -> split -> model -> held-out metrics."""
 
     _protocol_file = 'train.yaml'
@@ -225,7 +254,8 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         if self._no_cache(namespace_metadata):
             metadata['disable_cache'] = True
         try:
-            return function(**inputs, metadata=metadata), None
+            result, self._stepped = function.run_get_node(**inputs, metadata=metadata)
+            return result, None
         except ValueError as exception:
             if called(self.node, label):
                 raise  # the function ran and failed: a bug or a resource problem, not bad input
@@ -234,7 +264,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
 
     def assemble(self):
         self.ctx.dataset, error = self._call(assemble_dataset_from_csv, 'assemble', csv=self.inputs.csv)
-        return error
+        return error or step_boundary(self._stepped, 'assemble')
 
     def split(self):
         dataset = self.ctx.dataset if 'dataset' in self.ctx else self.inputs.dataset
@@ -249,7 +279,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         self.out('test_dataset', self.ctx.test_dataset)
         self.report(f'split {dataset.n_records} records into {self.ctx.train_dataset.n_records} training and '
                     f'{self.ctx.test_dataset.n_records} test records')
-        return None
+        return step_boundary(self._stepped, 'split')
 
     def train(self):
         inputs = self.exposed_inputs(train_model.process_class, namespace='train')
@@ -261,7 +291,7 @@ class TrainWorkChain(ProtocolMixin, WorkChain):
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]}')
         self._relay_training_warnings()
-        return None
+        return step_boundary(self._stepped, 'train')
 
     def _relay_training_warnings(self) -> None:
         """The warnings in the report of the process that trained the model (a rough uncertainty calibration, the

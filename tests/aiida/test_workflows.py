@@ -108,6 +108,51 @@ def test_train_workchain_fast(csv_node):
     assert not train & test
 
 
+@pytest.mark.parametrize('message', ['kill', 'pause'])
+def test_a_kill_or_pause_is_handled_at_the_next_step_not_after_the_whole_chain(csv_node, message, monkeypatch):
+    """Review: the steps ran their calculation functions inline and never gave the event loop a turn, so a
+    `verdi process kill` or `pause` that came while one ran (an RPC message queued on the worker's loop) was
+    handled only once the whole chain had ended ('Problem killing Process', then Finished [0]). One that comes
+    while the dataset is assembled now takes effect before the split: a kill leaves nothing split or trained, a
+    pause holds the chain until it is played."""
+    from aiida.manage import get_manager
+
+    runner = get_manager().get_runner()
+    process = runner.instantiate_process(TrainWorkChain, **TrainWorkChain.get_builder_from_protocol(
+        csv_node, protocol='fast')._inputs(prune=True))
+    node = process.node
+    from types import SimpleNamespace
+
+    import aiida_voltnet.workflows.train as train_module
+
+    assemble = train_module.assemble_dataset_from_csv
+    paused = []
+
+    def assemble_then_message(**inputs):  # the message comes while the function runs
+        result = assemble.run_get_node(**inputs)
+        if message == 'kill':
+            runner.loop.call_soon(process.kill, 'killed by the test')
+        else:
+            runner.loop.call_soon(process.pause, 'paused by the test')
+            runner.loop.call_later(0.5, lambda: (paused.append((node.paused, _called(node))), process.play()))
+        return result
+
+    monkeypatch.setattr(train_module, 'assemble_dataset_from_csv', SimpleNamespace(run_get_node=assemble_then_message))
+    runner.run_until_complete(process.step_until_terminated())
+    if message == 'kill':
+        assert node.is_killed, node.process_state
+        assert _called(node) == {'assemble'}
+    else:
+        assert node.is_finished_ok, node.process_state
+        assert paused == [(True, {'assemble'})]  # held after the assembly, then played to the end
+        assert _called(node) == {'assemble', 'split', 'train', 'evaluate'}
+
+
+def _called(node) -> set[str]:
+    return {link.link_label for link in node.base.links.get_outgoing().all()
+            if link.node.node_type.startswith('process.')}
+
+
 def test_train_workchain_from_dataset(trained):
     results, node = run_get_node(TrainWorkChain, dataset=trained.dataset,
                                  split={'kind': orm.Str('random'), 'test_fraction': orm.Float(0.3)},

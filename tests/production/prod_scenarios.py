@@ -196,8 +196,37 @@ def scenario_screen() -> None:
     emit(payload)
 
 
+def scenario_kill_between_steps() -> None:
+    """Submit ``voltnet.train`` with a training of some seconds, ``verdi process kill`` it (through aiida-core's
+    ``kill_processes``, what the command calls) while its ``train_model`` runs, and report where it stopped."""
+    from aiida.engine.processes import control
+
+    chain = _submit_train(epochs=1500)
+    started = time.monotonic()
+    training = None
+    while training is None:
+        if chain.is_terminated or time.monotonic() - started > 120:
+            emit({'chain': describe(chain), 'error': 'the training step was never seen running'})
+            return
+        links = chain.base.links.get_outgoing(link_label_filter='train').all()
+        training = links[0].node if links else None
+        time.sleep(0.1)
+    training_running = not training.is_terminated
+    try:  # answered once the worker handles it: at the step boundary after train_model, within the timeout
+        control.kill_processes([chain], timeout=120)
+        answer = 'killed'
+    except Exception as exception:  # noqa: BLE001 - what verdi would print as 'Problem killing Process'
+        answer = f'{type(exception).__name__}: {exception}'
+    waited = await_nodes([chain, training], timeout=120)
+    emit({'chain': describe(chain), 'training': describe(training), 'training_running_at_kill': training_running,
+          'called': sorted(link.link_label for link in chain.base.links.get_outgoing().all()
+                           if link.node.node_type.startswith('process.')),
+          'outputs': sorted(chain.outputs), 'answer': answer, 'seconds': waited})
+
+
 SCENARIOS = {'dft_voltage': scenario_dft_voltage, 'train_predict': scenario_train_predict,
-             'kill_worker': scenario_kill_worker, 'scale': scenario_scale, 'screen': scenario_screen}
+             'kill_worker': scenario_kill_worker, 'scale': scenario_scale, 'screen': scenario_screen,
+             'kill_between_steps': scenario_kill_between_steps}
 PROFILE = None
 
 

@@ -45,6 +45,18 @@ def test_submitted_calcfunctions_finish(running_daemon):
         assert process['version']['sources'] == sources_fingerprint(), process['version']
 
 
+def test_a_kill_of_a_training_chain_takes_effect_after_the_running_step(running_daemon):
+    """Review: `verdi process kill` of a TrainWorkChain whose train_model ran answered 'Problem killing Process'
+    and the chain went on to evaluate and Finished [0]: its calculation-function steps never gave the worker's event
+    loop a turn. The kill now takes effect at the step boundary after train_model: no evaluation, chain killed."""
+    payload = running_daemon.scenario('kill_between_steps')
+    assert payload['training_running_at_kill'], payload
+    assert payload['chain']['state'] == 'killed' and payload['answer'] == 'killed', payload
+    assert payload['training']['state'] == 'finished', payload  # a running calcfunction is not interrupted
+    assert payload['called'] == ['assemble', 'split', 'train'], payload
+    assert 'model' in payload['outputs'] and 'metrics' not in payload['outputs'], payload
+
+
 def test_train_then_predict_workchains(running_daemon):
     """``voltnet.train`` (40-row CSV, 3-epoch MLP) then ``voltnet.predict`` on its test set, both via the daemon."""
     payload = running_daemon.scenario('train_predict')
