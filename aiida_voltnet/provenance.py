@@ -304,7 +304,7 @@ def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = 
         result['inputs'] = {'charged': _structure(inputs['charged']), 'discharged': _structure(inputs['discharged']),
                             'working_ion': inputs['working_ion'].value}
         result['extrapolation'] = {key: outputs[key].get_list() if key in outputs else None
-                                   for key in ('unseen_elements', 'ion_content_outside')}
+                                   for key in ('unseen_elements', 'ion_content_outside', 'features_outside')}
     return result
 
 
@@ -396,7 +396,7 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
             inputs, voltage = pairs[process_pk], outputs['voltage']
             label = f'{inputs["charged"]} -> {inputs["discharged"]}'
             flags = [outputs[name]['attributes'].get('list') or []
-                     for name in ('unseen_elements', 'ion_content_outside') if name in outputs]
+                     for name in ('unseen_elements', 'ion_content_outside', 'features_outside') if name in outputs]
             rows.append({'battery_id': label, 'label': label, 'working_ion': inputs['working_ion'],
                          'voltage': voltage['attributes']['value'],
                          'uncertainty': outputs['uncertainty']['attributes']['value'] if 'uncertainty' in outputs

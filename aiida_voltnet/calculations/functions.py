@@ -677,9 +677,9 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
     :returns: ``voltage`` and ``uncertainty`` (ensemble standard deviation), both ``Float`` in V, and
         ``unseen_elements``, a ``List`` of the host's elements that no training host had, and
         ``ion_content_outside``, a ``List`` with a phrase where the ion content lies outside the training
-        electrodes' range for that working ion (each empty when not; a non-empty one marks the prediction as an
-        extrapolation). Features far beyond the training range (``VoltageModel.features_outside``) are said in the
-        process's report.
+        electrodes' range for that working ion, and ``features_outside``, a ``List`` with a phrase where features
+        lie far beyond the training rows' range (``VoltageModel.features_outside``; also in the process's report)
+        (each empty when not; a non-empty one marks the prediction as an extrapolation).
     """
     with _warnings_reported(InputWarning):
         record = pair_record(charged, discharged, working_ion.value, report=True)
@@ -692,7 +692,9 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
         Process.current().report(f'extrapolation: {beyond}')
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
             'unseen_elements': orm.List(core.unseen_host_elements([record])[0]),
-            'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase])}
+            'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase]),
+            'features_outside': orm.List([beyond] if beyond else [])}  # review: in the report only, lost by a cache
+                                                                      # clone and missing from voltnet predictions
 
 
 # -- DFT ---------------------------------------------------------------------------------------------------------------

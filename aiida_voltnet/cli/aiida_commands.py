@@ -308,8 +308,8 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     """List what a model predicted (battery, ion, voltage, uncertainty, extrapolation, prediction node).
 
     The extrapolation column says `yes` where the host has an element that no training host had, the ion
-    content lies outside the training electrodes' range for that ion, or the record lists the ion-rich end member
-    as charged, `-` for predictions stored before those
+    content lies outside the training electrodes' range for that ion, a feature lies far beyond the training rows'
+    range, or the record lists the ion-rich end member as charged, `-` for predictions stored before those
     flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
     makes another node of the same model)."""
     found = _node_lookup(model_id, profile)

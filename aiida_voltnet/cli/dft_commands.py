@@ -244,7 +244,8 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         line += f', ML {results["ml_voltage"].value:.3f}{spread} V, ML - DFT {results["difference"].value:+.3f} V'
     click.echo(f'{line}  (VerifyWorkChain<{node.pk}>, {time.perf_counter() - started:.0f} s)')
     unseen = results['ml_unseen_elements'].get_list() if 'ml_unseen_elements' in results else []
-    outside = results['ml_ion_content_outside'].get_list() if 'ml_ion_content_outside' in results else []
+    outside = [phrase for name in ('ml_ion_content_outside', 'ml_features_outside') if name in results
+               for phrase in results[name].get_list()]
     if 'ml_uncertainty' in results and model.base.attributes.get('n_members', 2) < 2:  # as `voltnet predict` says
         click.echo(f'Warning: {single_member_warning(f"model<{model.pk}>", model.model_name)}', err=True)
     if unseen or outside:  # as `voltnet predict` warns for the same prediction

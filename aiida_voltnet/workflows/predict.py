@@ -53,6 +53,9 @@ class PredictWorkChain(WorkChain):
         spec.output_namespace('ion_content_outside', valid_type=orm.List, dynamic=True,
                               help='For `structures`: per pair name, how its ion content lies outside the training '
                                    'electrodes\' range (empty: inside; otherwise the prediction extrapolates).')
+        spec.output_namespace('features_outside', valid_type=orm.List, dynamic=True, required=False,
+                              help='For `structures`: per pair name, which features lie far beyond the training '
+                                   'rows\' range (empty: none; otherwise the prediction extrapolates).')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
 
     @classmethod
@@ -145,10 +148,12 @@ class PredictWorkChain(WorkChain):
             self.out(f'uncertainties.{name}', result['uncertainty'])
             self.out(f'unseen_elements.{name}', result['unseen_elements'])
             self.out(f'ion_content_outside.{name}', result['ion_content_outside'])
+            self.out(f'features_outside.{name}', result['features_outside'])
             unseen = result['unseen_elements'].get_list()
             if unseen:
                 flagged.append(f'{name} (host elements no training host had: {", ".join(unseen)})')
             flagged.extend(f'{name} ({phrase})' for phrase in result['ion_content_outside'].get_list())
+            flagged.extend(f'{name} ({phrase})' for phrase in result['features_outside'].get_list())
         if flagged:
             self.report(f'extrapolation: {"; ".join(flagged)}')
         return None

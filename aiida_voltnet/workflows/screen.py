@@ -273,6 +273,9 @@ class ScreenWorkChain(WorkChain):
         if outside.any():
             self.report(f'extrapolation: the ion contents of {", ".join(names[outside])} lie outside the training '
                         'range')
+        beyond = self.ctx.predictions.get_array('features_outside')
+        if beyond.any():
+            self.report(f'extrapolation: {", ".join(names[beyond])} have features far beyond the training range')
 
     def select(self):
         self.ctx.selected = select_candidates(self.ctx.predictions, self.inputs.selection,

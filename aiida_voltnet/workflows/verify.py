@@ -304,6 +304,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         spec.output('ml_ion_content_outside', valid_type=orm.List, required=False,
                     help='When predicted here: how the ion content lies outside the training electrodes\' range '
                          '(empty: inside; otherwise the ML prediction extrapolates).')
+        spec.output('ml_features_outside', valid_type=orm.List, required=False,
+                    help='When predicted here: which features lie far beyond the training rows\' range (empty: '
+                         'none; otherwise the ML prediction extrapolates).')
         spec.output('difference', valid_type=orm.Float, required=False, help='ML - DFT voltage (V).')
         spec.output_namespace('energies', valid_type=orm.Float, dynamic=True,
                               help='e_charged and e_discharged (eV per host formula unit), e_ion_metal (eV/atom).')
@@ -407,7 +410,9 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         self.out('ml_uncertainty', result['uncertainty'])
         self.out('ml_unseen_elements', result['unseen_elements'])
         self.out('ml_ion_content_outside', result['ion_content_outside'])
-        unseen, outside = result['unseen_elements'].get_list(), result['ion_content_outside'].get_list()
+        self.out('ml_features_outside', result['features_outside'])
+        unseen = result['unseen_elements'].get_list()
+        outside = result['ion_content_outside'].get_list() + result['features_outside'].get_list()
         self.report(f'ML prediction {result["voltage"].value:.3f} +/- {result["uncertainty"].value:.3f} V'
                     + (f'; extrapolation: the host has {", ".join(unseen)}, which no training host had' if unseen else '')
                     + ''.join(f'; extrapolation: {phrase}' for phrase in outside))

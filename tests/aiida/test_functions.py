@@ -189,6 +189,33 @@ def test_structure_pair_float_linked_to_structures(trained, shipped_nodes):
     assert array.get_array('mean')[0] == pytest.approx(voltage.value, rel=1e-13)
 
 
+def test_a_structure_pair_with_features_beyond_the_training_range_is_marked_in_its_outputs(trained):
+    """Review: the features-outside flag of a structure pair went to the process's report only, so a cache clone lost
+    it and `voltnet predictions` listed the pair as no extrapolation, unlike the same electrode in a batch."""
+    from aiida.manage.caching import enable_caching
+    from pymatgen.core import Lattice, Structure
+
+    from aiida_voltnet.provenance import list_predictions, prediction_provenance
+
+    layered = Structure.from_spacegroup('R-3m', Lattice.hexagonal(2.82, 14.05), ['Li', 'W', 'O'],
+                                       [[0, 0, 0.5], [0, 0, 0], [0, 0, 0.24]]).get_primitive_structure()
+    host = layered.copy()
+    host.remove_species(['Li'])
+    charged, discharged = orm.StructureData(pymatgen=host), orm.StructureData(pymatgen=layered)
+    record = F.pair_record(charged, discharged, 'Li')
+    expected = trained.model.load_model().features_outside([record])[0]
+    assert expected.startswith('1 of ') and 'features beyond the training range' in expected  # W-O layers, here
+    result = F.predict_structure_pair(trained.model, charged, discharged, orm.Str('Li'))
+    assert result['features_outside'].get_list() == [expected]
+    assert prediction_provenance(result['voltage'])['extrapolation']['features_outside'] == [expected]
+    with enable_caching(identifier='aiida.calculations:voltnet.predict_structure_pair'):
+        clone = F.predict_structure_pair(trained.model, charged, discharged, orm.Str('Li'))
+    assert clone['voltage'].creator.base.caching.get_cache_source() == result['voltage'].creator.uuid
+    assert clone['features_outside'].get_list() == [expected]
+    rows = {row['node_uuid']: row for row in list_predictions(trained.model)}
+    assert rows[result['voltage'].uuid]['extrapolation'] is True and rows[clone['voltage'].uuid]['extrapolation']
+
+
 @pytest.mark.parametrize('energies, expected', [
     # Li: E(dis) - E(ch) = -5.0 eV for one Li, E(Li metal) = -1.9 eV/atom -> V = 3.1 V
     ((-100.0, -105.0, -1.9, 1.0, 1), 3.1),

@@ -53,6 +53,7 @@ def test_verify_licoo2_links_dft_to_the_prediction(pw, model_without_co):
     assert results['ml_unseen_elements'].get_list() == ['Co']
     assert results['ml_unseen_elements'].creator.uuid == results['ml_voltage'].creator.uuid
     assert results['ml_ion_content_outside'].get_list() == []
+    assert results['ml_features_outside'].creator.uuid == results['ml_voltage'].creator.uuid
     assert 'extrapolation: the host has Co, which no training host had' in get_workchain_report(node, 'REPORT')
     dft, ml = results['dft_voltage'].value, results['ml_voltage'].value
     # PBEsol without U at 30 Ry, unrelaxed cells: ~3.5 V (converged PBEsol gives 3.4-3.6 V, shared/notes/qe_offline.md).
