@@ -24,6 +24,10 @@ ROOT = Path(__file__).resolve().parents[1]
 SHARED_CSV = ROOT.parent / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
 
 
+#: The columns of the MP CSV that :func:`mp_values` reads.
+MP_COLUMNS = ('battery_id', 'framework_formula', 'working_ion', 'formula_charge', 'formula_discharge', 'average_voltage')
+
+
 def mp_values(data: Path, framework: str, ion: str = 'Li') -> list[dict]:
     """Rows of the MP CSV ``data`` for the full-range electrode of ``framework`` (charged end member with zero ion)
     whose discharged end member holds one ion per formula unit."""
@@ -79,6 +83,11 @@ def main(argv=None):
     data = Path(args.data)
     if not data.is_file():  # before any DFT: found missing after the verifications had run, with no table printed
         parser.error(f'--data {args.data}: no such file (set --data or VOLTNET_DATA to the MP insertion-electrode CSV)')
+    with data.open(newline='') as handle:  # and a CSV without the columns the MP column reads, as late (review)
+        header = next(csv.reader(handle), [])
+    lacking = [name for name in MP_COLUMNS if name not in header]
+    if lacking:
+        parser.error(f'--data {args.data}: no column {", ".join(lacking)}: not an MP insertion-electrode CSV')
 
     from aiida_voltnet.cli.aiida_commands import ensure_embedded_profile
 

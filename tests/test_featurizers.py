@@ -362,7 +362,12 @@ def test_structure_pairs_with_rounded_or_nearly_equal_occupancies():
     # and both hosts ARE the exact cell's formula (review: the rounded discharged host stayed Mn0.9999Co1.0002Ni0.9999,
     # read by the featurizer as a 30000-atom unit, with a warning about a formula nobody wrote): the record of the
     # exact pair, either way round
-    for record in (near, turned):
+    three = {'Ni': 0.333, 'Mn': 0.333, 'Co': 0.333}  # rounded amounts that do not add up to 1 (review: x = 3.001
+    with warnings.catch_warnings():                  # when the discharged cell was the rounded one)
+        warnings.simplefilter('error', RoundedAmountsWarning)
+        both = [record_from_structures(_layered(three, False), _layered(exact, True), 'Li'),
+                record_from_structures(_layered(exact, False), _layered(three, True), 'Li')]
+    for record in (near, turned, *both):
         assert (record.framework_formula, record.formula_charge, record.formula_discharge) == \
             ('MnCoNiO6', 'Li0Mn1Co1Ni1O6', 'Li3Mn1Co1Ni1O6')
     # 0.33 against 1/3 is another host, refused; the refusal says which cell looks rounded

@@ -688,6 +688,12 @@ def test_fetch_mp_writes_the_records_as_a_seed_csv_with_their_provenance(recorde
     result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'k.csv'), '--ion', 'K', '--elements', 'Cr'])
     assert result.exit_code == 0, result.output
     assert [r.battery_id for r in read_electrodes_csv(tmp_path / 'k.csv')] == ['mp-1111695_K']
+    with monkeypatch.context() as patch:  # mp-api is the optional [mp] extra (review: a traceback without it)
+        for module in ('mp_api', 'mp_api.client', 'mp_api.client.core.client'):
+            patch.setitem(sys.modules, module, None)
+        result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'none.csv'), '--ion', 'K'])
+    assert result.exit_code == 2 and 'pip install "aiida-voltnet[mp]"' in result.output, result.output
+    assert 'Traceback' not in result.output
     result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'none.csv'), '--ion', 'K', '--elements', 'Fe'])
     assert result.exit_code == 1 and 'the query matched no insertion electrode' in result.output, result.output
     assert not (tmp_path / 'none.csv').exists()

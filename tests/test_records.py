@@ -151,6 +151,11 @@ def test_a_hydrate_written_with_a_dot_is_refused():
     with pytest.raises(ValueError, match=r"write 'MnO2\(H2O\)0\.5'"):
         parse_formula('MnO2.0.5H2O')
     assert parse_formula('FePO4(H2O)2')['O'] == 6 and parse_formula('Li0.5CoO2')['Li'] == 0.5
+    with pytest.raises(ValueError, match=r"write 'Fe\(PO4\)\(H2O\)2'"):  # after a bracket too (it read P0.2 O1.8)
+        parse_formula('Fe(PO4).2H2O')
+    # a decimal amount before H2, as pymatgen writes doped hydroxides itself, is no hydrate (review: refused)
+    for formula in ('Co0.25Ni0.75H2O2', 'Li0.5H2O4', 'Mn0.25H2O2', 'Li0.5H2O'):
+        assert parse_formula(formula) == parse_formula(Composition(formula).formula.replace(' ', '')), formula
     with pytest.raises(ValueError, match="a zero typed for the letter O, 'CeO2'"):
         parse_formula('Ce02')
 

@@ -62,6 +62,8 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
         _fail(str(exception))
     except MPRequestError as exception:
         _fail(str(exception), 1)
+    except ImportError as exception:  # mp-api is the optional [mp] extra
+        _fail(str(exception))
     except ElectrodeDataError as exception:  # a document the loader cannot take: named by battery id and field
         _fail(f'the Materials Project returned a document that is no valid electrode: {exception}', 1)
     if not records:

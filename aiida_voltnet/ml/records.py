@@ -229,8 +229,10 @@ _ISOTOPES = {'D': 'H', 'T': 'H'}
 _LEADING_ZERO_AMOUNT = re.compile(r'(?<![\d.])(?<!\d[eE])(?<!\d[eE][+-])0\d')
 
 
-#: A hydrate written with a dot (``FePO4.2H2O``): pymatgen reads ``4.2`` as a decimal amount, Fe1 P1 O5.2 H2.
-_DOTTED_HYDRATE = re.compile(r'(?<=\d)\.(\d+(?:\.\d+)?)(H2O)')
+#: A hydrate written with a dot (``FePO4.2H2O``, ``Fe(PO4).2H2O``): pymatgen reads ``O4.2`` as a decimal amount,
+#: Fe1 P1 O5.2 H2. The dot follows a closing bracket or an amount that is a whole number other than 0 (``Ni0.75`` is
+#: a decimal amount), and the water closes the formula or its group (``Co0.25Ni0.75H2O2`` is a hydroxide).
+_DOTTED_HYDRATE = re.compile(r'(\)|[A-Z][a-z]?(?:[1-9]\d*)?)\.(\d*\.?\d+)H2O(?![a-z\d])')
 
 
 def parse_formula(formula: str) -> Composition:
@@ -244,9 +246,10 @@ def parse_formula(formula: str) -> Composition:
                          f'zero typed for the letter O, {letter!r}? (pymatgen would read it as another compound)')
     hydrate = _DOTTED_HYDRATE.search(formula)
     if hydrate:  # review: predicted for O5.2 H2 with no word
-        explicit = formula[:hydrate.start()] + f'(H2O){hydrate.group(1)}' + formula[hydrate.end():]
-        raise ValueError(f'formula {formula!r} has a decimal amount followed by H2O ({hydrate.group(0)!r}), which '
-                         f'pymatgen reads as one number: a hydrate written with a dot? write {explicit!r}')
+        explicit = (formula[:hydrate.start()] + hydrate.group(1) + f'(H2O){hydrate.group(2)}'
+                    + formula[hydrate.end():])
+        raise ValueError(f'formula {formula!r} reads {hydrate.group(0)!r} as one decimal amount followed by H2O: a '
+                         f'hydrate written with a dot? write {explicit!r}')
     try:
         composition = Composition(formula.strip())
     except Exception as exception:  # pymatgen raises ValueError or its own errors on garbage

@@ -209,8 +209,11 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
         # so a rounded discharged host stayed Mn0.9999Co1.0002Ni0.9999O6 and was featurized as a 30000-atom unit)
         formula_charged = min(formula_charged, formula_discharged, key=lambda formula: Composition(formula).num_atoms)
         exact = Composition(formula_charged)
+        # the ion per unit of the host's most abundant element (the anion, whose sites are whole), not per host
+        # atom: a host rounded to 0.333 has 8.997 atoms where the exact one has 9 (review: x = 3.001 one way round)
+        anchor = max(exact, key=lambda element: (exact[element], str(element)))
         charged_comp, discharged_comp = (
-            exact + Composition({working_ion: compositions[name][working_ion] * exact.num_atoms / host.num_atoms})
+            exact + Composition({working_ion: compositions[name][working_ion] * exact[anchor] / host[anchor]})
             for name, host in (('charged', host_charged), ('discharged', host_discharged)))
         rounded = {}  # both hosts are the exact cell's formula unit: the rounded cell's amounts are not used
     else:

@@ -549,7 +549,7 @@ def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_ot
     assert exit_info.value.code == 2 and '--rows: -1 is negative' in capsys.readouterr().err
 
 
-def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, capsys):
+def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, capsys, tmp_path):
     """``examples/verify_layered_oxides.py --model PK``: a pk without a node raised NotExistent, a node that is no
     model AttributeError, and a model of another target ran the DFT before the work chain refused it; each now exits
     2 naming the problem, before the pseudopotentials are installed. The latest model it picks predicts voltages."""
@@ -582,6 +582,12 @@ def test_verify_example_refuses_a_model_it_cannot_use_before_any_dft(csv_node, c
     with pytest.raises(SystemExit) as exit_info:
         example.main(['--profile', profile, '--data', str(Path(csv_node.filename).with_name('absent.csv'))])
     assert exit_info.value.code == 2 and 'absent.csv: no such file' in capsys.readouterr().err
+    predictions = tmp_path / 'predictions.csv'  # a CSV of another kind: a KeyError after the DFT (review)
+    predictions.write_text('battery_id,predicted_voltage\nx,3.0\n')
+    with pytest.raises(SystemExit) as exit_info:
+        example.main(['--profile', profile, '--data', str(predictions)])
+    assert exit_info.value.code == 2
+    assert 'no column framework_formula, working_ion, formula_charge' in capsys.readouterr().err
     latest = example.latest_model(orm)
     assert latest is None or latest.pk != volume.pk  # the newest voltnet model predicts volumes: not picked
     voltage = train_model(dataset, model='voltnet', settings=orm.Dict({'members': 2}))
