@@ -144,7 +144,7 @@ def test_a_hydrate_written_with_a_dot_is_refused():
     """Review: pymatgen reads FePO4.2H2O as Fe1 P1 O5.2 H2, which was predicted with no word."""
     from aiida_voltnet.ml.records import parse_formula
 
-    with pytest.raises(ElectrodeDataError, match=r"'\.2H2O'.*a hydrate written with a dot\? write 'Li0FePO4\(H2O\)2'") \
+    with pytest.raises(ElectrodeDataError, match=r"'O4\.2H2O'.*a hydrate written with a dot\? write 'Li0FePO4\(H2O\)2'") \
             as info:
         load(ROW.replace('Li0TiO2,Li0.75TiO2', 'Li0FePO4.2H2O,LiFePO4(H2O)2'))
     assert (info.value.line, info.value.field) == (2, 'formula_charge')
