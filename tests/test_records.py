@@ -142,6 +142,8 @@ def test_a_zero_typed_for_the_letter_o_is_refused(charge, discharge, field, show
 
 def test_a_hydrate_written_with_a_dot_is_refused():
     """Review: pymatgen reads FePO4.2H2O as Fe1 P1 O5.2 H2, which was predicted with no word."""
+    from pymatgen.core import Composition
+
     from aiida_voltnet.ml.records import parse_formula
 
     with pytest.raises(ElectrodeDataError, match=r"'O4\.2H2O'.*a hydrate written with a dot\? write 'Li0FePO4\(H2O\)2'") \
