@@ -259,6 +259,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         """``_finish`` with the reason a resume was refused, for every status (review: only metrics.json of a
         finished job had it, so a refused checkpoint of an interrupted run was said nowhere the user looks)."""
         return _finish(output, status, message, **extra, **({'resume_rejected': rejected} if rejected else {}))
+
     said: list[str] = []  # the voltnet warnings of the training, 'Category: message', for metrics.json
 
     def progress(message):
@@ -267,8 +268,8 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     def out_of_memory(exception, when=''):
         LOGGER.error('CUDA out of memory%s: %s', when, exception)
         return finish('CUDA_OUT_OF_MEMORY', str(exception).splitlines()[0] if str(exception) else '',
-                       batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
-                       or spec_train_setting(config['model'], 'batch_size'))
+                      batch_size=(arguments.get('train_overrides') or {}).get('batch_size')
+                      or spec_train_setting(config['model'], 'batch_size'))
 
     def fit():
         with _stop_on_signals(checkpoint), _voltnet_warnings_logged(said):
@@ -294,7 +295,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     except TrainingInterrupted as exception:
         LOGGER.warning('%s', exception)
         return finish('TIME_LIMIT', str(exception), reason=exception.reason, **exception.where,
-                       checkpoint=str(checkpoint_dir), serial=checkpoint.serial)
+                      checkpoint=str(checkpoint_dir), serial=checkpoint.serial)
     except TrainingDiverged as exception:
         LOGGER.error('training diverged: %s', exception)
         return finish('LOSS_DIVERGED', str(exception), epoch=exception.epoch)
