@@ -37,8 +37,8 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
     Reads the API key from MP_API_KEY (or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml) and never writes it. The records
     are validated as the CSV reader validates them, with the end members' space groups and crystal systems from
     MP's summary documents. OUT.mp.json records the query, the database version, every material id and the time
-    of the fetch. In AiiDA, ``voltnet.assemble_dataset_from_mp`` makes the same records into an ElectrodeDataset
-    with that provenance on the node.
+    of the fetch. In AiiDA, the calcfunction voltnet.assemble_dataset_from_mp makes the same records into an
+    ElectrodeDataset with that provenance on the node.
     """
     from aiida_voltnet.ml.mp_loader import (InvalidAPIKeyError, MissingAPIKeyError, MPRequestError,
                                             check_fetch_arguments, fetch_mp_electrodes)
