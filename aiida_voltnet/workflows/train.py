@@ -254,8 +254,7 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
         if self._no_cache(namespace_metadata):
             metadata['disable_cache'] = True
         try:
-            result, self._stepped = function.run_get_node(**inputs, metadata=metadata)
-            return result, None
+            return function(**inputs, metadata=metadata), None
         except ValueError as exception:
             if called(self.node, label):
                 raise  # the function ran and failed: a bug or a resource problem, not bad input
@@ -264,7 +263,7 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
 
     def assemble(self):
         self.ctx.dataset, error = self._call(assemble_dataset_from_csv, 'assemble', csv=self.inputs.csv)
-        return error or step_boundary(self._stepped, 'assemble')
+        return error or step_boundary(self.ctx.dataset.creator, 'assemble')
 
     def split(self):
         dataset = self.ctx.dataset if 'dataset' in self.ctx else self.inputs.dataset
@@ -279,7 +278,7 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
         self.out('test_dataset', self.ctx.test_dataset)
         self.report(f'split {dataset.n_records} records into {self.ctx.train_dataset.n_records} training and '
                     f'{self.ctx.test_dataset.n_records} test records')
-        return step_boundary(self._stepped, 'split')
+        return step_boundary(self.ctx.train_dataset.creator, 'split')
 
     def train(self):
         inputs = self.exposed_inputs(train_model.process_class, namespace='train')
@@ -291,7 +290,7 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
         self.report(f'trained {self.ctx.model.model_name} model<{self.ctx.model.pk}> version '
                     f'{self.ctx.model.model_version[:12]}')
         self._relay_training_warnings()
-        return step_boundary(self._stepped, 'train')
+        return step_boundary(self.ctx.model.creator, 'train')
 
     def _relay_training_warnings(self) -> None:
         """The warnings in the report of the process that trained the model (a rough uncertainty calibration, the

@@ -121,15 +121,13 @@ def test_a_kill_or_pause_is_handled_at_the_next_step_not_after_the_whole_chain(c
     process = runner.instantiate_process(TrainWorkChain, **TrainWorkChain.get_builder_from_protocol(
         csv_node, protocol='fast')._inputs(prune=True))
     node = process.node
-    from types import SimpleNamespace
-
     import aiida_voltnet.workflows.train as train_module
 
     assemble = train_module.assemble_dataset_from_csv
     paused = []
 
     def assemble_then_message(**inputs):  # the message comes while the function runs
-        result = assemble.run_get_node(**inputs)
+        result = assemble(**inputs)
         if message == 'kill':
             runner.loop.call_soon(process.kill, 'killed by the test')
         else:
@@ -137,7 +135,7 @@ def test_a_kill_or_pause_is_handled_at_the_next_step_not_after_the_whole_chain(c
             runner.loop.call_later(0.5, lambda: (paused.append((node.paused, _called(node))), process.play()))
         return result
 
-    monkeypatch.setattr(train_module, 'assemble_dataset_from_csv', SimpleNamespace(run_get_node=assemble_then_message))
+    monkeypatch.setattr(train_module, 'assemble_dataset_from_csv', assemble_then_message)
     runner.run_until_complete(process.step_until_terminated())
     if message == 'kill':
         assert node.is_killed, node.process_state
