@@ -284,6 +284,22 @@ def test_framework_spellings_become_one_group():
     assert record.framework_formula == 'TiO2'
 
 
+def test_electrode_composition_key_ignores_ids_and_formula_units():
+    """One key per composition of an electrode (the active-learning round names a DFT record of a training record's
+    composition with it): formula units and spellings do not matter, another step or ion does."""
+    from aiida_voltnet.ml.records import ElectrodeRecord, electrode_composition_key, validate_record
+
+    def key(charged, discharged, ion='Li'):
+        return electrode_composition_key(validate_record(ElectrodeRecord('x', charged, discharged, ion)))
+
+    assert key('Li0NiO2', 'LiNiO2') == key('NiO2', 'Li2Ni2O4') == key('O2Ni', 'Li1Ni1O2') == ('Li', 'NiO2', (0.0, 0.333))
+    assert key('Li0.5NiO2', 'LiNiO2') != key('NiO2', 'LiNiO2')
+    assert key('NiO2', 'NaNiO2', 'Na') != key('NiO2', 'LiNiO2')
+    # polymorphs share it: the shared data's anatase, rutile and brookite TiO2 (three electrodes, one composition)
+    records = {r.battery_id: r for r in read_electrodes_csv(SHARED_CSV)}
+    assert len({electrode_composition_key(records[i]) for i in ('mp-2657_Li', 'mp-9173_Li', 'mp-1840_Li')}) == 1
+
+
 @pytest.mark.parametrize('row, count', [
     (ROW.rsplit(',', 5)[0], 16),  # cut short after energy_vol: no voltage, no symmetry
     (ROW + ',extra', 22),

@@ -223,8 +223,25 @@ def add_verified_records(dataset, **verified):
 
     records = _verified_records(dataset, verified)
     added = records[dataset.n_records:]
+    matches = composition_matches(records[:dataset.n_records], added)
     # The source fields are the parent's (its CSV or MP query); dataset_origin follows this process back to them
     # and lists the DFT-verified records it added.
     grown = ElectrodeDataset(records, derived_from=dataset)
     grown.base.attributes.set('dft_verified_ids', [r.battery_id for r in added])
+    # a verified electrode of a training record's composition gives the model a second target for it, from other
+    # DFT settings (e.g. PBEsol without +U beside Materials Project's GGA+U): said, not refused, since polymorphs
+    # share a composition too
+    grown.base.attributes.set('dft_composition_matches', matches)
     return grown
+
+
+def composition_matches(records, added) -> dict[str, list[str]]:
+    """``{battery_id: [battery_id, ...]}``: each record of ``added`` that has the composition
+    (:func:`~aiida_voltnet.ml.records.electrode_composition_key`) of records of ``records``, with theirs."""
+    from aiida_voltnet.ml.records import electrode_composition_key
+
+    by_key = {}
+    for record in records:
+        by_key.setdefault(electrode_composition_key(record), []).append(record.battery_id)
+    return {record.battery_id: by_key[key] for record in added
+            if (key := electrode_composition_key(record)) in by_key}

@@ -458,5 +458,10 @@ def _echo_screen(results: dict, node, seconds: float, retrain: bool = False) -> 
         model = results['retrained_model']
         click.echo(f'retrained: VoltageModelData<{model.pk}> version {model.model_version[:12]} on '
                    f'{results["augmented_dataset"].n_records} records')
+        for added, known in sorted(results['augmented_dataset'].base.attributes.get('dft_composition_matches',
+                                                                                  {}).items()):
+            click.echo(f'Warning: {added} has the composition of training record(s) {", ".join(known)}: the model '
+                       'was trained on both targets (this DFT beside their source, e.g. GGA+U for Materials '
+                       'Project records)', err=True)
     elif retrain and not summary['n_verified']:
         click.echo('not retrained: no candidate was verified (--retrain-dataset needs at least one DFT voltage)')

@@ -45,6 +45,7 @@ __all__ = [
     'VoltageStep',
     'ElectrodeRecord',
     'parse_formula',
+    'electrode_composition_key',
     'parse_adj_pairs',
     'decode_csv',
     'read_electrodes_csv',
@@ -292,6 +293,17 @@ def framework_key(composition: Composition) -> str:
         return composition.reduced_formula
     formula, _ = composition.get_integer_formula_and_factor()  # as featurizers.host_atoms_per_formula_unit
     return Composition(formula).reduced_formula
+
+
+def electrode_composition_key(record: ElectrodeRecord) -> tuple:
+    """The electrode a record is by composition, whatever its id and formula unit: the working ion, the host
+    framework (:func:`framework_key` of the discharged end's host) and the ion atoms per host atom at either end
+    (rounded to 1e-3, in increasing order). ``Li0NiO2``/``LiNiO2`` and ``NiO2``/``Li2Ni2O4`` share it;
+    ``Li0.5NiO2``/``LiNiO2`` (another step of the same host) does not. Polymorphs share it too (the shared data's
+    anatase, rutile and brookite TiO2 do): one key is one composition, not always one electrode."""
+    host = framework_key(host_framework(record.composition_discharge, record.working_ion))
+    fractions = tuple(sorted(round(x, 3) + 0.0 for x in record.ion_fractions))
+    return record.working_ion, host, fractions
 
 
 @functools.lru_cache(maxsize=8192)

@@ -422,6 +422,11 @@ class ScreenWorkChain(WorkChain):
             model = train_model(dataset=grown, **retrain, metadata=metadata)
         except ValueError as exception:
             return self.exit_codes.ERROR_RETRAIN_FAILED.format(message=str(exception))
+        matches = grown.base.attributes.get('dft_composition_matches', {})
+        if matches:
+            self.report('trained on two targets for one composition: '
+                        + '; '.join(f'{added} beside {", ".join(known)}' for added, known in sorted(matches.items()))
+                        + " (this DFT's settings beside the training records' source)")
         self.out('augmented_dataset', grown)
         self.out('retrained_model', model)
         self.report(f'retrained {model.model_name} on {grown.n_records} records ({len(verified)} from DFT): '

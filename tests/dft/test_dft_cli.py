@@ -278,6 +278,15 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
                      'LiCoO2_again,./CoO2.cif,cells/../LiCoO2.cif,Li\n')  # the same files: the same nodes
     base = ['screen', '--profile', aiida_profile.name, '--model', str(model.pk), '--protocol', 'ci',
             '--code', pw.full_label]
+    # the retraining records hold both oxides already (an earlier round's, under other names): the verified one
+    # joins them, and the second target for its composition is said (review: it was silent)
+    from aiida_voltnet.calculations.dft import add_verified_records
+
+    held = {f'earlier{metal}': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li'),
+                                'dft_voltage': orm.Float(3.5)}
+            for metal, (charged, discharged) in (('Co', layered_oxide_pair('Co')), ('Ni', layered_oxide_pair('Ni')))}
+    dataset = add_verified_records(dataset, **held)
+    assert dataset.base.attributes.get('dft_composition_matches') == {}
     result = CliRunner().invoke(cli, [*base, '--candidates', str(table), '--top-k', '1',
                                       '--retrain-dataset', str(dataset.pk)])
     assert result.exit_code == 0, result.output
@@ -299,6 +308,13 @@ def test_screen_verifies_the_best_candidates_of_a_csv(aiida_profile, pw, small_m
     retrained = node.outputs.retrained_model  # one active-learning round: the dataset plus the verified one
     assert f'retrained: VoltageModelData<{retrained.pk}> version {retrained.model_version[:12]} on ' \
            f'{dataset.n_records + 1} records' in result.output
+    chosen = match.group(1)
+    earlier = f'dft:earlier{chosen[2:4]}'
+    assert node.outputs.augmented_dataset.base.attributes.get('dft_composition_matches') == {f'dft:{chosen}': [earlier]}
+    assert f'Warning: dft:{chosen} has the composition of training record(s) {earlier}: the model was trained on ' \
+           'both targets' in result.output
+    assert any(f'trained on two targets for one composition: dft:{chosen} beside {earlier}' in log.message
+               for log in orm.Log.collection.get_logs_for(node))
 
     # refused before anything is stored, naming the file, line and column
     (tmp_path / 'notes.txt').write_text('no structure')
