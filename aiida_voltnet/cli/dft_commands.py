@@ -155,7 +155,13 @@ def _run_in_interpreter(builder, process_class):
         if ran:
             _fail(f'{process_class.__name__}<{ran[0]}> excepted: {type(exception).__name__}: {exception} '
                   f'(verdi process report {ran[0]})', 1)
-        _fail(f'refused before any pw.x job: {exception}')
+        _fail(f'refused before any pw.x job: {_in_option_names(exception)}')
+
+
+def _in_option_names(exception) -> str:
+    """A launch refusal in this command's option names: the work chains' ``settings.cutoff_stringency`` is
+    ``--cutoff-stringency`` here."""
+    return str(exception).replace('settings.cutoff_stringency', '--cutoff-stringency')
 
 
 @cli.command()
@@ -175,8 +181,12 @@ def _run_in_interpreter(builder, process_class):
 @click.option('--pseudo-family', default=None,
               help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup, which "
                    'has Li, Co, Fe, Ni and O only).')
+@click.option('--cutoff-stringency', default=None,
+              help="Which of the family's recommended cutoffs  [default: the protocol's: ci for ci, normal for "
+                   'balanced, precise for precise]. A family installed with aiida-pseudo (e.g. `aiida-pseudo install '
+                   'sssp`) recommends normal only.')
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
-def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseudo_family, profile):
+def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseudo_family, cutoff_stringency, profile):
     """DFT-verify a pair with Quantum ESPRESSO (runs here, in this interpreter) beside the ML prediction.
 
     The pair is a built-in one (--pair) or your own two structure files (--charged, --discharged, --ion), which
@@ -229,14 +239,18 @@ def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseud
         pair = pair or 'LiCoO2'
         cells, ion, name = layered_oxide_pair(pair[2:4]), 'Li', pair
     overrides = {**({'model': model} if model_id else {}),
-                 **({'pseudo_family': orm.Str(pseudo_family)} if pseudo_family else {})}
+                 **({'pseudo_family': orm.Str(pseudo_family)} if pseudo_family else {}),
+                 **({'settings': {'cutoff_stringency': cutoff_stringency}} if cutoff_stringency else {})}
     try:  # the builder validates each input as it is set (the code's computer, say)
         builder = VerifyWorkChain.get_builder_from_protocol(code, *cells, ion, protocol=protocol, overrides=overrides)
     except ValueError as exception:
-        _fail(f'refused before any pw.x job: {exception}')
+        _fail(f'refused before any pw.x job: {_in_option_names(exception)}')
     started = time.perf_counter()
     results, node = _run_in_interpreter(builder, VerifyWorkChain)
     if not node.is_finished_ok:
+        if 'ml_voltage' in node.outputs:  # predicted before the DFT failed
+            spread = f' +/- {node.outputs.ml_uncertainty.value:.3f}' if 'ml_uncertainty' in node.outputs else ''
+            click.echo(f'{name}: ML {node.outputs.ml_voltage.value:.3f}{spread} V (no DFT voltage to compare)')
         _fail(f'VerifyWorkChain<{node.pk}> failed with exit status {node.exit_status}: {node.exit_message}', 1)
     line = f'{name}: DFT {results["dft_voltage"].value:.3f} V'
     if 'ml_voltage' in results:
@@ -339,13 +353,17 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
 @click.option('--code', 'code_label', default=None, help='pw.x code label (default: the one voltnet dft-setup made).')
 @click.option('--pseudo-family', default=None,
               help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup).")
+@click.option('--cutoff-stringency', default=None,
+              help="Which of the family's recommended cutoffs  [default: the protocol's: ci for ci, normal for "
+                   'balanced, precise for precise]. A family installed with aiida-pseudo (e.g. `aiida-pseudo install '
+                   'sssp`) recommends normal only.')
 @click.option('--retrain-dataset', default=None,
               help='pk or uuid of an ElectrodeDataset (e.g. the records the model was trained on): retrain on it '
                    'plus the verified candidates, with the screened model\'s recipe (one active-learning round). '
                    'A candidate it already holds as dft:<name> (verified by an earlier round) is left out.')
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
 def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, protocol, code_label, pseudo_family,
-           retrain_dataset, profile):
+           cutoff_stringency, retrain_dataset, profile):
     """Screen candidate electrodes with a model and DFT-verify the best (ScreenWorkChain, run in this interpreter).
 
     One batch prediction with uncertainty, a selection, one working-ion metal reference per ion, a VerifyWorkChain
@@ -384,6 +402,8 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
     dataset = _load_node(retrain_dataset, profile, ElectrodeDataset) if retrain_dataset else None
     code = _pw_code(code_label)
     inputs = VerifyWorkChain.get_protocol_inputs(protocol)
+    if cutoff_stringency:
+        inputs['settings']['cutoff_stringency'] = cutoff_stringency
     builder = ScreenWorkChain.get_builder()
     try:  # the builder validates each input as it is set (the code's computer, say)
         builder.model = model
@@ -398,7 +418,7 @@ def screen(model_id, candidates_file, top_k, mode, voltage_min, voltage_max, pro
         if dataset is not None:
             builder.retrain = {'dataset': dataset}
     except ValueError as exception:
-        _fail(f'refused before any pw.x job: {exception}')
+        _fail(f'refused before any pw.x job: {_in_option_names(exception)}')
     started = time.perf_counter()
     results, node = _run_in_interpreter(builder, ScreenWorkChain)
     _echo_screen(results, node, time.perf_counter() - started, retrain=dataset is not None)

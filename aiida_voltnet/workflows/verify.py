@@ -322,9 +322,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
                        message='the {which} cell {formula} has partial occupancies or vacancies; pw.x needs an '
                                "ordered cell (order it first, e.g. with pymatgen's "
                                'OrderDisorderedStructureTransformation)')
-        spec.exit_code(401, 'ERROR_DFT_FAILED',
-                       message='the DFT calculation of the {which} cell failed: {process}<{pk}> exit status '
-                               '{status}: {message}')
+        spec.exit_code(401, 'ERROR_DFT_FAILED', message='the DFT calculation of the {which} failed: {failures}')
 
     @classmethod
     def validate_inputs(cls, inputs, _ctx=None):
@@ -407,6 +405,7 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         except ValueError as exception:
             return self.exit_codes.ERROR_PREDICTION_REFUSED.format(message=str(exception))
         self.ctx.ml_voltage = result['voltage']
+        self.out('ml_voltage', result['voltage'])  # here, not at compare: a failed DFT keeps the prediction it had
         self.out('ml_uncertainty', result['uncertainty'])
         self.out('ml_unseen_elements', result['unseen_elements'])
         self.out('ml_ion_content_outside', result['ion_content_outside'])
@@ -439,12 +438,14 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
         return ToContext(**running)
 
     def inspect_dft(self):
-        for which in self.ctx.cells:
-            node = self.ctx[f'dft_{which}']
-            if not node.is_finished_ok:
-                return self.exit_codes.ERROR_DFT_FAILED.format(
-                    which=which, process=node.process_label, pk=node.pk, status=node.exit_status,
-                    message=node.exit_message or 'no message')
+        failed = [(which, self.ctx[f'dft_{which}']) for which in self.ctx.cells
+                  if not self.ctx[f'dft_{which}'].is_finished_ok]
+        if failed:  # every failed cell named, not the first only
+            names = [which for which, _ in failed]
+            return self.exit_codes.ERROR_DFT_FAILED.format(
+                which=f'{names[0]} cell' if len(names) == 1 else f'{", ".join(names[:-1])} and {names[-1]} cells',
+                failures='; '.join(f'{which}: {node.process_label}<{node.pk}> exit status {node.exit_status}: '
+                                   f'{node.exit_message or "no message"}' for which, node in failed))
         return None
 
     def compute_voltage(self):
@@ -474,7 +475,8 @@ class VerifyWorkChain(ProtocolMixin, WorkChain):
     def compare(self):
         ml_voltage = self.ctx.ml_voltage if 'ml_voltage' in self.ctx else self.inputs.ml_voltage
         difference = compare_voltages(ml_voltage, self.ctx.dft_voltage, metadata=step_metadata(self, 'compare'))
-        self.out('ml_voltage', ml_voltage)
+        if 'ml_voltage' not in self.ctx:  # given as input (predicted here: output by predict)
+            self.out('ml_voltage', ml_voltage)
         self.out('difference', difference['difference'])
         self.report(f'ML {ml_voltage.value:.3f} V - DFT {self.ctx.dft_voltage.value:.3f} V = '
                     f'{difference["difference"].value:+.3f} V')

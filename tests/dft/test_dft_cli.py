@@ -139,6 +139,58 @@ def test_verify_refuses_a_model_of_another_target_before_any_job(aiida_profile, 
     assert 'trained to predict max_delta_volume, not the average voltage' in result.output
 
 
+def test_a_failed_verify_keeps_and_prints_its_ml_prediction_and_names_every_failed_cell(aiida_profile, aiida_localhost,
+                                                                                      pseudo_family, small_model):
+    """pw.x failing in all three cells (an executable that exits 1): the node kept ml_uncertainty without the
+    ml_voltage it belongs to, the CLI printed no ML number, and the message named the charged cell only (review)."""
+    from aiida import orm
+
+    model, _ = small_model
+    orm.InstalledCode(label='pw-false', computer=aiida_localhost, filepath_executable='/bin/false',
+                      default_calc_job_plugin='quantumespresso.pw').store()
+    result = CliRunner().invoke(cli, ['verify', '--profile', aiida_profile.name, '--protocol', 'ci',
+                                      '--code', 'pw-false@localhost', '--model', str(model.pk)])
+    assert result.exit_code == 1, result.output
+    node = orm.load_node(int(re.search(r'VerifyWorkChain<(\d+)> failed with exit status 401', result.output).group(1)))
+    assert {'ml_voltage', 'ml_uncertainty'} <= set(node.outputs) and 'dft_voltage' not in node.outputs
+    assert node.outputs.ml_voltage.creator.uuid == node.outputs.ml_uncertainty.creator.uuid
+    assert f'LiCoO2: ML {node.outputs.ml_voltage.value:.3f} +/- 0.000 V (no DFT voltage to compare)' in result.output
+    assert 'the DFT calculation of the charged, discharged and ion_metal cells failed: charged: PwBaseWorkChain<' \
+        in result.output
+    assert '; discharged: PwBaseWorkChain<' in result.output and '; ion_metal: PwBaseWorkChain<' in result.output
+
+
+def test_cutoff_stringency_serves_a_family_with_the_normal_cutoffs_only(aiida_profile, pw, tmp_path):
+    """A family of one's own (`aiida-pseudo install sssp` records `normal` only) was refused by --protocol ci and
+    precise, with a message naming settings.cutoff_stringency, which no option set (review)."""
+    import shutil
+
+    from aiida import orm
+    from aiida_pseudo.data.pseudo import UpfData
+    from aiida_pseudo.groups.family import CutoffsPseudoPotentialFamily
+
+    from aiida_voltnet.dft import DEBIAN_PBESOL_PSEUDOS, DEBIAN_PSEUDO_DIR
+
+    for name in DEBIAN_PBESOL_PSEUDOS.values():
+        shutil.copy(DEBIAN_PSEUDO_DIR / name, tmp_path)
+    family = CutoffsPseudoPotentialFamily.create_from_folder(tmp_path, 'test/normal-only', pseudo_type=UpfData)
+    family.set_cutoffs({element: {'cutoff_wfc': 30.0, 'cutoff_rho': 240.0} for element in DEBIAN_PBESOL_PSEUDOS},
+                       'normal', unit='Ry')  # the ci protocol's cutoffs, under the name a user's family has
+    base = ['--profile', aiida_profile.name, '--protocol', 'ci', '--code', pw.full_label,
+            '--pseudo-family', 'test/normal-only']
+    before = orm.QueryBuilder().append(orm.Node).count()
+    result = CliRunner().invoke(cli, ['verify', *base])
+    assert result.exit_code == 2, result.output
+    assert "pseudopotential family 'test/normal-only' has no cutoff stringency 'ci' (--cutoff-stringency); it has " \
+           'normal' in result.output
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+    result = CliRunner().invoke(cli, ['verify', *base, '--cutoff-stringency', 'normal'])
+    assert result.exit_code == 0, result.output
+    node = orm.load_node(int(re.search(r'VerifyWorkChain<(\d+)>', result.output).group(1)))
+    assert node.inputs.settings['cutoff_stringency'] == 'normal' and node.inputs.pseudo_family.value == 'test/normal-only'
+    assert node.inputs.settings['kpoints_distance'] == 0.5  # the rest is the ci protocol's
+
+
 def test_verify_finds_the_setup_code_on_any_computer_and_asks_when_there_are_two(aiida_profile, aiida_localhost,
                                                                                    quantum_espresso, tmp_path):
     """Without --code, verify looked for pw-debian@localhost only, so a `dft-setup --computer X` code was not found;

@@ -179,7 +179,7 @@ def test_verify_reports_a_failed_pw_run(pw):
                                                         overrides={'ion_metal': metal})
     _, node = run_get_node(builder)
     assert node.exit_status == VerifyWorkChain.exit_codes.ERROR_DFT_FAILED.status
-    assert 'DFT calculation of the ion_metal cell failed: PwBaseWorkChain<' in node.exit_message
+    assert 'DFT calculation of the ion_metal cell failed: ion_metal: PwBaseWorkChain<' in node.exit_message
     assert 'dft_voltage' not in node.outputs
 
 
