@@ -578,6 +578,72 @@ def test_doctored_tree_arrays_are_refused_on_load(records, tmp_path):
     assert np.array_equal(VoltageModel.load(tmp_path / 'm').predict(records[:20])[0], model.predict(records[:20])[0])
 
 
+def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path, monkeypatch):
+    """Re-signed kernel and torch members were loaded unchecked (review): a NaN y_mean or weight predicted 'nan'
+    volts with exit 0, a missing or cut array failed mid-prediction (a KeyError, or a numpy error blamed on the
+    input), an edited network layout was a raw RuntimeError; a model of a newer format was 'malformed', and a bad
+    VOLTNET_CPU_PRODUCTS was blamed on the model."""
+    import hashlib
+
+    from safetensors.numpy import load_file
+
+    from aiida_voltnet.ml.networks import SettingError
+
+    def resign(directory, change_config=lambda c: None, change_arrays=lambda a: None):
+        arrays = dict(load_file(str(directory / 'saved.safetensors')))
+        change_arrays(arrays)
+        _resave_with_hashes(directory, arrays)
+        config = json.loads((directory / 'saved.json').read_text())
+        change_config(config)
+        config['arrays_sha256'] = hashlib.sha256((directory / 'arrays.safetensors').read_bytes()).hexdigest()
+        config['model_version'] = VoltageModel.version_hash(config)
+        (directory / 'config.json').write_text(json.dumps(config))
+
+    models = {}
+    for name, kwargs in (('krr', {}), ('mlp', {'train_overrides': {'epochs': 2}})):
+        model = train_voltage_model(records[:60], model=name, members=1, calibrate=False, device='cpu', **kwargs)
+        model.save(tmp_path / name)
+        (tmp_path / name / 'saved.json').write_text((tmp_path / name / 'config.json').read_text())
+        (tmp_path / name / 'saved.safetensors').write_bytes((tmp_path / name / 'arrays.safetensors').read_bytes())
+        models[name] = model
+
+    def set_(key, value):
+        return lambda arrays: arrays.__setitem__(key, value)
+
+    kernel = dict(load_file(str(tmp_path / 'krr' / 'saved.safetensors')))
+    torch_arrays = dict(load_file(str(tmp_path / 'mlp' / 'saved.safetensors')))
+    last_bias = sorted(k for k in torch_arrays if k.startswith('member0.') and k.endswith('bias'))[-1]
+    cases = [
+        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean=float('nan'))), 'y_mean nan finite'),
+        ('krr', dict(change_arrays=lambda a: a.pop('member0.gamma')), "missing array.s. gamma"),
+        ('krr', dict(change_arrays=set_('member0.support', kernel['member0.support'][:, :10].copy())),
+         'support vectors of 10 features'),
+        ('krr', dict(change_arrays=set_('member0.dual', kernel['member0.dual'][:5].copy())), "'dual' has shape"),
+        ('krr', dict(change_arrays=set_('member0.gamma', np.array([-1.0]))), 'must be > 0'),
+        ('mlp', dict(change_config=lambda c: c['members'][0].update(y_scale=0.0)), 'y_scale > 0'),
+        ('mlp', dict(change_arrays=set_(last_bias, np.full_like(torch_arrays[last_bias], np.nan))), 'not finite'),
+        ('mlp', dict(change_config=lambda c: c['members'][0]['hyper']['network'].update(dropout=0.1)),
+         'the saved weights do not fit the mlp network this code builds'),
+        ('mlp', dict(change_config=lambda c: c.update(format_version=2)),
+         'model format version 2: this aiida-voltnet reads version 1 .the model was saved by a newer aiida-voltnet'),
+    ]
+    for name, change, message in cases:
+        resign(tmp_path / name, **change)
+        with pytest.raises(ModelIntegrityError, match=message):
+            VoltageModel.load(tmp_path / name)
+    for name, model in models.items():  # as saved: loads and predicts as before
+        resign(tmp_path / name)
+        loaded = VoltageModel.load(tmp_path / name)
+        assert np.array_equal(loaded.predict(records[:10])[0], model.predict(records[:10])[0])
+    # the backstop: whatever makes a prediction not finite, no 'nan' volts come out
+    loaded.members[0].y_mean = float('nan')
+    with pytest.raises(ModelIntegrityError, match='no finite prediction for 10 of 10 record.s., the first'):
+        loaded.predict(records[:10])
+    monkeypatch.setenv('VOLTNET_CPU_PRODUCTS', 'foo')
+    with pytest.raises(SettingError, match="VOLTNET_CPU_PRODUCTS='foo': expected"):
+        VoltageModel.load(tmp_path / 'mlp')
+
+
 def test_training_data_without_the_target_column_say_so(records):
     """A CSV without average_voltage named line 2's empty value, as if one row lacked it."""
     import dataclasses

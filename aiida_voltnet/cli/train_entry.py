@@ -198,7 +198,7 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
         records = records_from_json(records_path.read_text())
         records_sha256 = _sha256(records_path)
         config = {'featurizer': config.get('featurizer', 'leakfree'), 'model': config.get('model', 'voltnet'),
-                  'seed': int(config.get('seed', 0)), 'settings': settings, 'resume': config.get('resume')}
+                  'seed': config.get('seed', 0), 'settings': settings, 'resume': config.get('resume')}
         from aiida_voltnet.ml.models import CHECKED_SETTINGS, check_training_options
 
         # the CalcJob checked these before submitting; a config written by hand gets the same checks here, as bad

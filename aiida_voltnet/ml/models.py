@@ -25,7 +25,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
-from .networks import build_network, cpu_products, fast_mha_resnet, linears_on_onednn
+from .networks import SettingError, build_network, cpu_products, fast_mha_resnet, linears_on_onednn
 from .records import ElectrodeDataError, ElectrodeRecord, write_files_atomically
 from .training import TrainConfig, parse_device, predict_network, train_network
 
@@ -109,6 +109,11 @@ class TorchRegressor(Regressor):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.module.parameters()) if self.module is not None else 0
 
+    def check_n_features(self, n_features: int) -> None:
+        if self.n_features != n_features:
+            raise ModelIntegrityError(f'torch model state: a network of {self.n_features} inputs, the featurizer '
+                                      f'gives {n_features} features')
+
     def get_state(self):
         config = {'kind': self.kind, 'hyper': self.hyper, 'n_features': self.n_features, 'y_mean': self.y_mean,
                   'y_scale': self.y_scale}
@@ -120,8 +125,20 @@ class TorchRegressor(Regressor):
         self = cls(**config['hyper'])
         self._build(int(config['n_features']))
         self.y_mean, self.y_scale = float(config['y_mean']), float(config['y_scale'])
+        if not (math.isfinite(self.y_mean) and math.isfinite(self.y_scale) and self.y_scale > 0):
+            raise ModelIntegrityError(f'torch model state: y_mean {self.y_mean} and y_scale {self.y_scale} must be '
+                                      'finite, y_scale > 0')
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
-        self.module.load_state_dict(state, strict=True)
+        for name, value in state.items():
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                raise ModelIntegrityError(f'torch model state: {name!r} holds values that are not finite')
+        try:
+            self.module.load_state_dict(state, strict=True)
+        except RuntimeError as exception:  # another layout: an edited network config, or another code's layers
+            first = str(exception).strip().splitlines()
+            raise ModelIntegrityError(
+                f'torch model state: the saved weights do not fit the {self.hyper["architecture"]} network this '
+                f'code builds from the config ({" ".join(line.strip() for line in first[:2])[:300]})') from None
         self.module.eval()
         return self
 
@@ -183,7 +200,34 @@ class KernelRegressor(Regressor):
         self = cls(**config['hyper'])
         self.y_mean = float(config['y_mean'])
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
+        self._check_arrays(self.arrays, self.y_mean)
         return self
+
+    @staticmethod
+    def _check_arrays(a: dict[str, np.ndarray], y_mean: float) -> None:
+        """Refuse support vectors and weights of another shape or with values that are not finite: a re-signed
+        edit predicted NaN, or failed mid-prediction with a numpy error taken for bad input."""
+        def fail(message):
+            raise ModelIntegrityError(f'kernel model state: {message}')
+
+        missing = [name for name in ('support', 'dual', 'intercept', 'gamma') if name not in a]
+        if missing:
+            fail(f'missing array(s) {", ".join(missing)}')
+        if a['support'].ndim != 2 or len(a['support']) == 0:
+            fail(f"'support' has shape {a['support'].shape}, expected (n_support, n_features)")
+        for name, shape in (('dual', (len(a['support']),)), ('intercept', (1,)), ('gamma', (1,))):
+            if a[name].shape != shape:
+                fail(f'{name!r} has shape {a[name].shape}, expected {shape}')
+        for name in ('support', 'dual', 'intercept', 'gamma'):
+            if not np.issubdtype(a[name].dtype, np.floating) or not np.isfinite(a[name]).all():
+                fail(f'{name!r} must hold finite floating-point numbers')
+        if not a['gamma'][0] > 0 or not math.isfinite(y_mean):
+            fail(f"gamma {a['gamma'][0]} must be > 0 and y_mean {y_mean} finite")
+
+    def check_n_features(self, n_features: int) -> None:
+        if self.arrays and self.arrays['support'].shape[1] != n_features:
+            raise ModelIntegrityError(f"kernel model state: support vectors of {self.arrays['support'].shape[1]} "
+                                      f'features, the featurizer gives {n_features}')
 
 
 class GradientBoostedTrees(Regressor):
@@ -713,7 +757,12 @@ class VoltageModel:
             self.check_records(records)
         X = self.featurizer.transform(records)
         self._beyond_range = (records, self._features_beyond_range(X))  # for features_outside of these records
-        return self.predict_features(X, device=device)
+        mean, std = self.predict_features(X, device=device)
+        bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
+        if len(bad):  # never written out as 'nan' volts
+            raise ModelIntegrityError(f'the model gave no finite prediction for {len(bad)} of {len(records)} '
+                                      f'record(s), the first {_where(records[bad[0]])}: its weights are broken')
+        return mean, std
 
     @property
     def n_parameters(self) -> int:
@@ -829,7 +878,7 @@ class VoltageModel:
             except SafetensorError as exception:  # re-signed after an edit: the hash matches what is there
                 raise ModelIntegrityError(f'{arrays_path}: not a safetensors file ({exception})') from None
             return cls.from_config_arrays(config, arrays)
-        except ModelIntegrityError:
+        except (ModelIntegrityError, SettingError):  # SettingError: the user's environment, not the model
             raise
         except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exception:
             # a config re-signed after a structural edit (a list where an object belongs, a missing key, ...)
@@ -842,7 +891,10 @@ class VoltageModel:
         if not isinstance(version, int) or isinstance(version, bool):  # int() took true, "1" and 1.9 as version 1
             raise ModelIntegrityError(f'"format_version" must be an integer, got {version!r:.40}')
         if version != FORMAT_VERSION:
-            raise ValueError(f'unsupported model format version {version}')
+            raise ModelIntegrityError(
+                f'model format version {version}: this aiida-voltnet reads version {FORMAT_VERSION}'
+                + (' (the model was saved by a newer aiida-voltnet: upgrade to load it)' if version > FORMAT_VERSION
+                   else ''))
 
         def prefixed(prefix):
             return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}

@@ -50,6 +50,11 @@ def cpu_vendor() -> str:
     return ''
 
 
+class SettingError(ValueError):
+    """An environment setting of this package (:data:`CPU_PRODUCTS_ENV`) that it cannot follow: the user's
+    setting, never the model's (loading a model does not call it a malformed model)."""
+
+
 def cpu_products() -> str:
     """Which library computes the float32 CPU products of our networks' training: ``'onednn'``
     (:func:`cpu_linear`) or ``'aten'`` (torch's own ``nn.functional.linear``, MKL in the x86 wheels).
@@ -66,9 +71,9 @@ def cpu_products() -> str:
     chosen = os.environ.get(CPU_PRODUCTS_ENV, '').strip().lower()
     if chosen:
         if chosen not in ('onednn', 'aten'):
-            raise ValueError(f'{CPU_PRODUCTS_ENV}={os.environ[CPU_PRODUCTS_ENV]!r}: expected "onednn" or "aten"')
+            raise SettingError(f'{CPU_PRODUCTS_ENV}={os.environ[CPU_PRODUCTS_ENV]!r}: expected "onednn" or "aten"')
         if chosen == 'onednn' and _ONEDNN_LINEAR is None:
-            raise ValueError(f'{CPU_PRODUCTS_ENV}=onednn, but this torch build has no oneDNN linear kernel')
+            raise SettingError(f'{CPU_PRODUCTS_ENV}=onednn, but this torch build has no oneDNN linear kernel')
         return chosen
     if (_ONEDNN_LINEAR is not None and torch.backends.cpu.get_cpu_capability().startswith('AVX512')
             and cpu_vendor() == 'AuthenticAMD'):

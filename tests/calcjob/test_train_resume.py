@@ -318,6 +318,11 @@ def test_a_config_key_it_does_not_know_is_bad_input(job):
     (listed / 'config.json').write_text('[]')
     assert _main(listed) == train_entry.STATUS_EXIT['BAD_INPUT']
     assert 'must be a JSON object' in _status(listed)['message']
+    # a seed that is no integer was made one by int() before the check: 1.9 trained as 1, true as 1 (review)
+    for seed in (1.9, True, -0.5, '3'):
+        odd = job(f'seed_{seed}', seed=seed)
+        assert _main(odd) == train_entry.STATUS_EXIT['BAD_INPUT'], seed
+        assert 'seed must be an integer' in _status(odd)['message'] and not (odd / 'model').exists()
 
 
 def test_cuda_memory_running_out_scoring_the_saved_model_scores_it_on_the_cpu(job, monkeypatch):
