@@ -163,14 +163,15 @@ def training_warnings(training: orm.ProcessNode | None, model: VoltageModelData 
     ``'CalibrationWarning: the uncertainty calibration saw only 10 held-out rows ...'``, in order, also those in a
     training CalcJob's ``metrics`` output and those of the processes it was cloned from when it was taken from the
     cache (the chain of cache sources, as far as they still exist) and those the training's work chain repeated in
-    its report (``the training warned: ...``); ``[]`` when none (or for a model trained before they were logged).
+    its report (``the training warned: ...``); ``[]`` when none (or for a model trained before they were logged);
+    one line saying they are unknown for a model without a training process that holds none.
     Where the chain of cache sources breaks at a process not in the profile and nothing else tells (TrainWorkChain
     says ``the training warned nothing`` when there were none), one line says the warnings are unknown."""
     held = (model.base.attributes.get('metrics', None) or {}).get('warnings') if model is not None else None
     if isinstance(held, list):
         return [str(line) for line in held]
-    if training is None:
-        return []
+    if training is None:  # a model stored by hand, or imported without its creator: nothing tells
+        return ['unknown: no process in this profile created this model, and its node holds no warnings']
     processes, seen, lost = [training], {training.uuid}, None
     while (source := processes[-1].base.caching.get_cache_source()) is not None and source not in seen:
         seen.add(source)  # a process taken from the cache has no logs of its own: those of its source (and its)
@@ -320,8 +321,9 @@ def list_predictions(model: VoltageModelData | int | str, ion: str | None = None
     :returns: rows ``{'battery_id', 'label', 'working_ion', 'voltage', 'uncertainty', 'extrapolation', 'node',
         'node_uuid', 'node_pk', 'index', 'process_pk'}``, sorted by process creation time and then index.
         ``extrapolation`` is True where the host has an element no training host had, the ion content lies
-        outside the training range or a batch's record lists the ion-rich member as charged, None for predictions stored before the flags existed (a prediction stored
-        before the ion-content flag is judged by its elements alone). For a batch,
+        outside the training range, the features lie far beyond the training electrodes' (``features_outside``)
+        or a batch's record lists the ion-rich member as charged, None for predictions stored before the flags
+        existed (a prediction stored before the ion-content flag is judged by its elements alone). For a batch,
         ``battery_id`` is the record's and ``index`` its row in the predicted dataset; for a structure pair,
         ``battery_id`` is ``'<charged formula> -> <discharged formula>'`` and ``index`` is None. ``node`` reads
         ``ArrayData<pk>[index]`` or ``Float<pk>``.

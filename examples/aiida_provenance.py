@@ -70,19 +70,18 @@ def main(argv=None):
           f'{model.base.attributes.get("n_members")} members, trained on ions {", ".join(model.training_ions)}')
 
     if args.predict_test_set:
-        from aiida.common.links import LinkType
-
         from aiida_voltnet.calculations.functions import predict_voltages
         from aiida_voltnet.provenance import training_workflow
 
-        training = model.base.links.get_incoming(link_type=LinkType.CREATE).one().node  # train_model or a job
+        training = model.creator  # train_model or a job; None for a model stored by hand (or imported without it)
         # the held-out records of the TrainWorkChain that asked for it (past the restart wrapper of a job); a model
         # trained otherwise has none
-        caller = training_workflow(training)
+        caller = training_workflow(training) if training is not None else None
         if caller is None or 'test_dataset' not in caller.outputs:
-            print(f'VoltageModelData<{model.pk}> was made by {training.process_label}<{training.pk}>, which no '
-                  'TrainWorkChain called, so it has no held-out test dataset to predict; run without '
-                  '--predict-test-set', file=sys.stderr)
+            made = f'made by {training.process_label}<{training.pk}>, which no TrainWorkChain called' \
+                if training is not None else 'made by no process in this profile (stored by hand, or imported alone)'
+            print(f'VoltageModelData<{model.pk}> was {made}, so it has no held-out test dataset to predict; run '
+                  'without --predict-test-set', file=sys.stderr)
             return 1
         test = caller.outputs.test_dataset
         if set(test.working_ions) - set(model.training_ions):  # as TrainWorkChain evaluated it: without those rows

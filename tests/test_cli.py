@@ -834,6 +834,25 @@ def test_train_records_the_sha256_of_the_bytes_it_trained_on(trained, tmp_path):
     assert recorded['sha256'] == hashlib.sha256(small).hexdigest()
 
 
+def test_quickstart_interrupted_while_it_checks_the_csv_exits_130(tmp_path, monkeypatch):
+    """Ctrl-C in the checks before the profile (about 10 s on the shared CSV) was click's 'Aborted!', exit 1
+    (review); docs/usage.md says 130."""
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+    from aiida_voltnet.ml import records
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(records, 'read_electrodes_csv', interrupted)
+    monkeypatch.setenv('AIIDA_PATH', str(tmp_path / 'aiida'))
+    result = CliRunner().invoke(cli, ['quickstart', '--data', str(SHARED_CSV)])
+    assert result.exit_code == 130, result.output
+    assert 'interrupted: before the training started: nothing was trained or predicted' in result.output
+    assert not (tmp_path / 'aiida').exists()
+
+
 def test_quickstart_interrupted_names_what_it_stopped_without_a_traceback(tmp_path):
     """Ctrl-C during the training ended in about 90 lines of plumpy's KilledError traceback."""
     import os

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import click
 
-from . import EXIT_BAD_INPUT, _fail, cli
+from . import EXIT_BAD_INPUT, _fail, _interrupt_exits_130, cli
 
 QUICKSTART_PROFILE = 'voltnet-quickstart'
 SHARED_CSV = Path(__file__).resolve().parents[2] / '..' / 'shared' / 'data' / 'mp_insertion_electrodes' / 'electrodes.csv'
@@ -156,6 +156,7 @@ def _profile_name(ctx, param, value):
 @click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),
               help='Training protocol ("paper" trains the leaky paper protocol and predicts no structure pair: '
                    'its features need capacity_grav and energy_grav).')
+@_interrupt_exits_130('before the training started: nothing was trained or predicted')  # the checks of the CSV
 def quickstart(data, profile, protocol):
     """End-to-end demo: import the CSV, train with provenance, predict real structure pairs, show provenance."""
     import time

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import tempfile
 from typing import Any
@@ -142,7 +143,12 @@ class VoltageModelData(RefusesEmpty, Data):
             for name in FILENAMES:
                 if name not in names:
                     raise ModelIntegrityError(f'{label}: the repository has no {name}')
-                (directory / name).write_bytes(self.base.repository.get_object_content(name, mode='rb'))
+                try:
+                    content = self.base.repository.get_object_content(name, mode='rb')
+                except FileNotFoundError:  # listed, but its object is gone from the object store
+                    raise ModelIntegrityError(f'{label}: the repository object of {name} is missing (a damaged '
+                                              'storage or object store); refusing to load it') from None
+                (directory / name).write_bytes(content)
             # read with a default: a node from an archive may lack them (deleted), which is an alteration too
             recorded_sha256 = self.base.attributes.get('arrays_sha256', None)
             recorded_version = self.base.attributes.get('model_version', None)
@@ -183,5 +189,18 @@ class VoltageModelData(RefusesEmpty, Data):
                                           'config.json; refusing to load it')
             try:
                 return VoltageModel.load(directory)
-            except ModelIntegrityError as exception:
-                raise ModelIntegrityError(f'{label}: {exception}') from exception
+            except ModelIntegrityError as exception:  # the files' names, not those of a folder deleted by now
+                message = str(exception).replace(f'{directory}{os.sep}', '')
+                raise ModelIntegrityError(f'{label}: {message}') from exception
+
+    def _validate(self) -> bool:
+        """Store only a model that loads: files, hashes and attributes as :meth:`load_model` checks them (a node
+        whose weights or attributes were changed before storing was stored, and found by queries as a model)."""
+        super()._validate()
+        from aiida.common.exceptions import ValidationError
+
+        try:
+            self.load_model()
+        except ModelIntegrityError as exception:
+            raise ValidationError(str(exception)) from None
+        return True

@@ -41,7 +41,7 @@ class PredictWorkChain(WorkChain):
         )
         spec.output('predictions', valid_type=orm.ArrayData, required=False,
                     help='For `dataset`: arrays mean, std (V), index, battery_ids, working_ions, unseen_elements, '
-                         'ion_content_outside.')
+                         'ion_content_outside, features_outside, end_members_reversed.')
         spec.output_namespace('voltages', valid_type=orm.Float, dynamic=True,
                               help='For `structures`: predicted average voltage (V) per pair name.')
         spec.output_namespace('uncertainties', valid_type=orm.Float, dynamic=True,

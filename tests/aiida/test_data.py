@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from aiida import orm
+from aiida.common.exceptions import ValidationError
 from aiida.plugins import DataFactory
 
 from aiida_voltnet.data import ElectrodeDataset, VoltageModelData
@@ -117,9 +118,46 @@ def test_altered_queryable_attributes_raise(core_model, attribute, value):
     clone.base.attributes.set(attribute, value)
     with pytest.raises(ModelIntegrityError, match=f'attribute\\(s\\) {attribute} differ'):
         clone.load_model()
-    clone.store()
-    with pytest.raises(ModelIntegrityError, match=f'attribute\\(s\\) {attribute} differ'):
-        clone.load_model()
+    # and refused at store: a forged node was stored, and queries found it as a model of its own (review)
+    with pytest.raises(ValidationError, match=f'attribute\\(s\\) {attribute} differ'):
+        clone.store()
+    assert not clone.is_stored
+
+
+def test_a_model_node_stores_only_what_loads_and_names_a_lost_object(core_model):
+    """Weights changed before storing were stored (review); an object gone from the object store was a bare
+    FileNotFoundError with its hash key; messages named a temporary folder deleted by then."""
+    import json
+
+    from aiida.manage import get_manager
+
+    node = VoltageModelData(core_model)
+    content = bytearray(node.base.repository.get_object_content('arrays.safetensors', mode='rb'))
+    content[-1] ^= 0xFF
+    node.base.repository.put_object_from_bytes(bytes(content), 'arrays.safetensors')
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(ValidationError, match='weights file arrays.safetensors was altered'):
+        node.store()
+    assert orm.QueryBuilder().append(orm.Node).count() == before
+    for change, message in [
+            (lambda c: c.update(format_version=2), 'model format version 2: this aiida-voltnet reads version 1 (the '
+                                                   'model was saved by a newer aiida-voltnet: upgrade to load it)'),
+            (lambda c: c['members'][0].pop('kind'), "config.json: malformed model config (KeyError: 'kind')")]:
+        node = VoltageModelData(core_model)
+        config = json.loads(node.base.repository.get_object_content('config.json'))
+        change(config)
+        config['model_version'] = type(core_model).version_hash(config)
+        node.base.repository.put_object_from_bytes(json.dumps(config).encode(), 'config.json')
+        node.base.attributes.set('model_version', config['model_version'])
+        with pytest.raises(ModelIntegrityError) as info:
+            node.load_model()
+        assert str(info.value) == f'VoltageModelData<unstored>: {message}'
+    stored = VoltageModelData(core_model).store()
+    key = stored.base.repository.get_object('config.json').key
+    get_manager().get_profile_storage().get_repository().delete_objects([key])
+    with pytest.raises(ModelIntegrityError, match=f'VoltageModelData<{stored.pk}>: the repository object of '
+                                                  'config.json is missing'):
+        orm.load_node(stored.pk).load_model()
 
 
 def test_model_params_are_a_queryable_attribute(records):

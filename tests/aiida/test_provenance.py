@@ -244,6 +244,9 @@ def test_training_warnings_when_the_cache_source_is_gone(trained):
     held = bare.metrics['warnings']
     assert held and held[0].startswith('TargetLeakWarning') and clone.metrics['warnings'] == held
     assert training_warnings(bare.creator, bare) == held == training_warnings(bare.creator)
+    # a model no process made and whose node holds none: unknown, not [] (which read as 'warned nothing', review)
+    assert training_warnings(None) == ['unknown: no process in this profile created this model, and its node '
+                                       'holds no warnings']
     bare_uuid = bare.creator.uuid
     delete_nodes([source.pk, bare.creator.pk], dry_run=False)
     clone.creator.base.extras.delete('_aiida_cached_from')  # as an archive import leaves it

@@ -540,6 +540,11 @@ def test_provenance_example_predicts_a_work_chain_models_test_set_and_refuses_ot
     assert example.main(['--profile', profile, '--predict-test-set']) == 1
     assert f'VoltageModelData<{alone.pk}> was made by train_model<{alone.creator.pk}>, which no TrainWorkChain ' \
            'called' in capsys.readouterr().err
+    from aiida_voltnet.data import VoltageModelData
+
+    by_hand = VoltageModelData(alone.load_model()).store()  # no creator: it raised 'no entries found' (review)
+    assert example.main(['--profile', profile, '--predict-test-set']) == 1
+    assert f'VoltageModelData<{by_hand.pk}> was made by no process in this profile' in capsys.readouterr().err
     assert example.main(['--profile', 'no-such-profile-here']) == 1
     assert "cannot load profile 'no-such-profile-here'" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # it printed 'the first -1' and left out the last row
