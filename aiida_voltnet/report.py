@@ -187,18 +187,22 @@ _RAW_CACHES: dict[str, dict] = {}
 
 
 def cached_featurizer(name: str, drop_leak: bool = False):
-    """A featurizer whose per-record raw vectors are computed once per battery_id (refitting per fold is then
-    cheap). ``drop_leak`` removes the paper featurizer's last two raw columns, capacity_grav and energy_grav."""
+    """A featurizer whose per-record raw vectors are computed once per record (refitting per fold is then cheap).
+    ``drop_leak`` removes the paper featurizer's last two raw columns, capacity_grav and energy_grav.
+
+    The cache lives as long as the process (a daemon worker's, a notebook's) and is keyed by the whole record, its
+    content: keyed by battery_id, a second dataset in the process (a corrected CSV, live MP data under the same
+    ids) got the first one's features for every id they share."""
     base = get_featurizer_class(name)
     cache = _RAW_CACHES.setdefault(name, {})
 
     class Cached(base):
         def raw(self, records):
-            missing = [r for r in records if r.battery_id not in cache]
+            missing = list({r: None for r in records if r not in cache})  # each distinct record once
             if missing:
                 for record, row in zip(missing, base.raw(self, missing)):
-                    cache[record.battery_id] = row
-            out = np.stack([cache[r.battery_id] for r in records])
+                    cache[record] = row
+            out = np.stack([cache[r] for r in records])
             return out[:, :-2] if drop_leak else out
 
     Cached.__name__ = f'Cached{base.__name__}'

@@ -38,6 +38,7 @@ DEFAULT_ROWS = [
 #: MHA-ResNet epochs: the paper's 1000, none skipped (the spec has no early stop; the best validation state is
 #: kept). Seeds 0-4 at commit 9842d0c: 1000 epochs, about 4.5 min a seed on 2 Zen 5 cores; 600 epochs with patience
 #: 100 (the earlier default) stopped early and gave MAE 0.078 +/- 0.024 V (docs/results.md).
+#: MLP and LSTM: budgets of this benchmark, below their model specs' 600 and 300 (`voltnet train` uses those).
 TORCH_EPOCHS = {'mha_resnet': 1000, 'mlp': 400, 'lstm': 150}
 #: Epochs of every torch model with --quick (numbers not to quote: it checks that every row runs).
 QUICK_EPOCHS = 3

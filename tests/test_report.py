@@ -156,3 +156,24 @@ def test_report_text_follows_the_epoch_budget():
     note = _full_mode_budget_note(cpu, 200, 3, False)
     assert 'CPU budgets' in note and 'MHA-ResNet at most 200 epochs on the paper features and 3' in note
     assert 'about 19 s' in note
+
+
+def test_the_feature_cache_follows_the_record_not_its_battery_id():
+    """The cache of raw features lives as long as the process and was keyed by battery_id: a second dataset in
+    the same process (a corrected CSV, live MP data under the same ids) got the first one's features (review)."""
+    import dataclasses
+
+    import numpy as np
+
+    from aiida_voltnet.ml.featurizers import get_featurizer
+    from aiida_voltnet.ml.records import read_electrodes_csv
+    from aiida_voltnet.report import cached_featurizer
+
+    records = read_electrodes_csv(DEFAULT_CSV)[:6]
+    first = cached_featurizer('leakfree').raw(records)
+    edited = [dataclasses.replace(records[0], formula_charge=records[5].formula_charge,
+                                  formula_discharge=records[5].formula_discharge, working_ion=records[5].working_ion,
+                                  framework_formula=records[5].framework_formula)] + records[1:]
+    again = cached_featurizer('leakfree').raw(edited)
+    assert np.array_equal(again, get_featurizer('leakfree', _quiet=True).raw(edited))
+    assert not np.array_equal(again[0], first[0]) and np.array_equal(again[1:], first[1:])
