@@ -182,6 +182,16 @@ def run(config_path: pathlib.Path, records_path: pathlib.Path, output: pathlib.P
     """Train as ``config_path`` says; write the outputs and checkpoints into ``output``; return the exit code."""
     started = time.monotonic() if started is None else started
     output.mkdir(parents=True, exist_ok=True)
+    try:  # the code's environment first: a Python without torch (a module not loaded on a cluster) is no bad input
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
+
+        from aiida_voltnet.ml import featurizers, models, records  # noqa: F401
+    except ImportError as exception:
+        LOGGER.error('cannot import what training needs: %s', exception)
+        return _finish(output, 'EXCEPTION', f"{type(exception).__name__}: voltnet-train's Python ({sys.executable}) "
+                                            f'cannot import what training needs ({exception}): install aiida-voltnet '
+                                            "with torch in the code's environment")
     try:
         config = json.loads(config_path.read_text())
         if not isinstance(config, dict):

@@ -326,7 +326,13 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
     def inspect_train_with_code(self):
         node = self.ctx.train_job
         if not node.is_finished_ok:
-            message = f'{node.process_label}<{node.pk}> exit status {node.exit_status}: {node.exit_message}'
+            message = f'{node.process_label}<{node.pk}> exit status {node.exit_status}: ' \
+                      f'{(node.exit_message or "no message").rstrip(".")}'
+            jobs = [child for child in node.called if isinstance(child, orm.CalcJobNode)]
+            if jobs:  # the job's own reason (302 bad input, 310 the trainer raised, ...), not only 'unhandled'
+                last = max(jobs, key=lambda job: job.ctime)
+                message += f'; its last job {last.process_label}<{last.pk}>: exit status {last.exit_status}: ' \
+                           f'{last.exit_message or last.process_state.value}'
             self.report(message)
             return self.exit_codes.ERROR_TRAINING_JOB_FAILED.format(message=message)
         self.ctx.model = node.outputs.model

@@ -54,6 +54,33 @@ def test_train_workchain_through_a_code(train_code, csv_60):
     assert training_workflow(results['model'].creator).uuid == node.uuid
 
 
+def test_a_failed_training_job_is_named_by_the_train_workchain(aiida_code_installed, csv_60, tmp_path):
+    """Review: a code whose Python lacks torch ended the TrainWorkChain in '... exit status 402: The process failed
+    with an unhandled failure', the job's own reason two levels down; now the chain's message names its last job's
+    exit status and message."""
+    import sys
+
+    wrapper = tmp_path / 'voltnet-train-without-torch'
+    wrapper.write_text('#!/bin/bash\n'
+                       f'exec {sys.executable} -c "import sys; sys.modules[\'torch\'] = None; '
+                       'from aiida_voltnet.cli.train_entry import main; sys.exit(main())" "$@"\n')
+    wrapper.chmod(0o755)
+    code = aiida_code_installed(label='voltnet-train-no-torch', filepath_executable=str(wrapper),
+                                default_calc_job_plugin='voltnet.train')
+    builder = TrainWorkChain.get_builder()
+    builder.csv = orm.SinglefileData(csv_60)
+    builder.split.kind = orm.Str('random')
+    builder.train.model = orm.Str('mlp')
+    builder.train.settings = orm.Dict(FAST_MLP['settings'])
+    builder.train_code = code
+    _, node = run_get_node(builder)
+    assert node.exit_status == TrainWorkChain.exit_codes.ERROR_TRAINING_JOB_FAILED.status
+    assert '; its last job VoltnetTrainCalculation<' in node.exit_message, node.exit_message
+    assert 'exit status 402: The process failed with an unhandled failure; its last job' in node.exit_message
+    assert 'exit status 310: The trainer raised: ModuleNotFoundError: voltnet-train\'s Python' in node.exit_message
+    assert "cannot import what training needs" in node.exit_message
+
+
 def test_a_training_job_wrapper_run_alone_is_the_training_workflow(train_code, dataset_60):
     """VoltnetTrainBaseWorkChain submitted alone (docs/production.md's recipe): the provenance of the model's
     predictions named no training workflow ('training_workflow: None'), though the wrapper called the job."""

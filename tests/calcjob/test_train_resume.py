@@ -325,6 +325,18 @@ def test_a_config_key_it_does_not_know_is_bad_input(job):
         assert 'seed must be an integer' in _status(odd)['message'] and not (odd / 'model').exists()
 
 
+def test_a_python_without_torch_is_no_bad_input(job, monkeypatch):
+    """Review: a cluster Python without torch was reported as BAD_INPUT (302, 'refused its input files'), which
+    sends the user to config.json and records.json; it is the code's environment (EXCEPTION, 310), said so."""
+    monkeypatch.setitem(sys.modules, 'torch', None)  # import torch raises ImportError
+    plain = job('plain')
+    assert _main(plain) == train_entry.STATUS_EXIT['EXCEPTION']
+    status = _status(plain)
+    assert status['status'] == 'EXCEPTION'
+    assert f"voltnet-train's Python ({sys.executable}) cannot import what training needs" in status['message']
+    assert "install aiida-voltnet with torch in the code's environment" in status['message']
+
+
 def test_cuda_memory_running_out_scoring_the_saved_model_scores_it_on_the_cpu(job, monkeypatch):
     """Review: the metrics' prediction after training ran out of CUDA memory with the status of a training that
     did, so the restart work chain threw complete models away and retrained with halved batches until it gave up.

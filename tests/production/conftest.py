@@ -133,17 +133,14 @@ class ProductionProfile:
         return log.read_text(errors='replace')[-6000:] if log.exists() else '(no daemon log)'
 
     def scenario(self, name: str, timeout: float = 240) -> dict:
-        """Run ``prod_scenarios.py NAME`` against this profile; return its JSON (skip if the code is missing)."""
+        """Run ``prod_scenarios.py NAME`` against this profile; return its JSON."""
         result = subprocess.run([sys.executable, str(SCENARIOS), name, self.name], env=self.env, capture_output=True,
                                 text=True, timeout=timeout, check=False)
         lines = [line for line in result.stdout.splitlines() if line.startswith('{')]
         if result.returncode != 0 or not lines:
             raise AssertionError(f'scenario {name} failed ({result.returncode}):\n{result.stdout[-4000:]}\n'
                                  f'{result.stderr[-6000:]}\n--- daemon log ---\n{self.daemon_log()}')
-        payload = json.loads(lines[-1])
-        if 'missing' in payload:
-            pytest.skip(f'the AiiDA layer is not complete yet: {payload["missing"]}')
-        return payload
+        return json.loads(lines[-1])  # a module that does not import fails the scenario, never skips it
 
 
 @pytest.fixture(scope='module')
