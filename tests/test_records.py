@@ -233,6 +233,7 @@ def test_round_trips(tmp_path):
     assert records_from_json(records_to_json(records)) == records
     write_electrodes_csv(records, tmp_path / 'out.csv')
     assert read_electrodes_csv(tmp_path / 'out.csv') == records
+    assert b'\r\n' not in (tmp_path / 'out.csv').read_bytes()  # the seed CSV's line ends
 
 
 @pytest.mark.parametrize('adj_pairs, message', [

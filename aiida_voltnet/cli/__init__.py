@@ -184,7 +184,10 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         if str(warning.message).startswith('the uncertainty calibration') \
                 or issubclass(warning.category, InputWarning):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
-    model.metadata['training_data'] = {'path': str(Path(data).resolve()), 'sha256': hashlib.sha256(content).hexdigest()}
+    # a pipe (<(...)) is named /proc/PID/fd/pipe:[inode], another name each run, which made each training of the same
+    # bytes another model version: only a regular file's path is recorded (the sha256 always)
+    path = str(Path(data).resolve()) if stat.S_ISREG(os.stat(data).st_mode) else None
+    model.metadata['training_data'] = {'path': path, 'sha256': hashlib.sha256(content).hexdigest()}
     if (Path(out) / 'config.json').is_file():
         click.echo(f'Replacing the model in {out}', err=True)
     try:
@@ -421,8 +424,8 @@ def _read_model(path):
 @click.option('--device', default='auto', show_default=True, help='auto, cpu or cuda[:N].')
 @click.option('--extrapolation-column', is_flag=True,
               help='With --data: add a fourth column, extrapolation, to OUT.csv: empty, or why that row\'s '
-                   'prediction is extrapolation (unseen host elements, ion content outside the training range, end '
-                   'members reversed).')
+                   'prediction is extrapolation (unseen host elements, ion content outside the training range, '
+                   'features far beyond the training range, end members reversed; several joined by "; ").')
 @_interrupt_exits_130('--out, if given, holds what it held before or all of the new predictions, never a part')
 def predict(model_dir, data, out, charged, discharged, ion, device, extrapolation_column):
     """Predict average voltages for a CSV, or for one charged/discharged pair of formulas or structure files.
@@ -506,7 +509,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
                    f'(model {model.saved_version[:16]})')
         return
     table = io.StringIO(newline='')
-    writer = csv.writer(table)
+    writer = csv.writer(table, lineterminator='\n')  # as the seed's CSV; '\r\n' left '\r' in empty fields for awk
     flags = model.extrapolation_flags(records) if extrapolation_column else None
     writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'] + (['extrapolation'] if flags is not None else []))
     for index, (record, m, s) in enumerate(zip(records, mean, std)):

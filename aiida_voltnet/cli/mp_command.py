@@ -58,7 +58,10 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
     click.echo('Fetching insertion electrodes from the Materials Project ...', err=True)
     try:
         records, provenance = fetch_mp_electrodes(**arguments)
-    except (MissingAPIKeyError, InvalidAPIKeyError) as exception:
+    except MissingAPIKeyError:  # the loader's own message names its api_key argument, which this command has not
+        _fail('no Materials Project API key: set the MP_API_KEY environment variable (or PMG_MAPI_KEY in '
+              '~/.config/.pmgrc.yaml, as mp-api reads it; get a key at https://next-gen.materialsproject.org/api)')
+    except InvalidAPIKeyError as exception:
         _fail(str(exception))
     except MPRequestError as exception:
         _fail(str(exception), 1)

@@ -924,7 +924,7 @@ def _step_repr(step: VoltageStep) -> str:
 def write_electrodes_csv(records: Sequence[ElectrodeRecord], path: str | os.PathLike) -> None:
     """Write records back in the seed's CSV layout (``adj_pairs`` in the same repr grammar)."""
     with open(path, 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator='\n')  # the seed CSV's line ends
         writer.writeheader()
         for record in records:
             row = {}
