@@ -843,6 +843,33 @@ def test_train_records_the_sha256_of_the_bytes_it_trained_on(trained, tmp_path):
     assert versions[0] == versions[1]
 
 
+def test_train_writes_its_model_when_the_csv_is_gone_by_the_end(trained, tmp_path, monkeypatch):
+    """The pipe check stat()ed --data after the training: a CSV removed meanwhile threw the finished model away
+    with a FileNotFoundError traceback (review). The bytes read at the start are what the model records."""
+    import hashlib
+    import shutil
+
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+    from aiida_voltnet.ml import models
+
+    data = tmp_path / 'gone.csv'
+    shutil.copy(trained / 'train.csv', data)
+    train = models.train_voltage_model
+
+    def train_then_remove(*args, **kwargs):
+        data.unlink()
+        return train(*args, **kwargs)
+
+    monkeypatch.setattr(models, 'train_voltage_model', train_then_remove)
+    content = data.read_bytes()
+    result = CliRunner().invoke(cli, ['train', '--data', str(data), '--out', str(tmp_path / 'm'), '--model', 'krr'])
+    assert result.exit_code == 0, result.output
+    recorded = json.loads((tmp_path / 'm' / 'config.json').read_text())['metadata']['training_data']
+    assert recorded == {'path': str(data.resolve()), 'sha256': hashlib.sha256(content).hexdigest()}
+
+
 def test_quickstart_interrupted_while_it_checks_the_csv_exits_130(tmp_path, monkeypatch):
     """Ctrl-C in the checks before the profile (about 10 s on the shared CSV) was click's 'Aborted!', exit 1
     (review); docs/usage.md says 130."""

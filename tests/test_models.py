@@ -635,10 +635,22 @@ def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path,
         resign(tmp_path / name)
         loaded = VoltageModel.load(tmp_path / name)
         assert np.array_equal(loaded.predict(records[:10])[0], model.predict(records[:10])[0])
-    # the backstop: whatever makes a prediction not finite, no 'nan' volts come out
+    # the backstop: whatever makes a prediction not finite (the weights are checked on load: the input), no 'nan'
+    # volts come out
     loaded.members[0].y_mean = float('nan')
-    with pytest.raises(ModelIntegrityError, match='no finite prediction for 10 of 10 record.s., the first'):
+    with pytest.raises(ValueError, match='no finite prediction for 10 of 10 record.s., the first .*overflow'):
         loaded.predict(records[:10])
+    # what training or earlier code legitimately wrote still loads (review of the checks above): an int64 gamma (a
+    # model_param of 1 was saved unconverted), and an SVR whose targets all lay within epsilon (no support vector)
+    resign(tmp_path / 'krr', change_arrays=set_('member0.gamma', np.array([1])))
+    as_int = VoltageModel.load(tmp_path / 'krr')
+    resign(tmp_path / 'krr', change_arrays=set_('member0.gamma', np.array([1.0])))
+    assert np.array_equal(as_int.predict(records[:10])[0], VoltageModel.load(tmp_path / 'krr').predict(records[:10])[0])
+    constant = train_voltage_model(records[:60], model='svr', members=1, calibrate=False, model_params={'epsilon': 10.0})
+    constant.save(tmp_path / 'constant')
+    assert constant.members[0].arrays['support'].shape[0] == 0
+    mean, _ = VoltageModel.load(tmp_path / 'constant').predict(records[:5])
+    assert np.allclose(mean, mean[0]) and np.array_equal(mean, constant.predict(records[:5])[0])
     monkeypatch.setenv('VOLTNET_CPU_PRODUCTS', 'foo')
     with pytest.raises(SettingError, match="VOLTNET_CPU_PRODUCTS='foo': expected"):
         VoltageModel.load(tmp_path / 'mlp')

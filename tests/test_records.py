@@ -293,7 +293,12 @@ def test_electrode_composition_key_ignores_ids_and_formula_units():
     def key(charged, discharged, ion='Li'):
         return electrode_composition_key(validate_record(ElectrodeRecord('x', charged, discharged, ion)))
 
-    assert key('Li0NiO2', 'LiNiO2') == key('NiO2', 'Li2Ni2O4') == key('O2Ni', 'Li1Ni1O2') == ('Li', 'NiO2', (0.0, 0.333))
+    from fractions import Fraction
+
+    assert key('Li0NiO2', 'LiNiO2') == key('NiO2', 'Li2Ni2O4') == key('O2Ni', 'Li1Ni1O2') == \
+        ('Li', 'NiO2', (Fraction(0), Fraction(1, 3)))
+    # one composition written two ways, 3/16 exactly and with float noise: rounding to 1e-3 split them (review)
+    assert key('K0.375FeSe', 'K0.5FeSe', 'K') == key('K0.075Fe0.2Se0.2', 'K0.1Fe0.2Se0.2', 'K')
     assert key('Li0.5NiO2', 'LiNiO2') != key('NiO2', 'LiNiO2')
     assert key('NiO2', 'NaNiO2', 'Na') != key('NiO2', 'LiNiO2')
     # polymorphs share it: the shared data's anatase, rutile and brookite TiO2 (three electrodes, one composition)

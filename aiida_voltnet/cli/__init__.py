@@ -141,6 +141,9 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
     _check_device(device)
     try:  # read once: the sha256 recorded in the model is that of the bytes trained on (a pipe reads only once,
         content = Path(data).read_bytes()  # and a file may change while the model trains)
+        # a pipe (<(...)) is named /proc/PID/fd/pipe:[inode], another name each run, which made each training of
+        # the same bytes another model version: only a regular file's path is recorded (the sha256 always)
+        data_path = str(Path(data).resolve()) if stat.S_ISREG(os.stat(data).st_mode) else None
     except OSError as exception:
         _fail(f'--data {data}: cannot read it: {exception.strerror or exception}')
     try:
@@ -184,10 +187,7 @@ def train(data, out, featurizer, model_name, seed, device, epochs, members, prec
         if str(warning.message).startswith('the uncertainty calibration') \
                 or issubclass(warning.category, InputWarning):
             click.secho(f'WARNING: {warning.message}', fg='yellow', err=True)
-    # a pipe (<(...)) is named /proc/PID/fd/pipe:[inode], another name each run, which made each training of the same
-    # bytes another model version: only a regular file's path is recorded (the sha256 always)
-    path = str(Path(data).resolve()) if stat.S_ISREG(os.stat(data).st_mode) else None
-    model.metadata['training_data'] = {'path': path, 'sha256': hashlib.sha256(content).hexdigest()}
+    model.metadata['training_data'] = {'path': data_path, 'sha256': hashlib.sha256(content).hexdigest()}
     if (Path(out) / 'config.json').is_file():
         click.echo(f'Replacing the model in {out}', err=True)
     try:
@@ -509,7 +509,7 @@ def predict(model_dir, data, out, charged, discharged, ion, device, extrapolatio
                    f'(model {model.saved_version[:16]})')
         return
     table = io.StringIO(newline='')
-    writer = csv.writer(table, lineterminator='\n')  # as the seed's CSV; '\r\n' left '\r' in empty fields for awk
+    writer = csv.writer(table, lineterminator='\n')  # '\r\n' left '\r' in an empty last field for awk and grep
     flags = model.extrapolation_flags(records) if extrapolation_column else None
     writer.writerow(['battery_id', 'predicted_voltage', 'uncertainty'] + (['extrapolation'] if flags is not None else []))
     for index, (record, m, s) in enumerate(zip(records, mean, std)):

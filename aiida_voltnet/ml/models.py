@@ -201,7 +201,11 @@ class KernelRegressor(Regressor):
         self.y_mean = float(config['y_mean'])
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         self._check_arrays(self.arrays, self.y_mean)
+        # an integer gamma given as a model_param was saved as int64 by earlier code: the same numbers as float64
+        self.arrays = {k: v.astype(np.float64) if k in self._ARRAYS else v for k, v in self.arrays.items()}
         return self
+
+    _ARRAYS = ('support', 'dual', 'intercept', 'gamma')
 
     @staticmethod
     def _check_arrays(a: dict[str, np.ndarray], y_mean: float) -> None:
@@ -210,17 +214,19 @@ class KernelRegressor(Regressor):
         def fail(message):
             raise ModelIntegrityError(f'kernel model state: {message}')
 
-        missing = [name for name in ('support', 'dual', 'intercept', 'gamma') if name not in a]
+        missing = [name for name in KernelRegressor._ARRAYS if name not in a]
         if missing:
             fail(f'missing array(s) {", ".join(missing)}')
-        if a['support'].ndim != 2 or len(a['support']) == 0:
+        if a['support'].ndim != 2:  # no rows at all is an SVR whose targets all lay within epsilon: a constant
             fail(f"'support' has shape {a['support'].shape}, expected (n_support, n_features)")
         for name, shape in (('dual', (len(a['support']),)), ('intercept', (1,)), ('gamma', (1,))):
             if a[name].shape != shape:
                 fail(f'{name!r} has shape {a[name].shape}, expected {shape}')
-        for name in ('support', 'dual', 'intercept', 'gamma'):
-            if not np.issubdtype(a[name].dtype, np.floating) or not np.isfinite(a[name]).all():
-                fail(f'{name!r} must hold finite floating-point numbers')
+        for name in KernelRegressor._ARRAYS:
+            dtype = a[name].dtype
+            if not (np.issubdtype(dtype, np.floating) or np.issubdtype(dtype, np.integer)) \
+                    or not np.isfinite(a[name]).all():
+                fail(f'{name!r} must hold finite real numbers')
         if not a['gamma'][0] > 0 or not math.isfinite(y_mean):
             fail(f"gamma {a['gamma'][0]} must be > 0 and y_mean {y_mean} finite")
 
@@ -759,9 +765,10 @@ class VoltageModel:
         self._beyond_range = (records, self._features_beyond_range(X))  # for features_outside of these records
         mean, std = self.predict_features(X, device=device)
         bad = np.flatnonzero(~(np.isfinite(mean) & np.isfinite(std)))
-        if len(bad):  # never written out as 'nan' volts
-            raise ModelIntegrityError(f'the model gave no finite prediction for {len(bad)} of {len(records)} '
-                                      f'record(s), the first {_where(records[bad[0]])}: its weights are broken')
+        if len(bad):  # never written out as 'nan' volts; the weights were checked finite on load, so the input
+            raise ValueError(f'the model gave no finite prediction for {len(bad)} of {len(records)} record(s), the '
+                             f'first {_where(records[bad[0]])}: its values overflow the model\'s arithmetic '
+                             '(a capacity or energy of 1e300, say); check them')
         return mean, std
 
     @property

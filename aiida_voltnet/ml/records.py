@@ -19,6 +19,7 @@ import csv
 import dataclasses
 import difflib
 import functools
+from fractions import Fraction
 import hashlib
 import io
 import json
@@ -298,11 +299,12 @@ def framework_key(composition: Composition) -> str:
 def electrode_composition_key(record: ElectrodeRecord) -> tuple:
     """The electrode a record is by composition, whatever its id and formula unit: the working ion, the host
     framework (:func:`framework_key` of the discharged end's host) and the ion atoms per host atom at either end
-    (rounded to 1e-3, in increasing order). ``Li0NiO2``/``LiNiO2`` and ``NiO2``/``Li2Ni2O4`` share it;
+    (the nearest fractions of denominator <= 1000, in increasing order). ``Li0NiO2``/``LiNiO2`` and ``NiO2``/``Li2Ni2O4`` share it;
     ``Li0.5NiO2``/``LiNiO2`` (another step of the same host) does not. Polymorphs share it too (the shared data's
     anatase, rutile and brookite TiO2 do): one key is one composition, not always one electrode."""
     host = framework_key(host_framework(record.composition_discharge, record.working_ion))
-    fractions = tuple(sorted(round(x, 3) + 0.0 for x in record.ion_fractions))
+    # as fractions of denominator <= 1000: rounding to 1e-3 split 0.1875 (3/16) from its float noise 0.18749999...
+    fractions = tuple(sorted(Fraction(x).limit_denominator(1000) for x in record.ion_fractions))
     return record.working_ion, host, fractions
 
 
@@ -924,7 +926,7 @@ def _step_repr(step: VoltageStep) -> str:
 def write_electrodes_csv(records: Sequence[ElectrodeRecord], path: str | os.PathLike) -> None:
     """Write records back in the seed's CSV layout (``adj_pairs`` in the same repr grammar)."""
     with open(path, 'w', newline='', encoding='utf-8') as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator='\n')  # the seed CSV's line ends
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, lineterminator='\n')  # LF, as Unix tools expect
         writer.writeheader()
         for record in records:
             row = {}
