@@ -35,6 +35,7 @@ class ElectrodeDataset(RefusesEmpty, Data):
     # ElectrodeDataset() without records cannot be stored: every reader of it would fail
     _REQUIRED_ATTRIBUTE = 'records_sha256'
     _EMPTY_MESSAGE = 'an ElectrodeDataset without records cannot be stored: give the records, ElectrodeDataset(records)'
+    _READ_BACK_ERROR = ElectrodeDataError
 
     RECORDS_FILENAME = 'records.json'
     MP_PROVENANCE_FILENAME = 'mp_provenance.json'
@@ -161,17 +162,9 @@ class ElectrodeDataset(RefusesEmpty, Data):
             raise ElectrodeDataError(f'{label}: attribute(s) {", ".join(altered)} differ from '
                                      f'{self.RECORDS_FILENAME}')
 
-    def _validate(self) -> bool:
-        """Refuse to store a dataset whose records cannot be read back or whose attributes contradict them: once
-        stored as a process input, every later reader (``voltnet provenance`` included) would fail on it."""
-        super()._validate()
-        try:
-            self.records()
-        except ElectrodeDataError as exception:
-            from aiida.common.exceptions import ValidationError
-
-            raise ValidationError(str(exception)) from None
-        return True
+    def _read_back(self) -> None:
+        """Not stored: a dataset whose records cannot be read back or whose attributes contradict them."""
+        self.records()
 
     def battery_ids(self) -> list[str]:
         return [r.battery_id for r in self.records()]

@@ -83,6 +83,7 @@ class VoltageModelData(RefusesEmpty, Data):
     _REQUIRED_ATTRIBUTE = 'arrays_sha256'
     _EMPTY_MESSAGE = ('a VoltageModelData without a model cannot be stored: give the trained model, '
                       'VoltageModelData(model)')
+    _READ_BACK_ERROR = ModelIntegrityError
 
     def __init__(self, model: VoltageModel | None = None, *, metrics: dict | None = None, **kwargs):
         super().__init__(**kwargs)
@@ -193,14 +194,8 @@ class VoltageModelData(RefusesEmpty, Data):
                 message = str(exception).replace(f'{directory}{os.sep}', '')
                 raise ModelIntegrityError(f'{label}: {message}') from exception
 
-    def _validate(self) -> bool:
-        """Store only a model that loads: files, hashes and attributes as :meth:`load_model` checks them (a node
-        whose weights or attributes were changed before storing was stored, and found by queries as a model)."""
-        super()._validate()
-        from aiida.common.exceptions import ValidationError
-
-        try:
-            self.load_model()
-        except ModelIntegrityError as exception:
-            raise ValidationError(str(exception)) from None
-        return True
+    def _read_back(self) -> None:
+        """Not stored: a model that does not load, its files, hashes and attributes checked as :meth:`load_model`
+        checks them (a node whose weights or attributes were changed before storing was stored, and found by
+        queries as a model)."""
+        self.load_model()
