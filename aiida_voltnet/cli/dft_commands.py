@@ -158,6 +158,14 @@ def _run_in_interpreter(builder, process_class):
         _fail(f'refused before any pw.x job: {_in_option_names(exception)}')
 
 
+#: ``--cutoff-stringency`` of ``verify`` and ``screen``.
+_CUTOFF_STRINGENCY = click.option(
+    '--cutoff-stringency', default=None,
+    help="Which of the family's recommended cutoffs  [default: the protocol's: ci for ci, normal for balanced, "
+         'precise for precise]. A family installed with aiida-pseudo (e.g. `aiida-pseudo install sssp`) recommends '
+         'normal only.')
+
+
 def _in_option_names(exception) -> str:
     """A launch refusal in this command's option names: the work chains' ``settings.cutoff_stringency`` is
     ``--cutoff-stringency`` here."""
@@ -181,10 +189,7 @@ def _in_option_names(exception) -> str:
 @click.option('--pseudo-family', default=None,
               help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup, which "
                    'has Li, Co, Fe, Ni and O only).')
-@click.option('--cutoff-stringency', default=None,
-              help="Which of the family's recommended cutoffs  [default: the protocol's: ci for ci, normal for "
-                   'balanced, precise for precise]. A family installed with aiida-pseudo (e.g. `aiida-pseudo install '
-                   'sssp`) recommends normal only.')
+@_CUTOFF_STRINGENCY
 @click.option('--profile', default=None, help='AiiDA profile (default: the default profile).')
 def verify(model_id, pair, charged, discharged, ion, protocol, code_label, pseudo_family, cutoff_stringency, profile):
     """DFT-verify a pair with Quantum ESPRESSO (runs here, in this interpreter) beside the ML prediction.
@@ -353,10 +358,7 @@ def read_candidates(path: str) -> tuple[dict[str, dict], dict[Path, object]]:
 @click.option('--code', 'code_label', default=None, help='pw.x code label (default: the one voltnet dft-setup made).')
 @click.option('--pseudo-family', default=None,
               help="aiida-pseudo family label (default: the protocol's, voltnet/debian/PBEsol from dft-setup).")
-@click.option('--cutoff-stringency', default=None,
-              help="Which of the family's recommended cutoffs  [default: the protocol's: ci for ci, normal for "
-                   'balanced, precise for precise]. A family installed with aiida-pseudo (e.g. `aiida-pseudo install '
-                   'sssp`) recommends normal only.')
+@_CUTOFF_STRINGENCY
 @click.option('--retrain-dataset', default=None,
               help='pk or uuid of an ElectrodeDataset (e.g. the records the model was trained on): retrain on it '
                    'plus the verified candidates, with the screened model\'s recipe (one active-learning round). '

@@ -40,7 +40,7 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
     of the fetch. In AiiDA, the calcfunction voltnet.assemble_dataset_from_mp makes the same records into an
     ElectrodeDataset with that provenance on the node.
     """
-    from aiida_voltnet.ml.mp_loader import (InvalidAPIKeyError, MissingAPIKeyError, MPRequestError,
+    from aiida_voltnet.ml.mp_loader import (KEY_SOURCES, InvalidAPIKeyError, MissingAPIKeyError, MPRequestError,
                                             check_fetch_arguments, fetch_mp_electrodes)
     from aiida_voltnet.ml.records import ElectrodeDataError, write_electrodes_csv, write_files_atomically
 
@@ -59,8 +59,7 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
     try:
         records, provenance = fetch_mp_electrodes(**arguments)
     except MissingAPIKeyError:  # the loader's own message names its api_key argument, which this command has not
-        _fail('no Materials Project API key: set the MP_API_KEY environment variable (or PMG_MAPI_KEY in '
-              '~/.config/.pmgrc.yaml, as mp-api reads it; get a key at https://next-gen.materialsproject.org/api)')
+        _fail(f'no Materials Project API key: {KEY_SOURCES}')
     except InvalidAPIKeyError as exception:
         _fail(str(exception))
     except MPRequestError as exception:

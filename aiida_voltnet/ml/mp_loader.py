@@ -51,6 +51,9 @@ __all__ = [
 
 #: Value of ``ElectrodeDataError.source`` for errors raised here.
 SOURCE = 'Materials Project'
+#: Where a key comes from, as the loader and ``voltnet fetch-mp`` say it.
+KEY_SOURCES = ('set the MP_API_KEY environment variable (or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml, as mp-api reads '
+               'it; get a key at https://next-gen.materialsproject.org/api)')
 
 #: Fields requested from ``/materials/insertion_electrodes/`` (``battery_id`` is not a field of emmet's
 #: ``InsertionElectrodeDoc``: it is derived from ``material_ids`` and ``working_ion``, see :func:`battery_id_of`).
@@ -134,9 +137,7 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
         return _fetch(rester, **arguments)
     key = (api_key or '').strip() or configured_api_key()
     if not key:
-        raise MissingAPIKeyError('no Materials Project API key: pass api_key=... or set the MP_API_KEY environment '
-                                 'variable (or PMG_MAPI_KEY in ~/.config/.pmgrc.yaml, as mp-api reads it; get a key at '
-                                 'https://next-gen.materialsproject.org/api)')
+        raise MissingAPIKeyError(f'no Materials Project API key: pass api_key=... or {KEY_SOURCES}')
     problem = api_key_problem(key)
     if problem:
         raise InvalidAPIKeyError(problem)
