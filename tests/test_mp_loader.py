@@ -668,11 +668,16 @@ def test_fetch_mp_writes_the_records_as_a_seed_csv_with_their_provenance(recorde
     assert recorded_mp.requests == [] and not out.exists()
     monkeypatch.setenv('MP_API_KEY', 'short')
     result = runner.invoke(cli, ['fetch-mp', '--out', str(out), '--battery-id', 'mp-2657_Li'])
-    assert result.exit_code == 2 and 'API key has 5 characters, not 32' in result.output, result.output
+    assert result.exit_code == 2 and 'API key has 5 characters, not 32 (from MP_API_KEY' in result.output, \
+        result.output
+    assert 'api_key=' not in result.output  # review: the loader's argument named where the key came from the env
     monkeypatch.setenv('MP_API_KEY', TEST_KEY)
-    for options, message in ((['--ion', 'li'], 'working_ion must be one of'),
+    # review: the messages named the loader's arguments (working_ion, battery_ids), not the command's options
+    for options, message in ((['--ion', 'li'], '--ion must be one of'),
                              (['--elements', 'Fe,,P'], 'without empty items'),
-                             (['--battery-id', 'mp-2657'], "'mp-2657' is no Materials Project battery id")):
+                             (['--elements', 'Fe,Xx'], "--elements: 'Xx' is not a chemical element symbol"),
+                             (['--battery-id', 'mp-2657'], "--battery-id: 'mp-2657' is no Materials Project battery"),
+                             (['--battery-id', 'mp-2657_Na', '--ion', 'Li'], 'and --ion is Li: the query could')):
         result = runner.invoke(cli, ['fetch-mp', '--out', str(out), *options])
         assert result.exit_code == 2 and message in result.output, (options, result.output)
     assert recorded_mp.requests == [] and not out.exists()
@@ -698,3 +703,71 @@ def test_fetch_mp_writes_the_records_as_a_seed_csv_with_their_provenance(recorde
     result = runner.invoke(cli, ['fetch-mp', '--out', str(tmp_path / 'none.csv'), '--ion', 'K', '--elements', 'Fe'])
     assert result.exit_code == 1 and 'the query matched no insertion electrode' in result.output, result.output
     assert not (tmp_path / 'none.csv').exists()
+
+
+# ------------------------------------------------------------------ answers that are no API response (review)
+
+def _answer_on(api, monkeypatch, path, status, body: bytes, content_type='application/json'):
+    """Make ``api`` answer requests for ``path`` with ``body`` as it stands (a proxy page, a maintenance answer)."""
+    replay = api.send
+
+    def send(request, *args, **kwargs):
+        if urlsplit(request.url).path == path:
+            response = api._respond(request, status, {})
+            response._content = body
+            response.headers = CaseInsensitiveDict({'content-type': content_type})
+            return response
+        return replay(request, *args, **kwargs)
+
+    monkeypatch.setattr(api, 'send', send)
+
+
+@pytest.mark.parametrize('path, body, content_type', [
+    (ELECTRODES_PATH, b'<html><body>502 Bad Gateway</body></html>', 'text/html'),
+    (SUMMARY_PATH, b'<html>proxy error</html>', 'text/html'),
+    (ELECTRODES_PATH, b'{"meta": {"total_doc": 1}}', 'application/json'),
+    (HEARTBEAT_PATH, b'{"detail": "down for maintenance"}', 'application/json'),
+], ids=['electrodes-html', 'summary-html', 'no-data', 'heartbeat-without-version'])
+def test_an_answer_that_is_no_api_response_is_a_request_error(recorded_mp, monkeypatch, path, body, content_type,
+                                                              tmp_path):
+    """Found by review: a 200 answer whose body is an HTML page, JSON without ``data``, or a maintenance heartbeat
+    without ``version`` reached the user as mp-api's JSONDecodeError or KeyError traceback, and ``voltnet fetch-mp``
+    printed it raw."""
+    from click.testing import CliRunner
+
+    from aiida_voltnet.cli import cli
+
+    _answer_on(recorded_mp, monkeypatch, path, 200, body, content_type)
+    with pytest.raises(MPRequestError, match=r'answered with something that is no API response \((JSONDecodeError|'
+                                             r'KeyError|ValueError)'):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li'])
+    _clear_mp_api_caches()
+    monkeypatch.setenv('MP_API_KEY', TEST_KEY)
+    out = tmp_path / 'out.csv'
+    result = CliRunner().invoke(cli, ['fetch-mp', '--out', str(out), '--battery-id', 'mp-2657_Li'])
+    assert result.exit_code == 1 and 'no API response' in result.output, result.output + repr(result.exception)
+    assert 'Traceback' not in result.output and not out.exists()
+
+
+def test_a_malformed_document_stays_an_electrode_data_error(recorded_mp):
+    """The wider catch for unreadable answers leaves a document that is no electrode named by battery and field."""
+    _doc(recorded_mp, 'mp-2657').pop('formula_charge')
+    with pytest.raises(ElectrodeDataError, match="mp-2657_Li.*formula_charge"):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li'])
+
+
+def test_incomplete_summary_symmetry_is_warned_and_the_crystal_system_follows_from_the_group(recorded_mp, caplog,
+                                                                                             csv_records):
+    """Found by review: a summary whose ``symmetry`` is null, or has a space-group number but no crystal system,
+    was written without a word; the model then lacks its symmetry features."""
+    expected = csv_records['mp-2657_Li']
+    charged, discharged = expected.id_charge, expected.id_discharge
+    recorded_mp.summary['data'] = [dict(d, symmetry=None) if d['material_id'] == charged else d
+                                   for d in recorded_mp.summary['data']]
+    _symmetry(recorded_mp, discharged)['crystal_system'] = None
+    (record,), _ = fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li'])
+    assert record.charge_space_group_number is None and record.charge_crystal_system is None
+    assert record.discharge_space_group_number == expected.discharge_space_group_number
+    assert record.discharge_crystal_system == expected.discharge_crystal_system
+    assert f'no space-group number in the summary symmetry of 1 end member(s), their space group stays empty: ' \
+           f'{charged}' in caplog.text

@@ -25,7 +25,8 @@ from aiida_voltnet.data.model import VoltageModelData, json_safe
 from aiida_voltnet.ml.featurizers import InputWarning, TargetLeakWarning, get_featurizer
 from aiida_voltnet.ml.metrics import regression_metrics
 from aiida_voltnet.ml.models import CHECKED_SETTINGS, CalibrationWarning, check_training_options, train_voltage_model
-from aiida_voltnet.ml.mp_loader import api_key_problem, check_fetch_arguments, configured_api_key, fetch_mp_electrodes
+from aiida_voltnet.ml.mp_loader import (KEY_SOURCES, api_key_problem, check_fetch_arguments, configured_api_key,
+                                        fetch_mp_electrodes)
 from aiida_voltnet.ml.records import decode_csv, read_electrodes_csv
 from aiida_voltnet.ml.splits import SPLIT_KINDS, check_test_fraction, make_split
 from aiida_voltnet.ml.structures import record_from_structures
@@ -300,9 +301,8 @@ def _validate_mp(inputs):
         return f'query: {exception}'
     key = configured_api_key()
     if not key:
-        return ('no Materials Project API key: set the MP_API_KEY environment variable, or PMG_MAPI_KEY in '
-                '~/.config/.pmgrc.yaml (it is never stored in a node)')
-    return api_key_problem(key)
+        return f'no Materials Project API key: {KEY_SOURCES}; it is never stored in a node'
+    return api_key_problem(key, given=False)
 
 
 @_validated_by(_validate_mp)

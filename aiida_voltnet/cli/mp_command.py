@@ -47,7 +47,8 @@ def fetch_mp(out, working_ion, elements, battery_ids, max_entries):
     arguments = dict(working_ion=working_ion, elements=elements, battery_ids=list(battery_ids) or None,
                      max_entries=max_entries)
     try:
-        check_fetch_arguments(**arguments)
+        check_fetch_arguments(**arguments, names={'working_ion': '--ion', 'elements': '--elements',
+                                                  'battery_ids': '--battery-id', 'max_entries': '--max-entries'})
     except ValueError as exception:
         _fail(str(exception))
     _check_output_path(out, directory=False)

@@ -33,7 +33,7 @@ from typing import Any
 from pymatgen.core import Element
 
 from .records import (FLOAT_COLUMNS, STEP_FIELDS, WORKING_IONS, ElectrodeDataError, ElectrodeRecord, VoltageStep,
-                      end_members_from_steps, host_framework, validate_record)
+                      end_members_from_steps, host_framework, space_group_crystal_system, validate_record)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -96,12 +96,15 @@ class MPRequestError(RuntimeError):
 API_KEY_LENGTH = 32
 
 
-def api_key_problem(key: str) -> str | None:
-    """Why mp-api would refuse ``key`` before any request, naming where keys come from; None for a usable one."""
+def api_key_problem(key: str, *, given: bool = True) -> str | None:
+    """Why mp-api would refuse ``key`` before any request, naming where it came from; None for a usable one.
+
+    :param given: whether the key was passed as ``api_key`` (else it came from the environment).
+    """
     if len(key) != API_KEY_LENGTH:
-        return (f'the Materials Project API key has {len(key)} characters, not {API_KEY_LENGTH} (from api_key=..., '
-                'else MP_API_KEY, else PMG_MAPI_KEY in ~/.config/.pmgrc.yaml); copy it again from '
-                'https://next-gen.materialsproject.org/api')
+        source = 'api_key=...' if given else 'MP_API_KEY, else PMG_MAPI_KEY in ~/.config/.pmgrc.yaml'
+        return (f'the Materials Project API key has {len(key)} characters, not {API_KEY_LENGTH} (from {source}); '
+                'copy it again from https://next-gen.materialsproject.org/api')
     return None
 
 
@@ -125,7 +128,8 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
         voltage steps), ``mp_api_version`` and ``fetched_at`` (ISO 8601, UTC).
     :raises MissingAPIKeyError: without ``rester``, ``api_key`` and ``MP_API_KEY``.
     :raises InvalidAPIKeyError: for a key that is not 32 characters long (before any request).
-    :raises MPRequestError: when the Materials Project cannot be reached or refuses a request (a wrong key).
+    :raises MPRequestError: when the Materials Project cannot be reached, refuses a request (a wrong key) or answers
+        with something that is no API response (a proxy's error page, a maintenance heartbeat).
     :raises ElectrodeDataError: for a document that cannot be converted (names the battery id and the field).
     :raises ValueError: for invalid arguments.
     """
@@ -135,10 +139,11 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
                      battery_ids=list(battery_ids) if battery_ids else None, max_entries=max_entries)
     if rester is not None:
         return _fetch(rester, **arguments)
-    key = (api_key or '').strip() or configured_api_key()
+    given = (api_key or '').strip()
+    key = given or configured_api_key()
     if not key:
         raise MissingAPIKeyError(f'no Materials Project API key: pass api_key=... or {KEY_SOURCES}')
-    problem = api_key_problem(key)
+    problem = api_key_problem(key, given=bool(given))
     if problem:
         raise InvalidAPIKeyError(problem)
     try:
@@ -151,9 +156,16 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
     try:
         with MPRester(key, use_document_model=False) as client:
             return _fetch(client, **arguments)
+    except ElectrodeDataError:  # a document that is no electrode: named by battery id and field
+        raise
     except (MPRestError, requests.exceptions.RequestException) as exception:
         raise MPRequestError(f'the Materials Project request failed ({type(exception).__name__}): '
                              f'{str(exception)[:500]}') from exception
+    except (KeyError, ValueError, TypeError) as exception:  # mp-api reading a body that is no API response:
+        # a proxy's HTML error page (JSONDecodeError), a maintenance heartbeat without 'version', no 'data'
+        raise MPRequestError(f'the Materials Project answered with something that is no API response '
+                             f'({type(exception).__name__}: {str(exception)[:300]}); a proxy or maintenance page? '
+                             'try again later') from exception
 
 
 def configured_api_key() -> str | None:
@@ -174,33 +186,38 @@ def configured_api_key() -> str | None:
 _BATTERY_ID = re.compile(r'(mp|mvc)-\d+_([A-Z][a-z]?)')
 
 
-def check_fetch_arguments(working_ion=None, elements=None, battery_ids=None, max_entries=None) -> None:
+def check_fetch_arguments(working_ion=None, elements=None, battery_ids=None, max_entries=None, *,
+                          names: Mapping[str, str] | None = None) -> None:
     """Refuse arguments of :func:`fetch_mp_electrodes` that no query can serve, before anything is fetched.
 
+    :param names: how messages name each argument (``{'working_ion': '--ion'}`` for a command line); by default
+        the argument's own name.
     :raises ValueError: naming the argument and the value.
     """
+    name_of = {name: name for name in ('working_ion', 'elements', 'battery_ids', 'max_entries')}
+    name_of.update(names or {})
     if working_ion is not None and working_ion not in WORKING_IONS:
-        raise ValueError(f'working_ion must be one of {", ".join(WORKING_IONS)}, got {working_ion!r}')
+        raise ValueError(f'{name_of["working_ion"]} must be one of {", ".join(WORKING_IONS)}, got {working_ion!r}')
     if max_entries is not None and (isinstance(max_entries, bool) or not isinstance(max_entries, int)
                                     or max_entries < 1):
-        raise ValueError(f'max_entries must be a positive integer, got {max_entries!r}')
+        raise ValueError(f'{name_of["max_entries"]} must be a positive integer, got {max_entries!r}')
     for name, values in (('elements', elements), ('battery_ids', battery_ids)):
         if values is not None and (isinstance(values, str) or not isinstance(values, (list, tuple))
                                    or not all(isinstance(value, str) for value in values)):
-            raise ValueError(f'{name} must be a list of strings, got {values!r:.80}')
+            raise ValueError(f'{name_of[name]} must be a list of strings, got {values!r:.80}')
         if values is not None and not values:  # not "no filter": an empty id list would fetch every electrode
-            raise ValueError(f'{name} is empty: pass None (no filter) or at least one value')
+            raise ValueError(f'{name_of[name]} is empty: pass None (no filter) or at least one value')
     for element in elements or ():
         if not Element.is_valid_symbol(element):
-            raise ValueError(f'elements: {element!r} is not a chemical element symbol')
+            raise ValueError(f'{name_of["elements"]}: {element!r} is not a chemical element symbol')
     for battery_id in battery_ids or ():
         match = _BATTERY_ID.fullmatch(battery_id)
         if not match or match.group(2) not in WORKING_IONS:
-            raise ValueError(f'battery_ids: {battery_id!r} is no Materials Project battery id (a material id and '
-                             f'a working ion, e.g. mp-2657_Li; ions: {", ".join(WORKING_IONS)})')
+            raise ValueError(f'{name_of["battery_ids"]}: {battery_id!r} is no Materials Project battery id (a material '
+                             f'id and a working ion, e.g. mp-2657_Li; ions: {", ".join(WORKING_IONS)})')
         if working_ion is not None and match.group(2) != working_ion:  # no electrode can pass both filters
-            raise ValueError(f'battery_ids: {battery_id!r} is an electrode of {match.group(2)}, and working_ion is '
-                             f'{working_ion}: the query could return none')
+            raise ValueError(f'{name_of["battery_ids"]}: {battery_id!r} is an electrode of {match.group(2)}, and '
+                             f'{name_of["working_ion"]} is {working_ion}: the query could return none')
 
 
 def battery_id_of(doc: Mapping[str, Any]) -> str:
@@ -281,7 +298,10 @@ def record_from_mp_doc(doc, symmetry: Mapping[str, Mapping[str, Any]] | None = N
             reader.fail(f'symmetry of {material_id} is not an object', f'{side}_crystal_system')
         symmetry_reader = _Reader(block, battery_id, prefix=f'symmetry of {material_id}: ')
         values[f'{side}_crystal_system'] = symmetry_reader.text('crystal_system', field=f'{side}_crystal_system')
-        values[f'{side}_space_group_number'] = symmetry_reader.integer('number', field=f'{side}_space_group_number')
+        number = values[f'{side}_space_group_number'] = symmetry_reader.integer(
+            'number', field=f'{side}_space_group_number')
+        if values[f'{side}_crystal_system'] is None and number is not None and 1 <= number <= 230:
+            values[f'{side}_crystal_system'] = space_group_crystal_system(number)  # follows from the group
     return validate_record(ElectrodeRecord(**values), source=SOURCE)
 
 
@@ -369,7 +389,11 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
     absent = [m for m in end_members if m not in symmetry]
     if absent:
         LOGGER.warning('no summary document (symmetry) for %d end member(s), their crystal system and space group '
-                       'stay empty: %s', len(absent), ', '.join(absent[:10]) + (' ...' if len(absent) > 10 else ''))
+                       'stay empty: %s', len(absent), _first_ten(absent))
+    no_group = [m for m in end_members if m in symmetry and not _has_space_group(symmetry[m])]
+    if no_group:  # the model then lacks its symmetry features, as for an absent document
+        LOGGER.warning('no space-group number in the summary symmetry of %d end member(s), their space group stays '
+                       'empty: %s', len(no_group), _first_ten(no_group))
 
     records = sorted((record_from_mp_doc(doc, symmetry) for doc in docs), key=lambda r: r.battery_id)
     material_ids = set()
@@ -387,6 +411,14 @@ def _fetch(rester, *, working_ion, elements, battery_ids, max_entries) -> tuple[
         'fetched_at': datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds'),
     }
     return records, provenance
+
+
+def _first_ten(ids: list[str]) -> str:
+    return ', '.join(ids[:10]) + (' ...' if len(ids) > 10 else '')
+
+
+def _has_space_group(block) -> bool:
+    return isinstance(block, Mapping) and block.get('number') not in (None, '')
 
 
 def _fetch_symmetry(rester, material_ids: list[str]) -> dict[str, dict[str, Any]]:
