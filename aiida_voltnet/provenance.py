@@ -306,6 +306,7 @@ def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = 
                             'working_ion': inputs['working_ion'].value}
         result['extrapolation'] = {key: outputs[key].get_list() if key in outputs else None
                                    for key in ('unseen_elements', 'ion_content_outside', 'features_outside')}
+        result['input_warnings'] = outputs['input_warnings'].get_list() if 'input_warnings' in outputs else None
     return result
 
 

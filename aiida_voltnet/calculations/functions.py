@@ -679,12 +679,14 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
         ``ion_content_outside``, a ``List`` with a phrase where the ion content lies outside the training
         electrodes' range for that working ion, and ``features_outside``, a ``List`` with a phrase where features
         lie far beyond the training rows' range (``VoltageModel.features_outside``; also in the process's report)
-        (each empty when not; a non-empty one marks the prediction as an extrapolation).
+        (each empty when not; a non-empty one marks the prediction as an extrapolation), and ``input_warnings``,
+        a ``List`` of the input's warnings as ``'Category: message'`` (two hosts that are not one framework,
+        occupancies that look rounded; also in the process's report, which a cache clone does not copy).
     """
-    with _warnings_reported(InputWarning):
+    with _warnings_reported(InputWarning) as said:
         record = pair_record(charged, discharged, working_ion.value, report=True)
-    core = load_model(model)
-    mean, std = _predict(core, [record])
+        core = load_model(model)
+        mean, std = core.predict([record])
     beyond = core.features_outside([record])[0]
     if beyond:  # in the process's report (verdi process report), beside its node
         from aiida.engine import Process
@@ -693,8 +695,8 @@ def predict_structure_pair(model: VoltageModelData, charged: orm.StructureData, 
     return {'voltage': orm.Float(float(mean[0])), 'uncertainty': orm.Float(float(std[0])),
             'unseen_elements': orm.List(core.unseen_host_elements([record])[0]),
             'ion_content_outside': orm.List([phrase for phrase in core.ion_content_outside([record]) if phrase]),
-            'features_outside': orm.List([beyond] if beyond else [])}  # review: in the report only, lost by a cache
-                                                                      # clone and missing from voltnet predictions
+            'features_outside': orm.List([beyond] if beyond else []),  # review: in the report only, lost by a
+            'input_warnings': orm.List(list(said))}  # cache clone and missing from voltnet predictions
 
 
 # -- DFT ---------------------------------------------------------------------------------------------------------------

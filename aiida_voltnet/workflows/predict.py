@@ -56,6 +56,10 @@ class PredictWorkChain(WorkChain):
         spec.output_namespace('features_outside', valid_type=orm.List, dynamic=True, required=False,
                               help='For `structures`: per pair name, which features lie far beyond the training '
                                    'rows\' range (empty: none; otherwise the prediction extrapolates).')
+        spec.output_namespace('input_warnings', valid_type=orm.List, dynamic=True, required=False,
+                              help='For `structures`: per pair name, the warnings its structures gave, as '
+                                   '"Category: message" (two hosts that are not one framework, occupancies that look '
+                                   'rounded; empty: none).')
         spec.exit_code(300, 'ERROR_INVALID_DATA', message='The input data were refused: {exception}')
 
     @classmethod
@@ -134,7 +138,7 @@ class PredictWorkChain(WorkChain):
         return None
 
     def predict_structures(self):
-        flagged = []
+        flagged, said = [], []
         for name, pair in self.inputs.structures.items():
             try:
                 result = predict_structure_pair(model=self.inputs.model, charged=pair['charged'],
@@ -149,11 +153,15 @@ class PredictWorkChain(WorkChain):
             self.out(f'unseen_elements.{name}', result['unseen_elements'])
             self.out(f'ion_content_outside.{name}', result['ion_content_outside'])
             self.out(f'features_outside.{name}', result['features_outside'])
+            self.out(f'input_warnings.{name}', result['input_warnings'])
+            said.extend(f'{name} ({message})' for message in result['input_warnings'].get_list())
             unseen = result['unseen_elements'].get_list()
             if unseen:
                 flagged.append(f'{name} (host elements no training host had: {", ".join(unseen)})')
             flagged.extend(f'{name} ({phrase})' for phrase in result['ion_content_outside'].get_list())
             flagged.extend(f'{name} ({phrase})' for phrase in result['features_outside'].get_list())
+        if said:  # the pair's own report has them too, but a cache clone has no report and a user reads this one
+            self.report(f'input warnings: {"; ".join(said)}')
         if flagged:
             self.report(f'extrapolation: {"; ".join(flagged)}')
         return None

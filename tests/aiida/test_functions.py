@@ -107,6 +107,41 @@ def test_a_pair_of_two_frameworks_is_written_to_the_process_report(trained, coba
                    for m in logs) is said, logs
 
 
+def test_the_input_warnings_of_a_pair_are_an_output_kept_by_a_cache_clone_and_in_the_work_chain(
+        trained, cobalt_oxide_frameworks):
+    """Found by review: a pair of two frameworks was said only in the calcfunction's own report, which a cache clone
+    does not have and PredictWorkChain's report did not repeat; it is the output input_warnings now, which the work
+    chain returns per pair and reports, and the prediction's provenance lists."""
+    import warnings
+
+    from aiida.engine import run_get_node
+    from aiida.manage.caching import enable_caching
+
+    from aiida_voltnet.provenance import prediction_provenance
+    from aiida_voltnet.workflows.predict import PredictWorkChain
+
+    host, rutile, layered = cobalt_oxide_frameworks
+    charged, discharged = orm.StructureData(pymatgen=rutile), orm.StructureData(pymatgen=layered)
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        result = F.predict_structure_pair(trained.model, charged, discharged, orm.Str('Li'))
+        (said,) = result['input_warnings'].get_list()
+        assert said.startswith('FrameworkMismatchWarning: structure pair: the charged (CoO2, space group 136)')
+        assert prediction_provenance(result['voltage'])['input_warnings'] == [said]
+        with enable_caching(identifier='aiida.calculations:voltnet.predict_structure_pair'):
+            clone = F.predict_structure_pair(trained.model, charged, discharged, orm.Str('Li'))
+        assert clone['voltage'].creator.base.caching.get_cache_source() == result['voltage'].creator.uuid
+        assert clone['input_warnings'].get_list() == [said]
+        same = F.predict_structure_pair(trained.model, orm.StructureData(pymatgen=host), discharged, orm.Str('Li'))
+        assert same['input_warnings'].get_list() == []
+        results, node = run_get_node(PredictWorkChain, model=trained.model, structures={
+            'rutile': {'charged': charged, 'discharged': discharged, 'working_ion': orm.Str('Li')}})
+    assert node.is_finished_ok and results['input_warnings']['rutile'].get_list() == [said]
+    reports = [log.message for log in orm.Log.collection.get_logs_for(node)]
+    assert any('|predict_structures]: input warnings: rutile (FrameworkMismatchWarning: structure pair: the' in m
+               for m in reports), reports
+
+
 def test_training_warnings_are_written_to_the_process_report(trained):
     """The paper featurizer's leak warning and a rough uncertainty calibration (too few held-out rows) went to the
     interpreter's stderr as bare Python warnings, lost to the provenance graph: each is in the report of the

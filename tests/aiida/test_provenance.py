@@ -59,8 +59,9 @@ def test_pair_prediction_answer(trained, predictions):
         assert answer['inputs']['discharged']['formula'] == 'FeLiO4P'
         assert answer['inputs']['working_ion'] == 'Li'
         assert set(answer['outputs']) == {'voltage', 'uncertainty', 'unseen_elements', 'ion_content_outside',
-                                          'features_outside'}
+                                          'features_outside', 'input_warnings'}
         assert answer['extrapolation'] == {'unseen_elements': [], 'ion_content_outside': [], 'features_outside': []}
+        assert answer['input_warnings'] == []
 
 
 def test_the_answer_carries_the_warnings_of_the_training(trained):
