@@ -101,18 +101,19 @@ def _voltnet_warnings_logged(said: list[str]):
     from aiida_voltnet.ml.models import CalibrationWarning
 
     categories = (CalibrationWarning, TargetLeakWarning, InputWarning)
-    with warnings.catch_warnings(record=True) as caught:
-        for category in categories:
-            warnings.simplefilter('always', category)
-        try:
+    caught: list = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            for category in categories:
+                warnings.simplefilter('always', category)
             yield
-        finally:
-            for warning in caught:
-                if not issubclass(warning.category, categories):
-                    warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-                elif (line := f'{warning.category.__name__}: {warning.message}') not in said:
-                    said.append(line)
-                    LOGGER.warning('%s', line)
+    finally:  # after the block, not in it: a warning re-shown inside it was recorded into the list being walked,
+        for warning in caught:  # an endless loop that filled the memory (review: a DeviceWarning did it)
+            if not issubclass(warning.category, categories):
+                warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+            elif (line := f'{warning.category.__name__}: {warning.message}') not in said:
+                said.append(line)
+                LOGGER.warning('%s', line)
 
 
 #: The keys of the training config (``config.json``) that ``VoltnetTrainCalculation`` writes.

@@ -60,6 +60,28 @@ def test_the_trainings_own_warnings_go_to_the_log_and_metrics(workdir):
     assert 'warnings' not in json.loads((clean / 'metrics.json').read_text())
 
 
+def test_a_warning_of_another_category_is_shown_once_and_the_training_ends(workdir):
+    """Found by review: a warning outside the package's own categories (here the DeviceWarning of a kernel model
+    asked for device cuda) was re-shown inside the block that records warnings, into the list being walked: an
+    endless loop that filled the memory until the job was killed. Run as the job runs it, in its own process,
+    under a memory cap and a time limit, so the old behaviour fails here instead of taking the machine."""
+    import resource
+    import subprocess
+    import sys
+
+    path = workdir(settings={'device': 'cuda'})
+
+    def cap():  # 6 GB of address space: torch's import fits, an endless list of warnings does not
+        resource.setrlimit(resource.RLIMIT_AS, (6 * 1024 ** 3, 6 * 1024 ** 3))
+
+    done = subprocess.run([sys.executable, '-m', 'aiida_voltnet.cli.train_entry', '--config', str(path / 'config.json'),
+                           '--records', str(path / 'records.json'), '--output', str(path)],
+                          capture_output=True, text=True, timeout=300, preexec_fn=cap)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr.count('DeviceWarning') == 1, done.stderr[-2000:]
+    assert json.loads((path / 'status.json').read_text())['status'] == 'OK'
+
+
 def test_cuda_out_of_memory_is_exit_5(workdir, monkeypatch):
     import torch
 
