@@ -32,9 +32,11 @@ def read_status(names, read) -> dict | None:
     """The script's final status: ``status.json``, else the last ``VOLTNET_STATUS`` line of ``train.log``."""
     if 'status.json' in names:
         try:
-            return json.loads(read('status.json'))
+            status = json.loads(read('status.json'))
         except ValueError:
-            pass
+            status = None
+        if isinstance(status, dict):  # a JSON string or list is no status the script writes: read train.log
+            return status
     if 'train.log' in names:
         for line in reversed(read('train.log').splitlines()):
             if MARKER in line:
@@ -94,6 +96,10 @@ class VoltnetTrainParser(Parser):
             else:
                 if not isinstance(metrics, dict):
                     missing.append(f'metrics.json (a JSON {type(metrics).__name__}, not an object)')
+                elif not isinstance(metrics.get('warnings', []), list):  # a string became a warning per character
+                    missing.append('metrics.json (its "warnings" is not a list)')
+                elif not isinstance(metrics.get('train', {}), dict):
+                    missing.append('metrics.json (its "train" is not an object)')
         if missing:
             if kind is None:  # killed before it could report: its last checkpoint is what is left
                 self._expose_checkpoint(names)
@@ -116,6 +122,10 @@ class VoltnetTrainParser(Parser):
                 core = VoltageModel.load(directory)
         except Exception as exception:  # noqa: BLE001 - reported as the exit message
             return self.exit_codes.ERROR_INVALID_MODEL.format(exception=f'{type(exception).__name__}: {exception}')
+        other = self._another_training(core, model_names, read)
+        if other:  # a valid model, but not this job's: it would be linked to inputs it was not trained on
+            return self.exit_codes.ERROR_INVALID_MODEL.format(
+                exception=f'the retrieved model was not trained by this job: {other}')
         said = [str(line) for line in metrics.get('warnings') or []]
         for line in said:  # the training's own warnings, in the calculation's log
             self.logger.warning(line)
@@ -127,6 +137,37 @@ class VoltnetTrainParser(Parser):
         if differ:
             self.logger.warning(differ)
         return ExitCode(0)  # explicit: a complete model overrides a walltime kill reported by the scheduler
+
+    def _another_training(self, core, model_names, read) -> str:
+        """Where the retrieved model disagrees with this job's inputs ('' where it does not): its featurizer,
+        model, seed, target and number of training rows, and ``model/training.json`` (what the script records of
+        the training: these inputs, the settings and the sha256 of ``records.json``)."""
+        from aiida_voltnet.cli.train_entry import NOT_IDENTITY, TRAINING_FILE
+
+        inputs = self.node.inputs
+        settings = inputs.settings.get_dict() if 'settings' in inputs else {}
+        dataset = inputs.dataset
+        expected = {'featurizer': inputs.featurizer.value, 'model': inputs.model.value, 'seed': inputs.seed.value,
+                    'target': settings.get('target', 'average_voltage'),
+                    'n_training_rows': dataset.base.attributes.get('n_records', None)}
+        found = {'featurizer': core.featurizer.name, 'model': core.model_name, 'seed': core.metadata.get('seed'),
+                 'target': core.metadata.get('target', 'average_voltage'),
+                 'n_training_rows': core.metadata.get('n_training_rows')}
+        differ = [f'{key} {found[key]!r}, not {value!r}' for key, value in expected.items() if found[key] != value]
+        if TRAINING_FILE in model_names:  # written by every voltnet-train that retrieves it; read, never run
+            try:
+                recorded = json.loads(read(f'model/{TRAINING_FILE}'))
+            except ValueError:
+                recorded = None
+            if not isinstance(recorded, dict):
+                differ.append(f'model/{TRAINING_FILE} is no JSON object')
+            else:
+                job = {'featurizer': expected['featurizer'], 'model': expected['model'], 'seed': expected['seed'],
+                       'settings': {k: v for k, v in settings.items() if k not in NOT_IDENTITY},
+                       'records_sha256': dataset.base.attributes.get('records_sha256', None)}
+                differ.extend(f'model/{TRAINING_FILE} has another {key}' for key, value in job.items()
+                              if recorded.get(key) != value)
+        return '; '.join(differ)
 
     def _last_words(self, names, read, lines: int = 3) -> str:
         """The last lines of the job's stderr, else the scheduler's, else ``train.log``: why a job that never
@@ -158,7 +199,9 @@ class VoltnetTrainParser(Parser):
                         shutil.copyfileobj(source, target)
                 TrainingCheckpoint.read_state(directory)
             except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError, OSError) as exception:
-                self.logger.warning(f'the retrieved checkpoint is unusable, not exposed: {exception}')
+                said = str(exception).replace(f'{directory}/', f'{CHECKPOINT_DIR}/')  # not the deleted temp copy
+                self.logger.warning(f'the retrieved checkpoint (retrieved folder {self.retrieved.pk}) is unusable, '
+                                    f'not exposed: {said}')
                 return False
             folder = orm.FolderData(tree=directory)
         self.out('checkpoint', folder)

@@ -151,11 +151,13 @@ class TrainWorkChain(StepBoundaries, ProtocolMixin, WorkChain):
             if message:
                 return message
             options = inputs.get('train_options') or {}
-            message = (functions.check_job_options(options, VoltnetTrainCalculation)
-                       or functions.check_job_resources({'resources': DEFAULT_JOB_RESOURCES, **options},
-                                                        inputs['train_code']))
+            message = functions.check_job_options(options, VoltnetTrainCalculation)
             if message:
-                given = 'resources' in options
+                return f'train_options: {message}'
+            message = functions.check_job_resources({'resources': DEFAULT_JOB_RESOURCES, **options},
+                                                    inputs['train_code'])
+            if message:  # the hint only where the resources refused are the defaults (review: it blamed them for
+                given = 'resources' in options  # a misspelt option or a walltime of 0)
                 return f'train_options: {message}' + ('' if given else ' (the default resources, as none were '
                                                       'given: set train_options["resources"] for this scheduler)')
         try:

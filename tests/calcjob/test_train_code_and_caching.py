@@ -111,9 +111,10 @@ def test_train_code_and_its_options_are_checked_at_launch(train_code, csv_60, ai
 
     csv = orm.SinglefileData(csv_60).store()
     before = orm.QueryBuilder().append(orm.Node).count()
-    with pytest.raises(ValueError, match="train_options: unknown job option.s. 'max_walclock_seconds'"):
+    with pytest.raises(ValueError, match="train_options: unknown job option.s. 'max_walclock_seconds'") as refused:
         run_get_node(TrainWorkChain, csv=csv, train={'model': orm.Str('krr')}, train_code=train_code,
                      train_options={'max_walclock_seconds': 10})
+    assert 'the default resources' not in str(refused.value)  # review: a misspelt option blamed the resources
     with pytest.raises(ValueError, match="train_options: job option 'resources'"):
         run_get_node(TrainWorkChain, csv=csv, train={'model': orm.Str('krr')}, train_code=train_code,
                      train_options={'resources': 'x'})
@@ -221,8 +222,11 @@ def test_a_job_whose_computer_runs_other_plugin_code_is_not_a_cache_source(train
     shutil.copytree(package, copy, ignore=shutil.ignore_patterns('__pycache__'))
     with (copy / 'ml' / 'metrics.py').open('a') as handle:
         handle.write('\n# another release of the training code\n')
+    # which package the code's executable runs: the changed copy first, then (the computer updated) this one
+    switch = tmp_path / 'pythonpath'
+    switch.write_text(str(tmp_path / 'other'))
     wrapper = tmp_path / 'voltnet-train-other'
-    wrapper.write_text(f'#!/bin/bash\nPYTHONPATH={tmp_path / "other"} exec {sys.executable} '
+    wrapper.write_text(f'#!/bin/bash\nPYTHONPATH="$(cat {switch})" exec {sys.executable} '
                        '-m aiida_voltnet.cli.train_entry "$@"\n')
     wrapper.chmod(0o755)
     other_code = aiida_code_installed(label='voltnet-train-other', filepath_executable=str(wrapper),
@@ -245,9 +249,13 @@ def test_a_job_whose_computer_runs_other_plugin_code_is_not_a_cache_source(train
         logs = [log.message for log in orm.Log.collection.get_logs_for(other)]
         assert any('ran other aiida-voltnet code' in message and sources_fingerprint() in message
                    for message in logs), logs
-        # the same training through this installation's code: not taken from the other job
-        same = train(train_code)
+        # the same job (same code node, same hash) once the computer runs this installation's code: not taken
+        # from the other job, which is no cache source (review: through another code node, as before, the hashes
+        # differed and this could not fail)
+        switch.write_text('')
+        same = train(other_code)
+        assert same.base.caching.get_hash() == other.base.caching.get_hash()
         assert not same.base.caching.is_created_from_cache
         assert same.outputs.metrics['sources'] == sources_fingerprint() and same.base.caching.is_valid_cache
-        again = train(train_code)  # and one of matching code is a cache source as before
+        again = train(other_code)  # and one of matching code is a cache source as before
     assert again.base.caching.get_cache_source() == same.uuid

@@ -16,9 +16,12 @@ from conftest import checkpoint_files
 EXIT = VoltnetTrainCalculation.exit_codes
 
 
-def _parse(computer, files: dict, scheduler_exit: int | None = None):
+def _parse(computer, files: dict, scheduler_exit: int | None = None, inputs: dict | None = None):
+    """Parse ``files`` as the retrieved folder of a finished job with ``inputs`` (stored nodes by link label)."""
     node = orm.CalcJobNode(computer=computer, process_type='aiida.calculations:voltnet.train')
     node.set_option('resources', {'num_machines': 1})
+    for label, value in (inputs or {}).items():
+        node.base.links.add_incoming(value, link_type=LinkType.INPUT_CALC, link_label=label)
     node.set_process_state(ProcessState.FINISHED)
     if scheduler_exit is not None:
         node.set_exit_status(scheduler_exit)
@@ -109,35 +112,88 @@ def test_scheduler_walltime_kill_exposes_the_checkpoint(aiida_localhost, interru
     assert 'state.json' in results['checkpoint'].base.repository.list_object_names()
 
 
-def test_altered_checkpoint_is_not_exposed(aiida_localhost, interrupted_checkpoint):
+def test_altered_checkpoint_is_not_exposed(aiida_localhost, interrupted_checkpoint, caplog):
     files = checkpoint_files(interrupted_checkpoint)
     member = next(name for name in files if name.endswith('.safetensors'))
     files[member] = files[member][:-10]  # truncated
-    results, calcfunction = _parse(aiida_localhost, {'train.log': 'x', **files},
-                                   scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
+    with caplog.at_level('WARNING'):
+        results, calcfunction = _parse(aiida_localhost, {'train.log': 'x', **files},
+                                       scheduler_exit=EXIT.ERROR_SCHEDULER_OUT_OF_WALLTIME.status)
     assert calcfunction.exit_status == 120 and 'checkpoint' not in results
+    # review: it named the parser's deleted temporary copy, not the retrieved file
+    assert f'is unusable, not exposed: {member}' in caplog.text and '/tmp' not in caplog.text, caplog.text
 
 
-def _train_krr(csv_60, output, featurizer: str) -> None:
-    """Run the real voltnet-train script (a krr on 30 records) into ``output``, as a job's working directory."""
+def _train_krr(csv_60, output, featurizer: str, rows: int = 30, seed: int = 0) -> dict:
+    """Run the real voltnet-train script (a krr on ``rows`` records) into ``output``, as a job's working directory;
+    returns the job's inputs (stored), as the CalcJob would have had them."""
     from aiida_voltnet.cli import train_entry
+    from aiida_voltnet.data.dataset import ElectrodeDataset
     from aiida_voltnet.ml.records import read_electrodes_csv, records_to_json
 
     with csv_60.open(newline='') as handle:
-        (output / 'records.json').write_text(records_to_json(read_electrodes_csv(handle)[:30]))
-    (output / 'config.json').write_text(json.dumps({'featurizer': featurizer, 'model': 'krr', 'seed': 0,
+        records = read_electrodes_csv(handle)[:rows]
+    output.mkdir(parents=True, exist_ok=True)
+    (output / 'records.json').write_text(records_to_json(records))
+    (output / 'config.json').write_text(json.dumps({'featurizer': featurizer, 'model': 'krr', 'seed': seed,
                                                     'settings': {}}))
     assert train_entry.main(['--config', str(output / 'config.json'), '--records', str(output / 'records.json'),
                              '--output', str(output)]) == 0
+    return {'dataset': ElectrodeDataset(records, source='csv').store(), 'featurizer': orm.Str(featurizer).store(),
+            'model': orm.Str('krr').store(), 'seed': orm.Int(seed).store()}
+
+
+MODEL_FILES = ('model/config.json', 'model/arrays.safetensors', 'model/training.json')
+
+
+def test_a_model_of_another_training_is_refused(aiida_localhost, csv_60, tmp_path):
+    """Found by review: a retrieved model/ replaced by the valid model of another training (other rows, another
+    seed) was taken as this job's output, linked to inputs it was not trained on, and became a cache source."""
+    inputs = _train_krr(csv_60, tmp_path / 'job', 'leakfree')
+    job = {name: (tmp_path / 'job' / name).read_bytes() for name in ('status.json', 'metrics.json', *MODEL_FILES)}
+    results, calcfunction = _parse(aiida_localhost, job, inputs=inputs)
+    assert calcfunction.exit_status == 0, calcfunction.exit_message
+    for rows, seed, said in ((20, 0, "n_training_rows 20, not 30; model/training.json has another records_sha256"),
+                             (30, 1, 'seed 1, not 0; model/training.json has another seed')):
+        _train_krr(csv_60, tmp_path / f'other{rows}{seed}', 'leakfree', rows=rows, seed=seed)
+        other = {name: (tmp_path / f'other{rows}{seed}' / name).read_bytes() for name in MODEL_FILES}
+        results, calcfunction = _parse(aiida_localhost, {**job, **other}, inputs=inputs)
+        assert calcfunction.exit_status == EXIT.ERROR_INVALID_MODEL.status and 'model' not in results
+        assert f'the retrieved model was not trained by this job: {said}' in calcfunction.exit_message, \
+            calcfunction.exit_message
+    # the other training's config and arrays under this job's training.json: the model itself says whose it is
+    other = {name: (tmp_path / 'other301' / name).read_bytes() for name in MODEL_FILES[:2]}
+    _, calcfunction = _parse(aiida_localhost, {**job, **other}, inputs=inputs)
+    assert calcfunction.exit_status == EXIT.ERROR_INVALID_MODEL.status
+    assert calcfunction.exit_message.endswith('was not trained by this job: seed 1, not 0'), calcfunction.exit_message
+
+
+@pytest.mark.parametrize('name, content, said', [
+    ('metrics.json', '{"warnings": "abc"}', 'metrics.json (its "warnings" is not a list)'),
+    ('metrics.json', '{"train": "x"}', 'metrics.json (its "train" is not an object)'),
+    ('status.json', '"OK"', None),
+    ('status.json', '["OK"]', None),
+])
+def test_malformed_status_and_metrics_are_named_not_a_parser_exception(aiida_localhost, csv_60, tmp_path, name,
+                                                                       content, said):
+    """Found by review: a status.json that is JSON but no object raised AttributeError in the parser (the job
+    excepted); a string of warnings became one log line per character; a "train" that is no object was stored."""
+    inputs = _train_krr(csv_60, tmp_path, 'leakfree')
+    files = {n: (tmp_path / n).read_bytes() for n in ('status.json', 'metrics.json', 'train.log', *MODEL_FILES)}
+    results, calcfunction = _parse(aiida_localhost, {**files, name: content}, inputs=inputs)
+    if said is None:  # status.json unusable: train.log's marker line says OK, and the outputs are complete
+        assert calcfunction.exit_status == 0, calcfunction.exit_message
+    else:
+        assert calcfunction.exit_status == EXIT.ERROR_MISSING_OUTPUT_FILES.status
+        assert said in calcfunction.exit_message, calcfunction.exit_message
 
 
 def test_the_trainings_warnings_reach_the_calculations_log(aiida_localhost, csv_60, tmp_path):
     """metrics.json's ``warnings`` (the voltnet-train script's record of the package's own warnings) are written to
     the calculation's log, where ``verdi process report`` shows them, and stay in the ``metrics`` output."""
-    _train_krr(csv_60, tmp_path, 'paper')
-    files = {name: (tmp_path / name).read_bytes()
-             for name in ('status.json', 'metrics.json', 'model/config.json', 'model/arrays.safetensors')}
-    results, calcfunction = _parse(aiida_localhost, files)
+    inputs = _train_krr(csv_60, tmp_path, 'paper')
+    files = {name: (tmp_path / name).read_bytes() for name in ('status.json', 'metrics.json', *MODEL_FILES)}
+    results, calcfunction = _parse(aiida_localhost, files, inputs=inputs)
     assert calcfunction.exit_status == 0, calcfunction.exit_message
     job = orm.QueryBuilder().append(orm.CalcJobNode, tag='job').order_by({'job': {'id': 'desc'}}).first(flat=True)
     logs = [log.message for log in orm.Log.collection.get_logs_for(job) if log.levelname == 'WARNING']
