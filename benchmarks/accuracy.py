@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_CSV, Distinct, existing_file, git_commit, new_file, positive_int, read_data, run, seed_int
+from common import (DEFAULT_CSV, Distinct, device_name, existing_file, git_commit, new_file, positive_int, read_data,
+                    run, seed_int)
 
 from aiida_voltnet.ml.evaluation import PROTOCOLS, evaluate
 from aiida_voltnet.ml.featurizers import FEATURIZERS
@@ -85,7 +86,8 @@ def main():
     parser.add_argument('--mha-patience', type=positive_int, default=None,
                         help="MHA-ResNet early-stopping patience in epochs (default: the model spec's, none: all "
                              "--mha-epochs run); the best validation state is restored either way")
-    parser.add_argument('--device', default='auto')
+    parser.add_argument('--device', type=device_name, default='auto',
+                        help='auto (CUDA when present), cpu, cuda or cuda:N; checked before anything runs')
     parser.add_argument('--quick', action='store_true',
                         help=f'2 seeds and {QUICK_EPOCHS} epochs per torch model: a smoke run of every row, whose '
                              'torch rows are under-trained (not numbers to quote)')

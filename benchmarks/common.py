@@ -125,6 +125,18 @@ def new_file(value: str) -> Path:
     return path
 
 
+def device_name(value: str) -> str:
+    """An argparse type: a training device (``auto``, ``cpu``, ``cuda``, ``cuda:N``) that this machine has, checked
+    before any row runs: a bad one failed at the first torch row, after the others, and lost their ``--json``."""
+    from aiida_voltnet.ml.training import resolve_device
+
+    try:
+        resolve_device(value)
+    except ValueError as exception:
+        raise argparse.ArgumentTypeError(str(exception)) from None
+    return value
+
+
 #: An argparse type: the path of an existing file (returned as given).
 existing_file = _existing('file', Path.is_file)
 #: An argparse type: the path of an existing directory (returned as given).

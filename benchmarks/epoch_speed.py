@@ -39,8 +39,8 @@ import warnings
 
 import numpy as np
 import torch
-from common import (DEFAULT_CSV, InputError, at_least, existing_file, git_commit, non_negative_int, positive_int,
-                    read_data, run)
+from common import (DEFAULT_CSV, InputError, at_least, device_name, existing_file, git_commit, non_negative_int,
+                    positive_int, read_data, run)
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -156,7 +156,8 @@ def main():
     parser.add_argument('--data', type=existing_file, default=str(DEFAULT_CSV))
     parser.add_argument('--epochs', type=positive_int, default=5)
     parser.add_argument('--warmup', type=non_negative_int, default=1)
-    parser.add_argument('--device', default='auto')
+    parser.add_argument('--device', type=device_name, default='auto',
+                        help='auto (CUDA when present), cpu, cuda or cuda:N; checked before anything runs')
     parser.add_argument('--rows', type=at_least(2), default=None, help='use only the first N rows')
     parser.add_argument('--threads', type=positive_int, default=None,
                         help='torch intra-op threads (default: torch\'s)')

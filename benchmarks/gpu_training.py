@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import DEFAULT_CSV, existing_file, git_commit, new_file, positive_int, read_data, run
+from common import DEFAULT_CSV, device_name, existing_file, git_commit, new_file, positive_int, read_data, run
 from epoch_speed import our_epoch, seed_style_epoch, timed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -209,7 +209,8 @@ def main():
     parser.add_argument('--data', type=existing_file, default=None, help='CSV for --export (default: the shared CSV)')
     parser.add_argument('--features', type=existing_file, default=None, metavar='NPZ',
                         help='exported features (GPU machine)')
-    parser.add_argument('--device', default='auto')
+    parser.add_argument('--device', type=device_name, default='auto',
+                        help='auto (CUDA when present), cpu, cuda or cuda:N; checked before anything runs')
     parser.add_argument('--epochs', type=positive_int, default=10, help='timed epochs per loop (median)')
     parser.add_argument('--full-epochs', type=positive_int, default=1000,
                         help="epochs of the real training (paper's 1000)")

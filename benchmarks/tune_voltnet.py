@@ -33,7 +33,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from common import DEFAULT_CSV, Distinct, existing_file, read_data, run, seed_int
+from common import DEFAULT_CSV, Distinct, existing_file, new_file, read_data, run, seed_int
 
 from aiida_voltnet.ml.featurizers import get_featurizer
 from aiida_voltnet.ml.models import GradientBoostedTrees
@@ -139,7 +139,7 @@ def main():
     parser.add_argument('--seeds', type=seed_int, nargs='+', action=Distinct, default=[0, 1, 2])
     parser.add_argument('--candidates', nargs='+', default=list(CANDIDATES), choices=CANDIDATES, metavar='NAME',
                         help=f'candidates to score (default: all): {", ".join(CANDIDATES)}')
-    parser.add_argument('--json', default=None, help='write {candidate: {seed: mae}} here')
+    parser.add_argument('--json', type=new_file, default=None, help='write {candidate: {seed: mae}} here')
     parser.add_argument('--protocol', choices=PROTOCOLS, default='pool',
                         help='pool: validation rows outside every benchmark test set (default); seed-train: the '
                              'rounds 1-4 protocol, whose validation rows include other seeds\' test rows')

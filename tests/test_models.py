@@ -135,6 +135,17 @@ def test_device_auto_is_cuda_only_when_present():
         resolve_device('foo')
 
 
+def test_a_cuda_index_beyond_the_devices_is_refused(monkeypatch):
+    """Review: cuda:1 on a one-GPU machine passed the check and failed at the first tensor moved there. The GPU
+    count is what torch says; here torch is told it has one, since this machine has none."""
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    assert resolve_device('cuda:0') == torch.device('cuda:0') and resolve_device('cuda') == torch.device('cuda')
+    with pytest.raises(ValueError, match=r"device 'cuda:1' was asked for but torch sees 1 CUDA device\(s\): "
+                                         r'cuda:0..cuda:0'):
+        resolve_device('cuda:1')
+
+
 def test_tree_evaluators_match_scikit_learn_exactly_on_real_data(records):
     """The binned compiled evaluator (the one predictions use), the float64 compiled one and the numpy one give
     bit for bit what scikit-learn's own per-tree predictors give on the raw rows, tree by tree in order (the

@@ -25,12 +25,14 @@ def test_quick_report_has_every_table_and_figure(tmp_path, write_csv):
     (out / 'report.json').write_text(json.dumps({'settings': {}, 'table_s2': {}}))  # an earlier report's
     (out / 'report.md').write_text('old')
     result = CliRunner().invoke(cli, ['report', '--out', str(out), '--quick', '--no-provenance', '--rows', '300',
-                                      '--epochs', '2', '--folds', '2', '--data', str(data)])
+                                      '--epochs', '2', '--folds', '2', '--data', str(data), '--seeds', '0,1'])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert f'Replacing the report in {out}' in result.output
     assert sorted(path.name for path in out.iterdir()) == sorted(REPORT_FILES)  # no staged file left
     markdown = (out / 'report.md').read_text()
-    assert '| — (all; = Table S2 voltnet leak-free grouped row, seeds 0) |' in markdown
+    # review: the "all rows" line of Table S3 was Table S2's mean over every seed beside caps of the first seed
+    assert "| — (all; Table S2 voltnet leak-free grouped row's test predictions, seed(s) 0) |" in markdown
+    assert "| — (all; Table S2 paper row's test predictions, seed(s) 0) |" in markdown
     for heading in HEADINGS + [S3_PAPER_HEADING]:
         assert heading in markdown.splitlines(), heading
     for name in FIGURES:
@@ -58,7 +60,11 @@ def test_quick_report_has_every_table_and_figure(tmp_path, write_csv):
         row = report['table_s3_paper'][str(cap)]
         assert row['n_seeds'] >= 1 and row['n_test_rows_per_seed'] > 0 and 0 < row['mean_training_rows'], cap
         assert row['mae'] == row['mae'] and row['mae'] > 0, cap  # not NaN
-    assert report['table_s3_paper']['none'] == report['table_s2']['mha_resnet']['paper']
+    for table, whole in (('table_s3_paper', report['table_s2']['mha_resnet']['paper']),
+                         ('table_s3', report['table_s2']['voltnet']['leakfree_grouped'])):
+        none = report[table]['none']
+        assert whole['n_seeds'] == 2 and none['n_seeds'] == report[table]['50']['n_seeds'] == 1, table
+        assert none['mae'] != whole['mae'] and none['mae'] > 0, table
     section = markdown.split(S3_PAPER_HEADING, 1)[1].split('### ', 1)[0]
     table_rows = [line for line in section.splitlines() if line.startswith('| ') and '---' not in line]
     assert len(table_rows) == 1 + 1 + len(CAPS), section  # header, all rows, one per cap
@@ -67,7 +73,8 @@ def test_quick_report_has_every_table_and_figure(tmp_path, write_csv):
     assert 'QUICK' in markdown
     # review: one seed prints no spread (Table S4 printed '± 0.000'); the rows used are named as a subsample that
     # keeps Table S1's rows; the sentence on the features without the leak columns is measured, per model
-    assert '± 0.000' not in markdown
+    all_rows = [line for line in markdown.splitlines() if line.startswith('| — (all; ')]
+    assert len(all_rows) == 2 and not any('±' in line for line in all_rows), all_rows  # one seed: no spread
     assert 'rows 300 of 3827 (a subsample, seed 0: the rows of SI Table S1 always, the others at random)' in markdown
     assert 'Compared with our leak-free features on the same random split, they do worse for ' in markdown
     # stdout: the leak-free numbers first, the paper protocol labelled as leaking
@@ -93,6 +100,10 @@ def test_report_refuses_repeated_seeds_and_too_few_rows_without_leaving_a_direct
     repeated = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'r'), '--quick', '--no-provenance',
                                         '--seeds', '0,0'])
     assert repeated.exit_code == 2 and "--seeds '0,0' repeats a seed" in repeated.output, repeated.output
+    for empty in ('', ' '):  # review: an unset "$SEEDS" started the full 5-seed report
+        result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'r'), '--no-provenance', '--seeds', empty])
+        assert result.exit_code == 2 and '--seeds is empty' in result.output, result.output
+    assert not (tmp_path / 'r').exists()
     small = tmp_path / 'small.csv'
     small.write_text('\n'.join(DEFAULT_CSV.read_text().splitlines()[:21]) + '\n')
     result = CliRunner().invoke(cli, ['report', '--out', str(tmp_path / 'small'), '--quick', '--no-provenance',

@@ -38,6 +38,8 @@ def report(out, quick, no_provenance, seeds, data, profile, device, rows, epochs
     from aiida_voltnet.ml.records import ElectrodeDataError
     from aiida_voltnet.report import ReportSettings, build_report
 
+    if seeds is not None and not seeds.strip():  # an unset "$SEEDS" ran the full 5-seed report (review)
+        _fail('--seeds is empty: give comma-separated seeds such as 0,1,2, or leave the option out for the default')
     parts = [part.strip() for part in seeds.split(',')] if seeds else []
     if not all(re.fullmatch('-?[0-9]+', part) for part in parts):  # int() also read '1_0' as 10 and '٣' as 3
         _fail(f'--seeds must be comma-separated integers such as 0,1,2, got {seeds!r}')

@@ -68,6 +68,10 @@ def resolve_device(device: str | None = 'auto') -> torch.device:
     resolved = parse_device(device)
     if resolved.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f'device {device!r} was asked for but torch sees no CUDA device (use auto or cpu)')
+    if resolved.type == 'cuda' and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()  # a cuda:1 on a one-GPU machine failed at the first tensor moved there
+        raise ValueError(f'device {device!r} was asked for but torch sees {count} CUDA device(s): '
+                         f'cuda:0..cuda:{count - 1}')
     return resolved
 
 
