@@ -156,6 +156,29 @@ def test_structure_pair_with_different_frameworks_is_refused():
         record_from_structures(charged, discharged, 'Li')
 
 
+def test_a_molecule_an_empty_cell_or_a_cell_of_ions_alone_is_named_with_its_side():
+    """Found by review: a Molecule raised AttributeError ('no attribute lattice'); a cell of the ion alone said 'a
+    structure holds nothing but Li' without saying which."""
+    from pymatgen.core import IStructure, Lattice, Molecule, Structure
+
+    from aiida_voltnet.ml.records import ElectrodeDataError
+
+    charged, discharged, _ = shipped_pair('LiFePO4')
+    water = Molecule(['O', 'H', 'H'], [[0, 0, 0], [0.76, 0.59, 0], [-0.76, 0.59, 0]])
+    with pytest.raises(ElectrodeDataError, match='the discharged structure is a Molecule, not a periodic pymatgen '
+                                                 'Structure'):
+        record_from_structures(charged, water, 'Li')
+    empty = Structure(Lattice.cubic(4.0), [], [])
+    with pytest.raises(ElectrodeDataError, match='the charged structure has no sites'):
+        record_from_structures(empty, discharged, 'Li')
+    lithium = Structure(Lattice.cubic(3.5), ['Li', 'Li'], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    with pytest.raises(ElectrodeDataError, match=r'the discharged structure \(Li\) holds nothing but Li: no host'):
+        record_from_structures(charged, lithium, 'Li')
+    # an immutable IStructure is a structure as good as any
+    assert record_from_structures(IStructure.from_sites(charged), discharged, 'Li') == \
+        record_from_structures(charged, discharged, 'Li')
+
+
 def test_a_structure_pair_of_two_frameworks_is_warned_about(cobalt_oxide_frameworks):
     """Found by review: the pair check compared compositions only, so rutile CoO2 with layered LiCoO2 made a
     record, and a DFT 'voltage' that holds the rutile-to-layered energy of CoO2, with no word. The pair is still

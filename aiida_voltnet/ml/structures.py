@@ -9,7 +9,7 @@ from collections import defaultdict
 from fractions import Fraction
 
 import numpy as np
-from pymatgen.core import Composition, DummySpecies, Element, Structure
+from pymatgen.core import Composition, DummySpecies, Element, IStructure, Structure
 from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
 from .featurizers import ROUNDING_DENOMINATOR, ROUNDING_TOLERANCE, InputWarning, RoundedAmountsWarning
@@ -176,10 +176,18 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
     if message:
         raise ElectrodeDataError(message, battery_id=label, field='symprec')
     for name, structure in (('charged', charged), ('discharged', discharged)):
+        if not isinstance(structure, IStructure):  # a Molecule has no lattice (an AttributeError, before)
+            raise ElectrodeDataError(f'the {name} structure is a {type(structure).__name__}, not a periodic '
+                                     'pymatgen Structure: a bulk electrode crystal is needed', battery_id=label,
+                                     field='structures')
+        if not len(structure):
+            raise ElectrodeDataError(f'the {name} structure has no sites', battery_id=label, field='structures')
         problem = _geometry_problem(structure)
         if problem:
             raise ElectrodeDataError(f'the {name} structure ({structure.composition.reduced_formula}): {problem}',
                                      battery_id=label, field='structures')
+    # an immutable IStructure as a Structure: the steps below work on copies they change
+    charged, discharged = (s if isinstance(s, Structure) else Structure.from_sites(s) for s in (charged, discharged))
     # Element amounts: a site of Li and one of Li+ are both Li (pymatgen's Composition[Element] sums the species of
     # a symbol, so dividing a mixed composition counted some twice).
     compositions = {name: _element_composition(structure, name, label)
@@ -190,8 +198,10 @@ def record_from_structures(charged: Structure, discharged: Structure, working_io
                                  battery_id=label, field='working_ion')
     host_charged = host_framework(compositions['charged'], working_ion)
     host_discharged = host_framework(compositions['discharged'], working_ion)
-    if host_charged.num_atoms == 0 or host_discharged.num_atoms == 0:
-        raise ElectrodeDataError(f'a structure holds nothing but {working_ion}', battery_id=label, field='structures')
+    for name, host, structure in (('charged', host_charged, charged), ('discharged', host_discharged, discharged)):
+        if host.num_atoms == 0:
+            raise ElectrodeDataError(f'the {name} structure ({structure.composition.reduced_formula}) holds nothing '
+                                     f'but {working_ion}: no host framework', battery_id=label, field='structures')
     # One unit of the smallest integer formula of each host (a disordered Co0.5Ni0.5O2 cell is half a CoNiO4, and
     # its ordered 2x1x1 supercell one): pymatgen's reduced composition leaves fractional amounts as they are.
     (formula_charged, units), (formula_discharged, units_discharged) = (
