@@ -1130,3 +1130,61 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_training_two_models_with_one_featurizer_object_leaves_the_first_as_trained(records):
+    """Found by review: train_voltage_model refitted a featurizer object in place and the model kept it, so training
+    a second model with the same object changed the first one's predictions (and what it would save)."""
+    from aiida_voltnet.ml.evaluation import evaluate
+    from aiida_voltnet.ml.featurizers import get_featurizer
+
+    featurizer = get_featurizer('leakfree')
+    first = train_voltage_model(records[:120], featurizer=featurizer, model='krr', device='cpu')
+    before = first.predict(records[200:210])[0]
+    second = train_voltage_model(records[120:200], featurizer=featurizer, model='krr', device='cpu')
+    assert first.featurizer is not second.featurizer is not featurizer
+    np.testing.assert_array_equal(first.predict(records[200:210])[0], before)
+    # evaluate() names the featurizer it was given as an object, not by its repr
+    result = evaluate(records[:120], featurizer=featurizer, model='krr', protocol='random', seeds=[0])
+    assert result.summary()['featurizer'] == 'leakfree'
+
+
+def test_the_paper_featurizer_flags_a_host_element_no_training_formula_had(records):
+    """Found by review: an element absent from every training formula is a zero-variance count column that PCA
+    weighs by exactly 0, so the paper featurizer dropped it from a host without a word (the leak-free one flags
+    it): a V host was predicted as if without its V."""
+    import warnings
+
+    from aiida_voltnet.ml.featurizers import get_featurizer
+
+    train = [r for r in records if 'V' not in {e.symbol for e in r.composition_discharge.elements}][:150]
+    vanadium = [r for r in read_electrodes_csv(SHARED_CSV)
+                if 'V' in {e.symbol for e in r.composition_discharge.elements}
+                and r.working_ion in {t.working_ion for t in train}][:3]
+    assert len(vanadium) == 3
+    with warnings.catch_warnings():
+        warnings.simplefilter('ignore')
+        model = train_voltage_model(train, featurizer=get_featurizer('paper', _quiet=True), model='krr',
+                                    device='cpu')
+    assert 'V' not in model.featurizer.training_host_elements()
+    assert all('V' in flagged for flagged in model.unseen_host_elements(vanadium))
+    assert model.unseen_host_elements(train[:3]) == [[], [], []]
+
+
+def test_resuming_with_another_product_library_or_thread_count_is_warned(records, tmp_path, monkeypatch, caplog):
+    """Found by review: the library that computes the float32 products (oneDNN on AMD's AVX-512 CPUs, torch's
+    elsewhere) and the thread count were not recorded with a checkpoint, so a resume on another node of a mixed
+    cluster gave a model 1e-6 V away from the uninterrupted one without a word."""
+    from aiida_voltnet.ml.networks import cpu_products
+    from aiida_voltnet.ml.training import TrainingCheckpoint, TrainingInterrupted
+
+    training = {'what': 'test'}
+    first = TrainingCheckpoint(tmp_path / 'ckpt', training, stop_after_epochs=1)
+    with pytest.raises(TrainingInterrupted):
+        train_voltage_model(records[:80], model='mlp', device='cpu', train_overrides={'epochs': 3},
+                            checkpoint=first)
+    other = 'aten' if cpu_products() == 'onednn' else 'onednn'
+    monkeypatch.setenv('VOLTNET_CPU_PRODUCTS', other)
+    with caplog.at_level('WARNING'):
+        TrainingCheckpoint(tmp_path / 'again', training).resume(tmp_path / 'ckpt')
+    assert 'the checkpoint was written with' in caplog.text and f"'cpu_products': '{other}'" in caplog.text

@@ -69,7 +69,9 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
     # after training, and NaN in the metrics before that: found by review)
     training_targets(records, target)
     started = time.perf_counter()
-    result = EvaluationResult(featurizer, model, protocol, list(seeds))
+    # by name: a featurizer object (each fold fits its own copy) printed as its repr in the summary and the log
+    name = featurizer if isinstance(featurizer, str) else getattr(featurizer, 'name', type(featurizer).__name__)
+    result = EvaluationResult(name, model, protocol, list(seeds))
     for seed in seeds:
         if protocol == 'random':
             splits = [make_split(records, 'random', seed=seed, test_fraction=0.1)]
@@ -103,7 +105,7 @@ def evaluate(records: Sequence[ElectrodeRecord], featurizer: str = 'leakfree', m
                  'std': float(s), 'seed': seed, 'fold': fold} for r, t, m, s in zip(test, y, mean, std))
             if log:
                 unit = ' V' if target == 'average_voltage' else f' ({target})'
-                log(f'{featurizer}/{model}/{protocol} seed {seed} fold {fold}: MAE {metrics["mae"]:.3f}{unit} '
+                log(f'{name}/{model}/{protocol} seed {seed} fold {fold}: MAE {metrics["mae"]:.3f}{unit} '
                     f'on {metrics["n"]} rows')
     result.wall_time_s = round(time.perf_counter() - started, 1)
     return result

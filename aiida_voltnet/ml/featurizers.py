@@ -684,6 +684,16 @@ class PaperFeaturizer(Featurizer):
         scale = np.where(high > low, high - low, 1.0)
         self.arrays.update(pca_components=pca.components_, pca_mean=pca.mean_, minmax_low=low, minmax_scale=scale)
 
+    def training_host_elements(self) -> frozenset[str] | None:
+        """Read from the fitted PCA mean: the elements that some training formula (charged or discharged) held, the
+        working ion included. An element no training row had is a count column of zero variance, which PCA weighs
+        by 0: the features drop it from a host (review: a V host was featurized as if without its V, unflagged)."""
+        mean = self.arrays.get('pca_mean')
+        if mean is None:
+            return None
+        counts = mean[:N_ELEMENTS] + mean[N_ELEMENTS:2 * N_ELEMENTS]  # counts are never negative
+        return frozenset(_element(int(z)).symbol for z in np.flatnonzero(counts > 0) + 1)
+
     def _state_shapes(self):
         components = self.arrays.get('pca_components')
         kept = components.shape[0] if components is not None and components.ndim == 2 else None

@@ -603,7 +603,8 @@ class VoltageModel:
 
     def unseen_host_elements(self, records: Sequence[ElectrodeRecord]) -> list[list[str]]:
         """Per record, the elements of its host (the discharged member without the working ion) that no training
-        host contained; empty lists where the featurizer cannot tell (the ``paper`` one)."""
+        host contained (for the ``paper`` featurizer: that no training formula held); empty lists where the
+        featurizer cannot tell."""
         known = self.featurizer.training_host_elements()
         if known is None:
             return [[] for _ in records]
@@ -1223,6 +1224,10 @@ def train_voltage_model(records: Sequence[ElectrodeRecord], featurizer: str | Fe
             if featurizer == 'paper':
                 warnings.simplefilter('always')
             featurizer = get_featurizer(featurizer, **(featurizer_options or {}))
+    else:  # fitted here, and kept by the model: a copy, so that training another model with the same object does
+        import copy  # not refit the first model's featurizer under it (review: its predictions changed silently)
+
+        featurizer = copy.deepcopy(featurizer)
     X = featurizer.fit_transform(records)
     n_members = members if members is not None else spec['members']
     fit = dict(spec=spec, n_members=n_members, seed=seed, device=device, train_overrides=train_overrides,

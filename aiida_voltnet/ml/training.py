@@ -664,8 +664,15 @@ class TrainingCheckpoint:
 
 
 def _versions() -> dict:
+    """What a resumed training must share with the run that wrote the checkpoint to continue it bit for bit on the
+    CPU: the libraries, which one computes the float32 products (:func:`~aiida_voltnet.ml.networks.cpu_products`:
+    oneDNN on AMD's AVX-512 CPUs, torch's elsewhere, so a node of another CPU kind differs) and the thread count
+    (review: a resume on another kind changed the model by 1e-6 without a word)."""
     try:
         from aiida_voltnet import __version__
     except ImportError:  # pragma: no cover
         __version__ = None
-    return {'torch': torch.__version__, 'numpy': np.__version__, 'aiida_voltnet': __version__}
+    from aiida_voltnet.ml.networks import cpu_products
+
+    return {'torch': torch.__version__, 'numpy': np.__version__, 'aiida_voltnet': __version__,
+            'cpu_products': cpu_products(), 'threads': torch.get_num_threads()}
