@@ -625,7 +625,19 @@ def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path,
     torch_arrays = dict(load_file(str(tmp_path / 'mlp' / 'saved.safetensors')))
     last_bias = sorted(k for k in torch_arrays if k.startswith('member0.') and k.endswith('bias'))[-1]
     cases = [
-        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean=float('nan'))), 'y_mean nan finite'),
+        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean=float('nan'))),
+         'y_mean must be a finite number, got nan'),
+        # review: numbers a float cannot hold, strings, and a voltage model centred far beyond any voltage
+        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean=10 ** 400)), 'y_mean must be a finite'),
+        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean='3')), "y_mean must be a finite number, "
+                                                                                   "got '3'"),
+        ('krr', dict(change_config=lambda c: c['members'][0].update(y_mean=1e308)),
+         r'member 0: its targets\' mean y_mean 1e\+308 V lies beyond \+/-20 V'),
+        ('mlp', dict(change_config=lambda c: c['members'][0].update(n_features=-5)),
+         'member 0: a network of -5 inputs, the featurizer gives'),
+        ('mlp', dict(change_config=lambda c: c['members'][0]['hyper']['network'].update(hidden=[-1])),
+         "no 'mlp' network can be built from the config .RuntimeError"),
+        ('mlp', dict(change_config=lambda c: c['members'][0].update(y_scale=10 ** 400)), 'must be finite numbers'),
         ('krr', dict(change_arrays=lambda a: a.pop('member0.gamma')), "missing array.s. gamma"),
         ('krr', dict(change_arrays=set_('member0.support', kernel['member0.support'][:, :10].copy())),
          'support vectors of 10 features'),
@@ -665,6 +677,23 @@ def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path,
     monkeypatch.setenv('VOLTNET_CPU_PRODUCTS', 'foo')
     with pytest.raises(SettingError, match="VOLTNET_CPU_PRODUCTS='foo': expected"):
         VoltageModel.load(tmp_path / 'mlp')
+    monkeypatch.delenv('VOLTNET_CPU_PRODUCTS')
+    # review: a re-signed config of two 20000-wide layers had a 1.8 GB network built before the weights were
+    # compared with it; the layout is compared on torch's meta device first. Loaded in a process of its own, whose
+    # peak memory is what the load took.
+    import subprocess
+    import sys
+
+    resign(tmp_path / 'mlp', change_config=lambda c: c['members'][0]['hyper']['network'].update(hidden=[20000,
+                                                                                                          20000]))
+    probe = ('import resource, sys\nfrom aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel\n'
+             'try:\n    VoltageModel.load(sys.argv[1])\nexcept ModelIntegrityError as e:\n    print(e)\n'
+             'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n')
+    done = subprocess.run([sys.executable, '-c', probe, str(tmp_path / 'mlp')], capture_output=True, text=True,
+                          timeout=300)
+    said, peak_kb = done.stdout.strip().splitlines()
+    assert 'the saved weights do not fit the mlp network' in said, done.stdout + done.stderr
+    assert int(peak_kb) < 1_000_000, peak_kb  # the network alone was 1.6 GB of float32
 
 
 def test_training_data_without_the_target_column_say_so(records):

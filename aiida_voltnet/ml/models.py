@@ -26,7 +26,7 @@ from safetensors.numpy import save as save_safetensors
 
 from .featurizers import Featurizer, featurizer_from_state, get_featurizer
 from .networks import SettingError, build_network, cpu_products, fast_mha_resnet, linears_on_onednn
-from .records import ElectrodeDataError, ElectrodeRecord, write_files_atomically
+from .records import MAX_ABS_VOLTAGE, ElectrodeDataError, ElectrodeRecord, write_files_atomically
 from .training import TrainConfig, parse_device, predict_network, train_network
 
 __all__ = ['Regressor', 'TorchRegressor', 'KernelRegressor', 'GradientBoostedTrees', 'MODEL_SPECS', 'VoltageModel',
@@ -122,12 +122,34 @@ class TorchRegressor(Regressor):
 
     @classmethod
     def from_state(cls, config, arrays):
+        n_features = config['n_features']
+        if isinstance(n_features, bool) or not isinstance(n_features, int) or n_features < 1:
+            raise ModelIntegrityError(f'torch model state: n_features must be a positive integer, got '
+                                      f'{n_features!r:.40}')
         self = cls(**config['hyper'])
-        self._build(int(config['n_features']))
-        self.y_mean, self.y_scale = float(config['y_mean']), float(config['y_scale'])
-        if not (math.isfinite(self.y_mean) and math.isfinite(self.y_scale) and self.y_scale > 0):
-            raise ModelIntegrityError(f'torch model state: y_mean {self.y_mean} and y_scale {self.y_scale} must be '
-                                      'finite, y_scale > 0')
+        y_mean, y_scale = _real(config['y_mean']), _real(config['y_scale'])
+        if not (y_mean is not None and y_scale is not None and y_scale > 0):
+            raise ModelIntegrityError(f'torch model state: y_mean {config["y_mean"]!r:.40} and y_scale '
+                                      f'{config["y_scale"]!r:.40} must be finite numbers, y_scale > 0')
+        self.y_mean, self.y_scale = y_mean, y_scale
+        try:  # the layout first, on the meta device (no memory): an edited config asked for gigabytes before the
+            with torch.device('meta'):  # weights were compared with it (review: 1.8 GB for a 13 kB config)
+                self._build(n_features)
+            expected = {k: tuple(v.shape) or (1,) for k, v in self.module.state_dict().items()}
+        except SettingError:  # the user's VOLTNET_CPU_PRODUCTS, not the model
+            raise
+        except (TypeError, ValueError, RuntimeError, OverflowError) as exception:
+            raise ModelIntegrityError(f'torch model state: no {self.hyper.get("architecture")!r:.40} network can be '
+                                      f'built from the config ({type(exception).__name__}: {exception})'[:400]) from None
+        saved = {k: tuple(np.shape(v)) or (1,) for k, v in arrays.items()}  # a 0-d counter is saved as (1,)
+        if saved != expected:  # another layout: an edited network config, or another code's layers
+            differ = sorted(k for k in set(saved) | set(expected) if saved.get(k) != expected.get(k))
+            raise ModelIntegrityError(
+                f'torch model state: the saved weights do not fit the {self.hyper["architecture"]} network this '
+                f'code builds from the config (' + '; '.join(
+                    f'{k}: saved {saved.get(k, "none")}, built {expected.get(k, "none")}' for k in differ[:3])
+                + (f'; {len(differ) - 3} more' if len(differ) > 3 else '') + ')')
+        self._build(n_features)
         state = {k: torch.from_numpy(np.array(v)) for k, v in arrays.items()}
         for name, value in state.items():
             if value.is_floating_point() and not torch.isfinite(value).all():
@@ -141,6 +163,17 @@ class TorchRegressor(Regressor):
                 f'code builds from the config ({" ".join(line.strip() for line in first[:2])[:300]})') from None
         self.module.eval()
         return self
+
+
+def _real(value) -> float | None:
+    """``value`` as a finite float where it is a JSON number (not a bool, not a string), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        value = float(value)
+    except OverflowError:  # an integer of 400 digits
+        return None
+    return value if math.isfinite(value) else None
 
 
 class KernelRegressor(Regressor):
@@ -198,7 +231,10 @@ class KernelRegressor(Regressor):
     @classmethod
     def from_state(cls, config, arrays):
         self = cls(**config['hyper'])
-        self.y_mean = float(config['y_mean'])
+        self.y_mean = _real(config['y_mean'])
+        if self.y_mean is None:
+            raise ModelIntegrityError(f'kernel model state: y_mean must be a finite number, got '
+                                      f'{config["y_mean"]!r:.40}')
         self.arrays = {k: np.asarray(v) for k, v in arrays.items()}
         self._check_arrays(self.arrays, self.y_mean)
         # an integer gamma given as a model_param was saved as int64 by earlier code: the same numbers as float64
@@ -888,8 +924,10 @@ class VoltageModel:
             return cls.from_config_arrays(config, arrays)
         except (ModelIntegrityError, SettingError):  # SettingError: the user's environment, not the model
             raise
-        except (TypeError, AttributeError, KeyError, IndexError, ValueError) as exception:
-            # a config re-signed after a structural edit (a list where an object belongs, a missing key, ...)
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError, OverflowError, RecursionError,
+                RuntimeError) as exception:
+            # a config re-signed after a structural edit (a list where an object belongs, a missing key, a number
+            # beyond a float, a negative layer width torch refuses, ...)
             raise ModelIntegrityError(f'{config_path}: malformed model config ({type(exception).__name__}: '
                                       f'{exception})') from None
 
@@ -915,12 +953,22 @@ class VoltageModel:
         if not isinstance(config['members'], list) or not config['members']:
             raise ModelIntegrityError(f'"members" must be a non-empty list, got {config["members"]!r:.80}')
         members = []
+        metadata = config.get('metadata') or {}
+        _check_prediction_metadata(metadata)
         for index, member_config in enumerate(config['members']):
             regressor_cls = REGRESSOR_KINDS[member_config['kind']]
+            n_features = member_config.get('n_features')  # before building a network of that width (review)
+            if n_features is not None and n_features != featurizer.n_features:
+                raise ModelIntegrityError(f'member {index}: a network of {n_features!r:.40} inputs, the featurizer '
+                                          f'gives {featurizer.n_features} features')
             member = regressor_cls.from_state(member_config, prefixed(f'member{index}.'))
             member.check_n_features(featurizer.n_features)
+            y_mean = getattr(member, 'y_mean', None)  # a voltage model centred at 1e308 V predicted it, exit 0
+            if metadata.get('target', 'average_voltage') == 'average_voltage' and y_mean is not None \
+                    and abs(y_mean) > MAX_ABS_VOLTAGE:
+                raise ModelIntegrityError(f'member {index}: its targets\' mean y_mean {y_mean:g} V lies beyond '
+                                          f'+/-{MAX_ABS_VOLTAGE} V, which no insertion electrode has')
             members.append(member)
-        _check_prediction_metadata(config.get('metadata') or {})
         model = cls(featurizer, members, config['model_name'], config.get('metadata'))
         model.saved_version = config.get('model_version')
         return model

@@ -490,13 +490,16 @@ class TrainingCheckpoint:
             state = json.loads(path.read_text())
         except ValueError as exception:
             raise CheckpointError(f'{path} is not JSON: {exception}') from exception
+        except RecursionError:
+            raise CheckpointError(f'{path} is not JSON: nested too deeply') from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f'{path} is a JSON {type(state).__name__}, not an object')
         if state.get('format') != CHECKPOINT_FORMAT or state.get('format_version') != CHECKPOINT_VERSION:
             raise CheckpointError(f'{path} is not a {CHECKPOINT_FORMAT} version {CHECKPOINT_VERSION}')
         recorded = state.pop('state_sha256', None)
         if recorded != _json_sha256(state):
             raise CheckpointError(f'{path} was altered after it was written (state sha256 mismatch)')
-        entries = list(state['members'].values()) + ([state['current']] if state.get('current') else [])
-        for entry in entries:
+        for entry in TrainingCheckpoint._entries(state):
             name = entry['file']
             if Path(name).name != name or not (directory / name).is_file():
                 raise CheckpointError(f'{directory}: {name} named by {CHECKPOINT_STATE} is missing')
@@ -509,13 +512,28 @@ class TrainingCheckpoint:
         """The array files a checkpoint's ``state.json`` names: plain file names in the checkpoint's folder. A path
         (``/etc/x``, ``../x``, ``a/b``) raises :class:`CheckpointError`: a retrieved ``state.json`` comes from the
         remote side, and its names were once opened for writing by the parser before they were checked."""
-        entries = list(state['members'].values()) + ([state['current']] if state.get('current') else [])
-        names = [entry['file'] for entry in entries]
+        names = [entry['file'] for entry in TrainingCheckpoint._entries(state)]
         for name in names:
             if not isinstance(name, str) or name in ('', '.', '..') or Path(name).name != name or '\\' in name:
                 raise CheckpointError(f'{CHECKPOINT_STATE} names {name!r}, which is no plain file name in the '
                                       'checkpoint folder')
         return names
+
+    @staticmethod
+    def _entries(state) -> list[dict]:
+        """The finished members' and the current member's entries of a ``state.json``, each an object with a string
+        ``file`` and ``sha256``; :class:`CheckpointError` for any other shape (a retrieved file of the remote side:
+        a list of members was an AttributeError in the parser, which left the job excepted)."""
+        members = state.get('members') if isinstance(state, dict) else None
+        if not isinstance(members, dict):
+            raise CheckpointError(f'{CHECKPOINT_STATE}: "members" is not an object')
+        entries = list(members.values()) + ([state['current']] if state.get('current') else [])
+        for entry in entries:
+            if not (isinstance(entry, dict) and isinstance(entry.get('file'), str)
+                    and isinstance(entry.get('sha256'), str)):
+                raise CheckpointError(f'{CHECKPOINT_STATE}: an entry {entry!r:.80} is not an object with a file name '
+                                      'and a sha256')
+        return entries
 
     def resume(self, directory) -> dict:
         """Continue from the checkpoint in ``directory`` (copied into this checkpoint's directory); raises

@@ -33,7 +33,7 @@ def read_status(names, read) -> dict | None:
     if 'status.json' in names:
         try:
             status = json.loads(read('status.json'))
-        except ValueError:
+        except (ValueError, RecursionError):
             status = None
         if isinstance(status, dict):  # a JSON string or list is no status the script writes: read train.log
             return status
@@ -44,7 +44,9 @@ def read_status(names, read) -> dict | None:
                 status, _, extra = rest.partition(' ')
                 try:
                     details = json.loads(extra) if extra else {}
-                except ValueError:
+                except (ValueError, RecursionError):
+                    details = {'message': extra}
+                if not isinstance(details, dict):
                     details = {'message': extra}
                 return {'status': status, **details}
     return None
@@ -91,6 +93,8 @@ class VoltnetTrainParser(Parser):
         else:  # written after the model, not atomically: a kill while writing leaves it cut short
             try:
                 metrics = json.loads(read('metrics.json'))
+            except RecursionError:
+                missing.append('metrics.json (unreadable: nested too deeply)')
             except ValueError as exception:
                 missing.append(f'metrics.json (unreadable, not JSON: {exception})')
             else:
@@ -157,7 +161,7 @@ class VoltnetTrainParser(Parser):
         if TRAINING_FILE in model_names:  # written by every voltnet-train that retrieves it; read, never run
             try:
                 recorded = json.loads(read(f'model/{TRAINING_FILE}'))
-            except ValueError:
+            except (ValueError, RecursionError):
                 recorded = None
             if not isinstance(recorded, dict):
                 differ.append(f'model/{TRAINING_FILE} is no JSON object')
@@ -198,7 +202,8 @@ class VoltnetTrainParser(Parser):
                             (directory / name).open('wb') as target:
                         shutil.copyfileobj(source, target)
                 TrainingCheckpoint.read_state(directory)
-            except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError, OSError) as exception:
+            except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError, OSError, AttributeError,
+                    RecursionError) as exception:
                 said = str(exception).replace(f'{directory}/', f'{CHECKPOINT_DIR}/')  # not the deleted temp copy
                 self.logger.warning(f'the retrieved checkpoint (retrieved folder {self.retrieved.pk}) is unusable, '
                                     f'not exposed: {said}')

@@ -255,3 +255,25 @@ def test_a_refused_restart_folder_is_said_in_the_log(aiida_localhost, caplog):
     assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status
     assert ('restart_folder not resumed from, the job trained from scratch: the checkpoint is of another training: '
             'it differs in sources') in caplog.text
+
+
+@pytest.mark.parametrize('files', [
+    {'checkpoint/state.json': '{"members": []}'},
+    {'checkpoint/state.json': '[' * 100000},
+    {'checkpoint/state.json': '["x"]'},
+    {'checkpoint/state.json': '{"members": {"a": "b"}}'},
+], ids=['members-a-list', 'deeply-nested', 'a-list', 'entry-a-string'])
+def test_a_malformed_retrieved_checkpoint_is_not_exposed_and_the_parser_does_not_raise(aiida_localhost, files):
+    """Found by review: a retrieved state.json whose members were a list, or nested 100000 deep, raised
+    AttributeError or RecursionError in the parser (the job excepted); the time limit stands and nothing is
+    exposed."""
+    status = _status('TIME_LIMIT', reason='r', member='final.0', epoch=1)
+    results, calcfunction = _parse(aiida_localhost, {'status.json': status, 'train.log': 'x', **files})
+    assert calcfunction.exit_status == EXIT.ERROR_OUT_OF_WALLTIME.status and 'checkpoint' not in results
+
+
+@pytest.mark.parametrize('name', ['status.json', 'metrics.json'])
+def test_deeply_nested_status_or_metrics_are_named_not_raised(aiida_localhost, name):
+    files = {'status.json': _status('OK'), 'metrics.json': '{}', name: '[' * 100000}
+    _, calcfunction = _parse(aiida_localhost, files)
+    assert calcfunction.exit_status == EXIT.ERROR_MISSING_OUTPUT_FILES.status, calcfunction.exit_message
