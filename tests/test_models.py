@@ -639,6 +639,13 @@ def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path,
          "no 'mlp' network can be built from the config .RuntimeError"),
         ('mlp', dict(change_config=lambda c: c['members'][0].update(y_scale=10 ** 400)), 'must be finite numbers'),
         ('krr', dict(change_arrays=lambda a: a.pop('member0.gamma')), "missing array.s. gamma"),
+        # review: a featurizer's NaN or zero scale loaded, and the prediction error blamed the records
+        ('krr', dict(change_arrays=set_('featurizer.scale', np.zeros_like(kernel['featurizer.scale']))),
+         "fitted array 'scale' must be > 0 everywhere"),
+        ('krr', dict(change_arrays=set_('featurizer.mean', np.full_like(kernel['featurizer.mean'], np.inf))),
+         "fitted array 'mean' must hold finite floating-point numbers"),
+        ('krr', dict(change_arrays=set_('featurizer.mean', kernel['featurizer.mean'].astype(np.int8))),
+         'dtype int8'),
         ('krr', dict(change_arrays=set_('member0.support', kernel['member0.support'][:, :10].copy())),
          'support vectors of 10 features'),
         ('krr', dict(change_arrays=set_('member0.dual', kernel['member0.dual'][:5].copy())), "'dual' has shape"),
@@ -686,9 +693,10 @@ def test_doctored_kernel_and_torch_states_are_refused_on_load(records, tmp_path,
 
     resign(tmp_path / 'mlp', change_config=lambda c: c['members'][0]['hyper']['network'].update(hidden=[20000,
                                                                                                           20000]))
-    probe = ('import resource, sys\nfrom aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel\n'
+    # VmHWM: this process's peak resident memory (getrusage's ru_maxrss keeps the parent's across exec)
+    probe = ('import re, sys\nfrom aiida_voltnet.ml.models import ModelIntegrityError, VoltageModel\n'
              'try:\n    VoltageModel.load(sys.argv[1])\nexcept ModelIntegrityError as e:\n    print(e)\n'
-             'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n')
+             'print(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read()).group(1))\n')
     done = subprocess.run([sys.executable, '-c', probe, str(tmp_path / 'mlp')], capture_output=True, text=True,
                           timeout=300)
     said, peak_kb = done.stdout.strip().splitlines()

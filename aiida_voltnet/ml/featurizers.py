@@ -558,6 +558,17 @@ class Featurizer:
                 wanted = '(' + ', '.join('*' if dim is None else str(dim) for dim in shape) + (',)' if len(shape) == 1 else ')')
                 raise ValueError(f'featurizer {self.name!r}: fitted array {name!r} has shape {actual}, where its '
                                  f'options make {width} raw features (expected {wanted})')
+        for name in expected:  # review: NaN, inf or a zero scale loaded, and the prediction error blamed the records
+            array = self.arrays[name]
+            if not np.issubdtype(array.dtype, np.floating) or not np.isfinite(array).all():
+                raise ValueError(f'featurizer {self.name!r}: fitted array {name!r} must hold finite floating-point '
+                                 f'numbers (dtype {array.dtype})')
+            if name in self._POSITIVE and not (array > 0).all():
+                raise ValueError(f'featurizer {self.name!r}: fitted array {name!r} must be > 0 everywhere (a '
+                                 'scale to divide by)')
+
+    #: Fitted arrays that are divided by.
+    _POSITIVE = ('scale', 'minmax_scale')
 
     def _state_shapes(self) -> dict[str, tuple]:
         """The fitted arrays and their shapes: an int, ``'raw'`` (the raw feature width) or ``None`` (any)."""
