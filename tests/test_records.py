@@ -1,5 +1,6 @@
 """Electrode records: the seed CSV loads, bad rows are named, adj_pairs is parsed and never evaluated."""
 import io
+import re
 from pathlib import Path
 
 import pytest
@@ -227,6 +228,44 @@ def test_duplicate_battery_id():
                                                   r'Unicode code points for the same text\)'):
         load(composed + '\n' + decomposed)
     assert [r.battery_id for r in load(composed)] == ['caf\u00e9']  # kept as written
+    # review: a fullwidth 'ｍｐ' is the same id; a zero-width space, a BOM or a direction mark hid a second copy
+    with pytest.raises(ElectrodeDataError, match='duplicate battery_id'):
+        load(ROW + '\n' + ROW.replace('mp-2657_Li', '\uff4d\uff50-2657_Li', 1))
+    for hidden in ('\u200b', '\ufeff', '\u202e'):
+        with pytest.raises(ElectrodeDataError, match=f"field 'battery_id': contains a control character "
+                                                     f"\\(U\\+{ord(hidden):04X}"):
+            load(ROW.replace('mp-2657_Li', 'mp-2657_Li' + hidden, 1))
+
+
+@pytest.mark.parametrize('change, field, message', [
+    (dict(charge_space_group_number=True), 'charge_space_group_number', 'must be an integer, got bool True'),
+    (dict(num_steps=True), 'num_steps', 'must be an integer, got bool'),
+    (dict(average_voltage=True), 'average_voltage', 'must be a number, got bool'),
+    (dict(average_voltage='3.0'), 'average_voltage', "must be a number, got str '3.0'"),
+    (dict(battery_id=5), 'battery_id', 'must be a string, got int 5'),
+    (dict(steps=[1, 2]), 'adj_pairs', 'steps must be a sequence of VoltageStep'),
+    ('step_nan', 'adj_pairs', 'step 0: max_delta_volume must be a finite number, got nan'),
+    ('step_inf', 'adj_pairs', 'step 0: capacity_grav must be a finite number, got inf'),
+    ('step_str', 'adj_pairs', "step 0: average_voltage must be a number, got str '1'"),
+])
+def test_a_record_built_by_hand_is_checked_field_by_field(change, field, message):
+    """Found by review: validate_record took True as a space group or a voltage, NaN and inf in a step (the
+    max_delta_volume target among them), and raised TypeError or AttributeError naming no field for a string
+    voltage, a numeric id or steps that are no VoltageSteps; a records.json edited by hand reaches it too."""
+    import dataclasses
+
+    from aiida_voltnet.ml.records import validate_record
+
+    (record,) = load(ROW)
+    step = record.steps[0]
+    if change == 'step_nan':
+        change = dict(steps=(dataclasses.replace(step, max_delta_volume=float('nan')),))
+    elif change == 'step_inf':
+        change = dict(steps=(dataclasses.replace(step, capacity_grav=float('inf')),))
+    elif change == 'step_str':
+        change = dict(steps=(dataclasses.replace(step, average_voltage='1'),))
+    with pytest.raises(ElectrodeDataError, match=f"field '{field}': .*{re.escape(message)}"):
+        validate_record(dataclasses.replace(record, **change))
 
 
 def test_round_trips(tmp_path):

@@ -457,8 +457,8 @@ def _control_character(text: str) -> str | None:
     """Why ``text`` cannot be an identifier: a control character or a line/paragraph separator (a NUL, which
     PostgreSQL refuses to store, a newline, which would split a printed line or a log), or None."""
     for position, char in enumerate(text, 1):
-        if unicodedata.category(char) in ('Cc', 'Zl', 'Zp'):
-            return f'contains a control character (U+{ord(char):04X} at character {position})'
+        if unicodedata.category(char) in ('Cc', 'Zl', 'Zp', 'Cf'):  # Cf: zero-width and direction marks, which
+            return f'contains a control character (U+{ord(char):04X} at character {position})'  # hide a duplicate
     return None
 
 
@@ -471,8 +471,39 @@ def validate_record(record: ElectrodeRecord, source: str | None = None) -> Elect
         return _validate_record(record, source)
 
 
+#: The kind of value each field of a record and of a step holds (a record built by hand, or read from an edited
+#: ``records.json``, is checked against it: ``True`` as a space group or a string voltage went through before).
+_FIELD_KINDS = {'str': (str,), 'str | None': (str, type(None)), 'int | None': (int, type(None)),
+                'float': (int, float), 'float | None': (int, float, type(None))}
+
+
+def _kind_problem(item, skip=()) -> tuple[str, str] | None:
+    """(field, why) for the first field of the dataclass ``item`` whose value is of another kind than it holds (a
+    bool is no number), or a number that is not finite; None when all are."""
+    for spec in dataclasses.fields(item):
+        kinds = _FIELD_KINDS.get(spec.type)
+        if spec.name in skip or kinds is None:
+            continue
+        value = getattr(item, spec.name)
+        if isinstance(value, bool) or not isinstance(value, kinds):
+            wanted = 'a number' if float in kinds else 'an integer' if int in kinds else 'a string'
+            return spec.name, f'{spec.name} must be {wanted}, got {type(value).__name__} {value!r:.40}'
+        if isinstance(value, float) and not math.isfinite(value):
+            return spec.name, f'{spec.name} must be a finite number, got {value!r}'
+    return None
+
+
 def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRecord:
     fail = lambda message, name: _fail(message, record, name, source=source)  # noqa: E731
+    problem = _kind_problem(record, skip=('line',))
+    if problem:
+        fail(problem[1], problem[0])
+    if not isinstance(record.steps, (tuple, list)) or not all(isinstance(s, VoltageStep) for s in record.steps):
+        fail(f'steps must be a sequence of VoltageStep, got {record.steps!r:.60}', 'adj_pairs')
+    for index, step in enumerate(record.steps):
+        problem = _kind_problem(step)
+        if problem:
+            fail(f'step {index}: {problem[1]}', 'adj_pairs')
     if not record.battery_id:
         fail('battery_id is empty', 'battery_id')
     for name in ('battery_id', 'battery_formula', 'id_charge', 'id_discharge'):
@@ -733,13 +764,13 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
                                 source: str | None) -> list[ElectrodeRecord]:
     """:func:`records_from_rows` for ``(file line, row)`` pairs."""
     records, corrected = [], []
-    seen: dict[str, tuple[int, str]] = {}  # NFC form of each battery_id -> (its line, the id as written)
+    seen: dict[str, tuple[int, str]] = {}  # NFKC form of each battery_id -> (its line, the id as written)
     for line, row in numbered_rows:
         battery_id = (row.get('battery_id') or '').strip()
         for name in REQUIRED_COLUMNS:
             if not (row.get(name) or '').strip():
                 _fail('required value is missing', field_name=name, line=line, source=source, battery_id=battery_id)
-        same = unicodedata.normalize('NFC', battery_id)  # 'é' and 'e' + U+0301 print alike: one id (review)
+        same = unicodedata.normalize('NFKC', battery_id)  # 'é' and 'e' + U+0301, 'ｍｐ' and 'mp': one id (review)
         if same in seen:
             first, written = seen[same]
             spelt = '' if written == battery_id else ', spelt with other Unicode code points for the same text'
