@@ -143,7 +143,8 @@ class ElectrodeDataset(RefusesEmpty, Data):
             records = records_from_json(content.decode())
         except ElectrodeDataError as exception:
             raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME}: {exception}') from None
-        except (ValueError, TypeError, AttributeError, KeyError) as exception:  # JSON, UTF-8 or shape
+        except (ValueError, TypeError, AttributeError, KeyError, OverflowError, RecursionError) as exception:
+            # JSON, UTF-8 or shape; a number a float cannot hold, brackets nested too deeply
             raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} is not a list of electrode records '
                                      f'({type(exception).__name__}: {exception})') from None
         ids = [r.battery_id for r in records]

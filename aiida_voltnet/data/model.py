@@ -86,6 +86,8 @@ class VoltageModelData(RefusesEmpty, Data):
     _READ_BACK_ERROR = ModelIntegrityError
 
     def __init__(self, model: VoltageModel | None = None, *, metrics: dict | None = None, **kwargs):
+        if metrics is not None and not isinstance(metrics, dict):  # a list was stored, and .metrics then raised
+            raise TypeError(f'metrics must be a dict, got {type(metrics).__name__}')
         super().__init__(**kwargs)
         if model is not None:
             self._set_model(model, metrics or {})
@@ -105,12 +107,12 @@ class VoltageModelData(RefusesEmpty, Data):
 
     # -- queryable properties ---------------------------------------------------------------------------------------
     @property
-    def model_version(self) -> str:
-        return self.base.attributes.get('model_version')
+    def model_version(self) -> str | None:
+        return self.base.attributes.get('model_version', None)
 
     @property
-    def arrays_sha256(self) -> str:
-        return self.base.attributes.get('arrays_sha256')
+    def arrays_sha256(self) -> str | None:  # None for a node that lost it (an edited archive): load_model names it
+        return self.base.attributes.get('arrays_sha256', None)
 
     @property
     def architecture(self) -> str:
@@ -126,7 +128,11 @@ class VoltageModelData(RefusesEmpty, Data):
 
     @property
     def metrics(self) -> dict:
-        return dict(self.base.attributes.get('metrics', {}))
+        metrics = self.base.attributes.get('metrics', {})
+        if not isinstance(metrics, dict):
+            raise ModelIntegrityError(f'VoltageModelData<{self.pk}>: attribute metrics is a '
+                                      f'{type(metrics).__name__}, not the dict recorded at creation')
+        return dict(metrics)
 
     def config(self) -> dict:
         return json.loads(self.base.repository.get_object_content('config.json'))
@@ -164,7 +170,7 @@ class VoltageModelData(RefusesEmpty, Data):
                     f'recorded {recorded_sha256[:12]}...); refusing to load it')
             try:
                 config = json.loads((directory / 'config.json').read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exception:
+            except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exception:
                 raise ModelIntegrityError(f'{label}: config.json is no JSON ({exception}); refusing to load it') \
                     from None
             if not isinstance(config, dict):
@@ -180,11 +186,13 @@ class VoltageModelData(RefusesEmpty, Data):
             # came later, and older models lack them
             try:
                 described = _attributes_of(config)
-            except (KeyError, TypeError, AttributeError, ValueError) as exception:
+            except (KeyError, TypeError, AttributeError, ValueError, OverflowError) as exception:
                 raise ModelIntegrityError(f'{label}: config.json lacks or mangles what describes the model '
                                           f'({type(exception).__name__}: {exception}); refusing to load it') from None
             altered = sorted(key for key, value in described.items()
                              if (key in stored or key in ALWAYS_STORED_ATTRIBUTES) and stored.get(key) != value)
+            if 'metrics' in stored and not isinstance(stored['metrics'], dict):
+                altered.append('metrics')
             if altered:
                 raise ModelIntegrityError(f'{label}: attribute(s) {", ".join(altered)} differ from the model\'s '
                                           'config.json; refusing to load it')

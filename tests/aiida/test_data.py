@@ -193,6 +193,8 @@ def test_dataset_refuses_records_that_no_reader_would_take(records):
     (b'{"a": 1}', 'records.json is not a list of electrode records'),
     (b'null', 'records.json is not a list of electrode records'),
     (b'[{"battery_id": "x"}]', 'records.json is not a list of electrode records'),
+    # review: a number a float cannot hold, and brackets nested too deeply, escaped unnamed
+    (b'[' * 100000, r'records.json is not a list of electrode records \(RecursionError'),
 ])
 def test_dataset_names_a_records_file_that_is_no_records(records, content, match):
     """A records.json whose sha256 matches (an archive made so) but whose content is no records raised bare
@@ -247,7 +249,8 @@ def test_model_without_its_hashes_is_refused(core_model, change, match):
 
 @pytest.mark.parametrize('edit', [lambda c: c.pop('architecture'), lambda c: c.pop('n_parameters'),
                                   lambda c: c.__setitem__('metadata', []), lambda c: c.__setitem__('featurizer', 'x'),
-                                  lambda c: c.__setitem__('n_parameters', 'abc')])
+                                  lambda c: c.__setitem__('n_parameters', 'abc'),
+                                  lambda c: c.__setitem__('n_parameters', 1e400)])
 def test_model_config_without_what_describes_it_is_refused(core_model, edit):
     """config.json keeping its model_version but losing a field raised KeyError, AttributeError or ValueError."""
     import json
@@ -275,3 +278,26 @@ def test_a_dataset_whose_attributes_contradict_its_records_is_refused_in_its_own
     with pytest.raises(ValidationError, match='differ from records.json'):
         node.store()
     assert orm.QueryBuilder().append(ElectrodeDataset).count() == before
+
+
+def test_model_metrics_must_be_a_dict_and_a_lost_hash_is_named_in_a_calculation(core_model):
+    """Found by review: VoltageModelData(model, metrics=[1, 2]) was stored and .metrics then raised TypeError; a node
+    whose arrays_sha256 was deleted (an edited archive) failed predict_voltages' validation with 'AttributeError:
+    arrays_sha256' before load_model could name it."""
+    from aiida_voltnet.calculations import functions as F
+
+    before = orm.QueryBuilder().append(orm.Node).count()
+    with pytest.raises(TypeError, match='metrics must be a dict, got list'):
+        VoltageModelData(core_model, metrics=[1, 2])
+    clone = VoltageModelData(core_model).clone()
+    clone.base.attributes.set('metrics', [1, 2])
+    with pytest.raises(ModelIntegrityError, match='attribute metrics is a list'):
+        clone.metrics
+    with pytest.raises(ModelIntegrityError, match=r'attribute\(s\) metrics differ'):
+        clone.load_model()
+    lost = VoltageModelData(core_model).clone()
+    lost.base.attributes.delete('arrays_sha256')
+    assert lost.arrays_sha256 is None
+    with pytest.raises(ModelIntegrityError, match='attribute arrays_sha256 is missing'):
+        F.load_model(lost)
+    assert orm.QueryBuilder().append(orm.Node).count() == before
