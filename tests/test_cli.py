@@ -971,3 +971,31 @@ def test_ctrl_c_of_train_exits_130_and_leaves_the_previous_model(trained, tmp_pa
     assert 'Error: interrupted: --out holds what it held before, or the whole new model' in rest, rest
     assert 'Aborted!' not in rest and 'Traceback' not in rest
     assert {name: (out / name).read_bytes() for name in before} == before
+
+
+def test_quickstart_on_a_profile_whose_broker_is_not_running_and_a_bad_aiida_path(tmp_path):
+    """Found by review: the quickstart's runner connected to the profile's broker, so on what plain `verdi presto
+    --use-zeromq` makes (a ZeroMQ broker that runs only with the daemon) it waited 10 s and printed a traceback,
+    although it runs everything in its own interpreter; an AIIDA_PATH that cannot hold a configuration, and a
+    300-character profile name, were ConfigurationError and OSError tracebacks."""
+    import os
+
+    env = {**os.environ, 'AIIDA_PATH': str(tmp_path / 'aiida'), 'OMP_NUM_THREADS': '1'}
+    subprocess.run([str(Path(VOLTNET).parent / 'verdi'), 'presto', '--profile-name', 'zmq', '--use-zeromq'],
+                   capture_output=True, env=env, check=True, timeout=600)
+    data = tmp_path / 'rows.csv'
+    data.write_text('\n'.join(SHARED_CSV.read_text().splitlines()[:151]) + '\n')
+    run = subprocess.run([VOLTNET, 'quickstart', '--data', str(data), '--profile', 'zmq'], capture_output=True,
+                         text=True, env=env, timeout=900)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Reusing AiiDA profile 'zmq'" in run.stdout and 'voltnet provenance <pk>' in run.stdout
+    blocked = tmp_path / 'a-file'
+    blocked.write_text('not a folder')
+    for command in (['quickstart', '--data', str(data)], ['provenance', '1'], ['predictions', '--model', '1']):
+        bad = subprocess.run([VOLTNET, *command], capture_output=True, text=True, timeout=600,
+                             env={**env, 'AIIDA_PATH': str(blocked)})
+        assert bad.returncode == 2 and f'cannot use the AiiDA configuration folder under AIIDA_PATH={blocked}' \
+            in bad.stderr and 'Traceback' not in bad.stderr, (command, bad.stderr)
+    long = subprocess.run([VOLTNET, 'quickstart', '--data', str(data), '--profile', 'p' * 300], capture_output=True,
+                          text=True, env=env, timeout=600)
+    assert long.returncode == 2 and 'a profile name of at most 100 characters, got 300' in long.stderr, long.stderr

@@ -24,9 +24,9 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
     """
     from aiida import load_profile
     from aiida.common.exceptions import ProfileConfigurationError
-    from aiida.manage.configuration import create_profile, get_config
+    from aiida.manage.configuration import create_profile
 
-    config = get_config(create=True)
+    config = _aiida_config()
     try:
         profile = config.get_profile(name)
         echo(f'Reusing AiiDA profile {name!r} ({profile.storage_backend}, '
@@ -51,20 +51,38 @@ def ensure_embedded_profile(name: str = QUICKSTART_PROFILE, echo=click.echo):
                 if default:
                     config.set_default_profile(name)
                 config.store()
-            except BaseException:
+            except BaseException as exception:
                 if not existed:
                     shutil.rmtree(folder, ignore_errors=True)
+                if isinstance(exception, Exception):  # a read-only folder, a name too long for a file name
+                    with contextlib.suppress(Exception):  # review: a StorageMigrationError traceback
+                        config.remove_profile(name)
+                    _fail(f'cannot create AiiDA profile {name!r} in {folder}: {type(exception).__name__}: '
+                          f'{str(exception)[:300]}')
                 raise
         echo(f'Created AiiDA profile {name!r} (core.sqlite_dos at {folder}, no broker, no services'
              + (', now the default profile)' if default else ')'))
     return _open_storage(load_profile(name, allow_switch=True))
 
 
-def _load_profile(profile, hint: str = ''):
-    from aiida import load_profile
-    from aiida.manage.configuration import get_config
+def _aiida_config():
+    """aiida-core's configuration, its folder created where missing; a folder that cannot be created or read (an
+    AIIDA_PATH under /sys, a file, a read-only disk) is named, not a ConfigurationError traceback (review)."""
+    try:
+        from aiida.manage.configuration import get_config  # importing it creates the folder
 
-    if profile is None and get_config(create=True).default_profile_name is None:
+        return get_config(create=True)
+    except Exception as exception:  # noqa: BLE001 - ConfigurationError, OSError, ...
+        where = os.environ.get('AIIDA_PATH')
+        _fail(f'cannot use the AiiDA configuration folder{f" under AIIDA_PATH={where}" if where else ""}: '
+              f'{type(exception).__name__}: {str(exception)[:300]}')
+
+
+def _load_profile(profile, hint: str = ''):
+    config = _aiida_config()  # before importing aiida, which reads (and creates) the configuration folder
+    from aiida import load_profile
+
+    if profile is None and config.default_profile_name is None:
         _fail('no default AiiDA profile: pass --profile NAME (voltnet quickstart creates voltnet-quickstart), '
               f'or make one the default with "verdi profile set-default NAME"{hint}')
     try:
@@ -143,8 +161,11 @@ def _model_by_version(identifier, profile):
 def _profile_name(ctx, param, value):
     """verdi's rule for a profile name (aiida-core's ``LabelStringType``: letters, digits, ``_``, ``.``, ``-``; not
     empty): ``a/b`` made a profile verdi could neither use nor delete, and ``''`` used the default profile."""
+    _aiida_config()  # importing aiida's command-line types reads the configuration: a bad AIIDA_PATH is named
     from aiida.cmdline.params.types import LabelStringType  # here: importing it costs every command ~70 ms
 
+    if len(value) > 100:  # the profile's storage folder is named after it (a 300-character name: errno 36)
+        raise click.BadParameter(f'a profile name of at most 100 characters, got {len(value)}')
     return LabelStringType().convert(value, param, ctx)
 
 
@@ -152,7 +173,8 @@ def _profile_name(ctx, param, value):
 @click.option('--data', 'data', type=click.Path(exists=True, dir_okay=False),
               help='Training CSV (default: $VOLTNET_DATA if set, else the shared MP insertion-electrode CSV).')
 @click.option('--profile', default=QUICKSTART_PROFILE, show_default=True, callback=_profile_name,
-              help='AiiDA profile to create or reuse (SQLite-backed, no services).')
+              help='AiiDA profile to reuse as it is (any storage and broker), or to create, SQLite-backed and '
+                   'without a broker, where none has this name.')
 @click.option('--protocol', default='fast', show_default=True, type=click.Choice(['fast', 'default', 'paper']),
               help='Training protocol ("paper" trains the leaky paper protocol and predicts no structure pair: '
                    'its features need capacity_grav and energy_grav).')
@@ -163,7 +185,8 @@ def quickstart(data, profile, protocol):
 
     data = data or os.environ.get('VOLTNET_DATA') or str(SHARED_CSV.resolve())
     if not Path(data).is_file():
-        _fail(f'training CSV {data} not found; pass --data')
+        _fail(f'training CSV {data} not found' + ('' if not os.environ.get('VOLTNET_DATA') or data != os.environ[
+            'VOLTNET_DATA'] else ' (from $VOLTNET_DATA)') + '; pass --data')
     from aiida_voltnet.ml import records
 
     started = time.perf_counter()

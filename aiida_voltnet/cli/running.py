@@ -34,7 +34,11 @@ def run_interruptible(builder, **inputs):
     from aiida.manage import get_manager
 
     newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
-    runner = get_manager().get_runner()
+    # a local runner without a communicator, as aiida-core's run_get_node makes: the manager's own connects to the
+    # profile's broker, and a profile whose broker is not running (verdi presto's ZeroMQ one without a daemon, a
+    # RabbitMQ that is down) ended in a connection traceback although nothing here needs one (review)
+    runner = get_manager().create_runner(communicator=None)
+    root = None
     signals = (signal.SIGINT, signal.SIGTERM)
     previous = {number: signal.getsignal(number) for number in signals}
     deferred = []
@@ -63,6 +67,7 @@ def run_interruptible(builder, **inputs):
         functions.signal = _SignalsKept
         with loop_scope(runner.loop):
             process = runner.instantiate_process(builder, **inputs)  # validates (a refusal stores nothing), stores
+            root = process.node
             if deferred:
                 raise KeyboardInterrupt
             for number in signals:
@@ -73,7 +78,7 @@ def run_interruptible(builder, **inputs):
         for number in signals:  # a second Ctrl-C must not cut the clean-up short
             signal.signal(number, signal.SIG_IGN)
         _quiet_loop(runner.loop)
-        raise Interrupted(_stop_interrupted(newest)) from None
+        raise Interrupted(_stop_interrupted(newest, root.pk if root is not None else None)) from None
     finally:
         functions.signal = signal
         for number, handler in previous.items():
@@ -109,11 +114,13 @@ class _SignalsKept:
         return None
 
 
-def _stop_interrupted(newest: int | None) -> str:
-    """After an interrupt: every process stored after node ``newest`` that has not terminated is marked killed
-    (state, status, sealed) and the scheduler job of a calculation that has one is cancelled; a message naming them.
-    They ran in this interpreter, which is ending: left as they were, they stayed 'Waiting' or 'Running' for good,
-    and a profile without a broker cannot kill them (`verdi process kill` needs one)."""
+def _stop_interrupted(newest: int | None, root: int | None) -> str:
+    """After an interrupt: the process ``root`` this call ran and every process it called, stored after node
+    ``newest``, that has not terminated is marked killed (state, status, sealed) and the scheduler job of a
+    calculation that has one is cancelled; a message naming them. They ran in this interpreter, which is ending:
+    left as they were, they stayed 'Waiting' or 'Running' for good, and a profile without a broker cannot kill them
+    (`verdi process kill` needs one). Processes of other sessions on the profile stored meanwhile are left alone
+    (review: a second quickstart's Ctrl-C killed the first one's work chain)."""
     from aiida import orm
     from aiida.engine import ProcessState
     from aiida.manage import get_manager
@@ -132,8 +139,14 @@ def _stop_interrupted(newest: int | None) -> str:
         'id': {'>': newest or 0},
         'or': [{'attributes.process_state': {'in': active}}, {'attributes': {'!has_key': 'process_state'}}]},
         project='*').order_by({orm.ProcessNode: {'id': 'asc'}}).all(flat=True)
+    ours = set()
+    if root is not None:
+        top = orm.load_node(root)
+        ours = {top.pk} | {node.pk for node in top.called_descendants}
     stopped, jobs = [], []
     for node in left:
+        if node.pk not in ours:
+            continue
         if isinstance(node, orm.CalcJobNode) and node.get_job_id():
             jobs.append(_cancel_job(node))
         try:

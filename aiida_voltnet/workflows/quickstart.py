@@ -108,7 +108,12 @@ def run_quickstart(csv_path: str | os.PathLike, protocol: str = 'fast', echo: Ca
             echo(f'{pair["name"]:>12s}: {voltage.value:.2f} ± {uncertainty.value:.2f} V vs '
                  f'{pair["working_ion"].value}/{pair["working_ion"].value}+  (Float<{voltage.pk}>)')
             echo(_provenance_line(predictions[pair['name']]['provenance']))
-        echo('Full answer for any prediction: voltnet provenance <pk>  (add --profile if it is not the default)')
+        from aiida.manage.configuration import get_config, get_profile
+
+        name = get_profile().name  # the pks are this profile's: another one has other nodes under them (review)
+        other = get_config().default_profile_name != name
+        echo(f'Full answer for any prediction: voltnet provenance <pk>{f" --profile {name}" if other else ""}'
+             + ('' if other else '  (add --profile if it is not the default)'))
     return {'train_workchain': train_node.pk, 'model': {'pk': model.pk, 'uuid': model.uuid,
                                                         'model_version': model.model_version},
             'metrics': metrics, 'predict_workchain': predict_node.pk if predict_node else None,

@@ -710,3 +710,35 @@ def test_predict_workchain_refuses_a_misspelt_input(trained):
     assert not wrapper.spec().inputs['inner'].dynamic
     with pytest.raises(ValueError, match='datset'):
         run_get_node(wrapper, inner={'model': trained.model, 'datset': trained.test})
+
+
+def test_an_interrupt_marks_killed_only_the_processes_its_own_run_called():
+    """Found by review: after a Ctrl-C, every unfinished process stored since the command started was marked
+    killed, another session's on the same profile included (a second quickstart's Ctrl-C killed the first one's
+    work chain, which then died on its sealed node)."""
+    from aiida.common.links import LinkType
+    from aiida.engine import ProcessState
+
+    from aiida_voltnet.cli.running import _stop_interrupted
+
+    newest = orm.QueryBuilder().append(orm.Node, project='id').order_by({orm.Node: {'id': 'desc'}}).first(flat=True)
+
+    def running(cls, caller=None):
+        node = cls()
+        node.set_process_state(ProcessState.RUNNING)
+        if caller is not None:
+            link = LinkType.CALL_CALC if isinstance(node, orm.CalculationNode) else LinkType.CALL_WORK
+            node.base.links.add_incoming(caller, link_type=link, link_label='CALL')
+        return node.store()
+
+    ours = running(orm.WorkChainNode)
+    child = running(orm.CalcFunctionNode, caller=ours)
+    theirs = running(orm.WorkChainNode)
+    their_child = running(orm.CalcFunctionNode, caller=theirs)
+    ours, child, theirs, their_child = (node.pk for node in (ours, child, theirs, their_child))  # the clean-up
+    said = _stop_interrupted(newest, ours)  # closes the session: the node objects above are detached after it
+    assert f'<{ours}>' in said and f'<{child}>' in said, said
+    assert orm.load_node(ours).process_state == ProcessState.KILLED
+    assert orm.load_node(child).process_state == ProcessState.KILLED
+    for pk in (theirs, their_child):
+        assert orm.load_node(pk).process_state == ProcessState.RUNNING and f'<{pk}>' not in said
