@@ -268,7 +268,9 @@ def prediction_provenance(node: orm.Node | int | str, _summaries: dict | None = 
         and the working ion) and ``extrapolation`` (``n_unseen_elements``, ``n_ion_content_outside``,
         ``n_end_members_reversed`` and ``n_features_outside`` of a batch (None where the prediction predates it), or a pair's ``unseen_elements``, the host elements no training host had, and
         ``ion_content_outside``, how its ion content lies outside the training range; None for predictions stored
-        before the flag). For a work chain: ``{'workflow': ..., 'predictions': [one dict per process]}``.
+        before the flag), and for a pair ``input_warnings``, the warnings its structures gave (two frameworks,
+        rounded occupancies; None before the output existed). For a work chain: ``{'workflow': ...,
+        'predictions': [one dict per process]}``.
     """
     if not isinstance(node, orm.Node):
         node = orm.load_node(node)

@@ -141,6 +141,9 @@ class ReportSettings:
             base.seeds = list(seeds)
         if base.aux_seeds is None:
             base.aux_seeds = base.seeds[:1]
+        outside = sorted(set(base.aux_seeds) - set(base.seeds))
+        if outside:  # Table S3's all-rows line reads the main rows' predictions of these seeds (an empty mean at the
+            raise ValueError(f'aux_seeds {outside} are not among the seeds {base.seeds}')  # end of the run)
         return base
 
     def aux(self) -> 'ReportSettings':

@@ -771,3 +771,13 @@ def test_incomplete_summary_symmetry_is_warned_and_the_crystal_system_follows_fr
     assert record.discharge_crystal_system == expected.discharge_crystal_system
     assert f'no space-group number in the summary symmetry of 1 end member(s), their space group stays empty: ' \
            f'{charged}' in caplog.text
+
+
+def test_a_bug_in_the_conversion_is_not_reported_as_the_servers_answer(recorded_mp, monkeypatch):
+    """Review of the catch above: a TypeError of this module's own code read as 'a proxy or maintenance page?'."""
+    def broken(*args, **kwargs):
+        raise TypeError("'<' not supported between instances of 'str' and 'int'")
+
+    monkeypatch.setattr(mp_loader, '_fetch_symmetry', broken)
+    with pytest.raises(TypeError, match="'<' not supported"):
+        fetch_mp_electrodes(TEST_KEY, battery_ids=['mp-2657_Li'])

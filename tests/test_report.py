@@ -188,3 +188,15 @@ def test_the_feature_cache_follows_the_record_not_its_battery_id():
     again = cached_featurizer('leakfree').raw(edited)
     assert np.array_equal(again, get_featurizer('leakfree', _quiet=True).raw(edited))
     assert not np.array_equal(again[0], first[0]) and np.array_equal(again[1:], first[1:])
+
+
+def test_aux_seeds_outside_the_seeds_are_refused_before_the_run():
+    """Review: Table S3's all-rows line reads the main rows' predictions of the aux seeds; one outside the seeds
+    gave an empty mean and a ValueError at the very end of the run."""
+    import pytest
+
+    from aiida_voltnet.report import ReportSettings
+
+    with pytest.raises(ValueError, match=r'aux_seeds \[5\] are not among the seeds \[0, 1\]'):
+        ReportSettings.make(False, seeds=[0, 1], aux_seeds=[5])
+    assert ReportSettings.make(False, seeds=[0, 1]).aux_seeds == [0]

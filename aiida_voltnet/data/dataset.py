@@ -11,8 +11,8 @@ from typing import Any, Sequence
 
 from aiida.orm import Data
 
-from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, is_validated, records_from_json,
-                                      records_to_json, validate_record)
+from aiida_voltnet.ml.records import (ElectrodeDataError, ElectrodeRecord, battery_id_key, is_validated,
+                                      records_from_json, records_to_json, validate_record)
 
 from ._empty import RefusesEmpty
 
@@ -70,7 +70,7 @@ class ElectrodeDataset(RefusesEmpty, Data):
             raise ValueError(f'source must be one of {", ".join(SOURCES)}, not {source!r}')
         # a record built by hand (not by a reader) is checked here: stored unchecked, every reader refused the node
         records = [r if is_validated(r) else validate_record(r) for r in records]
-        ids = [r.battery_id for r in records]
+        ids = [battery_id_key(r.battery_id) for r in records]  # one id however its characters are spelt
         if len(set(ids)) != len(ids):
             duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ElectrodeDataError(f'duplicate battery_id(s) {", ".join(duplicated)}', field='battery_id')
@@ -147,7 +147,7 @@ class ElectrodeDataset(RefusesEmpty, Data):
             # JSON, UTF-8 or shape; a number a float cannot hold, brackets nested too deeply
             raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} is not a list of electrode records '
                                      f'({type(exception).__name__}: {exception})') from None
-        ids = [r.battery_id for r in records]
+        ids = [battery_id_key(r.battery_id) for r in records]
         if len(set(ids)) != len(ids):
             duplicated = sorted({i for i in ids if ids.count(i) > 1})[:5]
             raise ElectrodeDataError(f'{label}: {self.RECORDS_FILENAME} repeats battery_id(s) {", ".join(duplicated)}')

@@ -156,16 +156,27 @@ def fetch_mp_electrodes(api_key: str | None = None, *, working_ion: str | None =
     try:
         with MPRester(key, use_document_model=False) as client:
             return _fetch(client, **arguments)
-    except ElectrodeDataError:  # a document that is no electrode: named by battery id and field
-        raise
     except (MPRestError, requests.exceptions.RequestException) as exception:
         raise MPRequestError(f'the Materials Project request failed ({type(exception).__name__}): '
                              f'{str(exception)[:500]}') from exception
-    except (KeyError, ValueError, TypeError) as exception:  # mp-api reading a body that is no API response:
-        # a proxy's HTML error page (JSONDecodeError), a maintenance heartbeat without 'version', no 'data'
+    except (KeyError, ValueError, TypeError) as exception:
+        if isinstance(exception, ElectrodeDataError) or not _in_client(exception):  # ours: a document that is no
+            raise  # electrode (named by battery id and field), or a bug here, not the server's answer
+        # mp-api reading a body that is no API response: a proxy's HTML error page (JSONDecodeError), a
+        # maintenance heartbeat without 'version', a response without 'data'
         raise MPRequestError(f'the Materials Project answered with something that is no API response '
                              f'({type(exception).__name__}: {str(exception)[:300]}); a proxy or maintenance page? '
                              'try again later') from exception
+
+
+def _in_client(exception: BaseException) -> bool:
+    """Whether ``exception`` was raised inside the mp-api client, requests or a JSON parser (its innermost frame),
+    that is, while reading what the server sent; not in this module's own conversion of the documents."""
+    import traceback
+
+    frames = traceback.extract_tb(exception.__traceback__)
+    return bool(frames) and any(part in frames[-1].filename for part in ('mp_api', 'requests', 'json', 'orjson',
+                                                                         'emmet'))
 
 
 def configured_api_key() -> str | None:

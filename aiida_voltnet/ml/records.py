@@ -462,6 +462,12 @@ def _control_character(text: str) -> str | None:
     return None
 
 
+def battery_id_key(battery_id: str) -> str:
+    """What makes two battery ids one: their NFKC form ('é' and 'e' + U+0301, fullwidth 'ｍｐ' and 'mp' print
+    alike and are one id)."""
+    return unicodedata.normalize('NFKC', battery_id)
+
+
 def validate_record(record: ElectrodeRecord, source: str | None = None) -> ElectrodeRecord:
     """Check one record; return it with derived fields (framework formula) filled in."""
     with warnings.catch_warnings():
@@ -485,6 +491,8 @@ def _kind_problem(item, skip=()) -> tuple[str, str] | None:
         if spec.name in skip or kinds is None:
             continue
         value = getattr(item, spec.name)
+        if value is None and type(None) not in kinds:
+            return spec.name, f'{spec.name} is missing'
         if isinstance(value, bool) or not isinstance(value, kinds):
             wanted = 'a number' if float in kinds else 'an integer' if int in kinds else 'a string'
             return spec.name, f'{spec.name} must be {wanted}, got {type(value).__name__} {value!r:.40}'
@@ -770,7 +778,7 @@ def _records_from_numbered_rows(numbered_rows: Iterable[tuple[int, dict[str, str
         for name in REQUIRED_COLUMNS:
             if not (row.get(name) or '').strip():
                 _fail('required value is missing', field_name=name, line=line, source=source, battery_id=battery_id)
-        same = unicodedata.normalize('NFKC', battery_id)  # 'é' and 'e' + U+0301, 'ｍｐ' and 'mp': one id (review)
+        same = battery_id_key(battery_id)  # 'é' and 'e' + U+0301, 'ｍｐ' and 'mp': one id (review)
         if same in seen:
             first, written = seen[same]
             spelt = '' if written == battery_id else ', spelt with other Unicode code points for the same text'

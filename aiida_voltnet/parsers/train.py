@@ -204,7 +204,8 @@ class VoltnetTrainParser(Parser):
                 TrainingCheckpoint.read_state(directory)
             except (CheckpointError, FileNotFoundError, KeyError, TypeError, ValueError, OSError, AttributeError,
                     RecursionError) as exception:
-                said = str(exception).replace(f'{directory}/', f'{CHECKPOINT_DIR}/')  # not the deleted temp copy
+                said = str(exception).replace(f'{directory}/', f'{CHECKPOINT_DIR}/').replace(
+                    str(directory), CHECKPOINT_DIR)  # the retrieved folder, not the parser's deleted temp copy
                 self.logger.warning(f'the retrieved checkpoint (retrieved folder {self.retrieved.pk}) is unusable, '
                                     f'not exposed: {said}')
                 return False

@@ -301,3 +301,13 @@ def test_model_metrics_must_be_a_dict_and_a_lost_hash_is_named_in_a_calculation(
     with pytest.raises(ModelIntegrityError, match='attribute arrays_sha256 is missing'):
         F.load_model(lost)
     assert orm.QueryBuilder().append(orm.Node).count() == before
+
+
+def test_a_dataset_refuses_one_id_in_two_spellings(records):
+    """Review: the CSV reader took fullwidth 'ｍｐ' and 'mp' as one id, but a dataset built from records compared the
+    ids character by character and stored both."""
+    import dataclasses
+
+    twin = dataclasses.replace(records[0], battery_id=records[0].battery_id.replace('mp', '\uff4d\uff50', 1))
+    with pytest.raises(ElectrodeDataError, match='duplicate battery_id'):
+        ElectrodeDataset([records[0], twin])
