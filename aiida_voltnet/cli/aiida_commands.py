@@ -283,7 +283,10 @@ def _console_without_tracebacks():
 def provenance(identifier, profile, as_json):
     """Where a prediction came from: model version, training process and data, and its inputs.
 
-    IDENTIFIER is the pk or uuid of a prediction (ArrayData or Float) or of a predict process.
+    IDENTIFIER is the pk or uuid (or a uuid prefix) of a prediction (the ArrayData of a batch, a pair's Float
+    voltage or any other output of its process), of a predict process, or of a work chain that predicted
+    (PredictWorkChain: one answer per prediction). For a model node, list what it predicted with voltnet
+    predictions --model PK.
     """
     node = _load_node(identifier, profile)
     from aiida_voltnet.provenance import prediction_provenance
@@ -337,9 +340,13 @@ def predictions(model_id, ion, min_voltage, max_voltage, profile):
     flags existed. Predictions of every node of the model's version are listed (a training taken from the cache
     makes another node of the same model)."""
     found = _node_lookup(model_id, profile)
-    model = _model_by_version(model_id, profile) if found != 'one' else None
-    if model is None and re.fullmatch(r'[0-9a-f]{1,7}', model_id) and not model_id.isdigit() and found == 'none':
+    version = model_id.lower()  # a version is written in lower-case hex; 0CBBB151 was never tried as one (review)
+    model = _model_by_version(version, profile) if found != 'one' else None
+    if model is None and re.fullmatch(r'[0-9a-f]{1,7}', version) and not model_id.isdigit() and found == 'none':
         _fail(f'no node {model_id!r}: a model version prefix needs 8 or more hex digits, a pk only digits', EXIT_BAD_INPUT)
+    if model is None and found == 'none' and re.fullmatch(r'[0-9a-f]{8,64}', version) and not model_id.isdigit():
+        _fail(f'no node and no model version starting with {model_id!r} in this profile (voltnet predictions '
+              '--model takes a pk, a uuid or a model version)', EXIT_BAD_INPUT)
     model = model or _load_node(model_id, profile)
     from aiida_voltnet.provenance import list_predictions
 

@@ -630,6 +630,11 @@ class VoltageModel:
             counts = collections.Counter(r.working_ion for r in records if r.working_ion not in known)
             if counts:
                 first = next(r for r in records if r.working_ion in counts)
+                if len(records) == 1:  # one pair, one structure: no counts of a batch (review: it read garbled)
+                    raise ElectrodeDataError(f'this model was trained on {", ".join(sorted(known))} and never saw '
+                                             f'working ion {first.working_ion}; predict it with a model trained on '
+                                             f'{first.working_ion} electrodes', field='working_ion',
+                                             battery_id=first.battery_id, line=first.line)
                 per_ion = ', '.join(f'{ion} ({n} record{"s" if n != 1 else ""})' for ion, n in sorted(counts.items()))
                 raise ElectrodeDataError(f'this model was trained on {", ".join(sorted(known))} and never saw '
                                          f'working ion(s) {per_ion}: {sum(counts.values())} of {len(records)} '

@@ -64,7 +64,8 @@ def make_split(records: Sequence[ElectrodeRecord], kind: str = 'grouped', seed: 
         except ValueError:  # its n_samples counts frameworks, which its message does not say
             raise ValueError(f'a grouped split of {n} record(s) from {len(set(groups))} host framework(s) with '
                              f'test_fraction {test_fraction} leaves an empty train or test set: it holds out whole '
-                             'frameworks, so it needs at least two (or use a random split)') from None
+                             'frameworks, so it needs at least two (or a random split, where the command offers '
+                             'one)') from None
     elif kind == 'ion':
         if ion is None:
             raise ValueError('a leave-one-ion-out split needs ion=...')

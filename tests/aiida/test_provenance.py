@@ -295,6 +295,14 @@ def test_predictions_of_a_model_version_include_those_of_its_cache_clones(traine
                                       aiida_profile.name])
     assert result.exit_code == 0, result.output
     assert f'ArrayData<{first.pk}>' in result.output and f'ArrayData<{second.pk}>' in result.output
+    # review: a version in capitals was never tried as one, and an unknown one said only 'no Node found with UUID'
+    upper = CliRunner().invoke(cli, ['predictions', '--model', original.model_version[:12].upper(), '--profile',
+                                     aiida_profile.name])
+    assert upper.exit_code == 0 and f'ArrayData<{first.pk}>' in upper.output, upper.output
+    unknown = 'deadbeef' if not original.model_version.startswith('deadbeef') else 'beefdead'
+    result = CliRunner().invoke(cli, ['predictions', '--model', unknown, '--profile', aiida_profile.name])
+    assert result.exit_code == 2 and f"no node and no model version starting with '{unknown}'" in result.output, \
+        result.output
     short = original.model_version[:7]  # too short to be a version prefix: said so (before: "no Node ... UUID<e963>")
     if not short.isdigit():
         result = CliRunner().invoke(cli, ['predictions', '--model', short, '--profile', aiida_profile.name])

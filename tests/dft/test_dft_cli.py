@@ -228,7 +228,7 @@ def test_verify_names_a_pair_the_model_refuses_before_any_job(aiida_profile, pw,
     result = CliRunner().invoke(cli, ['verify', '--model', str(na_only.pk), '--profile', aiida_profile.name,
                                       '--protocol', 'ci'])
     assert result.exit_code == 2, result.output
-    assert 'refused before any pw.x job' in result.output and 'never saw working ion(s) Li' in result.output
+    assert 'refused before any pw.x job' in result.output and 'never saw working ion Li' in result.output
     assert 'Traceback' not in result.output
     assert orm.QueryBuilder().append(orm.Node).count() == before
 
