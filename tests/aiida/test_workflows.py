@@ -737,6 +737,9 @@ def test_an_interrupt_marks_killed_only_the_processes_its_own_run_called():
     their_child = running(orm.CalcFunctionNode, caller=theirs)
     ours, child, theirs, their_child = (node.pk for node in (ours, child, theirs, their_child))  # the clean-up
     said = _stop_interrupted(newest, ours)  # closes the session: the node objects above are detached after it
+    from aiida.manage import get_manager
+
+    get_manager().get_profile_storage().reset_default_user()  # cached on the closed session: later tests' user
     assert f'<{ours}>' in said and f'<{child}>' in said, said
     assert orm.load_node(ours).process_state == ProcessState.KILLED
     assert orm.load_node(child).process_state == ProcessState.KILLED
