@@ -988,7 +988,7 @@ def _check_prediction_metadata(metadata: dict[str, Any]) -> None:
     :raises ModelIntegrityError: naming the key.
     """
     def number(value):
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        return _real(value) is not None
 
     target = metadata.get('target', 'average_voltage')
     if target not in TARGETS:  # a list or unknown name was read as 'trained to predict ['x']' (exit 2, not 3)

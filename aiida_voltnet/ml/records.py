@@ -595,10 +595,6 @@ def _validate_record(record: ElectrodeRecord, source: str | None) -> ElectrodeRe
         fail(f'num_steps must be a positive integer, got {record.num_steps!r}', 'num_steps')
     if record.num_steps is not None and record.steps and record.num_steps != len(record.steps):
         fail(f'num_steps is {record.num_steps} but adj_pairs lists {len(record.steps)} step(s)', 'num_steps')
-    for name in FLOAT_COLUMNS:
-        value = getattr(record, name)
-        if value is not None and not math.isfinite(value):
-            fail(f'{name} must be a finite number, got {value!r}', name)
     for name in ('capacity_grav', 'capacity_vol'):
         if (getattr(record, name) or 0) < 0:
             fail(f'{name} must not be negative, got {getattr(record, name)!r}', name)
@@ -631,8 +627,6 @@ def _step_problem(step: VoltageStep) -> str | None:
         value = getattr(step, name)
         if value is not None and not 0 <= value <= 1:
             return f'{key} is the fraction of the working ion, in 0..1, got {value!r}'
-    if step.average_voltage is None:  # InsertionVoltagePairDoc(average_voltage=None)
-        return 'average_voltage is missing'
     if abs(step.average_voltage) > MAX_ABS_VOLTAGE:
         return (f'average_voltage {step.average_voltage:g} V lies beyond +/-{MAX_ABS_VOLTAGE} V, which no insertion '
                 'electrode reaches')
